@@ -1,0 +1,2 @@
+//! The Lull agent.
+pub mod sandbox;

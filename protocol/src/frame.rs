@@ -1,0 +1,167 @@
+//! Length-prefixed framing with a size cap.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON. [`decode`] returns
+//! `Ok(None)` while the buffer holds less than a whole frame, and refuses a length prefix above
+//! the cap *before* allocating or waiting for the body, so a peer cannot make the reader hold
+//! gigabytes by announcing them.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bytes taken by the length prefix.
+pub const HEADER_LEN: usize = 4;
+/// The default cap on a frame's body: large enough for any control message, small enough that a
+/// hostile length prefix costs nothing.
+pub const DEFAULT_MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the cap allows; the stream must be closed.
+    #[error("frame of {len} bytes exceeds the {max} byte limit")]
+    TooLarge {
+        /// The announced length.
+        len: u64,
+        /// The cap in force.
+        max: usize,
+    },
+    /// The body is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Appends `msg` to `out` as one frame.
+pub fn encode<T: Serialize>(msg: &T, max: usize, out: &mut BytesMut) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > max {
+        return Err(FrameError::TooLarge {
+            len: body.len() as u64,
+            max,
+        });
+    }
+    out.reserve(HEADER_LEN + body.len());
+    out.put_u32(body.len() as u32);
+    out.put_slice(&body);
+    Ok(())
+}
+
+/// Encodes `msg` as a single frame in a fresh buffer.
+pub fn to_bytes<T: Serialize>(msg: &T, max: usize) -> Result<bytes::Bytes, FrameError> {
+    let mut out = BytesMut::new();
+    encode(msg, max, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// Checks whether `buf` starts with a whole frame, without allocating.
+///
+/// Returns `Ok(Some(len))` with the body length when it does, `Ok(None)` when more bytes are
+/// needed, and an error when the announced length is over `max`.
+pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    if buf.len() < HEADER_LEN + len {
+        return Ok(None);
+    }
+    Ok(Some(len))
+}
+
+/// Takes one frame off the front of `buf` and parses it.
+///
+/// `Ok(None)`: not a whole frame yet (nothing consumed). `Err`: the stream is broken and should
+/// be closed (on a malformed body the frame is consumed).
+pub fn decode<T: DeserializeOwned>(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<T>, FrameError> {
+    let Some(len) = check(buf, max)? else {
+        return Ok(None);
+    };
+    buf.advance(HEADER_LEN);
+    let body = buf.split_to(len);
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{AgentMessage, CoordinatorMessage};
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let msg = CoordinatorMessage::Refused {
+            reason: "protocol version 9 is not spoken here".into(),
+        };
+        let bytes = to_bytes(&msg, DEFAULT_MAX_FRAME).unwrap();
+        let mut buf = BytesMut::new();
+        for (i, b) in bytes.iter().enumerate() {
+            let got: Option<CoordinatorMessage> = decode(&mut buf, DEFAULT_MAX_FRAME).unwrap();
+            assert!(got.is_none(), "a frame appeared after {i} bytes");
+            buf.put_u8(*b);
+        }
+        let got: CoordinatorMessage = decode(&mut buf, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!(got, msg);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn two_frames_back_to_back() {
+        let mut buf = BytesMut::new();
+        let a = AgentMessage::Heartbeat;
+        encode(&a, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        encode(&a, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        let _: AgentMessage = decode(&mut buf, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        let _: AgentMessage = decode(&mut buf, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert!(
+            decode::<AgentMessage>(&mut buf, DEFAULT_MAX_FRAME)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn four_gib_length_prefix_is_refused_before_the_body_arrives() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::MAX);
+        let err = decode::<AgentMessage>(&mut buf, DEFAULT_MAX_FRAME).unwrap_err();
+        match err {
+            FrameError::TooLarge { len, max } => {
+                assert_eq!(len, u32::MAX as u64);
+                assert_eq!(max, DEFAULT_MAX_FRAME);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // Nothing was reserved for the announced body.
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(3);
+        buf.put_slice(b"{{{");
+        assert!(matches!(
+            decode::<AgentMessage>(&mut buf, DEFAULT_MAX_FRAME),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_message_is_not_encoded() {
+        let msg = CoordinatorMessage::Refused {
+            reason: "x".repeat(100),
+        };
+        assert!(matches!(
+            to_bytes(&msg, 50),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+}

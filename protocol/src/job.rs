@@ -1,0 +1,496 @@
+//! Jobs: the job file a submitter writes, and the resolved definition a coordinator stores.
+//!
+//! A [`JobFile`] is what `job.toml` says, with paths relative to the file. The `lull` command
+//! resolves it into a [`JobSpec`]: every file replaced by its digest and size, every default
+//! filled in, everything checked. The coordinator stores `JobSpec`s and sends them to agents.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::units::{self, UnitError};
+
+/// The most tasks one array job may have.
+pub const MAX_COUNT: u32 = 1_000_000;
+/// The most memory a task may ask for: what a 32-bit WebAssembly memory can address.
+pub const MAX_MEMORY: u64 = 4 << 30;
+/// Memory a task gets when its job file does not say.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// Wall time (not counting pauses) a task gets when its job file does not say.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Attempts a task gets when its job file does not say.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Why a job file or job definition is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The file is not valid TOML or does not fit the schema; the message names line and column.
+    #[error("{0}")]
+    Syntax(String),
+    /// A field has a value outside what Lull accepts.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, e.g. `count` or `module[0].path`.
+        field: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A size or duration could not be read.
+    #[error("{field}: {source}")]
+    Unit {
+        /// The field, e.g. `resources.memory`.
+        field: String,
+        /// What was wrong with it.
+        source: UnitError,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> JobError {
+    JobError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A job file, as written (`job.toml`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// A name for people; need not be unique.
+    pub name: String,
+    /// Number of tasks in an array job (task indexes `0..count`).
+    #[serde(default = "one")]
+    pub count: u32,
+    /// The modules started together for each task.
+    #[serde(default, rename = "module")]
+    pub modules: Vec<ModuleFile>,
+    /// Resource limits.
+    #[serde(default)]
+    pub resources: ResourcesFile,
+    /// Where tasks may run.
+    #[serde(default)]
+    pub placement: Placement,
+    /// What happens when a task fails.
+    #[serde(default)]
+    pub retry: RetryFile,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One `[[module]]` of a job file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleFile {
+    /// The `.wasm` file, relative to the job file.
+    pub path: Option<PathBuf>,
+    /// Or a module the coordinator already holds, by digest.
+    pub digest: Option<Digest>,
+    /// Arguments; `{index}` is replaced by the task index.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A file fed to the guest's standard input.
+    pub stdin: Option<PathBuf>,
+    /// Globs of files (relative to the job file) visible read-only under `/input`.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+}
+
+/// `[resources]` of a job file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesFile {
+    /// Hard cap on the guest's linear memory, e.g. `256MiB`.
+    pub memory: Option<String>,
+    /// Wall time while running, e.g. `30m`; pauses do not count.
+    pub timeout: Option<String>,
+}
+
+/// `[retry]` of a job file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Attempts per task, including the first.
+    pub max_attempts: Option<u32>,
+}
+
+/// How the scheduler chooses among agents that fit.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The fullest agent that still fits.
+    Binpack,
+    /// The emptiest agent.
+    #[default]
+    Spread,
+    /// Any agent that fits, at random.
+    Random,
+}
+
+/// `[placement]` of a job file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// The strategy; `spread` by default.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Constraints over agent labels and attributes, e.g. `os == linux`.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+}
+
+impl JobFile {
+    /// Parses and checks a job file's text. Errors name the line and column, or the field.
+    pub fn parse(text: &str) -> Result<Self, JobError> {
+        let file: JobFile = toml::from_str(text).map_err(|e| JobError::Syntax(e.to_string()))?;
+        file.check()?;
+        Ok(file)
+    }
+
+    /// Checks the values that do not depend on files: counts, sizes, durations, module sources.
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        check_count(self.count)?;
+        if self.modules.is_empty() {
+            return Err(invalid(
+                "module",
+                "a job needs at least one [[module]] with a path or digest",
+            ));
+        }
+        for (i, m) in self.modules.iter().enumerate() {
+            match (&m.path, &m.digest) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        format!("module[{i}]"),
+                        "give either path or digest, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(format!("module[{i}]"), "needs a path or a digest"));
+                }
+                _ => {}
+            }
+        }
+        self.memory()?;
+        self.timeout()?;
+        self.max_attempts()?;
+        Ok(())
+    }
+
+    /// The memory cap in bytes.
+    pub fn memory(&self) -> Result<u64, JobError> {
+        let Some(text) = &self.resources.memory else {
+            return Ok(DEFAULT_MEMORY);
+        };
+        let bytes = units::parse_size(text).map_err(|source| JobError::Unit {
+            field: "resources.memory".into(),
+            source,
+        })?;
+        check_memory(bytes)?;
+        Ok(bytes)
+    }
+
+    /// The wall-time limit.
+    pub fn timeout(&self) -> Result<Duration, JobError> {
+        let Some(text) = &self.resources.timeout else {
+            return Ok(DEFAULT_TIMEOUT);
+        };
+        let d = units::parse_duration(text).map_err(|source| JobError::Unit {
+            field: "resources.timeout".into(),
+            source,
+        })?;
+        if d.is_zero() {
+            return Err(invalid("resources.timeout", "must be longer than zero"));
+        }
+        Ok(d)
+    }
+
+    /// Attempts per task.
+    pub fn max_attempts(&self) -> Result<u32, JobError> {
+        let n = self.retry.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if !(1..=100).contains(&n) {
+            return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
+        }
+        Ok(n)
+    }
+}
+
+fn check_count(count: u32) -> Result<(), JobError> {
+    if count == 0 {
+        return Err(invalid(
+            "count",
+            "must be at least 1 (it is the number of tasks)",
+        ));
+    }
+    if count > MAX_COUNT {
+        return Err(invalid("count", format!("must be at most {MAX_COUNT}")));
+    }
+    Ok(())
+}
+
+fn check_memory(bytes: u64) -> Result<(), JobError> {
+    if bytes < 64 * 1024 {
+        return Err(invalid(
+            "resources.memory",
+            "must be at least 64KiB, one WebAssembly page",
+        ));
+    }
+    if bytes > MAX_MEMORY {
+        return Err(invalid(
+            "resources.memory",
+            format!(
+                "{} is more than the {} a 32-bit WebAssembly memory can address",
+                units::format_size(bytes),
+                units::format_size(MAX_MEMORY)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A file a task reads, by content.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct FileRef {
+    /// Path under `/input` (for inputs) or a label (for stdin); relative, `/`-separated.
+    pub path: String,
+    /// Its content digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// One module of a resolved job.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct ModuleSpec {
+    /// A short name for people and for log file names (the file stem).
+    pub name: String,
+    /// The module's digest.
+    pub digest: Digest,
+    /// The module's size in bytes.
+    pub size: u64,
+    /// The SSHSIG signature over the module's bytes, armored, when signed.
+    #[serde(default)]
+    pub signature: Option<String>,
+    /// Arguments, with `{index}` still in place.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Standard input.
+    #[serde(default)]
+    pub stdin: Option<FileRef>,
+    /// Files under `/input`.
+    #[serde(default)]
+    pub inputs: Vec<FileRef>,
+}
+
+/// Resource limits of a resolved job.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Resources {
+    /// Hard cap on each module's linear memory, in bytes.
+    pub memory: u64,
+    /// Wall-time limit while running, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A resolved, checked job: what the coordinator stores and agents run.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct JobSpec {
+    /// A name for people.
+    pub name: String,
+    /// Number of tasks.
+    pub count: u32,
+    /// The modules of each task.
+    pub modules: Vec<ModuleSpec>,
+    /// Limits.
+    pub resources: Resources,
+    /// Placement.
+    #[serde(default)]
+    pub placement: Placement,
+    /// Attempts per task, including the first.
+    pub max_attempts: u32,
+}
+
+impl JobSpec {
+    /// Checks a definition received over the network (the CLI checks files; the coordinator
+    /// checks again, since it cannot trust the sender).
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        check_count(self.count)?;
+        if self.modules.is_empty() {
+            return Err(invalid("modules", "a job needs at least one module"));
+        }
+        check_memory(self.resources.memory)?;
+        if self.resources.timeout_ms == 0 {
+            return Err(invalid("resources.timeout", "must be longer than zero"));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
+        }
+        for (i, m) in self.modules.iter().enumerate() {
+            for f in &m.inputs {
+                check_input_path(&f.path).map_err(|reason| {
+                    invalid(format!("modules[{i}].inputs {:?}", f.path), reason)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every blob a task of this job needs, modules first.
+    pub fn blobs(&self) -> impl Iterator<Item = (Digest, u64)> + '_ {
+        self.modules.iter().flat_map(|m| {
+            std::iter::once((m.digest, m.size))
+                .chain(m.stdin.iter().map(|f| (f.digest, f.size)))
+                .chain(m.inputs.iter().map(|f| (f.digest, f.size)))
+        })
+    }
+}
+
+/// Checks that an input path stays inside `/input`: relative, no `..`, no empty parts.
+pub fn check_input_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("is empty".into());
+    }
+    if path.starts_with('/') || path.contains('\\') {
+        return Err("must be a relative path with / separators".into());
+    }
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err("must not contain empty, '.' or '..' parts".into());
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `{index}` in each argument with the task index.
+pub fn expand_args(args: &[String], index: u32) -> Vec<String> {
+    let idx = index.to_string();
+    args.iter().map(|a| a.replace("{index}", &idx)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "render"
+count = 100
+[[module]]
+path = "render.wasm"
+args = ["--tile", "{index}"]
+env = { QUALITY = "high" }
+stdin = "scene.txt"
+inputs = ["assets/*.png"]
+[resources]
+memory = "256MiB"
+timeout = "30m"
+[placement]
+strategy = "spread"
+constraints = ["os == linux"]
+[retry]
+max_attempts = 3
+"#;
+
+    #[test]
+    fn the_design_example_parses() {
+        let job = JobFile::parse(GOOD).unwrap();
+        assert_eq!(job.count, 100);
+        assert_eq!(job.modules.len(), 1);
+        assert_eq!(job.modules[0].env["QUALITY"], "high");
+        assert_eq!(job.memory().unwrap(), 256 << 20);
+        assert_eq!(job.timeout().unwrap(), Duration::from_secs(1800));
+        assert_eq!(job.placement.strategy, Strategy::Spread);
+        assert_eq!(job.max_attempts().unwrap(), 3);
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let job = JobFile::parse("name = \"x\"\n[[module]]\npath = \"a.wasm\"\n").unwrap();
+        assert_eq!(job.count, 1);
+        assert_eq!(job.memory().unwrap(), DEFAULT_MEMORY);
+        assert_eq!(job.timeout().unwrap(), DEFAULT_TIMEOUT);
+        assert_eq!(job.max_attempts().unwrap(), DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let err = JobFile::parse("name = \"x\"\ncount = = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, JobError::Syntax(_)));
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("column"), "{msg}");
+    }
+
+    #[test]
+    fn count_zero_is_refused() {
+        let err =
+            JobFile::parse("name = \"x\"\ncount = 0\n[[module]]\npath = \"a.wasm\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "count: must be at least 1 (it is the number of tasks)"
+        );
+    }
+
+    #[test]
+    fn memory_beyond_wasm32_is_refused() {
+        let err = JobFile::parse(
+            "name = \"x\"\n[[module]]\npath = \"a.wasm\"\n[resources]\nmemory = \"64GiB\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("resources.memory: 64 GiB is more than"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_units_are_named() {
+        let err = JobFile::parse("name = \"x\"\ncuont = 3\n").unwrap_err();
+        assert!(err.to_string().contains("cuont"), "{err}");
+        let err = JobFile::parse(
+            "name = \"x\"\n[[module]]\npath = \"a.wasm\"\n[resources]\ntimeout = \"soon\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("resources.timeout:"), "{err}");
+    }
+
+    #[test]
+    fn module_needs_exactly_one_source() {
+        let err = JobFile::parse("name = \"x\"\n[[module]]\nargs = []\n").unwrap_err();
+        assert_eq!(err.to_string(), "module[0]: needs a path or a digest");
+        let err = JobFile::parse("name = \"x\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("module:"), "{err}");
+    }
+
+    #[test]
+    fn args_expand_index() {
+        let args = vec![
+            "--tile".to_string(),
+            "{index}".to_string(),
+            "t{index}.png".into(),
+        ];
+        assert_eq!(expand_args(&args, 7), vec!["--tile", "7", "t7.png"]);
+    }
+
+    #[test]
+    fn input_paths_stay_inside() {
+        assert!(check_input_path("a/b.txt").is_ok());
+        assert!(check_input_path("../etc/passwd").is_err());
+        assert!(check_input_path("/etc/passwd").is_err());
+        assert!(check_input_path("a//b").is_err());
+    }
+}

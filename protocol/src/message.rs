@@ -1,0 +1,373 @@
+//! Messages between agent and coordinator.
+//!
+//! An agent opens one QUIC connection to its coordinator. On it, every bidirectional stream starts
+//! with one [`AgentMessage`] frame that says what the stream is for:
+//!
+//! - [`AgentMessage::Hello`] opens the *control stream*: afterwards the agent sends
+//!   [`AgentMessage`]s (reports, task starts, results) and the coordinator sends
+//!   [`CoordinatorMessage`]s (welcome, assignments, cancels, acknowledgements), framed.
+//! - [`AgentMessage::GetBlob`] asks for a blob: the coordinator answers with one
+//!   [`BlobReply`] frame, then (when found) exactly `size` raw bytes, then finishes the stream.
+//! - [`AgentMessage::PutBlob`] uploads a blob: `size` raw bytes follow the frame, then the agent
+//!   finishes its side; the coordinator checks the digest and answers with one [`BlobReply`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::job::JobSpec;
+
+/// The version of this protocol. Peers refuse each other when it differs.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A task: one index of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId {
+    /// The job's number.
+    pub job: u64,
+    /// The task's index in the job, `0..count`.
+    pub index: u32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.job, self.index)
+    }
+}
+
+/// One attempt at a task. Results and leases belong to an attempt, not to the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttemptId {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+}
+
+impl fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.task, self.attempt)
+    }
+}
+
+/// What an agent offers, sent in its hello and refreshed in reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Capacity {
+    /// Logical CPU cores.
+    pub cores: u32,
+    /// Total memory in bytes.
+    pub memory_total: u64,
+    /// Memory available now, in bytes.
+    pub memory_available: u64,
+    /// Tasks the agent runs at once.
+    pub slots: u32,
+    /// The most memory the agent lets one task's module have, in bytes.
+    pub max_task_memory: u64,
+    /// Operating system (`linux`, `macos`, `windows`).
+    pub os: String,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// Labels from the agent's configuration.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Frames an agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// Opens the control stream.
+    Hello {
+        /// [`PROTOCOL_VERSION`] as the agent speaks it.
+        protocol_version: u32,
+        /// The agent's stable ID (kept in its data directory).
+        agent_id: String,
+        /// A name for people, usually the host name.
+        name: String,
+        /// What it offers.
+        capacity: Capacity,
+        /// Attempts still running on the agent (after a reconnect).
+        #[serde(default)]
+        running: Vec<AttemptId>,
+    },
+    /// Fresh capacity figures and what is running; also renews leases.
+    Report {
+        /// What it offers now.
+        capacity: Capacity,
+        /// Attempts running now.
+        running: Vec<AttemptId>,
+    },
+    /// A guest of this attempt started running.
+    Started {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Microseconds from the assignment's arrival to the guest running, measured on the agent.
+        setup_us: u64,
+    },
+    /// An attempt ended; its blobs were uploaded first.
+    Result(TaskResult),
+    /// Keeps an idle connection's leases fresh.
+    Heartbeat,
+    /// Opens a blob download stream.
+    GetBlob {
+        /// The blob wanted.
+        digest: Digest,
+    },
+    /// Opens a blob upload stream; `size` raw bytes follow.
+    PutBlob {
+        /// The digest the bytes must have.
+        digest: Digest,
+        /// Their length.
+        size: u64,
+    },
+}
+
+/// Frames a coordinator sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CoordinatorMessage {
+    /// The hello was accepted.
+    Welcome {
+        /// The coordinator's [`PROTOCOL_VERSION`].
+        protocol_version: u32,
+        /// How long a lease lasts without a report, in milliseconds.
+        lease_ms: u64,
+        /// How often the agent should report, in milliseconds.
+        report_interval_ms: u64,
+    },
+    /// The hello was refused; the connection closes after this.
+    Refused {
+        /// Why, in words for the agent's log.
+        reason: String,
+    },
+    /// Run this attempt.
+    Assign(Box<Assignment>),
+    /// Stop this attempt.
+    Cancel {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Why, for the record.
+        reason: String,
+    },
+    /// The result of this attempt is stored; the agent may forget it.
+    ResultAck {
+        /// The attempt.
+        attempt: AttemptId,
+    },
+}
+
+/// Work for an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The attempt being assigned.
+    pub attempt: AttemptId,
+    /// The job it belongs to.
+    pub job: JobSpec,
+}
+
+/// The answer on a blob stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BlobReply {
+    /// Found (download: `size` bytes follow) or stored (upload).
+    Ok {
+        /// Its length.
+        size: u64,
+    },
+    /// The coordinator does not hold it.
+    NotFound,
+    /// The upload was refused.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How one module of an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The program exited (`proc_exit` or returning from `main`/`run`).
+    Exited {
+        /// Its exit code; 0 is success.
+        code: i32,
+    },
+    /// The guest trapped (a bug in it, or a limit such as the stack).
+    Trapped {
+        /// The trap, as wasmtime describes it.
+        message: String,
+    },
+    /// The guest ran longer than the job's timeout.
+    TimedOut {
+        /// The limit, in milliseconds.
+        limit_ms: u64,
+    },
+    /// The guest tried to grow its memory past the job's cap.
+    MemoryExceeded {
+        /// The cap, in bytes.
+        limit: u64,
+    },
+    /// The attempt was cancelled.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// The agent would not run it (bad digest, untrusted signer, not WebAssembly, memory above
+    /// the agent's cap, an import Lull does not provide, ...).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// Whether this is a clean exit with code 0.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Exited { code: 0 })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Exited { code } => write!(f, "exited with code {code}"),
+            Outcome::Trapped { message } => write!(f, "trapped: {message}"),
+            Outcome::TimedOut { limit_ms } => {
+                write!(f, "timed out after {:.1}s", *limit_ms as f64 / 1000.0)
+            }
+            Outcome::MemoryExceeded { limit } => write!(
+                f,
+                "memory cap of {} reached",
+                crate::units::format_size(*limit)
+            ),
+            Outcome::Cancelled { reason } => write!(f, "cancelled: {reason}"),
+            Outcome::Refused { reason } => write!(f, "refused by the agent: {reason}"),
+        }
+    }
+}
+
+/// A captured stream (stdout or stderr), stored as a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    /// The blob holding the bytes kept.
+    pub digest: Digest,
+    /// Bytes kept.
+    pub size: u64,
+    /// Whether the guest wrote more than the cap and the rest was dropped.
+    pub truncated: bool,
+}
+
+/// How one module of an attempt ended, with its captured output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleResult {
+    /// The module's name from the job.
+    pub name: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its standard output.
+    pub stdout: Option<Captured>,
+    /// Its standard error.
+    pub stderr: Option<Captured>,
+}
+
+/// A file the attempt wrote under `/output`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Path relative to `/output`, `/`-separated.
+    pub path: String,
+    /// Its blob.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The end of an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// One entry per module, in job order.
+    pub modules: Vec<ModuleResult>,
+    /// Files written to `/output`.
+    pub outputs: Vec<OutputFile>,
+    /// Wall time spent running, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Bytes of `/output` dropped because they exceeded the agent's cap, if any.
+    #[serde(default)]
+    pub outputs_truncated: bool,
+}
+
+impl TaskResult {
+    /// Whether every module exited cleanly with code 0.
+    pub fn succeeded(&self) -> bool {
+        !self.modules.is_empty() && self.modules.iter().all(|m| m.outcome.is_success())
+    }
+
+    /// Whether the attempt was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.modules
+            .iter()
+            .any(|m| matches!(m.outcome, Outcome::Cancelled { .. }))
+    }
+
+    /// The first failure, in words: which module and how it ended.
+    pub fn cause(&self) -> Option<String> {
+        self.modules
+            .iter()
+            .find(|m| !m.outcome.is_success())
+            .map(|m| format!("module {}: {}", m.name, m.outcome))
+    }
+
+    /// Every blob this result refers to.
+    pub fn blobs(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = self.outputs.iter().map(|o| o.digest).collect();
+        for m in &self.modules {
+            out.extend(m.stdout.iter().chain(m.stderr.iter()).map(|c| c.digest));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let m = AgentMessage::GetBlob {
+            digest: Digest::of(b"x"),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.starts_with("{\"type\":\"get_blob\""), "{json}");
+        let back: AgentMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn result_success_and_cause() {
+        let attempt = AttemptId {
+            task: TaskId { job: 3, index: 7 },
+            attempt: 1,
+        };
+        assert_eq!(attempt.to_string(), "3.7#1");
+        let mut r = TaskResult {
+            attempt,
+            modules: vec![ModuleResult {
+                name: "wc".into(),
+                outcome: Outcome::Exited { code: 0 },
+                stdout: None,
+                stderr: None,
+            }],
+            outputs: vec![],
+            elapsed_ms: 5,
+            outputs_truncated: false,
+        };
+        assert!(r.succeeded());
+        assert_eq!(r.cause(), None);
+        r.modules[0].outcome = Outcome::MemoryExceeded { limit: 1 << 20 };
+        assert!(!r.succeeded());
+        assert_eq!(r.cause().unwrap(), "module wc: memory cap of 1 MiB reached");
+    }
+}
