@@ -74,6 +74,25 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     Ok(Some(len))
 }
 
+/// Reads a frame header: the body length, or an error when it is over `max`. For readers that
+/// take the header and then exactly the body from a stream (`read_exact`), so that raw bytes
+/// following a frame on the same stream are left unread.
+pub fn body_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    Ok(len)
+}
+
+/// Parses a frame body read after [`body_len`].
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
 /// Takes one frame off the front of `buf` and parses it.
 ///
 /// `Ok(None)`: not a whole frame yet (nothing consumed). `Err`: the stream is broken and should

@@ -1,0 +1,280 @@
+//! The people's side of the coordinator: a JSON API over HTTP, used by the `lull` command.
+//!
+//! Errors are JSON bodies `{"error": {"code": "...", "message": "..."}}` with a fitting status.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::TryStreamExt;
+use lull_protocol::Digest;
+use lull_protocol::job::JobSpec;
+use lull_protocol::message::TaskId;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::hub::{Hub, HubError};
+use crate::blobs::BlobError;
+use crate::store::{Counts, StoreError};
+
+/// The routes.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/blobs/missing", post(missing))
+        .route("/api/v1/blobs/{digest}", get(get_blob).put(put_blob))
+        .route("/api/v1/jobs", get(jobs).post(submit))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
+        .route("/api/v1/agents", get(agents))
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(hub)
+}
+
+/// An API error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            HubError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            HubError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoJob(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}"))
+            }
+            e => {
+                tracing::error!(error = %e, "store error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn parse_digest(s: &str) -> ApiResult<Digest> {
+    s.parse().map_err(|e: lull_protocol::digest::DigestError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", e.to_string())
+    })
+}
+
+async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol_version": lull_protocol::PROTOCOL_VERSION,
+        "dev": hub.config().dev_key.is_some(),
+        "dev_key": hub.config().dev_key,
+        "requires_signatures": hub.config().trust.is_some(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct MissingRequest {
+    digests: Vec<Digest>,
+}
+
+async fn missing(
+    State(hub): State<Arc<Hub>>,
+    Json(req): Json<MissingRequest>,
+) -> Json<serde_json::Value> {
+    let missing: Vec<Digest> = req
+        .digests
+        .into_iter()
+        .filter(|d| !hub.blobs().contains(d))
+        .collect();
+    Json(json!({ "missing": missing }))
+}
+
+async fn put_blob(
+    State(hub): State<Arc<Hub>>,
+    Path(digest): Path<String>,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let digest = parse_digest(&digest)?;
+    let stream = body
+        .into_data_stream()
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    let reader = tokio_util::io::StreamReader::new(stream);
+    match hub
+        .blobs()
+        .put(digest, None, hub.config().max_blob, reader)
+        .await
+    {
+        Ok(size) => Ok(Json(json!({"digest": digest, "size": size}))),
+        Err(BlobError::Io(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "blob_rejected",
+            format!("blob {digest}: {e}"),
+        )),
+    }
+}
+
+async fn get_blob(State(hub): State<Arc<Hub>>, Path(digest): Path<String>) -> ApiResult<Response> {
+    let digest = parse_digest(&digest)?;
+    let file = tokio::fs::File::open(hub.blobs().path(&digest))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no blob {digest}"),
+            )
+        })?;
+    let stream = tokio_util::io::ReaderStream::new(file);
+    Ok(Body::from_stream(stream).into_response())
+}
+
+async fn submit(
+    State(hub): State<Arc<Hub>>,
+    Json(spec): Json<JobSpec>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let id = hub.submit(spec).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "job": id }))))
+}
+
+/// A job's overall state, derived from its tasks.
+fn job_state(c: &Counts, cancelled: bool) -> &'static str {
+    if c.running > 0 {
+        if cancelled { "cancelling" } else { "running" }
+    } else if c.pending > 0 {
+        "pending"
+    } else if cancelled || c.cancelled > 0 {
+        "cancelled"
+    } else if c.failed > 0 {
+        "failed"
+    } else {
+        "succeeded"
+    }
+}
+
+#[derive(Serialize)]
+struct JobSummary {
+    id: u64,
+    name: String,
+    state: &'static str,
+    count: u32,
+    counts: Counts,
+    created_ms: i64,
+}
+
+async fn jobs(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<JobSummary>>> {
+    let jobs = hub.store().jobs().await?;
+    let counts = hub.store().counts().await?;
+    Ok(Json(
+        jobs.into_iter()
+            .map(|j| {
+                let c = counts.get(&j.id).copied().unwrap_or_default();
+                JobSummary {
+                    id: j.id,
+                    name: j.spec.name.clone(),
+                    state: job_state(&c, j.cancelled),
+                    count: j.spec.count,
+                    counts: c,
+                    created_ms: j.created_ms,
+                }
+            })
+            .collect(),
+    ))
+}
+
+async fn job(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let job = hub.store().job(id).await?;
+    let counts = hub.store().job_counts(id).await?;
+    let tasks = hub.store().tasks(id).await?;
+    let mut results = hub.store().last_results(id).await?;
+    let tasks: Vec<serde_json::Value> = tasks
+        .into_iter()
+        .map(|t| {
+            let mut v = serde_json::to_value(&t).unwrap_or_default();
+            v["result"] = serde_json::to_value(results.remove(&t.id.index)).unwrap_or_default();
+            v
+        })
+        .collect();
+    let waiting = (counts.pending > 0 && !job.cancelled).then(|| hub.waiting_reason(&job.spec));
+    Ok(Json(json!({
+        "id": job.id,
+        "name": job.spec.name,
+        "state": job_state(&counts, job.cancelled),
+        "count": job.spec.count,
+        "counts": counts,
+        "created_ms": job.created_ms,
+        "waiting_reason": waiting,
+        "spec": job.spec,
+        "tasks": tasks,
+    })))
+}
+
+async fn task(
+    State(hub): State<Arc<Hub>>,
+    Path((id, index)): Path<(u64, u32)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tasks = hub.store().tasks(id).await?;
+    let t = tasks
+        .into_iter()
+        .find(|t| t.id.index == index)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no task {id}.{index}"),
+            )
+        })?;
+    let attempts = hub.store().attempts(TaskId { job: id, index }).await?;
+    Ok(Json(json!({ "task": t, "attempts": attempts })))
+}
+
+async fn cancel(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let running = hub.cancel(id).await?;
+    Ok(Json(json!({ "job": id, "stopping": running })))
+}
+
+async fn agents(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(hub.agents()).unwrap_or_default())
+}

@@ -1,0 +1,568 @@
+//! The hub: the coordinator's live state around the durable store — connected agents, leases,
+//! the scheduler's queue — and the loop that turns placements into assignments.
+//!
+//! Every change is written to the store first and acted on second, so a crash between the two
+//! is repaired at restart by [`Hub::recover`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lull_protocol::job::JobSpec;
+use lull_protocol::message::{
+    AgentMessage, Assignment, AttemptId, Capacity, CoordinatorMessage, TaskId,
+};
+use lull_protocol::signature::TrustList;
+use lull_protocol::{PROTOCOL_VERSION, units};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+
+use crate::blobs::BlobStore;
+use crate::leases::Leases;
+use crate::scheduler::{QueuedTask, Scheduler};
+use crate::store::{Recorded, Store, StoreError, TaskState};
+
+/// Settings of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long an assignment's lease lasts without a report.
+    pub lease: Duration,
+    /// How often agents report.
+    pub report_interval: Duration,
+    /// The largest blob accepted, in bytes.
+    pub max_blob: u64,
+    /// Who may sign workloads submitted here; `None` accepts any signature (or none).
+    pub trust: Option<TrustList>,
+    /// A development cluster's signing key, shared with local submitters (`lull dev` only).
+    pub dev_key: Option<std::path::PathBuf>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            report_interval: Duration::from_secs(1),
+            max_blob: 1 << 30,
+            trust: None,
+            dev_key: None,
+        }
+    }
+}
+
+/// Why a request was refused; shown to people.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The request is wrong; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+struct AgentConn {
+    conn: u64,
+    name: String,
+    capacity: Capacity,
+    tx: mpsc::UnboundedSender<CoordinatorMessage>,
+    running: HashSet<AttemptId>,
+    connected_at: SystemTime,
+}
+
+#[derive(Debug)]
+struct Inner {
+    scheduler: Scheduler,
+    leases: Leases,
+    agents: HashMap<String, AgentConn>,
+    jobs: HashMap<u64, Arc<JobSpec>>,
+    next_conn: u64,
+}
+
+/// What `lull agents` shows of one agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    /// Its ID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// Attempts running on it.
+    pub running: usize,
+    /// When it connected (ms since the Unix epoch).
+    pub connected_ms: i64,
+}
+
+/// The coordinator's live state.
+#[derive(Debug)]
+pub struct Hub {
+    store: Store,
+    blobs: BlobStore,
+    config: HubConfig,
+    inner: Mutex<Inner>,
+    wake: Notify,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// A hub over a store and blob store.
+    pub fn new(store: Store, blobs: BlobStore, config: HubConfig, seed: u64) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            blobs,
+            inner: Mutex::new(Inner {
+                scheduler: Scheduler::new(seed),
+                leases: Leases::new(config.lease),
+                agents: HashMap::new(),
+                jobs: HashMap::new(),
+                next_conn: 1,
+            }),
+            config,
+            wake: Notify::new(),
+        })
+    }
+
+    /// The durable store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuilds the live state from the store after a start: unfinished jobs, the queue of
+    /// pending tasks, and a fresh lease for every running attempt so its agent can reconnect.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        let jobs = self.store.unfinished_jobs().await?;
+        let pending = self.store.tasks_in_state(TaskState::Pending).await?;
+        let running = self.store.tasks_in_state(TaskState::Running).await?;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        for j in jobs {
+            inner.jobs.insert(j.id, Arc::new(j.spec));
+        }
+        for t in &pending {
+            if let Some(q) = queued(&inner.jobs, t.id) {
+                inner.scheduler.handle_task_queued(q);
+            }
+        }
+        for t in &running {
+            let attempt = AttemptId {
+                task: t.id,
+                attempt: t.attempt,
+            };
+            inner
+                .leases
+                .grant(now, attempt, t.agent.as_deref().unwrap_or_default());
+        }
+        tracing::info!(
+            jobs = inner.jobs.len(),
+            pending = pending.len(),
+            running = running.len(),
+            "recovered state from the store"
+        );
+        drop(inner);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Accepts a job: checks it, checks that every blob is here and every signature trusted,
+    /// stores it and queues its tasks. Returns its number.
+    pub async fn submit(&self, spec: JobSpec) -> Result<u64, HubError> {
+        spec.check()
+            .map_err(|e| HubError::BadRequest(e.to_string()))?;
+        for (digest, _) in spec.blobs() {
+            if !self.blobs.contains(&digest) {
+                return Err(HubError::BadRequest(format!(
+                    "blob {digest} has not been uploaded"
+                )));
+            }
+        }
+        for m in &spec.modules {
+            let bytes = self
+                .blobs
+                .read(&m.digest)
+                .await
+                .map_err(|e| HubError::BadRequest(format!("module {}: {e}", m.name)))?;
+            lull_protocol::module_check::check(&bytes)
+                .map_err(|e| HubError::BadRequest(format!("module {}: {e}", m.name)))?;
+            if let Some(trust) = &self.config.trust {
+                trust
+                    .verify(&bytes, m.signature.as_deref())
+                    .map_err(|e| HubError::BadRequest(format!("module {}: {e}", m.name)))?;
+            }
+        }
+        let id = self.store.insert_job(&spec, now_ms()).await?;
+        let spec = Arc::new(spec);
+        {
+            let mut inner = self.lock();
+            inner.jobs.insert(id, spec.clone());
+            for index in 0..spec.count {
+                if let Some(q) = queued(&inner.jobs, TaskId { job: id, index }) {
+                    inner.scheduler.handle_task_queued(q);
+                }
+            }
+        }
+        tracing::info!(job = id, name = %spec.name, tasks = spec.count, "job submitted");
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Cancels a job: its waiting tasks at once, its running ones as their agents stop them.
+    pub async fn cancel(&self, job: u64) -> Result<usize, HubError> {
+        let running = self
+            .store
+            .cancel_job(job, now_ms())
+            .await
+            .map_err(|e| match e {
+                StoreError::NoJob(_) => HubError::NotFound(format!("no job {job}")),
+                e => e.into(),
+            })?;
+        let inner = &mut *self.lock();
+        inner.scheduler.handle_job_cancelled(job);
+        for (attempt, agent) in &running {
+            if let Some(a) = inner.agents.get(agent) {
+                let _ = a.tx.send(CoordinatorMessage::Cancel {
+                    attempt: *attempt,
+                    reason: "the job was cancelled".into(),
+                });
+            }
+        }
+        tracing::info!(job, running = running.len(), "job cancelled");
+        Ok(running.len())
+    }
+
+    /// An agent said hello. Returns the connection number, or why it is refused.
+    pub async fn agent_connected(
+        &self,
+        hello: &AgentMessage,
+        tx: mpsc::UnboundedSender<CoordinatorMessage>,
+    ) -> Result<u64, String> {
+        let AgentMessage::Hello {
+            protocol_version,
+            agent_id,
+            name,
+            capacity,
+            running,
+        } = hello
+        else {
+            return Err("the first message on a control stream must be hello".into());
+        };
+        if *protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "this coordinator speaks protocol version {PROTOCOL_VERSION}, the agent speaks {protocol_version}: upgrade the older of the two"
+            ));
+        }
+        if agent_id.is_empty() || agent_id.len() > 128 {
+            return Err("agent ID must be 1 to 128 characters".into());
+        }
+        if let Err(e) = self
+            .store
+            .upsert_agent(agent_id, name, capacity, now_ms())
+            .await
+        {
+            tracing::error!(error = %e, "could not record agent");
+            return Err("the coordinator could not record the agent".into());
+        }
+        let now = Instant::now();
+        let inner = &mut *self.lock();
+        let conn = inner.next_conn;
+        inner.next_conn += 1;
+        let mut mine = HashSet::new();
+        for attempt in running {
+            if inner.leases.renew(now, *attempt, agent_id) {
+                mine.insert(*attempt);
+            } else {
+                let _ = tx.send(CoordinatorMessage::Cancel {
+                    attempt: *attempt,
+                    reason: "the attempt is no longer assigned to this agent".into(),
+                });
+            }
+        }
+        let _ = tx.send(CoordinatorMessage::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            lease_ms: self.config.lease.as_millis() as u64,
+            report_interval_ms: self.config.report_interval.as_millis() as u64,
+        });
+        inner
+            .scheduler
+            .handle_agent_up(agent_id, capacity, mine.len() as u32);
+        if let Some(old) = inner.agents.insert(
+            agent_id.clone(),
+            AgentConn {
+                conn,
+                name: name.clone(),
+                capacity: capacity.clone(),
+                tx,
+                running: mine,
+                connected_at: SystemTime::now(),
+            },
+        ) {
+            tracing::info!(agent = %agent_id, old = old.conn, "agent reconnected; old connection replaced");
+        }
+        tracing::info!(agent = %agent_id, %name, slots = capacity.slots, "agent connected");
+        self.wake.notify_one();
+        Ok(conn)
+    }
+
+    /// An agent's control stream ended. Its leases run on: it may reconnect in time.
+    pub fn agent_disconnected(&self, agent: &str, conn: u64) {
+        let inner = &mut *self.lock();
+        if inner.agents.get(agent).is_some_and(|a| a.conn == conn) {
+            inner.agents.remove(agent);
+            inner.scheduler.handle_agent_down(agent);
+            tracing::info!(%agent, "agent disconnected");
+        }
+    }
+
+    /// A message on an agent's control stream.
+    pub async fn agent_message(&self, agent: &str, msg: AgentMessage) {
+        match msg {
+            AgentMessage::Report { capacity, running } => {
+                let now = Instant::now();
+                let inner = &mut *self.lock();
+                let Inner {
+                    agents,
+                    leases,
+                    scheduler,
+                    ..
+                } = inner;
+                if let Some(a) = agents.get_mut(agent) {
+                    for attempt in &running {
+                        if !leases.renew(now, *attempt, agent) {
+                            let _ = a.tx.send(CoordinatorMessage::Cancel {
+                                attempt: *attempt,
+                                reason: "the attempt is no longer assigned to this agent".into(),
+                            });
+                        }
+                    }
+                    a.capacity = capacity;
+                    scheduler.handle_agent_up(agent, &a.capacity, a.running.len() as u32);
+                }
+                self.wake.notify_one();
+            }
+            AgentMessage::Heartbeat => {
+                let now = Instant::now();
+                let inner = &mut *self.lock();
+                if let Some(a) = inner.agents.get(agent) {
+                    for attempt in &a.running {
+                        inner.leases.renew(now, *attempt, agent);
+                    }
+                }
+            }
+            AgentMessage::Started { attempt, setup_us } => {
+                if let Err(e) = self.store.mark_started(attempt, setup_us, now_ms()).await {
+                    tracing::warn!(%attempt, error = %e, "could not record start");
+                }
+            }
+            AgentMessage::Result(result) => self.agent_result(agent, result).await,
+            other => tracing::warn!(%agent, ?other, "unexpected message on the control stream"),
+        }
+    }
+
+    async fn agent_result(&self, agent: &str, result: lull_protocol::message::TaskResult) {
+        let attempt = result.attempt;
+        if let Some(missing) = result.blobs().into_iter().find(|d| !self.blobs.contains(d)) {
+            tracing::warn!(%agent, %attempt, %missing, "result refers to a blob not uploaded; not acknowledged");
+            return;
+        }
+        let recorded = match self.store.record_result(agent, &result, now_ms()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%attempt, error = %e, "could not record result; the agent will resend it");
+                return;
+            }
+        };
+        let inner = &mut *self.lock();
+        match &recorded {
+            Recorded::Stored(state) => {
+                tracing::info!(%agent, %attempt, state = state.as_str(), cause = ?result.cause(), "result recorded");
+                self.end_attempt(inner, attempt, agent, *state);
+            }
+            Recorded::Stale => {
+                tracing::info!(%agent, %attempt, "late or duplicate result ignored");
+            }
+        }
+        if let Some(a) = inner.agents.get(agent) {
+            let _ = a.tx.send(CoordinatorMessage::ResultAck { attempt });
+        }
+        self.wake.notify_one();
+    }
+
+    fn end_attempt(&self, inner: &mut Inner, attempt: AttemptId, agent: &str, state: TaskState) {
+        inner.leases.release(&attempt);
+        if let Some(a) = inner.agents.get_mut(agent) {
+            if a.running.remove(&attempt) {
+                inner.scheduler.handle_task_ended(agent);
+            }
+        }
+        if state == TaskState::Pending {
+            if let Some(q) = queued(&inner.jobs, attempt.task) {
+                inner.scheduler.handle_task_queued(q);
+            }
+        }
+    }
+
+    /// Runs the placement loop forever: expires leases, then places pending tasks on agents
+    /// with free slots.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let next = self.lock().leases.poll_timeout();
+            let tick = Duration::from_millis(500);
+            let wait = next
+                .map(|t| t.saturating_duration_since(Instant::now()).min(tick))
+                .unwrap_or(tick);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            self.expire_leases().await;
+            self.place().await;
+        }
+    }
+
+    async fn expire_leases(&self) {
+        let expired = self.lock().leases.poll_expired(Instant::now());
+        for (attempt, agent) in expired {
+            tracing::warn!(%attempt, %agent, "lease expired: the agent stopped reporting");
+            match self
+                .store
+                .attempt_lost(attempt, "lost: the agent stopped reporting", now_ms())
+                .await
+            {
+                Ok(Recorded::Stored(state)) => {
+                    let inner = &mut *self.lock();
+                    if let Some(a) = inner.agents.get(&agent) {
+                        let _ = a.tx.send(CoordinatorMessage::Cancel {
+                            attempt,
+                            reason: "its lease expired".into(),
+                        });
+                    }
+                    self.end_attempt(inner, attempt, &agent, state);
+                }
+                Ok(Recorded::Stale) => {}
+                Err(e) => tracing::error!(%attempt, error = %e, "could not requeue a lost attempt"),
+            }
+        }
+    }
+
+    async fn place(&self) {
+        loop {
+            let Some(p) = self.lock().scheduler.poll_placement() else {
+                return;
+            };
+            let task = p.task.task;
+            let assigned = match self.store.assign(task, &p.agent, now_ms()).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(%task, error = %e, "could not assign; will retry");
+                    {
+                        let inner = &mut *self.lock();
+                        inner.scheduler.handle_task_ended(&p.agent);
+                        inner.scheduler.handle_task_queued(p.task);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let inner = &mut *self.lock();
+            let Some(attempt) = assigned else {
+                // No longer pending (cancelled meanwhile): give the slot back.
+                inner.scheduler.handle_task_ended(&p.agent);
+                continue;
+            };
+            inner.leases.grant(Instant::now(), attempt, &p.agent);
+            let Some(job) = inner.jobs.get(&task.job).cloned() else {
+                continue;
+            };
+            match inner.agents.get_mut(&p.agent) {
+                Some(a) => {
+                    a.running.insert(attempt);
+                    let _ = a.tx.send(CoordinatorMessage::Assign(Box::new(Assignment {
+                        attempt,
+                        job: (*job).clone(),
+                    })));
+                    tracing::debug!(%attempt, agent = %p.agent, "assigned");
+                }
+                None => {
+                    // Gone since the placement; the lease will expire and requeue it.
+                    tracing::debug!(%attempt, agent = %p.agent, "agent left before assignment");
+                }
+            }
+        }
+    }
+
+    /// The connected agents.
+    pub fn agents(&self) -> Vec<AgentView> {
+        let inner = self.lock();
+        let mut v: Vec<AgentView> = inner
+            .agents
+            .iter()
+            .map(|(id, a)| AgentView {
+                id: id.clone(),
+                name: a.name.clone(),
+                capacity: a.capacity.clone(),
+                running: a.running.len(),
+                connected_ms: a
+                    .connected_at
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Why a job's pending tasks are waiting, in words for `lull status`.
+    pub fn waiting_reason(&self, spec: &JobSpec) -> String {
+        let inner = self.lock();
+        if inner.agents.is_empty() {
+            return "no agent is connected".into();
+        }
+        let largest = inner
+            .agents
+            .values()
+            .map(|a| a.capacity.max_task_memory)
+            .max()
+            .unwrap_or(0);
+        if largest < spec.resources.memory {
+            return format!(
+                "no connected agent accepts tasks of {} (the largest cap is {})",
+                units::format_size(spec.resources.memory),
+                units::format_size(largest)
+            );
+        }
+        "waiting for a free slot".into()
+    }
+}
+
+fn queued(jobs: &HashMap<u64, Arc<JobSpec>>, task: TaskId) -> Option<QueuedTask> {
+    jobs.get(&task.job).map(|spec| QueuedTask {
+        task,
+        memory: spec.resources.memory,
+        strategy: spec.placement.strategy,
+    })
+}

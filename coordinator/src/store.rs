@@ -1,0 +1,626 @@
+//! Durable state: jobs, tasks, attempts and agents in SQLite.
+//!
+//! The database is the truth: the coordinator can be killed at any instant and restarted on the
+//! same data directory without losing a job or recording a result twice. Every state change of a
+//! task is one transaction guarded by the state it expects (`WHERE state = 'running' AND attempt
+//! = ?`), so a late or duplicate result cannot overwrite a newer one.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use lull_protocol::job::JobSpec;
+use lull_protocol::message::{AttemptId, Capacity, TaskId, TaskResult};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored JSON column could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// No such job.
+    #[error("no job {0}")]
+    NoJob(u64),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A task's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for an agent.
+    Pending,
+    /// Assigned to an agent.
+    Running,
+    /// Ended well.
+    Succeeded,
+    /// Ended badly after its last attempt.
+    Failed,
+    /// Cancelled by a person.
+    Cancelled,
+}
+
+impl TaskState {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the task has ended for good.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => TaskState::Pending,
+            "running" => TaskState::Running,
+            "succeeded" => TaskState::Succeeded,
+            "failed" => TaskState::Failed,
+            "cancelled" => TaskState::Cancelled,
+            other => {
+                return Err(StoreError::Corrupt(serde::de::Error::custom(format!(
+                    "unknown task state {other:?}"
+                ))));
+            }
+        })
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Its number.
+    pub id: u64,
+    /// Its definition.
+    pub spec: JobSpec,
+    /// When it was submitted (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// Whether a person cancelled it.
+    pub cancelled: bool,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    /// The task.
+    #[serde(flatten)]
+    pub id: TaskId,
+    /// Its state.
+    pub state: TaskState,
+    /// The current or last attempt (0 before the first).
+    pub attempt: u32,
+    /// The agent of the current or last attempt.
+    pub agent: Option<String>,
+    /// Why it failed or was cancelled.
+    pub cause: Option<String>,
+}
+
+/// One attempt as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    /// The attempt number.
+    pub attempt: u32,
+    /// The agent it ran on.
+    pub agent: String,
+    /// When it was assigned.
+    pub assigned_ms: i64,
+    /// When its guest started.
+    pub started_ms: Option<i64>,
+    /// Microseconds from the assignment reaching the agent to its guest running.
+    pub setup_us: Option<i64>,
+    /// When it ended.
+    pub finished_ms: Option<i64>,
+    /// How it ended, in words (`succeeded`, `lost`, a cause...).
+    pub outcome: Option<String>,
+    /// Its result, when the agent sent one.
+    pub result: Option<TaskResult>,
+}
+
+/// Task counts by state.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Waiting for an agent.
+    pub pending: u64,
+    /// On an agent.
+    pub running: u64,
+    /// Done well.
+    pub succeeded: u64,
+    /// Done badly.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl Counts {
+    fn add(&mut self, state: TaskState, n: u64) {
+        match state {
+            TaskState::Pending => self.pending += n,
+            TaskState::Running => self.running += n,
+            TaskState::Succeeded => self.succeeded += n,
+            TaskState::Failed => self.failed += n,
+            TaskState::Cancelled => self.cancelled += n,
+        }
+    }
+    /// All tasks.
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.succeeded + self.failed + self.cancelled
+    }
+}
+
+/// What recording a result did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored; the task is now in this state.
+    Stored(TaskState),
+    /// Not stored: the attempt is not the task's current one, or was already recorded.
+    Stale,
+}
+
+/// The coordinator's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path`, in WAL mode with full sync,
+    /// and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Stores a job and its tasks (all pending); returns its number.
+    pub async fn insert_job(&self, spec: &JobSpec, now_ms: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 =
+            sqlx::query("INSERT INTO jobs (name, spec, created_ms) VALUES (?, ?, ?) RETURNING id")
+                .bind(&spec.name)
+                .bind(serde_json::to_string(spec)?)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+        const CHUNK: u32 = 400;
+        let mut start = 0u32;
+        while start < spec.count {
+            let end = (start + CHUNK).min(spec.count);
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO tasks (job_id, idx, state, attempt, updated_ms) ",
+            );
+            qb.push_values(start..end, |mut b, idx| {
+                b.push_bind(id)
+                    .push_bind(idx as i64)
+                    .push_bind("pending")
+                    .push_bind(0i64)
+                    .push_bind(now_ms);
+            });
+            qb.build().execute(&mut *tx).await?;
+            start = end;
+        }
+        tx.commit().await?;
+        Ok(id as u64)
+    }
+
+    /// A job by number.
+    pub async fn job(&self, id: u64) -> Result<JobRow> {
+        let row = sqlx::query("SELECT id, spec, created_ms, cancelled FROM jobs WHERE id = ?")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NoJob(id))?;
+        job_row(&row)
+    }
+
+    /// All jobs, newest first.
+    pub async fn jobs(&self) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query("SELECT id, spec, created_ms, cancelled FROM jobs ORDER BY id DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// Jobs that still have pending or running tasks.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query(
+            "SELECT id, spec, created_ms, cancelled FROM jobs WHERE id IN \
+             (SELECT DISTINCT job_id FROM tasks WHERE state IN ('pending', 'running'))",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// Task counts of every job, by job number.
+    pub async fn counts(&self) -> Result<std::collections::HashMap<u64, Counts>> {
+        let rows = sqlx::query("SELECT job_id, state, COUNT(*) FROM tasks GROUP BY job_id, state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = std::collections::HashMap::<u64, Counts>::new();
+        for r in rows {
+            let job: i64 = r.get(0);
+            let state: String = r.get(1);
+            let n: i64 = r.get(2);
+            out.entry(job as u64)
+                .or_default()
+                .add(state.parse()?, n as u64);
+        }
+        Ok(out)
+    }
+
+    /// Task counts of one job.
+    pub async fn job_counts(&self, job: u64) -> Result<Counts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY state")
+            .bind(job as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut c = Counts::default();
+        for r in rows {
+            let state: String = r.get(0);
+            let n: i64 = r.get(1);
+            c.add(state.parse()?, n as u64);
+        }
+        Ok(c)
+    }
+
+    /// The tasks of a job, by index.
+    pub async fn tasks(&self, job: u64) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(
+            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE job_id = ? ORDER BY idx",
+        )
+        .bind(job as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_row).collect()
+    }
+
+    /// Every task in a state, oldest job first.
+    pub async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(
+            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE state = ? ORDER BY job_id, idx",
+        )
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_row).collect()
+    }
+
+    /// The attempts of a task, oldest first.
+    pub async fn attempts(&self, task: TaskId) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT attempt, agent_id, assigned_ms, started_ms, finished_ms, outcome, result, setup_us \
+             FROM attempts WHERE job_id = ? AND idx = ? ORDER BY attempt",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let result: Option<String> = r.get(6);
+                Ok(AttemptRow {
+                    attempt: r.get::<i64, _>(0) as u32,
+                    agent: r.get(1),
+                    assigned_ms: r.get(2),
+                    started_ms: r.get(3),
+                    setup_us: r.get(7),
+                    finished_ms: r.get(4),
+                    outcome: r.get(5),
+                    result: result.map(|s| serde_json::from_str(&s)).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The recorded result of the task's last attempt that has one.
+    pub async fn last_results(
+        &self,
+        job: u64,
+    ) -> Result<std::collections::HashMap<u32, TaskResult>> {
+        let rows = sqlx::query(
+            "SELECT a.idx, a.result FROM attempts a JOIN tasks t ON t.job_id = a.job_id AND t.idx = a.idx \
+             WHERE a.job_id = ? AND a.result IS NOT NULL ORDER BY a.idx, a.attempt",
+        )
+        .bind(job as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in rows {
+            let idx: i64 = r.get(0);
+            let text: String = r.get(1);
+            out.insert(idx as u32, serde_json::from_str(&text)?);
+        }
+        Ok(out)
+    }
+
+    /// Assigns a pending task to an agent, starting its next attempt. Returns the attempt, or
+    /// `None` when the task was no longer pending.
+    pub async fn assign(
+        &self,
+        task: TaskId,
+        agent: &str,
+        now_ms: i64,
+    ) -> Result<Option<AttemptId>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = ?, updated_ms = ? \
+             WHERE job_id = ? AND idx = ? AND state = 'pending' RETURNING attempt",
+        )
+        .bind(agent)
+        .bind(now_ms)
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let attempt = row.get::<i64, _>(0) as u32;
+        sqlx::query(
+            "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .bind(attempt as i64)
+        .bind(agent)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(AttemptId { task, attempt }))
+    }
+
+    /// Records that an attempt's guest started.
+    pub async fn mark_started(&self, attempt: AttemptId, setup_us: u64, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE attempts SET started_ms = ?, setup_us = ? WHERE job_id = ? AND idx = ? AND attempt = ? AND started_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(setup_us as i64)
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .bind(attempt.attempt as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records an attempt's result, once. The task moves to succeeded, cancelled, failed, or back
+    /// to pending when attempts remain.
+    pub async fn record_result(
+        &self,
+        agent: &str,
+        result: &TaskResult,
+        now_ms: i64,
+    ) -> Result<Recorded> {
+        let outcome = if result.succeeded() {
+            "succeeded".to_owned()
+        } else {
+            result.cause().unwrap_or_else(|| "failed".into())
+        };
+        let json = serde_json::to_string(result)?;
+        let next = |job: &JobRow, attempt: u32| {
+            if result.succeeded() {
+                TaskState::Succeeded
+            } else if job.cancelled || result.cancelled() {
+                TaskState::Cancelled
+            } else if attempt < job.spec.max_attempts {
+                TaskState::Pending
+            } else {
+                TaskState::Failed
+            }
+        };
+        self.end_attempt(
+            result.attempt,
+            Some(agent),
+            &outcome,
+            Some(&json),
+            now_ms,
+            next,
+        )
+        .await
+    }
+
+    /// Ends an attempt whose agent was lost: the task goes back to pending while attempts
+    /// remain, else fails; a cancelled job's task is cancelled.
+    pub async fn attempt_lost(
+        &self,
+        attempt: AttemptId,
+        why: &str,
+        now_ms: i64,
+    ) -> Result<Recorded> {
+        let next = |job: &JobRow, n: u32| {
+            if job.cancelled {
+                TaskState::Cancelled
+            } else if n < job.spec.max_attempts {
+                TaskState::Pending
+            } else {
+                TaskState::Failed
+            }
+        };
+        self.end_attempt(attempt, None, why, None, now_ms, next)
+            .await
+    }
+
+    async fn end_attempt(
+        &self,
+        attempt: AttemptId,
+        agent: Option<&str>,
+        outcome: &str,
+        result: Option<&str>,
+        now_ms: i64,
+        next: impl Fn(&JobRow, u32) -> TaskState,
+    ) -> Result<Recorded> {
+        let job = self.job(attempt.task.job).await?;
+        let mut tx = self.pool.begin().await?;
+        let current = sqlx::query(
+            "SELECT agent_id FROM tasks WHERE job_id = ? AND idx = ? AND state = 'running' AND attempt = ?",
+        )
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .bind(attempt.attempt as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(current) = current else {
+            return Ok(Recorded::Stale);
+        };
+        if let Some(agent) = agent {
+            let holder: Option<String> = current.get(0);
+            if holder.as_deref() != Some(agent) {
+                return Ok(Recorded::Stale);
+            }
+        }
+        let state = next(&job, attempt.attempt);
+        let cause = match state {
+            TaskState::Succeeded | TaskState::Pending => None,
+            TaskState::Cancelled => Some("cancelled".to_owned()),
+            _ => Some(outcome.to_owned()),
+        };
+        sqlx::query(
+            "UPDATE attempts SET finished_ms = ?, outcome = ?, result = ? \
+             WHERE job_id = ? AND idx = ? AND attempt = ? AND finished_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(outcome)
+        .bind(result)
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .bind(attempt.attempt as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET state = ?, cause = ?, updated_ms = ? WHERE job_id = ? AND idx = ?",
+        )
+        .bind(state.as_str())
+        .bind(cause)
+        .bind(now_ms)
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Recorded::Stored(state))
+    }
+
+    /// Cancels a job: pending tasks become cancelled at once; returns the running attempts and
+    /// their agents, which the caller asks to stop.
+    pub async fn cancel_job(&self, job: u64, now_ms: i64) -> Result<Vec<(AttemptId, String)>> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE jobs SET cancelled = 1 WHERE id = ?")
+            .bind(job as i64)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoJob(job));
+        }
+        sqlx::query(
+            "UPDATE tasks SET state = 'cancelled', cause = 'cancelled before it started', updated_ms = ? \
+             WHERE job_id = ? AND state = 'pending'",
+        )
+        .bind(now_ms)
+        .bind(job as i64)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT idx, attempt, agent_id FROM tasks WHERE job_id = ? AND state = 'running'",
+        )
+        .bind(job as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    AttemptId {
+                        task: TaskId {
+                            job,
+                            index: r.get::<i64, _>(0) as u32,
+                        },
+                        attempt: r.get::<i64, _>(1) as u32,
+                    },
+                    r.get::<Option<String>, _>(2).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// Records an agent's hello or report.
+    pub async fn upsert_agent(
+        &self,
+        id: &str,
+        name: &str,
+        capacity: &Capacity,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, capacity = excluded.capacity, last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(serde_json::to_string(capacity)?)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
+    let spec: String = r.get(1);
+    Ok(JobRow {
+        id: r.get::<i64, _>(0) as u64,
+        spec: serde_json::from_str(&spec)?,
+        created_ms: r.get(2),
+        cancelled: r.get::<i64, _>(3) != 0,
+    })
+}
+
+fn task_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow> {
+    let state: String = r.get(2);
+    Ok(TaskRow {
+        id: TaskId {
+            job: r.get::<i64, _>(0) as u64,
+            index: r.get::<i64, _>(1) as u32,
+        },
+        state: state.parse()?,
+        attempt: r.get::<i64, _>(3) as u32,
+        agent: r.get(4),
+        cause: r.get(5),
+    })
+}

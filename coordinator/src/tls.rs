@@ -1,0 +1,87 @@
+//! The coordinator's identity: a key pair and self-signed certificate made at first start and
+//! kept in the data directory. Agents pin the sha256 of its public key (SubjectPublicKeyInfo).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use lull_protocol::Digest;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// The coordinator's certificate and key.
+#[derive(Debug)]
+pub struct Identity {
+    /// The self-signed certificate (DER).
+    pub cert: CertificateDer<'static>,
+    /// The private key (PKCS#8 DER).
+    pub key: PrivatePkcs8KeyDer<'static>,
+    /// sha256 of the public key (SPKI DER): what agents pin.
+    pub public_key_hash: Digest,
+}
+
+impl Identity {
+    /// Loads the identity from `dir`, making one when there is none.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cert_path = dir.join("coordinator.crt.der");
+        let key_path = dir.join("coordinator.key.der");
+        if !cert_path.exists() || !key_path.exists() {
+            let key = rcgen::KeyPair::generate().context("generating the coordinator key")?;
+            let params = rcgen::CertificateParams::new(vec![
+                "lull-coordinator".to_owned(),
+                "localhost".to_owned(),
+            ])?;
+            let cert = params.self_signed(&key)?;
+            write_private(&key_path, &key.serialize_der())?;
+            std::fs::write(&cert_path, cert.der())
+                .with_context(|| format!("writing {}", cert_path.display()))?;
+        }
+        let key_der =
+            std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+        let cert_der = std::fs::read(&cert_path)
+            .with_context(|| format!("reading {}", cert_path.display()))?;
+        let key_pair = rcgen::KeyPair::try_from(key_der.as_slice())
+            .with_context(|| format!("{} is not a key", key_path.display()))?;
+        Ok(Self {
+            cert: CertificateDer::from(cert_der),
+            key: PrivatePkcs8KeyDer::from(key_der),
+            public_key_hash: Digest::of(&key_pair.public_key_der()),
+        })
+    }
+
+    /// A QUIC server configuration presenting this identity, speaking Lull's ALPN.
+    pub fn quic_server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )?;
+        tls.alpn_protocols = vec![lull_protocol::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(256u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .max_idle_timeout(Some(std::time::Duration::from_secs(30).try_into()?));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
