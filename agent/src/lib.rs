@@ -1,2 +1,23 @@
-//! The Lull agent.
+//! The Lull agent: runs signed WebAssembly workloads on a machine while its own programs leave
+//! it idle, and reports to a coordinator over QUIC.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | `agent.toml`, the owner's settings |
+//! | [`daemon`] | the main loop: connection, reports, assignments, the outbox of results |
+//! | [`link`] | the QUIC link: pinned coordinator key, framing, blob download and upload |
+//! | [`cache`] | blobs by digest on disk, checked on arrival |
+//! | [`runner`] | one assignment: checks (memory cap, signatures, compile), directories, threads, result |
+//! | [`sandbox`] | wasmtime + WASI with memory, time and output caps, and cancellation |
+//! | [`sampler`] | what the machine offers: cores, memory, OS, architecture |
+
+pub mod cache;
+pub mod config;
+pub mod daemon;
+pub mod link;
+pub mod runner;
+pub mod sampler;
 pub mod sandbox;
+
+pub use config::AgentConfig;
+pub use daemon::Agent;

@@ -1,1 +1,96 @@
-fn main() {}
+//! `lull`: submit and watch jobs, fetch their results, and run a development cluster.
+//!
+//! One file per command under `commands/`; the HTTP client in `client`.
+
+mod client;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Lull harvests idle machines for batch work: submit WebAssembly jobs, watch them, fetch
+/// their results.
+#[derive(Parser, Debug)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// The coordinator's HTTP address [default: $LULL_COORDINATOR, else http://127.0.0.1:7080]
+    #[arg(long, global = true, env = "LULL_COORDINATOR")]
+    coordinator: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a coordinator and agents in this process, for trying Lull out.
+    Dev(commands::dev::Args),
+    /// Submit a job file.
+    Submit(commands::submit::Args),
+    /// Show jobs, or one job's tasks.
+    Status(commands::status::Args),
+    /// Download a job's results.
+    Results(commands::results::Args),
+    /// Show the connected agents.
+    Agents(commands::agents::Args),
+    /// Cancel a job.
+    Cancel(commands::cancel::Args),
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: commands::keys::KeysCommand,
+    },
+    /// Sign a module, writing FILE.sig.
+    Sign(commands::keys::SignArgs),
+}
+
+/// Exit code when a watched job ended with a task that did not succeed.
+pub const EXIT_JOB_FAILED: u8 = 3;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LULL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = client::Client::new(cli.coordinator.as_deref().unwrap_or(client::DEFAULT_URL));
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(a) => commands::dev::run(a).await,
+            Command::Submit(a) => commands::submit::run(&client, a).await,
+            Command::Status(a) => commands::status::run(&client, a).await,
+            Command::Results(a) => commands::results::run(&client, a).await,
+            Command::Agents(a) => commands::agents::run(&client, a).await,
+            Command::Cancel(a) => commands::cancel::run(&client, a).await,
+            Command::Keys { command } => commands::keys::run(command),
+            Command::Sign(a) => commands::keys::sign(a),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The default place for a user's files.
+pub fn config_dir() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("lull")
+}

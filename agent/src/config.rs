@@ -1,0 +1,80 @@
+//! The agent's configuration (`agent.toml`), owned by the machine's owner.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// `agent.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The coordinator's QUIC address, `host:port`.
+    #[serde(default = "default_coordinator")]
+    pub coordinator: String,
+    /// sha256 of the coordinator's public key (`sha256:...`), pinned on every connection.
+    /// Without it the agent accepts any coordinator certificate and says so in its log.
+    #[serde(default)]
+    pub coordinator_key: Option<String>,
+    /// Where the agent keeps its ID, cached blobs, work directories and unsent results.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// A name for people [default: the host name].
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tasks run at once [default: the number of cores].
+    #[serde(default)]
+    pub slots: Option<u32>,
+    /// The most memory one task's module may have, e.g. "2GiB" [default: 1/4 of the machine's memory, at most 4 GiB].
+    #[serde(default)]
+    pub max_task_memory: Option<String>,
+    /// Bytes of stdout and of stderr kept per module, e.g. "1MiB".
+    #[serde(default = "default_output_cap")]
+    pub output_cap: String,
+    /// Bytes of /output kept per task, e.g. "1GiB".
+    #[serde(default = "default_outputs_cap")]
+    pub outputs_cap: String,
+    /// The owner's trust list: an OpenSSH allowed_signers file. Modules signed by anyone else
+    /// are refused. Without one, nothing is trusted.
+    #[serde(default)]
+    pub allowed_signers: Option<PathBuf>,
+    /// Labels the coordinator can match jobs' constraints against.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_coordinator() -> String {
+    format!("127.0.0.1:{}", lull_protocol::DEFAULT_QUIC_PORT)
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("lull/agent")
+}
+
+fn default_output_cap() -> String {
+    "1MiB".into()
+}
+
+fn default_outputs_cap() -> String {
+    "1GiB".into()
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty configuration is valid")
+    }
+}
+
+impl AgentConfig {
+    /// Reads `agent.toml`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+}

@@ -1,0 +1,401 @@
+//! The agent's main loop: stay connected to the coordinator (reconnecting with backoff), report
+//! capacity, run assignments on their own threads, and deliver every result — results finished
+//! while disconnected wait on disk in the outbox and are sent on reconnect.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lull_protocol::message::{AgentMessage, Assignment, AttemptId, CoordinatorMessage, TaskResult};
+use lull_protocol::signature::TrustList;
+use lull_protocol::{Digest, PROTOCOL_VERSION, units};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::cache::{BlobCache, DigestMismatch};
+use crate::config::AgentConfig;
+use crate::link::{self, Dialer};
+use crate::runner::{self, Runner};
+use crate::sampler::Sampler;
+use crate::sandbox::{Sandbox, SandboxConfig, TaskControl};
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    id: String,
+    name: String,
+    coordinator: String,
+    pin: Option<Digest>,
+    slots: u32,
+    max_task_memory: u64,
+    labels: std::collections::BTreeMap<String, String>,
+    runner: Arc<Runner>,
+    cache: BlobCache,
+    outbox: PathBuf,
+    sampler: Mutex<Sampler>,
+    running: Mutex<HashMap<AttemptId, TaskControl>>,
+    conn: watch::Sender<Option<quinn::Connection>>,
+    events: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
+    outbox_ready: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// Prepares an agent from its configuration and the owner's trust list.
+    pub fn new(config: &AgentConfig, trust: TrustList) -> anyhow::Result<Arc<Self>> {
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let id = agent_id(data)?;
+        let sampler = Sampler::new();
+        let max_task_memory = match &config.max_task_memory {
+            Some(text) => units::parse_size(text).context("max_task_memory")?,
+            None => (sampler.memory_total() / 4).clamp(64 << 20, 4 << 30),
+        };
+        let output_cap = units::parse_size(&config.output_cap).context("output_cap")?;
+        let outputs_cap = units::parse_size(&config.outputs_cap).context("outputs_cap")?;
+        let pin = config
+            .coordinator_key
+            .as_deref()
+            .map(|k| k.parse::<Digest>().context("coordinator_key"))
+            .transpose()?;
+        if trust.is_empty() {
+            tracing::warn!(
+                "the trust list is empty: every workload will be refused (set allowed_signers in agent.toml)"
+            );
+        }
+        let cache = BlobCache::open(&data.join("blobs"))?;
+        let outbox = data.join("outbox");
+        std::fs::create_dir_all(&outbox)?;
+        let work_root = data.join("work");
+        // Directories of tasks that were running when the agent last stopped are stale.
+        let _ = std::fs::remove_dir_all(&work_root);
+        std::fs::create_dir_all(&work_root)?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            output_cap,
+            ..SandboxConfig::default()
+        })?;
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "agent".into()));
+        Ok(Arc::new(Self {
+            id,
+            name,
+            coordinator: config.coordinator.clone(),
+            pin,
+            slots: config.slots.unwrap_or_else(|| sampler.cores()).max(1),
+            max_task_memory,
+            labels: config.labels.clone(),
+            runner: Arc::new(Runner {
+                sandbox: Arc::new(sandbox),
+                cache: cache.clone(),
+                trust: Arc::new(trust),
+                work_root,
+                max_task_memory,
+                outputs_cap,
+            }),
+            cache,
+            outbox,
+            sampler: Mutex::new(sampler),
+            running: Mutex::new(HashMap::new()),
+            conn: watch::channel(None).0,
+            events: Mutex::new(None),
+            outbox_ready: Notify::new(),
+        }))
+    }
+
+    /// The agent's stable ID.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until the task is dropped: connects, serves, reconnects.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let dialer = Dialer::new(self.pin)?;
+        if self.pin.is_none() {
+            tracing::warn!("no coordinator_key pinned: accepting any coordinator certificate");
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match dialer.connect(&self.coordinator).await {
+                Ok(conn) => {
+                    let started = Instant::now();
+                    match self.clone().session(conn.clone()).await {
+                        Ok(()) => tracing::info!("coordinator closed the connection"),
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "connection to the coordinator lost")
+                        }
+                    }
+                    self.conn.send_replace(None);
+                    *lock(&self.events) = None;
+                    conn.close(0u32.into(), b"");
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(100);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot reach the coordinator");
+                }
+            }
+            let jitter =
+                Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(3));
+        }
+    }
+
+    fn capacity(&self) -> lull_protocol::message::Capacity {
+        lock(&self.sampler).capacity(self.slots, self.max_task_memory, &self.labels)
+    }
+
+    fn running(&self) -> Vec<AttemptId> {
+        lock(&self.running).keys().copied().collect()
+    }
+
+    async fn session(self: Arc<Self>, conn: quinn::Connection) -> anyhow::Result<()> {
+        let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
+        let hello = AgentMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.id.clone(),
+            name: self.name.clone(),
+            capacity: self.capacity(),
+            running: self.running(),
+        };
+        link::write_frame(&mut send, &hello).await?;
+        let report_every = match link::read_frame::<CoordinatorMessage>(&mut recv).await? {
+            Some(CoordinatorMessage::Welcome {
+                report_interval_ms, ..
+            }) => Duration::from_millis(report_interval_ms.max(100)),
+            Some(CoordinatorMessage::Refused { reason }) => {
+                tracing::error!(%reason, "the coordinator refused this agent");
+                bail!("refused by the coordinator: {reason}")
+            }
+            Some(other) => bail!("expected welcome, got {other:?}"),
+            None => bail!("the coordinator closed the control stream"),
+        };
+        tracing::info!(coordinator = %self.coordinator, agent = %self.id, "connected");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *lock(&self.events) = Some(tx);
+        self.conn.send_replace(Some(conn.clone()));
+        let mut sent: HashSet<AttemptId> = HashSet::new();
+        self.outbox_ready.notify_one();
+        let mut report = tokio::time::interval(report_every);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = link::read_frame::<CoordinatorMessage>(&mut recv) => {
+                    match msg? {
+                        Some(m) => self.handle(m, &mut sent),
+                        None => return Ok(()),
+                    }
+                }
+                Some(ev) = rx.recv() => link::write_frame(&mut send, &ev).await?,
+                _ = report.tick() => {
+                    let msg = AgentMessage::Report { capacity: self.capacity(), running: self.running() };
+                    link::write_frame(&mut send, &msg).await?;
+                }
+                _ = self.outbox_ready.notified() => {
+                    for result in self.outbox_entries() {
+                        if sent.insert(result.attempt) {
+                            let agent = self.clone();
+                            let conn = conn.clone();
+                            tokio::spawn(async move { agent.deliver(conn, result).await });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, msg: CoordinatorMessage, sent: &mut HashSet<AttemptId>) {
+        match msg {
+            CoordinatorMessage::Assign(a) => {
+                let attempt = a.attempt;
+                let control = TaskControl::new();
+                {
+                    let mut running = lock(&self.running);
+                    if running.contains_key(&attempt) {
+                        return;
+                    }
+                    running.insert(attempt, control.clone());
+                }
+                tracing::info!(%attempt, job = %a.job.name, "assigned");
+                tokio::spawn(self.clone().execute(*a, control, Instant::now()));
+            }
+            CoordinatorMessage::Cancel { attempt, reason } => {
+                if let Some(c) = lock(&self.running).get(&attempt) {
+                    tracing::info!(%attempt, %reason, "cancelling");
+                    c.cancel(reason);
+                }
+            }
+            CoordinatorMessage::ResultAck { attempt } => {
+                sent.remove(&attempt);
+                let _ = std::fs::remove_file(self.outbox_path(attempt));
+                tracing::debug!(%attempt, "result acknowledged");
+            }
+            CoordinatorMessage::Welcome { .. } | CoordinatorMessage::Refused { .. } => {
+                tracing::warn!("unexpected welcome or refusal mid-session");
+            }
+        }
+    }
+
+    fn send_event(&self, msg: AgentMessage) {
+        if let Some(tx) = lock(&self.events).as_ref() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    async fn execute(self: Arc<Self>, a: Assignment, control: TaskControl, received: Instant) {
+        let attempt = a.attempt;
+        let result = match self.fetch_all(&a).await {
+            Err(reason) => runner::refused(&a, &reason),
+            Ok(()) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let runner = self.runner.clone();
+                let agent = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("task {attempt}"))
+                    .spawn(move || {
+                        let result = runner.run(&a, &control, || {
+                            agent.send_event(AgentMessage::Started {
+                                attempt,
+                                setup_us: received.elapsed().as_micros() as u64,
+                            });
+                        });
+                        let _ = tx.send(result);
+                    });
+                match spawned {
+                    Ok(_) => match rx.await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::error!(%attempt, "task thread ended without a result");
+                            lock(&self.running).remove(&attempt);
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(%attempt, error = %e, "could not start a task thread");
+                        lock(&self.running).remove(&attempt);
+                        return;
+                    }
+                }
+            }
+        };
+        tracing::info!(%attempt, succeeded = result.succeeded(), cause = ?result.cause(), "attempt ended");
+        if let Err(e) = self.store_result(&result) {
+            tracing::error!(%attempt, error = %format!("{e:#}"), "could not keep a result on disk");
+        }
+        lock(&self.running).remove(&attempt);
+        self.outbox_ready.notify_one();
+    }
+
+    /// Brings every blob of the assignment into the cache. A digest mismatch refuses the task;
+    /// a lost connection waits for the next one.
+    async fn fetch_all(&self, a: &Assignment) -> Result<(), String> {
+        for (digest, _) in a.job.blobs() {
+            let mut tries = 0;
+            while !self.cache.contains(&digest) {
+                tries += 1;
+                let conn = self.connection().await;
+                match link::fetch_blob(&conn, &self.cache, digest).await {
+                    Ok(()) => {}
+                    Err(e) if e.downcast_ref::<DigestMismatch>().is_some() => {
+                        tracing::error!(attempt = %a.attempt, error = %e, "blob refused");
+                        return Err(e.to_string());
+                    }
+                    Err(e) if tries >= 5 => {
+                        return Err(format!("could not fetch blob {digest}: {e:#}"));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %format!("{e:#}"), "blob fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn connection(&self) -> quinn::Connection {
+        let mut rx = self.conn.subscribe();
+        loop {
+            if let Some(c) = rx.borrow_and_update().clone() {
+                return c;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives as long as the agent; wait forever otherwise.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn outbox_path(&self, attempt: AttemptId) -> PathBuf {
+        self.outbox.join(format!(
+            "{}.{}.{}.json",
+            attempt.task.job, attempt.task.index, attempt.attempt
+        ))
+    }
+
+    fn store_result(&self, result: &TaskResult) -> anyhow::Result<()> {
+        let path = self.outbox_path(result.attempt);
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec(result)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    fn outbox_entries(&self) -> Vec<TaskResult> {
+        let Ok(entries) = std::fs::read_dir(&self.outbox) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                match std::fs::read(&path).map(|b| serde_json::from_slice::<TaskResult>(&b)) {
+                    Ok(Ok(r)) => out.push(r),
+                    _ => {
+                        tracing::error!(file = %path.display(), "unreadable result in the outbox; removing it");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Uploads a result's blobs, then sends it. The coordinator acknowledges it.
+    async fn deliver(self: Arc<Self>, conn: quinn::Connection, result: TaskResult) {
+        for digest in result.blobs() {
+            if let Err(e) = link::upload_blob(&conn, &self.cache, digest).await {
+                tracing::warn!(attempt = %result.attempt, error = %format!("{e:#}"), "could not upload a result blob; will retry on reconnect");
+                return;
+            }
+        }
+        self.send_event(AgentMessage::Result(result));
+    }
+}
+
+/// The agent's stable ID, made at first start.
+fn agent_id(data: &std::path::Path) -> anyhow::Result<String> {
+    let path = data.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_owned();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = format!("a-{:016x}", rand::random::<u64>());
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}

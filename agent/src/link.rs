@@ -1,0 +1,215 @@
+//! The agent's QUIC link to its coordinator: connecting (pinning the coordinator's key),
+//! framed messages, and blob downloads and uploads on their own streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use lull_protocol::Digest;
+use lull_protocol::frame::{self, DEFAULT_MAX_FRAME, HEADER_LEN};
+use lull_protocol::message::{AgentMessage, BlobReply};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cache::BlobCache;
+
+/// Reads one frame; `Ok(None)` when the stream ended before a frame began.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> anyhow::Result<Option<T>> {
+    let mut header = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame::body_len(header, DEFAULT_MAX_FRAME)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(frame::parse_body(&body)?))
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(
+    send: &mut (impl tokio::io::AsyncWrite + Unpin),
+    msg: &T,
+) -> anyhow::Result<()> {
+    send.write_all(&frame::to_bytes(msg, DEFAULT_MAX_FRAME)?)
+        .await?;
+    Ok(())
+}
+
+/// Accepts the coordinator's certificate when its public key hashes to the pinned digest, or
+/// any certificate when nothing is pinned.
+#[derive(Debug)]
+struct PinnedKey {
+    pin: Option<Digest>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::General(format!("coordinator certificate: {e}")))?;
+        let got = Digest::of(cert.subject_public_key_info().as_ref());
+        if got == pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the coordinator's key is {got}, not the pinned {pin}"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A QUIC client endpoint for reaching one coordinator.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl Dialer {
+    /// A dialer that pins `pin` (the coordinator's public key hash) when given.
+    pub fn new(pin: Option<Digest>) -> anyhow::Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedKey { pin, provider }))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![lull_protocol::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
+            .max_idle_timeout(Some(std::time::Duration::from_secs(10).try_into()?));
+        config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = "0.0.0.0:0".parse()?;
+        let endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
+        Ok(Self { endpoint, config })
+    }
+
+    /// Connects to `addr` (`host:port`).
+    pub async fn connect(&self, addr: &str) -> anyhow::Result<quinn::Connection> {
+        let target = tokio::net::lookup_host(addr)
+            .await
+            .with_context(|| format!("resolving {addr}"))?
+            .next()
+            .with_context(|| format!("{addr} resolves to no address"))?;
+        let conn = self
+            .endpoint
+            .connect_with(self.config.clone(), target, "lull-coordinator")?
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        Ok(conn)
+    }
+}
+
+/// Downloads a blob into the cache, checking its digest. A blob whose bytes do not match is
+/// refused (a [`crate::cache::DigestMismatch`] error) and never stored.
+pub async fn fetch_blob(
+    conn: &quinn::Connection,
+    cache: &BlobCache,
+    digest: Digest,
+) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await.context("opening a blob stream")?;
+    write_frame(&mut send, &AgentMessage::GetBlob { digest }).await?;
+    send.finish()?;
+    let reply: BlobReply = read_frame(&mut recv)
+        .await?
+        .context("the coordinator closed the blob stream")?;
+    let size = match reply {
+        BlobReply::Ok { size } => size,
+        BlobReply::NotFound => bail!("the coordinator does not have blob {digest}"),
+        BlobReply::Rejected { reason } => bail!("blob {digest}: {reason}"),
+    };
+    let mut writer = cache.writer()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = AsyncReadExt::read(&mut recv, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut writer, &buf[..n])?;
+        if writer.size() > size {
+            bail!("blob {digest}: more bytes than the {size} announced");
+        }
+    }
+    if writer.size() != size {
+        bail!("blob {digest}: received {} of {size} bytes", writer.size());
+    }
+    writer.commit(cache, Some(digest))?;
+    Ok(())
+}
+
+/// Uploads a blob from the cache.
+pub async fn upload_blob(
+    conn: &quinn::Connection,
+    cache: &BlobCache,
+    digest: Digest,
+) -> anyhow::Result<()> {
+    let path = cache.path(&digest);
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().await?.len();
+    let (mut send, mut recv) = conn.open_bi().await.context("opening a blob stream")?;
+    write_frame(&mut send, &AgentMessage::PutBlob { digest, size }).await?;
+    tokio::io::copy(&mut file, &mut send).await?;
+    send.finish()?;
+    match read_frame::<BlobReply>(&mut recv).await? {
+        Some(BlobReply::Ok { .. }) => Ok(()),
+        Some(BlobReply::Rejected { reason }) => bail!("upload of {digest} refused: {reason}"),
+        other => bail!("upload of {digest}: unexpected reply {other:?}"),
+    }
+}

@@ -1,0 +1,287 @@
+//! Running one assignment: the checks before a guest may start (memory cap, digests,
+//! signatures against the owner's trust list, compilation), the task's directories, one thread
+//! per module, and the result with its outputs and logs stored as blobs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lull_protocol::job::{ModuleSpec, expand_args};
+use lull_protocol::message::{Assignment, Captured, ModuleResult, Outcome, OutputFile, TaskResult};
+use lull_protocol::signature::TrustList;
+use lull_protocol::units::format_size;
+
+use crate::cache::BlobCache;
+use crate::sandbox::{Program, RunOutput, RunSpec, Sandbox, TaskControl};
+
+/// Runs assignments whose blobs are in the cache.
+#[derive(Debug)]
+pub struct Runner {
+    /// The wasmtime sandbox.
+    pub sandbox: Arc<Sandbox>,
+    /// Where blobs live.
+    pub cache: BlobCache,
+    /// The owner's trust list.
+    pub trust: Arc<TrustList>,
+    /// Where task directories are made.
+    pub work_root: PathBuf,
+    /// The most memory one module may have.
+    pub max_task_memory: u64,
+    /// The most bytes of `/output` kept per task.
+    pub outputs_cap: u64,
+}
+
+/// A result in which every module was refused for `reason`.
+pub fn refused(a: &Assignment, reason: &str) -> TaskResult {
+    TaskResult {
+        attempt: a.attempt,
+        modules: a
+            .job
+            .modules
+            .iter()
+            .map(|m| ModuleResult {
+                name: m.name.clone(),
+                outcome: Outcome::Refused {
+                    reason: reason.to_owned(),
+                },
+                stdout: None,
+                stderr: None,
+            })
+            .collect(),
+        outputs: vec![],
+        elapsed_ms: 0,
+        outputs_truncated: false,
+    }
+}
+
+impl Runner {
+    /// Checks, prepares and runs an assignment on the calling thread; `on_start` is called
+    /// just before the guests start. Every failure becomes part of the result.
+    pub fn run(
+        &self,
+        a: &Assignment,
+        control: &TaskControl,
+        on_start: impl FnOnce(),
+    ) -> TaskResult {
+        let memory = a.job.resources.memory;
+        if memory > self.max_task_memory {
+            return refused(
+                a,
+                &format!(
+                    "the task asks for {} of memory; this agent's cap is {}",
+                    format_size(memory),
+                    format_size(self.max_task_memory)
+                ),
+            );
+        }
+        let mut programs = Vec::new();
+        for m in &a.job.modules {
+            match self.prepare(m) {
+                Ok(p) => programs.push(p),
+                Err(reason) => return refused(a, &format!("module {}: {reason}", m.name)),
+            }
+        }
+        let dir = self.work_root.join(a.attempt.to_string().replace('#', "-"));
+        let result = match self.layout(a, &dir) {
+            Ok(specs) => {
+                on_start();
+                self.execute(a, &programs, specs, control)
+            }
+            Err(e) => refused(
+                a,
+                &format!("could not prepare the task's directories: {e:#}"),
+            ),
+        };
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a task directory");
+        }
+        result
+    }
+
+    fn prepare(&self, m: &ModuleSpec) -> Result<Program, String> {
+        let bytes = std::fs::read(self.cache.path(&m.digest))
+            .map_err(|e| format!("reading its bytes: {e}"))?;
+        self.trust
+            .verify(&bytes, m.signature.as_deref())
+            .map_err(|e| e.to_string())?;
+        self.sandbox.compile(&bytes).map_err(|e| e.to_string())
+    }
+
+    fn layout(&self, a: &Assignment, dir: &Path) -> anyhow::Result<Vec<RunSpec>> {
+        let output = dir.join("output");
+        let scratch = dir.join("scratch");
+        for d in [&output, &scratch] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let index = a.attempt.task.index;
+        let mut specs = Vec::new();
+        for (i, m) in a.job.modules.iter().enumerate() {
+            let input_dir = if m.inputs.is_empty() {
+                None
+            } else {
+                let input = dir.join(format!("input-{i}"));
+                for f in &m.inputs {
+                    lull_protocol::job::check_input_path(&f.path)
+                        .map_err(|r| anyhow::anyhow!("input {:?} {r}", f.path))?;
+                    let dest = input.join(&f.path);
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    let src = self.cache.path(&f.digest);
+                    if std::fs::hard_link(&src, &dest).is_err() {
+                        std::fs::copy(&src, &dest)
+                            .with_context(|| format!("copying input {}", f.path))?;
+                    }
+                }
+                Some(input)
+            };
+            let stdin = match &m.stdin {
+                Some(f) => std::fs::read(self.cache.path(&f.digest)).context("reading stdin")?,
+                None => Vec::new(),
+            };
+            let mut env: Vec<(String, String)> =
+                m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            env.push(("LULL_TASK_INDEX".into(), index.to_string()));
+            env.push(("LULL_TASK_COUNT".into(), a.job.count.to_string()));
+            env.push(("LULL_JOB".into(), a.attempt.task.job.to_string()));
+            env.push(("LULL_ATTEMPT".into(), a.attempt.attempt.to_string()));
+            specs.push(RunSpec {
+                name: m.name.clone(),
+                args: expand_args(&m.args, index),
+                env,
+                stdin,
+                input_dir,
+                output_dir: output.clone(),
+                scratch_dir: scratch.clone(),
+                memory_limit: a.job.resources.memory,
+                timeout: Duration::from_millis(a.job.resources.timeout_ms),
+            });
+        }
+        Ok(specs)
+    }
+
+    fn execute(
+        &self,
+        a: &Assignment,
+        programs: &[Program],
+        specs: Vec<RunSpec>,
+        control: &TaskControl,
+    ) -> TaskResult {
+        let started = Instant::now();
+        let outputs: Vec<RunOutput> = std::thread::scope(|s| {
+            let handles: Vec<_> = programs
+                .iter()
+                .zip(specs.iter())
+                .map(|(p, spec)| s.spawn(move || self.sandbox.run(p, spec, control)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| RunOutput {
+                        outcome: Outcome::Trapped {
+                            message: "the runner thread panicked".into(),
+                        },
+                        stdout: vec![],
+                        stdout_truncated: false,
+                        stderr: vec![],
+                        stderr_truncated: false,
+                        elapsed: Duration::ZERO,
+                    })
+                })
+                .collect()
+        });
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let modules = a
+            .job
+            .modules
+            .iter()
+            .zip(outputs)
+            .map(|(m, out)| ModuleResult {
+                name: m.name.clone(),
+                outcome: out.outcome,
+                stdout: self.capture(&out.stdout, out.stdout_truncated),
+                stderr: self.capture(&out.stderr, out.stderr_truncated),
+            })
+            .collect();
+        let output_dir = specs
+            .first()
+            .map(|s| s.output_dir.clone())
+            .unwrap_or_default();
+        let (outputs, outputs_truncated) = self.collect_outputs(&output_dir);
+        TaskResult {
+            attempt: a.attempt,
+            modules,
+            outputs,
+            elapsed_ms,
+            outputs_truncated,
+        }
+    }
+
+    fn capture(&self, bytes: &[u8], truncated: bool) -> Option<Captured> {
+        match self.cache.put(bytes) {
+            Ok(digest) => Some(Captured {
+                digest,
+                size: bytes.len() as u64,
+                truncated,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "could not keep a task's output stream");
+                None
+            }
+        }
+    }
+
+    fn collect_outputs(&self, root: &Path) -> (Vec<OutputFile>, bool) {
+        let mut files = Vec::new();
+        walk(root, root, &mut files);
+        files.sort();
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let mut truncated = false;
+        for (rel, path) in files {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if total + size > self.outputs_cap {
+                truncated = true;
+                continue;
+            }
+            match self.cache.adopt(&path) {
+                Ok((digest, size)) => {
+                    total += size;
+                    out.push(OutputFile {
+                        path: rel,
+                        digest,
+                        size,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "could not keep an output file")
+                }
+            }
+        }
+        (out, truncated)
+    }
+}
+
+/// Regular files under `dir`, with their `/`-separated paths relative to `root`. Symlinks are
+/// not followed: a guest cannot make the agent read outside its directory.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        let path = e.path();
+        if ft.is_dir() {
+            walk(root, &path, out);
+        } else if ft.is_file() {
+            if let Ok(rel) = path.strip_prefix(root) {
+                let rel: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push((rel.join("/"), path));
+            }
+        }
+    }
+}

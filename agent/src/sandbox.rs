@@ -1,0 +1,579 @@
+//! The WebAssembly sandbox: runs one task's guest under wasmtime, with every limit set on purpose.
+//!
+//! A guest is a WASI command: a core module for WASI preview 1 (`_start`) or a component for WASI
+//! preview 2 (`wasi:cli/run`). [`Sandbox::compile`] tells them apart by their bytes and checks
+//! their imports; [`Sandbox::run`] runs one to completion on the calling thread and reports an
+//! [`Outcome`] for whatever the guest did.
+//!
+//! What a guest gets, and nothing more:
+//!
+//! - its arguments (`argv[0]` is [`RunSpec::name`]) and environment, none of the agent's;
+//! - stdin from bytes; stdout and stderr captured, each up to [`SandboxConfig::output_cap`] bytes
+//!   (the rest is dropped without the guest noticing);
+//! - `/input` read-only (when the task has inputs), `/output` and `/scratch` read-write. For
+//!   preview 1 guests the preopened descriptors are numbered from 3 in that order (so without
+//!   inputs `/output` is 3);
+//! - host clocks and randomness; no sockets and no name lookups.
+//!
+//! And these limits: linear memory ([`RunSpec::memory_limit`], all memories together), tables and
+//! instance counts, the wasm stack ([`SandboxConfig::max_wasm_stack`]) and wall time
+//! ([`RunSpec::timeout`]), the last checked at every epoch tick together with [`TaskControl`].
+//!
+//! Modules:
+//!
+//! - `control`: [`TaskControl`], cancellation, and the epoch check;
+//! - `limits`: the store's resource limiter (memory, tables, instances);
+//! - `capture`: the capped stdout and stderr sinks;
+//! - `outcome`: how a finished run becomes an [`Outcome`].
+
+mod capture;
+mod control;
+mod limits;
+mod outcome;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lull_protocol::message::Outcome;
+use wasmtime::component::{self, Component, ResourceTable};
+use wasmtime::{
+    Config, Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store,
+    UnknownImportError, UpdateDeadline, WasmBacktraceDetails,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use self::capture::Capture;
+pub use self::control::TaskControl;
+use self::limits::Limits;
+use self::outcome::Facts;
+
+/// Where the guest sees the task's input directory (read-only).
+pub const INPUT_DIR: &str = "/input";
+/// Where the guest sees the task's output directory (read-write).
+pub const OUTPUT_DIR: &str = "/output";
+/// Where the guest sees its scratch directory (read-write).
+pub const SCRATCH_DIR: &str = "/scratch";
+
+/// Settings of a [`Sandbox`], the same for every task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Bytes kept of each of stdout and stderr; the rest is dropped. Default 1 MiB.
+    pub output_cap: u64,
+    /// The most stack wasm code may use, in bytes; deeper recursion traps. Default 1 MiB. The
+    /// thread calling [`Sandbox::run`] needs this much stack plus room for the host (a few
+    /// hundred KiB).
+    pub max_wasm_stack: usize,
+    /// How often the epoch advances, which is how often a running guest checks its time limit
+    /// and [`TaskControl`]. Default 1 ms.
+    pub epoch_tick: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            output_cap: 1 << 20,
+            max_wasm_stack: 1 << 20,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// The agent's sandbox: one wasmtime [`Engine`] (with epoch interruption), the WASI linkers, and
+/// a ticker thread advancing the engine's epoch every [`SandboxConfig::epoch_tick`] until the
+/// sandbox is dropped.
+pub struct Sandbox {
+    config: SandboxConfig,
+    engine: Engine,
+    module_linker: Linker<ModuleHost>,
+    component_linker: component::Linker<ComponentHost>,
+    _ticker: Ticker,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Creates the engine, the WASI linkers and the epoch ticker thread.
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            // Only checked against `max_wasm_stack`; guests never run on async stacks here.
+            .async_stack_size(config.max_wasm_stack.max(1 << 20).saturating_add(1 << 20))
+            .wasm_component_model(true)
+            .wasm_backtrace_details(WasmBacktraceDetails::Disable);
+        let engine = Engine::new(&wasm).map_err(|e| wasmtime_error("creating the engine", &e))?;
+
+        let mut module_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut module_linker, |host: &mut ModuleHost| {
+            &mut host.wasi
+        })
+        .map_err(|e| wasmtime_error("linking WASI preview 1", &e))?;
+
+        let mut component_linker = component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut component_linker)
+            .map_err(|e| wasmtime_error("linking WASI preview 2", &e))?;
+
+        let ticker = Ticker::start(engine.clone(), config.epoch_tick)?;
+        Ok(Sandbox {
+            config,
+            engine,
+            module_linker,
+            component_linker,
+            _ticker: ticker,
+        })
+    }
+
+    /// Compiles a WASI preview 1 command module or a WASI preview 2 command component, telling
+    /// them apart by the header, and links it against the sandbox's WASI so that imports the
+    /// sandbox does not provide are refused here rather than when the task runs.
+    ///
+    /// Compiling is CPU-heavy (cranelift, in parallel on wasmtime's threads); call it off the
+    /// async runtime. The [`Program`] only runs on this sandbox.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Program, SandboxError> {
+        let kind = match binary_kind(bytes)? {
+            BinaryKind::Module => ProgramKind::Module(self.compile_module(bytes)?),
+            BinaryKind::Component => ProgramKind::Component(self.compile_component(bytes)?),
+        };
+        Ok(Program {
+            engine: self.engine.clone(),
+            kind,
+        })
+    }
+
+    fn compile_module(&self, bytes: &[u8]) -> Result<InstancePre<ModuleHost>, SandboxError> {
+        let module =
+            Module::from_binary(&self.engine, bytes).map_err(|e| SandboxError::Invalid {
+                message: format!("{e:#}"),
+            })?;
+        let pre = self
+            .module_linker
+            .instantiate_pre(&module)
+            .map_err(|e| match e.downcast_ref::<UnknownImportError>() {
+                Some(unknown) => SandboxError::UnsupportedImport {
+                    import: format!("{}::{}", unknown.module(), unknown.name()),
+                    detail: "not defined".to_string(),
+                },
+                None => SandboxError::Link {
+                    message: format!("{e:#}"),
+                },
+            })?;
+        match module.get_export("_start") {
+            Some(ExternType::Func(func))
+                if func.params().len() == 0 && func.results().len() == 0 => {}
+            Some(_) => {
+                return Err(SandboxError::NotACommand {
+                    message: "its `_start` export is not a function taking and returning nothing"
+                        .to_string(),
+                });
+            }
+            None => {
+                return Err(SandboxError::NotACommand {
+                    message: "the module exports no `_start` function".to_string(),
+                });
+            }
+        }
+        Ok(pre)
+    }
+
+    fn compile_component(&self, bytes: &[u8]) -> Result<CommandPre<ComponentHost>, SandboxError> {
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| SandboxError::Invalid {
+                message: format!("{e:#}"),
+            })?;
+        let pre = self
+            .component_linker
+            .instantiate_pre(&component)
+            .map_err(|e| {
+                let detail = format!("{e:#}");
+                let component_type = component.component_type();
+                let import = component_type
+                    .imports(&self.engine)
+                    .map(|(name, _)| name)
+                    .find(|name| detail.contains(&format!("`{name}`")));
+                match import {
+                    Some(import) => SandboxError::UnsupportedImport {
+                        import: import.to_string(),
+                        detail,
+                    },
+                    None => SandboxError::Link { message: detail },
+                }
+            })?;
+        CommandPre::new(pre).map_err(|e| SandboxError::NotACommand {
+            message: format!("it does not export `wasi:cli/run`: {e:#}"),
+        })
+    }
+
+    /// Runs `program` to completion on the calling thread and reports how it ended.
+    ///
+    /// Never panics for anything the guest does: traps, exits, running out of memory, time or
+    /// stack, and cancellation all end as an [`Outcome`]. A setup problem on the host (such as an
+    /// input directory that cannot be opened, or a `program` from another sandbox) is
+    /// [`Outcome::Refused`].
+    ///
+    /// Call it from a plain OS thread (the agent uses one per task), not from inside a Tokio
+    /// runtime: WASI's synchronous host calls block on their own runtime. The time limit and
+    /// [`TaskControl::cancel`] act at the guest's next epoch check; a guest blocked inside a single
+    /// host call (for example sleeping in `poll_oneoff`) is stopped only when that call returns.
+    pub fn run(&self, program: &Program, spec: &RunSpec, control: &TaskControl) -> RunOutput {
+        let started = Instant::now();
+        let stdout = Capture::new(self.config.output_cap);
+        let stderr = Capture::new(self.config.output_cap);
+        let outcome = self.execute(program, spec, control, started, &stdout, &stderr);
+        let elapsed = started.elapsed();
+        let (stdout, stdout_truncated) = stdout.take();
+        let (stderr, stderr_truncated) = stderr.take();
+        tracing::debug!(name = %spec.name, ?outcome, ?elapsed, "guest finished");
+        RunOutput {
+            outcome,
+            stdout,
+            stdout_truncated,
+            stderr,
+            stderr_truncated,
+            elapsed,
+        }
+    }
+
+    fn execute(
+        &self,
+        program: &Program,
+        spec: &RunSpec,
+        control: &TaskControl,
+        started: Instant,
+        stdout: &Capture,
+        stderr: &Capture,
+    ) -> Outcome {
+        let facts = Facts {
+            memory_limit: spec.memory_limit,
+            memory_denied: false,
+            timeout: spec.timeout,
+        };
+        if !Engine::same(&program.engine, &self.engine) {
+            return Outcome::Refused {
+                reason: "the program was compiled by another sandbox".to_string(),
+            };
+        }
+        let deadline = started.checked_add(spec.timeout);
+        if let Some(stop) = control.checkpoint(deadline) {
+            return facts.failed(&wasmtime::Error::new(stop));
+        }
+        let mut wasi = match wasi_context(spec, stdout, stderr) {
+            Ok(wasi) => wasi,
+            Err(reason) => return Outcome::Refused { reason },
+        };
+        let limits = Limits::new(spec.memory_limit);
+
+        match &program.kind {
+            ProgramKind::Module(pre) => {
+                let host = ModuleHost {
+                    wasi: wasi.build_p1(),
+                    limits,
+                };
+                let mut store = self.store(host, control, deadline);
+                let result = pre.instantiate(&mut store).and_then(|instance| {
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call(&mut store, ())
+                });
+                let facts = Facts {
+                    memory_denied: store.data().limits.memory_denied(),
+                    ..facts
+                };
+                match result {
+                    Ok(()) => facts.exited(0),
+                    Err(error) => facts.failed(&error),
+                }
+            }
+            ProgramKind::Component(pre) => {
+                let host = ComponentHost {
+                    wasi: wasi.build(),
+                    table: ResourceTable::new(),
+                    limits,
+                };
+                let mut store = self.store(host, control, deadline);
+                let result = pre
+                    .instantiate(&mut store)
+                    .and_then(|command| command.wasi_cli_run().call_run(&mut store));
+                let facts = Facts {
+                    memory_denied: store.data().limits.memory_denied(),
+                    ..facts
+                };
+                match result {
+                    Ok(Ok(())) => facts.exited(0),
+                    Ok(Err(())) => facts.exited(1),
+                    Err(error) => facts.failed(&error),
+                }
+            }
+        }
+    }
+
+    /// A store for one run: the limiter, and an epoch deadline of one tick whose callback checks
+    /// `control` and the time limit before granting the next tick.
+    fn store<H: Host>(
+        &self,
+        host: H,
+        control: &TaskControl,
+        deadline: Option<Instant>,
+    ) -> Store<H> {
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| -> &mut dyn ResourceLimiter { host.limits() });
+        store.set_epoch_deadline(1);
+        let control = control.clone();
+        store.epoch_deadline_callback(move |_| match control.checkpoint(deadline) {
+            Some(stop) => Err(wasmtime::Error::new(stop)),
+            None => Ok(UpdateDeadline::Continue(1)),
+        });
+        store
+    }
+}
+
+/// A compiled, linked guest, ready to run any number of times (cheap to clone).
+#[derive(Clone)]
+pub struct Program {
+    /// The engine it was compiled for; [`Sandbox::run`] refuses programs of other engines.
+    engine: Engine,
+    kind: ProgramKind,
+}
+
+#[derive(Clone)]
+enum ProgramKind {
+    /// A WASI preview 1 command module.
+    Module(InstancePre<ModuleHost>),
+    /// A WASI preview 2 command component.
+    Component(CommandPre<ComponentHost>),
+}
+
+impl Program {
+    /// Whether this is a component (WASI preview 2) rather than a core module (preview 1).
+    pub fn is_component(&self) -> bool {
+        matches!(self.kind, ProgramKind::Component(_))
+    }
+}
+
+impl fmt::Debug for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Program")
+            .field("is_component", &self.is_component())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to run a program with: everything that differs between tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    /// `argv[0]`.
+    pub name: String,
+    /// `argv[1..]`, already expanded by the caller.
+    pub args: Vec<String>,
+    /// The guest's whole environment.
+    pub env: Vec<(String, String)>,
+    /// The guest's stdin.
+    pub stdin: Vec<u8>,
+    /// A host directory the guest sees read-only as `/input`.
+    pub input_dir: Option<PathBuf>,
+    /// A host directory the guest sees read-write as `/output`.
+    pub output_dir: PathBuf,
+    /// A host directory the guest sees read-write as `/scratch`.
+    pub scratch_dir: PathBuf,
+    /// Cap on the guest's linear memory, all memories together, in bytes.
+    pub memory_limit: u64,
+    /// Wall-time limit, from the start of [`Sandbox::run`].
+    pub timeout: Duration,
+}
+
+/// How a run ended, and what the guest printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutput {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The first [`SandboxConfig::output_cap`] bytes of stdout.
+    pub stdout: Vec<u8>,
+    /// Whether stdout had more than that.
+    pub stdout_truncated: bool,
+    /// The first [`SandboxConfig::output_cap`] bytes of stderr.
+    pub stderr: Vec<u8>,
+    /// Whether stderr had more than that.
+    pub stderr_truncated: bool,
+    /// Wall time of the run, instantiation included.
+    pub elapsed: Duration,
+}
+
+/// Why [`Sandbox::compile`] refused a program.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The bytes are not a WebAssembly binary (no `\0asm` header).
+    #[error("not a WebAssembly module or component (the `\\0asm` header is missing)")]
+    NotWasm,
+    /// The bytes start like WebAssembly but wasmtime cannot decode, validate or compile them.
+    #[error("invalid WebAssembly: {message}")]
+    Invalid {
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The program imports something the sandbox does not provide (anything beyond WASI
+    /// preview 1 for modules, WASI preview 2 for components), or with another type.
+    #[error("the program imports `{import}`, which the sandbox does not provide ({detail})")]
+    UnsupportedImport {
+        /// The import: `module::name` for a core module, the interface or function name for a
+        /// component.
+        import: String,
+        /// More about the mismatch.
+        detail: String,
+    },
+    /// Linking failed for another reason than a missing import.
+    #[error("cannot link the program: {message}")]
+    Link {
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The program is not a WASI command: a module without a `_start` function, or a component
+    /// without a `wasi:cli/run` export.
+    #[error("not a WASI command: {message}")]
+    NotACommand {
+        /// What is missing.
+        message: String,
+    },
+}
+
+/// Store data of a core module's run.
+struct ModuleHost {
+    wasi: WasiP1Ctx,
+    limits: Limits,
+}
+
+/// Store data of a component's run.
+struct ComponentHost {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+}
+
+impl WasiView for ComponentHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What [`Sandbox::store`] needs of a store's data.
+trait Host: Send + 'static {
+    fn limits(&mut self) -> &mut Limits;
+}
+
+impl Host for ModuleHost {
+    fn limits(&mut self) -> &mut Limits {
+        &mut self.limits
+    }
+}
+
+impl Host for ComponentHost {
+    fn limits(&mut self) -> &mut Limits {
+        &mut self.limits
+    }
+}
+
+/// The WASI context of one run, built from nothing: each grant is explicit.
+fn wasi_context(
+    spec: &RunSpec,
+    stdout: &Capture,
+    stderr: &Capture,
+) -> Result<WasiCtxBuilder, String> {
+    let mut wasi = WasiCtxBuilder::new();
+    // Must come before the preopens, which copy it: file operations then run on this thread
+    // instead of being handed to a blocking pool and waited for.
+    wasi.allow_blocking_current_thread(true)
+        .stdin(MemoryInputPipe::new(spec.stdin.clone()))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .arg(&spec.name)
+        .args(&spec.args)
+        .envs(&spec.env)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
+    let mut preopen = |host: &PathBuf, guest: &str, perms: FsPerms| {
+        wasi.preopened_dir(host, guest, perms)
+            .map(|_| ())
+            .map_err(|e| format!("cannot open {} for {guest}: {e:#}", host.display()))
+    };
+    if let Some(input) = &spec.input_dir {
+        preopen(input, INPUT_DIR, FsPerms::ReadOnly)?;
+    }
+    preopen(&spec.output_dir, OUTPUT_DIR, FsPerms::ReadWrite)?;
+    preopen(&spec.scratch_dir, SCRATCH_DIR, FsPerms::ReadWrite)?;
+    Ok(wasi)
+}
+
+enum BinaryKind {
+    Module,
+    Component,
+}
+
+/// Tells a core module from a component by the header: `\0asm`, then a 16-bit version and a 16-bit
+/// layer (0 for core modules, 1 for components).
+fn binary_kind(bytes: &[u8]) -> Result<BinaryKind, SandboxError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 0, 0]) => Ok(BinaryKind::Module),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(BinaryKind::Component),
+        Some([0, b'a', b's', b'm', _, _, low, high]) => Err(SandboxError::Invalid {
+            message: format!("unknown binary layer {}", u16::from_le_bytes([*low, *high])),
+        }),
+        _ => Err(SandboxError::NotWasm),
+    }
+}
+
+/// wasmtime has its own error type; the agent's setup errors are `anyhow`.
+fn wasmtime_error(doing: &str, error: &wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{doing}: {error:#}")
+}
+
+/// The thread that advances the engine's epoch; it stops when this is dropped.
+struct Ticker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine, tick: Duration) -> anyhow::Result<Ticker> {
+        // A zero tick would spin a core; nothing needs finer than this.
+        let tick = tick.max(Duration::from_micros(100));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("lull-epoch".to_string())
+            .spawn(move || {
+                // Disconnection (the sender dropped) is the signal to stop.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("starting the epoch ticker thread: {e}"))?;
+        Ok(Ticker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            // The ticker only sleeps and increments a counter; a panic there is not ours to
+            // propagate from a destructor.
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,841 @@
+//! The sandbox against small guests written in WAT (and, when it has been built, the `wordcount`
+//! example component): exits, traps, limits, cancellation, output capture, the filesystem grants,
+//! and what `compile` refuses.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use lull_agent::sandbox::{
+    Program, RunOutput, RunSpec, Sandbox, SandboxConfig, SandboxError, TaskControl,
+};
+use lull_protocol::message::Outcome;
+use tempfile::TempDir;
+
+const MIB: u64 = 1 << 20;
+
+/// Imports and memory every WAT guest starts with.
+const PRELUDE: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read"
+    (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get"
+    (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get"
+    (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+"#;
+
+/// A WASI preview 1 command module: `body` is the rest of the module after [`PRELUDE`].
+fn wasm(body: &str) -> Vec<u8> {
+    let text = format!("(module {PRELUDE} {body})");
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("bad test WAT: {e}\n{text}"))
+}
+
+/// Writes "hello\n" to stdout and returns from `_start`.
+fn hello() -> Vec<u8> {
+    wasm(
+        r#"
+        (data (i32.const 16) "hello\n")
+        (func (export "_start")
+          (i32.store (i32.const 0) (i32.const 16))
+          (i32.store (i32.const 4) (i32.const 6))
+          (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+        "#,
+    )
+}
+
+/// Spins forever.
+fn spin() -> Vec<u8> {
+    wasm(r#"(func (export "_start") (loop $again (br $again)))"#)
+}
+
+/// A test's host directories, removed when it is dropped.
+struct Dirs {
+    input: TempDir,
+    output: TempDir,
+    scratch: TempDir,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        Dirs {
+            input: tempfile::tempdir().expect("input dir"),
+            output: tempfile::tempdir().expect("output dir"),
+            scratch: tempfile::tempdir().expect("scratch dir"),
+        }
+    }
+
+    /// A spec with all three directories, 16 MiB of memory and a 10 s timeout.
+    fn spec(&self) -> RunSpec {
+        RunSpec {
+            name: "guest".to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: Vec::new(),
+            input_dir: Some(self.input.path().to_path_buf()),
+            output_dir: self.output.path().to_path_buf(),
+            scratch_dir: self.scratch.path().to_path_buf(),
+            memory_limit: 16 * MIB,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig::default()).expect("sandbox")
+}
+
+fn compile(sandbox: &Sandbox, bytes: &[u8]) -> Program {
+    sandbox.compile(bytes).expect("compile")
+}
+
+/// Compiles and runs `bytes` with `spec` on a fresh sandbox.
+fn run(bytes: &[u8], spec: &RunSpec) -> RunOutput {
+    let sandbox = sandbox();
+    let program = compile(&sandbox, bytes);
+    sandbox.run(&program, spec, &TaskControl::new())
+}
+
+fn trap_message(output: &RunOutput) -> &str {
+    match &output.outcome {
+        Outcome::Trapped { message } => message,
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exits and traps
+
+#[test]
+fn hello_writes_stdout_and_exits_zero() {
+    let dirs = Dirs::new();
+    let output = run(&hello(), &dirs.spec());
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(output.stdout, b"hello\n");
+    assert!(!output.stdout_truncated);
+    assert!(output.stderr.is_empty());
+}
+
+#[test]
+fn proc_exit_code_is_the_exit_code() {
+    let dirs = Dirs::new();
+    let guest = wasm(r#"(func (export "_start") (call $proc_exit (i32.const 3)))"#);
+    let output = run(&guest, &dirs.spec());
+    assert_eq!(output.outcome, Outcome::Exited { code: 3 });
+}
+
+#[test]
+fn unreachable_is_a_trap() {
+    let dirs = Dirs::new();
+    let guest = wasm(r#"(func (export "_start") unreachable)"#);
+    let output = run(&guest, &dirs.spec());
+    let message = trap_message(&output);
+    assert!(message.contains("unreachable"), "{message}");
+}
+
+#[test]
+fn stack_overflow_is_a_trap_that_mentions_the_stack() {
+    let dirs = Dirs::new();
+    let guest = wasm(
+        r#"
+        (func $deeper (call $deeper))
+        (func (export "_start") (call $deeper))
+        "#,
+    );
+    let output = run(&guest, &dirs.spec());
+    let message = trap_message(&output);
+    assert!(message.contains("stack"), "{message}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time and cancellation
+
+#[test]
+fn infinite_loop_times_out_promptly() {
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.timeout = Duration::from_millis(200);
+    let output = run(&spin(), &spec);
+    assert_eq!(output.outcome, Outcome::TimedOut { limit_ms: 200 });
+    assert!(
+        output.elapsed >= Duration::from_millis(200),
+        "{:?}",
+        output.elapsed
+    );
+    assert!(
+        output.elapsed < Duration::from_secs(5),
+        "{:?}",
+        output.elapsed
+    );
+}
+
+#[test]
+fn cancel_from_another_thread_stops_a_spinning_guest() {
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.timeout = Duration::from_secs(60);
+    let control = TaskControl::new();
+    let canceller = {
+        let control = control.clone();
+        // Whether the cancel lands before or during the run, the outcome is the same; the pause
+        // only makes "during" the likely case.
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            control.cancel("the owner came back");
+        })
+    };
+    let output = sandbox.run(&program, &spec, &control);
+    canceller.join().expect("canceller thread");
+    assert_eq!(
+        output.outcome,
+        Outcome::Cancelled {
+            reason: "the owner came back".to_string()
+        }
+    );
+    assert!(control.is_cancelled());
+    assert!(
+        output.elapsed < Duration::from_secs(5),
+        "{:?}",
+        output.elapsed
+    );
+}
+
+#[test]
+fn cancelled_before_the_run_never_starts_the_guest() {
+    let dirs = Dirs::new();
+    let control = TaskControl::new();
+    control.cancel("first");
+    control.cancel("second");
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &hello());
+    let output = sandbox.run(&program, &dirs.spec(), &control);
+    assert_eq!(
+        output.outcome,
+        Outcome::Cancelled {
+            reason: "first".to_string()
+        }
+    );
+    assert!(output.stdout.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+#[test]
+fn memory_bomb_is_memory_exceeded() {
+    let dirs = Dirs::new();
+    // Grows one page at a time until refused, then aborts the way Rust's allocator does.
+    let guest = wasm(
+        r#"
+        (func (export "_start")
+          (loop $grow
+            (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+          unreachable)
+        "#,
+    );
+    let mut spec = dirs.spec();
+    spec.memory_limit = 2 * MIB;
+    let output = run(&guest, &spec);
+    assert_eq!(output.outcome, Outcome::MemoryExceeded { limit: 2 * MIB });
+}
+
+#[test]
+fn guest_that_handles_refused_memory_exits_normally() {
+    let dirs = Dirs::new();
+    let guest = wasm(
+        r#"
+        (func (export "_start")
+          (if (i32.ne (memory.grow (i32.const 1000)) (i32.const -1))
+            (then (call $proc_exit (i32.const 9)))))
+        "#,
+    );
+    let mut spec = dirs.spec();
+    spec.memory_limit = 2 * MIB;
+    let output = run(&guest, &spec);
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+}
+
+#[test]
+fn initial_memory_above_the_cap_is_memory_exceeded() {
+    let dirs = Dirs::new();
+    // 100 pages = 6.4 MB; the prelude's memory is replaced by a module of its own.
+    let guest = wat::parse_str(r#"(module (memory 100) (func (export "_start")))"#).expect("wat");
+    let mut spec = dirs.spec();
+    spec.memory_limit = MIB;
+    let output = run(&guest, &spec);
+    assert_eq!(output.outcome, Outcome::MemoryExceeded { limit: MIB });
+}
+
+#[test]
+fn all_memories_count_together() {
+    let dirs = Dirs::new();
+    // Two memories of 12 pages (768 KiB) each: each fits under 1 MiB, both together do not.
+    let guest =
+        wat::parse_str(r#"(module (memory $a 12) (memory $b 12) (func (export "_start")))"#)
+            .expect("wat");
+    let mut spec = dirs.spec();
+    spec.memory_limit = MIB;
+    let output = run(&guest, &spec);
+    assert_eq!(output.outcome, Outcome::MemoryExceeded { limit: MIB });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output capture
+
+#[test]
+fn output_flood_is_truncated_and_the_guest_carries_on() {
+    let dirs = Dirs::new();
+    // 100 writes of 64 KiB each; any failed or short write exits with code 2 or 3. The buffer
+    // is the prelude's whole page (the iovec at its start is part of it).
+    let guest = wasm(
+        r#"
+        (func (export "_start") (local $i i32)
+          (i32.store (i32.const 0) (i32.const 0))
+          (i32.store (i32.const 4) (i32.const 65536))
+          (loop $again
+            (if (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))
+              (then (call $proc_exit (i32.const 2))))
+            (if (i32.ne (i32.load (i32.const 8)) (i32.const 65536))
+              (then (call $proc_exit (i32.const 3))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $again (i32.lt_u (local.get $i) (i32.const 100)))))
+        "#,
+    );
+    let output = run(&guest, &dirs.spec());
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(output.stdout.len() as u64, MIB);
+    assert!(output.stdout_truncated);
+    assert!(!output.stderr_truncated);
+}
+
+#[test]
+fn args_env_and_stdin_reach_the_guest() {
+    // Prints the argument strings, then the environment strings (each NUL-terminated), then
+    // stdin.
+    let guest = wasm(
+        r#"
+        (func $print (param $ptr i32) (param $len i32)
+          (i32.store (i32.const 0) (local.get $ptr))
+          (i32.store (i32.const 4) (local.get $len))
+          (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+        (func (export "_start")
+          (drop (call $args_sizes_get (i32.const 16) (i32.const 20)))
+          (drop (call $args_get (i32.const 1024) (i32.const 4096)))
+          (call $print (i32.const 4096) (i32.load (i32.const 20)))
+          (drop (call $environ_sizes_get (i32.const 16) (i32.const 20)))
+          (drop (call $environ_get (i32.const 1024) (i32.const 4096)))
+          (call $print (i32.const 4096) (i32.load (i32.const 20)))
+          (i32.store (i32.const 24) (i32.const 4096))
+          (i32.store (i32.const 28) (i32.const 1024))
+          (drop (call $fd_read (i32.const 0) (i32.const 24) (i32.const 1) (i32.const 32)))
+          (call $print (i32.const 4096) (i32.load (i32.const 32))))
+        "#,
+    );
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.name = "prog".to_string();
+    spec.args = vec!["a".to_string(), "b c".to_string()];
+    spec.env = vec![("LULL_TASK_INDEX".to_string(), "7".to_string())];
+    spec.stdin = b"from stdin".to_vec();
+    let output = run(&guest, &spec);
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(
+        output.stdout,
+        b"prog\0a\0b c\0LULL_TASK_INDEX=7\0from stdin".to_vec()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The filesystem grants
+
+/// `path_open` rights: `fd_read`.
+const RIGHT_READ: u64 = 1 << 1;
+/// `path_open` rights: `fd_write`.
+const RIGHT_WRITE: u64 = 1 << 6;
+/// `path_open` lookup flags: follow symlinks.
+const FOLLOW: u32 = 1;
+/// `path_open` open flags: create.
+const CREATE: u32 = 1;
+/// Preopened descriptors when the input directory is present.
+const INPUT_FD: u32 = 3;
+const OUTPUT_FD: u32 = 4;
+
+fn wat_string(text: &str) -> String {
+    text.bytes().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// A guest that opens `path` under preopened descriptor `dir` and exits with the errno if that
+/// fails. When it succeeds: with `write: None` it copies (up to 4 KiB of) the file to stdout,
+/// with `write: Some(text)` it writes `text` into it.
+fn open_guest(dir: u32, path: &str, lookup: u32, oflags: u32, write: Option<&str>) -> Vec<u8> {
+    let rights = if write.is_some() {
+        RIGHT_WRITE
+    } else {
+        RIGHT_READ
+    };
+    let action = match write {
+        None => r#"
+          (i32.store (i32.const 16) (i32.const 4096))
+          (i32.store (i32.const 20) (i32.const 4096))
+          (local.set $errno (call $fd_read (local.get $fd) (i32.const 16) (i32.const 1) (i32.const 24)))
+          (if (local.get $errno) (then (call $proc_exit (local.get $errno))))
+          (i32.store (i32.const 32) (i32.const 4096))
+          (i32.store (i32.const 36) (i32.load (i32.const 24)))
+          (drop (call $fd_write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40)))
+        "#
+        .to_string(),
+        Some(text) => format!(
+            r#"
+          (i32.store (i32.const 16) (i32.const 2048))
+          (i32.store (i32.const 20) (i32.const {len}))
+          (local.set $errno (call $fd_write (local.get $fd) (i32.const 16) (i32.const 1) (i32.const 24)))
+          (if (local.get $errno) (then (call $proc_exit (local.get $errno))))
+            "#,
+            len = text.len()
+        ),
+    };
+    wasm(&format!(
+        r#"
+        (data (i32.const 1024) "{path_bytes}")
+        (data (i32.const 2048) "{text_bytes}")
+        (func (export "_start") (local $errno i32) (local $fd i32)
+          (local.set $errno
+            (call $path_open (i32.const {dir}) (i32.const {lookup})
+              (i32.const 1024) (i32.const {path_len}) (i32.const {oflags})
+              (i64.const {rights}) (i64.const {rights}) (i32.const 0) (i32.const 0)))
+          (if (local.get $errno) (then (call $proc_exit (local.get $errno))))
+          (local.set $fd (i32.load (i32.const 0)))
+          {action})
+        "#,
+        path_bytes = wat_string(path),
+        path_len = path.len(),
+        text_bytes = wat_string(write.unwrap_or("")),
+    ))
+}
+
+/// The guest's open failed: it exited with a (non-zero) errno.
+fn assert_open_failed(output: &RunOutput, secret: &[u8]) {
+    match output.outcome {
+        Outcome::Exited { code } if code != 0 => {}
+        ref other => panic!("expected the open to fail with an errno, got {other:?}"),
+    }
+    assert!(
+        !output
+            .stdout
+            .windows(secret.len())
+            .any(|window| window == secret),
+        "the secret leaked: {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
+fn guest_reads_input() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.input.path().join("data.txt"), "input bytes\n").expect("write input");
+    let guest = open_guest(INPUT_FD, "data.txt", FOLLOW, 0, None);
+    let output = run(&guest, &dirs.spec());
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(output.stdout, b"input bytes\n");
+}
+
+#[test]
+fn without_inputs_output_is_the_first_preopen() {
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.input_dir = None;
+    let guest = open_guest(3, "result.txt", FOLLOW, CREATE, Some("done"));
+    let output = run(&guest, &spec);
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    let written = std::fs::read(dirs.output.path().join("result.txt")).expect("result.txt");
+    assert_eq!(written, b"done");
+}
+
+/// A directory next to the input directory, holding `secret`, which the guest must never read.
+struct Secret {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+const SECRET: &[u8] = b"the host's secret";
+
+fn secret() -> Secret {
+    let dir = tempfile::tempdir().expect("secret dir");
+    let path = dir.path().join("secret");
+    std::fs::write(&path, SECRET).expect("write secret");
+    Secret { _dir: dir, path }
+}
+
+#[test]
+fn dot_dot_cannot_leave_input() {
+    let dirs = Dirs::new();
+    let secret = secret();
+    std::fs::create_dir(dirs.input.path().join("sub")).expect("mkdir sub");
+    // A path that would reach the secret from the input directory on the host.
+    let relative = format!("../{}", relative_path(dirs.input.path(), &secret.path));
+    for path in ["../secret", relative.as_str(), "sub/../../secret"] {
+        let output = run(&open_guest(INPUT_FD, path, FOLLOW, 0, None), &dirs.spec());
+        assert_open_failed(&output, SECRET);
+    }
+}
+
+#[test]
+fn absolute_paths_cannot_leave_input() {
+    let dirs = Dirs::new();
+    let secret = secret();
+    let absolute = secret.path.to_str().expect("utf-8 temp path");
+    for path in [absolute, "/etc/passwd"] {
+        let output = run(&open_guest(INPUT_FD, path, FOLLOW, 0, None), &dirs.spec());
+        assert_open_failed(&output, SECRET);
+        assert!(!output.stdout.starts_with(b"root:"));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_cannot_leave_input() {
+    let dirs = Dirs::new();
+    let secret = secret();
+    std::os::unix::fs::symlink(&secret.path, dirs.input.path().join("link")).expect("symlink");
+    std::os::unix::fs::symlink(
+        format!("../{}", relative_path(dirs.input.path(), &secret.path)),
+        dirs.input.path().join("relative-link"),
+    )
+    .expect("symlink");
+    for (path, lookup) in [("link", FOLLOW), ("link", 0), ("relative-link", FOLLOW)] {
+        let output = run(&open_guest(INPUT_FD, path, lookup, 0, None), &dirs.spec());
+        assert_open_failed(&output, SECRET);
+    }
+}
+
+#[test]
+fn input_is_read_only_and_output_is_writable() {
+    let dirs = Dirs::new();
+    let output = run(
+        &open_guest(INPUT_FD, "new.txt", FOLLOW, CREATE, Some("nope")),
+        &dirs.spec(),
+    );
+    assert_open_failed(&output, b"nope");
+    assert!(!dirs.input.path().join("new.txt").exists());
+
+    let output = run(
+        &open_guest(OUTPUT_FD, "result.txt", FOLLOW, CREATE, Some("42\n")),
+        &dirs.spec(),
+    );
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    let written = std::fs::read(dirs.output.path().join("result.txt")).expect("result.txt");
+    assert_eq!(written, b"42\n");
+}
+
+/// `to` relative to the parent of `from`, both under the same temporary root: `<name>/secret`.
+fn relative_path(from: &Path, to: &Path) -> String {
+    let parent = from.parent().expect("input dir has a parent");
+    to.strip_prefix(parent)
+        .expect("secret is a sibling of the input dir")
+        .to_str()
+        .expect("utf-8 temp path")
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Components
+
+/// A component that imports nothing and exports `wasi:cli/run`, whose `run` is the core function
+/// `body` (returning 0 for `ok` and 1 for `err`) in a core module with one page of memory.
+fn run_component(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"
+        (component
+          (core module $m
+            (memory 1)
+            (func (export "run") (result i32) {body}))
+          (core instance $i (instantiate $m))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $run-instance (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+        "#
+    ))
+    .expect("component wat")
+}
+
+/// A component whose `run` calls `wasi:cli/exit.exit` with `ok` (`status` 0) or `err` (1).
+fn exiting_component(status: i32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"
+        (component
+          (import "wasi:cli/exit@0.2.0" (instance $exit
+            (export "exit" (func (param "status" (result))))))
+          (core func $exit (canon lower (func $exit "exit")))
+          (core instance $host (export "exit" (func $exit)))
+          (core module $m
+            (import "host" "exit" (func $exit (param i32)))
+            (func (export "run") (result i32) (call $exit (i32.const {status})) unreachable))
+          (core instance $i (instantiate $m (with "host" (instance $host))))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $run-instance (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+        "#
+    ))
+    .expect("component wat")
+}
+
+#[test]
+fn minimal_component_runs() {
+    let sandbox = sandbox();
+    let dirs = Dirs::new();
+    let ok = compile(&sandbox, &run_component("i32.const 0"));
+    assert!(ok.is_component());
+    let output = sandbox.run(&ok, &dirs.spec(), &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+
+    let err = compile(&sandbox, &run_component("i32.const 1"));
+    let output = sandbox.run(&err, &dirs.spec(), &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::Exited { code: 1 });
+
+    let traps = compile(&sandbox, &run_component("unreachable"));
+    let output = sandbox.run(&traps, &dirs.spec(), &TaskControl::new());
+    assert!(trap_message(&output).contains("unreachable"));
+}
+
+#[test]
+fn component_exit_is_the_exit_code() {
+    let sandbox = sandbox();
+    let dirs = Dirs::new();
+    for (status, code) in [(0, 0), (1, 1)] {
+        let program = compile(&sandbox, &exiting_component(status));
+        let output = sandbox.run(&program, &dirs.spec(), &TaskControl::new());
+        assert_eq!(output.outcome, Outcome::Exited { code });
+    }
+}
+
+#[test]
+fn components_have_the_same_limits() {
+    let sandbox = sandbox();
+    let dirs = Dirs::new();
+
+    let mut spec = dirs.spec();
+    spec.timeout = Duration::from_millis(100);
+    let spins = compile(
+        &sandbox,
+        &run_component("(loop $again (br $again)) i32.const 0"),
+    );
+    let output = sandbox.run(&spins, &spec, &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::TimedOut { limit_ms: 100 });
+
+    let mut spec = dirs.spec();
+    spec.memory_limit = 2 * MIB;
+    let bomb = compile(
+        &sandbox,
+        &run_component(
+            "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) \
+             unreachable",
+        ),
+    );
+    let output = sandbox.run(&bomb, &spec, &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::MemoryExceeded { limit: 2 * MIB });
+}
+
+const WORDCOUNT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/target/wasm32-wasip2/release/wordcount.wasm"
+);
+
+#[test]
+fn wordcount_component_counts_input() {
+    let bytes = match std::fs::read(WORDCOUNT) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            println!(
+                "SKIPPED wordcount_component_counts_input: cannot read {WORDCOUNT} ({e}); build it \
+                 with `cargo build --release --target wasm32-wasip2 -p wordcount` in examples/"
+            );
+            return;
+        }
+    };
+    let dirs = Dirs::new();
+    std::fs::write(dirs.input.path().join("a.txt"), "one two\nthree\n").expect("write input");
+    let mut spec = dirs.spec();
+    spec.name = "wordcount".to_string();
+    spec.memory_limit = 64 * MIB;
+    spec.timeout = Duration::from_secs(60);
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &bytes);
+    assert!(program.is_component());
+    let output = sandbox.run(&program, &spec, &TaskControl::new());
+    assert_eq!(
+        output.outcome,
+        Outcome::Exited { code: 0 },
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts =
+        std::fs::read_to_string(dirs.output.path().join("counts.tsv")).expect("counts.tsv");
+    assert!(counts.contains("2\t3\t14\ta.txt"), "{counts}");
+    assert_eq!(output.stdout, counts.as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox survives its guests
+
+#[test]
+fn sandbox_is_reusable_after_traps_and_limits() {
+    let sandbox = sandbox();
+    let dirs = Dirs::new();
+    let hello = compile(&sandbox, &hello());
+
+    let traps = compile(&sandbox, &wasm(r#"(func (export "_start") unreachable)"#));
+    trap_message(&sandbox.run(&traps, &dirs.spec(), &TaskControl::new()));
+
+    let overflows = compile(
+        &sandbox,
+        &wasm(r#"(func $deeper (call $deeper)) (func (export "_start") (call $deeper))"#),
+    );
+    trap_message(&sandbox.run(&overflows, &dirs.spec(), &TaskControl::new()));
+
+    let mut short = dirs.spec();
+    short.timeout = Duration::from_millis(50);
+    let spins = compile(&sandbox, &spin());
+    let output = sandbox.run(&spins, &short, &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::TimedOut { limit_ms: 50 });
+
+    for _ in 0..2 {
+        let output = sandbox.run(&hello, &dirs.spec(), &TaskControl::new());
+        assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+        assert_eq!(output.stdout, b"hello\n");
+    }
+}
+
+#[test]
+fn programs_of_another_sandbox_are_refused() {
+    let dirs = Dirs::new();
+    let first = sandbox();
+    let second = sandbox();
+    let program = compile(&first, &hello());
+    let output = second.run(&program, &dirs.spec(), &TaskControl::new());
+    assert!(
+        matches!(output.outcome, Outcome::Refused { .. }),
+        "{:?}",
+        output.outcome
+    );
+}
+
+#[test]
+fn missing_directories_are_refused_not_panics() {
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.output_dir = dirs.output.path().join("does-not-exist");
+    let output = run(&hello(), &spec);
+    match output.outcome {
+        Outcome::Refused { reason } => assert!(reason.contains("/output"), "{reason}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What compile refuses
+
+#[test]
+fn random_bytes_are_not_wasm() {
+    let sandbox = sandbox();
+    let error = sandbox
+        .compile(b"\x7fELF this is not WebAssembly at all")
+        .expect_err("not wasm");
+    assert!(matches!(error, SandboxError::NotWasm), "{error:?}");
+    assert!(error.to_string().contains("not a WebAssembly"), "{error}");
+
+    // Text is not accepted either: compile takes binaries.
+    let error = sandbox.compile(b"(module)").expect_err("text");
+    assert!(matches!(error, SandboxError::NotWasm), "{error:?}");
+}
+
+#[test]
+fn corrupt_wasm_is_invalid() {
+    let sandbox = sandbox();
+    let mut bytes = hello();
+    bytes.truncate(bytes.len() / 2);
+    let error = sandbox.compile(&bytes).expect_err("truncated");
+    assert!(matches!(error, SandboxError::Invalid { .. }), "{error:?}");
+}
+
+#[test]
+fn unknown_imports_are_named() {
+    let sandbox = sandbox();
+    let guest = wat::parse_str(
+        r#"(module
+             (import "env" "printf" (func (param i32 i32) (result i32)))
+             (func (export "_start")))"#,
+    )
+    .expect("wat");
+    let error = sandbox.compile(&guest).expect_err("env::printf");
+    match &error {
+        SandboxError::UnsupportedImport { import, .. } => assert_eq!(import, "env::printf"),
+        other => panic!("expected UnsupportedImport, got {other:?}"),
+    }
+    assert!(error.to_string().contains("env::printf"), "{error}");
+
+    // A WASI function that does not exist is just as unknown.
+    let guest = wat::parse_str(
+        r#"(module
+             (import "wasi_snapshot_preview1" "launch_missiles" (func))
+             (func (export "_start")))"#,
+    )
+    .expect("wat");
+    let error = sandbox.compile(&guest).expect_err("launch_missiles");
+    assert!(
+        error
+            .to_string()
+            .contains("wasi_snapshot_preview1::launch_missiles"),
+        "{error}"
+    );
+}
+
+#[test]
+fn component_imports_are_named() {
+    let sandbox = sandbox();
+    let guest = wat::parse_str(
+        r#"
+        (component
+          (import "lull:nope/thing" (instance (export "f" (func))))
+          (core module $m (func (export "run") (result i32) i32.const 0))
+          (core instance $i (instantiate $m))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $run-instance (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+        "#,
+    )
+    .expect("wat");
+    let error = sandbox.compile(&guest).expect_err("lull:nope/thing");
+    match &error {
+        SandboxError::UnsupportedImport { import, .. } => assert_eq!(import, "lull:nope/thing"),
+        other => panic!("expected UnsupportedImport, got {other:?}"),
+    }
+}
+
+#[test]
+fn non_commands_are_refused() {
+    let sandbox = sandbox();
+    let library =
+        wat::parse_str(r#"(module (func (export "add") (param i32) (result i32) local.get 0))"#)
+            .expect("wat");
+    let error = sandbox.compile(&library).expect_err("no _start");
+    assert!(
+        matches!(error, SandboxError::NotACommand { .. }),
+        "{error:?}"
+    );
+
+    let component = wat::parse_str("(component)").expect("wat");
+    let error = sandbox.compile(&component).expect_err("no wasi:cli/run");
+    assert!(
+        matches!(error, SandboxError::NotACommand { .. }),
+        "{error:?}"
+    );
+}

@@ -1,0 +1,117 @@
+//! The coordinator's HTTP API as the `lull` command uses it.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Where the coordinator is when nothing says otherwise.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7080";
+
+/// A client of one coordinator.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `base` (`http://host:port`; a bare `host:port` gets `http://`).
+    pub fn new(base: &str) -> Self {
+        let base = if base.contains("://") {
+            base.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{}", base.trim_end_matches('/'))
+        };
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn check(
+        &self,
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let resp = resp.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the coordinator at {}: {e}\n  start one with `lull dev`, or point at yours with --coordinator URL or LULL_COORDINATOR",
+                self.base
+            )
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        match body["error"]["message"].as_str() {
+            Some(m) => bail!("{m}"),
+            None => bail!("the coordinator answered {status}"),
+        }
+    }
+
+    /// GET a JSON document.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self
+            .check(self.http.get(self.url(path)).send().await)
+            .await?;
+        resp.json()
+            .await
+            .context("reading the coordinator's answer")
+    }
+
+    /// POST a JSON document, returning the JSON answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .check(self.http.post(self.url(path)).json(body).send().await)
+            .await?;
+        resp.json()
+            .await
+            .context("reading the coordinator's answer")
+    }
+
+    /// Uploads a file as a blob.
+    pub async fn put_file(&self, path: &str, file: &Path) -> anyhow::Result<()> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+        self.check(self.http.put(self.url(path)).body(body).send().await)
+            .await?;
+        Ok(())
+    }
+
+    /// Downloads a blob to a file.
+    pub async fn download(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let resp = self
+            .check(self.http.get(self.url(path)).send().await)
+            .await?;
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let mut f = tokio::fs::File::create(dest)
+            .await
+            .with_context(|| format!("creating {}", dest.display()))?;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            f.write_all(&chunk.context("downloading")?)
+                .await
+                .with_context(|| format!("writing {}", dest.display()))?;
+        }
+        f.flush().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! `lull keys generate` and `lull sign`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use ssh_key::rand_core::OsRng;
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
+
+/// Key commands.
+#[derive(clap::Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make an ed25519 signing key in OpenSSH format: PATH and PATH.pub.
+    Generate {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// A comment stored with the key, e.g. your e-mail address.
+        #[arg(long, default_value = "lull")]
+        comment: String,
+    },
+}
+
+/// `lull sign`.
+#[derive(clap::Args, Debug)]
+pub struct SignArgs {
+    /// The module to sign.
+    file: PathBuf,
+    /// The private key (OpenSSH format).
+    #[arg(long, env = "LULL_KEY")]
+    key: PathBuf,
+}
+
+/// Runs a key command.
+pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCommand::Generate { out, comment } => {
+            let key = generate(&out, &comment)?;
+            println!(
+                "wrote {} and {}.pub\npublic key: {}",
+                out.display(),
+                out.display(),
+                key.public_key().to_openssh()?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Makes and writes a key pair.
+pub fn generate(out: &Path, comment: &str) -> anyhow::Result<PrivateKey> {
+    if out.exists() {
+        bail!("{} already exists; not overwriting a key", out.display());
+    }
+    let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)?;
+    key.set_comment(comment);
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    key.write_openssh_file(out, LineEnding::LF)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let public = format!("{}\n", key.public_key().to_openssh()?);
+    let pub_path = PathBuf::from(format!("{}.pub", out.display()));
+    std::fs::write(&pub_path, public).with_context(|| format!("writing {}", pub_path.display()))?;
+    Ok(key)
+}
+
+/// Reads a private key.
+pub fn load(path: &Path) -> anyhow::Result<PrivateKey> {
+    PrivateKey::read_openssh_file(path)
+        .with_context(|| format!("reading the signing key {}", path.display()))
+}
+
+/// `lull sign FILE --key KEY`.
+pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
+    let key = load(&args.key)?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let sig = lull_protocol::signature::sign(&key, &bytes)?;
+    let out = PathBuf::from(format!("{}.sig", args.file.display()));
+    std::fs::write(&out, sig).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,18 @@
+//! One module per command.
+
+pub mod agents;
+pub mod cancel;
+pub mod dev;
+pub mod keys;
+pub mod results;
+pub mod status;
+pub mod submit;
+
+/// A job's detail as the coordinator returns it.
+pub type JobDetail = serde_json::Value;
+
+/// Prints a value as pretty JSON.
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

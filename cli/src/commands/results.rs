@@ -1,0 +1,93 @@
+//! `lull results JOB -o DIR`: every finished task's files, logs and status on local disk.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use lull_protocol::message::TaskResult;
+
+use super::JobDetail;
+use crate::client::Client;
+
+/// `lull results`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The job number.
+    job: u64,
+    /// Where to write: DIR/<task>/output/..., DIR/<task>/stdout, stderr, status.json
+    /// [default: results-JOB]
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+/// Downloads a job's results.
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    let d: JobDetail = client.get(&format!("/api/v1/jobs/{}", args.job)).await?;
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("results-{}", args.job)));
+    let mut tasks = 0;
+    let mut files = 0;
+    for t in d["tasks"].as_array().into_iter().flatten() {
+        let index = t["index"].as_u64().unwrap_or(0);
+        let dir = out.join(index.to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let result: Option<TaskResult> = serde_json::from_value(t["result"].clone()).ok();
+        if let Some(r) = &result {
+            for f in &r.outputs {
+                lull_protocol::job::check_input_path(&f.path)
+                    .map_err(|e| anyhow::anyhow!("task {index} output {:?} {e}", f.path))?;
+                client
+                    .download(
+                        &format!("/api/v1/blobs/{}", f.digest),
+                        &dir.join("output").join(&f.path),
+                    )
+                    .await?;
+                files += 1;
+            }
+            let single = r.modules.len() == 1;
+            for m in &r.modules {
+                for (stream, captured) in [("stdout", &m.stdout), ("stderr", &m.stderr)] {
+                    let name = if single {
+                        stream.to_owned()
+                    } else {
+                        format!("{stream}.{}", m.name)
+                    };
+                    let dest = dir.join(name);
+                    match captured {
+                        Some(c) => {
+                            client
+                                .download(&format!("/api/v1/blobs/{}", c.digest), &dest)
+                                .await?
+                        }
+                        None => std::fs::write(&dest, b"")
+                            .with_context(|| format!("writing {}", dest.display()))?,
+                    }
+                }
+            }
+        }
+        let status = serde_json::json!({
+            "job": args.job,
+            "index": index,
+            "state": t["state"],
+            "attempt": t["attempt"],
+            "agent": t["agent"],
+            "cause": t["cause"],
+            "succeeded": result.as_ref().map(|r| r.succeeded()),
+            "modules": result.as_ref().map(|r| &r.modules),
+            "outputs": result.as_ref().map(|r| &r.outputs),
+            "elapsed_ms": result.as_ref().map(|r| r.elapsed_ms),
+        });
+        let path = dir.join("status.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&status)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        tasks += 1;
+    }
+    println!(
+        "job {} ({}): {tasks} task(s), {files} output file(s) written under {}",
+        args.job,
+        d["state"].as_str().unwrap_or("?"),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

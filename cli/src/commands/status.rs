@@ -1,0 +1,168 @@
+//! `lull status [JOB]`, and the live view behind `lull submit --watch`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::JobDetail;
+use crate::client::Client;
+
+/// `lull status`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A job number; without one, every job is listed.
+    job: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows jobs or one job.
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    match args.job {
+        None => {
+            let jobs: Vec<serde_json::Value> = client.get("/api/v1/jobs").await?;
+            if args.json {
+                super::print_json(&jobs)?;
+            } else if jobs.is_empty() {
+                println!("no jobs yet: submit one with `lull submit JOB.toml`");
+            } else {
+                println!(
+                    "{:>5}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}",
+                    "JOB", "NAME", "STATE", "TASKS", "DONE", "RUNNING", "FAILED"
+                );
+                for j in jobs {
+                    let c = &j["counts"];
+                    println!(
+                        "{:>5}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}",
+                        j["id"],
+                        truncate(j["name"].as_str().unwrap_or(""), 24),
+                        j["state"].as_str().unwrap_or("?"),
+                        j["count"],
+                        c["succeeded"],
+                        c["running"],
+                        c["failed"],
+                    );
+                }
+            }
+        }
+        Some(job) => {
+            let d: JobDetail = client.get(&format!("/api/v1/jobs/{job}")).await?;
+            if args.json {
+                super::print_json(&d)?;
+            } else {
+                print_job(&d);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn print_job(d: &JobDetail) {
+    let c = &d["counts"];
+    println!(
+        "job {}: {} — {} ({} tasks: {} succeeded, {} running, {} pending, {} failed, {} cancelled)",
+        d["id"],
+        d["name"].as_str().unwrap_or(""),
+        d["state"].as_str().unwrap_or("?"),
+        d["count"],
+        c["succeeded"],
+        c["running"],
+        c["pending"],
+        c["failed"],
+        c["cancelled"]
+    );
+    if let Some(w) = d["waiting_reason"].as_str() {
+        println!("pending tasks: {w}");
+    }
+    println!(
+        "{:>6}  {:<10} {:>7}  {:<20} CAUSE",
+        "TASK", "STATE", "ATTEMPT", "AGENT"
+    );
+    for t in d["tasks"].as_array().into_iter().flatten() {
+        println!(
+            "{:>6}  {:<10} {:>7}  {:<20} {}",
+            t["index"],
+            t["state"].as_str().unwrap_or("?"),
+            t["attempt"],
+            t["agent"].as_str().unwrap_or("-"),
+            t["cause"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// Whether a job state is final.
+pub fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// Follows a job until it ends, drawing a progress bar when `show`; returns its final detail.
+pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobDetail> {
+    let bar = if show {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg} (ETA {eta})",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let d: JobDetail = client.get(&format!("/api/v1/jobs/{job}")).await?;
+        let c = &d["counts"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        bar.set_length(d["count"].as_u64().unwrap_or(0));
+        bar.set_position(n("succeeded") + n("failed") + n("cancelled"));
+        let mut msg = format!(
+            "done {} · running {} · failed {}",
+            n("succeeded"),
+            n("running"),
+            n("failed")
+        );
+        if let Some(w) = d["waiting_reason"].as_str() {
+            if n("running") == 0 {
+                msg.push_str(&format!(" · waiting: {w}"));
+            }
+        }
+        bar.set_message(msg);
+        let state = d["state"].as_str().unwrap_or("").to_owned();
+        if is_final(&state) {
+            bar.finish_and_clear();
+            if show {
+                eprintln!(
+                    "job {job} {state}: {} succeeded, {} failed, {} cancelled",
+                    n("succeeded"),
+                    n("failed"),
+                    n("cancelled")
+                );
+                for t in d["tasks"].as_array().into_iter().flatten() {
+                    if t["state"] == "failed" {
+                        eprintln!(
+                            "  task {} failed after {} attempt(s): {}",
+                            t["index"],
+                            t["attempt"],
+                            t["cause"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+            return Ok(d);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,224 @@
+//! `lull submit JOB.toml`: resolve the job file (hash every file, sign modules), upload only the
+//! blobs the coordinator lacks, post the job, and optionally watch it to the end.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use lull_protocol::Digest;
+use lull_protocol::job::{FileRef, JobFile, JobSpec, ModuleSpec, Resources};
+use serde_json::json;
+
+use crate::client::Client;
+
+/// `lull submit`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The job file.
+    job: PathBuf,
+    /// Follow the job to its end with a progress bar; exit 0 only if every task succeeded.
+    #[arg(long)]
+    watch: bool,
+    /// Print JSON: `{"job": N}` (with --watch, the job's final status).
+    #[arg(long)]
+    json: bool,
+    /// The signing key for modules without a FILE.sig beside them.
+    #[arg(long, env = "LULL_KEY")]
+    key: Option<PathBuf>,
+}
+
+/// A file to upload.
+struct Local {
+    digest: Digest,
+    path: PathBuf,
+}
+
+/// Submits a job.
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    let info: serde_json::Value = client.get("/api/v1/info").await?;
+    let key_path = args.key.clone().or_else(|| {
+        info["dev_key"]
+            .as_str()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+    });
+    let (spec, files) = resolve(&args.job, key_path.as_deref())?;
+
+    let digests: BTreeSet<Digest> = files.iter().map(|f| f.digest).collect();
+    let answer: serde_json::Value = client
+        .post("/api/v1/blobs/missing", &json!({ "digests": digests }))
+        .await?;
+    let missing: BTreeSet<Digest> = serde_json::from_value(answer["missing"].clone())
+        .context("reading the coordinator's list of missing blobs")?;
+    let mut uploaded = BTreeSet::new();
+    for f in &files {
+        if missing.contains(&f.digest) && uploaded.insert(f.digest) {
+            client
+                .put_file(&format!("/api/v1/blobs/{}", f.digest), &f.path)
+                .await
+                .with_context(|| format!("uploading {}", f.path.display()))?;
+        }
+    }
+    let answer: serde_json::Value = client.post("/api/v1/jobs", &spec).await?;
+    let job = answer["job"]
+        .as_u64()
+        .context("the coordinator returned no job number")?;
+    if !args.watch {
+        if args.json {
+            super::print_json(&json!({ "job": job }))?;
+        } else {
+            println!(
+                "submitted job {job} ({} task{}, {} of {} file(s) uploaded)\n  watch it: lull status {job}\n  results:  lull results {job} -o results-{job}",
+                spec.count,
+                if spec.count == 1 { "" } else { "s" },
+                uploaded.len(),
+                digests.len()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.json {
+        eprintln!("submitted job {job}: {} ({} tasks)", spec.name, spec.count);
+    }
+    let detail = super::status::watch(client, job, !args.json).await?;
+    if args.json {
+        super::print_json(&detail)?;
+    }
+    Ok(if detail["state"] == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_JOB_FAILED)
+    })
+}
+
+/// Reads a job file and everything it names; returns the job definition and the files to upload.
+fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<Local>)> {
+    let text = std::fs::read_to_string(job_path)
+        .with_context(|| format!("reading {}", job_path.display()))?;
+    let file = JobFile::parse(&text).with_context(|| format!("{}", job_path.display()))?;
+    let base = job_path.parent().unwrap_or(Path::new("."));
+    let key = key.map(super::keys::load).transpose()?;
+    let mut files = Vec::new();
+    let mut modules = Vec::new();
+    for (i, m) in file.modules.iter().enumerate() {
+        let field = format!("{}: module[{i}]", job_path.display());
+        let (name, digest, size, signature) = match (&m.path, &m.digest) {
+            (Some(rel), _) => {
+                let path = base.join(rel);
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("{field}.path: cannot read {}", path.display()))?;
+                lull_protocol::module_check::check(&bytes)
+                    .with_context(|| format!("{field}.path: {}", path.display()))?;
+                let digest = Digest::of(&bytes);
+                let sig_path = PathBuf::from(format!("{}.sig", path.display()));
+                let signature = if sig_path.exists() {
+                    Some(
+                        std::fs::read_to_string(&sig_path)
+                            .with_context(|| format!("reading {}", sig_path.display()))?,
+                    )
+                } else if let Some(key) = &key {
+                    Some(lull_protocol::signature::sign(key, &bytes)?)
+                } else {
+                    bail!(
+                        "{field}: {} is not signed: sign it with `lull sign {} --key KEY`, or pass --key KEY to sign at submit",
+                        path.display(),
+                        path.display()
+                    );
+                };
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| format!("module{i}"));
+                files.push(Local { digest, path });
+                (name, digest, bytes.len() as u64, signature)
+            }
+            (None, Some(d)) => (format!("module{i}"), *d, 0, None),
+            (None, None) => unreachable!("checked by JobFile::parse"),
+        };
+        let stdin = match &m.stdin {
+            Some(rel) => {
+                let path = base.join(rel);
+                let (f, local) =
+                    file_ref(&path, "stdin").with_context(|| format!("{field}.stdin"))?;
+                files.push(local);
+                Some(f)
+            }
+            None => None,
+        };
+        let mut inputs = Vec::new();
+        let mut names = BTreeSet::new();
+        for pattern in &m.inputs {
+            let full = base.join(pattern);
+            let full = full.to_string_lossy();
+            let mut matched = 0;
+            for entry in glob::glob(&full)
+                .with_context(|| format!("{field}.inputs: {pattern:?} is not a valid pattern"))?
+            {
+                let path = entry?;
+                if !path.is_file() {
+                    continue;
+                }
+                matched += 1;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !names.insert(name.clone()) {
+                    bail!(
+                        "{field}.inputs: two input files are named {name:?}; /input holds files by name"
+                    );
+                }
+                let (f, local) =
+                    file_ref(&path, &name).with_context(|| format!("{field}.inputs"))?;
+                files.push(local);
+                inputs.push(f);
+            }
+            if matched == 0 {
+                bail!(
+                    "{field}.inputs: {pattern:?} matches no file (relative to {})",
+                    base.display()
+                );
+            }
+        }
+        modules.push(ModuleSpec {
+            name,
+            digest,
+            size,
+            signature,
+            args: m.args.clone(),
+            env: m.env.clone(),
+            stdin,
+            inputs,
+        });
+    }
+    let spec = JobSpec {
+        name: file.name.clone(),
+        count: file.count,
+        modules,
+        resources: Resources {
+            memory: file.memory()?,
+            timeout_ms: file.timeout()?.as_millis() as u64,
+        },
+        placement: file.placement.clone(),
+        max_attempts: file.max_attempts()?,
+    };
+    spec.check()?;
+    Ok((spec, files))
+}
+
+fn file_ref(path: &Path, name: &str) -> anyhow::Result<(FileRef, Local)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let digest = Digest::of(&bytes);
+    Ok((
+        FileRef {
+            path: name.to_owned(),
+            digest,
+            size: bytes.len() as u64,
+        },
+        Local {
+            digest,
+            path: path.to_owned(),
+        },
+    ))
+}
