@@ -106,10 +106,10 @@ impl BlobWriter {
     /// Checks the digest (when one is expected) and moves the blob into the cache.
     pub fn commit(self, cache: &BlobCache, expected: Option<Digest>) -> anyhow::Result<Digest> {
         let actual = self.hasher.finish();
-        if let Some(expected) = expected {
-            if expected != actual {
-                return Err(DigestMismatch { expected, actual }.into());
-            }
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(DigestMismatch { expected, actual }.into());
         }
         self.file.as_file().sync_all()?;
         self.file

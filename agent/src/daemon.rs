@@ -97,6 +97,7 @@ impl Agent {
                 work_root,
                 max_task_memory,
                 outputs_cap,
+                compiled: Default::default(),
             }),
             cache,
             outbox,

@@ -15,6 +15,9 @@ use lull_protocol::units::format_size;
 use crate::cache::BlobCache;
 use crate::sandbox::{Program, RunOutput, RunSpec, Sandbox, TaskControl};
 
+/// Stack of a guest's thread: wasm's own stack (`max_wasm_stack`) plus room for the host.
+const GUEST_THREAD_STACK: usize = 8 << 20;
+
 /// Runs assignments whose blobs are in the cache.
 #[derive(Debug)]
 pub struct Runner {
@@ -30,7 +33,14 @@ pub struct Runner {
     pub max_task_memory: u64,
     /// The most bytes of `/output` kept per task.
     pub outputs_cap: u64,
+    /// Modules already verified and compiled, by digest and signature.
+    pub compiled: std::sync::Mutex<
+        std::collections::HashMap<(lull_protocol::Digest, Option<String>), Program>,
+    >,
 }
+
+/// How many compiled modules are kept in memory.
+const COMPILED_KEPT: usize = 32;
 
 /// A result in which every module was refused for `reason`.
 pub fn refused(a: &Assignment, reason: &str) -> TaskResult {
@@ -100,12 +110,22 @@ impl Runner {
     }
 
     fn prepare(&self, m: &ModuleSpec) -> Result<Program, String> {
+        let key = (m.digest, m.signature.clone());
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = compiled.get(&key) {
+            return Ok(p.clone());
+        }
         let bytes = std::fs::read(self.cache.path(&m.digest))
             .map_err(|e| format!("reading its bytes: {e}"))?;
         self.trust
             .verify(&bytes, m.signature.as_deref())
             .map_err(|e| e.to_string())?;
-        self.sandbox.compile(&bytes).map_err(|e| e.to_string())
+        let program = self.sandbox.compile(&bytes).map_err(|e| e.to_string())?;
+        if compiled.len() >= COMPILED_KEPT {
+            compiled.clear();
+        }
+        compiled.insert(key, program.clone());
+        Ok(program)
     }
 
     fn layout(&self, a: &Assignment, dir: &Path) -> anyhow::Result<Vec<RunSpec>> {
@@ -173,14 +193,22 @@ impl Runner {
             let handles: Vec<_> = programs
                 .iter()
                 .zip(specs.iter())
-                .map(|(p, spec)| s.spawn(move || self.sandbox.run(p, spec, control)))
+                .map(|(p, spec)| {
+                    std::thread::Builder::new()
+                        .name(format!("guest {}", spec.name))
+                        .stack_size(GUEST_THREAD_STACK)
+                        .spawn_scoped(s, move || self.sandbox.run(p, spec, control))
+                })
                 .collect();
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join().unwrap_or_else(|_| RunOutput {
-                        outcome: Outcome::Trapped {
-                            message: "the runner thread panicked".into(),
+                    let joined = h
+                        .map_err(|e| e.to_string())
+                        .and_then(|h| h.join().map_err(|_| "the guest thread panicked".to_owned()));
+                    joined.unwrap_or_else(|message| RunOutput {
+                        outcome: Outcome::Refused {
+                            reason: format!("could not run the guest: {message}"),
                         },
                         stdout: vec![],
                         stdout_truncated: false,
@@ -274,14 +302,14 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
         let path = e.path();
         if ft.is_dir() {
             walk(root, &path, out);
-        } else if ft.is_file() {
-            if let Ok(rel) = path.strip_prefix(root) {
-                let rel: Vec<String> = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                out.push((rel.join("/"), path));
-            }
+        } else if ft.is_file()
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            let rel: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push((rel.join("/"), path));
         }
     }
 }

@@ -87,10 +87,10 @@ impl BlobStore {
         max: u64,
         mut src: impl AsyncRead + Unpin,
     ) -> Result<u64, BlobError> {
-        if let Some(n) = size {
-            if n > max {
-                return Err(BlobError::TooLarge { max });
-            }
+        if let Some(n) = size
+            && n > max
+        {
+            return Err(BlobError::TooLarge { max });
         }
         let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
         let mut file = tokio::fs::File::from_std(tmp.reopen()?);
@@ -106,24 +106,24 @@ impl BlobStore {
             if total > max {
                 return Err(BlobError::TooLarge { max });
             }
-            if let Some(expected) = size {
-                if total > expected {
-                    return Err(BlobError::Length {
-                        expected,
-                        received: total,
-                    });
-                }
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).await?;
-        }
-        if let Some(expected) = size {
-            if total != expected {
+            if let Some(expected) = size
+                && total > expected
+            {
                 return Err(BlobError::Length {
                     expected,
                     received: total,
                 });
             }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).await?;
+        }
+        if let Some(expected) = size
+            && total != expected
+        {
+            return Err(BlobError::Length {
+                expected,
+                received: total,
+            });
         }
         let actual = hasher.finish();
         if actual != expected {

@@ -184,13 +184,13 @@ impl TrustList {
                     .fingerprint(HashAlg::Sha256)
                     .to_string(),
             })?;
-        if let Some(ns) = &signer.namespaces {
-            if !ns.iter().any(|n| n == NAMESPACE) {
-                return Err(SignatureError::NamespaceNotAllowed {
-                    principal: signer.principals.join(","),
-                    namespaces: ns.join(","),
-                });
-            }
+        if let Some(ns) = &signer.namespaces
+            && !ns.iter().any(|n| n == NAMESPACE)
+        {
+            return Err(SignatureError::NamespaceNotAllowed {
+                principal: signer.principals.join(","),
+                namespaces: ns.join(","),
+            });
         }
         signer
             .key

@@ -1,1 +1,64 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `demo`: installs the wasm targets if missing, builds, starts `lull dev`, submits the
+//!   examples, watches them and prints their results, then shuts down.
+//! - `test`: everything CI runs: formatting, clippy, docs, and every test.
+//! - `bench NAME`: a benchmark; its last line is one JSON object of named figures.
+
+mod bench;
+mod demo;
+mod util;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo::run(),
+        Some("test") => test(),
+        Some("bench") => bench::run(args.get(1).map(String::as_str), &args[2..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask demo | test | bench NAME\n  benches: {}",
+                bench::NAMES.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything CI runs.
+fn test() -> anyhow::Result<()> {
+    util::ensure_wasm_targets()?;
+    util::build_examples()?;
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    util::cargo_env(
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-Dwarnings")],
+    )?;
+    util::cargo(&["build", "--workspace", "--bins"])?;
+    let counts = util::cargo_test(&["test", "--workspace"])?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
+    if counts.failed > 0 {
+        anyhow::bail!("{} test(s) failed", counts.failed);
+    }
+    Ok(())
+}

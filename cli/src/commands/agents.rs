@@ -26,8 +26,8 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<20} {:<14} {:>5} {:>7} {:>10} {:>10}  {}",
-        "ID", "NAME", "CORES", "RUNNING", "MEMORY", "TASK CAP", "OS/ARCH"
+        "{:<20} {:<14} {:>5} {:>7} {:>10} {:>10}  OS/ARCH",
+        "ID", "NAME", "CORES", "RUNNING", "MEMORY", "TASK CAP"
     );
     for a in agents {
         let c = &a["capacity"];
@@ -35,9 +35,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             "{:<20} {:<14} {:>5} {:>3}/{:<3} {:>10} {:>10}  {}/{}",
             a["id"].as_str().unwrap_or("?"),
             a["name"].as_str().unwrap_or("?"),
-            c["cores"],
-            a["running"],
-            c["slots"],
+            c["cores"].to_string(),
+            a["running"].to_string(),
+            c["slots"].to_string(),
             format_size(c["memory_available"].as_u64().unwrap_or(0)),
             format_size(c["max_task_memory"].as_u64().unwrap_or(0)),
             c["os"].as_str().unwrap_or("?"),

@@ -16,6 +16,10 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Follow the job to its end with a progress bar (needs JOB); exit 0 only if every task
+    /// succeeded.
+    #[arg(long, requires = "job")]
+    watch: bool,
 }
 
 /// Shows jobs or one job.
@@ -36,16 +40,23 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
                     let c = &j["counts"];
                     println!(
                         "{:>5}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}",
-                        j["id"],
+                        j["id"].to_string(),
                         truncate(j["name"].as_str().unwrap_or(""), 24),
                         j["state"].as_str().unwrap_or("?"),
-                        j["count"],
-                        c["succeeded"],
-                        c["running"],
-                        c["failed"],
+                        j["count"].to_string(),
+                        c["succeeded"].to_string(),
+                        c["running"].to_string(),
+                        c["failed"].to_string(),
                     );
                 }
             }
+        }
+        Some(job) if args.watch => {
+            let d = watch(client, job, !args.json).await?;
+            if args.json {
+                super::print_json(&d)?;
+            }
+            return Ok(exit_code(&d));
         }
         Some(job) => {
             let d: JobDetail = client.get(&format!("/api/v1/jobs/{job}")).await?;
@@ -93,12 +104,21 @@ fn print_job(d: &JobDetail) {
     for t in d["tasks"].as_array().into_iter().flatten() {
         println!(
             "{:>6}  {:<10} {:>7}  {:<20} {}",
-            t["index"],
+            t["index"].to_string(),
             t["state"].as_str().unwrap_or("?"),
-            t["attempt"],
+            t["attempt"].to_string(),
             t["agent"].as_str().unwrap_or("-"),
             t["cause"].as_str().unwrap_or("")
         );
+    }
+}
+
+/// 0 when the job succeeded, [`crate::EXIT_JOB_FAILED`] otherwise.
+pub fn exit_code(d: &JobDetail) -> ExitCode {
+    if d["state"] == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_JOB_FAILED)
     }
 }
 
@@ -134,10 +154,10 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
             n("running"),
             n("failed")
         );
-        if let Some(w) = d["waiting_reason"].as_str() {
-            if n("running") == 0 {
-                msg.push_str(&format!(" · waiting: {w}"));
-            }
+        if let Some(w) = d["waiting_reason"].as_str()
+            && n("running") == 0
+        {
+            msg.push_str(&format!(" · waiting: {w}"));
         }
         bar.set_message(msg);
         let state = d["state"].as_str().unwrap_or("").to_owned();

@@ -85,11 +85,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         super::print_json(&detail)?;
     }
-    Ok(if detail["state"] == "succeeded" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(crate::EXIT_JOB_FAILED)
-    })
+    Ok(super::status::exit_code(&detail))
 }
 
 /// Reads a job file and everything it names; returns the job definition and the files to upload.

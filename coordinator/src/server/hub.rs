@@ -413,15 +413,15 @@ impl Hub {
 
     fn end_attempt(&self, inner: &mut Inner, attempt: AttemptId, agent: &str, state: TaskState) {
         inner.leases.release(&attempt);
-        if let Some(a) = inner.agents.get_mut(agent) {
-            if a.running.remove(&attempt) {
-                inner.scheduler.handle_task_ended(agent);
-            }
+        if let Some(a) = inner.agents.get_mut(agent)
+            && a.running.remove(&attempt)
+        {
+            inner.scheduler.handle_task_ended(agent);
         }
-        if state == TaskState::Pending {
-            if let Some(q) = queued(&inner.jobs, attempt.task) {
-                inner.scheduler.handle_task_queued(q);
-            }
+        if state == TaskState::Pending
+            && let Some(q) = queued(&inner.jobs, attempt.task)
+        {
+            inner.scheduler.handle_task_queued(q);
         }
     }
 

@@ -1,0 +1,260 @@
+//! Helpers shared by the tasks: running cargo, the wasm targets, the examples.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// The directory cargo builds into.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs cargo in the workspace root.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_env(args, &[])
+}
+
+/// Runs cargo with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args(args).current_dir(root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd, &format!("cargo {}", args.join(" ")))
+}
+
+/// Test counts summed over every test binary.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+/// Runs `cargo test ...`, passing its output through and summing its `test result:` lines.
+pub fn cargo_test(args: &[&str]) -> anyhow::Result<Counts> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = Command::new(cargo_bin())
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut counts = Counts::default();
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(kind)) = (words.next(), words.next()) {
+                    if let Ok(n) = n.parse::<u64>() {
+                        match kind {
+                            "passed" => counts.passed += n,
+                            "failed" => counts.failed += n,
+                            "ignored" => counts.ignored += n,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && counts.failed == 0 {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(counts)
+}
+
+/// Adds the wasm targets when they are missing.
+pub fn ensure_wasm_targets() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output()
+        .context("running rustup (the Rust toolchain installer) to list targets")?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = ["wasm32-wasip1", "wasm32-wasip2"]
+        .into_iter()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add"])
+        .args(&missing)
+        .current_dir(root());
+    run(
+        &mut cmd,
+        &format!("rustup target add {}", missing.join(" ")),
+    )
+}
+
+/// Builds the example guests (their own workspace under examples/).
+pub fn build_examples() -> anyhow::Result<()> {
+    let dir = root().join("examples");
+    for (target, packages) in [
+        ("wasm32-wasip1", &["montecarlo", "mandelbrot"][..]),
+        ("wasm32-wasip2", &["wordcount"][..]),
+    ] {
+        let mut cmd = Command::new(cargo_bin());
+        cmd.args(["build", "--release", "--target", target])
+            .current_dir(&dir)
+            .env_remove("CARGO_TARGET_DIR");
+        for p in packages {
+            cmd.args(["-p", p]);
+        }
+        run(
+            &mut cmd,
+            &format!("building examples {} for {target}", packages.join(", ")),
+        )?;
+    }
+    Ok(())
+}
+
+/// A running `lull dev`, stopped with ctrl-c (SIGINT) when dropped.
+pub struct Dev {
+    child: std::process::Child,
+    bin: PathBuf,
+    /// Its HTTP address.
+    pub url: String,
+}
+
+impl Dev {
+    /// Starts the debug build's `lull dev` with extra arguments and waits until `agents`
+    /// agents are connected.
+    pub fn start(args: &[&str], agents: usize) -> anyhow::Result<Self> {
+        Self::start_with(target_dir().join("debug").join("lull"), args, agents)
+    }
+
+    /// Starts `bin dev ARGS`.
+    pub fn start_with(bin: PathBuf, args: &[&str], agents: usize) -> anyhow::Result<Self> {
+        let mut child = Command::new(&bin)
+            .arg("dev")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} dev", bin.display()))?;
+        let stdout = child.stdout.take().context("lull dev's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().context(
+            "lull dev exited before it was ready (is another lull dev using its ports?)",
+        )??;
+        println!("{first}");
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .context("lull dev did not print its address")?
+            .to_owned();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                println!("{line}");
+            }
+        });
+        let dev = Self { child, bin, url };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = dev.output(&["agents", "--json"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            if v.as_array().map(Vec::len).unwrap_or(0) >= agents {
+                return Ok(dev);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the agents of lull dev did not connect within a minute");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// A `lull` command aimed at this cluster.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--coordinator").arg(&self.url);
+        cmd
+    }
+
+    /// Runs `lull ARGS` against this cluster and returns its stdout, failing with its stderr.
+    pub fn output(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .with_context(|| format!("running lull {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "lull {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// GETs a JSON document from the cluster's HTTP API.
+    pub fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        use std::io::{Read, Write};
+        let host = self.url.trim_start_matches("http://");
+        let mut stream =
+            std::net::TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8(response)?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .context("malformed HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(serde_json::from_str(body)?)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
