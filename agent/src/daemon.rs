@@ -121,9 +121,11 @@ impl Agent {
             tracing::warn!("no coordinator_key pinned: accepting any coordinator certificate");
         }
         let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
         loop {
             match dialer.connect(&self.coordinator).await {
                 Ok(conn) => {
+                    failures = 0;
                     let started = Instant::now();
                     match self.clone().session(conn.clone()).await {
                         Ok(()) => tracing::info!("coordinator closed the connection"),
@@ -139,7 +141,13 @@ impl Agent {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %format!("{e:#}"), "cannot reach the coordinator");
+                    // Say why once, loudly (a wrong key or address needs a person); then quietly.
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(coordinator = %self.coordinator, error = %format!("{e:#}"), "cannot reach the coordinator; retrying");
+                    } else {
+                        tracing::debug!(error = %format!("{e:#}"), "cannot reach the coordinator");
+                    }
                 }
             }
             let jitter =
@@ -385,6 +393,25 @@ impl Agent {
         }
         self.send_event(AgentMessage::Result(result));
     }
+}
+
+/// Waits for ctrl-c (SIGINT) or SIGTERM, the ways people and service managers stop a process.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The agent's stable ID, made at first start.

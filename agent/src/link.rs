@@ -131,8 +131,8 @@ impl Dialer {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
-            .max_idle_timeout(Some(std::time::Duration::from_secs(10).try_into()?));
+            .keep_alive_interval(Some(std::time::Duration::from_secs(1)))
+            .max_idle_timeout(Some(std::time::Duration::from_secs(5).try_into()?));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = "0.0.0.0:0".parse()?;
         let endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;

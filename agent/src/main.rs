@@ -106,6 +106,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         r = agent.run() => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = lull_agent::daemon::shutdown_signal() => Ok(()),
     }
 }

@@ -3,7 +3,9 @@
 //! The database is the truth: the coordinator can be killed at any instant and restarted on the
 //! same data directory without losing a job or recording a result twice. Every state change of a
 //! task is one transaction guarded by the state it expects (`WHERE state = 'running' AND attempt
-//! = ?`), so a late or duplicate result cannot overwrite a newer one.
+//! = ?`), so a late or duplicate result cannot overwrite a newer one. Writing transactions
+//! start with `BEGIN IMMEDIATE`, taking SQLite's write lock up front, so concurrent writers wait
+//! (up to the busy timeout) instead of failing when one of them upgrades a read to a write.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -205,7 +207,7 @@ impl Store {
 
     /// Stores a job and its tasks (all pending); returns its number.
     pub async fn insert_job(&self, spec: &JobSpec, now_ms: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id: i64 =
             sqlx::query("INSERT INTO jobs (name, spec, created_ms) VALUES (?, ?, ?) RETURNING id")
                 .bind(&spec.name)
@@ -374,7 +376,7 @@ impl Store {
         agent: &str,
         now_ms: i64,
     ) -> Result<Option<AttemptId>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = ?, updated_ms = ? \
              WHERE job_id = ? AND idx = ? AND state = 'pending' RETURNING attempt",
@@ -485,13 +487,19 @@ impl Store {
         next: impl Fn(&JobRow, u32) -> TaskState,
     ) -> Result<Recorded> {
         let job = self.job(attempt.task.job).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The attempt must be the task's current one and still running -- or, for a success
+        // that arrives after its lease expired, the task must still be waiting for its next
+        // attempt: then the work is done and nothing is gained by running it again.
+        let late_success_ok = result.is_some() && outcome == "succeeded";
         let current = sqlx::query(
-            "SELECT agent_id FROM tasks WHERE job_id = ? AND idx = ? AND state = 'running' AND attempt = ?",
+            "SELECT agent_id FROM tasks WHERE job_id = ? AND idx = ? AND attempt = ? \
+             AND (state = 'running' OR (state = 'pending' AND ?))",
         )
         .bind(attempt.task.job as i64)
         .bind(attempt.task.index as i64)
         .bind(attempt.attempt as i64)
+        .bind(late_success_ok)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(current) = current else {
@@ -511,7 +519,7 @@ impl Store {
         };
         sqlx::query(
             "UPDATE attempts SET finished_ms = ?, outcome = ?, result = ? \
-             WHERE job_id = ? AND idx = ? AND attempt = ? AND finished_ms IS NULL",
+             WHERE job_id = ? AND idx = ? AND attempt = ? AND (finished_ms IS NULL OR result IS NULL)",
         )
         .bind(now_ms)
         .bind(outcome)
@@ -538,7 +546,7 @@ impl Store {
     /// Cancels a job: pending tasks become cancelled at once; returns the running attempts and
     /// their agents, which the caller asks to stop.
     pub async fn cancel_job(&self, job: u64, now_ms: i64) -> Result<Vec<(AttemptId, String)>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("UPDATE jobs SET cancelled = 1 WHERE id = ?")
             .bind(job as i64)
             .execute(&mut *tx)
@@ -623,4 +631,166 @@ fn task_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow> {
         agent: r.get(4),
         cause: r.get(5),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lull_protocol::Digest;
+    use lull_protocol::job::{ModuleSpec, Placement, Resources};
+    use lull_protocol::message::{ModuleResult, Outcome};
+
+    fn spec(count: u32, max_attempts: u32) -> JobSpec {
+        JobSpec {
+            name: "t".into(),
+            count,
+            modules: vec![ModuleSpec {
+                name: "m".into(),
+                digest: Digest::of(b"m"),
+                size: 1,
+                signature: None,
+                args: vec![],
+                env: Default::default(),
+                stdin: None,
+                inputs: vec![],
+            }],
+            resources: Resources {
+                memory: 1 << 20,
+                timeout_ms: 1000,
+            },
+            placement: Placement::default(),
+            max_attempts,
+        }
+    }
+
+    fn result(attempt: AttemptId, code: i32) -> TaskResult {
+        TaskResult {
+            attempt,
+            modules: vec![ModuleResult {
+                name: "m".into(),
+                outcome: Outcome::Exited { code },
+                stdout: None,
+                stderr: None,
+            }],
+            outputs: vec![],
+            elapsed_ms: 1,
+            outputs_truncated: false,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("lull.db")).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_result_is_recorded_once_and_only_for_the_current_attempt() {
+        let (_dir, s) = store().await;
+        let job = s.insert_job(&spec(2, 3), 0).await.unwrap();
+        let task = TaskId { job, index: 0 };
+        let a1 = s.assign(task, "agent-a", 1).await.unwrap().unwrap();
+        assert_eq!(a1.attempt, 1);
+        // Assigning a running task again does nothing.
+        assert_eq!(s.assign(task, "agent-b", 1).await.unwrap(), None);
+        // Another agent cannot report this attempt.
+        assert_eq!(
+            s.record_result("agent-b", &result(a1, 0), 2).await.unwrap(),
+            Recorded::Stale
+        );
+        assert_eq!(
+            s.record_result("agent-a", &result(a1, 0), 2).await.unwrap(),
+            Recorded::Stored(TaskState::Succeeded)
+        );
+        // The duplicate is ignored.
+        assert_eq!(
+            s.record_result("agent-a", &result(a1, 0), 3).await.unwrap(),
+            Recorded::Stale
+        );
+        let attempts = s.attempts(task).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert!(attempts[0].result.is_some());
+    }
+
+    #[tokio::test]
+    async fn failures_retry_until_attempts_run_out() {
+        let (_dir, s) = store().await;
+        let job = s.insert_job(&spec(1, 2), 0).await.unwrap();
+        let task = TaskId { job, index: 0 };
+        let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
+        assert_eq!(
+            s.record_result("a", &result(a1, 1), 2).await.unwrap(),
+            Recorded::Stored(TaskState::Pending)
+        );
+        let a2 = s.assign(task, "a", 3).await.unwrap().unwrap();
+        assert_eq!(a2.attempt, 2);
+        assert_eq!(
+            s.record_result("a", &result(a2, 1), 4).await.unwrap(),
+            Recorded::Stored(TaskState::Failed)
+        );
+        let t = &s.tasks(job).await.unwrap()[0];
+        assert_eq!(t.cause.as_deref(), Some("module m: exited with code 1"));
+    }
+
+    #[tokio::test]
+    async fn a_lost_attempt_is_requeued_and_its_late_success_still_counts() {
+        let (_dir, s) = store().await;
+        let job = s.insert_job(&spec(1, 3), 0).await.unwrap();
+        let task = TaskId { job, index: 0 };
+        let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
+        assert_eq!(
+            s.attempt_lost(a1, "lost", 2).await.unwrap(),
+            Recorded::Stored(TaskState::Pending)
+        );
+        // The agent was only slow: its success arrives before the task is reassigned.
+        assert_eq!(
+            s.record_result("a", &result(a1, 0), 3).await.unwrap(),
+            Recorded::Stored(TaskState::Succeeded)
+        );
+        assert_eq!(s.assign(task, "b", 4).await.unwrap(), None);
+        // A late failure of a lost attempt is not taken.
+        let job2 = s.insert_job(&spec(1, 3), 0).await.unwrap();
+        let t2 = TaskId {
+            job: job2,
+            index: 0,
+        };
+        let b1 = s.assign(t2, "a", 1).await.unwrap().unwrap();
+        s.attempt_lost(b1, "lost", 2).await.unwrap();
+        assert_eq!(
+            s.record_result("a", &result(b1, 1), 3).await.unwrap(),
+            Recorded::Stale
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_pending_tasks_and_lists_running_ones() {
+        let (_dir, s) = store().await;
+        let job = s.insert_job(&spec(3, 1), 0).await.unwrap();
+        let a = s
+            .assign(TaskId { job, index: 1 }, "x", 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let running = s.cancel_job(job, 2).await.unwrap();
+        assert_eq!(running, vec![(a, "x".to_string())]);
+        let c = s.job_counts(job).await.unwrap();
+        assert_eq!((c.cancelled, c.running), (2, 1));
+        assert!(matches!(
+            s.cancel_job(999, 2).await,
+            Err(StoreError::NoJob(999))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_database_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lull.db");
+        let job = {
+            let s = Store::open(&path).await.unwrap();
+            s.insert_job(&spec(4, 1), 0).await.unwrap()
+        };
+        let s = Store::open(&path).await.unwrap();
+        assert_eq!(s.job_counts(job).await.unwrap().pending, 4);
+        assert_eq!(s.unfinished_jobs().await.unwrap().len(), 1);
+    }
 }

@@ -39,12 +39,12 @@ pub enum JobError {
         reason: String,
     },
     /// A size or duration could not be read.
-    #[error("{field}: {source}")]
+    #[error("{field}: {reason}")]
     Unit {
         /// The field, e.g. `resources.memory`.
         field: String,
         /// What was wrong with it.
-        source: UnitError,
+        reason: UnitError,
     },
 }
 
@@ -191,9 +191,9 @@ impl JobFile {
         let Some(text) = &self.resources.memory else {
             return Ok(DEFAULT_MEMORY);
         };
-        let bytes = units::parse_size(text).map_err(|source| JobError::Unit {
+        let bytes = units::parse_size(text).map_err(|reason| JobError::Unit {
             field: "resources.memory".into(),
-            source,
+            reason,
         })?;
         check_memory(bytes)?;
         Ok(bytes)
@@ -204,9 +204,9 @@ impl JobFile {
         let Some(text) = &self.resources.timeout else {
             return Ok(DEFAULT_TIMEOUT);
         };
-        let d = units::parse_duration(text).map_err(|source| JobError::Unit {
+        let d = units::parse_duration(text).map_err(|reason| JobError::Unit {
             field: "resources.timeout".into(),
-            source,
+            reason,
         })?;
         if d.is_zero() {
             return Err(invalid("resources.timeout", "must be longer than zero"));

@@ -312,12 +312,16 @@ impl TaskResult {
             .any(|m| matches!(m.outcome, Outcome::Cancelled { .. }))
     }
 
-    /// The first failure, in words: which module and how it ended.
+    /// The first failure, in words: which module and how it ended. A refusal concerns the
+    /// whole task and names its module itself.
     pub fn cause(&self) -> Option<String> {
         self.modules
             .iter()
             .find(|m| !m.outcome.is_success())
-            .map(|m| format!("module {}: {}", m.name, m.outcome))
+            .map(|m| match &m.outcome {
+                Outcome::Refused { .. } => m.outcome.to_string(),
+                other => format!("module {}: {other}", m.name),
+            })
     }
 
     /// Every blob this result refers to.

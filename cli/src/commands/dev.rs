@@ -30,6 +30,12 @@ pub struct Args {
     data_dir: Option<PathBuf>,
 }
 
+/// Where `lull dev` keeps its signing key, which `lull submit` uses against a development
+/// cluster. Only development clusters trust it.
+pub fn key_path() -> PathBuf {
+    crate::config_dir().join("dev-key")
+}
+
 /// Runs the development cluster until interrupted.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tmp;
@@ -40,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tmp.path().to_owned()
         }
     };
-    let key_path = data.join("dev-key");
+    let key_path = key_path();
     let key = if key_path.exists() {
         super::keys::load(&key_path)?
     } else {
@@ -55,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         http_addr: args.http_listen,
         hub: HubConfig {
             trust: Some(trust.clone()),
-            dev_key: Some(key_path.clone()),
+            dev: true,
             ..HubConfig::default()
         },
     })

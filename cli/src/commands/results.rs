@@ -77,7 +77,13 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             "modules": result.as_ref().map(|r| &r.modules),
             "outputs": result.as_ref().map(|r| &r.outputs),
             "elapsed_ms": result.as_ref().map(|r| r.elapsed_ms),
+            "outputs_truncated": result.as_ref().map(|r| r.outputs_truncated),
         });
+        if result.as_ref().is_some_and(|r| r.outputs_truncated) {
+            eprintln!(
+                "warning: task {index} wrote more to /output than its agent keeps; some files were dropped"
+            );
+        }
         let path = dir.join("status.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&status)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -142,8 +142,24 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let d: JobDetail = client.get(&format!("/api/v1/jobs/{job}")).await?;
+        let d: JobDetail = match client.get(&format!("/api/v1/jobs/{job}")).await {
+            Ok(d) => {
+                unreachable_since = None;
+                d
+            }
+            // Ride out a coordinator restart; give up after two minutes without an answer.
+            Err(e) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(120) {
+                    return Err(e);
+                }
+                bar.set_message(format!("coordinator unreachable, retrying: {e}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         let c = &d["counts"];
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
         bar.set_length(d["count"].as_u64().unwrap_or(0));

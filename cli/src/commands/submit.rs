@@ -37,11 +37,11 @@ struct Local {
 /// Submits a job.
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let info: serde_json::Value = client.get("/api/v1/info").await?;
+    // A development cluster's key lives at a fixed local path written by `lull dev`; the
+    // coordinator only says that it is one, it never names a file to sign with.
     let key_path = args.key.clone().or_else(|| {
-        info["dev_key"]
-            .as_str()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
+        let dev_key = super::dev::key_path();
+        (info["dev"] == true && dev_key.exists()).then_some(dev_key)
     });
     let (spec, files) = resolve(&args.job, key_path.as_deref())?;
 
@@ -69,7 +69,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             super::print_json(&json!({ "job": job }))?;
         } else {
             println!(
-                "submitted job {job} ({} task{}, {} of {} file(s) uploaded)\n  watch it: lull status {job}\n  results:  lull results {job} -o results-{job}",
+                "submitted job {job} ({} task{}, {} of {} file(s) uploaded)\n  watch it: lull status {job} --watch\n  results:  lull results {job} -o results-{job}",
                 spec.count,
                 if spec.count == 1 { "" } else { "s" },
                 uploaded.len(),
@@ -79,7 +79,12 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !args.json {
-        eprintln!("submitted job {job}: {} ({} tasks)", spec.name, spec.count);
+        eprintln!(
+            "submitted job {job}: {} ({} task{})",
+            spec.name,
+            spec.count,
+            if spec.count == 1 { "" } else { "s" }
+        );
     }
     let detail = super::status::watch(client, job, !args.json).await?;
     if args.json {
@@ -122,10 +127,16 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
                         path.display()
                     );
                 };
-                let name = path
+                let stem = path
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| format!("module{i}"));
+                // Names label each module's logs, so they must differ.
+                let name = if modules.iter().any(|m: &ModuleSpec| m.name == stem) {
+                    format!("{stem}-{i}")
+                } else {
+                    stem
+                };
                 files.push(Local { digest, path });
                 (name, digest, bytes.len() as u64, signature)
             }
@@ -171,9 +182,14 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
                 inputs.push(f);
             }
             if matched == 0 {
+                let shown = if base.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base
+                };
                 bail!(
                     "{field}.inputs: {pattern:?} matches no file (relative to {})",
-                    base.display()
+                    shown.display()
                 );
             }
         }

@@ -98,8 +98,7 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "protocol_version": lull_protocol::PROTOCOL_VERSION,
-        "dev": hub.config().dev_key.is_some(),
-        "dev_key": hub.config().dev_key,
+        "dev": hub.config().dev,
         "requires_signatures": hub.config().trust.is_some(),
     }))
 }
@@ -179,7 +178,7 @@ fn job_state(c: &Counts, cancelled: bool) -> &'static str {
         if cancelled { "cancelling" } else { "running" }
     } else if c.pending > 0 {
         "pending"
-    } else if cancelled || c.cancelled > 0 {
+    } else if c.cancelled > 0 {
         "cancelled"
     } else if c.failed > 0 {
         "failed"

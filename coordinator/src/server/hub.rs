@@ -33,8 +33,9 @@ pub struct HubConfig {
     pub max_blob: u64,
     /// Who may sign workloads submitted here; `None` accepts any signature (or none).
     pub trust: Option<TrustList>,
-    /// A development cluster's signing key, shared with local submitters (`lull dev` only).
-    pub dev_key: Option<std::path::PathBuf>,
+    /// Whether this is a development cluster (`lull dev`), whose submitters sign with the
+    /// development key.
+    pub dev: bool,
 }
 
 impl Default for HubConfig {
@@ -44,7 +45,7 @@ impl Default for HubConfig {
             report_interval: Duration::from_secs(1),
             max_blob: 1 << 30,
             trust: None,
-            dev_key: None,
+            dev: false,
         }
     }
 }
@@ -388,11 +389,19 @@ impl Hub {
             tracing::warn!(%agent, %attempt, %missing, "result refers to a blob not uploaded; not acknowledged");
             return;
         }
-        let recorded = match self.store.record_result(agent, &result, now_ms()).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(%attempt, error = %e, "could not record result; the agent will resend it");
-                return;
+        let mut tries = 0;
+        let recorded = loop {
+            match self.store.record_result(agent, &result, now_ms()).await {
+                Ok(r) => break r,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(%attempt, error = %e, "could not record result; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(%attempt, error = %e, "could not record result; the agent resends it when it reconnects");
+                    return;
+                }
             }
         };
         let inner = &mut *self.lock();

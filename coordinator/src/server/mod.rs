@@ -55,6 +55,25 @@ impl Running {
     }
 }
 
+/// Waits for ctrl-c (SIGINT) or SIGTERM, the ways people and service managers stop a process.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Opens the data directory, recovers state and starts serving in the background.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
