@@ -74,14 +74,14 @@ pub fn cargo_test(args: &[&str]) -> anyhow::Result<Counts> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split([';', '.']) {
                 let mut words = part.split_whitespace();
-                if let (Some(n), Some(kind)) = (words.next(), words.next()) {
-                    if let Ok(n) = n.parse::<u64>() {
-                        match kind {
-                            "passed" => counts.passed += n,
-                            "failed" => counts.failed += n,
-                            "ignored" => counts.ignored += n,
-                            _ => {}
-                        }
+                if let (Some(n), Some(kind)) = (words.next(), words.next())
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    match kind {
+                        "passed" => counts.passed += n,
+                        "failed" => counts.failed += n,
+                        "ignored" => counts.ignored += n,
+                        _ => {}
                     }
                 }
             }
