@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use lull_protocol::Digest;
-use lull_protocol::frame::{self, DEFAULT_MAX_FRAME, HEADER_LEN};
+use lull_protocol::frame;
 use lull_protocol::message::{AgentMessage, BlobReply};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::cache::BlobCache;
 
@@ -21,16 +21,7 @@ use crate::cache::BlobCache;
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> anyhow::Result<Option<T>> {
-    let mut header = [0u8; HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = frame::body_len(header, DEFAULT_MAX_FRAME)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
-    Ok(Some(frame::parse_body(&body)?))
+    Ok(frame::stream::read(recv).await?)
 }
 
 /// Writes one frame.
@@ -38,9 +29,7 @@ pub async fn write_frame<T: Serialize>(
     send: &mut (impl tokio::io::AsyncWrite + Unpin),
     msg: &T,
 ) -> anyhow::Result<()> {
-    send.write_all(&frame::to_bytes(msg, DEFAULT_MAX_FRAME)?)
-        .await?;
-    Ok(())
+    Ok(frame::stream::write(send, msg).await?)
 }
 
 /// Accepts the coordinator's certificate when its public key hashes to the pinned digest, or

@@ -109,6 +109,54 @@ pub fn decode<T: DeserializeOwned>(
     Ok(Some(serde_json::from_slice(&body)?))
 }
 
+/// Frames on async streams (feature `tokio`): both ends read a header, check it against the
+/// cap, then read exactly the body, so raw bytes that follow a frame stay unread.
+#[cfg(feature = "tokio")]
+pub mod stream {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    use super::{DEFAULT_MAX_FRAME, FrameError, HEADER_LEN};
+
+    /// Why a frame could not be read or written.
+    #[derive(Debug, thiserror::Error)]
+    pub enum StreamError {
+        /// The stream failed.
+        #[error("stream: {0}")]
+        Io(#[from] std::io::Error),
+        /// The frame was refused.
+        #[error(transparent)]
+        Frame(#[from] FrameError),
+    }
+
+    /// Reads one frame; `Ok(None)` when the stream ended before a frame began.
+    pub async fn read<T: DeserializeOwned>(
+        recv: &mut (impl AsyncRead + Unpin),
+    ) -> Result<Option<T>, StreamError> {
+        let mut header = [0u8; HEADER_LEN];
+        match recv.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let len = super::body_len(header, DEFAULT_MAX_FRAME)?;
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body).await?;
+        Ok(Some(super::parse_body(&body)?))
+    }
+
+    /// Writes one frame.
+    pub async fn write<T: Serialize>(
+        send: &mut (impl AsyncWrite + Unpin),
+        msg: &T,
+    ) -> Result<(), StreamError> {
+        send.write_all(&super::to_bytes(msg, DEFAULT_MAX_FRAME)?)
+            .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

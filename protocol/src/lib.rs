@@ -1,7 +1,9 @@
 //! Lull's wire contract, shared by the agent, the coordinator and the `lull` command.
 //!
 //! Nothing here does IO or reads a clock: every type is plain data, every function a pure
-//! transformation, so that both ends of a connection agree by construction.
+//! transformation, so that both ends of a connection agree by construction. The one exception
+//! is opt-in: the `tokio` feature adds [`frame::stream`], reading and writing frames on any
+//! async stream, which both ends share.
 //!
 //! | module | owns |
 //! |---|---|

@@ -14,7 +14,7 @@ use crate::client::Client;
 pub struct Args {
     /// The job number.
     job: u64,
-    /// Where to write: DIR/<task>/output/..., DIR/<task>/stdout, stderr, status.json
+    /// Where to write: DIR/TASK/output/..., DIR/TASK/stdout, stderr, status.json
     /// [default: results-JOB]
     #[arg(long, short)]
     out: Option<PathBuf>,

@@ -3,40 +3,12 @@
 
 use std::sync::Arc;
 
-use lull_protocol::frame::{self, DEFAULT_MAX_FRAME, HEADER_LEN};
 use lull_protocol::message::{AgentMessage, BlobReply, CoordinatorMessage};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::hub::Hub;
 
-/// Reads one frame; `Ok(None)` when the stream ended cleanly before a frame began.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> anyhow::Result<Option<T>> {
-    let mut header = [0u8; HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = frame::body_len(header, DEFAULT_MAX_FRAME)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
-    Ok(Some(frame::parse_body(&body)?))
-}
-
-/// Writes one frame.
-pub async fn write_frame<T: Serialize>(
-    send: &mut (impl tokio::io::AsyncWrite + Unpin),
-    msg: &T,
-) -> anyhow::Result<()> {
-    let bytes = frame::to_bytes(msg, DEFAULT_MAX_FRAME)?;
-    send.write_all(&bytes).await?;
-    Ok(())
-}
+use lull_protocol::frame::stream::{read as read_frame, write as write_frame};
 
 /// Accepts agent connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
@@ -85,7 +57,7 @@ async fn stream(
         Err(e) => {
             // A frame over the cap or garbage: close the whole connection, it is not a Lull agent.
             conn.close(1u32.into(), b"malformed frame");
-            return Err(e);
+            return Err(e.into());
         }
     };
     match first {
