@@ -111,9 +111,14 @@ impl Runner {
 
     fn prepare(&self, m: &ModuleSpec) -> Result<Program, String> {
         let key = (m.digest, m.signature.clone());
-        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = compiled.get(&key) {
-            return Ok(p.clone());
+        let cached = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(p) = cached {
+            return Ok(p);
         }
         let bytes = std::fs::read(self.cache.path(&m.digest))
             .map_err(|e| format!("reading its bytes: {e}"))?;
@@ -121,6 +126,7 @@ impl Runner {
             .verify(&bytes, m.signature.as_deref())
             .map_err(|e| e.to_string())?;
         let program = self.sandbox.compile(&bytes).map_err(|e| e.to_string())?;
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         if compiled.len() >= COMPILED_KEPT {
             compiled.clear();
         }

@@ -36,6 +36,9 @@ pub enum ModuleError {
     /// The bytes are WebAssembly but do not validate.
     #[error("invalid WebAssembly: {0}")]
     Invalid(String),
+    /// The module is a library, not a program: it has no entry point.
+    #[error("{0}")]
+    NotACommand(String),
     /// The module imports something Lull does not provide.
     #[error("imports {import}, which Lull does not provide (Lull provides {provided})")]
     UnsupportedImport {
@@ -60,6 +63,7 @@ pub fn check(bytes: &[u8]) -> Result<ModuleKind, ModuleError> {
         .map_err(|e| ModuleError::Invalid(e.to_string()))?;
 
     let mut depth = 0usize;
+    let mut entry = false;
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| ModuleError::Invalid(e.to_string()))?;
         match payload {
@@ -74,6 +78,19 @@ pub fn check(bytes: &[u8]) -> Result<ModuleKind, ModuleError> {
                             provided: CORE_IMPORT_MODULES.join(", "),
                         });
                     }
+                }
+            }
+            Payload::ExportSection(reader) if depth == 0 && kind == ModuleKind::Core => {
+                for export in reader {
+                    let export = export.map_err(|e| ModuleError::Invalid(e.to_string()))?;
+                    entry |=
+                        export.name == "_start" && export.kind == wasmparser::ExternalKind::Func;
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(|e| ModuleError::Invalid(e.to_string()))?;
+                    entry |= export.name.name.starts_with("wasi:cli/run@");
                 }
             }
             Payload::ComponentImportSection(reader) if depth == 0 => {
@@ -97,6 +114,12 @@ pub fn check(bytes: &[u8]) -> Result<ModuleKind, ModuleError> {
             }
             _ => {}
         }
+    }
+    if !entry {
+        return Err(ModuleError::NotACommand(match kind {
+            ModuleKind::Core => "exports no _start function: build it as a WASI command (a program with a main), not a library".into(),
+            ModuleKind::Component => "exports no wasi:cli/run interface: build it as a WASI command component (a program with a main), not a library".into(),
+        }));
     }
     Ok(kind)
 }
@@ -128,6 +151,13 @@ mod tests {
             err.to_string(),
             "imports env::printf, which Lull does not provide (Lull provides wasi_snapshot_preview1)"
         );
+    }
+
+    #[test]
+    fn a_library_is_not_a_command() {
+        let bytes =
+            wasm(r#"(module (func (export "add") (param i32 i32) (result i32) local.get 0))"#);
+        assert!(matches!(check(&bytes), Err(ModuleError::NotACommand(m)) if m.contains("_start")));
     }
 
     #[test]

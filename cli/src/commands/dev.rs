@@ -94,7 +94,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "  signing key: {} (trusted by this cluster only)",
         key_path.display()
     );
-    println!("  try:         lull submit examples/montecarlo/job.toml --watch");
+    let default_http: SocketAddr = ([127, 0, 0, 1], lull_protocol::DEFAULT_HTTP_PORT).into();
+    let flag = if running.http_addr == default_http {
+        String::new()
+    } else {
+        format!("--coordinator http://{} ", running.http_addr)
+    };
+    println!("  try:         lull {flag}submit examples/montecarlo/job.toml --watch");
     println!("  stop:        ctrl-c");
     tokio::signal::ctrl_c()
         .await
