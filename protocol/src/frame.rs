@@ -222,6 +222,29 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_the_decoder() {
+        // A cheap stand-in for fuzzing: many random buffers, some with valid headers.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut buf = BytesMut::new();
+            if next() % 2 == 0 {
+                buf.put_u32((next() % 80) as u32);
+            }
+            for _ in 0..len {
+                buf.put_u8(next() as u8);
+            }
+            while let Ok(Some(_)) = decode::<AgentMessage>(&mut buf, 64) {}
+        }
+    }
+
+    #[test]
     fn oversized_message_is_not_encoded() {
         let msg = CoordinatorMessage::Refused {
             reason: "x".repeat(100),
