@@ -9,6 +9,18 @@ use serde::de::DeserializeOwned;
 /// Where the coordinator is when nothing says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7080";
 
+/// The coordinator did not answer at all (as opposed to answering with an error).
+#[derive(Debug)]
+pub struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 /// A client of one coordinator.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -38,12 +50,10 @@ impl Client {
         &self,
         resp: Result<reqwest::Response, reqwest::Error>,
     ) -> anyhow::Result<reqwest::Response> {
-        let resp = resp.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the coordinator at {}: {e}\n  start one with `lull dev`, or point at yours with --coordinator URL or LULL_COORDINATOR",
-                self.base
-            )
-        })?;
+        let resp = resp.map_err(|e| Unreachable(format!(
+            "cannot reach the coordinator at {}: {e}\n  start one with `lull dev`, or point at yours with --coordinator URL or LULL_COORDINATOR",
+            self.base
+        )))?;
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -94,9 +94,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "lull-coordinator: agents on quic://{} (key {}), people on http://{}",
         running.quic_addr, running.public_key_hash, running.http_addr
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for ctrl-c")?;
+    server::shutdown_signal().await;
     running.shutdown().await;
     Ok(())
 }

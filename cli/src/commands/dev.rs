@@ -101,10 +101,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         format!("--coordinator http://{} ", running.http_addr)
     };
     println!("  try:         lull {flag}submit examples/montecarlo/job.toml --watch");
-    println!("  stop:        ctrl-c");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for ctrl-c")?;
+    println!("  stop:        ctrl-c (or SIGTERM)");
+    server::shutdown_signal().await;
     println!("lull dev: stopping");
     for a in agents {
         a.abort();

@@ -83,11 +83,12 @@ fn truncate(s: &str, n: usize) -> String {
 fn print_job(d: &JobDetail) {
     let c = &d["counts"];
     println!(
-        "job {}: {} — {} ({} tasks: {} succeeded, {} running, {} pending, {} failed, {} cancelled)",
+        "job {}: {} — {} ({} task{}: {} succeeded, {} running, {} pending, {} failed, {} cancelled)",
         d["id"],
         d["name"].as_str().unwrap_or(""),
         d["state"].as_str().unwrap_or("?"),
         d["count"],
+        if d["count"] == 1 { "" } else { "s" },
         c["succeeded"],
         c["running"],
         c["pending"],
@@ -150,7 +151,7 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
                 d
             }
             // Ride out a coordinator restart; give up after two minutes without an answer.
-            Err(e) => {
+            Err(e) if e.downcast_ref::<crate::client::Unreachable>().is_some() => {
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > Duration::from_secs(120) {
                     return Err(e);
@@ -159,6 +160,7 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
+            Err(e) => return Err(e),
         };
         let c = &d["counts"];
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
