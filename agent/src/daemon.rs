@@ -35,6 +35,8 @@ pub struct Agent {
     outbox: PathBuf,
     sampler: Mutex<Sampler>,
     running: Mutex<HashMap<AttemptId, TaskControl>>,
+    /// One permit per slot: the owner's limit holds even if a coordinator assigns more.
+    free_slots: Arc<tokio::sync::Semaphore>,
     conn: watch::Sender<Option<quinn::Connection>>,
     events: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
     outbox_ready: Notify,
@@ -82,12 +84,14 @@ impl Agent {
             .name
             .clone()
             .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "agent".into()));
+        let slots = config.slots.unwrap_or_else(|| sampler.cores()).max(1);
         Ok(Arc::new(Self {
+            free_slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             id,
             name,
             coordinator: config.coordinator.clone(),
             pin,
-            slots: config.slots.unwrap_or_else(|| sampler.cores()).max(1),
+            slots,
             max_task_memory,
             labels: config.labels.clone(),
             runner: Arc::new(Runner {
@@ -263,6 +267,10 @@ impl Agent {
         let result = match self.fetch_all(&a).await {
             Err(reason) => runner::refused(&a, &reason),
             Ok(()) => {
+                // Past its slots, an assignment waits here (still reported, so its lease holds).
+                let Ok(_permit) = self.free_slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let runner = self.runner.clone();
                 let agent = self.clone();

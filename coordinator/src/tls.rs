@@ -19,6 +19,9 @@ pub struct Identity {
     pub public_key_hash: Digest,
 }
 
+/// Label mixed into the stateless-reset key, so it is used for nothing else.
+const RESET_KEY_LABEL: &[u8] = b"lull coordinator QUIC stateless reset v1";
+
 impl Identity {
     /// Loads the identity from `dir`, making one when there is none.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
@@ -47,6 +50,15 @@ impl Identity {
             key: PrivatePkcs8KeyDer::from(key_der),
             public_key_hash: Digest::of(&key_pair.public_key_der()),
         })
+    }
+
+    /// The QUIC stateless-reset key, derived from the private key so that it survives restarts:
+    /// after a restart the coordinator can tell agents still holding the old connection that
+    /// it is gone, and they reconnect at once instead of waiting for their idle timeout.
+    pub fn reset_key(&self) -> ring::hmac::Key {
+        let mut seed = RESET_KEY_LABEL.to_vec();
+        seed.extend_from_slice(self.key.secret_pkcs8_der());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, Digest::of(&seed).as_bytes())
     }
 
     /// A QUIC server configuration presenting this identity, speaking Lull's ALPN.

@@ -1,1 +1,983 @@
-//! placeholder
+//! End-to-end tests of Lull over real processes and sockets.
+//!
+//! The harness starts the real binaries — `lull-coordinator serve`, `lull-agent run` and the
+//! `lull` command — on 127.0.0.1 ports chosen by the operating system, each in its own temporary
+//! directory, and tears everything down when the test ends.
+//!
+//! | item | owns |
+//! |---|---|
+//! | [`Cluster`] | a coordinator and its agents: start, kill, restart, the `lull` command, the HTTP API |
+//! | [`AgentOptions`] | how one agent is started (slots, memory cap) |
+//! | [`CliOutput`] | what one run of `lull` printed and how it exited |
+//! | [`guests`] | WASI guests written in WAT for the tests |
+//! | [`wait_for`] | polling with a deadline, the only way these tests wait |
+//!
+//! Every child's stdout and stderr go to files under the cluster's directory. When a test
+//! panics, the cluster prints the tail of each and keeps the directory, so a failure can be
+//! diagnosed from the test's output alone (set `LULL_TESTS_KEEP=1` to keep it always). Every
+//! wait is bounded and says what it waited for.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` leaves beside the test
+//! executables (`target/debug/`); the harness does not build them.
+
+use std::fs;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any one thing may take before a test gives up: starting a process, a job ending.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// How long the coordinator's leases last in these tests (`--lease`).
+pub const LEASE: &str = "3s";
+
+/// How often polling loops look again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Lines of each log printed when a test fails.
+const TAIL_LINES: usize = 60;
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`; panics naming
+/// `what` when the time runs out.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The path of one of the workspace's binaries, built beforehand.
+///
+/// Tests run from `target/debug/deps/`, so the binaries are in the parent of the test
+/// executable's directory; `CARGO_TARGET_DIR` is honoured as a fallback.
+pub fn binary(name: &str) -> PathBuf {
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(deps) = exe.parent()
+    {
+        dirs.extend(deps.parent().map(Path::to_path_buf));
+        dirs.push(deps.to_path_buf());
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(target).join("debug"));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    dirs.iter()
+        .map(|d| d.join(&file))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the binary {file} is missing (looked in {dirs:?}): run `cargo build --workspace --bins` \
+                 (or `cargo xtask test`) before these tests"
+            )
+        })
+}
+
+/// The repository's `examples/` directory.
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A built example guest, e.g. `wordcount.wasm` for wasm32-wasip2; panics saying how to build
+/// the examples when it is missing.
+pub fn example_module(target: &str, file: &str) -> PathBuf {
+    let path = examples_dir()
+        .join("target")
+        .join(target)
+        .join("release")
+        .join(file);
+    assert!(
+        path.is_file(),
+        "the example {} is missing: run `cargo xtask test`, which builds the examples \
+         (or `cd examples && cargo build --release --target {target}`)",
+        path.display()
+    );
+    path
+}
+
+/// The last `n` lines of a file, or a note saying why there are none.
+fn tail(path: &Path, n: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// A child process whose stdout and stderr go to files.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    exited: bool,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let out = fs::File::create(&stdout)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", stdout.display()));
+        let err = fs::File::create(&stderr)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", stderr.display()));
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env_remove("LULL_COORDINATOR")
+            .env_remove("LULL_KEY")
+            .env_remove("LULL_DATA_DIR")
+            .env_remove("LULL_AGENT_CONFIG");
+        cmd.env("NO_COLOR", "1");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+            exited: false,
+        }
+    }
+
+    /// Whether the process is still running.
+    fn is_running(&mut self) -> bool {
+        !self.exited && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL and reap; harmless when it has already exited.
+    fn kill(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.exited = true;
+        }
+    }
+
+    fn print_tail(&self) {
+        for (stream, path) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            eprintln!(
+                "----- {} {stream}, last {TAIL_LINES} lines ({}) -----\n{}",
+                self.name,
+                path.display(),
+                tail(path, TAIL_LINES)
+            );
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Logs the coordinator's and agents' own decisions in detail, unless `LULL_LOG` says otherwise.
+fn verbose_logs(cmd: &mut Command) {
+    if std::env::var_os("LULL_LOG").is_none() {
+        cmd.env("LULL_LOG", "info,lull_coordinator=debug,lull_agent=debug");
+    }
+}
+
+/// What one run of `lull` printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// The command line, for messages.
+    pub command: String,
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Whether it exited with 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with everything it printed unless it exited with 0.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.success(), "`{}` failed:\n{self}", self.command);
+        self
+    }
+
+    /// Its standard output as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("`{}` did not print JSON ({e}):\n{self}", self.command))
+    }
+}
+
+impl std::fmt::Display for CliOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// How an agent is started.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `--slots`; the agent's default (its core count) when `None`.
+    pub slots: Option<u32>,
+    /// `--max-task-memory`, e.g. `"64MiB"`.
+    pub max_task_memory: Option<String>,
+}
+
+impl AgentOptions {
+    /// An agent running `n` tasks at once.
+    pub fn slots(n: u32) -> Self {
+        Self {
+            slots: Some(n),
+            ..Self::default()
+        }
+    }
+}
+
+/// The coordinator's addresses as it announced them on stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Announced {
+    quic: SocketAddr,
+    key: String,
+    http: SocketAddr,
+}
+
+/// Parses `lull-coordinator: agents on quic://ADDR (key sha256:HEX), people on http://ADDR`.
+fn parse_announcement(text: &str) -> Option<Announced> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("lull-coordinator: agents on quic://"))?;
+    let rest = line.strip_prefix("lull-coordinator: agents on quic://")?;
+    let (quic, rest) = rest.split_once(" (key ")?;
+    let (key, rest) = rest.split_once("), people on http://")?;
+    Some(Announced {
+        quic: quic.parse().ok()?,
+        key: key.to_owned(),
+        http: rest.trim().parse().ok()?,
+    })
+}
+
+/// One agent process.
+#[derive(Debug)]
+struct AgentProc {
+    name: String,
+    data_dir: PathBuf,
+    proc: Proc,
+}
+
+/// A coordinator and its agents, each a real process, in one temporary directory:
+///
+/// ```text
+/// keys/key, keys/key.pub, keys/allowed_signers   the submitter's key, trusted by everyone
+/// coordinator/                                    the coordinator's data directory
+/// agents/<name>/                                  each agent's data directory
+/// logs/                                           stdout and stderr of every process
+/// jobs/<name>/                                    job files written by tests
+/// results/<n>/                                    `lull results` downloads
+/// ```
+///
+/// Dropping it kills every process (SIGKILL, then reaps it).
+#[derive(Debug)]
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    key: PathBuf,
+    allowed_signers: PathBuf,
+    coordinator: Proc,
+    generation: u32,
+    announced: Announced,
+    agents: Vec<AgentProc>,
+    finished: Vec<Proc>,
+    runs: AtomicU32,
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// A coordinator with no agent yet, trusting a fresh signing key ([`Cluster::key`]).
+    pub fn start() -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("lull-e2e-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let root = dir.path().to_owned();
+        for sub in ["keys", "coordinator", "agents", "logs", "jobs", "results"] {
+            fs::create_dir_all(root.join(sub)).expect("creating the cluster's directories");
+        }
+        let key = root.join("keys/key");
+        let allowed_signers = root.join("keys/allowed_signers");
+        let out = run_lull(
+            &root.join("logs"),
+            "keys-generate",
+            None,
+            &["keys", "generate", "--out", path_str(&key)],
+        );
+        assert!(out.success(), "`lull keys generate` failed:\n{out}");
+        let public = fs::read_to_string(root.join("keys/key.pub")).expect("reading key.pub");
+        fs::write(&allowed_signers, format!("tester {}\n", public.trim()))
+            .expect("writing allowed_signers");
+
+        let (coordinator, announced) = spawn_coordinator(&root, &allowed_signers, 1, None);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("starting a tokio runtime");
+        Cluster {
+            dir: Some(dir),
+            root,
+            key,
+            allowed_signers,
+            coordinator,
+            generation: 1,
+            announced,
+            agents: Vec::new(),
+            finished: Vec::new(),
+            runs: AtomicU32::new(0),
+            runtime,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A coordinator and one agent per name, each with `slots` slots, all connected.
+    pub fn with_agents(names: &[&str], slots: u32) -> Cluster {
+        let mut cluster = Cluster::start();
+        for name in names {
+            cluster.start_agent(name, AgentOptions::slots(slots));
+        }
+        cluster.wait_for_agents(names);
+        cluster
+    }
+
+    /// The cluster's temporary directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The submitter's private key (trusted by the coordinator and every agent).
+    pub fn key(&self) -> &Path {
+        &self.key
+    }
+
+    /// The coordinator's data directory.
+    pub fn coordinator_data(&self) -> PathBuf {
+        self.root.join("coordinator")
+    }
+
+    /// Where the coordinator keeps the blob with this digest (`sha256:<hex>`).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .unwrap_or_else(|| panic!("{digest:?} is not a sha256: digest"));
+        self.coordinator_data()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// Every blob file the coordinator holds.
+    pub fn stored_blobs(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.coordinator_data().join("blobs/sha256"), &mut out);
+        out
+    }
+
+    /// The coordinator's QUIC address (for agents).
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.announced.quic
+    }
+
+    /// The coordinator's HTTP address (for people and the CLI).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.announced.http
+    }
+
+    /// The hash of the coordinator's public key that agents pin (`sha256:<hex>`).
+    pub fn coordinator_key(&self) -> &str {
+        &self.announced.key
+    }
+
+    /// Starts an agent named `name` (not waiting for it to connect; see
+    /// [`Cluster::wait_for_agents`]).
+    pub fn start_agent(&mut self, name: &str, options: AgentOptions) {
+        assert!(
+            self.agents.iter().all(|a| a.name != name),
+            "an agent named {name} already runs"
+        );
+        let data_dir = self.root.join("agents").join(name);
+        let mut cmd = Command::new(binary("lull-agent"));
+        cmd.arg("run")
+            .args(["--coordinator", &self.announced.quic.to_string()])
+            .args(["--coordinator-key", &self.announced.key])
+            .args(["--data-dir", path_str(&data_dir)])
+            .args(["--allowed-signers", path_str(&self.allowed_signers)])
+            .args(["--name", name]);
+        if let Some(n) = options.slots {
+            cmd.args(["--slots", &n.to_string()]);
+        }
+        if let Some(m) = &options.max_task_memory {
+            cmd.args(["--max-task-memory", m]);
+        }
+        verbose_logs(&mut cmd);
+        let proc = Proc::spawn(&format!("agent-{name}"), cmd, &self.root.join("logs"));
+        self.agents.push(AgentProc {
+            name: name.to_owned(),
+            data_dir,
+            proc,
+        });
+    }
+
+    /// Waits until the coordinator lists an agent of each name; returns the listing.
+    pub fn wait_for_agents(&mut self, names: &[&str]) -> Vec<Value> {
+        let what = format!("agents {names:?} to be listed by GET /api/v1/agents");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.assert_agents_alive();
+            if let Ok(agents) = self.try_get("/api/v1/agents") {
+                let listed = agents.as_array().cloned().unwrap_or_default();
+                if names.iter().all(|n| listed.iter().any(|a| a["name"] == *n)) {
+                    return listed;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {WAIT:?} waiting for {what}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn assert_agents_alive(&mut self) {
+        for a in &mut self.agents {
+            assert!(
+                a.proc.is_running(),
+                "agent {} exited:\n{}",
+                a.name,
+                tail(&a.proc.stderr, TAIL_LINES)
+            );
+        }
+    }
+
+    /// Whether the agent's process is still running.
+    pub fn agent_is_running(&mut self, name: &str) -> bool {
+        self.agent_mut(name).proc.is_running()
+    }
+
+    fn agent_mut(&mut self, name: &str) -> &mut AgentProc {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent named {name}"))
+    }
+
+    /// The stable ID of the agent named `name` (what tasks' `agent` fields hold).
+    pub fn agent_id(&self, name: &str) -> String {
+        let agent = self
+            .agents
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent named {name}"));
+        let path = agent.data_dir.join("agent-id");
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// Kills the coordinator with SIGKILL: no shutdown, no goodbye to the agents.
+    pub fn kill_coordinator(&mut self) {
+        self.coordinator.kill();
+    }
+
+    /// Starts the coordinator again on the same data directory and the same ports, after
+    /// [`Cluster::kill_coordinator`]; checks that it kept its key.
+    pub fn restart_coordinator(&mut self) {
+        assert!(
+            !self.coordinator.is_running(),
+            "restart_coordinator: the coordinator still runs; kill it first"
+        );
+        self.generation += 1;
+        let (proc, announced) = spawn_coordinator(
+            &self.root,
+            &self.allowed_signers,
+            self.generation,
+            Some(&self.announced),
+        );
+        let old = std::mem::replace(&mut self.coordinator, proc);
+        self.finished.push(old);
+        assert_eq!(
+            announced, self.announced,
+            "the restarted coordinator must listen on the same addresses with the same key"
+        );
+    }
+
+    /// Runs `lull --coordinator http://ADDR ARGS...` to its end (at most [`WAIT`]).
+    pub fn lull(&self, args: &[&str]) -> CliOutput {
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        let url = format!("http://{}", self.announced.http);
+        let label = format!("lull-{n}-{}", args.first().copied().unwrap_or("none"));
+        run_lull(&self.root.join("logs"), &label, Some(&url), args)
+    }
+
+    /// Writes a job directory `jobs/<name>/` holding `job.toml` with `job_toml` and each
+    /// `(relative path, bytes)` of `files`; returns the path of `job.toml`.
+    pub fn write_job(&self, name: &str, job_toml: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let dir = self.root.join("jobs").join(name);
+        fs::create_dir_all(&dir).expect("creating a job directory");
+        for (rel, bytes) in files {
+            let path = dir.join(rel);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).expect("creating a job file's directory");
+            }
+            fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        }
+        let job = dir.join("job.toml");
+        fs::write(&job, job_toml).expect("writing job.toml");
+        job
+    }
+
+    /// Submits a job signed with the cluster's key (`lull submit JOB --key K --json`); returns
+    /// its number. Panics when the CLI refuses it.
+    pub fn submit(&self, job: &Path) -> u64 {
+        let out = self.lull(&[
+            "submit",
+            path_str(job),
+            "--key",
+            path_str(&self.key),
+            "--json",
+        ]);
+        out.assert_success();
+        out.json()["job"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("`lull submit --json` printed no job number:\n{out}"))
+    }
+
+    /// Submits a job and follows it to its end (`lull submit JOB --key K --watch --json`);
+    /// returns the CLI's output (its stdout is the job's final detail).
+    pub fn submit_and_watch(&self, job: &Path) -> CliOutput {
+        self.lull(&[
+            "submit",
+            path_str(job),
+            "--key",
+            path_str(&self.key),
+            "--watch",
+            "--json",
+        ])
+    }
+
+    /// `lull status --json`: every job the coordinator holds.
+    pub fn jobs(&self) -> Vec<Value> {
+        let out = self.lull(&["status", "--json"]);
+        out.assert_success();
+        out.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// `GET /api/v1/agents`: the connected agents.
+    pub fn agents(&self) -> Vec<Value> {
+        self.get("/api/v1/agents")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `GET /api/v1/jobs/{id}`: the job's detail with its tasks.
+    pub fn job(&self, id: u64) -> Value {
+        self.get(&format!("/api/v1/jobs/{id}"))
+    }
+
+    /// `GET /api/v1/jobs/{id}/tasks/{index}`: the task and all its attempts.
+    pub fn task(&self, id: u64, index: u32) -> Value {
+        self.get(&format!("/api/v1/jobs/{id}/tasks/{index}"))
+    }
+
+    /// Polls the job until `check` accepts its detail, for at most `timeout`; panics with the
+    /// job's last detail (states, causes) when the time runs out.
+    pub fn wait_for_job(
+        &self,
+        id: u64,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.try_get(&format!("/api/v1/jobs/{id}"));
+            if let Ok(job) = &job
+                && check(job)
+            {
+                return job.clone();
+            }
+            if Instant::now() >= deadline {
+                let last = match &job {
+                    Ok(j) => summarize(j),
+                    Err(e) => e.clone(),
+                };
+                panic!(
+                    "timed out after {timeout:?} waiting for job {id}: {what}\nlast seen: {last}"
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) until the job has ended: succeeded, failed or cancelled.
+    pub fn wait_for_job_end(&self, id: u64) -> Value {
+        self.wait_for_job(id, "to end", WAIT, |j| {
+            matches!(
+                j["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+    }
+
+    /// `lull results JOB -o DIR` into a fresh directory; returns the directory.
+    pub fn results(&self, id: u64) -> PathBuf {
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        let dir = self.root.join("results").join(format!("{id}-{n}"));
+        self.lull(&["results", &id.to_string(), "-o", path_str(&dir)])
+            .assert_success();
+        dir
+    }
+
+    /// GETs a JSON document from the coordinator's API; panics on any failure.
+    pub fn get(&self, path: &str) -> Value {
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// GETs a JSON document from the coordinator's API.
+    pub fn try_get(&self, path: &str) -> Result<Value, String> {
+        let url = format!("http://{}{path}", self.announced.http);
+        self.runtime.block_on(async {
+            let resp = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let status = resp.status();
+            let body: Value = resp
+                .json()
+                .await
+                .map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(format!("GET {url}: {status}: {body}"))
+            }
+        })
+    }
+
+    /// Runs a future on the cluster's tokio runtime (for tests that speak QUIC themselves).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.proc.kill();
+        }
+        self.coordinator.kill();
+        if std::thread::panicking() {
+            for p in self
+                .finished
+                .iter()
+                .chain(std::iter::once(&self.coordinator))
+                .chain(self.agents.iter().map(|a| &a.proc))
+            {
+                p.print_tail();
+            }
+        }
+        let keep = std::thread::panicking() || std::env::var_os("LULL_TESTS_KEEP").is_some();
+        if keep && let Some(dir) = self.dir.take() {
+            let kept = dir.keep();
+            eprintln!(
+                "----- the cluster's files are kept in {} -----",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// One line per task: index, state, attempt, agent, cause; for panic messages.
+pub fn summarize(job: &Value) -> String {
+    let mut s = format!(
+        "job {} state {} counts {} waiting_reason {}",
+        job["id"], job["state"], job["counts"], job["waiting_reason"]
+    );
+    for t in job["tasks"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "\n  task {} {} attempt {} agent {} cause {}",
+            t["index"], t["state"], t["attempt"], t["agent"], t["cause"]
+        ));
+    }
+    s
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str()
+        .unwrap_or_else(|| panic!("{} is not UTF-8", p.display()))
+}
+
+/// Starts `lull-coordinator serve` and waits for its announcement. `same` gives the addresses
+/// to listen on again (a restart); otherwise the OS chooses the ports.
+fn spawn_coordinator(
+    root: &Path,
+    allowed_signers: &Path,
+    generation: u32,
+    same: Option<&Announced>,
+) -> (Proc, Announced) {
+    let (quic, http) = match same {
+        Some(a) => (a.quic.to_string(), a.http.to_string()),
+        None => ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+    };
+    let mut cmd = Command::new(binary("lull-coordinator"));
+    cmd.arg("serve")
+        .args(["--data-dir", path_str(&root.join("coordinator"))])
+        .args(["--quic-listen", &quic])
+        .args(["--http-listen", &http])
+        .args(["--allowed-signers", path_str(allowed_signers)])
+        .args(["--lease", LEASE]);
+    verbose_logs(&mut cmd);
+    let mut proc = Proc::spawn(
+        &format!("coordinator-{generation}"),
+        cmd,
+        &root.join("logs"),
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = fs::read_to_string(&proc.stdout).unwrap_or_default();
+        if let Some(a) = parse_announcement(&text) {
+            return (proc, a);
+        }
+        if !proc.is_running() {
+            let message = format!(
+                "lull-coordinator exited before announcing its addresses:\n{}",
+                tail(&proc.stderr, TAIL_LINES)
+            );
+            proc.kill();
+            panic!("{message}");
+        }
+        if Instant::now() >= deadline {
+            proc.kill();
+            panic!(
+                "timed out after {WAIT:?} waiting for lull-coordinator to announce its addresses:\n{}",
+                tail(&proc.stderr, TAIL_LINES)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `lull` to its end (at most [`WAIT`]), with its output in `logs/<label>.*`.
+fn run_lull(logs: &Path, label: &str, coordinator: Option<&str>, args: &[&str]) -> CliOutput {
+    let mut cmd = Command::new(binary("lull"));
+    if let Some(url) = coordinator {
+        cmd.args(["--coordinator", url]);
+    }
+    cmd.args(args);
+    let command = format!("lull {}", args.join(" "));
+    let mut proc = Proc::spawn(label, cmd, logs);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        match proc.child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                proc.kill();
+                panic!(
+                    "timed out after {WAIT:?} waiting for `{command}` to finish:\n{}",
+                    tail(&proc.stderr, TAIL_LINES)
+                );
+            }
+            Err(e) => panic!("waiting for `{command}`: {e}"),
+        }
+    };
+    proc.exited = true;
+    let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+    CliOutput {
+        command,
+        code: status.code(),
+        stdout: read(&proc.stdout),
+        stderr: read(&proc.stderr),
+    }
+}
+
+/// WASI preview 1 guests, written in WAT and compiled with the `wat` crate.
+///
+/// Without `/input`, a guest's first preopened directory (descriptor 3) is `/output`.
+pub mod guests {
+    fn compile(text: &str) -> Vec<u8> {
+        wat::parse_str(text).unwrap_or_else(|e| panic!("a test guest does not compile: {e}"))
+    }
+
+    /// Takes one argument, ARG. Busy-waits `spin_ms` milliseconds of wall time (on the
+    /// monotonic clock, so the time does not depend on the machine's speed), then writes ARG to
+    /// `/output/result.txt`, `hello from task ARG\n` to stdout and `done: task ARG\n` to stderr,
+    /// and exits 0. A failing WASI call exits with 100 + its errno; a wrong argument count, 2.
+    pub fn hello(spin_ms: u64) -> Vec<u8> {
+        compile(&HELLO.replace("SPIN_MS", &spin_ms.to_string()))
+    }
+
+    const HELLO: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  ;; constants
+  (data (i32.const 0) "result.txt")
+  (data (i32.const 16) "hello from task ")
+  (data (i32.const 32) "\n")
+  (data (i32.const 48) "done: task ")
+  ;; 100 argc, 104 argv buffer size, 200 argv pointers, 600 iovec, 700 bytes written,
+  ;; 704 opened fd, 800 clock, 1024.. argv buffer
+
+  (func $check (param $errno i32)
+    (if (local.get $errno)
+      (then (call $proc_exit (i32.add (i32.const 100) (local.get $errno))))))
+
+  (func $now_ms (result i64)
+    (call $check (call $clock_time_get (i32.const 1) (i64.const 1000) (i32.const 800)))
+    (i64.div_u (i64.load (i32.const 800)) (i64.const 1000000)))
+
+  (func $spin (param $ms i64) (local $end i64)
+    (local.set $end (i64.add (call $now_ms) (local.get $ms)))
+    (block $done
+      (loop $again
+        (br_if $done (i64.ge_u (call $now_ms) (local.get $end)))
+        (br $again))))
+
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 600) (local.get $ptr))
+    (i32.store (i32.const 604) (local.get $len))
+    (call $check (call $fd_write (local.get $fd) (i32.const 600) (i32.const 1) (i32.const 700))))
+
+  (func (export "_start") (local $arg i32) (local $len i32) (local $fd i32)
+    (call $check (call $args_sizes_get (i32.const 100) (i32.const 104)))
+    (if (i32.ne (i32.load (i32.const 100)) (i32.const 2))
+      (then (call $proc_exit (i32.const 2))))
+    (call $check (call $args_get (i32.const 200) (i32.const 1024)))
+    ;; argv[1] is the last string in the buffer: its length is what is left, minus the NUL.
+    (local.set $arg (i32.load (i32.const 204)))
+    (local.set $len
+      (i32.sub
+        (i32.sub (i32.add (i32.const 1024) (i32.load (i32.const 104))) (local.get $arg))
+        (i32.const 1)))
+    (call $spin (i64.const SPIN_MS))
+    ;; path_open(/output, no symlink follow, "result.txt", O_CREAT|O_TRUNC, rights fd_write)
+    (call $check
+      (call $path_open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 10)
+        (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 704)))
+    (local.set $fd (i32.load (i32.const 704)))
+    (call $write (local.get $fd) (local.get $arg) (local.get $len))
+    (call $check (call $fd_close (local.get $fd)))
+    (call $write (i32.const 1) (i32.const 16) (i32.const 16))
+    (call $write (i32.const 1) (local.get $arg) (local.get $len))
+    (call $write (i32.const 1) (i32.const 32) (i32.const 1))
+    (call $write (i32.const 2) (i32.const 48) (i32.const 11))
+    (call $write (i32.const 2) (local.get $arg) (local.get $len))
+    (call $write (i32.const 2) (i32.const 32) (i32.const 1))))
+"#;
+
+    /// Loops forever: only a timeout or a cancellation stops it.
+    pub fn forever() -> Vec<u8> {
+        compile(
+            r#"(module
+                 (memory (export "memory") 1)
+                 (func (export "_start") (loop $forever (br $forever))))"#,
+        )
+    }
+
+    /// Traps at once on `unreachable`.
+    pub fn trap() -> Vec<u8> {
+        compile(
+            r#"(module
+                 (memory (export "memory") 1)
+                 (func (export "_start") unreachable))"#,
+        )
+    }
+
+    /// A module that imports `env::printf`, as a C toolchain's output might: valid WebAssembly
+    /// that Lull cannot run.
+    pub fn imports_printf() -> Vec<u8> {
+        compile(
+            r#"(module
+                 (import "env" "printf" (func $printf (param i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (func (export "_start")))"#,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coordinator_announcement_parses() {
+        let a = parse_announcement(
+            "lull-coordinator: agents on quic://127.0.0.1:4433 (key sha256:abcd), people on http://127.0.0.1:8080\n",
+        )
+        .unwrap();
+        assert_eq!(a.quic, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(a.key, "sha256:abcd");
+        assert_eq!(a.http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(parse_announcement("lull-coordinator: starting\n"), None);
+    }
+
+    #[test]
+    fn the_guests_compile() {
+        for bytes in [
+            guests::hello(0),
+            guests::forever(),
+            guests::trap(),
+            guests::imports_printf(),
+        ] {
+            assert!(bytes.starts_with(b"\0asm"));
+        }
+    }
+}

@@ -71,7 +71,16 @@ struct AgentConn {
     capacity: Capacity,
     tx: mpsc::UnboundedSender<CoordinatorMessage>,
     running: HashSet<AttemptId>,
+    /// Placements made on this agent whose assignment is still being stored: they hold a slot.
+    placing: u32,
     connected_at: SystemTime,
+}
+
+impl AgentConn {
+    /// Slots in use: running attempts and placements on their way.
+    fn busy(&self) -> u32 {
+        self.running.len() as u32 + self.placing
+    }
 }
 
 #[derive(Debug)]
@@ -318,6 +327,7 @@ impl Hub {
                 capacity: capacity.clone(),
                 tx,
                 running: mine,
+                placing: 0,
                 connected_at: SystemTime::now(),
             },
         ) {
@@ -360,7 +370,7 @@ impl Hub {
                         }
                     }
                     a.capacity = capacity;
-                    scheduler.handle_agent_up(agent, &a.capacity, a.running.len() as u32);
+                    scheduler.handle_agent_up(agent, &a.capacity, a.busy());
                 }
                 self.wake.notify_one();
             }
@@ -479,8 +489,15 @@ impl Hub {
 
     async fn place(&self) {
         loop {
-            let Some(p) = self.lock().scheduler.poll_placement() else {
-                return;
+            let p = {
+                let inner = &mut *self.lock();
+                let Some(p) = inner.scheduler.poll_placement() else {
+                    return;
+                };
+                if let Some(a) = inner.agents.get_mut(&p.agent) {
+                    a.placing += 1;
+                }
+                p
             };
             let task = p.task.task;
             let assigned = match self.store.assign(task, &p.agent, now_ms()).await {
@@ -489,6 +506,9 @@ impl Hub {
                     tracing::error!(%task, error = %e, "could not assign; will retry");
                     {
                         let inner = &mut *self.lock();
+                        if let Some(a) = inner.agents.get_mut(&p.agent) {
+                            a.placing = a.placing.saturating_sub(1);
+                        }
                         inner.scheduler.handle_task_ended(&p.agent);
                         inner.scheduler.handle_task_queued(p.task);
                     }
@@ -497,6 +517,9 @@ impl Hub {
                 }
             };
             let inner = &mut *self.lock();
+            if let Some(a) = inner.agents.get_mut(&p.agent) {
+                a.placing = a.placing.saturating_sub(1);
+            }
             let Some(attempt) = assigned else {
                 // No longer pending (cancelled meanwhile): give the slot back.
                 inner.scheduler.handle_task_ended(&p.agent);

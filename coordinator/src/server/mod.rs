@@ -87,8 +87,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let hub = Hub::new(store, blobs, config.hub.clone(), rand::random());
     hub.recover().await.context("recovering state")?;
 
-    let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, config.quic_addr)
+    let socket = std::net::UdpSocket::bind(config.quic_addr)
         .with_context(|| format!("binding QUIC (UDP) on {}", config.quic_addr))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::new(Arc::new(identity.reset_key())),
+        Some(identity.quic_server_config()?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("starting the QUIC endpoint")?;
     let quic_addr = endpoint.local_addr()?;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await

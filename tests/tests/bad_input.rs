@@ -1,0 +1,311 @@
+//! Bad input is refused where it enters, with a message that names it and says why, and
+//! leaves nothing behind; hostile peers are cut off without disturbing anyone else.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use lull_agent::link::{Dialer, read_frame};
+use lull_protocol::PROTOCOL_VERSION;
+use lull_protocol::frame::{DEFAULT_MAX_FRAME, to_bytes};
+use lull_protocol::message::{AgentMessage, Capacity, CoordinatorMessage};
+use lull_tests::{AgentOptions, Cluster, WAIT, guests, summarize, wait_for};
+
+/// A job file around one module `guest.wasm`; `extra` is appended to the file.
+fn one_module_job(extra: &str) -> String {
+    format!(
+        "name = \"bad\"\n[[module]]\npath = \"guest.wasm\"\n[resources]\nmemory = \"16MiB\"\n{extra}"
+    )
+}
+
+/// Submits `job` (signed with the cluster's key unless `signed` is false) and checks that the
+/// CLI refuses it: a non-zero exit, every one of `expected` in its stderr, no job and no blob
+/// stored.
+#[track_caller]
+fn assert_refused(cluster: &Cluster, job: &Path, signed: bool, expected: &[&str]) {
+    let job = job.to_str().unwrap();
+    let key = cluster.key().to_str().unwrap();
+    let out = if signed {
+        cluster.lull(&["submit", job, "--key", key])
+    } else {
+        cluster.lull(&["submit", job])
+    };
+    assert!(!out.success(), "the job was accepted:\n{out}");
+    for piece in expected {
+        assert!(
+            out.stderr.contains(piece),
+            "stderr does not contain {piece:?}:\n{out}"
+        );
+    }
+    assert_eq!(
+        cluster.jobs(),
+        Vec::<serde_json::Value>::new(),
+        "no job is stored"
+    );
+    assert_eq!(
+        cluster.stored_blobs(),
+        Vec::<std::path::PathBuf>::new(),
+        "no blob is stored"
+    );
+}
+
+#[test]
+fn a_job_file_with_a_syntax_error_is_refused_with_its_line_and_column() {
+    let cluster = Cluster::start();
+    let job = cluster.write_job(
+        "syntax",
+        "name = \"bad\"\ncount = = 3\n[[module]]\npath = \"guest.wasm\"\n",
+        &[("guest.wasm", &guests::hello(0))],
+    );
+    assert_refused(&cluster, &job, true, &["job.toml", "line 2", "column"]);
+}
+
+#[test]
+fn a_missing_module_file_is_named() {
+    let cluster = Cluster::start();
+    let job = cluster.write_job("missing", &one_module_job(""), &[]);
+    assert_refused(&cluster, &job, true, &["guest.wasm", "module[0].path"]);
+}
+
+#[test]
+fn an_inputs_glob_that_matches_nothing_is_named() {
+    let cluster = Cluster::start();
+    let job = cluster.write_job(
+        "glob",
+        "name = \"bad\"\n[[module]]\npath = \"guest.wasm\"\ninputs = [\"data/*.csv\"]\n",
+        &[
+            ("guest.wasm", &guests::hello(0)),
+            ("data/notes.txt", b"not a csv"),
+        ],
+    );
+    assert_refused(&cluster, &job, true, &["\"data/*.csv\"", "matches no file"]);
+}
+
+#[test]
+fn a_file_that_is_not_webassembly_is_refused() {
+    let cluster = Cluster::start();
+    let job = cluster.write_job(
+        "not-wasm",
+        &one_module_job(""),
+        &[("guest.wasm", b"#!/bin/sh\necho hello\n")],
+    );
+    assert_refused(
+        &cluster,
+        &job,
+        true,
+        &["guest.wasm", "not a WebAssembly file"],
+    );
+}
+
+#[test]
+fn a_module_importing_env_printf_is_refused_with_the_import_named() {
+    let cluster = Cluster::start();
+    let job = cluster.write_job(
+        "printf",
+        &one_module_job(""),
+        &[("guest.wasm", &guests::imports_printf())],
+    );
+    assert_refused(&cluster, &job, true, &["guest.wasm", "env::printf"]);
+}
+
+#[test]
+fn count_zero_is_refused_naming_count() {
+    let cluster = Cluster::start();
+    let job = cluster.write_job(
+        "count-zero",
+        "name = \"bad\"\ncount = 0\n[[module]]\npath = \"guest.wasm\"\n",
+        &[("guest.wasm", &guests::hello(0))],
+    );
+    assert_refused(&cluster, &job, true, &["count", "at least 1"]);
+}
+
+#[test]
+fn an_unsigned_module_without_a_key_is_refused_saying_how_to_sign_it() {
+    let cluster = Cluster::start();
+    let job = cluster.write_job(
+        "unsigned",
+        &one_module_job(""),
+        &[("guest.wasm", &guests::hello(0))],
+    );
+    assert_refused(
+        &cluster,
+        &job,
+        false,
+        &["guest.wasm", "is not signed", "lull sign", "--key"],
+    );
+}
+
+#[test]
+fn a_job_asking_more_memory_than_any_agent_allows_waits_and_says_why() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent(
+        "small",
+        AgentOptions {
+            slots: Some(1),
+            max_task_memory: Some("64MiB".into()),
+        },
+    );
+    cluster.wait_for_agents(&["small"]);
+    let job = cluster.write_job(
+        "big",
+        "name = \"big\"\n[[module]]\npath = \"guest.wasm\"\nargs = [\"0\"]\n[resources]\nmemory = \"128MiB\"\n",
+        &[("guest.wasm", &guests::hello(0))],
+    );
+    let id = cluster.submit(&job);
+
+    let reason = "no connected agent accepts tasks of 128 MiB (the largest cap is 64 MiB)";
+    cluster.wait_for_job(id, "to wait for an agent with a larger cap", WAIT, |j| {
+        j["state"] == "pending" && j["waiting_reason"] == reason
+    });
+    // Several of the agent's reports later, nothing has moved.
+    std::thread::sleep(Duration::from_secs(3));
+    let job = cluster.job(id);
+    assert_eq!(job["state"], "pending", "{}", summarize(&job));
+    assert_eq!(job["waiting_reason"], reason, "{}", summarize(&job));
+    assert_eq!(
+        job["tasks"][0]["attempt"],
+        0,
+        "no attempt was made: {}",
+        summarize(&job)
+    );
+}
+
+#[test]
+fn a_blob_whose_bytes_do_not_match_its_digest_is_refused_by_the_agent() {
+    let mut cluster = Cluster::start();
+    let job = cluster.write_job(
+        "tampered",
+        &one_module_job("[retry]\nmax_attempts = 1\n"),
+        &[("guest.wasm", &guests::hello(0))],
+    );
+    let id = cluster.submit(&job);
+    let digest = cluster.job(id)["spec"]["modules"][0]["digest"]
+        .as_str()
+        .expect("the module's digest")
+        .to_owned();
+    let blob = cluster.blob_path(&digest);
+    assert!(blob.is_file(), "the module's blob is at {}", blob.display());
+    fs::write(&blob, guests::trap()).expect("overwriting the module's blob");
+
+    cluster.start_agent("careful", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["careful"]);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "failed", "{}", summarize(&done));
+    let cause = done["tasks"][0]["cause"].as_str().unwrap_or_default();
+    for piece in ["refused by the agent", &digest, "hash to", "refusing it"] {
+        assert!(
+            cause.contains(piece),
+            "the cause {cause:?} does not contain {piece:?}"
+        );
+    }
+
+    // The agent carries on.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cluster.agent_is_running("careful"), "the agent exited");
+    assert!(
+        cluster.agents().iter().any(|a| a["name"] == "careful"),
+        "the agent is still connected: {:?}",
+        cluster.agents()
+    );
+}
+
+/// Submits a small job and checks that it succeeds: the cluster still works.
+fn assert_a_good_job_succeeds(cluster: &Cluster, name: &str) {
+    let job = cluster.write_job(
+        name,
+        "name = \"good\"\n[[module]]\npath = \"guest.wasm\"\nargs = [\"0\"]\n[resources]\nmemory = \"16MiB\"\n",
+        &[("guest.wasm", &guests::hello(0))],
+    );
+    let out = cluster.submit_and_watch(&job);
+    out.assert_success();
+    assert_eq!(out.json()["state"], "succeeded", "{out}");
+}
+
+#[test]
+fn a_four_gib_length_prefix_closes_the_connection_and_the_coordinator_keeps_serving() {
+    let cluster = Cluster::with_agents(&["honest"], 1);
+    let pin = cluster
+        .coordinator_key()
+        .parse()
+        .expect("the coordinator's key");
+    let addr = cluster.quic_addr().to_string();
+
+    let closed = cluster.block_on(async move {
+        let dialer = Dialer::new(Some(pin)).expect("a dialer");
+        let conn = dialer.connect(&addr).await.expect("connecting");
+        let (mut send, _recv) = conn.open_bi().await.expect("opening a stream");
+        send.write_all(&[0xFF, 0xFF, 0xFF, 0xFF]).await.unwrap();
+        send.write_all(b"and then some bytes").await.unwrap();
+        let closed = tokio::time::timeout(WAIT, conn.closed())
+            .await
+            .expect("the coordinator closes the connection");
+        // Nothing more can be done on it.
+        assert!(conn.open_bi().await.is_err(), "the connection is closed");
+        closed
+    });
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.reason.as_ref(), b"malformed frame", "{close:?}");
+        }
+        other => panic!("expected the coordinator to close the connection, got {other:?}"),
+    }
+
+    assert!(
+        cluster.agents().iter().any(|a| a["name"] == "honest"),
+        "the honest agent is still listed"
+    );
+    assert_a_good_job_succeeds(&cluster, "after-the-big-frame");
+}
+
+#[test]
+fn an_agent_of_another_protocol_version_is_refused_with_both_versions_named() {
+    let cluster = Cluster::with_agents(&["current"], 1);
+    let pin = cluster
+        .coordinator_key()
+        .parse()
+        .expect("the coordinator's key");
+    let addr = cluster.quic_addr().to_string();
+
+    let reply = cluster.block_on(async move {
+        let dialer = Dialer::new(Some(pin)).expect("a dialer");
+        let conn = dialer.connect(&addr).await.expect("connecting");
+        let (mut send, mut recv) = conn.open_bi().await.expect("opening a stream");
+        let hello = AgentMessage::Hello {
+            protocol_version: 99,
+            agent_id: "a-from-the-future".into(),
+            name: "future".into(),
+            capacity: Capacity::default(),
+            running: vec![],
+        };
+        send.write_all(&to_bytes(&hello, DEFAULT_MAX_FRAME).unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, read_frame::<CoordinatorMessage>(&mut recv))
+            .await
+            .expect("a reply in time")
+            .expect("a readable reply")
+    });
+    match reply {
+        Some(CoordinatorMessage::Refused { reason }) => {
+            assert!(
+                reason.contains(&format!("version {PROTOCOL_VERSION}")) && reason.contains("99"),
+                "the reason names both versions: {reason:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let agents = cluster.agents();
+    assert!(
+        agents.iter().all(|a| a["name"] != "future"),
+        "the refused agent is not listed: {agents:?}"
+    );
+    wait_for("the current agent to stay listed", WAIT, || {
+        cluster
+            .agents()
+            .iter()
+            .any(|a| a["name"] == "current")
+            .then_some(())
+    });
+    assert_a_good_job_succeeds(&cluster, "after-the-refusal");
+}
