@@ -165,6 +165,10 @@ impl Agent {
         lock(&self.sampler).capacity(self.slots, self.max_task_memory, &self.labels)
     }
 
+    fn status(&self) -> lull_protocol::message::AgentStatus {
+        lull_protocol::message::AgentStatus::default()
+    }
+
     fn running(&self) -> Vec<AttemptId> {
         lock(&self.running).keys().copied().collect()
     }
@@ -177,6 +181,7 @@ impl Agent {
             name: self.name.clone(),
             capacity: self.capacity(),
             running: self.running(),
+            status: self.status(),
         };
         link::write_frame(&mut send, &hello).await?;
         let report_every = match link::read_frame::<CoordinatorMessage>(&mut recv).await? {
@@ -208,7 +213,7 @@ impl Agent {
                 }
                 Some(ev) = rx.recv() => link::write_frame(&mut send, &ev).await?,
                 _ = report.tick() => {
-                    let msg = AgentMessage::Report { capacity: self.capacity(), running: self.running() };
+                    let msg = AgentMessage::Report { capacity: self.capacity(), running: self.running(), status: self.status() };
                     link::write_frame(&mut send, &msg).await?;
                 }
                 _ = self.outbox_ready.notified() => {

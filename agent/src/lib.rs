@@ -9,12 +9,14 @@
 //! | [`cache`] | blobs by digest on disk, checked on arrival |
 //! | [`runner`] | one assignment: checks (memory cap, signatures, compile), directories, threads, result |
 //! | [`sandbox`] | wasmtime + WASI with memory, time and output caps, and cancellation |
-//! | [`sampler`] | what the machine offers: cores, memory, OS, architecture |
+//! | [`sampler`] | what the machine offers and how busy its own programs keep it |
+//! | [`policy`] | when guests may run, pause, slow down or must leave; pure, time comes in |
 
 pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod link;
+pub mod policy;
 pub mod runner;
 pub mod sampler;
 pub mod sandbox;

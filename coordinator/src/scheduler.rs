@@ -34,11 +34,16 @@ struct AgentSlots {
     slots: u32,
     busy: u32,
     max_task_memory: u64,
+    accepting: bool,
 }
 
 impl AgentSlots {
     fn free(&self) -> u32 {
-        self.slots.saturating_sub(self.busy)
+        if self.accepting {
+            self.slots.saturating_sub(self.busy)
+        } else {
+            0
+        }
     }
     fn fits(&self, t: &QueuedTask) -> bool {
         self.free() > 0 && self.max_task_memory >= t.memory
@@ -63,14 +68,16 @@ impl Scheduler {
         }
     }
 
-    /// An agent connected (or reported new capacity) with `busy` tasks running.
-    pub fn handle_agent_up(&mut self, id: &str, capacity: &Capacity, busy: u32) {
+    /// An agent connected (or reported new capacity) with `busy` tasks running; it takes new
+    /// tasks only while `accepting` (its owner's policy says the machine is idle enough).
+    pub fn handle_agent_up(&mut self, id: &str, capacity: &Capacity, busy: u32, accepting: bool) {
         self.agents.insert(
             id.to_owned(),
             AgentSlots {
                 slots: capacity.slots,
                 busy,
                 max_task_memory: capacity.max_task_memory,
+                accepting,
             },
         );
     }
@@ -186,8 +193,8 @@ mod tests {
     #[test]
     fn spread_alternates_and_slots_are_respected() {
         let mut s = Scheduler::new(1);
-        s.handle_agent_up("a", &cap(2, 1 << 30), 0);
-        s.handle_agent_up("b", &cap(2, 1 << 30), 0);
+        s.handle_agent_up("a", &cap(2, 1 << 30), 0, true);
+        s.handle_agent_up("b", &cap(2, 1 << 30), 0, true);
         for i in 0..5 {
             s.handle_task_queued(task(i, 1 << 20, Strategy::Spread));
         }
@@ -204,8 +211,8 @@ mod tests {
     #[test]
     fn binpack_fills_one_agent_first() {
         let mut s = Scheduler::new(1);
-        s.handle_agent_up("a", &cap(4, 1 << 30), 0);
-        s.handle_agent_up("b", &cap(4, 1 << 30), 1);
+        s.handle_agent_up("a", &cap(4, 1 << 30), 0, true);
+        s.handle_agent_up("b", &cap(4, 1 << 30), 1, true);
         for i in 0..3 {
             s.handle_task_queued(task(i, 1 << 20, Strategy::Binpack));
         }
@@ -218,7 +225,7 @@ mod tests {
     #[test]
     fn a_task_too_big_for_every_agent_waits_without_blocking_others() {
         let mut s = Scheduler::new(1);
-        s.handle_agent_up("small", &cap(2, 256 << 20), 0);
+        s.handle_agent_up("small", &cap(2, 256 << 20), 0, true);
         s.handle_task_queued(task(0, 1 << 30, Strategy::Spread));
         s.handle_task_queued(task(1, 64 << 20, Strategy::Spread));
         let p = s.poll_placement().unwrap();
@@ -232,7 +239,7 @@ mod tests {
         let run = |seed| {
             let mut s = Scheduler::new(seed);
             for id in ["a", "b", "c"] {
-                s.handle_agent_up(id, &cap(100, 1 << 30), 0);
+                s.handle_agent_up(id, &cap(100, 1 << 30), 0, true);
             }
             for i in 0..60 {
                 s.handle_task_queued(task(i, 1, Strategy::Random));
@@ -249,9 +256,19 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_not_accepting_gets_nothing() {
+        let mut s = Scheduler::new(1);
+        s.handle_agent_up("busy-desktop", &cap(4, 1 << 30), 0, false);
+        s.handle_task_queued(task(0, 1, Strategy::Spread));
+        assert_eq!(s.poll_placement(), None);
+        s.handle_agent_up("busy-desktop", &cap(4, 1 << 30), 0, true);
+        assert_eq!(s.poll_placement().unwrap().agent, "busy-desktop");
+    }
+
+    #[test]
     fn agent_down_and_cancel_remove_work() {
         let mut s = Scheduler::new(1);
-        s.handle_agent_up("a", &cap(1, 1 << 30), 0);
+        s.handle_agent_up("a", &cap(1, 1 << 30), 0, true);
         s.handle_agent_down("a");
         s.handle_task_queued(task(0, 1, Strategy::Spread));
         assert_eq!(s.poll_placement(), None);

@@ -171,6 +171,21 @@ impl Counts {
     }
 }
 
+/// A change of an agent's scavenging state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AgentEvent {
+    /// When the coordinator heard of it (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// The state left.
+    pub from: String,
+    /// The state entered.
+    pub to: String,
+    /// Why.
+    pub reason: String,
+    /// The attempts running or paused on the agent then.
+    pub attempts: Vec<AttemptId>,
+}
+
 /// What recording a result did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -439,6 +454,9 @@ impl Store {
                 TaskState::Succeeded
             } else if job.cancelled || result.cancelled() {
                 TaskState::Cancelled
+            } else if result.evicted() {
+                // Not the task's fault: it runs again, whatever its attempts.
+                TaskState::Pending
             } else if attempt < job.spec.max_attempts {
                 TaskState::Pending
             } else {
@@ -584,6 +602,46 @@ impl Store {
                 )
             })
             .collect())
+    }
+
+    /// Records a change of an agent's scavenging state.
+    pub async fn record_agent_event(&self, agent: &str, event: &AgentEvent) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agent_events (agent_id, at_ms, from_state, to_state, reason, attempts) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(agent)
+        .bind(event.at_ms)
+        .bind(&event.from)
+        .bind(&event.to)
+        .bind(&event.reason)
+        .bind(serde_json::to_string(&event.attempts)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An agent's latest state changes, newest first.
+    pub async fn agent_events(&self, agent: &str, limit: u32) -> Result<Vec<AgentEvent>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, from_state, to_state, reason, attempts FROM agent_events \
+             WHERE agent_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(agent)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let attempts: String = r.get(4);
+                Ok(AgentEvent {
+                    at_ms: r.get(0),
+                    from: r.get(1),
+                    to: r.get(2),
+                    reason: r.get(3),
+                    attempts: serde_json::from_str(&attempts)?,
+                })
+            })
+            .collect()
     }
 
     /// Records an agent's hello or report.
@@ -760,6 +818,43 @@ mod tests {
             s.record_result("a", &result(b1, 1), 3).await.unwrap(),
             Recorded::Stale
         );
+    }
+
+    #[tokio::test]
+    async fn an_evicted_attempt_runs_again_whatever_its_attempts() {
+        let (_dir, s) = store().await;
+        let job = s.insert_job(&spec(1, 1), 0).await.unwrap();
+        let task = TaskId { job, index: 0 };
+        let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
+        let mut evicted = result(a1, 0);
+        evicted.modules[0].outcome = Outcome::Evicted {
+            reason: "the owner needs the machine".into(),
+        };
+        assert_eq!(
+            s.record_result("a", &evicted, 2).await.unwrap(),
+            Recorded::Stored(TaskState::Pending)
+        );
+        let a2 = s.assign(task, "b", 3).await.unwrap().unwrap();
+        assert_eq!(a2.attempt, 2);
+    }
+
+    #[tokio::test]
+    async fn agent_state_changes_are_kept_newest_first() {
+        let (_dir, s) = store().await;
+        for (i, to) in ["paused", "running"].iter().enumerate() {
+            let e = AgentEvent {
+                at_ms: i as i64,
+                from: "x".into(),
+                to: to.to_string(),
+                reason: "because".into(),
+                attempts: vec![],
+            };
+            s.record_agent_event("a", &e).await.unwrap();
+        }
+        let events = s.agent_events("a", 10).await.unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].to, "running");
+        assert!(s.agent_events("b", 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

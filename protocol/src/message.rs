@@ -74,6 +74,38 @@ pub struct Capacity {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What the agent's owner-side policy says now: whether it takes work, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentStatus {
+    /// Whether the agent takes new tasks now (its policy says the machine is idle enough).
+    pub accepting: bool,
+    /// The agent's scavenging state: `waiting_for_idle`, `running`, `throttled`, `paused` or
+    /// `evicting`.
+    pub state: String,
+    /// Why it is in that state, e.g. "incumbent CPU 87 % > 30 % for 40 ms".
+    pub reason: String,
+    /// A smoothed estimate of the machine's idle CPU, as a fraction of the whole machine.
+    pub idle_cpu: f64,
+    /// The fraction of the machine's CPU the agent's guests used lately.
+    pub guest_cpu: f64,
+    /// The fraction of the machine's CPU its own programs used lately.
+    pub incumbent_cpu: f64,
+}
+
+impl Default for AgentStatus {
+    fn default() -> Self {
+        Self {
+            accepting: true,
+            state: "running".into(),
+            reason: String::new(),
+            idle_cpu: 1.0,
+            guest_cpu: 0.0,
+            incumbent_cpu: 0.0,
+        }
+    }
+}
+
 /// Frames an agent sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -91,6 +123,9 @@ pub enum AgentMessage {
         /// Attempts still running on the agent (after a reconnect).
         #[serde(default)]
         running: Vec<AttemptId>,
+        /// Its policy's view of the machine.
+        #[serde(default)]
+        status: AgentStatus,
     },
     /// Fresh capacity figures and what is running; also renews leases.
     Report {
@@ -98,6 +133,9 @@ pub enum AgentMessage {
         capacity: Capacity,
         /// Attempts running now.
         running: Vec<AttemptId>,
+        /// Its policy's view of the machine.
+        #[serde(default)]
+        status: AgentStatus,
     },
     /// A guest of this attempt started running.
     Started {
@@ -108,6 +146,17 @@ pub enum AgentMessage {
     },
     /// An attempt ended; its blobs were uploaded first.
     Result(TaskResult),
+    /// The agent's scavenging state changed (pause, resume, throttle, eviction...).
+    StateChanged {
+        /// The state left.
+        from: String,
+        /// The state entered.
+        to: String,
+        /// Why, e.g. "incumbent CPU 87 % > 30 % for 40 ms".
+        reason: String,
+        /// Attempts affected (running or paused on the agent).
+        attempts: Vec<AttemptId>,
+    },
     /// Keeps an idle connection's leases fresh.
     Heartbeat,
     /// Opens a blob download stream.
@@ -214,6 +263,12 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// The agent evicted it: the machine's owner or its programs needed the machine back. Not
+    /// the task's fault: the coordinator runs it again elsewhere.
+    Evicted {
+        /// Why, e.g. "available memory 300 MiB < reserve 512 MiB".
+        reason: String,
+    },
     /// The agent would not run it (bad digest, untrusted signer, not WebAssembly, memory above
     /// the agent's cap, an import Lull does not provide, ...).
     Refused {
@@ -244,6 +299,7 @@ impl fmt::Display for Outcome {
             ),
             Outcome::Cancelled { reason } => write!(f, "cancelled: {reason}"),
             Outcome::Refused { reason } => write!(f, "refused by the agent: {reason}"),
+            Outcome::Evicted { reason } => write!(f, "evicted: {reason}"),
         }
     }
 }
@@ -303,6 +359,19 @@ impl TaskResult {
     /// Whether every module exited cleanly with code 0.
     pub fn succeeded(&self) -> bool {
         !self.modules.is_empty() && self.modules.iter().all(|m| m.outcome.is_success())
+    }
+
+    /// Whether the attempt was evicted (and none of its modules failed on its own).
+    pub fn evicted(&self) -> bool {
+        self.modules
+            .iter()
+            .any(|m| matches!(m.outcome, Outcome::Evicted { .. }))
+            && self.modules.iter().all(|m| {
+                matches!(
+                    m.outcome,
+                    Outcome::Evicted { .. } | Outcome::Exited { code: 0 }
+                )
+            })
     }
 
     /// Whether the attempt was cancelled.

@@ -31,17 +31,23 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     );
     for a in agents {
         let c = &a["capacity"];
+        let st = &a["status"];
         println!(
-            "{:<20} {:<14} {:>5} {:>3}/{:<3} {:>10} {:>10}  {}/{}",
+            "{:<20} {:<14} {:<16} {:>5} {:>3}/{:<3} {:>10} {:>10}  {:<12} {}",
             a["id"].as_str().unwrap_or("?"),
             a["name"].as_str().unwrap_or("?"),
+            st["state"].as_str().unwrap_or("?"),
             c["cores"].to_string(),
             a["running"].to_string(),
             c["slots"].to_string(),
             format_size(c["memory_available"].as_u64().unwrap_or(0)),
             format_size(c["max_task_memory"].as_u64().unwrap_or(0)),
-            c["os"].as_str().unwrap_or("?"),
-            c["arch"].as_str().unwrap_or("?"),
+            format!(
+                "{}/{}",
+                c["os"].as_str().unwrap_or("?"),
+                c["arch"].as_str().unwrap_or("?")
+            ),
+            st["reason"].as_str().unwrap_or(""),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -33,6 +33,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/agents/{id}/events", get(agent_events))
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(hub)
 }
@@ -276,4 +277,12 @@ async fn cancel(
 
 async fn agents(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     Json(serde_json::to_value(hub.agents()).unwrap_or_default())
+}
+
+async fn agent_events(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let events = hub.store().agent_events(&id, 200).await?;
+    Ok(Json(json!({ "agent": id, "events": events })))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lull_protocol::job::JobSpec;
 use lull_protocol::message::{
-    AgentMessage, Assignment, AttemptId, Capacity, CoordinatorMessage, TaskId,
+    AgentMessage, AgentStatus, Assignment, AttemptId, Capacity, CoordinatorMessage, TaskId,
 };
 use lull_protocol::signature::TrustList;
 use lull_protocol::{PROTOCOL_VERSION, units};
@@ -69,6 +69,7 @@ struct AgentConn {
     conn: u64,
     name: String,
     capacity: Capacity,
+    status: AgentStatus,
     tx: mpsc::UnboundedSender<CoordinatorMessage>,
     running: HashSet<AttemptId>,
     /// Placements made on this agent whose assignment is still being stored: they hold a slot.
@@ -101,6 +102,8 @@ pub struct AgentView {
     pub name: String,
     /// What it offers.
     pub capacity: Capacity,
+    /// Its policy's view: accepting work or not, and why.
+    pub status: AgentStatus,
     /// Attempts running on it.
     pub running: usize,
     /// When it connected (ms since the Unix epoch).
@@ -276,6 +279,7 @@ impl Hub {
             name,
             capacity,
             running,
+            status,
         } = hello
         else {
             return Err("the first message on a control stream must be hello".into());
@@ -318,13 +322,14 @@ impl Hub {
         });
         inner
             .scheduler
-            .handle_agent_up(agent_id, capacity, mine.len() as u32);
+            .handle_agent_up(agent_id, capacity, mine.len() as u32, status.accepting);
         if let Some(old) = inner.agents.insert(
             agent_id.clone(),
             AgentConn {
                 conn,
                 name: name.clone(),
                 capacity: capacity.clone(),
+                status: status.clone(),
                 tx,
                 running: mine,
                 placing: 0,
@@ -351,7 +356,11 @@ impl Hub {
     /// A message on an agent's control stream.
     pub async fn agent_message(&self, agent: &str, msg: AgentMessage) {
         match msg {
-            AgentMessage::Report { capacity, running } => {
+            AgentMessage::Report {
+                capacity,
+                running,
+                status,
+            } => {
                 let now = Instant::now();
                 let inner = &mut *self.lock();
                 let Inner {
@@ -370,7 +379,8 @@ impl Hub {
                         }
                     }
                     a.capacity = capacity;
-                    scheduler.handle_agent_up(agent, &a.capacity, a.busy());
+                    a.status = status;
+                    scheduler.handle_agent_up(agent, &a.capacity, a.busy(), a.status.accepting);
                 }
                 self.wake.notify_one();
             }
@@ -389,6 +399,31 @@ impl Hub {
                 }
             }
             AgentMessage::Result(result) => self.agent_result(agent, result).await,
+            AgentMessage::StateChanged {
+                from,
+                to,
+                reason,
+                attempts,
+            } => {
+                tracing::info!(%agent, %from, %to, %reason, tasks = attempts.len(), "agent state changed");
+                {
+                    let inner = &mut *self.lock();
+                    if let Some(a) = inner.agents.get_mut(agent) {
+                        a.status.state = to.clone();
+                        a.status.reason = reason.clone();
+                    }
+                }
+                let event = crate::store::AgentEvent {
+                    at_ms: now_ms(),
+                    from,
+                    to,
+                    reason,
+                    attempts,
+                };
+                if let Err(e) = self.store.record_agent_event(agent, &event).await {
+                    tracing::warn!(%agent, error = %e, "could not record an agent state change");
+                }
+            }
             other => tracing::warn!(%agent, ?other, "unexpected message on the control stream"),
         }
     }
@@ -556,6 +591,7 @@ impl Hub {
                 id: id.clone(),
                 name: a.name.clone(),
                 capacity: a.capacity.clone(),
+                status: a.status.clone(),
                 running: a.running.len(),
                 connected_ms: a
                     .connected_at
@@ -586,6 +622,14 @@ impl Hub {
                 units::format_size(spec.resources.memory),
                 units::format_size(largest)
             );
+        }
+        if !inner.agents.values().any(|a| a.status.accepting) {
+            let why: Vec<String> = inner
+                .agents
+                .values()
+                .map(|a| format!("{} {} ({})", a.name, a.status.state, a.status.reason))
+                .collect();
+            return format!("no agent is accepting work now: {}", why.join("; "));
         }
         "waiting for a free slot".into()
     }

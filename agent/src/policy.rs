@@ -1,0 +1,1 @@
+//! The scavenging policy (being written).
