@@ -10,12 +10,14 @@
 //! | [`runner`] | one assignment: checks (memory cap, signatures, compile), directories, threads, result |
 //! | [`sandbox`] | wasmtime + WASI with memory, time and output caps, and cancellation |
 //! | [`sampler`] | what the machine offers and how busy its own programs keep it |
+//! | [`owner`] | the owner's local commands (`lull-agent pause/resume/stop/status`) over a Unix socket |
 //! | [`policy`] | when guests may run, pause, slow down or must leave; pure, time comes in |
 
 pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod link;
+pub mod owner;
 pub mod policy;
 pub mod runner;
 pub mod sampler;
