@@ -19,9 +19,28 @@
 //! instance counts, the wasm stack ([`SandboxConfig::max_wasm_stack`]) and wall time
 //! ([`RunSpec::timeout`]), the last checked at every epoch tick together with [`TaskControl`].
 //!
+//! Getting out of the machine's way:
+//!
+//! - **Priority.** [`Sandbox::run`] first lowers its calling thread, for good, to the lowest CPU
+//!   priority there is (`SCHED_IDLE` on Linux), so guests only get cores the machine's own
+//!   programs leave idle. The agent runs each guest on a fresh thread of its own for this reason;
+//!   compiling and everything else stay at normal priority.
+//! - **Epoch checks.** A ticker thread advances the engine's epoch every
+//!   [`SandboxConfig::epoch_tick`] (1 ms); at each tick a running guest calls back into
+//!   [`TaskControl`], which decides whether it carries on, stops, or blocks.
+//! - **Pause.** [`TaskControl::pause`] parks the guest's thread on a condition variable at its
+//!   next check (no spinning) until [`TaskControl::resume`]; the guest then carries on where it
+//!   was. [`TaskControl::pause_and_wait`] returns once the guest has stopped.
+//! - **Duty cycle.** [`TaskControl::set_cpu_share`] lets a guest run only a share of every
+//!   [`DUTY_PERIOD`], all guests in phase.
+//! - **Eviction.** [`TaskControl::evict`] lets the guest run for a grace period, then stops it with
+//!   [`Outcome::Evicted`].
+//! - Time paused or resting in the duty cycle does not count toward [`RunSpec::timeout`].
+//!
 //! Modules:
 //!
-//! - `control`: [`TaskControl`], cancellation, and the epoch check;
+//! - `control`: [`TaskControl`] (cancel, pause, duty cycle, eviction) and the epoch check;
+//! - `priority`: lowering guest threads to idle priority;
 //! - `limits`: the store's resource limiter (memory, tables, instances);
 //! - `capture`: the capped stdout and stderr sinks;
 //! - `outcome`: how a finished run becomes an [`Outcome`].
@@ -30,6 +49,7 @@ mod capture;
 mod control;
 mod limits;
 mod outcome;
+mod priority;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -49,9 +69,11 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use self::capture::Capture;
-pub use self::control::TaskControl;
+use self::control::Gate;
+pub use self::control::{DUTY_PERIOD, MIN_CPU_SHARE, TaskControl};
 use self::limits::Limits;
 use self::outcome::Facts;
+pub use self::priority::current_thread_is_idle_priority;
 
 /// Where the guest sees the task's input directory (read-only).
 pub const INPUT_DIR: &str = "/input";
@@ -70,7 +92,10 @@ pub struct SandboxConfig {
     /// hundred KiB).
     pub max_wasm_stack: usize,
     /// How often the epoch advances, which is how often a running guest checks its time limit
-    /// and [`TaskControl`]. Default 1 ms.
+    /// and [`TaskControl`]. Default 1 ms; ticks shorter than 100 us are made 100 us.
+    ///
+    /// [`Duration::ZERO`] starts no ticker thread: the owner of the sandbox advances the epoch
+    /// itself with [`Sandbox::increment_epoch`] (tests do, to decide exactly when guests check).
     pub epoch_tick: Duration,
 }
 
@@ -86,13 +111,13 @@ impl Default for SandboxConfig {
 
 /// The agent's sandbox: one wasmtime [`Engine`] (with epoch interruption), the WASI linkers, and
 /// a ticker thread advancing the engine's epoch every [`SandboxConfig::epoch_tick`] until the
-/// sandbox is dropped.
+/// sandbox is dropped (none when the tick is zero).
 pub struct Sandbox {
     config: SandboxConfig,
     engine: Engine,
     module_linker: Linker<ModuleHost>,
     component_linker: component::Linker<ComponentHost>,
-    _ticker: Ticker,
+    _ticker: Option<Ticker>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -104,7 +129,11 @@ impl fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
-    /// Creates the engine, the WASI linkers and the epoch ticker thread.
+    /// Creates the engine, the WASI linkers and the epoch ticker thread (unless
+    /// [`SandboxConfig::epoch_tick`] is zero).
+    ///
+    /// The ticker thread inherits the calling thread's priority: create the sandbox on a thread
+    /// at normal priority (never on one that has called [`Sandbox::run`]).
     pub fn new(config: SandboxConfig) -> anyhow::Result<Sandbox> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
@@ -125,7 +154,11 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_sync(&mut component_linker)
             .map_err(|e| wasmtime_error("linking WASI preview 2", &e))?;
 
-        let ticker = Ticker::start(engine.clone(), config.epoch_tick)?;
+        let ticker = if config.epoch_tick.is_zero() {
+            None
+        } else {
+            Some(Ticker::start(engine.clone(), config.epoch_tick)?)
+        };
         Ok(Sandbox {
             config,
             engine,
@@ -133,6 +166,13 @@ impl Sandbox {
             component_linker,
             _ticker: ticker,
         })
+    }
+
+    /// Advances the engine's epoch by one tick: every running guest makes its checks (time limit,
+    /// [`TaskControl`]) at its next epoch check. The ticker thread does this every
+    /// [`SandboxConfig::epoch_tick`]; with a zero tick, only calls to this do.
+    pub fn increment_epoch(&self) {
+        self.engine.increment_epoch();
     }
 
     /// Compiles a WASI preview 1 command module or a WASI preview 2 command component, telling
@@ -218,15 +258,25 @@ impl Sandbox {
     /// Runs `program` to completion on the calling thread and reports how it ended.
     ///
     /// Never panics for anything the guest does: traps, exits, running out of memory, time or
-    /// stack, and cancellation all end as an [`Outcome`]. A setup problem on the host (such as an
-    /// input directory that cannot be opened, or a `program` from another sandbox) is
+    /// stack, cancellation and eviction all end as an [`Outcome`]. A setup problem on the host
+    /// (such as an input directory that cannot be opened, or a `program` from another sandbox) is
     /// [`Outcome::Refused`].
     ///
-    /// Call it from a plain OS thread (the agent uses one per task), not from inside a Tokio
-    /// runtime: WASI's synchronous host calls block on their own runtime. The time limit and
-    /// [`TaskControl::cancel`] act at the guest's next epoch check; a guest blocked inside a single
-    /// host call (for example sleeping in `poll_oneoff`) is stopped only when that call returns.
+    /// **Lowers the calling thread's CPU priority for good** before the guest starts: to
+    /// `SCHED_IDLE` on Linux, the background policy on macOS, nice 19 on other Unix systems
+    /// (process-wide on most of them); nothing on Windows. If that fails, a warning is logged
+    /// once and the guest runs anyway. So call it from a fresh OS thread of its own (the agent
+    /// uses one per guest, started for that guest), never from a thread that must keep normal
+    /// priority such as the async runtime's, nor from inside a Tokio runtime at all: WASI's
+    /// synchronous host calls block on their own runtime.
+    ///
+    /// The time limit and every request on `control` (cancel, pause, CPU share, eviction) act at
+    /// the guest's next epoch check; a guest blocked inside a single host call (for example
+    /// sleeping in `poll_oneoff`) notices only when that call returns. Time spent paused or resting
+    /// in the duty cycle does not count toward [`RunSpec::timeout`]. Several guests may run with
+    /// one `control` at once (the modules of a task), each on its own thread.
     pub fn run(&self, program: &Program, spec: &RunSpec, control: &TaskControl) -> RunOutput {
+        priority::lower_current_thread();
         let started = Instant::now();
         let stdout = Capture::new(self.config.output_cap);
         let stderr = Capture::new(self.config.output_cap);
@@ -264,8 +314,9 @@ impl Sandbox {
                 reason: "the program was compiled by another sandbox".to_string(),
             };
         }
-        let deadline = started.checked_add(spec.timeout);
-        if let Some(stop) = control.checkpoint(deadline) {
+        let mut gate = control.gate(started.checked_add(spec.timeout));
+        // The first check: a cancelled or evicted task never starts, a paused one waits here.
+        if let Some(stop) = gate.checkpoint() {
             return facts.failed(&wasmtime::Error::new(stop));
         }
         let mut wasi = match wasi_context(spec, stdout, stderr) {
@@ -280,7 +331,7 @@ impl Sandbox {
                     wasi: wasi.build_p1(),
                     limits,
                 };
-                let mut store = self.store(host, control, deadline);
+                let mut store = self.store(host, gate);
                 let result = pre.instantiate(&mut store).and_then(|instance| {
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                     start.call(&mut store, ())
@@ -300,7 +351,7 @@ impl Sandbox {
                     table: ResourceTable::new(),
                     limits,
                 };
-                let mut store = self.store(host, control, deadline);
+                let mut store = self.store(host, gate);
                 let result = pre
                     .instantiate(&mut store)
                     .and_then(|command| command.wasi_cli_run().call_run(&mut store));
@@ -318,18 +369,13 @@ impl Sandbox {
     }
 
     /// A store for one run: the limiter, and an epoch deadline of one tick whose callback checks
-    /// `control` and the time limit before granting the next tick.
-    fn store<H: Host>(
-        &self,
-        host: H,
-        control: &TaskControl,
-        deadline: Option<Instant>,
-    ) -> Store<H> {
+    /// the task's control and the time limit through `gate` (blocking there while the guest is
+    /// paused or resting) before granting the next tick. The gate lives as long as the store.
+    fn store<H: Host>(&self, host: H, mut gate: Gate) -> Store<H> {
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| -> &mut dyn ResourceLimiter { host.limits() });
         store.set_epoch_deadline(1);
-        let control = control.clone();
-        store.epoch_deadline_callback(move |_| match control.checkpoint(deadline) {
+        store.epoch_deadline_callback(move |_| match gate.checkpoint() {
             Some(stop) => Err(wasmtime::Error::new(stop)),
             None => Ok(UpdateDeadline::Continue(1)),
         });
@@ -404,7 +450,7 @@ pub struct RunOutput {
     pub stderr: Vec<u8>,
     /// Whether stderr had more than that.
     pub stderr_truncated: bool,
-    /// Wall time of the run, instantiation included.
+    /// Wall time of the run, instantiation, pauses and duty-cycle rests included.
     pub elapsed: Duration,
 }
 

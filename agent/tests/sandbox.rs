@@ -839,3 +839,523 @@ fn non_commands_are_refused() {
         "{error:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Getting out of the way: pause, duty cycle, eviction, priority
+
+/// A sandbox whose epoch only advances when the test calls [`Sandbox::increment_epoch`].
+fn manual_sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        epoch_tick: Duration::ZERO,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox")
+}
+
+/// Counts to `n` in a local, then writes the count to stdout as 4 little-endian bytes: a guest
+/// whose output shows whether its state survived being stopped.
+fn counter(n: u32) -> Vec<u8> {
+    wasm(&format!(
+        r#"
+        (func (export "_start") (local $i i32)
+          (loop $again
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $again (i32.lt_u (local.get $i) (i32.const {n}))))
+          (i32.store (i32.const 100) (local.get $i))
+          (i32.store (i32.const 0) (i32.const 100))
+          (i32.store (i32.const 4) (i32.const 4))
+          (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+        "#
+    ))
+}
+
+/// Serialises the tests that measure time or CPU, so that they do not compete with each other
+/// for the cores (the others are short).
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timing() -> std::sync::MutexGuard<'static, ()> {
+    TIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The CPU time of one thread (Linux: `pthread_getcpuclockid`).
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+struct ThreadClock(libc::clockid_t);
+
+#[cfg(target_os = "linux")]
+impl ThreadClock {
+    /// The calling thread's clock; valid while the thread lives.
+    fn current() -> ThreadClock {
+        let mut id: libc::clockid_t = 0;
+        // SAFETY: `id` is a valid out-pointer; `pthread_self` is the calling thread.
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+        assert_eq!(rc, 0, "pthread_getcpuclockid");
+        ThreadClock(id)
+    }
+
+    fn cpu_time(self) -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer.
+        let rc = unsafe { libc::clock_gettime(self.0, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime on a guest thread's clock");
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// The share of one core the thread used over `window` of wall time.
+    fn share_over(self, window: Duration) -> f64 {
+        let (wall, cpu) = (std::time::Instant::now(), self.cpu_time());
+        thread::sleep(window);
+        (self.cpu_time() - cpu).as_secs_f64() / wall.elapsed().as_secs_f64()
+    }
+}
+
+/// A guest running on a thread of its own, as the agent runs them.
+struct Guest<'scope> {
+    handle: thread::ScopedJoinHandle<'scope, RunOutput>,
+    #[cfg(target_os = "linux")]
+    clock: ThreadClock,
+}
+
+impl Guest<'_> {
+    fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    fn join(self) -> RunOutput {
+        self.handle.join().expect("guest thread")
+    }
+}
+
+/// Starts `sandbox.run(program, spec, control)` on a new thread of `scope`.
+fn start<'scope>(
+    scope: &'scope thread::Scope<'scope, '_>,
+    sandbox: &'scope Sandbox,
+    program: &'scope Program,
+    spec: &'scope RunSpec,
+    control: &'scope TaskControl,
+) -> Guest<'scope> {
+    let (clock_tx, clock_rx) = std::sync::mpsc::channel();
+    let handle = thread::Builder::new()
+        .name("guest".to_string())
+        .spawn_scoped(scope, move || {
+            #[cfg(target_os = "linux")]
+            clock_tx.send(ThreadClock::current()).expect("send clock");
+            #[cfg(not(target_os = "linux"))]
+            drop(clock_tx);
+            sandbox.run(program, spec, control)
+        })
+        .expect("spawn guest thread");
+    #[cfg(target_os = "linux")]
+    let clock = clock_rx.recv().expect("guest clock");
+    #[cfg(not(target_os = "linux"))]
+    drop(clock_rx);
+    Guest {
+        handle,
+        #[cfg(target_os = "linux")]
+        clock,
+    }
+}
+
+#[test]
+fn paused_before_the_run_waits_then_finishes() {
+    let sandbox = manual_sandbox();
+    let program = compile(&sandbox, &counter(1_000_000));
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    control.pause();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(300));
+        assert!(!guest.is_finished(), "the guest ran while paused");
+        assert!(control.is_paused());
+        control.resume();
+        guest.join()
+    });
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(output.stdout, 1_000_000u32.to_le_bytes());
+    // It waited at its first check, before it was instantiated.
+    assert!(
+        control.paused_for() >= Duration::from_millis(200),
+        "{:?}",
+        control.paused_for()
+    );
+}
+
+/// Iterations of [`counter`] that take well over the few tens of milliseconds before the pause
+/// lands (about 0.9 s here).
+const LONG_COUNT: u32 = 3 << 30;
+
+#[test]
+fn pause_stops_a_guest_where_it_is_and_resume_loses_nothing() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &counter(LONG_COUNT));
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(20));
+        let took = control
+            .pause_and_wait(Duration::from_secs(5))
+            .expect("the guest stops");
+        println!("pause_and_wait mid-loop: {took:?}");
+        assert!(
+            !guest.is_finished(),
+            "the guest finished before it was paused: raise LONG_COUNT"
+        );
+        thread::sleep(Duration::from_millis(300));
+        assert!(!guest.is_finished(), "the guest ran while paused");
+        control.resume();
+        guest.join()
+    });
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(output.stdout, LONG_COUNT.to_le_bytes());
+    assert!(control.paused_for() >= Duration::from_millis(300));
+    println!(
+        "counted to {LONG_COUNT} in {:?}, paused for {:?}",
+        output.elapsed,
+        control.paused_for()
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn pause_and_wait_returns_once_the_guest_is_parked_not_spinning() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(50));
+        let mut took = Vec::new();
+        for round in 0..20 {
+            let d = control
+                .pause_and_wait(Duration::from_secs(5))
+                .expect("the guest stops");
+            took.push(d);
+            if round == 0 {
+                let share = guest.clock.share_over(Duration::from_millis(300));
+                println!("CPU share of the paused guest's thread over 300 ms: {share:.4}");
+                assert!(
+                    share < 50.0 / 300.0,
+                    "the paused guest used {share:.3} of a core"
+                );
+            }
+            control.resume();
+            thread::sleep(Duration::from_millis(20));
+        }
+        took.sort();
+        println!(
+            "pause_and_wait over {} pauses: min {:?}, p50 {:?}, max {:?}",
+            took.len(),
+            took[0],
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+        assert!(
+            took[took.len() - 1] < Duration::from_millis(500),
+            "{took:?}"
+        );
+        control.cancel("done");
+        guest.join()
+    });
+    assert_eq!(
+        output.outcome,
+        Outcome::Cancelled {
+            reason: "done".to_string()
+        }
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn pause_and_wait_waits_for_every_guest_of_the_task() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    thread::scope(|s| {
+        let first = start(s, &sandbox, &program, &spec, &control);
+        let second = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(50));
+        let took = control
+            .pause_and_wait(Duration::from_secs(5))
+            .expect("both guests stop");
+        println!("pause_and_wait for two guests: {took:?}");
+        let (a, b) = (first.clock.cpu_time(), second.clock.cpu_time());
+        thread::sleep(Duration::from_millis(200));
+        let used = (first.clock.cpu_time() - a) + (second.clock.cpu_time() - b);
+        assert!(used < Duration::from_millis(30), "{used:?}");
+        control.cancel("done");
+        for guest in [first, second] {
+            assert!(matches!(guest.join().outcome, Outcome::Cancelled { .. }));
+        }
+    });
+}
+
+#[test]
+fn paused_time_does_not_count_toward_the_timeout() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.timeout = Duration::from_millis(300);
+    let control = TaskControl::new();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(50));
+        control
+            .pause_and_wait(Duration::from_secs(5))
+            .expect("the guest stops");
+        thread::sleep(Duration::from_millis(600));
+        assert!(!guest.is_finished(), "the guest timed out while paused");
+        control.resume();
+        guest.join()
+    });
+    assert_eq!(output.outcome, Outcome::TimedOut { limit_ms: 300 });
+    println!(
+        "timed out after {:?} of wall time, {:?} of it paused",
+        output.elapsed,
+        control.paused_for()
+    );
+    assert!(
+        output.elapsed >= Duration::from_millis(800),
+        "{:?}",
+        output.elapsed
+    );
+    assert!(
+        output.elapsed < Duration::from_secs(5),
+        "{:?}",
+        output.elapsed
+    );
+}
+
+#[test]
+fn cancel_while_paused_stops_promptly() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    let (output, took) = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(50));
+        control
+            .pause_and_wait(Duration::from_secs(5))
+            .expect("the guest stops");
+        let cancelled = std::time::Instant::now();
+        control.cancel("the owner came back");
+        let output = guest.join();
+        (output, cancelled.elapsed())
+    });
+    assert_eq!(
+        output.outcome,
+        Outcome::Cancelled {
+            reason: "the owner came back".to_string()
+        }
+    );
+    println!("cancel of a paused guest to run returning: {took:?}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn cpu_share_duty_cycles_the_guest() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(50));
+        let uncapped = guest.clock.share_over(Duration::from_millis(300));
+        control.set_cpu_share(0.25);
+        thread::sleep(Duration::from_millis(50));
+        let capped = guest.clock.share_over(Duration::from_secs(1));
+        println!(
+            "CPU share of a spinning guest: {uncapped:.3} uncapped, {capped:.3} capped at 0.25"
+        );
+        if uncapped < 0.8 {
+            // The guest runs at idle priority: on a busy machine it gets little CPU whatever
+            // its share, and there is nothing to measure.
+            println!(
+                "SKIPPED the check of cpu_share_duty_cycles_the_guest: the machine is busy (an \
+                 uncapped idle-priority guest got {uncapped:.3} of a core)"
+            );
+        } else {
+            assert!(
+                (0.10..=0.45).contains(&capped),
+                "capped at 0.25: {capped:.3}"
+            );
+        }
+        control.cancel("done");
+        guest.join()
+    });
+    assert!(matches!(output.outcome, Outcome::Cancelled { .. }));
+}
+
+#[test]
+fn duty_cycle_rests_do_not_count_toward_the_timeout() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.timeout = Duration::from_millis(200);
+    let control = TaskControl::new();
+    control.set_cpu_share(0.25);
+    let output = sandbox.run(&program, &spec, &control);
+    assert_eq!(output.outcome, Outcome::TimedOut { limit_ms: 200 });
+    println!(
+        "a 200 ms timeout at CPU share 0.25 ended after {:?}",
+        output.elapsed
+    );
+    // About 200 ms / 0.3 (runs end at the first tick past the share).
+    assert!(
+        output.elapsed >= Duration::from_millis(450),
+        "{:?}",
+        output.elapsed
+    );
+    assert!(
+        output.elapsed < Duration::from_secs(10),
+        "{:?}",
+        output.elapsed
+    );
+}
+
+#[test]
+fn evict_stops_the_guest_when_its_grace_runs_out() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    let (output, took) = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(50));
+        let evicted = std::time::Instant::now();
+        control.evict("the owner needs the memory", Duration::from_millis(200));
+        let output = guest.join();
+        (output, evicted.elapsed())
+    });
+    assert_eq!(
+        output.outcome,
+        Outcome::Evicted {
+            reason: "the owner needs the memory".to_string()
+        }
+    );
+    println!("evict with 200 ms grace to run returning: {took:?}");
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn evict_without_grace_stops_at_the_next_check() {
+    let _timing = timing();
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    let (output, took) = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(50));
+        let evicted = std::time::Instant::now();
+        control.evict("reclaimed", Duration::ZERO);
+        let output = guest.join();
+        (output, evicted.elapsed())
+    });
+    assert_eq!(
+        output.outcome,
+        Outcome::Evicted {
+            reason: "reclaimed".to_string()
+        }
+    );
+    println!("evict without grace to run returning: {took:?}");
+    // About a tick; generous, because an idle-priority guest waits for a free core.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn evicted_guest_that_finishes_in_its_grace_keeps_its_outcome() {
+    // Manual epochs: once resumed, the guest makes no further check, so it surely finishes
+    // within the grace.
+    let sandbox = manual_sandbox();
+    let program = compile(&sandbox, &counter(1_000_000));
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    control.pause();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(100));
+        assert!(!guest.is_finished(), "the guest ran while paused");
+        // Eviction resumes the paused guest for its grace.
+        control.evict("the owner is back", Duration::from_secs(60));
+        assert!(!control.is_paused());
+        guest.join()
+    });
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(output.stdout, 1_000_000u32.to_le_bytes());
+}
+
+#[test]
+fn manual_epochs_decide_when_guests_check() {
+    let sandbox = manual_sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.timeout = Duration::from_millis(50);
+    let control = TaskControl::new();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        thread::sleep(Duration::from_millis(200));
+        // Past its time limit, but no epoch has passed, so it has not checked.
+        assert!(!guest.is_finished());
+        sandbox.increment_epoch();
+        guest.join()
+    });
+    assert_eq!(output.outcome, Outcome::TimedOut { limit_ms: 50 });
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_lowers_its_thread_to_sched_idle() {
+    use lull_agent::sandbox::current_thread_is_idle_priority;
+
+    let sandbox = sandbox();
+    let program = compile(&sandbox, &hello());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let (before, outcome, after) = thread::scope(|s| {
+        s.spawn(|| {
+            let before = current_thread_is_idle_priority();
+            let output = sandbox.run(&program, &spec, &TaskControl::new());
+            (before, output.outcome, current_thread_is_idle_priority())
+        })
+        .join()
+        .expect("guest thread")
+    });
+    assert!(!before, "a fresh thread already at idle priority");
+    assert_eq!(outcome, Outcome::Exited { code: 0 });
+    assert!(after, "run left its thread above SCHED_IDLE");
+    // Only that thread: this one is untouched.
+    assert!(!current_thread_is_idle_priority());
+}

@@ -1,17 +1,52 @@
 //! [`TaskControl`]: how the agent steers a running guest from another thread, and the check the
 //! guest's epoch callback makes against it.
+//!
+//! The agent can:
+//!
+//! - **cancel** a task: its guests stop at their next epoch check;
+//! - **pause** and **resume** it: at its next epoch check a paused guest blocks its thread on a
+//!   condition variable (no spinning, no polling) until it is resumed, cancelled or evicted, then
+//!   carries on exactly where it stopped. [`TaskControl::pause_and_wait`] also waits for the guest
+//!   to acknowledge, which is how the agent learns when the guest really stopped;
+//! - **cap its CPU share** (duty cycling): with a share below 1 a guest runs `share *`
+//!   [`DUTY_PERIOD`] of every period and sleeps on the condition variable for the rest. Periods
+//!   are aligned to one monotonic origin per process, so all guests of an agent run and rest in
+//!   phase and the machine's own programs get whole stretches of the CPU back;
+//! - **evict** it with a grace period: the guest keeps running (resumed if it was paused) until the
+//!   grace runs out, then stops with [`Outcome::Evicted`]. A guest that ends on its own during the
+//!   grace keeps its own outcome.
+//!
+//! Time spent paused or resting in the duty cycle does not count toward the task's time limit:
+//! each guest's deadline moves forward by the time it slept.
+//!
+//! The guest side is a [`Gate`], one per running guest, owned by the store's epoch callback. Its
+//! fast path (nothing requested) is one atomic load plus the deadline check; everything else
+//! takes the lock.
+//!
+//! [`Outcome::Evicted`]: lull_protocol::message::Outcome::Evicted
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-/// A handle shared between the thread running a guest and the agent (cheap to clone; `Send` and
-/// `Sync`).
+/// The period of the duty cycle that [`TaskControl::set_cpu_share`] sets up: a capped guest runs
+/// `share` of each period and sleeps the rest. Short enough that the machine's own programs
+/// never wait long for a core, long enough that a guest's epoch checks (one per 1 ms tick) can
+/// follow it.
+pub const DUTY_PERIOD: Duration = Duration::from_millis(10);
+
+/// The smallest CPU share [`TaskControl::set_cpu_share`] accepts; smaller values are raised to
+/// it. (A share of zero is a pause: use [`TaskControl::pause`].)
+pub const MIN_CPU_SHARE: f64 = 0.01;
+
+/// A handle shared between the thread(s) running a task's guests and the agent (cheap to clone;
+/// `Send` and `Sync`). One control may steer several guests at once (the modules of one task).
 ///
-/// The guest looks at it at every epoch check (about once per epoch tick, 1 ms by default), so a
-/// [`cancel`](TaskControl::cancel) stops the guest within about a tick, unless it is blocked inside
-/// a host call (see [`Sandbox::run`](super::Sandbox::run)).
+/// Guests look at it at every epoch check (about once per epoch tick, 1 ms by default), so a
+/// request takes effect within about a tick, unless the guest is blocked inside a host call (see
+/// [`Sandbox::run`](super::Sandbox::run)). Every method may be called before, during or after a
+/// run.
 #[derive(Clone, Default)]
 pub struct TaskControl {
     inner: Arc<Inner>,
@@ -20,18 +55,64 @@ pub struct TaskControl {
 /// The shared state.
 ///
 /// `attention` is the cheap flag the epoch callback reads on every tick; it is set whenever
-/// anything in `state` needs the runner to act. The slow path takes the lock. Pausing will be a
-/// field in `State` plus a `Condvar` here that [`TaskControl::checkpoint`] waits on.
+/// anything in `state` needs the guest to act (cancelled, evicted, paused, or a CPU share below
+/// 1). The slow path takes the lock. `changed` is notified on every change of `state`: guests
+/// wait on it while paused or resting, and [`TaskControl::pause_and_wait`] waits on it for their
+/// acknowledgement.
 #[derive(Default)]
 struct Inner {
     attention: AtomicBool,
     state: Mutex<State>,
+    changed: Condvar,
 }
 
-#[derive(Default)]
 struct State {
     /// Set by [`TaskControl::cancel`]; the first reason wins.
     cancelled: Option<String>,
+    /// Set by [`TaskControl::evict`]; the first reason and the earliest deadline win.
+    eviction: Option<Eviction>,
+    /// Whether the agent asked for a pause.
+    paused: bool,
+    /// The duty cycle's share, in [`MIN_CPU_SHARE`]`..=1`.
+    cpu_share: f64,
+    /// Guests inside [`Sandbox::run`](super::Sandbox::run) with this control (live [`Gate`]s).
+    running: usize,
+    /// Guests currently blocked by the pause.
+    parked: usize,
+    /// Since when at least one guest has been parked, while one is.
+    parked_since: Option<Instant>,
+    /// Time with at least one guest parked, over the periods that ended.
+    parked_total: Duration,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            cancelled: None,
+            eviction: None,
+            paused: false,
+            cpu_share: 1.0,
+            running: 0,
+            parked: 0,
+            parked_since: None,
+            parked_total: Duration::ZERO,
+        }
+    }
+}
+
+impl State {
+    /// Whether a guest must take the slow path at its next check.
+    fn needs_attention(&self) -> bool {
+        self.cancelled.is_some() || self.eviction.is_some() || self.paused || self.cpu_share < 1.0
+    }
+}
+
+/// An eviction in progress.
+#[derive(Debug)]
+struct Eviction {
+    reason: String,
+    /// When the guest must stop.
+    at: Instant,
 }
 
 impl TaskControl {
@@ -43,13 +124,13 @@ impl TaskControl {
     /// Makes the guest stop at its next epoch check; [`Sandbox::run`](super::Sandbox::run) then
     /// returns [`Outcome::Cancelled`](lull_protocol::message::Outcome::Cancelled) with `reason`.
     /// Later calls keep the first reason. Cancelling before `run` starts makes `run` return
-    /// `Cancelled` without running the guest.
+    /// `Cancelled` without running the guest; cancelling a paused guest wakes it to stop.
     pub fn cancel(&self, reason: impl Into<String>) {
         let mut state = self.lock();
         if state.cancelled.is_none() {
             state.cancelled = Some(reason.into());
         }
-        self.inner.attention.store(true, Ordering::Release);
+        self.changed(&state);
     }
 
     /// Whether [`cancel`](TaskControl::cancel) was called.
@@ -57,25 +138,148 @@ impl TaskControl {
         self.lock().cancelled.is_some()
     }
 
-    /// What the epoch callback calls: `Some(stop)` when the guest must stop now.
+    /// Asks the guest to stop where it is: at its next epoch check its thread blocks until
+    /// [`resume`](TaskControl::resume), [`cancel`](TaskControl::cancel) or
+    /// [`evict`](TaskControl::evict). Nothing of the guest's state is lost, and the time it spends
+    /// paused does not count toward its time limit. Pausing before `run` starts makes the guest
+    /// wait before it is instantiated. Returns at once; see
+    /// [`pause_and_wait`](TaskControl::pause_and_wait) to learn when the guest has stopped.
+    pub fn pause(&self) {
+        let mut state = self.lock();
+        state.paused = true;
+        self.changed(&state);
+    }
+
+    /// Lets a paused guest carry on. Does nothing if it is not paused.
+    pub fn resume(&self) {
+        let mut state = self.lock();
+        state.paused = false;
+        self.changed(&state);
+    }
+
+    /// Whether a pause is requested (by [`pause`](TaskControl::pause), and not yet undone by
+    /// [`resume`](TaskControl::resume) or [`evict`](TaskControl::evict)). The guest may still be
+    /// on its way to its next epoch check.
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Requests a pause, like [`pause`](TaskControl::pause), then blocks the caller until every
+    /// guest running with this control has stopped (its thread is parked), or none is running
+    /// (not started yet, or finished). Returns how long that took from the call, or `None` if it
+    /// took longer than `timeout` (for example because the guest is inside a long host call) or
+    /// if the pause was lifted in the meantime; the pause stays requested either way.
     ///
-    /// The fast path is one atomic load and, when there is a deadline, one clock read.
-    pub(crate) fn checkpoint(&self, deadline: Option<Instant>) -> Option<Stop> {
-        if self.inner.attention.load(Ordering::Acquire)
-            && let Some(stop) = self.attend()
-        {
-            return Some(stop);
-        }
-        match deadline {
-            Some(deadline) if Instant::now() >= deadline => Some(Stop::TimedOut),
-            _ => None,
+    /// This is "decision to guest stopped". The guest's thread notifies the same condition
+    /// variable it then waits on, so the caller wakes as soon as the guest parks.
+    pub fn pause_and_wait(&self, timeout: Duration) -> Option<Duration> {
+        let asked = Instant::now();
+        let mut state = self.lock();
+        state.paused = true;
+        self.changed(&state);
+        loop {
+            if state.parked >= state.running {
+                return Some(asked.elapsed());
+            }
+            if !state.paused {
+                return None;
+            }
+            let left = timeout.checked_sub(asked.elapsed())?;
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .inner
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
     }
 
-    /// The slow path of [`checkpoint`](TaskControl::checkpoint), taken once something was
-    /// requested. (Pausing will wait here, on a condition variable, while paused.)
-    fn attend(&self) -> Option<Stop> {
-        self.lock().cancelled.clone().map(Stop::Cancelled)
+    /// Total wall time during which at least one of this control's guests was stopped by a
+    /// pause, including a pause in progress. Time paused before the guest started, and the rests
+    /// of the duty cycle, are not included.
+    pub fn paused_for(&self) -> Duration {
+        let state = self.lock();
+        let current = state
+            .parked_since
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        state.parked_total.saturating_add(current)
+    }
+
+    /// Caps the guest's CPU use by duty cycling: with `share` below 1 the guest runs `share` of
+    /// every [`DUTY_PERIOD`] and sleeps the rest (its thread blocks, it does not spin), checked at
+    /// its epoch checks, so the run part is rounded up to a whole tick. `1.0` lifts the cap.
+    /// Values above 1 (or NaN) mean 1, values below [`MIN_CPU_SHARE`] mean that minimum.
+    ///
+    /// The periods of all guests of the process start at the same instants. Rests do not count
+    /// toward the time limit; pause, resume, cancel and evict interrupt them.
+    pub fn set_cpu_share(&self, share: f64) {
+        let share = if share.is_nan() {
+            1.0
+        } else {
+            share.clamp(MIN_CPU_SHARE, 1.0)
+        };
+        let mut state = self.lock();
+        state.cpu_share = share;
+        self.changed(&state);
+    }
+
+    /// The CPU share set by [`set_cpu_share`](TaskControl::set_cpu_share) (1 when uncapped).
+    pub fn cpu_share(&self) -> f64 {
+        self.lock().cpu_share
+    }
+
+    /// Evicts the task with notice: the guest keeps running (it is resumed if paused) for `grace`,
+    /// then stops at its next epoch check and [`Sandbox::run`](super::Sandbox::run) returns
+    /// [`Outcome::Evicted`](lull_protocol::message::Outcome::Evicted) with `reason`. With a zero
+    /// grace it stops at its next epoch check. A guest that ends by itself during the grace keeps
+    /// its own outcome. Later calls keep the first reason and may only shorten the grace.
+    ///
+    /// A [`pause`](TaskControl::pause) during the grace stops the guest again, but the grace
+    /// keeps running out: the guest is woken to stop when it ends. The CPU share is left as it is.
+    pub fn evict(&self, reason: impl Into<String>, grace: Duration) {
+        let now = Instant::now();
+        // A grace too long for the clock is no deadline at all; a century will do.
+        let at = now
+            .checked_add(grace)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        let mut state = self.lock();
+        match &mut state.eviction {
+            Some(eviction) => eviction.at = eviction.at.min(at),
+            None => {
+                state.eviction = Some(Eviction {
+                    reason: reason.into(),
+                    at,
+                });
+            }
+        }
+        state.paused = false;
+        self.changed(&state);
+    }
+
+    /// Whether [`evict`](TaskControl::evict) was called.
+    pub fn is_evicted(&self) -> bool {
+        self.lock().eviction.is_some()
+    }
+
+    /// The guest side of one run: registers a running guest (until the [`Gate`] is dropped) whose
+    /// wall-time limit ends at `deadline`.
+    pub(crate) fn gate(&self, deadline: Option<Instant>) -> Gate {
+        self.lock().running += 1;
+        Gate {
+            control: self.clone(),
+            deadline,
+        }
+    }
+
+    /// Publishes a change of `state`: refreshes the fast-path flag and wakes every waiter.
+    fn changed(&self, state: &State) {
+        self.inner
+            .attention
+            .store(state.needs_attention(), Ordering::Release);
+        self.inner.changed.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -90,10 +294,165 @@ impl TaskControl {
 
 impl fmt::Debug for TaskControl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
         f.debug_struct("TaskControl")
-            .field("cancelled", &self.lock().cancelled)
+            .field("cancelled", &state.cancelled)
+            .field("eviction", &state.eviction)
+            .field("paused", &state.paused)
+            .field("cpu_share", &state.cpu_share)
+            .field("running", &state.running)
+            .field("parked", &state.parked)
             .finish()
     }
+}
+
+/// One running guest's side of a [`TaskControl`]: what its epoch callback calls, and its
+/// wall-time deadline, which moves forward by the time the guest sleeps.
+pub(crate) struct Gate {
+    control: TaskControl,
+    deadline: Option<Instant>,
+}
+
+impl Gate {
+    /// What the epoch callback calls: `Some(stop)` when the guest must stop now, `None` to carry
+    /// on. While the guest is paused, or resting in its duty cycle, this blocks.
+    ///
+    /// The fast path is one atomic load and, when there is a deadline, one clock read.
+    pub(crate) fn checkpoint(&mut self) -> Option<Stop> {
+        if self.control.inner.attention.load(Ordering::Acquire)
+            && let Some(stop) = self.attend()
+        {
+            return Some(stop);
+        }
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Some(Stop::TimedOut),
+            _ => None,
+        }
+    }
+
+    /// The slow path of [`checkpoint`](Gate::checkpoint), taken once something was requested.
+    fn attend(&mut self) -> Option<Stop> {
+        let control = self.control.clone();
+        let mut state = control.lock();
+        loop {
+            if let Some(reason) = &state.cancelled {
+                return Some(Stop::Cancelled(reason.clone()));
+            }
+            let now = Instant::now();
+            if let Some(eviction) = &state.eviction
+                && now >= eviction.at
+            {
+                return Some(Stop::Evicted(eviction.reason.clone()));
+            }
+            if state.paused {
+                state = self.park(&control, state);
+                continue;
+            }
+            // Not paused: carry on unless the duty cycle says to rest.
+            let rest = duty_rest(
+                now.saturating_duration_since(duty_origin()),
+                state.cpu_share,
+            )?;
+            // Wake at the end of the rest, or when the grace of an eviction runs out.
+            let rest = match &state.eviction {
+                Some(eviction) => rest.min(eviction.at.saturating_duration_since(now)),
+                None => rest,
+            };
+            state = control
+                .inner
+                .changed
+                .wait_timeout(state, rest)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+            self.extend(now.elapsed());
+        }
+    }
+
+    /// Blocks while the guest is paused: acknowledges the pause (for
+    /// [`TaskControl::pause_and_wait`]), then waits until resumed, cancelled, or the grace of an
+    /// eviction runs out.
+    fn park<'a>(
+        &mut self,
+        control: &'a TaskControl,
+        mut state: MutexGuard<'a, State>,
+    ) -> MutexGuard<'a, State> {
+        let since = Instant::now();
+        state.parked += 1;
+        if state.parked == 1 {
+            state.parked_since = Some(since);
+        }
+        control.inner.changed.notify_all();
+        loop {
+            if !state.paused || state.cancelled.is_some() {
+                break;
+            }
+            let changed = &control.inner.changed;
+            state = match state.eviction.as_ref().map(|e| e.at) {
+                None => changed
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0
+                }
+            };
+        }
+        state.parked -= 1;
+        if state.parked == 0
+            && let Some(start) = state.parked_since.take()
+        {
+            state.parked_total = state.parked_total.saturating_add(start.elapsed());
+        }
+        self.extend(since.elapsed());
+        state
+    }
+
+    /// Moves the deadline forward by time the guest spent asleep.
+    fn extend(&mut self, slept: Duration) {
+        self.deadline = self
+            .deadline
+            .and_then(|deadline| deadline.checked_add(slept));
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let mut state = self.control.lock();
+        state.running -= 1;
+        // A `pause_and_wait` may be waiting for this guest.
+        self.control.inner.changed.notify_all();
+        drop(state);
+    }
+}
+
+/// The instant all duty cycles of the process are aligned to.
+fn duty_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// How long a guest with CPU share `share` must rest now, `since_origin` after the duty cycles'
+/// origin: `None` in the first `share` of a [`DUTY_PERIOD`], else the time to the next period.
+fn duty_rest(since_origin: Duration, share: f64) -> Option<Duration> {
+    if share >= 1.0 {
+        return None;
+    }
+    let period = DUTY_PERIOD.as_nanos();
+    let phase = since_origin.as_nanos() % period;
+    // `share` is in MIN_CPU_SHARE..1, so this is below `period`, which fits a u64 many times.
+    let run = (share * period as f64) as u128;
+    if phase < run {
+        return None;
+    }
+    Some(Duration::from_nanos(
+        u64::try_from(period - phase).unwrap_or(u64::MAX),
+    ))
 }
 
 /// Why the sandbox interrupted a guest. It travels through wasmtime as the error the epoch
@@ -106,4 +465,97 @@ pub(crate) enum Stop {
     /// [`TaskControl::cancel`] was called.
     #[error("the guest was cancelled: {0}")]
     Cancelled(String),
+    /// [`TaskControl::evict`] was called and its grace ran out.
+    #[error("the guest was evicted: {0}")]
+    Evicted(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn duty_cycle_runs_the_first_share_of_each_period() {
+        assert_eq!(duty_rest(Duration::ZERO, 1.0), None);
+        assert_eq!(duty_rest(7 * MS, 1.0), None);
+        assert_eq!(duty_rest(Duration::ZERO, 0.25), None);
+        assert_eq!(duty_rest(2 * MS, 0.25), None);
+        assert_eq!(duty_rest(3 * MS, 0.25), Some(7 * MS));
+        assert_eq!(duty_rest(9 * MS, 0.25), Some(MS));
+        // Periods repeat from the origin.
+        assert_eq!(duty_rest(DUTY_PERIOD * 41 + 2 * MS, 0.25), None);
+        assert_eq!(duty_rest(DUTY_PERIOD * 41 + 5 * MS, 0.25), Some(5 * MS));
+    }
+
+    #[test]
+    fn shares_are_clamped() {
+        let control = TaskControl::new();
+        assert_eq!(control.cpu_share(), 1.0);
+        control.set_cpu_share(0.0);
+        assert_eq!(control.cpu_share(), MIN_CPU_SHARE);
+        control.set_cpu_share(3.0);
+        assert_eq!(control.cpu_share(), 1.0);
+        control.set_cpu_share(f64::NAN);
+        assert_eq!(control.cpu_share(), 1.0);
+    }
+
+    #[test]
+    fn only_requests_take_the_slow_path() {
+        let control = TaskControl::new();
+        let attention = || control.inner.attention.load(Ordering::Acquire);
+        assert!(!attention());
+        control.pause();
+        assert!(attention());
+        control.resume();
+        assert!(!attention());
+        control.set_cpu_share(0.5);
+        assert!(attention());
+        control.set_cpu_share(1.0);
+        assert!(!attention());
+        control.evict("owner", Duration::from_secs(1));
+        assert!(attention());
+    }
+
+    #[test]
+    fn pause_and_wait_returns_at_once_without_guests() {
+        let control = TaskControl::new();
+        assert!(control.pause_and_wait(Duration::from_secs(5)).is_some());
+        assert!(control.is_paused());
+        assert_eq!(control.paused_for(), Duration::ZERO);
+    }
+
+    #[test]
+    fn eviction_keeps_the_first_reason_and_the_earliest_deadline_and_resumes() {
+        let control = TaskControl::new();
+        control.pause();
+        control.evict("first", Duration::from_secs(60));
+        control.evict("second", Duration::ZERO);
+        control.evict("third", Duration::from_secs(60));
+        assert!(!control.is_paused());
+        let mut gate = control.gate(None);
+        assert_eq!(gate.checkpoint(), Some(Stop::Evicted("first".into())));
+    }
+
+    #[test]
+    fn a_parked_gate_wakes_on_resume_with_its_deadline_moved() {
+        let control = TaskControl::new();
+        control.pause();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut gate = control.gate(Some(far));
+        let guest = std::thread::spawn(move || {
+            let stop = gate.checkpoint();
+            (stop, gate.deadline)
+        });
+        assert!(control.pause_and_wait(Duration::from_secs(10)).is_some());
+        std::thread::sleep(20 * MS);
+        control.resume();
+        let (stop, deadline) = guest.join().expect("guest thread");
+        assert_eq!(stop, None);
+        assert!(deadline.expect("deadline") >= far + 20 * MS);
+        assert!(control.paused_for() >= 20 * MS);
+        // The gate is gone: nothing is running any more.
+        assert_eq!(control.lock().running, 0);
+    }
 }

@@ -43,6 +43,9 @@ impl Facts {
                 Stop::Cancelled(reason) => Outcome::Cancelled {
                     reason: reason.clone(),
                 },
+                Stop::Evicted(reason) => Outcome::Evicted {
+                    reason: reason.clone(),
+                },
             };
         }
         if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
@@ -153,6 +156,13 @@ mod tests {
             denied.failed(&cancelled),
             Outcome::Cancelled {
                 reason: "user".into()
+            }
+        );
+        let evicted = wasmtime::Error::new(Stop::Evicted("owner".into()));
+        assert_eq!(
+            denied.failed(&evicted),
+            Outcome::Evicted {
+                reason: "owner".into()
             }
         );
     }
