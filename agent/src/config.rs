@@ -42,6 +42,20 @@ pub struct AgentConfig {
     /// Labels the coordinator can match jobs' constraints against.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A machine lent whole: no scavenging policy, guests always welcome and never paused
+    /// (they still run at idle priority).
+    #[serde(default)]
+    pub dedicated: bool,
+    /// How often the machine's load is read, e.g. "20ms".
+    #[serde(default = "default_sample_interval")]
+    pub sample_interval: String,
+    /// When guests may run, pause, slow down or must leave (`[policy]`).
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
+}
+
+fn default_sample_interval() -> String {
+    "20ms".into()
 }
 
 fn default_coordinator() -> String {

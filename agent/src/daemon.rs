@@ -2,13 +2,15 @@
 //! capacity, run assignments on their own threads, and deliver every result — results finished
 //! while disconnected wait on disk in the outbox and are sent on reconnect.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lull_protocol::message::{AgentMessage, Assignment, AttemptId, CoordinatorMessage, TaskResult};
+use lull_protocol::message::{
+    AgentMessage, AgentStatus, Assignment, AttemptId, CoordinatorMessage, TaskResult,
+};
 use lull_protocol::signature::TrustList;
 use lull_protocol::{Digest, PROTOCOL_VERSION, units};
 use tokio::sync::{Notify, mpsc, watch};
@@ -16,15 +18,19 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::cache::{BlobCache, DigestMismatch};
 use crate::config::AgentConfig;
 use crate::link::{self, Dialer};
+use crate::owner::{self, OwnerRequest};
+use crate::policy::{OwnerCommand, State};
 use crate::runner::{self, Runner};
 use crate::sampler::Sampler;
 use crate::sandbox::{Sandbox, SandboxConfig, TaskControl};
+use crate::scavenger::{self, Events, ScavengerConfig, Shared};
 
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
     id: String,
     name: String,
+    data_dir: PathBuf,
     coordinator: String,
     pin: Option<Digest>,
     slots: u32,
@@ -34,7 +40,12 @@ pub struct Agent {
     cache: BlobCache,
     outbox: PathBuf,
     sampler: Mutex<Sampler>,
-    running: Mutex<HashMap<AttemptId, TaskControl>>,
+    /// Running tasks' controls, the gate new tasks pass, the reported status: shared with the
+    /// scavenger thread.
+    shared: Arc<Shared>,
+    scavenger: ScavengerConfig,
+    owner: Mutex<Option<std::sync::mpsc::Sender<OwnerCommand>>>,
+    stop: Notify,
     /// One permit per slot: the owner's limit holds even if a coordinator assigns more.
     free_slots: Arc<tokio::sync::Semaphore>,
     conn: watch::Sender<Option<quinn::Connection>>,
@@ -59,6 +70,12 @@ impl Agent {
         };
         let output_cap = units::parse_size(&config.output_cap).context("output_cap")?;
         let outputs_cap = units::parse_size(&config.outputs_cap).context("outputs_cap")?;
+        let sample_interval =
+            units::parse_duration(&config.sample_interval).context("sample_interval")?;
+        if sample_interval < Duration::from_millis(1) {
+            bail!("sample_interval: must be at least 1ms");
+        }
+        config.policy.validate().context("policy")?;
         let pin = config
             .coordinator_key
             .as_deref()
@@ -86,6 +103,7 @@ impl Agent {
             .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "agent".into()));
         let slots = config.slots.unwrap_or_else(|| sampler.cores()).max(1);
         Ok(Arc::new(Self {
+            data_dir: data.clone(),
             free_slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             id,
             name,
@@ -106,7 +124,14 @@ impl Agent {
             cache,
             outbox,
             sampler: Mutex::new(sampler),
-            running: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared::default()),
+            scavenger: ScavengerConfig {
+                policy: config.policy.clone(),
+                sample_interval,
+                dedicated: config.dedicated,
+            },
+            owner: Mutex::new(None),
+            stop: Notify::new(),
             conn: watch::channel(None).0,
             events: Mutex::new(None),
             outbox_ready: Notify::new(),
@@ -118,8 +143,70 @@ impl Agent {
         &self.id
     }
 
-    /// Runs until the task is dropped: connects, serves, reconnects.
+    /// Runs until the task is dropped or the owner stops the agent: starts the scavenger and the
+    /// owner's control socket, then connects, serves, reconnects.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let (owner_tx, owner_rx) = std::sync::mpsc::channel();
+        *lock(&self.owner) = Some(owner_tx);
+        scavenger::start(
+            self.scavenger.clone(),
+            self.shared.clone(),
+            owner_rx,
+            ToAgent(Arc::downgrade(&self)),
+        )
+        .context("starting the load sampler")?;
+        #[cfg(unix)]
+        {
+            let agent = Arc::downgrade(&self);
+            let path = owner::socket_path(&self.data_dir);
+            tokio::spawn(async move {
+                let result = owner::serve(path, move |req| match agent.upgrade() {
+                    Some(agent) => agent.owner_request(req),
+                    None => serde_json::json!({ "error": "the agent is stopping" }),
+                })
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %format!("{e:#}"), "the owner's control socket stopped");
+                }
+            });
+        }
+        tokio::select! {
+            r = self.clone().connect_loop() => r,
+            _ = self.stop.notified() => {
+                tracing::info!("stopped by the owner");
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers `lull-agent pause|resume|stop|status`.
+    fn owner_request(&self, req: OwnerRequest) -> serde_json::Value {
+        let cmd = match req {
+            OwnerRequest::Pause => Some(OwnerCommand::Pause),
+            OwnerRequest::Resume => Some(OwnerCommand::Resume),
+            OwnerRequest::Stop => Some(OwnerCommand::Stop),
+            OwnerRequest::Status => None,
+        };
+        if let Some(cmd) = cmd {
+            tracing::info!(command = req.as_str(), "the owner asked");
+            if let Some(tx) = lock(&self.owner).as_ref() {
+                let _ = tx.send(cmd);
+            }
+            // Let the scavenger act before answering with the new status.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let running: Vec<String> = self.running().iter().map(|a| a.to_string()).collect();
+        serde_json::json!({
+            "agent": self.id,
+            "name": self.name,
+            "status": self.status(),
+            "running": running,
+            "coordinator": self.coordinator,
+            "connected": self.conn.borrow().is_some(),
+        })
+    }
+
+    async fn connect_loop(self: Arc<Self>) -> anyhow::Result<()> {
         let dialer = Dialer::new(self.pin)?;
         if self.pin.is_none() {
             tracing::warn!("no coordinator_key pinned: accepting any coordinator certificate");
@@ -165,12 +252,12 @@ impl Agent {
         lock(&self.sampler).capacity(self.slots, self.max_task_memory, &self.labels)
     }
 
-    fn status(&self) -> lull_protocol::message::AgentStatus {
-        lull_protocol::message::AgentStatus::default()
+    fn status(&self) -> AgentStatus {
+        lock(&self.shared.status).clone()
     }
 
     fn running(&self) -> Vec<AttemptId> {
-        lock(&self.running).keys().copied().collect()
+        lock(&self.shared.running).keys().copied().collect()
     }
 
     async fn session(self: Arc<Self>, conn: quinn::Connection) -> anyhow::Result<()> {
@@ -235,17 +322,19 @@ impl Agent {
                 let attempt = a.attempt;
                 let control = TaskControl::new();
                 {
-                    let mut running = lock(&self.running);
+                    let mut running = lock(&self.shared.running);
                     if running.contains_key(&attempt) {
                         return;
                     }
                     running.insert(attempt, control.clone());
+                    // A task starting while guests are paused or capped starts the same way.
+                    lock(&self.shared.gate).apply(&control);
                 }
                 tracing::info!(%attempt, job = %a.job.name, "assigned");
                 tokio::spawn(self.clone().execute(*a, control, Instant::now()));
             }
             CoordinatorMessage::Cancel { attempt, reason } => {
-                if let Some(c) = lock(&self.running).get(&attempt) {
+                if let Some(c) = lock(&self.shared.running).get(&attempt) {
                     tracing::info!(%attempt, %reason, "cancelling");
                     c.cancel(reason);
                 }
@@ -295,13 +384,13 @@ impl Agent {
                         Ok(r) => r,
                         Err(_) => {
                             tracing::error!(%attempt, "task thread ended without a result");
-                            lock(&self.running).remove(&attempt);
+                            lock(&self.shared.running).remove(&attempt);
                             return;
                         }
                     },
                     Err(e) => {
                         tracing::error!(%attempt, error = %e, "could not start a task thread");
-                        lock(&self.running).remove(&attempt);
+                        lock(&self.shared.running).remove(&attempt);
                         return;
                     }
                 }
@@ -311,7 +400,7 @@ impl Agent {
         if let Err(e) = self.store_result(&result) {
             tracing::error!(%attempt, error = %format!("{e:#}"), "could not keep a result on disk");
         }
-        lock(&self.running).remove(&attempt);
+        lock(&self.shared.running).remove(&attempt);
         self.outbox_ready.notify_one();
     }
 
@@ -425,6 +514,28 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The scavenger's line to the agent (weak: the agent may be going away).
+struct ToAgent(std::sync::Weak<Agent>);
+
+impl Events for ToAgent {
+    fn state_changed(&self, from: State, to: State, reason: &str, attempts: Vec<AttemptId>) {
+        if let Some(agent) = self.0.upgrade() {
+            agent.send_event(AgentMessage::StateChanged {
+                from: scavenger::state_name(from).into(),
+                to: scavenger::state_name(to).into(),
+                reason: reason.to_owned(),
+                attempts,
+            });
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(agent) = self.0.upgrade() {
+            agent.stop.notify_one();
+        }
+    }
 }
 
 /// The agent's stable ID, made at first start.

@@ -8,7 +8,8 @@
 //! | [`link`] | the QUIC link: pinned coordinator key, framing, blob download and upload |
 //! | [`cache`] | blobs by digest on disk, checked on arrival |
 //! | [`runner`] | one assignment: checks (memory cap, signatures, compile), directories, threads, result |
-//! | [`sandbox`] | wasmtime + WASI with memory, time and output caps, and cancellation |
+//! | [`sandbox`] | wasmtime + WASI with memory, time and output caps; pause, CPU share, eviction, idle priority |
+//! | [`scavenger`] | the thread that feeds the sampler's readings to the policy and applies its decisions |
 //! | [`sampler`] | what the machine offers and how busy its own programs keep it |
 //! | [`owner`] | the owner's local commands (`lull-agent pause/resume/stop/status`) over a Unix socket |
 //! | [`policy`] | when guests may run, pause, slow down or must leave; pure, time comes in |
@@ -22,6 +23,7 @@ pub mod policy;
 pub mod runner;
 pub mod sampler;
 pub mod sandbox;
+pub mod scavenger;
 
 pub use config::AgentConfig;
 pub use daemon::Agent;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lull_agent::owner::OwnerRequest;
 use lull_agent::{Agent, AgentConfig};
 use lull_protocol::signature::TrustList;
 
@@ -19,6 +20,27 @@ struct Cli {
 enum Command {
     /// Connect to the coordinator and run work until interrupted.
     Run(RunArgs),
+    /// Evict running guests and take no work until `resume` (the owner needs the machine).
+    Pause(LocalArgs),
+    /// Take work again after `pause`.
+    Resume(LocalArgs),
+    /// Evict running guests, then stop the agent.
+    Stop(LocalArgs),
+    /// Say what the agent is doing and why.
+    Status(LocalArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LocalArgs {
+    /// The configuration file (agent.toml), to find the agent's data directory.
+    #[arg(long, short, env = "LULL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The agent's data directory (overrides the file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -47,6 +69,17 @@ struct RunArgs {
     /// The most memory one task may have, e.g. 2GiB (overrides the file).
     #[arg(long)]
     max_task_memory: Option<String>,
+    /// A machine lent whole: no scavenging policy, guests never paused (overrides the file).
+    #[arg(long)]
+    dedicated: bool,
+    /// How long the machine must be idle before guests start, e.g. 60s (overrides the file's
+    /// policy.start_after_idle).
+    #[arg(long, value_parser = parse_duration)]
+    start_after_idle: Option<std::time::Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -60,7 +93,68 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
+        Command::Pause(a) => local(a, OwnerRequest::Pause).await,
+        Command::Resume(a) => local(a, OwnerRequest::Resume).await,
+        Command::Stop(a) => local(a, OwnerRequest::Stop).await,
+        Command::Status(a) => local(a, OwnerRequest::Status).await,
     }
+}
+
+async fn local(args: LocalArgs, req: OwnerRequest) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    let data_dir = args.data_dir.unwrap_or(config.data_dir);
+    let v = lull_agent::owner::send(&data_dir, req).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = &v["status"];
+    let pct = |x: &serde_json::Value| {
+        x.as_f64()
+            .map(|f| format!("{:.0} %", f * 100.0))
+            .unwrap_or_default()
+    };
+    println!(
+        "{}: {}{}",
+        s["state"].as_str().unwrap_or("?"),
+        s["reason"].as_str().unwrap_or(""),
+        if s["accepting"] == true {
+            ""
+        } else {
+            " (not taking work)"
+        }
+    );
+    println!(
+        "machine: incumbent CPU {}, guests {}, idle estimate {}",
+        pct(&s["incumbent_cpu"]),
+        pct(&s["guest_cpu"]),
+        pct(&s["idle_cpu"])
+    );
+    let tasks: Vec<String> = v["running"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t.as_str().unwrap_or("?").to_owned())
+        .collect();
+    if tasks.is_empty() {
+        println!("tasks: none");
+    } else {
+        println!("tasks: {}", tasks.join(", "));
+    }
+    if let Some(c) = v["coordinator"].as_str() {
+        println!(
+            "coordinator: {c} ({})",
+            if v["connected"] == true {
+                "connected"
+            } else {
+                "not connected"
+            }
+        );
+    }
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -88,6 +182,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.max_task_memory {
         config.max_task_memory = Some(v);
+    }
+    if args.dedicated {
+        config.dedicated = true;
+    }
+    if let Some(v) = args.start_after_idle {
+        config.policy.start_after_idle = v;
     }
     let trust = match &config.allowed_signers {
         Some(path) => {

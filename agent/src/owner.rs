@@ -95,7 +95,9 @@ pub async fn send(data_dir: &Path, req: OwnerRequest) -> anyhow::Result<serde_js
         )
     })?;
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{}\n", req.as_str()).as_bytes()).await?;
+    write
+        .write_all(format!("{}\n", req.as_str()).as_bytes())
+        .await?;
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let v: serde_json::Value =
@@ -114,9 +116,10 @@ mod tests {
     async fn a_request_gets_its_answer_and_nonsense_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = socket_path(dir.path());
-        let server = tokio::spawn(serve(path.clone(), |req| {
-            serde_json::json!({ "got": req.as_str() })
-        }));
+        let server = tokio::spawn(serve(
+            path.clone(),
+            |req| serde_json::json!({ "got": req.as_str() }),
+        ));
         for _ in 0..100 {
             if path.exists() {
                 break;

@@ -1,6 +1,94 @@
-//! What the machine offers: cores, memory, OS and architecture.
+//! What the machine offers and how busy it is.
+//!
+//! - [`Sampler`]: capacity figures for the coordinator (cores, memory, OS, architecture).
+//! - [`LoadSampler`]: a [`Load`] reading, taken every 20 ms by the agent's driver thread, from
+//!   which the policy decides when guests run, pause and leave.
+//!
+//! # What the Linux load sampler reads, and how often
+//!
+//! | figure | source | read |
+//! |---|---|---|
+//! | CPU, whole machine | first line of `/proc/stat` | every sample |
+//! | CPU, this process (the agent and all its guest threads) | `/proc/self/stat`, `utime + stime` | every sample |
+//! | `memory_available` | `MemAvailable` in `/proc/meminfo` | every 5th sample (100 ms) |
+//! | `cpu_pressure`, `memory_pressure` | `some avg10` of `/proc/pressure/{cpu,memory}` | every 500 ms |
+//! | `on_battery` | `/sys/class/power_supply/*/{type,online,status}` | every second |
+//! | `user_idle` | `/dev/input/event*` (drained) and `/dev/pts/*` access times | every second |
+//!
+//! The procfs files stay open and are re-read from offset 0 into buffers allocated once, and
+//! parsed in place without allocating. `/proc/meminfo` costs about a quarter of a sample (the
+//! kernel computes it on each read) and memory is acted on by eviction, which takes seconds, so
+//! it is read on one sample in five: 100 ms late at worst. Pressure averages are recomputed by
+//! the kernel every 2 s, so reading them more often than every 500 ms would buy nothing. Power
+//! and user idle change on a human time scale.
+//!
+//! `/proc/self/stat` gives the CPU time of the whole process, every thread together, including
+//! threads that have already exited — the total of `/proc/self/task/*/stat` in one read, but
+//! without losing the time of a guest thread that ends between two samples, and without a
+//! directory listing.
+//!
+//! # CPU figures and their resolution
+//!
+//! Over the window since the previous sample, with `busy = user + nice + system + irq + softirq
+//! + steal` and `total = busy + idle + iowait` of the machine (`guest` and `guest_nice` are
+//! already inside `user` and `nice`), and `own` this process's `utime + stime`:
+//!
+//! - `incumbent_cpu = max(0, Δbusy − Δown) / Δtotal`, the share of the machine busy with
+//!   anything but this process;
+//! - `guest_cpu = Δown / Δtotal`.
+//!
+//! Both are clamped to `0.0..=1.0`. Both files count in the same unit, USER_HZ clock ticks
+//! (`sysconf(_SC_CLK_TCK)`, 100 per second on every mainstream Linux), so their ratio needs no
+//! conversion; the tick sets the resolution. A 20 ms window holds `0.02 × 100 × cores` ticks of
+//! machine time — 4 on a two-core machine — so one sample resolves the incumbent's share to
+//! about `1 / (2 × cores)` (25 % on two cores, 3 % on 16), and each figure can be off by a tick
+//! or two because every counter is rounded down to whole ticks on its own and the two files are
+//! read microseconds apart. The errors do not accumulate: over a longer window (or an average of
+//! consecutive samples) they shrink in proportion, so the policy should smooth over a few
+//! samples rather than act on one. When no tick has passed at all since the previous sample
+//! (sampling faster than 100 Hz), the previous fractions are repeated and the window is left
+//! open to include the next interval.
+//!
+//! A sample costs two `pread`s (a third one time in five, plus a few reads and a `stat` once a
+//! second). Measured on a two-core VM, unoptimised build: about 9 µs of CPU per sample back to
+//! back, 20-45 µs at 50 Hz when the caches have gone cold in between — 0.1-0.25 % of a core,
+//! most of it the kernel generating `/proc/stat` (which grows with CPUs and interrupt lines).
+//! The integration tests measure and print it.
+//!
+//! Sampled at 50 Hz against one core burned by another process on two cores, `incumbent_cpu`
+//! averaged 0.52-0.55 with a per-sample standard deviation of 0.05-0.08.
+//!
+//! # User idle
+//!
+//! Without D-Bus (logind's `IdleHint`) or a display server (XScreenSaver), two sources are
+//! robust, both checked once a second: the keyboards and pointers among `/dev/input/event*`,
+//! held open and drained (any event is input; the contents are discarded unread; their inode
+//! times do *not* move on input, so they cannot simply be stat'ed), and the newest access time
+//! of `/dev/pts/*`, which the kernel sets when a program reads typed input, to within 8 s (SSH
+//! sessions and terminal windows). Reading input devices needs root or the `input` group. The
+//! figure is `None` when the machine has no keyboard or pointer (servers, containers) and when
+//! the agent may not read them: terminal activity alone would call a desktop idle while its owner
+//! works in a browser. Idle time counts from the agent's start until the first input is seen.
+//!
+//! # Elsewhere
+//!
+//! Other systems use `sysinfo`: global CPU usage minus this process's, and its available memory.
+//! Pressure is `None`, battery `false`, user idle `None`.
+
+use std::time::Duration;
 
 use lull_protocol::message::Capacity;
+
+#[cfg(any(test, not(target_os = "linux")))]
+mod fallback;
+#[cfg(target_os = "linux")]
+mod idle;
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+mod parse;
+#[cfg(target_os = "linux")]
+mod power;
 
 /// Reads the machine's capacity figures.
 #[derive(Debug)]
@@ -52,5 +140,64 @@ impl Sampler {
             arch: std::env::consts::ARCH.to_owned(),
             labels: labels.clone(),
         }
+    }
+}
+
+/// How busy the machine is: one reading of [`LoadSampler`].
+///
+/// CPU figures cover the time since the previous reading; the others are the latest known.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Load {
+    /// Fraction of the whole machine (`0.0..=1.0`) busy with anything but this process (the
+    /// agent and its guest threads): what the machine's own programs use.
+    pub incumbent_cpu: f64,
+    /// Fraction of the whole machine (`0.0..=1.0`) used by this process's threads.
+    pub guest_cpu: f64,
+    /// Memory available to new work without swapping, in bytes (`MemAvailable` on Linux).
+    pub memory_available: u64,
+    /// Share of time in which some task waited for a CPU, in percent over the last 10 s
+    /// (`/proc/pressure/cpu`, `some avg10`); `None` where pressure stall information is absent.
+    pub cpu_pressure: Option<f64>,
+    /// Share of time in which some task stalled on memory, in percent over the last 10 s
+    /// (`/proc/pressure/memory`, `some avg10`); `None` where absent.
+    pub memory_pressure: Option<f64>,
+    /// Time since the last keyboard, mouse or terminal input; `None` on machines without a
+    /// keyboard or pointer, or whose input devices the agent may not read.
+    pub user_idle: Option<Duration>,
+    /// The machine has an AC adapter, it is unplugged, and a battery is discharging.
+    pub on_battery: bool,
+}
+
+#[cfg(target_os = "linux")]
+type Backend = linux::ProcfsSampler;
+#[cfg(not(target_os = "linux"))]
+type Backend = fallback::SysinfoSampler;
+
+/// Reads the machine's load; each [`sample`](Self::sample) covers the time since the previous.
+///
+/// Meant to be called from one thread at a steady cadence (every 20 ms in the agent). See the
+/// [module documentation](self) for the sources, cadences and resolution.
+#[derive(Debug)]
+pub struct LoadSampler {
+    backend: Backend,
+}
+
+impl LoadSampler {
+    /// Opens the sources and reads the starting point of the first window.
+    ///
+    /// Fails on Linux when `/proc/stat`, `/proc/self/stat` or `/proc/meminfo` cannot be opened
+    /// or parsed (procfs not mounted); every other source is optional.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            backend: Backend::open()?,
+        })
+    }
+
+    /// A reading over the time since the previous call (or since [`new`](Self::new)).
+    ///
+    /// Cheap — a few system calls — and never panics: a source that cannot be read this time
+    /// keeps its previous value.
+    pub fn sample(&mut self) -> Load {
+        self.backend.sample()
     }
 }

@@ -247,6 +247,10 @@ pub struct AgentOptions {
     pub slots: Option<u32>,
     /// `--max-task-memory`, e.g. `"64MiB"`.
     pub max_task_memory: Option<String>,
+    /// Run the scavenging policy with this config file (`--config`) instead of `--dedicated`.
+    /// Tests run several agents on one machine, where each agent's guests are the others'
+    /// incumbents, so agents are dedicated unless a test is about scavenging.
+    pub scavenging_config: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -452,6 +456,14 @@ impl Cluster {
         }
         if let Some(m) = &options.max_task_memory {
             cmd.args(["--max-task-memory", m]);
+        }
+        match &options.scavenging_config {
+            Some(config) => {
+                cmd.args(["--config", path_str(config)]);
+            }
+            None => {
+                cmd.arg("--dedicated");
+            }
         }
         verbose_logs(&mut cmd);
         let proc = Proc::spawn(&format!("agent-{name}"), cmd, &self.root.join("logs"));

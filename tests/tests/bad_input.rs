@@ -143,6 +143,7 @@ fn a_job_asking_more_memory_than_any_agent_allows_waits_and_says_why() {
         AgentOptions {
             slots: Some(1),
             max_task_memory: Some("64MiB".into()),
+            ..AgentOptions::default()
         },
     );
     cluster.wait_for_agents(&["small"]);
@@ -276,6 +277,7 @@ fn an_agent_of_another_protocol_version_is_refused_with_both_versions_named() {
             name: "future".into(),
             capacity: Capacity::default(),
             running: vec![],
+            status: Default::default(),
         };
         send.write_all(&to_bytes(&hello, DEFAULT_MAX_FRAME).unwrap())
             .await

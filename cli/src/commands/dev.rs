@@ -28,6 +28,10 @@ pub struct Args {
     /// Keep data here instead of a temporary directory removed at exit.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run the agents' scavenging policy (pause when this machine's own programs need the CPU)
+    /// instead of lending the machine whole. Guests start at once either way.
+    #[arg(long)]
+    scavenge: bool,
 }
 
 /// Where `lull dev` keeps its signing key, which `lull submit` uses against a development
@@ -79,8 +83,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             data_dir: data.join(format!("agent-{i}")),
             name: Some(format!("dev-{i}")),
             slots: Some(slots),
+            dedicated: !args.scavenge,
             ..AgentConfig::default()
         };
+        let mut config = config;
+        config.policy.start_after_idle = std::time::Duration::ZERO;
         let agent =
             Agent::new(&config, trust.clone()).with_context(|| format!("starting agent {i}"))?;
         agents.push(tokio::spawn(agent.run()));

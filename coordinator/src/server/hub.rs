@@ -411,8 +411,17 @@ impl Hub {
                     if let Some(a) = inner.agents.get_mut(agent) {
                         a.status.state = to.clone();
                         a.status.reason = reason.clone();
+                        a.status.accepting = matches!(to.as_str(), "running" | "throttled");
+                        let busy = a.busy();
+                        inner.scheduler.handle_agent_up(
+                            agent,
+                            &a.capacity,
+                            busy,
+                            a.status.accepting,
+                        );
                     }
                 }
+                self.wake.notify_one();
                 let event = crate::store::AgentEvent {
                     at_ms: now_ms(),
                     from,

@@ -1,0 +1,245 @@
+//! The Linux load sampler: procfs files held open and re-read in place.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use super::Load;
+use super::idle::UserIdle;
+use super::parse::{self, CpuTimes, ParseError};
+use super::power::PowerSupplies;
+
+/// How often `/proc/pressure/*` is re-read: the kernel recomputes `avg10` only every 2 s.
+const PSI_EVERY: Duration = Duration::from_millis(500);
+
+/// `/proc/meminfo` is read on one sample in this many (every 100 ms at 50 Hz): it costs about
+/// a quarter of a sample, and memory is acted on by eviction, which takes far longer.
+const MEMINFO_EVERY: u32 = 5;
+
+/// A procfs file kept open and re-read from its start into a buffer allocated once.
+#[derive(Debug)]
+struct ProcFile {
+    path: &'static str,
+    file: File,
+    buf: Box<[u8]>,
+}
+
+impl ProcFile {
+    /// Opens `path`; each read returns at most its first `size` bytes.
+    fn open(path: &'static str, size: usize) -> io::Result<Self> {
+        let file =
+            File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+        Ok(Self {
+            path,
+            file,
+            buf: vec![0; size].into_boxed_slice(),
+        })
+    }
+
+    /// The file's current text (a prefix of it when longer than the buffer).
+    ///
+    /// One `pread(2)` at offset 0: procfs (seq_file) regenerates the text whenever a read starts
+    /// elsewhere than where the previous one ended, exactly as after `lseek(0)` + `read(2)`, with
+    /// one system call fewer. The whole text is generated even when only a prefix is read, so the
+    /// prefix saves copying, not the kernel's work.
+    fn read(&mut self) -> io::Result<&[u8]> {
+        loop {
+            match self.file.read_at(&mut self.buf, 0) {
+                Ok(n) => return Ok(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads and parses; both kinds of failure as an `io::Error` naming the file.
+    fn parse<T>(&mut self, parse: fn(&[u8]) -> Result<T, ParseError>) -> io::Result<T> {
+        let path = self.path;
+        let text = self.read()?;
+        parse(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {e}")))
+    }
+}
+
+/// Samples `/proc/stat`, `/proc/self/stat`, `/proc/meminfo` and `/proc/pressure/*`, plus the
+/// slower power and user-idle sources.
+#[derive(Debug)]
+pub(crate) struct ProcfsSampler {
+    stat: ProcFile,
+    own: ProcFile,
+    meminfo: ProcFile,
+    psi_cpu: Option<ProcFile>,
+    psi_memory: Option<ProcFile>,
+    psi_read: Option<Instant>,
+    /// Samples taken, for reading meminfo on one in [`MEMINFO_EVERY`].
+    samples: u32,
+    /// Machine CPU times at the last sample that moved the window forward.
+    cpu: CpuTimes,
+    /// This process's CPU ticks at that same sample.
+    own_ticks: u64,
+    /// The last values: returned again for any source that cannot be read this time.
+    last: Load,
+    power: PowerSupplies,
+    idle: UserIdle,
+    /// Whether a failed read was already logged at warn level.
+    warned: bool,
+}
+
+impl ProcfsSampler {
+    /// Opens the files and reads the starting point of the first window.
+    pub(crate) fn open() -> io::Result<Self> {
+        let mut stat = ProcFile::open("/proc/stat", 512)?;
+        // `/proc/self` resolves now, to this process (not thread): the descriptor keeps meaning
+        // this process whichever thread reads it later.
+        let mut own = ProcFile::open("/proc/self/stat", 512)?;
+        // MemAvailable is the third line; 1 KiB also holds MemFree, Buffers and Cached for
+        // kernels before 3.14.
+        let mut meminfo = ProcFile::open("/proc/meminfo", 1024)?;
+        let cpu = stat.parse(parse::proc_stat_cpu)?;
+        let own_ticks = own.parse(parse::proc_pid_stat_cpu)?;
+        let memory_available = meminfo.parse(parse::meminfo_available)?;
+        let mut sampler = Self {
+            stat,
+            own,
+            meminfo,
+            psi_cpu: ProcFile::open("/proc/pressure/cpu", 256).ok(),
+            psi_memory: ProcFile::open("/proc/pressure/memory", 256).ok(),
+            psi_read: None,
+            samples: 0,
+            cpu,
+            own_ticks,
+            last: Load {
+                memory_available,
+                ..Load::default()
+            },
+            power: PowerSupplies::new(),
+            idle: UserIdle::new(),
+            warned: false,
+        };
+        if sampler.psi_cpu.is_none() {
+            tracing::debug!("/proc/pressure is not available: pressure figures will be absent");
+        }
+        // Settle the slow sources now rather than in the first sample.
+        let now = Instant::now();
+        sampler.read_psi(now);
+        sampler.last.on_battery = sampler.power.on_battery(now);
+        sampler.last.user_idle = sampler.idle.get(now);
+        Ok(sampler)
+    }
+
+    /// One sample; see the module documentation of `sampler` for what each figure means.
+    pub(crate) fn sample(&mut self) -> Load {
+        let now = Instant::now();
+        if let Err(e) = self.sample_cpu() {
+            self.failed(&e);
+        }
+        self.samples = self.samples.wrapping_add(1);
+        if self.samples.is_multiple_of(MEMINFO_EVERY) {
+            match self.meminfo.parse(parse::meminfo_available) {
+                Ok(bytes) => self.last.memory_available = bytes,
+                Err(e) => self.failed(&e),
+            }
+        }
+        if self
+            .psi_read
+            .is_none_or(|at| now.saturating_duration_since(at) >= PSI_EVERY)
+        {
+            self.read_psi(now);
+        }
+        self.last.on_battery = self.power.on_battery(now);
+        self.last.user_idle = self.idle.get(now);
+        self.last
+    }
+
+    /// Updates the CPU fractions over the window since the last sample that moved it.
+    fn sample_cpu(&mut self) -> io::Result<()> {
+        let own_ticks = self.own.parse(parse::proc_pid_stat_cpu)?;
+        let cpu = self.stat.parse(parse::proc_stat_cpu)?;
+        let total = cpu.total.saturating_sub(self.cpu.total);
+        if total == 0 {
+            // Within the same tick: nothing new to say. Keep the window open so that the next
+            // sample covers both intervals, and repeat the last fractions.
+            return Ok(());
+        }
+        let busy = cpu.busy.saturating_sub(self.cpu.busy);
+        let mine = own_ticks.saturating_sub(self.own_ticks);
+        self.last.incumbent_cpu = fraction(busy.saturating_sub(mine), total);
+        self.last.guest_cpu = fraction(mine, total);
+        self.cpu = cpu;
+        self.own_ticks = own_ticks;
+        Ok(())
+    }
+
+    fn read_psi(&mut self, now: Instant) {
+        self.psi_read = Some(now);
+        self.last.cpu_pressure = psi(&mut self.psi_cpu);
+        self.last.memory_pressure = psi(&mut self.psi_memory);
+    }
+
+    fn failed(&mut self, e: &io::Error) {
+        if self.warned {
+            tracing::debug!("load sampler: {e}; keeping the previous value");
+        } else {
+            self.warned = true;
+            tracing::warn!("load sampler: {e}; keeping the previous value");
+        }
+    }
+}
+
+/// `some avg10` of an open pressure file; `None` when absent or unreadable (PSI disabled with
+/// `psi=0` leaves the files in place but failing with `EOPNOTSUPP`).
+fn psi(file: &mut Option<ProcFile>) -> Option<f64> {
+    file.as_mut()?.parse(parse::psi_some_avg10).ok()
+}
+
+/// `part / whole`, clamped to `0.0..=1.0`; `whole` is not zero.
+fn fraction(part: u64, whole: u64) -> f64 {
+    (part as f64 / whole as f64).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn burn(d: Duration) {
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < d {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+
+    #[test]
+    fn pread_at_zero_returns_fresh_counters() {
+        let mut own = ProcFile::open("/proc/self/stat", 512).unwrap();
+        let before = own.parse(parse::proc_pid_stat_cpu).unwrap();
+        burn(Duration::from_millis(60));
+        let after = own.parse(parse::proc_pid_stat_cpu).unwrap();
+        assert!(
+            after > before,
+            "{before} -> {after}: the counters must move between reads"
+        );
+    }
+
+    #[test]
+    fn samples_are_sane() {
+        let mut s = ProcfsSampler::open().unwrap();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            let l = s.sample();
+            assert!((0.0..=1.0).contains(&l.incumbent_cpu), "{l:?}");
+            assert!((0.0..=1.0).contains(&l.guest_cpu), "{l:?}");
+            assert!(l.memory_available > 0, "{l:?}");
+            if std::path::Path::new("/proc/pressure/cpu").exists() {
+                assert!(l.cpu_pressure.is_some(), "{l:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fractions_clamp() {
+        assert_eq!(fraction(0, 4), 0.0);
+        assert_eq!(fraction(2, 4), 0.5);
+        assert_eq!(fraction(9, 4), 1.0);
+    }
+}
