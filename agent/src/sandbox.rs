@@ -53,7 +53,7 @@ mod priority;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -117,7 +117,7 @@ pub struct Sandbox {
     engine: Engine,
     module_linker: Linker<ModuleHost>,
     component_linker: component::Linker<ComponentHost>,
-    _ticker: Option<Ticker>,
+    ticker: Option<Ticker>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -164,7 +164,7 @@ impl Sandbox {
             engine,
             module_linker,
             component_linker,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -277,6 +277,7 @@ impl Sandbox {
     /// one `control` at once (the modules of a task), each on its own thread.
     pub fn run(&self, program: &Program, spec: &RunSpec, control: &TaskControl) -> RunOutput {
         priority::lower_current_thread();
+        let _ticking = self.ticker.as_ref().map(Ticker::activate);
         let started = Instant::now();
         let stdout = Capture::new(self.config.output_cap);
         let stderr = Capture::new(self.config.output_cap);
@@ -588,34 +589,81 @@ fn wasmtime_error(doing: &str, error: &wasmtime::Error) -> anyhow::Error {
 
 /// The thread that advances the engine's epoch; it stops when this is dropped.
 struct Ticker {
-    stop: Option<mpsc::Sender<()>>,
+    shared: Arc<TickerShared>,
     thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What the ticker thread and the runs share: how many guests run (the ticker sleeps without
+/// waking while there are none, so an idle agent costs nothing here) and whether to stop.
+#[derive(Default)]
+struct TickerShared {
+    state: Mutex<TickerState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct TickerState {
+    active: usize,
+    stop: bool,
 }
 
 impl Ticker {
     fn start(engine: Engine, tick: Duration) -> anyhow::Result<Ticker> {
         // A zero tick would spin a core; nothing needs finer than this.
         let tick = tick.max(Duration::from_micros(100));
-        let (stop, stopped) = mpsc::channel::<()>();
+        let shared = Arc::new(TickerShared::default());
+        let theirs = shared.clone();
         let thread = thread::Builder::new()
             .name("lull-epoch".to_string())
             .spawn(move || {
-                // Disconnection (the sender dropped) is the signal to stop.
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                loop {
+                    {
+                        let mut state = lock_ignoring_poison(&theirs.state);
+                        while state.active == 0 && !state.stop {
+                            state = theirs.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                        }
+                        if state.stop {
+                            return;
+                        }
+                    }
+                    thread::sleep(tick);
                     engine.increment_epoch();
                 }
             })
             .map_err(|e| anyhow::anyhow!("starting the epoch ticker thread: {e}"))?;
         Ok(Ticker {
-            stop: Some(stop),
+            shared,
             thread: Some(thread),
         })
     }
+
+    /// Keeps the ticker ticking while the returned guard lives (one per running guest).
+    fn activate(&self) -> TickerActive<'_> {
+        lock_ignoring_poison(&self.shared.state).active += 1;
+        self.shared.wake.notify_all();
+        TickerActive(&self.shared)
+    }
+}
+
+/// A running guest's hold on the ticker.
+struct TickerActive<'a>(&'a TickerShared);
+
+impl Drop for TickerActive<'_> {
+    fn drop(&mut self) {
+        let mut state = lock_ignoring_poison(&self.0.state);
+        state.active = state.active.saturating_sub(1);
+    }
+}
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The ticker's state is two plain fields that no code leaves half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        lock_ignoring_poison(&self.shared.state).stop = true;
+        self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             // The ticker only sleeps and increments a counter; a panic there is not ours to
             // propagate from a destructor.
