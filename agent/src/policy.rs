@@ -98,31 +98,15 @@ use serde::{Deserialize, Serialize};
 /// The share of a core below which a change of the throttled share is not worth sending.
 const SHARE_STEP: f64 = 0.05;
 
-/// One reading of the machine, every 20 ms by default.
+/// One reading of the machine, every 20 ms by default: the sampler's [`Load`](crate::sampler::Load).
 ///
 /// Fractions are of the whole machine: on 4 cores, one busy core is 0.25. CPU figures are
-/// averages over the time since the previous sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadSample {
-    /// Fraction of the whole machine (0.0..=1.0) used by everything but the agent and its guests.
-    /// Values outside the range are clamped; a value that is not a number counts as 1.0.
-    pub incumbent_cpu: f64,
-    /// Fraction of the whole machine used by the agent's guests. Informational: the idle
-    /// estimate counts it as idle, since guests give it back on demand.
-    pub guest_cpu: f64,
-    /// Bytes the kernel could give to new allocations without swapping (`MemAvailable`).
-    pub memory_available: u64,
-    /// PSI cpu "some avg10" in percent, when the kernel has PSI. System-wide pressure includes
-    /// the guests' own waiting for CPU; where guests run in a cgroup of their own, pass the
-    /// incumbents' pressure instead (e.g. `user.slice/cpu.pressure` on a desktop).
-    pub cpu_pressure: Option<f64>,
-    /// PSI memory "some avg10" in percent, when the kernel has PSI.
-    pub memory_pressure: Option<f64>,
-    /// Time since the owner last touched keyboard or mouse; `None` on servers (no console).
-    pub user_idle: Option<Duration>,
-    /// Whether the machine runs on battery.
-    pub on_battery: bool,
-}
+/// averages over the time since the previous sample. An `incumbent_cpu` outside 0..=1 is
+/// clamped; one that is not a number counts as 1.0. `guest_cpu` is informational: the idle
+/// estimate counts it as idle, since guests give it back on demand. System-wide `cpu_pressure`
+/// includes the guests' own waiting for CPU; where guests run in a cgroup of their own, pass the
+/// incumbents' pressure instead (e.g. `user.slice/cpu.pressure` on a desktop).
+pub use crate::sampler::Load as LoadSample;
 
 /// Every threshold of the policy, as the `[policy]` part of `agent.toml` would hold it.
 ///

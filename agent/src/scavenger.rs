@@ -178,13 +178,8 @@ fn run(
 /// guests' own waits for a CPU, and would make guests pause themselves.
 fn sample_of(load: &Load) -> LoadSample {
     LoadSample {
-        incumbent_cpu: load.incumbent_cpu,
-        guest_cpu: load.guest_cpu,
-        memory_available: load.memory_available,
         cpu_pressure: None,
-        memory_pressure: load.memory_pressure,
-        user_idle: load.user_idle,
-        on_battery: load.on_battery,
+        ..*load
     }
 }
 
