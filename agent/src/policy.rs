@@ -1046,7 +1046,7 @@ mod tests {
 
         /// Feeds the same sample every 20 ms for `how_long`.
         fn feed(&mut self, sample: LoadSample, how_long: Duration) {
-            self.feed_with(how_long, |_| sample.clone());
+            self.feed_with(how_long, |_| sample);
         }
 
         /// Feeds `sample(time since the simulation began)` every 20 ms for `how_long`, firing
@@ -1435,7 +1435,7 @@ mod tests {
             user_idle: Some(ms(300)),
             ..quiet()
         };
-        sim.feed(typing.clone(), ms(40));
+        sim.feed(typing, ms(40));
         assert_eq!(sim.policy.state(), State::Paused);
         assert_eq!(sim.policy.reason(), "owner active 300 ms ago (< 10 s)");
 
@@ -1580,7 +1580,7 @@ mod tests {
             ..quiet()
         };
         let mut sim = Sim::running(PolicyConfig::default(), 1);
-        sim.feed(battery.clone(), STEP);
+        sim.feed(battery, STEP);
         assert_eq!(sim.policy.state(), State::Evicting);
         assert_eq!(sim.policy.reason(), "on battery");
 
