@@ -7,7 +7,7 @@
 //! | item | owns |
 //! |---|---|
 //! | [`Cluster`] | a coordinator and its agents: start, kill, restart, the `lull` command, the HTTP API |
-//! | [`AgentOptions`] | how one agent is started (slots, memory cap) |
+//! | [`AgentOptions`] | how one agent is started (slots, memory cap, scavenging or dedicated) |
 //! | [`CliOutput`] | what one run of `lull` printed and how it exited |
 //! | [`guests`] | WASI guests written in WAT for the tests |
 //! | [`wait_for`] | polling with a deadline, the only way these tests wait |
@@ -300,6 +300,7 @@ struct AgentProc {
 /// keys/key, keys/key.pub, keys/allowed_signers   the submitter's key, trusted by everyone
 /// coordinator/                                    the coordinator's data directory
 /// agents/<name>/                                  each agent's data directory
+/// configs/<name>.toml                             agent configuration files written by tests
 /// logs/                                           stdout and stderr of every process
 /// jobs/<name>/                                    job files written by tests
 /// results/<n>/                                    `lull results` downloads
@@ -330,7 +331,15 @@ impl Cluster {
             .tempdir()
             .expect("creating a temporary directory");
         let root = dir.path().to_owned();
-        for sub in ["keys", "coordinator", "agents", "logs", "jobs", "results"] {
+        for sub in [
+            "keys",
+            "coordinator",
+            "agents",
+            "configs",
+            "logs",
+            "jobs",
+            "results",
+        ] {
             fs::create_dir_all(root.join(sub)).expect("creating the cluster's directories");
         }
         let key = root.join("keys/key");
@@ -529,6 +538,71 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
             .trim()
             .to_owned()
+    }
+
+    /// The data directory of the agent named `name` (where `lull-agent pause|resume|stop|status`
+    /// find its control socket).
+    pub fn agent_data_dir(&self, name: &str) -> PathBuf {
+        self.agents
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent named {name}"))
+            .data_dir
+            .clone()
+    }
+
+    /// Writes an agent configuration file `configs/<name>.toml` holding `toml` (e.g. a
+    /// `[policy]` table) and returns its path, for [`AgentOptions::scavenging_config`].
+    pub fn write_agent_config(&self, name: &str, toml: &str) -> PathBuf {
+        let path = self.root.join("configs").join(format!("{name}.toml"));
+        fs::write(&path, toml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+
+    /// Runs the owner's command `lull-agent COMMAND --data-dir DIR --json` (`pause`, `resume`,
+    /// `stop` or `status`) against the agent named `name`, to its end (at most [`WAIT`]).
+    pub fn agent_command(&self, name: &str, command: &str) -> CliOutput {
+        let data_dir = self.agent_data_dir(name);
+        let mut cmd = Command::new(binary("lull-agent"));
+        cmd.args([command, "--data-dir", path_str(&data_dir), "--json"]);
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        run_program(
+            &self.root.join("logs"),
+            &format!("lull-agent-{n}-{command}-{name}"),
+            cmd,
+            format!(
+                "lull-agent {command} --data-dir {} --json",
+                data_dir.display()
+            ),
+        )
+    }
+
+    /// `GET /api/v1/agents/{id}/events` for the agent named `name`: its recorded state changes
+    /// (`from`, `to`, `reason`, `attempts`, `at_ms`), oldest first (the API lists newest first).
+    pub fn agent_events(&self, name: &str) -> Vec<Value> {
+        let id = self.agent_id(name);
+        let mut events = self.get(&format!("/api/v1/agents/{id}/events"))["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        events.reverse();
+        events
+    }
+
+    /// The coordinator's listing (`GET /api/v1/agents`) of the agent named `name`, if listed.
+    pub fn agent_listing(&self, name: &str) -> Option<Value> {
+        self.agents().into_iter().find(|a| a["name"] == name)
+    }
+
+    /// Waits at most `timeout` for the agent named `name` to exit by itself; returns its exit
+    /// code (`None` when a signal ended it). Panics when it still runs after `timeout`.
+    pub fn wait_for_agent_exit(&mut self, name: &str, timeout: Duration) -> Option<i32> {
+        let agent = self.agent_mut(name);
+        let status = wait_for(&format!("agent {name} to exit"), timeout, || {
+            agent.proc.child.try_wait().ok().flatten()
+        });
+        agent.proc.exited = true;
+        status.code()
     }
 
     /// Kills the coordinator with SIGKILL: no shutdown, no goodbye to the agents.
@@ -826,7 +900,12 @@ fn run_lull(logs: &Path, label: &str, coordinator: Option<&str>, args: &[&str]) 
         cmd.args(["--coordinator", url]);
     }
     cmd.args(args);
-    let command = format!("lull {}", args.join(" "));
+    run_program(logs, label, cmd, format!("lull {}", args.join(" ")))
+}
+
+/// Runs `cmd` to its end (at most [`WAIT`]), with its output in `logs/<label>.*`; `command`
+/// names it in messages.
+fn run_program(logs: &Path, label: &str, cmd: Command, command: String) -> CliOutput {
     let mut proc = Proc::spawn(label, cmd, logs);
     let deadline = Instant::now() + WAIT;
     let status = loop {
@@ -935,6 +1014,50 @@ pub mod guests {
     (call $write (i32.const 2) (i32.const 32) (i32.const 1))))
 "#;
 
+    /// Pure computation: runs `iterations` steps of the xorshift64 generator (13, 7, 17) from a
+    /// fixed seed, then writes the final state to stdout as 16 lowercase hex digits and a
+    /// newline, and exits 0. The output depends only on `iterations`, never on timing, so a run
+    /// that was paused or throttled prints the same as one that was not. Each step is a handful
+    /// of dependent instructions (about a nanosecond or two on a desktop core).
+    pub fn xorshift(iterations: u64) -> Vec<u8> {
+        compile(&XORSHIFT.replace("ITERATIONS", &iterations.to_string()))
+    }
+
+    const XORSHIFT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  ;; 0 hex digits, 16..32 the state as text, 32 newline, 64 iovec, 72 bytes written
+  (data (i32.const 0) "0123456789abcdef")
+  (func (export "_start") (local $x i64) (local $i i64) (local $k i32)
+    (local.set $x (i64.const 0x9E3779B97F4A7C15))
+    (local.set $i (i64.const ITERATIONS))
+    (block $done
+      (loop $again
+        (br_if $done (i64.eqz (local.get $i)))
+        (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
+        (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
+        (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
+        (local.set $i (i64.sub (local.get $i) (i64.const 1)))
+        (br $again)))
+    ;; the low digit last
+    (local.set $k (i32.const 15))
+    (block $written
+      (loop $digit
+        (i32.store8 (i32.add (i32.const 16) (local.get $k))
+          (i32.load8_u (i32.wrap_i64 (i64.and (local.get $x) (i64.const 15)))))
+        (local.set $x (i64.shr_u (local.get $x) (i64.const 4)))
+        (br_if $written (i32.eqz (local.get $k)))
+        (local.set $k (i32.sub (local.get $k) (i32.const 1)))
+        (br $digit)))
+    (i32.store8 (i32.const 32) (i32.const 10))
+    (i32.store (i32.const 64) (i32.const 16))
+    (i32.store (i32.const 68) (i32.const 17))
+    (if (call $fd_write (i32.const 1) (i32.const 64) (i32.const 1) (i32.const 72))
+      (then (call $proc_exit (i32.const 1))))))
+"#;
+
     /// Loops forever: only a timeout or a cancellation stops it.
     pub fn forever() -> Vec<u8> {
         compile(
@@ -985,6 +1108,7 @@ mod tests {
     fn the_guests_compile() {
         for bytes in [
             guests::hello(0),
+            guests::xorshift(1),
             guests::forever(),
             guests::trap(),
             guests::imports_printf(),
