@@ -1275,7 +1275,7 @@ mod tests {
         // On a 2-core machine one 20 ms sample resolves a clock tick: 25 %. An idle machine shows
         // such a sample now and then; with the default smoothing they must not restart waits.
         let noisy = |at: Duration| {
-            if (at.as_millis() / 20) % 25 == 0 {
+            if (at.as_millis() / 20).is_multiple_of(25) {
                 load(0.25)
             } else {
                 quiet()
