@@ -16,7 +16,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("test") => test(),
-        Some("bench") => bench::run(args.get(1).map(String::as_str), &args[2..]),
+        Some("bench") => bench::run(
+            args.get(1).map(String::as_str),
+            args.get(2..).unwrap_or_default(),
+        ),
         _ => {
             eprintln!(
                 "usage: cargo xtask demo | test | bench NAME\n  benches: {}",

@@ -1,93 +1,34 @@
 //! `cargo xtask bench NAME`: benchmarks. Each prints one JSON object of named figures on its
 //! last line.
+//!
+//! - `dispatch`: many trivial tasks through `lull dev` on loopback.
+//! - `scavenge`: the agent's sandbox, scavenger and policy in this process against incumbent
+//!   child processes: pause latency, reaction, incumbent slowdown, harvest.
 
-use std::time::Instant;
+mod dispatch;
+mod scavenge;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::util::{self, Dev};
+use crate::util;
 
 /// The benchmarks.
-pub const NAMES: &[&str] = &["dispatch"];
+pub const NAMES: &[&str] = &["dispatch", "scavenge"];
 
 /// Runs a benchmark.
 pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
     match name {
-        Some("dispatch") => dispatch(args),
+        Some("dispatch") => dispatch::run(args),
+        Some("scavenge") => scavenge::run(args),
+        // The scavenge bench's child processes (incumbents), started from this same binary.
+        Some(helper) if helper.starts_with(scavenge::HELPER_PREFIX) => {
+            scavenge::helper(helper, args)
+        }
         _ => bail!(
-            "usage: cargo xtask bench NAME [--tasks N]; benches: {}",
+            "usage: cargo xtask bench NAME [--tasks N | --quick] [--plot PATH]; benches: {}",
             NAMES.join(", ")
         ),
     }
-}
-
-/// A guest that does nothing and exits 0.
-const TRIVIAL: &str = r#"(module
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (func (export "_start") (call $exit (i32.const 0))))"#;
-
-/// Many tasks of a trivial guest through `lull dev` on loopback: how long from an assignment
-/// reaching the agent to its guest running (`setup_us`, measured by the agent), and how many
-/// tasks per second the whole loop completes.
-fn dispatch(args: &[String]) -> anyhow::Result<()> {
-    let tasks: u32 = match args.iter().position(|a| a == "--tasks") {
-        Some(i) => args.get(i + 1).context("--tasks needs a number")?.parse()?,
-        None => 2000,
-    };
-    util::cargo(&["build", "--release", "-p", "lull", "--bins"])?;
-    let dir = tempfile_dir()?;
-    std::fs::write(dir.join("trivial.wasm"), wat::parse_str(TRIVIAL)?)?;
-    std::fs::write(
-        dir.join("job.toml"),
-        format!(
-            "name = \"dispatch-bench\"\ncount = {tasks}\n[[module]]\npath = \"trivial.wasm\"\n[resources]\nmemory = \"1MiB\"\n"
-        ),
-    )?;
-    let dev = Dev::start_with(
-        util::target_dir().join("release").join("lull"),
-        &[
-            "--agents",
-            "2",
-            "--slots",
-            "2",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--quic-listen",
-            "127.0.0.1:0",
-        ],
-        2,
-    )?;
-    let job_file = dir.join("job.toml");
-    let started = Instant::now();
-    let out = dev.output(&["submit", &job_file.to_string_lossy(), "--json", "--watch"])?;
-    let elapsed = started.elapsed();
-    let detail: serde_json::Value = serde_json::from_str(&out)?;
-    if detail["state"] != "succeeded" {
-        bail!("the benchmark job did not succeed: {}", detail["state"]);
-    }
-    let job = detail["id"].as_u64().context("no job id")?;
-    let mut setup_us: Vec<f64> = Vec::new();
-    for i in 0..tasks {
-        let v = dev.get_json(&format!("/api/v1/jobs/{job}/tasks/{i}"))?;
-        for a in v["attempts"].as_array().into_iter().flatten() {
-            if let Some(us) = a["setup_us"].as_f64() {
-                setup_us.push(us);
-            }
-        }
-    }
-    setup_us.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| setup_us[((setup_us.len() as f64 - 1.0) * p).round() as usize] / 1000.0;
-    let figures = serde_json::json!({
-        "tasks": tasks,
-        "dispatch_p50_ms": round3(pct(0.50)),
-        "dispatch_p99_ms": round3(pct(0.99)),
-        "tasks_per_s": round3(tasks as f64 / elapsed.as_secs_f64()),
-    });
-    drop(dev);
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("{figures}");
-    Ok(())
 }
 
 fn round3(x: f64) -> f64 {
