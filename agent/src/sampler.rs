@@ -22,34 +22,34 @@
 //! the kernel every 2 s, so reading them more often than every 500 ms would buy nothing. Power
 //! and user idle change on a human time scale.
 //!
-//! `/proc/self/stat` gives the CPU time of the whole process, every thread together, including
-//! threads that have already exited — the total of `/proc/self/task/*/stat` in one read, but
-//! without losing the time of a guest thread that ends between two samples, and without a
-//! directory listing.
+//! The agent's own CPU time comes from the process's CPU clock (`CLOCK_PROCESS_CPUTIME_ID`): every
+//! thread together, including threads that have already exited, to the nanosecond — the total
+//! of `/proc/self/task/*/stat` in one system call, without losing the time of a guest thread that
+//! ends between two samples, and without rounding.
 //!
 //! # CPU figures and their resolution
 //!
 //! Over the window since the previous sample, with `busy = user + nice + system + irq + softirq
 //! + steal` and `total = busy + idle + iowait` of the machine (`guest` and `guest_nice` are
-//! already inside `user` and `nice`), and `own` this process's `utime + stime`:
+//! already inside `user` and `nice`), and `own` this process's CPU time in the same unit:
 //!
 //! - `incumbent_cpu = max(0, Δbusy − Δown) / Δtotal`, the share of the machine busy with
 //!   anything but this process;
 //! - `guest_cpu = Δown / Δtotal`.
 //!
-//! Both are clamped to `0.0..=1.0`. Both files count in the same unit, USER_HZ clock ticks
-//! (`sysconf(_SC_CLK_TCK)`, 100 per second on every mainstream Linux), so their ratio needs no
-//! conversion; the tick sets the resolution. A 20 ms window holds `0.02 × 100 × cores` ticks of
-//! machine time — 4 on a two-core machine — so one sample resolves the incumbent's share to
-//! about `1 / (2 × cores)` (25 % on two cores, 3 % on 16), and each figure can be off by a tick
-//! or two because every counter is rounded down to whole ticks on its own and the two files are
-//! read microseconds apart. The errors do not accumulate: over a longer window (or an average of
-//! consecutive samples) they shrink in proportion, so the policy should smooth over a few
-//! samples rather than act on one. When no tick has passed at all since the previous sample
-//! (sampling faster than 100 Hz), the previous fractions are repeated and the window is left
-//! open to include the next interval.
+//! Both are clamped to `0.0..=1.0`. `/proc/stat` counts in USER_HZ clock ticks
+//! (`sysconf(_SC_CLK_TCK)`, 100 per second on every mainstream Linux), and the tick sets the
+//! resolution: a 20 ms window holds `0.02 × 100 × cores` ticks of machine time — 4 on a two-core
+//! machine — so one sample resolves the incumbent's share to about `1 / (2 × cores)` (25 % on
+//! two cores, 3 % on 16), and can be off by about a tick because every counter is rounded down to
+//! whole ticks on its own. (Reading this process's time in ticks too, from `/proc/self/stat`,
+//! doubled that error: with guests busy on every core, a quiet machine then read 50 % busy now
+//! and then, which a policy acting on one sample must not see.) The errors do not accumulate:
+//! over a longer window (or an average of consecutive samples) they shrink in proportion. When
+//! no tick has passed at all since the previous sample (sampling faster than 100 Hz), the
+//! previous fractions are repeated and the window is left open to include the next interval.
 //!
-//! A sample costs two `pread`s (a third one time in five, plus a few reads and a `stat` once a
+//! A sample costs one `pread` and one `clock_gettime` (another `pread` one time in five, plus a few reads and a `stat` once a
 //! second). Measured on a two-core VM, unoptimised build: about 9 µs of CPU per sample back to
 //! back, 20-45 µs at 50 Hz when the caches have gone cold in between — 0.1-0.25 % of a core,
 //! most of it the kernel generating `/proc/stat` (which grows with CPUs and interrupt lines).

@@ -69,8 +69,8 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use self::capture::Capture;
-use self::control::Gate;
 pub use self::control::{DUTY_PERIOD, MIN_CPU_SHARE, TaskControl};
+use self::control::{Gate, Sleeper};
 use self::limits::Limits;
 use self::outcome::Facts;
 pub use self::priority::current_thread_is_idle_priority;
@@ -277,7 +277,6 @@ impl Sandbox {
     /// one `control` at once (the modules of a task), each on its own thread.
     pub fn run(&self, program: &Program, spec: &RunSpec, control: &TaskControl) -> RunOutput {
         priority::lower_current_thread();
-        let _ticking = self.ticker.as_ref().map(Ticker::activate);
         let started = Instant::now();
         let stdout = Capture::new(self.config.output_cap);
         let stderr = Capture::new(self.config.output_cap);
@@ -315,7 +314,12 @@ impl Sandbox {
                 reason: "the program was compiled by another sandbox".to_string(),
             };
         }
-        let mut gate = control.gate(started.checked_add(spec.timeout));
+        // The ticker ticks while this guest runs, and sleeps while every guest is parked.
+        let ticking = self
+            .ticker
+            .as_ref()
+            .map(|ticker| Box::new(ticker.hold()) as Box<dyn Sleeper>);
+        let mut gate = control.gate(started.checked_add(spec.timeout), ticking);
         // The first check: a cancelled or evicted task never starts, a paused one waits here.
         if let Some(stop) = gate.checkpoint() {
             return facts.failed(&wasmtime::Error::new(stop));
@@ -637,21 +641,46 @@ impl Ticker {
         })
     }
 
-    /// Keeps the ticker ticking while the returned guard lives (one per running guest).
-    fn activate(&self) -> TickerActive<'_> {
-        lock_ignoring_poison(&self.shared.state).active += 1;
-        self.shared.wake.notify_all();
-        TickerActive(&self.shared)
+    /// A hold that keeps the ticker ticking while it lives and is awake (one per running guest).
+    fn hold(&self) -> TickerHold {
+        let mut hold = TickerHold {
+            shared: self.shared.clone(),
+            awake: false,
+        };
+        hold.awake();
+        hold
     }
 }
 
-/// A running guest's hold on the ticker.
-struct TickerActive<'a>(&'a TickerShared);
+/// A running guest's hold on the ticker: released while the guest sleeps in its gate (paused or
+/// resting), so that the ticker sleeps too once every guest does, and the machine's own programs
+/// are not woken a thousand times a second for guests that cannot use the ticks.
+struct TickerHold {
+    shared: Arc<TickerShared>,
+    awake: bool,
+}
 
-impl Drop for TickerActive<'_> {
+impl Sleeper for TickerHold {
+    fn asleep(&mut self) {
+        if self.awake {
+            self.awake = false;
+            let mut state = lock_ignoring_poison(&self.shared.state);
+            state.active = state.active.saturating_sub(1);
+        }
+    }
+
+    fn awake(&mut self) {
+        if !self.awake {
+            self.awake = true;
+            lock_ignoring_poison(&self.shared.state).active += 1;
+            self.shared.wake.notify_all();
+        }
+    }
+}
+
+impl Drop for TickerHold {
     fn drop(&mut self) {
-        let mut state = lock_ignoring_poison(&self.0.state);
-        state.active = state.active.saturating_sub(1);
+        self.asleep();
     }
 }
 

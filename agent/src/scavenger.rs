@@ -132,7 +132,13 @@ fn run(
         }
         let now = Instant::now();
         if now >= next_sample {
-            next_sample = now + config.sample_interval;
+            // A fixed rate: waking late does not push every later sample back (each sample
+            // stands for the time since the previous one, and the policy's reaction is counted
+            // in samples). After a long stall, start afresh.
+            next_sample += config.sample_interval;
+            if next_sample <= now {
+                next_sample = now + config.sample_interval;
+            }
             let load = sampler.sample();
             // For people and reports, a smoothed view (about a second).
             let a = 0.05;

@@ -919,6 +919,9 @@ struct Guest<'scope> {
     handle: thread::ScopedJoinHandle<'scope, RunOutput>,
     #[cfg(target_os = "linux")]
     clock: ThreadClock,
+    /// The guest thread's Linux thread ID.
+    #[cfg(target_os = "linux")]
+    tid: libc::pid_t,
 }
 
 impl Guest<'_> {
@@ -944,20 +947,25 @@ fn start<'scope>(
         .name("guest".to_string())
         .spawn_scoped(scope, move || {
             #[cfg(target_os = "linux")]
-            clock_tx.send(ThreadClock::current()).expect("send clock");
+            clock_tx
+                // SAFETY: gettid has no arguments and cannot fail.
+                .send((ThreadClock::current(), unsafe { libc::gettid() }))
+                .expect("send clock");
             #[cfg(not(target_os = "linux"))]
             drop(clock_tx);
             sandbox.run(program, spec, control)
         })
         .expect("spawn guest thread");
     #[cfg(target_os = "linux")]
-    let clock = clock_rx.recv().expect("guest clock");
+    let (clock, tid) = clock_rx.recv().expect("guest clock");
     #[cfg(not(target_os = "linux"))]
     drop(clock_rx);
     Guest {
         handle,
         #[cfg(target_os = "linux")]
         clock,
+        #[cfg(target_os = "linux")]
+        tid,
     }
 }
 
@@ -1358,4 +1366,88 @@ fn run_lowers_its_thread_to_sched_idle() {
     assert!(after, "run left its thread above SCHED_IDLE");
     // Only that thread: this one is untouched.
     assert!(!current_thread_is_idle_priority());
+}
+
+/// The scheduling policy of thread `tid` of this process.
+#[cfg(target_os = "linux")]
+fn policy_of(tid: libc::pid_t) -> libc::c_int {
+    // SAFETY: no pointers.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    assert!(policy >= 0, "sched_getscheduler({tid})");
+    policy
+}
+
+/// Whether this process may take a thread from `SCHED_IDLE` back to `SCHED_OTHER` (root,
+/// `CAP_SYS_NICE` or `RLIMIT_NICE`), tried on a thread of its own.
+#[cfg(target_os = "linux")]
+fn may_raise_priority() -> bool {
+    thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` outlives the calls; pid 0 is this short-lived thread.
+        unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+                && (libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0
+                    || (libc::setpriority(libc::PRIO_PROCESS, 0, 19) == 0
+                        && libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0))
+        }
+    })
+    .join()
+    .expect("probe thread")
+}
+
+/// Waits until the guest thread has used `cpu` of CPU time: it is then inside its loop.
+#[cfg(target_os = "linux")]
+fn wait_until_spinning(guest: &Guest<'_>, cpu: Duration) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while guest.clock.cpu_time() < cpu {
+        assert!(std::time::Instant::now() < until, "the guest never ran");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_guest_asked_to_pause_is_raised_until_it_parks() {
+    let may_raise = may_raise_priority();
+    let sandbox = manual_sandbox();
+    let program = compile(&sandbox, &spin());
+    let dirs = Dirs::new();
+    let spec = dirs.spec();
+    let control = TaskControl::new();
+    let output = thread::scope(|s| {
+        let guest = start(s, &sandbox, &program, &spec, &control);
+        wait_until_spinning(&guest, Duration::from_millis(30));
+        assert_eq!(policy_of(guest.tid), libc::SCHED_IDLE, "guests run idle");
+
+        // Asked to pause, it runs at normal priority until it gets to its check...
+        control.pause();
+        let raised = if may_raise {
+            libc::SCHED_OTHER
+        } else {
+            libc::SCHED_IDLE
+        };
+        assert_eq!(policy_of(guest.tid), raised, "may raise: {may_raise}");
+        // ... and parks back at idle priority.
+        sandbox.increment_epoch();
+        assert!(control.pause_and_wait(Duration::from_secs(10)).is_some());
+        assert_eq!(policy_of(guest.tid), libc::SCHED_IDLE);
+
+        // A pause lifted before the guest got to its check lowers it again too.
+        control.resume();
+        let used = guest.clock.cpu_time();
+        wait_until_spinning(&guest, used + Duration::from_millis(30));
+        control.pause();
+        assert_eq!(policy_of(guest.tid), raised);
+        control.resume();
+        assert_eq!(policy_of(guest.tid), libc::SCHED_IDLE);
+
+        control.cancel("done");
+        sandbox.increment_epoch();
+        guest.join()
+    });
+    assert!(
+        matches!(output.outcome, Outcome::Cancelled { .. }),
+        "{:?}",
+        output.outcome
+    );
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lull_tests::{AgentOptions, Cluster, WAIT, guests, summarize, wait_for};
 use serde_json::Value;
 
-/// The policy of every scavenging agent here: start at once, pause 40 ms into a hot spell, run
-/// again after half a second of quiet, give evicted guests one second.
+/// The policy of every scavenging agent here: start at once, pause within two samples of a hot
+/// spell, run again after 150 ms to half a second of quiet, give evicted guests one second.
 const POLICY: &str = r#"
 [policy]
 start_after_idle = "0s"

@@ -61,12 +61,13 @@ impl ProcFile {
     }
 }
 
-/// Samples `/proc/stat`, `/proc/self/stat`, `/proc/meminfo` and `/proc/pressure/*`, plus the
-/// slower power and user-idle sources.
+/// Samples `/proc/stat`, this process's CPU clock, `/proc/meminfo` and `/proc/pressure/*`, plus
+/// the slower power and user-idle sources.
 #[derive(Debug)]
 pub(crate) struct ProcfsSampler {
     stat: ProcFile,
-    own: ProcFile,
+    /// USER_HZ: `/proc/stat` counts in 1/`ticks_per_s` of a second.
+    ticks_per_s: f64,
     meminfo: ProcFile,
     psi_cpu: Option<ProcFile>,
     psi_memory: Option<ProcFile>,
@@ -75,8 +76,8 @@ pub(crate) struct ProcfsSampler {
     samples: u32,
     /// Machine CPU times at the last sample that moved the window forward.
     cpu: CpuTimes,
-    /// This process's CPU ticks at that same sample.
-    own_ticks: u64,
+    /// This process's CPU time at that same sample, in (fractional) ticks.
+    own_ticks: f64,
     /// The last values: returned again for any source that cannot be read this time.
     last: Load,
     power: PowerSupplies,
@@ -89,18 +90,20 @@ impl ProcfsSampler {
     /// Opens the files and reads the starting point of the first window.
     pub(crate) fn open() -> io::Result<Self> {
         let mut stat = ProcFile::open("/proc/stat", 512)?;
-        // `/proc/self` resolves now, to this process (not thread): the descriptor keeps meaning
-        // this process whichever thread reads it later.
-        let mut own = ProcFile::open("/proc/self/stat", 512)?;
+        // SAFETY: no pointers.
+        let ticks_per_s = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+            n if n > 0 => n as f64,
+            _ => 100.0,
+        };
         // MemAvailable is the third line; 1 KiB also holds MemFree, Buffers and Cached for
         // kernels before 3.14.
         let mut meminfo = ProcFile::open("/proc/meminfo", 1024)?;
         let cpu = stat.parse(parse::proc_stat_cpu)?;
-        let own_ticks = own.parse(parse::proc_pid_stat_cpu)?;
+        let own_ticks = process_cpu_time()?.as_secs_f64() * ticks_per_s;
         let memory_available = meminfo.parse(parse::meminfo_available)?;
         let mut sampler = Self {
             stat,
-            own,
+            ticks_per_s,
             meminfo,
             psi_cpu: ProcFile::open("/proc/pressure/cpu", 256).ok(),
             psi_memory: ProcFile::open("/proc/pressure/memory", 256).ok(),
@@ -153,7 +156,7 @@ impl ProcfsSampler {
 
     /// Updates the CPU fractions over the window since the last sample that moved it.
     fn sample_cpu(&mut self) -> io::Result<()> {
-        let own_ticks = self.own.parse(parse::proc_pid_stat_cpu)?;
+        let own_ticks = process_cpu_time()?.as_secs_f64() * self.ticks_per_s;
         let cpu = self.stat.parse(parse::proc_stat_cpu)?;
         let total = cpu.total.saturating_sub(self.cpu.total);
         if total == 0 {
@@ -161,9 +164,10 @@ impl ProcfsSampler {
             // sample covers both intervals, and repeat the last fractions.
             return Ok(());
         }
-        let busy = cpu.busy.saturating_sub(self.cpu.busy);
-        let mine = own_ticks.saturating_sub(self.own_ticks);
-        self.last.incumbent_cpu = fraction(busy.saturating_sub(mine), total);
+        let busy = cpu.busy.saturating_sub(self.cpu.busy) as f64;
+        let mine = (own_ticks - self.own_ticks).max(0.0);
+        let total = total as f64;
+        self.last.incumbent_cpu = fraction(busy - mine, total);
         self.last.guest_cpu = fraction(mine, total);
         self.cpu = cpu;
         self.own_ticks = own_ticks;
@@ -192,9 +196,29 @@ fn psi(file: &mut Option<ProcFile>) -> Option<f64> {
     file.as_mut()?.parse(parse::psi_some_avg10).ok()
 }
 
-/// `part / whole`, clamped to `0.0..=1.0`; `whole` is not zero.
-fn fraction(part: u64, whole: u64) -> f64 {
-    (part as f64 / whole as f64).clamp(0.0, 1.0)
+/// `part / whole`, clamped to `0.0..=1.0`; `whole` is above zero.
+fn fraction(part: f64, whole: f64) -> f64 {
+    (part / whole).clamp(0.0, 1.0)
+}
+
+/// The CPU time of this whole process, every thread together including those that have ended,
+/// to the nanosecond (`CLOCK_PROCESS_CPUTIME_ID`).
+fn process_cpu_time() -> io::Result<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("this process's CPU clock: {e}"),
+        ));
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    Ok(Duration::new(secs, nanos))
 }
 
 #[cfg(test)]
@@ -211,14 +235,22 @@ mod tests {
 
     #[test]
     fn pread_at_zero_returns_fresh_counters() {
-        let mut own = ProcFile::open("/proc/self/stat", 512).unwrap();
-        let before = own.parse(parse::proc_pid_stat_cpu).unwrap();
+        let mut stat = ProcFile::open("/proc/stat", 512).unwrap();
+        let before = stat.parse(parse::proc_stat_cpu).unwrap();
         burn(Duration::from_millis(60));
-        let after = own.parse(parse::proc_pid_stat_cpu).unwrap();
+        let after = stat.parse(parse::proc_stat_cpu).unwrap();
         assert!(
-            after > before,
-            "{before} -> {after}: the counters must move between reads"
+            after.busy > before.busy,
+            "{before:?} -> {after:?}: the counters must move between reads"
         );
+    }
+
+    #[test]
+    fn the_process_clock_counts_this_process() {
+        let before = process_cpu_time().unwrap();
+        burn(Duration::from_millis(30));
+        let used = process_cpu_time().unwrap() - before;
+        assert!(used >= Duration::from_millis(25), "{used:?}");
     }
 
     #[test]
@@ -238,8 +270,9 @@ mod tests {
 
     #[test]
     fn fractions_clamp() {
-        assert_eq!(fraction(0, 4), 0.0);
-        assert_eq!(fraction(2, 4), 0.5);
-        assert_eq!(fraction(9, 4), 1.0);
+        assert_eq!(fraction(0.0, 4.0), 0.0);
+        assert_eq!(fraction(2.0, 4.0), 0.5);
+        assert_eq!(fraction(9.0, 4.0), 1.0);
+        assert_eq!(fraction(-1.5, 4.0), 0.0);
     }
 }

@@ -104,29 +104,6 @@ pub(crate) fn proc_stat_cpu(text: &[u8]) -> Result<CpuTimes, ParseError> {
     Ok(CpuTimes { busy, total })
 }
 
-/// utime + stime, in USER_HZ ticks, from `/proc/<pid>/stat`:
-///
-/// `pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime ...`
-///
-/// `comm` may hold spaces and parentheses, so the fields are counted from the *last* `)`. The
-/// text may be a prefix of the file: a field after `stime` must be present, which proves that
-/// `stime` was not cut short.
-pub(crate) fn proc_pid_stat_cpu(text: &[u8]) -> Result<u64, ParseError> {
-    let close = text
-        .iter()
-        .rposition(|&b| b == b')')
-        .ok_or(ParseError::Missing("the end of comm"))?;
-    // Fields after comm, starting with `state` (field 3 of proc(5)): utime is field 14.
-    let mut it = fields(&text[close + 1..]).skip(11);
-    let utime = number(it.next().ok_or(ParseError::Missing("utime"))?, "utime")?;
-    let stime = number(it.next().ok_or(ParseError::Missing("stime"))?, "stime")?;
-    it.next()
-        .ok_or(ParseError::Missing("the field after stime"))?;
-    utime
-        .checked_add(stime)
-        .ok_or(ParseError::NotANumber("utime + stime"))
-}
-
 /// Available memory in bytes from `/proc/meminfo`: `MemAvailable`, or on kernels before 3.14
 /// that lack it, the old estimate `MemFree + Buffers + Cached`. `text` may be a prefix of the
 /// file; only complete lines count.
@@ -392,38 +369,6 @@ mod tests {
         ] {
             assert!(
                 proc_stat_cpu(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn pid_stat_counts_fields_from_the_last_parenthesis() {
-        let plain = b"5459 (cat) R 5455 5455 32282 0 -1 4194304 100 0 0 0 17 4 0 0 20 0 1 0\n";
-        assert_eq!(proc_pid_stat_cpu(plain).unwrap(), 21);
-        let nasty = b"77 (a) b (c) d) S 1 77 77 0 -1 4194560 9 0 0 0 300 45 6 7 20 0 3 0 1\n";
-        assert_eq!(proc_pid_stat_cpu(nasty).unwrap(), 345);
-        let spaces = b"12 (tokio runtime worker) S 1 1 1 0 -1 0 0 0 0 0 1 2 3";
-        assert_eq!(
-            proc_pid_stat_cpu(spaces).unwrap(),
-            3,
-            "a prefix with a field after stime"
-        );
-    }
-
-    #[test]
-    fn pid_stat_malformed_is_an_error() {
-        for bad in [
-            &b""[..],
-            b"5459 cat R 5455",
-            b"5459 (cat) R 5455 5455 32282 0 -1 4194304 100 0 0 0",
-            b"5459 (cat) R 5455 5455 32282 0 -1 4194304 100 0 0 0 17 4", // stime may be cut
-            b"5459 (cat) R 5455 5455 32282 0 -1 4194304 100 0 0 0 1x 4 0",
-            b"(((((((",
-        ] {
-            assert!(
-                proc_pid_stat_cpu(bad).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );

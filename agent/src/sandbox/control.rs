@@ -19,6 +19,15 @@
 //! Time spent paused or resting in the duty cycle does not count toward the task's time limit:
 //! each guest's deadline moves forward by the time it slept.
 //!
+//! A guest can only park at an epoch check it runs itself. Guest threads run at idle priority,
+//! so while the machine's own programs keep every core busy a guest may wait hundreds of
+//! milliseconds for a slice in which to reach its check. To be stopped promptly, a guest that is
+//! asked to pause is raised to normal priority until it parks (see
+//! [`priority::boost`](super::priority::boost)); it lowers itself again before it blocks. Once
+//! running, a guest reaches its check within one tick, so the incumbents lend it microseconds.
+//! Where the agent may not raise priorities (no `CAP_SYS_NICE`, `RLIMIT_NICE` of 0), pauses still
+//! happen, only later on a saturated machine.
+//!
 //! The guest side is a [`Gate`], one per running guest, owned by the store's epoch callback. Its
 //! fast path (nothing requested) is one atomic load plus the deadline check; everything else
 //! takes the lock.
@@ -26,9 +35,12 @@
 //! [`Outcome::Evicted`]: lull_protocol::message::Outcome::Evicted
 
 use std::fmt;
+use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use super::priority::{self, ThreadId};
 
 /// The period of the duty cycle that [`TaskControl::set_cpu_share`] sets up: a capped guest runs
 /// `share` of each period and sleeps the rest. Short enough that the machine's own programs
@@ -83,6 +95,10 @@ struct State {
     parked_since: Option<Instant>,
     /// Time with at least one guest parked, over the periods that ended.
     parked_total: Duration,
+    /// The OS threads of the guests that are running and not parked (where the OS names them).
+    unparked: Vec<ThreadId>,
+    /// Whether the threads in `unparked` were raised to normal priority to reach their pause.
+    boosted: bool,
 }
 
 impl Default for State {
@@ -96,6 +112,8 @@ impl Default for State {
             parked: 0,
             parked_since: None,
             parked_total: Duration::ZERO,
+            unparked: Vec::new(),
+            boosted: false,
         }
     }
 }
@@ -130,7 +148,7 @@ impl TaskControl {
         if state.cancelled.is_none() {
             state.cancelled = Some(reason.into());
         }
-        self.changed(&state);
+        self.changed(&mut state);
     }
 
     /// Whether [`cancel`](TaskControl::cancel) was called.
@@ -147,14 +165,14 @@ impl TaskControl {
     pub fn pause(&self) {
         let mut state = self.lock();
         state.paused = true;
-        self.changed(&state);
+        self.changed(&mut state);
     }
 
     /// Lets a paused guest carry on. Does nothing if it is not paused.
     pub fn resume(&self) {
         let mut state = self.lock();
         state.paused = false;
-        self.changed(&state);
+        self.changed(&mut state);
     }
 
     /// Whether a pause is requested (by [`pause`](TaskControl::pause), and not yet undone by
@@ -176,7 +194,7 @@ impl TaskControl {
         let asked = Instant::now();
         let mut state = self.lock();
         state.paused = true;
-        self.changed(&state);
+        self.changed(&mut state);
         loop {
             if state.parked >= state.running {
                 return Some(asked.elapsed());
@@ -223,7 +241,7 @@ impl TaskControl {
         };
         let mut state = self.lock();
         state.cpu_share = share;
-        self.changed(&state);
+        self.changed(&mut state);
     }
 
     /// The CPU share set by [`set_cpu_share`](TaskControl::set_cpu_share) (1 when uncapped).
@@ -256,7 +274,7 @@ impl TaskControl {
             }
         }
         state.paused = false;
-        self.changed(&state);
+        self.changed(&mut state);
     }
 
     /// Whether [`evict`](TaskControl::evict) was called.
@@ -264,21 +282,51 @@ impl TaskControl {
         self.lock().eviction.is_some()
     }
 
-    /// The guest side of one run: registers a running guest (until the [`Gate`] is dropped) whose
-    /// wall-time limit ends at `deadline`.
-    pub(crate) fn gate(&self, deadline: Option<Instant>) -> Gate {
-        self.lock().running += 1;
+    /// The guest side of one run, called on the guest's own thread: registers a running guest
+    /// (until the [`Gate`] is dropped) whose wall-time limit ends at `deadline`. `sleeper` is told
+    /// whenever the guest blocks (paused, or resting in the duty cycle) and wakes.
+    pub(crate) fn gate(
+        &self,
+        deadline: Option<Instant>,
+        sleeper: Option<Box<dyn Sleeper>>,
+    ) -> Gate {
+        let thread = priority::current_thread_id();
+        let mut state = self.lock();
+        state.running += 1;
+        if let Some(thread) = thread {
+            state.unparked.push(thread);
+            if state.boosted {
+                // Joining a pause that is waiting for its guests: this one must hurry too.
+                priority::boost(thread);
+            }
+        }
+        drop(state);
         Gate {
             control: self.clone(),
             deadline,
+            thread,
+            sleeper,
         }
     }
 
-    /// Publishes a change of `state`: refreshes the fast-path flag and wakes every waiter.
-    fn changed(&self, state: &State) {
+    /// Publishes a change of `state`: refreshes the fast-path flag, raises the priority of guests
+    /// that must hurry to a pause (or lowers them again when it was lifted before they got
+    /// there), and wakes every waiter.
+    fn changed(&self, state: &mut State) {
         self.inner
             .attention
             .store(state.needs_attention(), Ordering::Release);
+        if state.paused && !state.boosted && !state.unparked.is_empty() {
+            state.boosted = true;
+            state.unparked.iter().copied().for_each(priority::boost);
+        } else if !state.paused && state.boosted {
+            state.boosted = false;
+            state
+                .unparked
+                .iter()
+                .copied()
+                .for_each(priority::lower_thread);
+        }
         self.inner.changed.notify_all();
     }
 
@@ -306,11 +354,23 @@ impl fmt::Debug for TaskControl {
     }
 }
 
+/// Told when a running guest blocks in its [`Gate`] (paused, or resting in its duty cycle) and
+/// when it carries on: the sandbox lets its epoch ticker sleep while no guest runs.
+pub(crate) trait Sleeper: Send + Sync {
+    /// The guest is about to block.
+    fn asleep(&mut self);
+    /// The guest carries on.
+    fn awake(&mut self);
+}
+
 /// One running guest's side of a [`TaskControl`]: what its epoch callback calls, and its
 /// wall-time deadline, which moves forward by the time the guest sleeps.
 pub(crate) struct Gate {
     control: TaskControl,
     deadline: Option<Instant>,
+    /// The guest's OS thread, where the OS names it.
+    thread: Option<ThreadId>,
+    sleeper: Option<Box<dyn Sleeper>>,
 }
 
 impl Gate {
@@ -358,12 +418,14 @@ impl Gate {
                 Some(eviction) => rest.min(eviction.at.saturating_duration_since(now)),
                 None => rest,
             };
+            self.sleeping(true);
             state = control
                 .inner
                 .changed
                 .wait_timeout(state, rest)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+            self.sleeping(false);
             self.extend(now.elapsed());
         }
     }
@@ -381,6 +443,15 @@ impl Gate {
         if state.parked == 1 {
             state.parked_since = Some(since);
         }
+        if let Some(thread) = self.thread {
+            state.unparked.retain(|t| *t != thread);
+            if state.boosted {
+                // Raised to get here: back to idle priority before anything else runs.
+                priority::lower_thread(thread);
+                state.boosted = !state.unparked.is_empty();
+            }
+        }
+        self.sleeping(true);
         control.inner.changed.notify_all();
         loop {
             if !state.paused || state.cancelled.is_some() {
@@ -409,8 +480,23 @@ impl Gate {
         {
             state.parked_total = state.parked_total.saturating_add(start.elapsed());
         }
+        if let Some(thread) = self.thread {
+            state.unparked.push(thread);
+        }
+        self.sleeping(false);
         self.extend(since.elapsed());
         state
+    }
+
+    /// Tells the sleeper, if any, that the guest blocks (`true`) or carries on (`false`).
+    fn sleeping(&mut self, asleep: bool) {
+        if let Some(sleeper) = &mut self.sleeper {
+            if asleep {
+                sleeper.asleep();
+            } else {
+                sleeper.awake();
+            }
+        }
     }
 
     /// Moves the deadline forward by time the guest spent asleep.
@@ -425,6 +511,16 @@ impl Drop for Gate {
     fn drop(&mut self) {
         let mut state = self.control.lock();
         state.running -= 1;
+        if let Some(thread) = self.thread {
+            state.unparked.retain(|t| *t != thread);
+            if state.boosted {
+                // The thread may go on to other work: not at a priority meant for one pause.
+                priority::lower_thread(thread);
+                state.boosted = !state.unparked.is_empty();
+            }
+        }
+        // The sleeper (the ticker's hold) goes with the gate.
+        drop(mem::take(&mut self.sleeper));
         // A `pause_and_wait` may be waiting for this guest.
         self.control.inner.changed.notify_all();
         drop(state);
@@ -534,7 +630,7 @@ mod tests {
         control.evict("second", Duration::ZERO);
         control.evict("third", Duration::from_secs(60));
         assert!(!control.is_paused());
-        let mut gate = control.gate(None);
+        let mut gate = control.gate(None, None);
         assert_eq!(gate.checkpoint(), Some(Stop::Evicted("first".into())));
     }
 
@@ -543,7 +639,7 @@ mod tests {
         let control = TaskControl::new();
         control.pause();
         let far = Instant::now() + Duration::from_secs(3600);
-        let mut gate = control.gate(Some(far));
+        let mut gate = control.gate(Some(far), None);
         let guest = std::thread::spawn(move || {
             let stop = gate.checkpoint();
             (stop, gate.deadline)

@@ -12,6 +12,13 @@
 //!
 //! Threads inherit their creator's policy: only guest threads may be lowered, never the async
 //! runtime's workers nor the epoch ticker.
+//!
+//! On Linux a guest thread asked to pause is raised for the moment it needs to reach its epoch
+//! check ([`boost`]): to `SCHED_OTHER` at nice 0 where the agent may (root, or `CAP_SYS_NICE`, or
+//! an `RLIMIT_NICE` of 20), else at nice 19 (an `RLIMIT_NICE` of at least 1), else not at all. At
+//! idle priority, beside incumbents that keep every core busy, a guest thread waits for a slice
+//! for hundreds of milliseconds; raised, it runs within a scheduler slice, reaches its check
+//! within one epoch tick and parks, lowering itself first ([`lower_thread`]). Elsewhere both do nothing.
 
 use std::sync::Once;
 
@@ -34,6 +41,78 @@ pub(crate) fn lower_current_thread() {
 /// macOS, nice 19 on other Unix systems; always `false` elsewhere.
 pub fn current_thread_is_idle_priority() -> bool {
     is_idle()
+}
+
+/// An OS thread that [`boost`] and [`lower`] can name from another thread (a Linux thread ID).
+pub(crate) type ThreadId = i32;
+
+/// The calling thread's ID, where the OS has one that [`boost`] can use (Linux); `None` elsewhere.
+pub(crate) fn current_thread_id() -> Option<ThreadId> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: no arguments; gettid cannot fail.
+        Some(unsafe { libc::gettid() })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Raises guest thread `thread` from idle to normal priority, as far as the agent may (see the
+/// module docs), so that it reaches its next epoch check without waiting for an idle core. The
+/// thread must belong to this process and call [`lower_thread`] (or be lowered) once it got there.
+/// Failures are not errors: the thread then stays at idle priority and parks later.
+pub(crate) fn boost(thread: ThreadId) {
+    #[cfg(target_os = "linux")]
+    {
+        for nice in [0, LOWEST_NICE] {
+            // Set the nice value first: leaving SCHED_IDLE is allowed only for a nice value
+            // within RLIMIT_NICE, and SCHED_OTHER keeps the thread's nice value.
+            if set_nice(thread, nice) && set_policy(thread, libc::SCHED_OTHER) {
+                return;
+            }
+        }
+        static NOTED: Once = Once::new();
+        NOTED.call_once(|| {
+            tracing::debug!(
+                "may not raise a pausing guest's priority (no CAP_SYS_NICE, RLIMIT_NICE 0): on a \
+                 saturated machine guests park later"
+            );
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = thread;
+}
+
+/// Puts guest thread `thread` (of this process) back at idle priority after a [`boost`].
+/// Lowering is always allowed; a failure (the thread is gone) is ignored.
+pub(crate) fn lower_thread(thread: ThreadId) {
+    #[cfg(target_os = "linux")]
+    set_policy(thread, libc::SCHED_IDLE);
+    #[cfg(not(target_os = "linux"))]
+    let _ = thread;
+}
+
+/// The lowest `nice` value: where guests are boosted to on Linux when nice 0 is not allowed, and
+/// their priority on other Unix systems.
+#[cfg(all(unix, not(target_vendor = "apple")))]
+const LOWEST_NICE: libc::c_int = 19;
+
+#[cfg(target_os = "linux")]
+fn set_nice(thread: ThreadId, nice: libc::c_int) -> bool {
+    let Ok(who) = libc::id_t::try_from(thread) else {
+        return false;
+    };
+    // SAFETY: no pointers; on Linux PRIO_PROCESS with a thread ID applies to that thread.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) == 0 }
+}
+
+#[cfg(target_os = "linux")]
+fn set_policy(thread: ThreadId, policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call.
+    unsafe { libc::sched_setscheduler(thread, policy, &param) == 0 }
 }
 
 #[cfg(target_os = "linux")]
@@ -72,10 +151,6 @@ fn is_idle() -> bool {
     // result is positive when the thread is in the background, 0 when not (-1 on error).
     unsafe { libc::getpriority(libc::PRIO_DARWIN_THREAD, 0) > 0 }
 }
-
-/// The lowest `nice` value.
-#[cfg(all(unix, not(target_os = "linux"), not(target_vendor = "apple")))]
-const LOWEST_NICE: libc::c_int = 19;
 
 #[cfg(all(unix, not(target_os = "linux"), not(target_vendor = "apple")))]
 fn lower() -> std::io::Result<()> {

@@ -6,8 +6,8 @@
 //! `Sandbox::run` (which lowers the thread to `SCHED_IDLE`), each guest with its own
 //! `TaskControl` as one task, registered in the scavenger's `Shared` the way the daemon does it,
 //! and the real scavenger thread reading the real `LoadSampler` every 20 ms into the policy with
-//! `PolicyConfig::default()` except `start_after_idle = 0` and `resume_after = 300 ms` (instead
-//! of 3 s, so that the bench's many bursts fit in a few minutes).
+//! `PolicyConfig::default()` except `start_after_idle = 0` and `resume_after = 300 ms` (the
+//! longest dwell, instead of 3 s, so that the bench's many bursts fit in a few minutes).
 //!
 //! The incumbents are other processes: `sh` busy loops (burners), this same binary hashing a
 //! buffer (the CPU-bound incumbent), and this same binary serving requests over TCP on
@@ -30,10 +30,11 @@
 //!   core (`SCHED_IDLE`, scavenger on) against alone, medians of interleaved rounds. "Alone"
 //!   still has the idle agent in this process (the scavenger sampling, no guests).
 //!   `naive_incumbent_cpu_slowdown_pct`: the same with plain nice-0 spin threads instead (no
-//!   sandbox, no policy).
-//! - `incumbent_latency_p99_rise_pct` (and `naive_...`): a request server doing ~1 ms of hashing
-//!   per request, driven at 200 requests/s over one connection; the p99 of the client's round
-//!   trips, pooled over interleaved rounds, with guests against alone.
+//!   sandbox, no policy); `idle_spinners_incumbent_cpu_slowdown_pct`: the same threads at
+//!   `SCHED_IDLE`, what idle priority alone does on this machine.
+//! - `incumbent_latency_p99_rise_pct` (and `naive_...`, `idle_spinners_...`): a request server
+//!   doing ~1 ms of hashing per request, driven at 200 requests/s over one connection; the p99
+//!   of the client's round trips, pooled over interleaved rounds, with guests against alone.
 //! - `incumbent_cpu_guest_share_pct`, `incumbent_latency_guest_share_pct`: the share of the
 //!   machine the guests used meanwhile (medians over the rounds with the agent).
 //! - `harvest_pct`: the guest threads' CPU time over cores × wall time while no incumbent runs.
@@ -118,11 +119,11 @@ struct Settings {
     pause_samples: usize,
     reaction_samples: usize,
     harvest_window: Duration,
-    /// Interleaved rounds of alone / with the agent / naive, for the CPU-bound incumbent.
+    /// Interleaved rounds of alone / agent / naive / idle spinners, for the CPU-bound incumbent.
     cpu_rounds: usize,
     /// The CPU-bound incumbent's wall time alone, roughly.
     cpu_target: Duration,
-    /// Interleaved rounds of alone / with the agent / naive, for the request server.
+    /// Interleaved rounds of alone / agent / naive / idle spinners, for the request server.
     latency_rounds: usize,
     latency_phase: Duration,
     /// Each of the plot's three parts: quiet, burst, quiet.
@@ -301,6 +302,8 @@ fn bench(settings: &Settings, dir: &Path) -> anyhow::Result<serde_json::Value> {
         "incumbent_cpu_slowdown_pct": round3(rise_pct(s.cpu[0], s.cpu[1])),
         "incumbent_cpu_guest_share_pct": round3(s.cpu_guests * 100.0),
         "naive_incumbent_cpu_slowdown_pct": round3(rise_pct(s.cpu[0], s.cpu[2])),
+        "incumbent_cpu_idle_spinners_s": round3(s.cpu[3]),
+        "idle_spinners_incumbent_cpu_slowdown_pct": round3(rise_pct(s.cpu[0], s.cpu[3])),
         "incumbent_latency_p50_alone_ms": round3(s.latency[0].p50),
         "incumbent_latency_p50_with_agent_ms": round3(s.latency[1].p50),
         "incumbent_latency_p50_naive_ms": round3(s.latency[2].p50),
@@ -311,6 +314,9 @@ fn bench(settings: &Settings, dir: &Path) -> anyhow::Result<serde_json::Value> {
         "incumbent_latency_guest_share_pct": round3(s.latency_guests * 100.0),
         "naive_incumbent_latency_p99_rise_pct":
             round3(rise_pct(s.latency[0].p99, s.latency[2].p99)),
+        "incumbent_latency_p99_idle_spinners_ms": round3(s.latency[3].p99),
+        "idle_spinners_incumbent_latency_p99_rise_pct":
+            round3(rise_pct(s.latency[0].p99, s.latency[3].p99)),
         "harvest_pct": round3(s.harvest * 100.0),
         "quiet_background_cpu_pct": round3(s.background * 100.0),
         "phases_repeated": s.repeats,
@@ -325,12 +331,12 @@ struct ScavengerFigures {
     decision: Percentiles,
     /// CPU time (ms) the guests used from the burst's start until all had parked.
     reaction_guest_cpu: Percentiles,
-    /// Median wall time (s) of the CPU-bound incumbent: alone, with the agent, naive.
-    cpu: [f64; 3],
+    /// Median wall time (s) of the CPU-bound incumbent: alone, with the agent, naive, idle spinners.
+    cpu: [f64; 4],
     /// The share of the machine the guests used while the CPU-bound incumbent ran (median).
     cpu_guests: f64,
-    /// Round trips of the request server: alone, with the agent, naive.
-    latency: [Percentiles; 3],
+    /// Round trips of the request server: alone, with the agent, naive, idle spinners.
+    latency: [Percentiles; 4],
     /// The share of the machine the guests used while the request server ran (median).
     latency_guests: f64,
     /// Phases of the CPU and latency parts run again because other programs were busy.
@@ -431,7 +437,7 @@ fn with_scavenger(
     say(&format!("plot: written to {}", settings.plot.display()));
 
     // 5. The CPU-bound incumbent: alone, with the agent's guests, with naive spinners.
-    let mut cpu: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 4] = Default::default();
     let mut cpu_guests = Vec::new();
     let mut repeats = 0;
     for round in 0..settings.cpu_rounds {
@@ -459,12 +465,14 @@ fn with_scavenger(
     }
     let cpu = cpu.map(|mut v| median(&mut v));
     say(&format!(
-        "cpu: medians alone {:.3} s, with the agent {:.3} s ({:+.2} %), naive {:.3} s ({:+.2} %)",
+        "cpu: medians alone {:.3} s, with the agent {:.3} s ({:+.2} %), naive {:.3} s ({:+.2} %), bare SCHED_IDLE {:.3} s ({:+.2} %)",
         cpu[0],
         cpu[1],
         rise_pct(cpu[0], cpu[1]),
         cpu[2],
-        rise_pct(cpu[0], cpu[2])
+        rise_pct(cpu[0], cpu[2]),
+        cpu[3],
+        rise_pct(cpu[0], cpu[3])
     ));
 
     // 6. The request server.
@@ -472,7 +480,7 @@ fn with_scavenger(
     let server_pid = [server.pid()];
     // Warm up: connection, caches, the server's first requests.
     server.drive(Duration::from_millis(500))?;
-    let mut latency: [Vec<f64>; 3] = Default::default();
+    let mut latency: [Vec<f64>; 4] = Default::default();
     let mut latency_guests = Vec::new();
     for round in 0..settings.latency_rounds {
         for mode in Mode::ALL {
@@ -503,12 +511,14 @@ fn with_scavenger(
     drop(server);
     let latency = latency.map(|mut v| Percentiles::of(&mut v));
     say(&format!(
-        "latency: p99 alone {:.3} ms, with the agent {:.3} ms ({:+.2} %), naive {:.3} ms ({:+.2} %)",
+        "latency: p99 alone {:.3} ms, with the agent {:.3} ms ({:+.2} %), naive {:.3} ms ({:+.2} %), bare SCHED_IDLE {:.3} ms ({:+.2} %)",
         latency[0].p99,
         latency[1].p99,
         rise_pct(latency[0].p99, latency[1].p99),
         latency[2].p99,
-        rise_pct(latency[0].p99, latency[2].p99)
+        rise_pct(latency[0].p99, latency[2].p99),
+        latency[3].p99,
+        rise_pct(latency[0].p99, latency[3].p99)
     ));
 
     Ok(ScavengerFigures {
@@ -663,16 +673,20 @@ enum Mode {
     Agent,
     /// Plain spin threads at nice 0 on every core, no policy.
     Naive,
+    /// Plain spin threads at `SCHED_IDLE` on every core, no sandbox, no policy: what idle
+    /// priority alone does, the floor for any harvester at that priority on this machine.
+    Idle,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Alone, Mode::Agent, Mode::Naive];
+    const ALL: [Mode; 4] = [Mode::Alone, Mode::Agent, Mode::Naive, Mode::Idle];
 
     fn describe(self) -> &'static str {
         match self {
             Mode::Alone => "alone",
             Mode::Agent => "with the agent's guests",
             Mode::Naive => "with naive nice-0 spinners",
+            Mode::Idle => "with bare SCHED_IDLE spinners",
         }
     }
 }
@@ -834,8 +848,8 @@ impl Agent {
                 guests.finish()?;
                 result
             }
-            Mode::Naive => {
-                let spinners = Spinners::start(self.cores)?;
+            Mode::Naive | Mode::Idle => {
+                let spinners = Spinners::start(self.cores, matches!(mode, Mode::Idle))?;
                 thread::sleep(Duration::from_millis(100));
                 let result = measured(f, None);
                 drop(spinners);
@@ -970,14 +984,15 @@ impl Drop for Guests {
 }
 
 /// The naive alternative to the agent: plain spin threads at normal priority (nice 0), the same
-/// mixing loop as the guest, no sandbox, no policy. Stopped when dropped.
+/// mixing loop as the guest, no sandbox, no policy; or the same at `SCHED_IDLE`. Stopped when
+/// dropped.
 struct Spinners {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<u64>>,
 }
 
 impl Spinners {
-    fn start(n: usize) -> io::Result<Self> {
+    fn start(n: usize, idle: bool) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut spinners = Self {
             stop: stop.clone(),
@@ -991,6 +1006,14 @@ impl Spinners {
                     thread::Builder::new()
                         .name(format!("naive-{i}"))
                         .spawn(move || {
+                            if idle {
+                                let param = libc::sched_param { sched_priority: 0 };
+                                // SAFETY: `param` outlives the call; pid 0 is this thread.
+                                let rc = unsafe {
+                                    libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+                                };
+                                assert_eq!(rc, 0, "SCHED_IDLE for an idle spinner");
+                            }
                             let mut h: u64 = 0xcbf2_9ce4_8422_2325;
                             let mut i: u64 = 0;
                             while !stop.load(Ordering::Relaxed) {
@@ -1221,7 +1244,8 @@ impl Changes {
             .join("; ")
     }
 
-    /// ", policy: paused 1×, throttled 2×" for the changes after the first `skip`.
+    /// " (policy: paused 1×, throttled 2×; first pause: why)" for the changes after the first
+    /// `skip`.
     fn summary_since(&self, skip: usize) -> String {
         let changes = lock(&self.0);
         let count = |state| {
@@ -1232,10 +1256,16 @@ impl Changes {
                 .count()
         };
         let (paused, throttled) = (count(State::Paused), count(State::Throttled));
+        let first = changes
+            .iter()
+            .skip(skip)
+            .find(|(_, s, _)| *s == State::Paused)
+            .map(|(_, _, why)| format!("; first pause: {why}"))
+            .unwrap_or_default();
         if paused + throttled == 0 {
             String::new()
         } else {
-            format!(" (policy: paused {paused}×, throttled {throttled}×)")
+            format!(" (policy: paused {paused}×, throttled {throttled}×{first})")
         }
     }
 }
