@@ -70,8 +70,8 @@ fn the_ticker_sleeps_while_every_guest_is_parked() {
         };
         thread::sleep(Duration::from_millis(50));
 
-        // Ticks every millisecond while the guest runs (well over 50 in 300 ms even on a busy
-        // machine)...
+        // Ticks every millisecond while the guest runs (about 300 in 300 ms; a busy machine
+        // delays some wake-ups, so ask for far fewer)...
         let running = wakeups_over(&ticker, window);
         // ... none while it is parked ...
         assert!(control.pause_and_wait(Duration::from_secs(10)).is_some());
@@ -84,9 +84,9 @@ fn the_ticker_sleeps_while_every_guest_is_parked() {
         println!(
             "ticker wake-ups per {window:?}: running {running}, parked {parked}, resumed {resumed}"
         );
-        assert!(running > 50, "running: {running}");
+        assert!(running >= 20, "running: {running}");
         assert!(parked <= 2, "parked: {parked}");
-        assert!(resumed > 50, "resumed: {resumed}");
+        assert!(resumed >= 20, "resumed: {resumed}");
 
         control.cancel("done");
         guest.join().expect("guest thread")
