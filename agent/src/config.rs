@@ -39,6 +39,10 @@ pub struct AgentConfig {
     /// are refused. Without one, nothing is trusted.
     #[serde(default)]
     pub allowed_signers: Option<PathBuf>,
+    /// Revoked keys: OpenSSH public keys, one per line. Their signatures are refused whatever
+    /// the trust list says.
+    #[serde(default)]
+    pub revoked_signers: Option<PathBuf>,
     /// Labels the coordinator can match jobs' constraints against.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lull_agent::owner::OwnerRequest;
 use lull_agent::{Agent, AgentConfig};
@@ -60,6 +59,9 @@ struct RunArgs {
     /// The trust list, an OpenSSH allowed_signers file (overrides the file).
     #[arg(long)]
     allowed_signers: Option<PathBuf>,
+    /// Revoked keys, OpenSSH public keys one per line (overrides the file).
+    #[arg(long)]
+    revoked_signers: Option<PathBuf>,
     /// Tasks run at once (overrides the file).
     #[arg(long)]
     slots: Option<u32>,
@@ -174,6 +176,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(v) = args.allowed_signers {
         config.allowed_signers = Some(v);
     }
+    if let Some(v) = args.revoked_signers {
+        config.revoked_signers = Some(v);
+    }
     if let Some(v) = args.slots {
         config.slots = Some(v);
     }
@@ -190,11 +195,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         config.policy.start_after_idle = v;
     }
     let trust = match &config.allowed_signers {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the trust list {}", path.display()))?;
-            TrustList::parse(&text)
-                .with_context(|| format!("reading the trust list {}", path.display()))?
+        Some(path) => TrustList::read_files(path, config.revoked_signers.as_deref())?,
+        None if config.revoked_signers.is_some() => {
+            anyhow::bail!(
+                "revoked_signers is set without allowed_signers: nothing would be trusted"
+            )
         }
         None => TrustList::new(),
     };

@@ -43,6 +43,8 @@ enum Command {
     },
     /// Sign a module, writing FILE.sig.
     Sign(commands::keys::SignArgs),
+    /// Check a module's signature (FILE.sig) against a trust list.
+    Verify(commands::keys::VerifyArgs),
 }
 
 /// Exit code when a watched job ended with a task that did not succeed.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             Command::Cancel(a) => commands::cancel::run(&client, a).await,
             Command::Keys { command } => commands::keys::run(command),
             Command::Sign(a) => commands::keys::sign(a),
+            Command::Verify(a) => commands::keys::verify(a),
         }
     });
     match result {

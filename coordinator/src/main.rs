@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lull_coordinator::server::{self, HubConfig, ServeConfig};
 
@@ -38,6 +37,9 @@ struct ServeArgs {
     /// An OpenSSH allowed_signers file: submitted modules must be signed by a key on it.
     #[arg(long)]
     allowed_signers: Option<PathBuf>,
+    /// Revoked keys, OpenSSH public keys one per line: their signatures are refused.
+    #[arg(long, requires = "allowed_signers")]
+    revoked_signers: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -69,14 +71,10 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let trust = match &args.allowed_signers {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                lull_protocol::signature::TrustList::parse(&text)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )
-        }
+        Some(path) => Some(lull_protocol::signature::TrustList::read_files(
+            path,
+            args.revoked_signers.as_deref(),
+        )?),
         None => None,
     };
     let config = ServeConfig {

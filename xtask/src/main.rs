@@ -40,6 +40,8 @@ fn main() -> ExitCode {
 /// Everything CI runs.
 fn test() -> anyhow::Result<()> {
     util::ensure_wasm_targets()?;
+    // Signatures are checked against the real OpenSSH tools.
+    util::ensure_commands(&[("ssh-keygen", "openssh-client")])?;
     util::build_examples()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
     util::cargo(&[

@@ -119,6 +119,40 @@ pub fn ensure_wasm_targets() -> anyhow::Result<()> {
     )
 }
 
+/// Installs the Debian packages that provide `commands` when any of them is missing from `PATH`
+/// (`apt-get update`, then `apt-get install -y`; this needs root). `needs` pairs a command with
+/// its package.
+pub fn ensure_commands(needs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let on_path = |command: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+    };
+    let missing: Vec<(&str, &str)> = needs
+        .iter()
+        .copied()
+        .filter(|(command, _)| !on_path(command))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    let commands: Vec<&str> = missing.iter().map(|(command, _)| *command).collect();
+    let why = format!(
+        "the tests need {}: installing {}",
+        commands.join(", "),
+        packages.join(" ")
+    );
+    let mut update = Command::new("apt-get");
+    update.arg("update");
+    run(&mut update, &format!("{why} (apt-get update)"))?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(&mut install, &format!("{why} (apt-get install)"))
+}
+
 /// Builds the example guests (their own workspace under examples/).
 pub fn build_examples() -> anyhow::Result<()> {
     let dir = root().join("examples");

@@ -1,4 +1,4 @@
-//! `lull keys generate` and `lull sign`.
+//! `lull keys generate`, `lull sign` and `lull verify`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +30,25 @@ pub struct SignArgs {
     #[arg(long, env = "LULL_KEY")]
     key: PathBuf,
 }
+
+/// `lull verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The module whose signature to check.
+    file: PathBuf,
+    /// The trust list: an OpenSSH `allowed_signers` file.
+    #[arg(long)]
+    allowed_signers: PathBuf,
+    /// Revoked keys: OpenSSH public keys, one per line.
+    #[arg(long)]
+    revoked_signers: Option<PathBuf>,
+    /// The signature [default: FILE.sig].
+    #[arg(long)]
+    signature: Option<PathBuf>,
+}
+
+/// Exit code of `lull verify` when the signature is not accepted.
+pub const EXIT_NOT_VERIFIED: u8 = 1;
 
 /// Runs a key command.
 pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -82,4 +101,34 @@ pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&out, sig).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lull verify FILE --allowed-signers F`: exit 0 when a listed signer signed exactly these
+/// bytes, else [`EXIT_NOT_VERIFIED`] with the reason. Unreadable inputs are errors (exit 1 too,
+/// with `error:`).
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let trust = lull_protocol::signature::TrustList::read_files(
+        &args.allowed_signers,
+        args.revoked_signers.as_deref(),
+    )?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let sig_path = args
+        .signature
+        .unwrap_or_else(|| PathBuf::from(format!("{}.sig", args.file.display())));
+    let signature = match std::fs::read_to_string(&sig_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", sig_path.display())),
+    };
+    match trust.verify(&bytes, signature.as_deref()) {
+        Ok(principal) => {
+            println!("{}: good signature by {principal}", args.file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: not verified: {e}", args.file.display());
+            Ok(ExitCode::from(EXIT_NOT_VERIFIED))
+        }
+    }
 }
