@@ -19,12 +19,14 @@
 //! - `pause_p50_ms`, `pause_p99_ms`: `TaskControl::pause_and_wait` on one spinning guest, on an
 //!   otherwise quiet machine, without the scavenger; resumed after each, 10-30 ms apart.
 //! - `reaction_p50_ms`, `reaction_p99_ms`: guests spinning on every core, the scavenger running;
-//!   from just before one burner per core is spawned until every guest has parked. A guest's
+//!   one burner per core is spawned (this binary, which reads the monotonic clock as it starts
+//!   spinning and prints it): from the first burner's reading until every guest has parked.
+//!   `reaction_spawn_*` is the time from just before the spawn to that reading. A guest's
 //!   parking instant is read back exactly from `TaskControl::paused_for` (it grows from the
 //!   instant the guest parks), so the bench's polling adds nothing. `reaction_decision_*` is the
 //!   same up to the policy's pause decision (the scavenger's state change to `paused`), and
-//!   `reaction_guest_cpu_*` the CPU time all guests together used from the burners' start until
-//!   the last one parked: a starved `SCHED_IDLE` thread reaches its next epoch check late, but
+//!   `reaction_guest_cpu_*` the CPU time all guests together used from the spawn until the last
+//!   one parked: a starved `SCHED_IDLE` thread reaches its next epoch check late, but
 //!   takes next to no CPU meanwhile.
 //! - `incumbent_cpu_slowdown_pct`: one hashing process per core, wall time with guests on every
 //!   core (`SCHED_IDLE`, scavenger on) against alone, medians of interleaved rounds. "Alone"
@@ -75,6 +77,9 @@ const WORK_HELPER: &str = "__scavenge-work";
 /// `xtask bench __scavenge-serve ROUNDS`: serves requests on 127.0.0.1, each hashing a small
 /// buffer ROUNDS times; prints its port.
 const SERVE_HELPER: &str = "__scavenge-serve";
+/// `xtask bench __scavenge-burn 1`: prints the monotonic clock (ns) at the moment it starts,
+/// then spins forever: a burner that says when its CPU-bound part began.
+const BURN_HELPER: &str = "__scavenge-burn";
 
 /// The policy's quiet dwell before paused guests resume, for this bench (the default is 3 s).
 const RESUME_AFTER: Duration = Duration::from_millis(300);
@@ -201,6 +206,16 @@ pub fn helper(name: &str, args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         SERVE_HELPER => serve(rounds),
+        BURN_HELPER => {
+            let mut out = io::stdout().lock();
+            writeln!(out, "{}", monotonic_ns())?;
+            out.flush()?;
+            drop(out);
+            let mut h: u64 = rounds;
+            loop {
+                h = std::hint::black_box(h.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        }
         _ => bail!("unknown helper {name}"),
     }
 }
@@ -296,6 +311,8 @@ fn bench(settings: &Settings, dir: &Path) -> anyhow::Result<serde_json::Value> {
         "reaction_decision_p99_ms": round3(s.decision.p99),
         "reaction_guest_cpu_p50_ms": round3(s.reaction_guest_cpu.p50),
         "reaction_guest_cpu_p99_ms": round3(s.reaction_guest_cpu.p99),
+        "reaction_spawn_p50_ms": round3(s.reaction_spawn.p50),
+        "reaction_spawn_p99_ms": round3(s.reaction_spawn.p99),
         "incumbent_cpu_alone_s": round3(s.cpu[0]),
         "incumbent_cpu_with_agent_s": round3(s.cpu[1]),
         "incumbent_cpu_naive_s": round3(s.cpu[2]),
@@ -331,6 +348,8 @@ struct ScavengerFigures {
     decision: Percentiles,
     /// CPU time (ms) the guests used from the burst's start until all had parked.
     reaction_guest_cpu: Percentiles,
+    /// From just before the burners' spawn to the first one spinning (ms).
+    reaction_spawn: Percentiles,
     /// Median wall time (s) of the CPU-bound incumbent: alone, with the agent, naive, idle spinners.
     cpu: [f64; 4],
     /// The share of the machine the guests used while the CPU-bound incumbent ran (median).
@@ -381,8 +400,10 @@ fn with_scavenger(
     let mut reactions = Vec::new();
     let mut decisions = Vec::new();
     let mut guest_cpu = Vec::new();
+    let mut spawns = Vec::new();
     for i in 0..settings.reaction_samples {
         let r = reaction_once(agent, &guests, cores, rng)?;
+        spawns.push(r.spawn_ms);
         reactions.push(r.parked_ms);
         decisions.push(r.decision_ms);
         guest_cpu.push(r.guest_cpu_ms);
@@ -400,9 +421,12 @@ fn with_scavenger(
     let reaction = Percentiles::of(&mut reactions);
     let decision = Percentiles::of(&mut decisions);
     let guest_cpu = Percentiles::of(&mut guest_cpu);
+    let spawn = Percentiles::of(&mut spawns);
     say(&format!(
-        "reaction: to the pause decision p50 {:.1} ms, p99 {:.1} ms; to every guest parked p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-         guests' CPU from the burst's start to parked p50 {:.1} ms, p99 {:.1} ms (all guests together)",
+        "reaction: from the spawn to the first burner spinning p50 {:.1} ms, p99 {:.1} ms; from then to the pause decision p50 {:.1} ms, p99 {:.1} ms; to every guest parked p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         guests' CPU from the spawn to parked p50 {:.1} ms, p99 {:.1} ms (all guests together)",
+        spawn.p50,
+        spawn.p99,
         decision.p50,
         decision.p99,
         reaction.p50,
@@ -527,6 +551,7 @@ fn with_scavenger(
         reaction,
         decision,
         reaction_guest_cpu: guest_cpu,
+        reaction_spawn: spawn,
         cpu,
         cpu_guests: median(&mut cpu_guests),
         latency,
@@ -537,9 +562,11 @@ fn with_scavenger(
 
 /// What one burst of burners measured.
 struct Reaction {
-    /// From just before the burners are spawned to every guest parked.
+    /// From just before the burners are spawned to the first one spinning.
+    spawn_ms: f64,
+    /// From the first burner spinning to every guest parked.
     parked_ms: f64,
-    /// From just before the burners are spawned to the policy's pause decision.
+    /// From the first burner spinning to the policy's pause decision.
     decision_ms: f64,
     /// The guests' CPU time together in that time.
     guest_cpu_ms: f64,
@@ -562,8 +589,15 @@ fn reaction_once(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let changes = agent.changes.len();
     let cpu_before = guests.cpu_ns()?;
-    let start = Instant::now();
-    let mut burners = Children::burners(cores)?;
+    let spawned = Instant::now();
+    let (mut burners, go_ns) = Children::burners(cores)?;
+    // The burst starts when the first burner starts spinning (its own clock reading, not when
+    // this thread hears of it).
+    let (now, now_ns) = (Instant::now(), monotonic_ns());
+    let start = now
+        .checked_sub(Duration::from_nanos(now_ns.saturating_sub(go_ns)))
+        .unwrap_or(spawned)
+        .max(spawned);
     let mut parked: Vec<Option<Instant>> = vec![None; guests.list.len()];
     while parked.iter().any(Option::is_none) {
         if start.elapsed() > PATIENCE {
@@ -589,6 +623,7 @@ fn reaction_once(
         .first_since(changes, State::Paused)
         .context("the guests parked without the policy pausing them")?;
     Ok(Reaction {
+        spawn_ms: ms(start.saturating_duration_since(spawned)),
         parked_ms: ms(all_parked.saturating_duration_since(start)),
         decision_ms: ms(decided.saturating_duration_since(start)),
         guest_cpu_ms: (cpu_after - cpu_before) as f64 / 1e6,
@@ -653,7 +688,7 @@ fn burst_trace(
         last_guest = guest;
         let t = now - start;
         if burners.is_none() && !burst_done && t >= part {
-            let b = Children::burners(cores)?;
+            let (b, _) = Children::burners(cores)?;
             burner_ns = vec![0; b.0.len()];
             burners = Some(b);
         } else if burners.is_some() && t >= part * 2 {
@@ -1045,19 +1080,33 @@ struct Children(Vec<Child>);
 
 impl Children {
     /// One `sh` busy loop per core.
-    fn burners(n: usize) -> io::Result<Self> {
+    /// One burner per core (`xtask bench __scavenge-burn`), and the monotonic clock (ns) at which
+    /// the first of them started spinning.
+    fn burners(n: usize) -> anyhow::Result<(Self, u64)> {
+        let exe = std::env::current_exe()?;
         let mut children = Children(Vec::new());
         for _ in 0..n {
             children.0.push(
-                Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
+                Command::new(&exe)
+                    .args(["bench", BURN_HELPER, "1"])
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null())
+                    .stdout(Stdio::piped())
                     .stderr(Stdio::null())
                     .spawn()?,
             );
         }
-        Ok(children)
+        let mut first = u64::MAX;
+        for child in &mut children.0 {
+            let out = child.stdout.take().context("a burner's stdout")?;
+            let mut line = String::new();
+            BufReader::new(out).read_line(&mut line)?;
+            let go: u64 = line
+                .trim()
+                .parse()
+                .with_context(|| format!("a burner said {line:?}"))?;
+            first = first.min(go);
+        }
+        Ok((children, first))
     }
 
     fn kill(&mut self) {
@@ -1268,6 +1317,19 @@ impl Changes {
             format!(" (policy: paused {paused}×, throttled {throttled}×{first})")
         }
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `Instant` reads on Linux, and the same in every
+/// process, so a burner's reading can be placed on this process's timeline.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// The chart: incumbent and guest CPU through the burst.
