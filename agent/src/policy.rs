@@ -44,9 +44,9 @@
 //! since the previous one, so with 20 ms samples, "busy for 40 ms" is two busy samples in a row).
 //! "Hot for D" weighs the evidence: each hot sample counts for its time multiplied by how far
 //! incumbent CPU is over `pause_above` (CPU pressure and the owner's input count 1:1). With the
-//! defaults (40 ms, 30 %) a sample at 60 % or more pauses at once, one at 35 % needs a second hot
-//! sample: a load of the whole machine is acted on at its first whole sample, while a marginal
-//! reading, which on a small machine may be a clock tick's rounding, has to repeat.
+//! defaults (30 ms, 30 %) a 20 ms sample at 45 % or more pauses at once, one at 35 % needs a
+//! second hot sample: a load of a whole core is acted on at its first well-covered sample, while
+//! a marginal reading, which on a small machine may be a clock tick's rounding, has to repeat.
 //!
 //! * [`State::WaitingForIdle`]: no guests. Starts here, and returns here after every eviction.
 //!   Goes to `Running` once the machine has been quiet, with enough memory, off battery (when that
@@ -92,7 +92,7 @@
 //! | setting | default | | setting | default |
 //! |---|---|---|---|---|
 //! | `pause_above` | 0.3 | | `memory_reserve` | 512 MiB |
-//! | `pause_after` | 40 ms | | `memory_pressure_above` | 40 % |
+//! | `pause_after` | 30 ms | | `memory_pressure_above` | 40 % |
 //! | `resume_below` | 0.15 | | `evict_on_battery` | true |
 //! | `resume_after` | 3 s | | `pause_when_owner_active` | true |
 //! | `resume_after_min` | 150 ms | | | |
@@ -139,11 +139,11 @@ pub struct PolicyConfig {
     pub pause_above: f64,
     /// How long incumbent CPU (or CPU pressure, or the owner) must stay hot before guests pause,
     /// each sample weighted by how far incumbent CPU is over `pause_above` (see the module docs).
-    /// Default 40 ms: two samples just over `pause_above`, or one at twice it. A load of the
-    /// whole machine is then acted on at the first sample that covers it well, 20–30 ms after it
-    /// began, which leaves the sandbox time to stop guests within the 50 ms reaction goal, while
-    /// a single marginal sample (on two cores one clock tick is 25 % of a 20 ms sample) does not
-    /// pause. Raise it to ride out longer spikes at the cost of a slower reaction (guests yield
+    /// Default 30 ms: two samples just over `pause_above`, or one at 1.5 times it. A load of a
+    /// whole core on a 2-core machine is then acted on at the first sample that covers it well,
+    /// 20–30 ms after it began, which leaves the sandbox time to stop guests within the 50 ms
+    /// reaction goal, while a single marginal sample (on two cores one clock tick is 25 % of a
+    /// 20 ms sample) does not pause. Raise it to ride out longer spikes at the cost of a slower reaction (guests yield
     /// cores at once anyway, at idle priority; the pause takes them out of the caches and the
     /// memory bandwidth too).
     #[serde(with = "duration_text")]
@@ -225,7 +225,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             pause_above: 0.3,
-            pause_after: Duration::from_millis(40),
+            pause_after: Duration::from_millis(30),
             resume_below: 0.15,
             resume_after: Duration::from_secs(3),
             resume_after_min: Duration::from_millis(150),
@@ -2014,7 +2014,7 @@ mod tests {
     fn config_round_trips_through_toml() {
         let default = PolicyConfig::default();
         let text = toml::to_string(&default).unwrap();
-        assert!(text.contains("pause_after = \"40ms\""), "{text}");
+        assert!(text.contains("pause_after = \"30ms\""), "{text}");
         assert!(text.contains("max_pause = \"10m\""), "{text}");
         assert!(text.contains("memory_reserve = \"512MiB\""), "{text}");
         assert_eq!(toml::from_str::<PolicyConfig>(&text).unwrap(), default);

@@ -17,7 +17,7 @@
 //!
 //! And these limits: linear memory ([`RunSpec::memory_limit`], all memories together), tables and
 //! instance counts, the wasm stack ([`SandboxConfig::max_wasm_stack`]) and wall time
-//! ([`RunSpec::timeout`]), the last checked at every epoch tick together with [`TaskControl`].
+//! ([`RunSpec::timeout`]), the last checked at every epoch tick.
 //!
 //! Getting out of the machine's way:
 //!
@@ -25,9 +25,14 @@
 //!   priority there is (`SCHED_IDLE` on Linux), so guests only get cores the machine's own
 //!   programs leave idle. The agent runs each guest on a fresh thread of its own for this reason;
 //!   compiling and everything else stay at normal priority.
-//! - **Epoch checks.** A ticker thread advances the engine's epoch every
-//!   [`SandboxConfig::epoch_tick`] (1 ms); at each tick a running guest calls back into
-//!   [`TaskControl`], which decides whether it carries on, stops, or blocks.
+//! - **Epoch checks.** At each advance of the engine's epoch a running guest calls back into
+//!   [`TaskControl`], which decides whether it carries on, stops, or blocks. A request on a
+//!   `TaskControl` (pause, cancel, eviction, CPU cap) advances the epoch itself, so guests act
+//!   on it within microseconds. Besides, a ticker thread advances it every
+//!   [`SandboxConfig::epoch_tick`] (10 ms) while guests run, for their time limits, and at the
+//!   end of each run part of a duty cycle, so a capped guest rests on time; it sleeps while
+//!   every guest is parked or resting, so the machine's own programs are not woken for
+//!   nothing.
 //! - **Pause.** [`TaskControl::pause`] parks the guest's thread on a condition variable at its
 //!   next check (no spinning) until [`TaskControl::resume`]; the guest then carries on where it
 //!   was. [`TaskControl::pause_and_wait`] returns once the guest has stopped.
@@ -70,7 +75,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use self::capture::Capture;
 pub use self::control::{DUTY_PERIOD, MIN_CPU_SHARE, TaskControl};
-use self::control::{Gate, Sleeper};
+use self::control::{Gate, Nudge, Sleeper};
 use self::limits::Limits;
 use self::outcome::Facts;
 pub use self::priority::current_thread_is_idle_priority;
@@ -91,11 +96,14 @@ pub struct SandboxConfig {
     /// thread calling [`Sandbox::run`] needs this much stack plus room for the host (a few
     /// hundred KiB).
     pub max_wasm_stack: usize,
-    /// How often the epoch advances, which is how often a running guest checks its time limit
-    /// and [`TaskControl`]. Default 1 ms; ticks shorter than 100 us are made 100 us.
+    /// How often the epoch advances while guests run: how precisely time limits are kept.
+    /// Requests on a [`TaskControl`] do not wait for it (they advance the epoch themselves), nor
+    /// do duty cycles (the ticker also advances it where their run parts end). Default 10 ms;
+    /// ticks shorter than 100 us are made 100 us.
     ///
-    /// [`Duration::ZERO`] starts no ticker thread: the owner of the sandbox advances the epoch
-    /// itself with [`Sandbox::increment_epoch`] (tests do, to decide exactly when guests check).
+    /// [`Duration::ZERO`] starts no ticker thread and turns off the advances that requests make:
+    /// the owner of the sandbox advances the epoch itself with [`Sandbox::increment_epoch`]
+    /// (tests do, to decide exactly when guests check).
     pub epoch_tick: Duration,
 }
 
@@ -104,7 +112,7 @@ impl Default for SandboxConfig {
         Self {
             output_cap: 1 << 20,
             max_wasm_stack: 1 << 20,
-            epoch_tick: Duration::from_millis(1),
+            epoch_tick: Duration::from_millis(10),
         }
     }
 }
@@ -319,7 +327,12 @@ impl Sandbox {
             .ticker
             .as_ref()
             .map(|ticker| Box::new(ticker.hold()) as Box<dyn Sleeper>);
-        let mut gate = control.gate(started.checked_add(spec.timeout), ticking);
+        // Requests act at once, except in a sandbox whose owner advances the epoch by hand.
+        let nudge = self.ticker.as_ref().map(|_| {
+            let engine = self.engine.clone();
+            Arc::new(move || engine.increment_epoch()) as Nudge
+        });
+        let mut gate = control.gate(started.checked_add(spec.timeout), ticking, nudge);
         // The first check: a cancelled or evicted task never starts, a paused one waits here.
         if let Some(stop) = gate.checkpoint() {
             return facts.failed(&wasmtime::Error::new(stop));
@@ -598,7 +611,8 @@ struct Ticker {
 }
 
 /// What the ticker thread and the runs share: how many guests run (the ticker sleeps without
-/// waking while there are none, so an idle agent costs nothing here) and whether to stop.
+/// waking while there are none, so an idle agent costs nothing here), the CPU shares of those
+/// that are duty-cycled (the ticker also ticks where their run parts end), and whether to stop.
 #[derive(Default)]
 struct TickerShared {
     state: Mutex<TickerState>,
@@ -608,6 +622,10 @@ struct TickerShared {
 #[derive(Default)]
 struct TickerState {
     active: usize,
+    /// One entry per duty-cycled guest.
+    shares: Vec<f64>,
+    /// Bumped whenever `shares` changes, so that the ticker recomputes its next tick.
+    generation: u64,
     stop: bool,
 }
 
@@ -620,17 +638,33 @@ impl Ticker {
         let thread = thread::Builder::new()
             .name("lull-epoch".to_string())
             .spawn(move || {
+                let mut state = lock_ignoring_poison(&theirs.state);
                 loop {
-                    {
-                        let mut state = lock_ignoring_poison(&theirs.state);
-                        while state.active == 0 && !state.stop {
-                            state = theirs.wake.wait(state).unwrap_or_else(|p| p.into_inner());
-                        }
-                        if state.stop {
-                            return;
-                        }
+                    while state.active == 0 && !state.stop {
+                        state = theirs.wake.wait(state).unwrap_or_else(|p| p.into_inner());
                     }
-                    thread::sleep(tick);
+                    if state.stop {
+                        return;
+                    }
+                    // The next tick, or the next end of a duty cycle's run part if sooner (not
+                    // too soon: a guest that checks at a run part's end rests from then on).
+                    let now = Instant::now();
+                    let wait = state
+                        .shares
+                        .iter()
+                        .map(|&share| control::duty_run_ends_in(now, share))
+                        .fold(tick, Duration::min)
+                        .max(Duration::from_micros(20));
+                    let generation = state.generation;
+                    state = theirs
+                        .wake
+                        .wait_timeout_while(state, wait, |s| !s.stop && s.generation == generation)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    if state.generation != generation {
+                        // The duty cycles changed: work out the next tick again.
+                        continue;
+                    }
                     engine.increment_epoch();
                 }
             })
@@ -646,6 +680,7 @@ impl Ticker {
         let mut hold = TickerHold {
             shared: self.shared.clone(),
             awake: false,
+            share: None,
         };
         hold.awake();
         hold
@@ -658,6 +693,8 @@ impl Ticker {
 struct TickerHold {
     shared: Arc<TickerShared>,
     awake: bool,
+    /// This guest's duty cycle share, as entered in the ticker's `shares`.
+    share: Option<f64>,
 }
 
 impl Sleeper for TickerHold {
@@ -676,11 +713,28 @@ impl Sleeper for TickerHold {
             self.shared.wake.notify_all();
         }
     }
+
+    fn duty_cycled(&mut self, share: Option<f64>) {
+        if self.share != share {
+            let mut state = lock_ignoring_poison(&self.shared.state);
+            if let Some(old) = self.share
+                && let Some(at) = state.shares.iter().position(|s| *s == old)
+            {
+                state.shares.swap_remove(at);
+            }
+            state.shares.extend(share);
+            state.generation = state.generation.wrapping_add(1);
+            drop(state);
+            self.share = share;
+            self.shared.wake.notify_all();
+        }
+    }
 }
 
 impl Drop for TickerHold {
     fn drop(&mut self) {
         self.asleep();
+        self.duty_cycled(None);
     }
 }
 

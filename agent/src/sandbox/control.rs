@@ -19,6 +19,10 @@
 //! Time spent paused or resting in the duty cycle does not count toward the task's time limit:
 //! each guest's deadline moves forward by the time it slept.
 //!
+//! A request that needs the guest to act (pause, cancel, eviction, a CPU cap) advances the
+//! engine's epoch at once (the sandbox's [`Nudge`]), so running guests make their check within
+//! microseconds rather than at the next tick.
+//!
 //! A guest can only park at an epoch check it runs itself. Guest threads run at idle priority,
 //! so while the machine's own programs keep every core busy a guest may wait hundreds of
 //! milliseconds for a slice in which to reach its check. To be stopped promptly, a guest that is
@@ -99,7 +103,14 @@ struct State {
     unparked: Vec<ThreadId>,
     /// Whether the threads in `unparked` were raised to normal priority to reach their pause.
     boosted: bool,
+    /// Makes running guests reach their next epoch check now (advances their engine's epoch),
+    /// so a request does not wait for the next tick. Set by the gates.
+    nudge: Option<Nudge>,
 }
+
+/// Advances the epoch of the engine a control's guests run in: every running guest of it then
+/// makes its check at its next loop iteration or call.
+pub(crate) type Nudge = Arc<dyn Fn() + Send + Sync>;
 
 impl Default for State {
     fn default() -> Self {
@@ -114,6 +125,7 @@ impl Default for State {
             parked_total: Duration::ZERO,
             unparked: Vec::new(),
             boosted: false,
+            nudge: None,
         }
     }
 }
@@ -284,15 +296,20 @@ impl TaskControl {
 
     /// The guest side of one run, called on the guest's own thread: registers a running guest
     /// (until the [`Gate`] is dropped) whose wall-time limit ends at `deadline`. `sleeper` is told
-    /// whenever the guest blocks (paused, or resting in the duty cycle) and wakes.
+    /// whenever the guest blocks (paused, or resting in the duty cycle) and wakes; `nudge`, when
+    /// given, is how requests make the guest check at once.
     pub(crate) fn gate(
         &self,
         deadline: Option<Instant>,
         sleeper: Option<Box<dyn Sleeper>>,
+        nudge: Option<Nudge>,
     ) -> Gate {
         let thread = priority::current_thread_id();
         let mut state = self.lock();
         state.running += 1;
+        if nudge.is_some() {
+            state.nudge = nudge;
+        }
         if let Some(thread) = thread {
             state.unparked.push(thread);
             if state.boosted {
@@ -306,16 +323,22 @@ impl TaskControl {
             deadline,
             thread,
             sleeper,
+            duty: None,
         }
     }
 
     /// Publishes a change of `state`: refreshes the fast-path flag, raises the priority of guests
     /// that must hurry to a pause (or lowers them again when it was lifted before they got
-    /// there), and wakes every waiter.
+    /// there), makes running guests check at once when they must act, and wakes every waiter.
     fn changed(&self, state: &mut State) {
-        self.inner
-            .attention
-            .store(state.needs_attention(), Ordering::Release);
+        let attention = state.needs_attention();
+        self.inner.attention.store(attention, Ordering::Release);
+        if attention
+            && state.running > state.parked
+            && let Some(nudge) = &state.nudge
+        {
+            nudge();
+        }
         if state.paused && !state.boosted && !state.unparked.is_empty() {
             state.boosted = true;
             state.unparked.iter().copied().for_each(priority::boost);
@@ -355,12 +378,16 @@ impl fmt::Debug for TaskControl {
 }
 
 /// Told when a running guest blocks in its [`Gate`] (paused, or resting in its duty cycle) and
-/// when it carries on: the sandbox lets its epoch ticker sleep while no guest runs.
+/// when it carries on, and whether it is duty-cycled: the sandbox lets its epoch ticker sleep
+/// while no guest runs, and tick fast only while a duty cycle needs it.
 pub(crate) trait Sleeper: Send + Sync {
     /// The guest is about to block.
     fn asleep(&mut self);
     /// The guest carries on.
     fn awake(&mut self);
+    /// The guest is duty-cycled with this CPU share (`Some`): it needs a check when each run
+    /// part of its cycle ends ([`duty_run_ends_in`]); or no longer (`None`).
+    fn duty_cycled(&mut self, share: Option<f64>);
 }
 
 /// One running guest's side of a [`TaskControl`]: what its epoch callback calls, and its
@@ -371,6 +398,8 @@ pub(crate) struct Gate {
     /// The guest's OS thread, where the OS names it.
     thread: Option<ThreadId>,
     sleeper: Option<Box<dyn Sleeper>>,
+    /// What the sleeper was last told by [`Sleeper::duty_cycled`].
+    duty: Option<f64>,
 }
 
 impl Gate {
@@ -379,10 +408,13 @@ impl Gate {
     ///
     /// The fast path is one atomic load and, when there is a deadline, one clock read.
     pub(crate) fn checkpoint(&mut self) -> Option<Stop> {
-        if self.control.inner.attention.load(Ordering::Acquire)
-            && let Some(stop) = self.attend()
-        {
-            return Some(stop);
+        if self.control.inner.attention.load(Ordering::Acquire) {
+            if let Some(stop) = self.attend() {
+                return Some(stop);
+            }
+        } else if self.duty.is_some() {
+            // The cap was lifted: ordinary ticks will do.
+            self.set_duty(None);
         }
         match self.deadline {
             Some(deadline) if Instant::now() >= deadline => Some(Stop::TimedOut),
@@ -407,6 +439,10 @@ impl Gate {
             if state.paused {
                 state = self.park(&control, state);
                 continue;
+            }
+            let duty = (state.cpu_share < 1.0).then_some(state.cpu_share);
+            if duty != self.duty {
+                self.set_duty(duty);
             }
             // Not paused: carry on unless the duty cycle says to rest.
             let rest = duty_rest(
@@ -488,6 +524,14 @@ impl Gate {
         state
     }
 
+    /// Tells the sleeper, if any, whether the guest is duty-cycled, and at what share.
+    fn set_duty(&mut self, duty: Option<f64>) {
+        self.duty = duty;
+        if let Some(sleeper) = &mut self.sleeper {
+            sleeper.duty_cycled(duty);
+        }
+    }
+
     /// Tells the sleeper, if any, that the guest blocks (`true`) or carries on (`false`).
     fn sleeping(&mut self, asleep: bool) {
         if let Some(sleeper) = &mut self.sleeper {
@@ -531,6 +575,21 @@ impl Drop for Gate {
 fn duty_origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
+}
+
+/// How long from `now` until the run part of a duty cycle with CPU share `share` (below 1)
+/// ends: the end of this period's run part, or of the next one's when it is already over. A
+/// guest must check then to keep to its share.
+pub(crate) fn duty_run_ends_in(now: Instant, share: f64) -> Duration {
+    let period = DUTY_PERIOD.as_nanos();
+    let phase = now.saturating_duration_since(duty_origin()).as_nanos() % period;
+    let run = (share.clamp(MIN_CPU_SHARE, 1.0) * period as f64) as u128;
+    let left = if phase < run {
+        run - phase
+    } else {
+        period - phase + run
+    };
+    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
 }
 
 /// How long a guest with CPU share `share` must rest now, `since_origin` after the duty cycles'
@@ -586,6 +645,26 @@ mod tests {
     }
 
     #[test]
+    fn run_parts_end_where_rests_begin() {
+        let origin = duty_origin();
+        let at = |d: Duration| origin + d;
+        assert_eq!(
+            duty_run_ends_in(at(Duration::ZERO), 0.25),
+            2_500 * MS / 1000
+        );
+        assert_eq!(duty_run_ends_in(at(MS), 0.25), 1_500 * MS / 1000);
+        // Resting: the next period's run part.
+        assert_eq!(duty_run_ends_in(at(3 * MS), 0.25), 9_500 * MS / 1000);
+        assert_eq!(duty_run_ends_in(at(DUTY_PERIOD * 7 + 9 * MS), 0.5), 6 * MS);
+        // A guest that checks when told is exactly at the start of its rest.
+        let end = at(MS) + duty_run_ends_in(at(MS), 0.25);
+        assert_eq!(
+            duty_rest(end.saturating_duration_since(origin), 0.25),
+            Some(7_500 * MS / 1000)
+        );
+    }
+
+    #[test]
     fn shares_are_clamped() {
         let control = TaskControl::new();
         assert_eq!(control.cpu_share(), 1.0);
@@ -630,7 +709,7 @@ mod tests {
         control.evict("second", Duration::ZERO);
         control.evict("third", Duration::from_secs(60));
         assert!(!control.is_paused());
-        let mut gate = control.gate(None, None);
+        let mut gate = control.gate(None, None, None);
         assert_eq!(gate.checkpoint(), Some(Stop::Evicted("first".into())));
     }
 
@@ -639,7 +718,7 @@ mod tests {
         let control = TaskControl::new();
         control.pause();
         let far = Instant::now() + Duration::from_secs(3600);
-        let mut gate = control.gate(Some(far), None);
+        let mut gate = control.gate(Some(far), None, None);
         let guest = std::thread::spawn(move || {
             let stop = gate.checkpoint();
             (stop, gate.deadline)

@@ -170,9 +170,9 @@ impl Settings {
                 pause_samples: 200,
                 reaction_samples: 50,
                 harvest_window: Duration::from_secs(5),
-                cpu_rounds: 7,
+                cpu_rounds: 11,
                 cpu_target: Duration::from_millis(1500),
-                latency_rounds: 3,
+                latency_rounds: 5,
                 latency_phase: Duration::from_secs(4),
                 plot_part: Duration::from_secs(3),
             }
