@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use lull_protocol::Digest;
@@ -117,15 +118,23 @@ impl Dialer {
             .with_no_client_auth();
         tls.alpn_protocols = vec![lull_protocol::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(std::time::Duration::from_secs(1)))
-            .max_idle_timeout(Some(std::time::Duration::from_secs(5).try_into()?));
-        config.transport_config(Arc::new(transport));
+        let config = quinn::ClientConfig::new(Arc::new(crypto));
         let bind: SocketAddr = "0.0.0.0:0".parse()?;
         let endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
-        Ok(Self { endpoint, config })
+        Self { endpoint, config }.keep_alive(Some(Duration::from_secs(1)))
+    }
+
+    /// The same dialer sending keep-alives every `interval` (`None`: never) on the connections
+    /// it makes from now on. [`Dialer::new`] sends one every second, so that a connection stays
+    /// up through the coordinator's idle timeout while nothing else is said. A connection that
+    /// stays silent for 5 s is given up.
+    pub fn keep_alive(mut self, interval: Option<Duration>) -> anyhow::Result<Self> {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(interval)
+            .max_idle_timeout(Some(Duration::from_secs(5).try_into()?));
+        self.config.transport_config(Arc::new(transport));
+        Ok(self)
     }
 
     /// Connects to `addr` (`host:port`).

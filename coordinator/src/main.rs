@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use lull_coordinator::server::{self, HubConfig, ServeConfig};
+use lull_coordinator::server::{self, HubConfig, QuicLimits, ServeConfig};
 
 /// Lull's coordinator: keeps jobs, places tasks on agents, collects results.
 #[derive(Parser, Debug)]
@@ -40,6 +40,19 @@ struct ServeArgs {
     /// Revoked keys, OpenSSH public keys one per line: their signatures are refused.
     #[arg(long, requires = "allowed_signers")]
     revoked_signers: Option<PathBuf>,
+    /// Agents' QUIC connections open at once; more are refused.
+    #[arg(long, default_value_t = QuicLimits::default().max_connections)]
+    max_agent_connections: usize,
+    /// QUIC handshakes under way at once; past it, new agents must first prove their address
+    /// (a QUIC Retry).
+    #[arg(long, default_value_t = QuicLimits::default().max_handshakes)]
+    max_handshakes: usize,
+    /// Streams one agent connection may have open at once.
+    #[arg(long, default_value_t = QuicLimits::default().max_streams)]
+    max_streams_per_agent: u32,
+    /// How long a silent agent connection lives, e.g. 30s (agents send keep-alives every second).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    agent_idle_timeout: std::time::Duration,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -85,6 +98,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lease: args.lease,
             trust,
             ..HubConfig::default()
+        },
+        quic_limits: QuicLimits {
+            max_connections: args.max_agent_connections,
+            max_handshakes: args.max_handshakes,
+            max_streams: args.max_streams_per_agent,
+            idle_timeout: args.agent_idle_timeout,
         },
     };
     let running = server::start(config).await?;

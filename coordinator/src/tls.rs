@@ -61,8 +61,12 @@ impl Identity {
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, Digest::of(&seed).as_bytes())
     }
 
-    /// A QUIC server configuration presenting this identity, speaking Lull's ALPN.
-    pub fn quic_server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
+    /// A QUIC server configuration presenting this identity, speaking Lull's ALPN, within
+    /// `limits`.
+    pub fn quic_server_config(
+        &self,
+        limits: &crate::server::QuicLimits,
+    ) -> anyhow::Result<quinn::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -76,10 +80,13 @@ impl Identity {
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .max_concurrent_bidi_streams(256u32.into())
+            .max_concurrent_bidi_streams(limits.max_streams.into())
             .max_concurrent_uni_streams(0u32.into())
-            .max_idle_timeout(Some(std::time::Duration::from_secs(30).try_into()?));
+            .max_idle_timeout(Some(limits.idle_timeout.try_into()?));
         config.transport_config(Arc::new(transport));
+        // Connection attempts waiting for the accept loop: enough for a burst of agents
+        // reconnecting after a restart, bounded so a flood cannot queue without end.
+        config.max_incoming(limits.max_handshakes.saturating_mul(16).max(1024));
         Ok(config)
     }
 }

@@ -313,6 +313,8 @@ pub struct Cluster {
     root: PathBuf,
     key: PathBuf,
     allowed_signers: PathBuf,
+    /// Extra arguments of `lull-coordinator serve`, kept for restarts.
+    coordinator_args: Vec<String>,
     coordinator: Proc,
     generation: u32,
     announced: Announced,
@@ -326,6 +328,12 @@ pub struct Cluster {
 impl Cluster {
     /// A coordinator with no agent yet, trusting a fresh signing key ([`Cluster::key`]).
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// [`Cluster::start`], with `args` added to `lull-coordinator serve`.
+    pub fn start_with(args: &[&str]) -> Cluster {
+        let coordinator_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::Builder::new()
             .prefix("lull-e2e-")
             .tempdir()
@@ -355,7 +363,8 @@ impl Cluster {
         fs::write(&allowed_signers, format!("tester {}\n", public.trim()))
             .expect("writing allowed_signers");
 
-        let (coordinator, announced) = spawn_coordinator(&root, &allowed_signers, 1, None);
+        let (coordinator, announced) =
+            spawn_coordinator(&root, &allowed_signers, &coordinator_args, 1, None);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -366,6 +375,7 @@ impl Cluster {
             root,
             key,
             allowed_signers,
+            coordinator_args,
             coordinator,
             generation: 1,
             announced,
@@ -605,6 +615,11 @@ impl Cluster {
         status.code()
     }
 
+    /// What the coordinator has logged so far (its stderr).
+    pub fn coordinator_log(&self) -> String {
+        fs::read_to_string(&self.coordinator.stderr).unwrap_or_default()
+    }
+
     /// Kills the coordinator with SIGKILL: no shutdown, no goodbye to the agents.
     pub fn kill_coordinator(&mut self) {
         self.coordinator.kill();
@@ -621,6 +636,7 @@ impl Cluster {
         let (proc, announced) = spawn_coordinator(
             &self.root,
             &self.allowed_signers,
+            &self.coordinator_args,
             self.generation,
             Some(&self.announced),
         );
@@ -848,6 +864,7 @@ fn path_str(p: &Path) -> &str {
 fn spawn_coordinator(
     root: &Path,
     allowed_signers: &Path,
+    extra: &[String],
     generation: u32,
     same: Option<&Announced>,
 ) -> (Proc, Announced) {
@@ -861,7 +878,8 @@ fn spawn_coordinator(
         .args(["--quic-listen", &quic])
         .args(["--http-listen", &http])
         .args(["--allowed-signers", path_str(allowed_signers)])
-        .args(["--lease", LEASE]);
+        .args(["--lease", LEASE])
+        .args(extra);
     verbose_logs(&mut cmd);
     let mut proc = Proc::spawn(
         &format!("coordinator-{generation}"),

@@ -68,6 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             dev: true,
             ..HubConfig::default()
         },
+        quic_limits: server::QuicLimits::default(),
     })
     .await?;
 

@@ -15,6 +15,7 @@ use crate::blobs::BlobStore;
 use crate::store::Store;
 use crate::tls::Identity;
 pub use hub::{Hub, HubConfig};
+pub use quic::QuicLimits;
 
 /// Where and how a coordinator serves.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct ServeConfig {
     pub http_addr: SocketAddr,
     /// Hub settings.
     pub hub: HubConfig,
+    /// Bounds on agents' QUIC connections.
+    pub quic_limits: QuicLimits,
 }
 
 /// A running coordinator.
@@ -91,7 +94,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("binding QUIC (UDP) on {}", config.quic_addr))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::new(Arc::new(identity.reset_key())),
-        Some(identity.quic_server_config()?),
+        Some(identity.quic_server_config(&config.quic_limits)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
@@ -104,7 +107,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(hub.clone().run()));
-    tasks.push(tokio::spawn(quic::serve(endpoint.clone(), hub.clone())));
+    tasks.push(tokio::spawn(quic::serve(
+        endpoint.clone(),
+        hub.clone(),
+        config.quic_limits,
+    )));
     let app = http::router(hub.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

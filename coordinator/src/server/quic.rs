@@ -1,7 +1,16 @@
 //! The agents' side of the coordinator: a QUIC endpoint. Each agent holds one connection; its
 //! first bidirectional stream is the control stream, the others fetch or upload blobs.
+//!
+//! What a peer may hold is bounded on purpose ([`QuicLimits`]): open connections, handshakes in
+//! progress, streams per connection, and how long a silent connection lives. When many
+//! handshakes are under way at once, new ones from addresses QUIC has not validated get a Retry
+//! (the client must prove it receives at its address before the coordinator spends a handshake
+//! on it), so spoofed floods cost the coordinator one stateless packet each; past the connection
+//! limit new connections are refused.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use lull_protocol::message::{AgentMessage, BlobReply, CoordinatorMessage};
 use tokio::sync::mpsc;
@@ -10,16 +19,126 @@ use super::hub::Hub;
 
 use lull_protocol::frame::stream::{read as read_frame, write as write_frame};
 
+/// The bounds on agents' QUIC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicLimits {
+    /// Open connections (one per agent), handshakes included. Past it, new connections are
+    /// refused. Default 10,000.
+    pub max_connections: usize,
+    /// Handshakes in progress at once. Past it, new connections from addresses not yet
+    /// validated are sent a Retry first. Default 64.
+    pub max_handshakes: usize,
+    /// Bidirectional streams a connection may have open at once (its control stream and blob
+    /// transfers). Default 64.
+    pub max_streams: u32,
+    /// How long a connection may stay silent before it is closed. Agents send keep-alives every
+    /// second. Default 30 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for QuicLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_handshakes: 64,
+            max_streams: 64,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to do with a new connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Accept,
+    /// Make the client prove its address first.
+    Retry,
+    Refuse,
+}
+
+/// Decides on a connection attempt, given how many connections are open and how many
+/// handshakes are under way, and whether the client's address is already validated (it came
+/// back with a Retry token) or may still be asked to validate.
+fn admit(
+    limits: &QuicLimits,
+    open: usize,
+    handshaking: usize,
+    validated: bool,
+    may_retry: bool,
+) -> Admission {
+    if open >= limits.max_connections {
+        Admission::Refuse
+    } else if handshaking >= limits.max_handshakes && !validated {
+        if may_retry {
+            Admission::Retry
+        } else {
+            Admission::Refuse
+        }
+    } else {
+        Admission::Accept
+    }
+}
+
+/// Counts one open connection or handshake while it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts agent connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>, limits: QuicLimits) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let handshaking = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        match admit(
+            &limits,
+            open.load(Ordering::Acquire),
+            handshaking.load(Ordering::Acquire),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        ) {
+            Admission::Accept => {}
+            Admission::Retry => {
+                tracing::debug!(%remote, "many handshakes under way: asking for address validation");
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            Admission::Refuse => {
+                tracing::warn!(
+                    %remote,
+                    open = open.load(Ordering::Acquire),
+                    max = limits.max_connections,
+                    "refusing a connection: at the connection limit"
+                );
+                incoming.refuse();
+                continue;
+            }
+        }
         let hub = hub.clone();
+        // Counted from admission, so the next decision already sees this one.
+        let shaking = Counted::new(&handshaking);
+        let opened = Counted::new(&open);
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
+            let result = incoming.await;
+            drop(shaking);
+            match result {
                 Ok(conn) => connection(conn, hub).await,
                 Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
             }
+            drop(opened);
         });
     }
 }
@@ -137,4 +256,28 @@ async fn control(
     hub.agent_disconnected(&agent_id, conn_no);
     writer.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_follows_the_limits() {
+        let limits = QuicLimits {
+            max_connections: 10,
+            max_handshakes: 3,
+            ..QuicLimits::default()
+        };
+        // Quiet: everyone in.
+        assert_eq!(admit(&limits, 0, 0, false, true), Admission::Accept);
+        assert_eq!(admit(&limits, 9, 2, false, true), Admission::Accept);
+        // Many handshakes: unvalidated addresses prove themselves first; validated ones go on.
+        assert_eq!(admit(&limits, 5, 3, false, true), Admission::Retry);
+        assert_eq!(admit(&limits, 5, 3, true, false), Admission::Accept);
+        // A client that already used its retry and is still unvalidated is refused.
+        assert_eq!(admit(&limits, 5, 3, false, false), Admission::Refuse);
+        // Full: nobody.
+        assert_eq!(admit(&limits, 10, 0, true, false), Admission::Refuse);
+    }
 }
