@@ -29,17 +29,27 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `base` (`http://host:port`; a bare `host:port` gets `http://`).
-    pub fn new(base: &str) -> Self {
+    /// A client for `base` (`http://host:port`; a bare `host:port` gets `http://`), sending
+    /// `token` (a submitter's token) with every request when given.
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let base = if base.contains("://") {
             base.trim_end_matches('/').to_owned()
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
-        Self {
-            base,
-            http: reqwest::Client::new(),
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    .context("the token holds characters a token cannot have")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .context("setting up the HTTP client")?;
+        Ok(Self { base, http })
     }
 
     fn url(&self, path: &str) -> String {

@@ -18,6 +18,10 @@ struct Cli {
     /// The coordinator's HTTP address [default: $LULL_COORDINATOR, else http://127.0.0.1:7080]
     #[arg(long, global = true, env = "LULL_COORDINATOR")]
     coordinator: Option<String>,
+    /// A submitter's token for the coordinator (from `lull-coordinator token create
+    /// --submitter`); not needed with `lull dev`.
+    #[arg(long, global = true, env = "LULL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,7 +70,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = client::Client::new(cli.coordinator.as_deref().unwrap_or(client::DEFAULT_URL));
+    let client = match client::Client::new(
+        cli.coordinator.as_deref().unwrap_or(client::DEFAULT_URL),
+        cli.token.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(a) => commands::dev::run(a).await,

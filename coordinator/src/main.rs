@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lull_coordinator::server::{self, HubConfig, QuicLimits, ServeConfig};
+use lull_coordinator::store::{Store, TokenKind, TokenSpec};
 
 /// Lull's coordinator: keeps jobs, places tasks on agents, collects results.
 #[derive(Parser, Debug)]
@@ -18,6 +20,54 @@ struct Cli {
 enum Command {
     /// Serve agents (QUIC) and people (HTTP) until interrupted.
     Serve(ServeArgs),
+    /// Make, list and delete tokens (run on the coordinator's machine, on its data directory).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make a token and print it (it is shown this once; only its hash is kept).
+    Create(TokenCreateArgs),
+    /// List tokens (their ids, never the tokens themselves).
+    List(DataDirArg),
+    /// Delete the tokens whose id starts with ID (at least 6 hex digits).
+    Delete {
+        /// The token's id, as `token list` shows it.
+        id: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct DataDirArg {
+    /// The coordinator's data directory [default: ~/.local/share/lull/coordinator]
+    #[arg(long, env = "LULL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenCreateArgs {
+    /// A submitter's token, for the HTTP API (`lull --token`, or LULL_TOKEN), instead of an
+    /// agent's join token.
+    #[arg(long)]
+    submitter: bool,
+    /// How long it works, e.g. 1h, 7d [default: 24h for an agent's token, 90d for a
+    /// submitter's]; 0 for ever.
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<std::time::Duration>,
+    /// How many times it may be used [default: 1 for an agent's token, unlimited for a
+    /// submitter's]; 0 for unlimited.
+    #[arg(long)]
+    uses: Option<u32>,
+    /// A note for people: whom or what the token is for.
+    #[arg(long, default_value = "")]
+    description: String,
+    #[command(flatten)]
+    data: DataDirArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +129,112 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Token { command } => token(command).await,
+    }
+}
+
+async fn open_store(data: &DataDirArg) -> anyhow::Result<(PathBuf, Store)> {
+    let dir = data.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let store = Store::open(&dir.join("lull.db"))
+        .await
+        .with_context(|| format!("opening the database in {}", dir.display()))?;
+    Ok((dir, store))
+}
+
+/// A time in ms since the Unix epoch, for people.
+fn when(ms: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create(args) => {
+            let (dir, store) = open_store(&args.data).await?;
+            let kind = if args.submitter {
+                TokenKind::Submitter
+            } else {
+                TokenKind::Agent
+            };
+            let (default_ttl, default_uses) = match kind {
+                TokenKind::Agent => (std::time::Duration::from_secs(24 * 3600), Some(1)),
+                TokenKind::Submitter => (std::time::Duration::from_secs(90 * 24 * 3600), None),
+            };
+            let now = server::hub::now_ms();
+            let ttl = args.ttl.unwrap_or(default_ttl);
+            let expires_ms = (!ttl.is_zero())
+                .then(|| now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
+            let uses = match args.uses {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => default_uses,
+            };
+            let spec = TokenSpec {
+                kind,
+                expires_ms,
+                uses,
+                description: args.description,
+            };
+            let token = store.create_token(&spec, now).await?;
+            let identity = lull_coordinator::tls::Identity::load_or_create(&dir.join("tls"))?;
+            println!("{}", token.as_str());
+            eprintln!(
+                "{} token, {}, {}; coordinator key {}",
+                match kind {
+                    TokenKind::Agent => "an agent's join",
+                    TokenKind::Submitter => "a submitter's",
+                },
+                expires_ms.map_or("never expires".to_owned(), |ms| format!(
+                    "expires {}",
+                    when(ms)
+                )),
+                uses.map_or("any number of uses".to_owned(), |n| format!("{n} use(s)")),
+                identity.public_key_hash
+            );
+            if kind == TokenKind::Submitter {
+                eprintln!("submitters use it with `lull --token TOKEN ...` or LULL_TOKEN=TOKEN");
+            }
+            Ok(())
+        }
+        TokenCommand::List(data) => {
+            let (_, store) = open_store(&data).await?;
+            let tokens = store.tokens().await?;
+            if tokens.is_empty() {
+                println!("no tokens; make one with `lull-coordinator token create`");
+                return Ok(());
+            }
+            println!(
+                "{:<12}  {:<9}  {:<20}  {:<20}  {:<9}  description",
+                "id", "kind", "created", "expires", "uses left"
+            );
+            for t in tokens {
+                println!(
+                    "{:<12}  {:<9}  {:<20}  {:<20}  {:<9}  {}",
+                    t.id,
+                    t.kind,
+                    when(t.created_ms),
+                    t.expires_ms.map_or("never".to_owned(), when),
+                    t.uses_left
+                        .map_or("unlimited".to_owned(), |n| n.to_string()),
+                    t.description
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Delete { id, data } => {
+            let (_, store) = open_store(&data).await?;
+            let deleted = store.delete_tokens(&id).await?;
+            if deleted == 0 {
+                anyhow::bail!(
+                    "no token has an id starting with {id:?} (give at least 6 hex digits of an id from `token list`)"
+                );
+            }
+            println!("deleted {deleted} token(s)");
+            Ok(())
+        }
     }
 }
 

@@ -315,6 +315,8 @@ pub struct Cluster {
     allowed_signers: PathBuf,
     /// Extra arguments of `lull-coordinator serve`, kept for restarts.
     coordinator_args: Vec<String>,
+    /// A submitter's token, sent with every request of [`Cluster::lull`] and [`Cluster::get`].
+    token: String,
     coordinator: Proc,
     generation: u32,
     announced: Announced,
@@ -356,6 +358,7 @@ impl Cluster {
             &root.join("logs"),
             "keys-generate",
             None,
+            None,
             &["keys", "generate", "--out", path_str(&key)],
         );
         assert!(out.success(), "`lull keys generate` failed:\n{out}");
@@ -363,6 +366,7 @@ impl Cluster {
         fs::write(&allowed_signers, format!("tester {}\n", public.trim()))
             .expect("writing allowed_signers");
 
+        let token = create_token(&root, &["--submitter", "--description", "tests"]);
         let (coordinator, announced) =
             spawn_coordinator(&root, &allowed_signers, &coordinator_args, 1, None);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -376,6 +380,7 @@ impl Cluster {
             key,
             allowed_signers,
             coordinator_args,
+            token: token.clone(),
             coordinator,
             generation: 1,
             announced,
@@ -383,7 +388,19 @@ impl Cluster {
             finished: Vec::new(),
             runs: AtomicU32::new(0),
             runtime,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {token}")
+                            .parse()
+                            .expect("a token is a header value"),
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
+                .build()
+                .expect("an HTTP client"),
         }
     }
 
@@ -648,12 +665,29 @@ impl Cluster {
         );
     }
 
-    /// Runs `lull --coordinator http://ADDR ARGS...` to its end (at most [`WAIT`]).
+    /// Runs `lull --coordinator http://ADDR ARGS...` to its end (at most [`WAIT`]), with the
+    /// cluster's submitter token in `LULL_TOKEN`.
     pub fn lull(&self, args: &[&str]) -> CliOutput {
+        self.lull_with_token(Some(&self.token), args)
+    }
+
+    /// [`Cluster::lull`] with another token in `LULL_TOKEN`, or none.
+    pub fn lull_with_token(&self, token: Option<&str>, args: &[&str]) -> CliOutput {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
         let url = format!("http://{}", self.announced.http);
         let label = format!("lull-{n}-{}", args.first().copied().unwrap_or("none"));
-        run_lull(&self.root.join("logs"), &label, Some(&url), args)
+        run_lull(&self.root.join("logs"), &label, Some(&url), token, args)
+    }
+
+    /// The submitter's token the cluster's own requests use.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Runs `lull-coordinator token ARGS...` on the coordinator's data directory; returns what
+    /// it printed.
+    pub fn coordinator_token(&self, args: &[&str]) -> CliOutput {
+        run_token_command(&self.root, args)
     }
 
     /// Writes a job directory `jobs/<name>/` holding `job.toml` with `job_toml` and each
@@ -780,6 +814,21 @@ impl Cluster {
     pub fn get(&self, path: &str) -> Value {
         self.try_get(path)
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// GETs `path` from the coordinator's API without a token: the status and the JSON body.
+    pub fn get_anonymous(&self, path: &str) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.announced.http);
+        self.runtime.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or_default())
+        })
     }
 
     /// GETs a JSON document from the coordinator's API.
@@ -912,13 +961,51 @@ fn spawn_coordinator(
 }
 
 /// Runs `lull` to its end (at most [`WAIT`]), with its output in `logs/<label>.*`.
-fn run_lull(logs: &Path, label: &str, coordinator: Option<&str>, args: &[&str]) -> CliOutput {
+fn run_lull(
+    logs: &Path,
+    label: &str,
+    coordinator: Option<&str>,
+    token: Option<&str>,
+    args: &[&str],
+) -> CliOutput {
     let mut cmd = Command::new(binary("lull"));
     if let Some(url) = coordinator {
         cmd.args(["--coordinator", url]);
     }
+    cmd.env_remove("LULL_TOKEN");
+    if let Some(token) = token {
+        cmd.env("LULL_TOKEN", token);
+    }
     cmd.args(args);
     run_program(logs, label, cmd, format!("lull {}", args.join(" ")))
+}
+
+/// Runs `lull-coordinator token ARGS... --data-dir ROOT/coordinator` to its end.
+fn run_token_command(root: &Path, args: &[&str]) -> CliOutput {
+    let mut cmd = Command::new(binary("lull-coordinator"));
+    cmd.arg("token")
+        .args(args)
+        .args(["--data-dir", path_str(&root.join("coordinator"))]);
+    let label = format!("token-{}", args.first().copied().unwrap_or("none"));
+    run_program(
+        &root.join("logs"),
+        &label,
+        cmd,
+        format!("lull-coordinator token {}", args.join(" ")),
+    )
+}
+
+/// Makes a token with `lull-coordinator token create ARGS...` and returns it.
+fn create_token(root: &Path, args: &[&str]) -> String {
+    let mut all = vec!["create"];
+    all.extend_from_slice(args);
+    let out = run_token_command(root, &all);
+    assert!(
+        out.success(),
+        "`lull-coordinator token create` failed:
+{out}"
+    );
+    out.stdout.trim().to_owned()
 }
 
 /// Runs `cmd` to its end (at most [`WAIT`]), with its output in `logs/<label>.*`; `command`

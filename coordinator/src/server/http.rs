@@ -1,6 +1,9 @@
 //! The people's side of the coordinator: a JSON API over HTTP, used by the `lull` command.
 //!
 //! Errors are JSON bodies `{"error": {"code": "...", "message": "..."}}` with a fitting status.
+//!
+//! Every request needs a submitter's token (`Authorization: Bearer lull_...`, made with
+//! `lull-coordinator token create --submitter`), except in a development cluster (`lull dev`).
 
 use std::sync::Arc;
 
@@ -20,10 +23,11 @@ use serde_json::json;
 
 use super::hub::{Hub, HubError};
 use crate::blobs::BlobError;
-use crate::store::{Counts, StoreError};
+use crate::store::{Counts, StoreError, TokenKind};
 
 /// The routes.
 pub fn router(hub: Arc<Hub>) -> Router {
+    let authenticated = axum::middleware::from_fn_with_state(hub.clone(), require_token);
     Router::new()
         .route("/api/v1/info", get(info))
         .route("/api/v1/blobs/missing", post(missing))
@@ -34,8 +38,48 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/events", get(agent_events))
+        .layer(authenticated)
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(hub)
+}
+
+/// Lets a request through only with a valid submitter's token, outside development clusters.
+async fn require_token(
+    State(hub): State<Arc<Hub>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if hub.config().dev {
+        return next.run(request).await;
+    }
+    const HOW: &str = "make one on the coordinator with `lull-coordinator token create \
+                       --submitter` and pass it with `lull --token TOKEN` or LULL_TOKEN";
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("this coordinator needs a submitter's token: {HOW}"),
+        )
+        .into_response();
+    };
+    match hub
+        .store()
+        .use_token(token, TokenKind::Submitter, false, super::hub::now_ms())
+        .await
+    {
+        Ok(Ok(())) => next.run(request).await,
+        Ok(Err(refusal)) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("the submitter's token was refused: {refusal}; {HOW}"),
+        )
+        .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 /// An API error.
