@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use lull_agent::install;
 use lull_agent::owner::OwnerRequest;
 use lull_agent::{Agent, AgentConfig};
 use lull_protocol::signature::TrustList;
@@ -27,6 +28,46 @@ enum Command {
     Stop(LocalArgs),
     /// Say what the agent is doing and why.
     Status(LocalArgs),
+    /// Install the agent as a service: configuration, trust list, systemd unit (launchd on
+    /// macOS), enabled and started.
+    Install(InstallArgs),
+    /// Stop and remove the service (and with --purge its configuration and data).
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InstallArgs {
+    /// The coordinator's QUIC address, HOST:PORT.
+    #[arg(long)]
+    coordinator: String,
+    /// The coordinator's key hash to pin, sha256:<64 hex>, as `lull-coordinator serve` prints.
+    #[arg(long)]
+    ca_hash: String,
+    /// A name for people [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// The lull-agent binary the service runs [default: this one].
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Install under this directory instead of / (for packages and tests); nothing is started.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Print what would be done, without doing it.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct UninstallArgs {
+    /// Also remove the configuration, the trust list and the data directory.
+    #[arg(long)]
+    purge: bool,
+    /// Uninstall from under this directory instead of /.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Print what would be done, without doing it.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,7 +126,17 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match main_result().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_result() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LULL_LOG")
@@ -99,6 +150,36 @@ async fn main() -> anyhow::Result<()> {
         Command::Resume(a) => local(a, OwnerRequest::Resume).await,
         Command::Stop(a) => local(a, OwnerRequest::Stop).await,
         Command::Status(a) => local(a, OwnerRequest::Status).await,
+        Command::Install(a) => {
+            let binary = match a.binary {
+                Some(b) => b,
+                None => std::env::current_exe()
+                    .and_then(|p| p.canonicalize())
+                    .map_err(|e| {
+                        anyhow::anyhow!("finding this binary's path (pass --binary): {e}")
+                    })?,
+            };
+            let opts = install::InstallOptions {
+                coordinator: a.coordinator,
+                ca_hash: a.ca_hash,
+                root: a.root,
+                binary,
+                name: a.name,
+                dry_run: a.dry_run,
+            };
+            install::install(
+                &opts,
+                install::ServiceManager::native(),
+                &mut std::io::stdout(),
+            )
+        }
+        Command::Uninstall(a) => install::uninstall(
+            &a.root,
+            a.purge,
+            a.dry_run,
+            install::ServiceManager::native(),
+            &mut std::io::stdout(),
+        ),
     }
 }
 

@@ -1,0 +1,600 @@
+//! `lull-agent install` and `lull-agent uninstall`: put the agent on a machine as a service.
+//!
+//! `install` writes, under a root directory (`/` by default; another one for packaging and
+//! tests):
+//!
+//! - `etc/lull/agent.toml`: the coordinator's address and pinned key, the data directory and the
+//!   trust list's path; written only when missing (the owner's edits are kept);
+//! - `etc/lull/allowed_signers`: an empty trust list with instructions, when missing: the agent
+//!   refuses every workload until the owner lists the keys they trust;
+//! - the service definition, always rewritten: a systemd unit
+//!   (`etc/systemd/system/lull-agent.service`) on Linux, a launchd daemon
+//!   (`Library/LaunchDaemons/org.lull.agent.plist`) on macOS;
+//!
+//! and, for launchd, the data directory (systemd makes it, owned by the service's user); then,
+//! when the root is `/` and the service manager runs, enables and starts the service.
+//! Every step is printed; `--dry-run` prints without writing or running anything. Running it
+//! again changes nothing that is already right. `uninstall` stops and disables the service and
+//! removes the service definition; `--purge` also removes the configuration and the data
+//! directory.
+//!
+//! The systemd unit runs the agent as a dynamic user (no root), in the `input` group (to see
+//! the owner at the keyboard), with `CAP_SYS_NICE` only (to raise a pausing guest until it
+//! parks), and a state directory for its data.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use lull_protocol::Digest;
+
+/// Where the configuration lives on the target system.
+pub const CONFIG_PATH: &str = "/etc/lull/agent.toml";
+/// Where the owner's trust list lives on the target system.
+pub const SIGNERS_PATH: &str = "/etc/lull/allowed_signers";
+/// The agent's data directory on the target system.
+pub const DATA_PATH: &str = "/var/lib/lull/agent";
+/// The systemd unit.
+pub const UNIT_PATH: &str = "/etc/systemd/system/lull-agent.service";
+/// The launchd daemon.
+pub const PLIST_PATH: &str = "/Library/LaunchDaemons/org.lull.agent.plist";
+
+/// What `install` needs.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// The coordinator's QUIC address, `host:port`.
+    pub coordinator: String,
+    /// The coordinator's public key hash, `sha256:<64 hex>`, to pin.
+    pub ca_hash: String,
+    /// Where the target system's `/` is.
+    pub root: PathBuf,
+    /// The `lull-agent` binary the service runs.
+    pub binary: PathBuf,
+    /// A name for people, written to the configuration when given.
+    pub name: Option<String>,
+    /// Print what would be done, do nothing.
+    pub dry_run: bool,
+}
+
+/// Which service manager the definition is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceManager {
+    /// Linux.
+    Systemd,
+    /// macOS.
+    Launchd,
+}
+
+impl ServiceManager {
+    /// The one of this operating system.
+    pub fn native() -> ServiceManager {
+        if cfg!(target_vendor = "apple") {
+            ServiceManager::Launchd
+        } else {
+            ServiceManager::Systemd
+        }
+    }
+}
+
+/// One file `install` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Planned {
+    /// The path on the target system (absolute).
+    path: &'static str,
+    contents: String,
+    mode: u32,
+    /// Keep an existing file, whatever it holds.
+    keep_existing: bool,
+}
+
+/// Checks the options: the address has a port, the hash is a sha256 digest, the binary is an
+/// absolute path.
+fn validate(opts: &InstallOptions) -> anyhow::Result<()> {
+    let Some((host, port)) = opts.coordinator.rsplit_once(':') else {
+        bail!(
+            "--coordinator {:?}: expected HOST:PORT, e.g. lull.example.org:7443",
+            opts.coordinator
+        );
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        bail!(
+            "--coordinator {:?}: expected HOST:PORT with a port number, e.g. lull.example.org:7443",
+            opts.coordinator
+        );
+    }
+    opts.ca_hash.parse::<Digest>().map_err(|e| {
+        anyhow::anyhow!(
+            "--ca-hash {:?}: {e} (expected sha256:<64 hex digits>, as `lull-coordinator serve` prints)",
+            opts.ca_hash
+        )
+    })?;
+    if !opts.binary.is_absolute() {
+        bail!(
+            "--binary {}: must be an absolute path",
+            opts.binary.display()
+        );
+    }
+    Ok(())
+}
+
+/// A TOML string.
+fn quoted(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn config_text(opts: &InstallOptions) -> String {
+    let mut text = String::from(
+        "# Written by `lull-agent install`; edit freely: install does not overwrite it.\n\
+         # Every setting is described in the operators' guide (docs/operators.md).\n",
+    );
+    let _ = writeln!(text, "coordinator = {}", quoted(&opts.coordinator));
+    let _ = writeln!(text, "coordinator_key = {}", quoted(&opts.ca_hash));
+    let _ = writeln!(text, "data_dir = {}", quoted(DATA_PATH));
+    let _ = writeln!(text, "allowed_signers = {}", quoted(SIGNERS_PATH));
+    if let Some(name) = &opts.name {
+        let _ = writeln!(text, "name = {}", quoted(name));
+    }
+    text
+}
+
+const SIGNERS_TEXT: &str = "\
+# The keys whose workloads this machine runs: one OpenSSH public key per line, with a name in
+# front, e.g.
+#   alice@example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...
+# Until a key is listed here, the agent refuses every workload. Restart the agent after
+# changing this file (systemctl restart lull-agent).
+";
+
+/// The systemd unit for `binary` reading `config`.
+pub fn systemd_unit(binary: &Path) -> String {
+    format!(
+        "\
+# Written by `lull-agent install`.
+[Unit]
+Description=Lull agent: lends this machine's idle CPU to a Lull coordinator
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart={binary} run --config {CONFIG_PATH}
+Restart=on-failure
+RestartSec=5
+# No root: a user made for the service, its data in /var/lib/lull/agent.
+DynamicUser=yes
+StateDirectory=lull/agent
+StateDirectoryMode=0700
+# To see the owner at the keyboard (the agent reads only that input happened).
+SupplementaryGroups=input
+# To raise a pausing guest until it stops; nothing else.
+AmbientCapabilities=CAP_SYS_NICE
+CapabilityBoundingSet=CAP_SYS_NICE
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+",
+        binary = binary.display()
+    )
+}
+
+/// The launchd daemon for `binary` reading the configuration.
+pub fn launchd_plist(binary: &Path) -> String {
+    format!(
+        "\
+<?xml version=\"1.0\" encoding=\"UTF-8\"?>
+<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">
+<!-- Written by `lull-agent install`. -->
+<plist version=\"1.0\">
+<dict>
+  <key>Label</key>
+  <string>org.lull.agent</string>
+  <key>ProgramArguments</key>
+  <array>
+    <string>{binary}</string>
+    <string>run</string>
+    <string>--config</string>
+    <string>{CONFIG_PATH}</string>
+  </array>
+  <key>RunAtLoad</key>
+  <true/>
+  <key>KeepAlive</key>
+  <true/>
+  <key>ProcessType</key>
+  <string>Background</string>
+</dict>
+</plist>
+",
+        binary = binary.display()
+    )
+}
+
+fn plan(opts: &InstallOptions, manager: ServiceManager) -> Vec<Planned> {
+    let service = match manager {
+        ServiceManager::Systemd => Planned {
+            path: UNIT_PATH,
+            contents: systemd_unit(&opts.binary),
+            mode: 0o644,
+            keep_existing: false,
+        },
+        ServiceManager::Launchd => Planned {
+            path: PLIST_PATH,
+            contents: launchd_plist(&opts.binary),
+            mode: 0o644,
+            keep_existing: false,
+        },
+    };
+    vec![
+        Planned {
+            path: CONFIG_PATH,
+            contents: config_text(opts),
+            mode: 0o644,
+            keep_existing: true,
+        },
+        Planned {
+            path: SIGNERS_PATH,
+            contents: SIGNERS_TEXT.to_owned(),
+            mode: 0o644,
+            keep_existing: true,
+        },
+        service,
+    ]
+}
+
+/// `path` (absolute on the target system) under `root`.
+fn under(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// Whether the service manager can be driven: the root is this system's, and it runs.
+fn manager_running(root: &Path, manager: ServiceManager) -> bool {
+    root == Path::new("/")
+        && match manager {
+            ServiceManager::Systemd => Path::new("/run/systemd/system").is_dir(),
+            ServiceManager::Launchd => true,
+        }
+}
+
+/// The commands that start the installed service, and those that stop it.
+fn start_commands(manager: ServiceManager) -> Vec<Vec<&'static str>> {
+    match manager {
+        ServiceManager::Systemd => vec![
+            vec!["systemctl", "daemon-reload"],
+            vec!["systemctl", "enable", "--now", "lull-agent.service"],
+        ],
+        ServiceManager::Launchd => vec![vec!["launchctl", "load", "-w", PLIST_PATH]],
+    }
+}
+
+fn stop_commands(manager: ServiceManager) -> Vec<Vec<&'static str>> {
+    match manager {
+        ServiceManager::Systemd => {
+            vec![vec!["systemctl", "disable", "--now", "lull-agent.service"]]
+        }
+        ServiceManager::Launchd => vec![vec!["launchctl", "unload", "-w", PLIST_PATH]],
+    }
+}
+
+/// Runs (or, when `dry_run` or the manager does not run, prints) `commands`.
+fn drive(
+    commands: &[Vec<&str>],
+    run: bool,
+    dry_run: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    for command in commands {
+        let line = command.join(" ");
+        if dry_run {
+            writeln!(out, "would run: {line}")?;
+        } else if run {
+            let status = Command::new(command[0])
+                .args(&command[1..])
+                .status()
+                .with_context(|| format!("running {line}"))?;
+            if !status.success() {
+                bail!("{line} failed ({status})");
+            }
+            writeln!(out, "ran: {line}")?;
+        } else {
+            writeln!(out, "to start it on the target system, run: {line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Installs (see the module docs), printing each step to `out`.
+pub fn install(
+    opts: &InstallOptions,
+    manager: ServiceManager,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    validate(opts)?;
+    let verb = if opts.dry_run { "would write" } else { "wrote" };
+    for file in plan(opts, manager) {
+        let target = under(&opts.root, file.path);
+        match std::fs::read_to_string(&target) {
+            Ok(existing) if existing == file.contents => {
+                writeln!(out, "unchanged: {}", target.display())?;
+                continue;
+            }
+            Ok(_) if file.keep_existing => {
+                writeln!(out, "kept (it exists): {}", target.display())?;
+                continue;
+            }
+            _ => {}
+        }
+        if !opts.dry_run {
+            write_file(&target, &file.contents, file.mode)?;
+        }
+        writeln!(out, "{verb}: {}", target.display())?;
+    }
+    // systemd makes the data directory itself (StateDirectory=), owned by the service's user.
+    let data = under(&opts.root, DATA_PATH);
+    if manager == ServiceManager::Launchd && !data.exists() {
+        if !opts.dry_run {
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+        }
+        writeln!(
+            out,
+            "{}: {}",
+            if opts.dry_run {
+                "would create"
+            } else {
+                "created"
+            },
+            data.display()
+        )?;
+    }
+    drive(
+        &start_commands(manager),
+        manager_running(&opts.root, manager),
+        opts.dry_run,
+        out,
+    )?;
+    writeln!(
+        out,
+        "next: list the keys you trust in {} (the agent refuses every workload until then)",
+        under(&opts.root, SIGNERS_PATH).display()
+    )?;
+    Ok(())
+}
+
+/// Reverses [`install`]: stops and disables the service, removes its definition, and with
+/// `purge` the configuration, the trust list and the data directory too.
+pub fn uninstall(
+    root: &Path,
+    purge: bool,
+    dry_run: bool,
+    manager: ServiceManager,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let service = match manager {
+        ServiceManager::Systemd => UNIT_PATH,
+        ServiceManager::Launchd => PLIST_PATH,
+    };
+    let installed = under(root, service).exists();
+    if installed {
+        drive(
+            &stop_commands(manager),
+            manager_running(root, manager),
+            dry_run,
+            out,
+        )?;
+    }
+    let mut paths = vec![service];
+    if purge {
+        paths.extend([CONFIG_PATH, SIGNERS_PATH, DATA_PATH]);
+    }
+    for path in paths {
+        let target = under(root, path);
+        if !target.exists() {
+            writeln!(out, "not there: {}", target.display())?;
+            continue;
+        }
+        if !dry_run {
+            if target.is_dir() {
+                std::fs::remove_dir_all(&target)
+            } else {
+                std::fs::remove_file(&target)
+            }
+            .with_context(|| format!("removing {}", target.display()))?;
+        }
+        writeln!(
+            out,
+            "{}: {}",
+            if dry_run { "would remove" } else { "removed" },
+            target.display()
+        )?;
+    }
+    if !purge {
+        writeln!(
+            out,
+            "kept the configuration and data ({}, {}); --purge removes them",
+            under(root, CONFIG_PATH).display(),
+            under(root, DATA_PATH).display()
+        )?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(root: &Path) -> InstallOptions {
+        InstallOptions {
+            coordinator: "lull.example.org:7443".into(),
+            ca_hash: format!("sha256:{}", "ab".repeat(32)),
+            root: root.to_owned(),
+            binary: PathBuf::from("/usr/local/bin/lull-agent"),
+            name: Some("lab-3".into()),
+            dry_run: false,
+        }
+    }
+
+    fn run_install(opts: &InstallOptions, manager: ServiceManager) -> String {
+        let mut out = Vec::new();
+        install(opts, manager, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn dry_run_writes_nothing_and_says_everything() {
+        let root = tempfile::tempdir().unwrap();
+        let opts = InstallOptions {
+            dry_run: true,
+            ..options(root.path())
+        };
+        let said = run_install(&opts, ServiceManager::Systemd);
+        for path in [CONFIG_PATH, SIGNERS_PATH, UNIT_PATH] {
+            assert!(
+                said.contains(&format!(
+                    "would write: {}",
+                    under(root.path(), path).display()
+                )),
+                "{said}"
+            );
+        }
+        assert!(
+            said.contains("would run: systemctl enable --now lull-agent.service"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "{said}");
+    }
+
+    #[test]
+    fn install_twice_is_safe_and_uninstall_reverses_it() {
+        let root = tempfile::tempdir().unwrap();
+        let opts = options(root.path());
+        let first = run_install(&opts, ServiceManager::Systemd);
+        assert!(first.contains("wrote:"), "{first}");
+        assert!(
+            first.contains("to start it on the target system, run: systemctl daemon-reload"),
+            "{first}"
+        );
+        let config = std::fs::read_to_string(under(root.path(), CONFIG_PATH)).unwrap();
+        let parsed: crate::AgentConfig = toml::from_str(&config).unwrap();
+        assert_eq!(parsed.coordinator, "lull.example.org:7443");
+        assert_eq!(
+            parsed.coordinator_key.as_deref(),
+            Some(opts.ca_hash.as_str())
+        );
+        assert_eq!(parsed.data_dir, PathBuf::from(DATA_PATH));
+        assert_eq!(parsed.name.as_deref(), Some("lab-3"));
+        let unit = std::fs::read_to_string(under(root.path(), UNIT_PATH)).unwrap();
+        assert!(
+            unit.contains("ExecStart=/usr/local/bin/lull-agent run --config /etc/lull/agent.toml"),
+            "{unit}"
+        );
+        assert!(!under(root.path(), DATA_PATH).exists(), "systemd makes it");
+
+        // Again: nothing changes; the owner's edits are kept.
+        std::fs::write(under(root.path(), SIGNERS_PATH), "alice ssh-ed25519 AAAA\n").unwrap();
+        let second = run_install(&opts, ServiceManager::Systemd);
+        assert!(!second.contains("wrote:"), "{second}");
+        assert!(
+            second.contains(&format!(
+                "kept (it exists): {}",
+                under(root.path(), SIGNERS_PATH).display()
+            )),
+            "{second}"
+        );
+        assert!(
+            second.contains(&format!(
+                "unchanged: {}",
+                under(root.path(), UNIT_PATH).display()
+            )),
+            "{second}"
+        );
+
+        let mut out = Vec::new();
+        uninstall(root.path(), false, false, ServiceManager::Systemd, &mut out).unwrap();
+        let said = String::from_utf8(out).unwrap();
+        assert!(!under(root.path(), UNIT_PATH).exists(), "{said}");
+        assert!(
+            under(root.path(), CONFIG_PATH).exists(),
+            "kept without --purge: {said}"
+        );
+        let mut out = Vec::new();
+        uninstall(root.path(), true, false, ServiceManager::Systemd, &mut out).unwrap();
+        for path in [CONFIG_PATH, SIGNERS_PATH, DATA_PATH, UNIT_PATH] {
+            assert!(!under(root.path(), path).exists(), "{path}");
+        }
+    }
+
+    #[test]
+    fn macos_gets_a_launchd_daemon() {
+        let root = tempfile::tempdir().unwrap();
+        let said = run_install(&options(root.path()), ServiceManager::Launchd);
+        assert!(
+            said.contains("launchctl load -w /Library/LaunchDaemons/org.lull.agent.plist"),
+            "{said}"
+        );
+        assert!(under(root.path(), DATA_PATH).is_dir());
+        let plist = std::fs::read_to_string(under(root.path(), PLIST_PATH)).unwrap();
+        assert!(
+            plist.contains("<string>/usr/local/bin/lull-agent</string>"),
+            "{plist}"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_their_name() {
+        let root = tempfile::tempdir().unwrap();
+        for (opts, flag) in [
+            (
+                InstallOptions {
+                    coordinator: "lull.example.org".into(),
+                    ..options(root.path())
+                },
+                "--coordinator",
+            ),
+            (
+                InstallOptions {
+                    coordinator: "host:http".into(),
+                    ..options(root.path())
+                },
+                "--coordinator",
+            ),
+            (
+                InstallOptions {
+                    ca_hash: "sha256:1234".into(),
+                    ..options(root.path())
+                },
+                "--ca-hash",
+            ),
+            (
+                InstallOptions {
+                    binary: "lull-agent".into(),
+                    ..options(root.path())
+                },
+                "--binary",
+            ),
+        ] {
+            let err = install(&opts, ServiceManager::Systemd, &mut Vec::new()).unwrap_err();
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+}
