@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::cache::{BlobCache, DigestMismatch};
 use crate::config::AgentConfig;
+use crate::identity::AgentIdentity;
 use crate::link::{self, Dialer};
 use crate::owner::{self, OwnerRequest};
 use crate::policy::{OwnerCommand, State};
@@ -33,6 +34,8 @@ pub struct Agent {
     data_dir: PathBuf,
     coordinator: String,
     pin: Option<Digest>,
+    /// The key the agent proves its ID with.
+    identity: AgentIdentity,
     slots: u32,
     max_task_memory: u64,
     labels: std::collections::BTreeMap<String, String>,
@@ -63,6 +66,7 @@ impl Agent {
         let data = &config.data_dir;
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let id = agent_id(data)?;
+        let identity = AgentIdentity::load_or_create(&data.join("tls"))?;
         let sampler = Sampler::new();
         let max_task_memory = match &config.max_task_memory {
             Some(text) => units::parse_size(text).context("max_task_memory")?,
@@ -109,6 +113,7 @@ impl Agent {
             name,
             coordinator: config.coordinator.clone(),
             pin,
+            identity,
             slots,
             max_task_memory,
             labels: config.labels.clone(),
@@ -207,7 +212,7 @@ impl Agent {
     }
 
     async fn connect_loop(self: Arc<Self>) -> anyhow::Result<()> {
-        let dialer = Dialer::new(self.pin)?;
+        let dialer = Dialer::new(self.pin, Some(&self.identity))?;
         if self.pin.is_none() {
             tracing::warn!("no coordinator_key pinned: accepting any coordinator certificate");
         }

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 
 use crate::cache::BlobCache;
+use crate::identity::AgentIdentity;
 
 /// Reads one frame; `Ok(None)` when the stream ended before a frame began.
 pub async fn read_frame<T: DeserializeOwned>(
@@ -108,14 +109,20 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// A dialer that pins `pin` (the coordinator's public key hash) when given.
-    pub fn new(pin: Option<Digest>) -> anyhow::Result<Self> {
+    /// A dialer that pins `pin` (the coordinator's public key hash) when given, and presents
+    /// `identity` as its client certificate when given.
+    pub fn new(pin: Option<Digest>, identity: Option<&AgentIdentity>) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedKey { pin, provider }))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(PinnedKey { pin, provider }));
+        let mut tls = match identity {
+            Some(id) => builder
+                .with_client_auth_cert(vec![id.cert.clone()], id.private_key())
+                .context("using the agent's key")?,
+            None => builder.with_no_client_auth(),
+        };
         tls.alpn_protocols = vec![lull_protocol::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let config = quinn::ClientConfig::new(Arc::new(crypto));

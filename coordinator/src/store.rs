@@ -647,6 +647,28 @@ impl Store {
             .collect()
     }
 
+    /// The key an agent's ID is bound to, if any.
+    pub async fn agent_key(&self, id: &str) -> Result<Option<lull_protocol::Digest>> {
+        let row = sqlx::query("SELECT key_hash FROM agents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(text) = row.and_then(|r| r.get::<Option<String>, _>(0)) else {
+            return Ok(None);
+        };
+        Ok(text.parse().ok())
+    }
+
+    /// Binds an agent's ID to `key` unless it is bound already (the first key stays).
+    pub async fn bind_agent_key(&self, id: &str, key: lull_protocol::Digest) -> Result<()> {
+        sqlx::query("UPDATE agents SET key_hash = ? WHERE id = ? AND key_hash IS NULL")
+            .bind(key.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records an agent's hello or report.
     pub async fn upsert_agent(
         &self,

@@ -567,6 +567,17 @@ impl Cluster {
             .to_owned()
     }
 
+    /// What agent `name` has logged so far (its stderr), whether it still runs or not.
+    pub fn agent_log(&self, name: &str) -> String {
+        fs::read_to_string(self.root.join("logs").join(format!("agent-{name}.stderr")))
+            .unwrap_or_default()
+    }
+
+    /// The data directory agent `name` has, or will have when started.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.root.join("agents").join(name)
+    }
+
     /// The data directory of the agent named `name` (where `lull-agent pause|resume|stop|status`
     /// find its control socket).
     pub fn agent_data_dir(&self, name: &str) -> PathBuf {

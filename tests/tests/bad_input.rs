@@ -232,7 +232,7 @@ fn a_four_gib_length_prefix_closes_the_connection_and_the_coordinator_keeps_serv
     let addr = cluster.quic_addr().to_string();
 
     let closed = cluster.block_on(async move {
-        let dialer = Dialer::new(Some(pin)).expect("a dialer");
+        let dialer = Dialer::new(Some(pin), None).expect("a dialer");
         let conn = dialer.connect(&addr).await.expect("connecting");
         let (mut send, _recv) = conn.open_bi().await.expect("opening a stream");
         send.write_all(&[0xFF, 0xFF, 0xFF, 0xFF]).await.unwrap();
@@ -268,7 +268,7 @@ fn an_agent_of_another_protocol_version_is_refused_with_both_versions_named() {
     let addr = cluster.quic_addr().to_string();
 
     let reply = cluster.block_on(async move {
-        let dialer = Dialer::new(Some(pin)).expect("a dialer");
+        let dialer = Dialer::new(Some(pin), None).expect("a dialer");
         let conn = dialer.connect(&addr).await.expect("connecting");
         let (mut send, mut recv) = conn.open_bi().await.expect("opening a stream");
         let hello = AgentMessage::Hello {

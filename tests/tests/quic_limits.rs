@@ -12,7 +12,7 @@ use lull_tests::Cluster;
 
 fn dialer(cluster: &Cluster) -> Dialer {
     let pin: Digest = cluster.coordinator_key().parse().expect("coordinator key");
-    Dialer::new(Some(pin)).expect("dialer")
+    Dialer::new(Some(pin), None).expect("dialer")
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -204,17 +204,19 @@ fn fraction(part: f64, whole: f64) -> f64 {
 /// The CPU time of this whole process, every thread together including those that have ended,
 /// to the nanosecond (`CLOCK_PROCESS_CPUTIME_ID`).
 fn process_cpu_time() -> io::Result<Duration> {
+    read_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+        .map_err(|e| io::Error::new(e.kind(), format!("this process's CPU clock: {e}")))
+}
+
+/// Reads one of the kernel's clocks.
+fn read_clock(clock: libc::clockid_t) -> io::Result<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer for the duration of the call.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("this process's CPU clock: {e}"),
-        ));
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
@@ -247,14 +249,7 @@ mod tests {
 
     /// This thread's CPU time.
     fn thread_cpu_time() -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid out-pointer.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        assert_eq!(rc, 0);
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        read_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap()
     }
 
     #[test]

@@ -13,7 +13,7 @@ use lull_protocol::message::{
     AgentMessage, AgentStatus, Assignment, AttemptId, Capacity, CoordinatorMessage, TaskId,
 };
 use lull_protocol::signature::TrustList;
-use lull_protocol::{PROTOCOL_VERSION, units};
+use lull_protocol::{Digest, PROTOCOL_VERSION, units};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
@@ -271,6 +271,7 @@ impl Hub {
     pub async fn agent_connected(
         &self,
         hello: &AgentMessage,
+        key: Option<Digest>,
         tx: mpsc::UnboundedSender<CoordinatorMessage>,
     ) -> Result<u64, String> {
         let AgentMessage::Hello {
@@ -292,6 +293,23 @@ impl Hub {
         if agent_id.is_empty() || agent_id.len() > 128 {
             return Err("agent ID must be 1 to 128 characters".into());
         }
+        // An agent's ID belongs to the key it first came with.
+        match self.store.agent_key(agent_id).await {
+            Ok(Some(bound)) if key != Some(bound) => {
+                return Err(format!(
+                    "agent ID {agent_id} belongs to another key ({bound}); {}",
+                    match key {
+                        Some(k) => format!("this connection's key is {k}"),
+                        None => "this connection presented none".to_owned(),
+                    }
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not look up the agent's key");
+                return Err("the coordinator could not check the agent's key".into());
+            }
+        }
         if let Err(e) = self
             .store
             .upsert_agent(agent_id, name, capacity, now_ms())
@@ -299,6 +317,12 @@ impl Hub {
         {
             tracing::error!(error = %e, "could not record agent");
             return Err("the coordinator could not record the agent".into());
+        }
+        if let Some(key) = key
+            && let Err(e) = self.store.bind_agent_key(agent_id, key).await
+        {
+            tracing::error!(error = %e, "could not record the agent's key");
+            return Err("the coordinator could not record the agent's key".into());
         }
         let now = Instant::now();
         let inner = &mut *self.lock();

@@ -227,7 +227,8 @@ async fn control(
     };
     let agent_id = agent_id.clone();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let conn_no = match hub.agent_connected(&hello, tx).await {
+    let key = crate::tls::peer_key_hash(conn);
+    let conn_no = match hub.agent_connected(&hello, key, tx).await {
         Ok(c) => c,
         Err(reason) => {
             tracing::warn!(agent = %agent_id, %reason, "agent refused");
