@@ -4,6 +4,7 @@
 
 mod client;
 mod commands;
+mod config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,10 @@ struct Cli {
     /// --submitter`); not needed with `lull dev`.
     #[arg(long, global = true, env = "LULL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Your settings file: coordinator, token, key [default: $LULL_CONFIG, else
+    /// $XDG_CONFIG_HOME/lull/config.toml or ~/.config/lull/config.toml, when it exists]
+    #[arg(long, global = true, env = "LULL_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,9 +75,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let settings = match config::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let coordinator = cli.coordinator.or(settings.coordinator);
+    let token = cli.token.or(settings.token);
     let client = match client::Client::new(
-        cli.coordinator.as_deref().unwrap_or(client::DEFAULT_URL),
-        cli.token.as_deref(),
+        coordinator.as_deref().unwrap_or(client::DEFAULT_URL),
+        token.as_deref(),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -83,7 +97,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(a) => commands::dev::run(a).await,
-            Command::Submit(a) => commands::submit::run(&client, a).await,
+            Command::Submit(a) => commands::submit::run(&client, a, settings.key).await,
             Command::Status(a) => commands::status::run(&client, a).await,
             Command::Results(a) => commands::results::run(&client, a).await,
             Command::Agents(a) => commands::agents::run(&client, a).await,

@@ -34,12 +34,16 @@ struct Local {
     path: PathBuf,
 }
 
-/// Submits a job.
-pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+/// Submits a job; `configured_key` is the signing key named in the user's settings file.
+pub async fn run(
+    client: &Client,
+    args: Args,
+    configured_key: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let info: serde_json::Value = client.get("/api/v1/info").await?;
     // A development cluster's key lives at a fixed local path written by `lull dev`; the
     // coordinator only says that it is one, it never names a file to sign with.
-    let key_path = args.key.clone().or_else(|| {
+    let key_path = args.key.clone().or(configured_key).or_else(|| {
         let dev_key = super::dev::key_path();
         (info["dev"] == true && dev_key.exists()).then_some(dev_key)
     });
@@ -122,7 +126,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
                     Some(lull_protocol::signature::sign(key, &bytes)?)
                 } else {
                     bail!(
-                        "{field}: {} is not signed: sign it with `lull sign {} --key KEY`, or pass --key KEY to sign at submit",
+                        "{field}: {} is not signed: sign it with `lull sign {} --key KEY`, or pass --key KEY (or set key in your config.toml) to sign at submit",
                         path.display(),
                         path.display()
                     );
