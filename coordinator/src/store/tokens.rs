@@ -124,8 +124,9 @@ impl Store {
         Ok(token)
     }
 
-    /// Checks `token` for `kind` at `now_ms` and, when `consume`, counts one use of it (in the
-    /// same transaction, so a single-use token admits exactly one of two racing holders).
+    /// Checks `token` for `kind` at `now_ms` and, when `consume`, counts one use of it (in one
+    /// write transaction, so a single-use token admits exactly one of two racing holders; a
+    /// check alone is a plain read, taking no write lock, as every API request makes one).
     /// The outer error is the database's; the inner one why the token was refused.
     pub async fn use_token(
         &self,
@@ -134,40 +135,31 @@ impl Store {
         consume: bool,
         now_ms: i64,
     ) -> Result<std::result::Result<(), TokenRefusal>> {
+        const FIND: &str = "SELECT kind, expires_ms, uses_left FROM tokens WHERE hash = ?";
         let hash = token_hash(token);
+        if !consume {
+            let row = sqlx::query(FIND)
+                .bind(&hash)
+                .fetch_optional(&self.pool)
+                .await?;
+            return Ok(judge(row.as_ref(), kind, now_ms));
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query("SELECT kind, expires_ms, uses_left FROM tokens WHERE hash = ?")
+        let row = sqlx::query(FIND)
             .bind(&hash)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(row) = row else {
-            return Ok(Err(TokenRefusal::Unknown));
-        };
-        let stored: String = row.get(0);
-        if stored != kind.as_str() {
-            let other = [TokenKind::Agent, TokenKind::Submitter]
-                .into_iter()
-                .map(TokenKind::as_str)
-                .find(|k| *k == stored)
-                .unwrap_or("unknown");
-            return Ok(Err(TokenRefusal::WrongKind(other)));
-        }
-        let expires: Option<i64> = row.get(1);
-        if expires.is_some_and(|at| now_ms >= at) {
-            return Ok(Err(TokenRefusal::Expired));
-        }
-        let uses_left: Option<i64> = row.get(2);
-        if uses_left.is_some_and(|n| n <= 0) {
-            return Ok(Err(TokenRefusal::UsedUp));
-        }
-        if consume && uses_left.is_some() {
-            sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ?")
-                .bind(&hash)
-                .execute(&mut *tx)
-                .await?;
+        let verdict = judge(row.as_ref(), kind, now_ms);
+        if verdict.is_ok() {
+            sqlx::query(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left IS NOT NULL",
+            )
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(verdict)
     }
 
     /// Every token, newest first (without secrets).
@@ -207,6 +199,33 @@ impl Store {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Whether a stored token (`row`: kind, expires_ms, uses_left; `None` when there is none) may
+/// be used for `kind` at `now_ms`.
+fn judge(
+    row: Option<&sqlx::sqlite::SqliteRow>,
+    kind: TokenKind,
+    now_ms: i64,
+) -> std::result::Result<(), TokenRefusal> {
+    let row = row.ok_or(TokenRefusal::Unknown)?;
+    let stored: String = row.get(0);
+    if stored != kind.as_str() {
+        let other = match kind {
+            TokenKind::Agent => TokenKind::Submitter,
+            TokenKind::Submitter => TokenKind::Agent,
+        };
+        return Err(TokenRefusal::WrongKind(other.as_str()));
+    }
+    let expires: Option<i64> = row.get(1);
+    if expires.is_some_and(|at| now_ms >= at) {
+        return Err(TokenRefusal::Expired);
+    }
+    let uses_left: Option<i64> = row.get(2);
+    if uses_left.is_some_and(|n| n <= 0) {
+        return Err(TokenRefusal::UsedUp);
+    }
+    Ok(())
 }
 
 /// The short id of a stored hash (`sha256:<hex>`): its first 12 hex digits.
