@@ -131,6 +131,16 @@ impl Default for State {
 }
 
 impl State {
+    /// Takes a guest's thread off the list of those running and not parked, lowering it back
+    /// to idle priority if it was raised to reach a pause.
+    fn unlist(&mut self, thread: ThreadId) {
+        self.unparked.retain(|t| *t != thread);
+        if self.boosted {
+            priority::lower_thread(thread);
+            self.boosted = !self.unparked.is_empty();
+        }
+    }
+
     /// Whether a guest must take the slow path at its next check.
     fn needs_attention(&self) -> bool {
         self.cancelled.is_some() || self.eviction.is_some() || self.paused || self.cpu_share < 1.0
@@ -218,12 +228,7 @@ impl TaskControl {
             if left.is_zero() {
                 return None;
             }
-            state = self
-                .inner
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            state = self.wait(state, Some(left));
         }
     }
 
@@ -353,6 +358,27 @@ impl TaskControl {
         self.inner.changed.notify_all();
     }
 
+    /// Waits on the condition variable for a change, at most `timeout` when given.
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        let changed = &self.inner.changed;
+        // The state is a plain value that no code can leave half-updated (see `lock`).
+        match timeout {
+            None => changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Some(timeout) => {
+                changed
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is a plain value that no code can leave half-updated, so a poisoned lock is
         // still consistent.
@@ -455,12 +481,7 @@ impl Gate {
                 None => rest,
             };
             self.sleeping(true);
-            state = control
-                .inner
-                .changed
-                .wait_timeout(state, rest)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            state = control.wait(state, Some(rest));
             self.sleeping(false);
             self.extend(now.elapsed());
         }
@@ -480,12 +501,8 @@ impl Gate {
             state.parked_since = Some(since);
         }
         if let Some(thread) = self.thread {
-            state.unparked.retain(|t| *t != thread);
-            if state.boosted {
-                // Raised to get here: back to idle priority before anything else runs.
-                priority::lower_thread(thread);
-                state.boosted = !state.unparked.is_empty();
-            }
+            // Raised to get here: back to idle priority before anything else runs.
+            state.unlist(thread);
         }
         self.sleeping(true);
         control.inner.changed.notify_all();
@@ -493,22 +510,14 @@ impl Gate {
             if !state.paused || state.cancelled.is_some() {
                 break;
             }
-            let changed = &control.inner.changed;
-            state = match state.eviction.as_ref().map(|e| e.at) {
-                None => changed
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    changed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .0
-                }
-            };
+            let left = state
+                .eviction
+                .as_ref()
+                .map(|e| e.at.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                break;
+            }
+            state = control.wait(state, left);
         }
         state.parked -= 1;
         if state.parked == 0
@@ -556,12 +565,8 @@ impl Drop for Gate {
         let mut state = self.control.lock();
         state.running -= 1;
         if let Some(thread) = self.thread {
-            state.unparked.retain(|t| *t != thread);
-            if state.boosted {
-                // The thread may go on to other work: not at a priority meant for one pause.
-                priority::lower_thread(thread);
-                state.boosted = !state.unparked.is_empty();
-            }
+            // The thread may go on to other work: not at a priority meant for one pause.
+            state.unlist(thread);
         }
         // The sleeper (the ticker's hold) goes with the gate.
         drop(mem::take(&mut self.sleeper));
