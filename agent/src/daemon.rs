@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use lull_protocol::identity::Identity;
 use lull_protocol::message::{
     AgentMessage, AgentStatus, Assignment, AttemptId, CoordinatorMessage, TaskResult,
 };
@@ -17,7 +18,6 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::cache::{BlobCache, DigestMismatch};
 use crate::config::AgentConfig;
-use crate::identity::AgentIdentity;
 use crate::link::{self, Dialer};
 use crate::owner::{self, OwnerRequest};
 use crate::policy::{OwnerCommand, State};
@@ -35,7 +35,7 @@ pub struct Agent {
     coordinator: String,
     pin: Option<Digest>,
     /// The key the agent proves its ID with.
-    identity: AgentIdentity,
+    identity: Identity,
     slots: u32,
     max_task_memory: u64,
     labels: std::collections::BTreeMap<String, String>,
@@ -66,7 +66,8 @@ impl Agent {
         let data = &config.data_dir;
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let id = agent_id(data)?;
-        let identity = AgentIdentity::load_or_create(&data.join("tls"))?;
+        // The key the agent proves its ID with (the coordinator binds the ID to it).
+        let identity = Identity::load_or_create(&data.join("tls"), "agent", &["lull-agent"])?;
         let sampler = Sampler::new();
         let max_task_memory = match &config.max_task_memory {
             Some(text) => units::parse_size(text).context("max_task_memory")?,

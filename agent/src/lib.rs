@@ -17,7 +17,6 @@
 pub mod cache;
 pub mod config;
 pub mod daemon;
-pub mod identity;
 pub mod install;
 pub mod link;
 pub mod owner;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use lull_protocol::Digest;
 use lull_protocol::frame;
+use lull_protocol::identity::Identity;
 use lull_protocol::message::{AgentMessage, BlobReply};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -17,7 +18,6 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 
 use crate::cache::BlobCache;
-use crate::identity::AgentIdentity;
 
 /// Reads one frame; `Ok(None)` when the stream ended before a frame began.
 pub async fn read_frame<T: DeserializeOwned>(
@@ -111,7 +111,7 @@ pub struct Dialer {
 impl Dialer {
     /// A dialer that pins `pin` (the coordinator's public key hash) when given, and presents
     /// `identity` as its client certificate when given.
-    pub fn new(pin: Option<Digest>, identity: Option<&AgentIdentity>) -> anyhow::Result<Self> {
+    pub fn new(pin: Option<Digest>, identity: Option<&Identity>) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -179,7 +179,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 description: args.description,
             };
             let token = store.create_token(&spec, now).await?;
-            let identity = lull_coordinator::tls::Identity::load_or_create(&dir.join("tls"))?;
+            let identity = lull_coordinator::tls::load_or_create(&dir.join("tls"))?;
             println!("{}", token.as_str());
             eprintln!(
                 "{} token, {}, {}; coordinator key {}",

@@ -17,6 +17,8 @@
 
 pub mod digest;
 pub mod frame;
+#[cfg(feature = "tls")]
+pub mod identity;
 pub mod job;
 pub mod message;
 pub mod module_check;

@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::blobs::BlobStore;
 use crate::store::Store;
-use crate::tls::Identity;
+use crate::tls;
 pub use hub::{Hub, HubConfig};
 pub use quic::QuicLimits;
 
@@ -86,15 +86,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))
         .with_context(|| format!("opening the blob store in {}", config.data_dir.display()))?;
-    let identity = Identity::load_or_create(&config.data_dir.join("tls"))?;
+    let identity = tls::load_or_create(&config.data_dir.join("tls"))?;
     let hub = Hub::new(store, blobs, config.hub.clone(), rand::random());
     hub.recover().await.context("recovering state")?;
 
     let socket = std::net::UdpSocket::bind(config.quic_addr)
         .with_context(|| format!("binding QUIC (UDP) on {}", config.quic_addr))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::new(Arc::new(identity.reset_key())),
-        Some(identity.quic_server_config(&config.quic_limits)?),
+        quinn::EndpointConfig::new(Arc::new(tls::reset_key(&identity))),
+        Some(tls::quic_server_config(&identity, &config.quic_limits)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
