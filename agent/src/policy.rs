@@ -141,7 +141,7 @@ pub struct PolicyConfig {
     /// each sample weighted by how far incumbent CPU is over `pause_above` (see the module docs).
     /// Default 30 ms: two samples just over `pause_above`, or one at 1.5 times it. A load of a
     /// whole core on a 2-core machine is then acted on at the first sample that covers it well,
-    /// 20–30 ms after it began, which leaves the sandbox time to stop guests within the 50 ms
+    /// one or two samples after it began, which leaves the sandbox time to stop guests within the 50 ms
     /// reaction goal, while a single marginal sample (on two cores one clock tick is 25 % of a
     /// 20 ms sample) does not pause. Raise it to ride out longer spikes at the cost of a slower reaction (guests yield
     /// cores at once anyway, at idle priority; the pause takes them out of the caches and the
