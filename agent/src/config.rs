@@ -56,6 +56,11 @@ pub struct AgentConfig {
     /// When guests may run, pause, slow down or must leave (`[policy]`).
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// A join token to enroll with at each connection (enrolling an enrolled key uses no
+    /// token). A secret, so never read from the file: `lull-agent run --join-token` or
+    /// LULL_JOIN_TOKEN sets it; `lull-agent install --token` enrolls once and keeps none.
+    #[serde(skip)]
+    pub join_token: Option<String>,
 }
 
 fn default_sample_interval() -> String {

@@ -26,6 +26,9 @@ use crate::sampler::Sampler;
 use crate::sandbox::{Sandbox, SandboxConfig, TaskControl};
 use crate::scavenger::{self, Events, ScavengerConfig, Shared};
 
+/// How long an agent the coordinator refused waits before asking again.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -36,6 +39,8 @@ pub struct Agent {
     pin: Option<Digest>,
     /// The key the agent proves its ID with.
     identity: Identity,
+    /// A join token to enroll the key with, at each connection (no use once enrolled).
+    join_token: Option<String>,
     slots: u32,
     max_task_memory: u64,
     labels: std::collections::BTreeMap<String, String>,
@@ -64,10 +69,8 @@ impl Agent {
     /// Prepares an agent from its configuration and the owner's trust list.
     pub fn new(config: &AgentConfig, trust: TrustList) -> anyhow::Result<Arc<Self>> {
         let data = &config.data_dir;
-        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        let id = agent_id(data)?;
-        // The key the agent proves its ID with (the coordinator binds the ID to it).
-        let identity = Identity::load_or_create(&data.join("tls"), "agent", &["lull-agent"])?;
+        // The ID, and the key the agent proves it with (the coordinator binds the ID to it).
+        let (id, identity) = crate::enroll::local_identity(data)?;
         let sampler = Sampler::new();
         let max_task_memory = match &config.max_task_memory {
             Some(text) => units::parse_size(text).context("max_task_memory")?,
@@ -86,6 +89,12 @@ impl Agent {
             .as_deref()
             .map(|k| k.parse::<Digest>().context("coordinator_key"))
             .transpose()?;
+        if config.join_token.is_some() && pin.is_none() {
+            bail!(
+                "a join token needs the coordinator's key pinned (coordinator_key, or \
+                 --coordinator-key): sent to an unchecked coordinator, the token could be stolen"
+            );
+        }
         if trust.is_empty() {
             tracing::warn!(
                 "the trust list is empty: every workload will be refused (set allowed_signers in agent.toml)"
@@ -115,6 +124,7 @@ impl Agent {
             coordinator: config.coordinator.clone(),
             pin,
             identity,
+            join_token: config.join_token.clone(),
             slots,
             max_task_memory,
             labels: config.labels.clone(),
@@ -219,6 +229,7 @@ impl Agent {
         }
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
+        let mut refused = false;
         loop {
             match dialer.connect(&self.coordinator).await {
                 Ok(conn) => {
@@ -226,6 +237,12 @@ impl Agent {
                     let started = Instant::now();
                     match self.clone().session(conn.clone()).await {
                         Ok(()) => tracing::info!("coordinator closed the connection"),
+                        Err(e) if e.downcast_ref::<link::Refused>().is_some() => {
+                            // A person has to act (enroll, or un-revoke by enrolling anew):
+                            // ask again only now and then.
+                            tracing::error!(error = %format!("{e:#}"), retry_in_s = REFUSED_RETRY.as_secs(), "the coordinator refused this agent");
+                            refused = true;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "connection to the coordinator lost")
                         }
@@ -249,6 +266,10 @@ impl Agent {
             }
             let jitter =
                 Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+            if std::mem::take(&mut refused) {
+                tokio::time::sleep(REFUSED_RETRY + jitter).await;
+                continue;
+            }
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(Duration::from_secs(3));
         }
@@ -267,6 +288,12 @@ impl Agent {
     }
 
     async fn session(self: Arc<Self>, conn: quinn::Connection) -> anyhow::Result<()> {
+        if let Some(token) = &self.join_token {
+            let already = link::enroll(&conn, token, &self.id, &self.name).await?;
+            if !already {
+                tracing::info!(agent = %self.id, key = %self.identity.public_key_hash, "enrolled with the coordinator");
+            }
+        }
         let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
         let hello = AgentMessage::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -282,8 +309,7 @@ impl Agent {
                 report_interval_ms, ..
             }) => Duration::from_millis(report_interval_ms.max(100)),
             Some(CoordinatorMessage::Refused { reason }) => {
-                tracing::error!(%reason, "the coordinator refused this agent");
-                bail!("refused by the coordinator: {reason}")
+                return Err(link::Refused(reason).into());
             }
             Some(other) => bail!("expected welcome, got {other:?}"),
             None => bail!("the coordinator closed the control stream"),
@@ -300,6 +326,9 @@ impl Agent {
             tokio::select! {
                 msg = link::read_frame::<CoordinatorMessage>(&mut recv) => {
                     match msg? {
+                        Some(CoordinatorMessage::Refused { reason }) => {
+                            return Err(link::Refused(reason).into());
+                        }
                         Some(m) => self.handle(m, &mut sent),
                         None => return Ok(()),
                     }
@@ -351,7 +380,7 @@ impl Agent {
                 tracing::debug!(%attempt, "result acknowledged");
             }
             CoordinatorMessage::Welcome { .. } | CoordinatorMessage::Refused { .. } => {
-                tracing::warn!("unexpected welcome or refusal mid-session");
+                tracing::warn!("unexpected welcome mid-session");
             }
         }
     }
@@ -542,18 +571,4 @@ impl Events for ToAgent {
             agent.stop.notify_one();
         }
     }
-}
-
-/// The agent's stable ID, made at first start.
-fn agent_id(data: &std::path::Path) -> anyhow::Result<String> {
-    let path = data.join("agent-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim().to_owned();
-        if !id.is_empty() {
-            return Ok(id);
-        }
-    }
-    let id = format!("a-{:016x}", rand::random::<u64>());
-    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
-    Ok(id)
 }

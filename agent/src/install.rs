@@ -13,7 +13,8 @@
 //!
 //! and, for launchd, the data directory (systemd makes it, owned by the service's user); then,
 //! when the root is `/` and the service manager runs, enables and starts the service.
-//! Every step is printed; `--dry-run` prints without writing or running anything. Running it
+//! With a join token ([`enroll`]), the agent's key is made and enrolled with the coordinator
+//! first. Every step is printed; `--dry-run` prints without writing or running anything. Running it
 //! again changes nothing that is already right. `uninstall` stops and disables the service and
 //! removes the service definition; `--purge` also removes the configuration and the data
 //! directory.
@@ -302,6 +303,47 @@ fn drive(
             writeln!(out, "to start it on the target system, run: {line}")?;
         }
     }
+    Ok(())
+}
+
+/// Enrolls the agent being installed with its coordinator: makes its ID and key in the data
+/// directory under the root, and registers the key with a join token over a connection that
+/// pins the coordinator's key. Done before [`install`] writes anything, so that a refused token
+/// leaves the machine as it was. The token is not kept.
+pub async fn enroll(
+    opts: &InstallOptions,
+    token: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    validate(opts)?;
+    let data = under(&opts.root, DATA_PATH);
+    if opts.dry_run {
+        writeln!(
+            out,
+            "would enroll with the coordinator at {}: a key made in {}, registered with the join token",
+            opts.coordinator,
+            data.display()
+        )?;
+        return Ok(());
+    }
+    let pin: Digest = opts.ca_hash.parse()?;
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "agent".into()));
+    let done = crate::enroll::enroll(&opts.coordinator, pin, &data, &name, token).await?;
+    writeln!(
+        out,
+        "{}: agent {} (key {}) with the coordinator at {}",
+        if done.already {
+            "enrolled already"
+        } else {
+            "enrolled"
+        },
+        done.agent_id,
+        done.key,
+        opts.coordinator
+    )?;
     Ok(())
 }
 

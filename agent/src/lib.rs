@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod config;
 pub mod daemon;
+pub mod enroll;
 pub mod install;
 pub mod link;
 pub mod owner;

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use lull_protocol::Digest;
 use lull_protocol::frame;
 use lull_protocol::identity::Identity;
-use lull_protocol::message::{AgentMessage, BlobReply};
+use lull_protocol::message::{AgentMessage, BlobReply, EnrollReply};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -144,6 +144,12 @@ impl Dialer {
         Ok(self)
     }
 
+    /// Waits until the connections made by this dialer have closed cleanly (so that a closing
+    /// frame reaches the coordinator before the process ends).
+    pub async fn wait_idle(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
     /// Connects to `addr` (`host:port`).
     pub async fn connect(&self, addr: &str) -> anyhow::Result<quinn::Connection> {
         let target = tokio::net::lookup_host(addr)
@@ -157,6 +163,38 @@ impl Dialer {
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         Ok(conn)
+    }
+}
+
+/// The coordinator refused this agent (not enrolled, revoked, an ID taken by another key, a
+/// join token refused...): a person has to act, so retrying soon is pointless.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by the coordinator: {0}")]
+pub struct Refused(pub String);
+
+/// Enrolls the key `conn` presents under `agent_id` with a join token. Returns whether it was
+/// enrolled already (the token was not used); a refusal is a [`Refused`] error.
+pub async fn enroll(
+    conn: &quinn::Connection,
+    token: &str,
+    agent_id: &str,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .context("opening an enrollment stream")?;
+    let msg = AgentMessage::Enroll {
+        token: token.trim().to_owned(),
+        agent_id: agent_id.to_owned(),
+        name: name.to_owned(),
+    };
+    write_frame(&mut send, &msg).await?;
+    send.finish()?;
+    match read_frame::<EnrollReply>(&mut recv).await? {
+        Some(EnrollReply::Enrolled { already }) => Ok(already),
+        Some(EnrollReply::Refused { reason }) => Err(Refused(reason).into()),
+        None => bail!("the coordinator closed the enrollment stream without an answer"),
     }
 }
 

@@ -43,6 +43,11 @@ struct InstallArgs {
     /// The coordinator's key hash to pin, sha256:<64 hex>, as `lull-coordinator serve` prints.
     #[arg(long)]
     ca_hash: String,
+    /// A join token (`lull-coordinator token create` prints the whole command): the agent's key
+    /// is made and enrolled before anything is installed. Without one, the coordinator admits
+    /// the agent only once it is enrolled another way (`lull-agent run --join-token`).
+    #[arg(long, env = "LULL_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// A name for people [default: the host name].
     #[arg(long)]
     name: Option<String>,
@@ -94,6 +99,10 @@ struct RunArgs {
     /// sha256 of the coordinator's public key to pin (overrides the file).
     #[arg(long)]
     coordinator_key: Option<String>,
+    /// A join token to enroll this agent's key with (needs the coordinator's key pinned). Once
+    /// enrolled, the key alone admits the agent.
+    #[arg(long, env = "LULL_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
     /// The data directory (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -167,11 +176,11 @@ async fn main_result() -> anyhow::Result<()> {
                 name: a.name,
                 dry_run: a.dry_run,
             };
-            install::install(
-                &opts,
-                install::ServiceManager::native(),
-                &mut std::io::stdout(),
-            )
+            let mut out = std::io::stdout();
+            if let Some(token) = &a.token {
+                install::enroll(&opts, token, &mut out).await?;
+            }
+            install::install(&opts, install::ServiceManager::native(), &mut out)
         }
         Command::Uninstall(a) => install::uninstall(
             &a.root,
@@ -254,6 +263,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(v) = args.data_dir {
         config.data_dir = v;
     }
+    config.join_token = args.join_token;
     if let Some(v) = args.allowed_signers {
         config.allowed_signers = Some(v);
     }

@@ -41,7 +41,7 @@ enum Command {
     Status(commands::status::Args),
     /// Download a job's results.
     Results(commands::results::Args),
-    /// Show the connected agents.
+    /// Show the connected agents, or revoke one.
     Agents(commands::agents::Args),
     /// Cancel a job.
     Cancel(commands::cancel::Args),

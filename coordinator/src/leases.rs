@@ -63,6 +63,15 @@ impl Leases {
         self.leases.get(attempt).map(|l| l.agent.as_str())
     }
 
+    /// The attempts whose leases `agent` holds.
+    pub fn held_by(&self, agent: &str) -> Vec<AttemptId> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.agent == agent)
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
     /// Ends a lease (the attempt ended).
     pub fn release(&mut self, attempt: &AttemptId) {
         self.leases.remove(attempt);
@@ -112,6 +121,11 @@ mod tests {
         let expired = l.poll_expired(t0 + Duration::from_secs(31));
         assert_eq!(expired, vec![(att(1), "a".to_string())]);
         assert_eq!(l.holder(&att(0)), Some("a"));
+        l.grant(t0, att(2), "b");
+        assert_eq!(l.held_by("a"), vec![att(0)]);
+        assert_eq!(l.held_by("b"), vec![att(2)]);
+        assert!(l.held_by("c").is_empty());
+        l.release(&att(2));
         assert!(l.poll_expired(t0 + Duration::from_secs(49)).is_empty());
         assert_eq!(l.poll_expired(t0 + Duration::from_secs(50)).len(), 1);
     }

@@ -57,7 +57,7 @@ struct TokenCreateArgs {
     submitter: bool,
     /// How long it works, e.g. 1h, 7d [default: 24h for an agent's token, 90d for a
     /// submitter's]; 0 for ever.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_ttl)]
     ttl: Option<std::time::Duration>,
     /// How many times it may be used [default: 1 for an agent's token, unlimited for a
     /// submitter's]; 0 for unlimited.
@@ -66,6 +66,10 @@ struct TokenCreateArgs {
     /// A note for people: whom or what the token is for.
     #[arg(long, default_value = "")]
     description: String,
+    /// The address agents reach this coordinator's QUIC port at, for the join command printed
+    /// with an agent's token [default: this machine's host name, port 7443].
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
     #[command(flatten)]
     data: DataDirArg,
 }
@@ -107,6 +111,14 @@ struct ServeArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A token's lifetime: a duration, or `0` for ever.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -182,7 +194,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             let identity = lull_coordinator::tls::load_or_create(&dir.join("tls"))?;
             println!("{}", token.as_str());
             eprintln!(
-                "{} token, {}, {}; coordinator key {}",
+                "{} token, {}, {}",
                 match kind {
                     TokenKind::Agent => "an agent's join",
                     TokenKind::Submitter => "a submitter's",
@@ -192,10 +204,23 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     when(ms)
                 )),
                 uses.map_or("any number of uses".to_owned(), |n| format!("{n} use(s)")),
-                identity.public_key_hash
             );
-            if kind == TokenKind::Submitter {
-                eprintln!("submitters use it with `lull --token TOKEN ...` or LULL_TOKEN=TOKEN");
+            match kind {
+                TokenKind::Submitter => {
+                    eprintln!("submitters use it with `lull --token TOKEN ...` or LULL_TOKEN=TOKEN")
+                }
+                TokenKind::Agent => {
+                    let address = args.address.unwrap_or_else(|| {
+                        let host = sysinfo::System::host_name().unwrap_or_else(|| "HOST".into());
+                        format!("{host}:{}", lull_protocol::DEFAULT_QUIC_PORT)
+                    });
+                    eprintln!(
+                        "to enroll a machine, run as root on it:\n  \
+                         lull-agent install --coordinator {address} --ca-hash {} --token {}",
+                        identity.public_key_hash,
+                        token.as_str()
+                    );
+                }
             }
             Ok(())
         }

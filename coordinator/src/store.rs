@@ -11,12 +11,14 @@ use std::path::Path;
 use std::str::FromStr;
 
 use lull_protocol::job::JobSpec;
-use lull_protocol::message::{AttemptId, Capacity, TaskId, TaskResult};
+use lull_protocol::message::{AttemptId, TaskId, TaskResult};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+mod agents;
 mod tokens;
+pub use agents::{AgentRecord, EnrollRefusal, Enrolled};
 pub use tokens::{Token, TokenInfo, TokenKind, TokenRefusal, TokenSpec};
 
 /// A storage failure.
@@ -645,50 +647,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// The key an agent's ID is bound to, if any.
-    pub async fn agent_key(&self, id: &str) -> Result<Option<lull_protocol::Digest>> {
-        let row = sqlx::query("SELECT key_hash FROM agents WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(text) = row.and_then(|r| r.get::<Option<String>, _>(0)) else {
-            return Ok(None);
-        };
-        Ok(text.parse().ok())
-    }
-
-    /// Binds an agent's ID to `key` unless it is bound already (the first key stays).
-    pub async fn bind_agent_key(&self, id: &str, key: lull_protocol::Digest) -> Result<()> {
-        sqlx::query("UPDATE agents SET key_hash = ? WHERE id = ? AND key_hash IS NULL")
-            .bind(key.to_string())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Records an agent's hello or report.
-    pub async fn upsert_agent(
-        &self,
-        id: &str,
-        name: &str,
-        capacity: &Capacity,
-        now_ms: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT(id) DO UPDATE SET name = excluded.name, capacity = excluded.capacity, last_seen_ms = excluded.last_seen_ms",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(serde_json::to_string(capacity)?)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 }
 

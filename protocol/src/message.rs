@@ -10,6 +10,11 @@
 //!   [`BlobReply`] frame, then (when found) exactly `size` raw bytes, then finishes the stream.
 //! - [`AgentMessage::PutBlob`] uploads a blob: `size` raw bytes follow the frame, then the agent
 //!   finishes its side; the coordinator checks the digest and answers with one [`BlobReply`].
+//! - [`AgentMessage::Enroll`] enrolls the connection's key with a join token: the coordinator
+//!   answers with one [`EnrollReply`] and finishes the stream. It needs no hello first.
+//!
+//! Blob streams need the control stream's hello to have been welcomed first: the coordinator
+//! serves an agent only the blobs of the attempts assigned to it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -171,6 +176,16 @@ pub enum AgentMessage {
         /// Their length.
         size: u64,
     },
+    /// Enrolls the key this connection presented, under `agent_id`, with a join token.
+    /// Enrolling a key already enrolled under that ID succeeds without using the token.
+    Enroll {
+        /// The join token (`lull-coordinator token create`).
+        token: String,
+        /// The agent's stable ID.
+        agent_id: String,
+        /// A name for people.
+        name: String,
+    },
 }
 
 /// Frames a coordinator sends on the control stream.
@@ -230,6 +245,22 @@ pub enum BlobReply {
     /// The upload was refused.
     Rejected {
         /// Why.
+        reason: String,
+    },
+}
+
+/// The answer on an enrollment stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EnrollReply {
+    /// The key is enrolled under the ID: the agent may say hello.
+    Enrolled {
+        /// Whether it was enrolled already (the token was not used).
+        already: bool,
+    },
+    /// Not enrolled.
+    Refused {
+        /// Why, in words for the person installing the agent.
         reason: String,
     },
 }

@@ -251,6 +251,22 @@ pub struct AgentOptions {
     /// Tests run several agents on one machine, where each agent's guests are the others'
     /// incumbents, so agents are dedicated unless a test is about scavenging.
     pub scavenging_config: Option<PathBuf>,
+    /// How the agent enrolls: with the cluster's reusable join token by default.
+    pub enroll: Enroll,
+    /// `--coordinator-key` to pin instead of the coordinator's real one.
+    pub coordinator_key: Option<String>,
+}
+
+/// How a test agent enrolls with the coordinator.
+#[derive(Debug, Clone, Default)]
+pub enum Enroll {
+    /// With the cluster's join token ([`Cluster::join_token`]), reusable and unexpiring.
+    #[default]
+    ClusterToken,
+    /// With this token (`--join-token`).
+    Token(String),
+    /// Not at all: no `--join-token`.
+    Never,
 }
 
 impl AgentOptions {
@@ -317,6 +333,8 @@ pub struct Cluster {
     coordinator_args: Vec<String>,
     /// A submitter's token, sent with every request of [`Cluster::lull`] and [`Cluster::get`].
     token: String,
+    /// An agent's join token with unlimited uses, which agents enroll with by default.
+    join_token: String,
     coordinator: Proc,
     generation: u32,
     announced: Announced,
@@ -367,6 +385,10 @@ impl Cluster {
             .expect("writing allowed_signers");
 
         let token = create_token(&root, &["--submitter", "--description", "tests"]);
+        let join_token = create_token(
+            &root,
+            &["--uses", "0", "--ttl", "0", "--description", "test agents"],
+        );
         let (coordinator, announced) =
             spawn_coordinator(&root, &allowed_signers, &coordinator_args, 1, None);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -381,6 +403,7 @@ impl Cluster {
             allowed_signers,
             coordinator_args,
             token: token.clone(),
+            join_token,
             coordinator,
             generation: 1,
             announced,
@@ -483,10 +506,25 @@ impl Cluster {
         let mut cmd = Command::new(binary("lull-agent"));
         cmd.arg("run")
             .args(["--coordinator", &self.announced.quic.to_string()])
-            .args(["--coordinator-key", &self.announced.key])
+            .args([
+                "--coordinator-key",
+                options
+                    .coordinator_key
+                    .as_deref()
+                    .unwrap_or(&self.announced.key),
+            ])
             .args(["--data-dir", path_str(&data_dir)])
             .args(["--allowed-signers", path_str(&self.allowed_signers)])
             .args(["--name", name]);
+        match &options.enroll {
+            Enroll::ClusterToken => {
+                cmd.args(["--join-token", &self.join_token]);
+            }
+            Enroll::Token(t) => {
+                cmd.args(["--join-token", t]);
+            }
+            Enroll::Never => {}
+        }
         if let Some(n) = options.slots {
             cmd.args(["--slots", &n.to_string()]);
         }
@@ -539,6 +577,19 @@ impl Cluster {
                 tail(&a.proc.stderr, TAIL_LINES)
             );
         }
+    }
+
+    /// Kills the agent named `name` (SIGKILL); it may be started again under the same name, on
+    /// the same data directory.
+    pub fn kill_agent(&mut self, name: &str) {
+        let i = self
+            .agents
+            .iter()
+            .position(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent named {name}"));
+        let mut agent = self.agents.remove(i);
+        agent.proc.kill();
+        self.finished.push(agent.proc);
     }
 
     /// Whether the agent's process is still running.
@@ -688,6 +739,11 @@ impl Cluster {
         let url = format!("http://{}", self.announced.http);
         let label = format!("lull-{n}-{}", args.first().copied().unwrap_or("none"));
         run_lull(&self.root.join("logs"), &label, Some(&url), token, args)
+    }
+
+    /// The agents' join token (unlimited uses, no expiry) that agents enroll with by default.
+    pub fn join_token(&self) -> &str {
+        &self.join_token
     }
 
     /// The submitter's token the cluster's own requests use.

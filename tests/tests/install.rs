@@ -1,12 +1,14 @@
 //! `lull-agent install` and `uninstall` through the real binary, under a temporary root: the
 //! dry run writes nothing, install writes the configuration, trust list and service, a second
 //! install changes nothing, and uninstall (then `--purge`) takes it all away. The service manager
-//! is not driven under another root: install says what to run instead.
+//! is not driven under another root: install says what to run instead. With a join token,
+//! install enrolls the agent with a real coordinator first, and the installed agent is then
+//! admitted on its key alone; a refused token leaves nothing installed.
 
 use std::path::Path;
 use std::process::Command;
 
-use lull_tests::binary;
+use lull_tests::{Cluster, WAIT, binary, wait_for};
 
 fn agent(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(binary("lull-agent"))
@@ -143,4 +145,107 @@ fn install_and_uninstall_under_a_temporary_root() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("error: --coordinator"), "{stderr}");
+}
+
+#[test]
+fn install_with_a_join_token_enrolls_the_agent_before_writing_anything() {
+    let cluster = Cluster::start();
+    let root = tempfile::tempdir().expect("temp dir");
+    let root_arg = root.path().to_str().expect("utf-8 path");
+    let token = cluster.coordinator_token(&["create", "--description", "installer"]);
+    assert!(token.success(), "{token}");
+    let token = token.stdout.trim().to_owned();
+    let addr = cluster.quic_addr().to_string();
+    let install = |token: &str, extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            "--coordinator",
+            &addr,
+            "--ca-hash",
+            cluster.coordinator_key(),
+            "--token",
+            token,
+            "--name",
+            "installed",
+            "--binary",
+            "/usr/local/bin/lull-agent",
+            "--root",
+            root_arg,
+        ];
+        args.extend_from_slice(extra);
+        agent(&args)
+    };
+
+    // A refused token: an error that says why, and nothing installed.
+    let (ok, stdout, stderr) = install("lull_not-a-token", &[]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("unknown token"), "{stderr}");
+    assert!(
+        !root.path().join("etc").exists(),
+        "installed despite the refusal: {:?}",
+        files_under(root.path())
+    );
+
+    // A dry run says it would enroll, and does not use the token.
+    let (ok, stdout, stderr) = install(&token, &["--dry-run"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("would enroll with the coordinator"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = install(&token, &[]);
+    assert!(ok, "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("enrolled: agent "))
+        .unwrap_or_else(|| panic!("no enrollment said: {stdout}"));
+    let data = root.path().join("var/lib/lull/agent");
+    let id = std::fs::read_to_string(data.join("agent-id")).expect("the agent's ID");
+    assert!(line.contains(id.trim()), "{line}");
+    assert!(data.join("tls/agent.key.der").is_file());
+    // Installing again is safe: the key is enrolled already, the used-up token is not needed.
+    let (ok, again, stderr) = install(&token, &[]);
+    assert!(ok, "{again}{stderr}");
+    assert!(again.contains("enrolled already"), "{again}");
+
+    // The installed agent, run on its configuration (its paths taken under the root), is
+    // admitted without any token.
+    let log = root.path().join("agent.log");
+    let mut child = Command::new(binary("lull-agent"))
+        .args([
+            "run",
+            "--config",
+            root.path().join("etc/lull/agent.toml").to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--allowed-signers",
+            root.path()
+                .join("etc/lull/allowed_signers")
+                .to_str()
+                .unwrap(),
+            "--dedicated",
+        ])
+        .env_remove("LULL_JOIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting the installed agent");
+    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the installed agent to be listed", WAIT, || {
+            cluster
+                .agents()
+                .into_iter()
+                .find(|a| a["name"] == "installed")
+        })
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    let listed = listed.unwrap_or_else(|_| {
+        panic!(
+            "the installed agent's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(listed["id"], id.trim(), "{listed}");
 }

@@ -1,4 +1,4 @@
-//! `lull agents`.
+//! `lull agents`, and `lull agents revoke ID`.
 
 use std::process::ExitCode;
 
@@ -8,14 +8,41 @@ use crate::client::Client;
 
 /// `lull agents`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<AgentsCommand>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
-/// Lists the connected agents.
+#[derive(clap::Subcommand, Debug)]
+enum AgentsCommand {
+    /// Cut an agent off for good: its connection is closed at once, its running tasks go back
+    /// to the queue, and it is never admitted again (a machine that should come back enrolls
+    /// anew, with a new ID, after `lull-agent uninstall --purge`).
+    Revoke {
+        /// The agent's ID, as `lull agents` lists it.
+        id: String,
+    },
+}
+
+/// Lists the connected agents, or revokes one.
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(AgentsCommand::Revoke { id }) = args.command {
+        let v: serde_json::Value = client
+            .post(
+                &format!("/api/v1/agents/{id}/revoke"),
+                &serde_json::json!({}),
+            )
+            .await?;
+        println!(
+            "agent {id} revoked; {} task(s) it was running went back to the queue",
+            v["requeued"]
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let agents: Vec<serde_json::Value> = client.get("/api/v1/agents").await?;
     if args.json {
         super::print_json(&agents)?;

@@ -38,6 +38,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/events", get(agent_events))
+        .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
         .layer(authenticated)
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(hub)
@@ -329,4 +330,14 @@ async fn agent_events(
 ) -> ApiResult<Json<serde_json::Value>> {
     let events = hub.store().agent_events(&id, 200).await?;
     Ok(Json(json!({ "agent": id, "events": events })))
+}
+
+async fn revoke_agent(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let requeued = hub.revoke(&id).await?;
+    Ok(Json(
+        json!({ "agent": id, "revoked": true, "requeued": requeued }),
+    ))
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lull_protocol::job::JobSpec;
 use lull_protocol::message::{
-    AgentMessage, AgentStatus, Assignment, AttemptId, Capacity, CoordinatorMessage, TaskId,
+    AgentMessage, AgentStatus, Assignment, AttemptId, Capacity, CoordinatorMessage, EnrollReply,
+    TaskId,
 };
 use lull_protocol::signature::TrustList;
 use lull_protocol::{Digest, PROTOCOL_VERSION, units};
@@ -20,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::blobs::BlobStore;
 use crate::leases::Leases;
 use crate::scheduler::{QueuedTask, Scheduler};
-use crate::store::{Recorded, Store, StoreError, TaskState};
+use crate::store::{AgentRecord, Enrolled, Recorded, Store, StoreError, TaskState};
 
 /// Settings of the hub.
 #[derive(Debug, Clone)]
@@ -33,8 +34,9 @@ pub struct HubConfig {
     pub max_blob: u64,
     /// Who may sign workloads submitted here; `None` accepts any signature (or none).
     pub trust: Option<TrustList>,
-    /// Whether this is a development cluster (`lull dev`), whose submitters sign with the
-    /// development key.
+    /// Whether this is a development cluster (`lull dev`): its submitters sign with the
+    /// development key and need no token, and its agents need no enrollment. Elsewhere an agent
+    /// is admitted only with the key it enrolled with a join token.
     pub dev: bool,
 }
 
@@ -290,26 +292,15 @@ impl Hub {
                 "this coordinator speaks protocol version {PROTOCOL_VERSION}, the agent speaks {protocol_version}: upgrade the older of the two"
             ));
         }
-        if agent_id.is_empty() || agent_id.len() > 128 {
-            return Err("agent ID must be 1 to 128 characters".into());
-        }
-        // An agent's ID belongs to the key it first came with.
-        match self.store.agent_key(agent_id).await {
-            Ok(Some(bound)) if key != Some(bound) => {
-                return Err(format!(
-                    "agent ID {agent_id} belongs to another key ({bound}); {}",
-                    match key {
-                        Some(k) => format!("this connection's key is {k}"),
-                        None => "this connection presented none".to_owned(),
-                    }
-                ));
-            }
-            Ok(_) => {}
+        check_agent_id(agent_id)?;
+        let record = match self.store.agent_record(agent_id).await {
+            Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "could not look up the agent's key");
+                tracing::error!(error = %e, "could not look up the agent");
                 return Err("the coordinator could not check the agent's key".into());
             }
-        }
+        };
+        admission(agent_id, record, key, !self.config.dev)?;
         if let Err(e) = self
             .store
             .upsert_agent(agent_id, name, capacity, now_ms())
@@ -328,6 +319,12 @@ impl Hub {
         let inner = &mut *self.lock();
         let conn = inner.next_conn;
         inner.next_conn += 1;
+        // The welcome comes first: the agent expects it before anything else.
+        let _ = tx.send(CoordinatorMessage::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            lease_ms: self.config.lease.as_millis() as u64,
+            report_interval_ms: self.config.report_interval.as_millis() as u64,
+        });
         let mut mine = HashSet::new();
         for attempt in running {
             if inner.leases.renew(now, *attempt, agent_id) {
@@ -339,11 +336,6 @@ impl Hub {
                 });
             }
         }
-        let _ = tx.send(CoordinatorMessage::Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            lease_ms: self.config.lease.as_millis() as u64,
-            report_interval_ms: self.config.report_interval.as_millis() as u64,
-        });
         inner
             .scheduler
             .handle_agent_up(agent_id, capacity, mine.len() as u32, status.accepting);
@@ -365,6 +357,105 @@ impl Hub {
         tracing::info!(agent = %agent_id, %name, slots = capacity.slots, "agent connected");
         self.wake.notify_one();
         Ok(conn)
+    }
+
+    /// Enrolls the key a connection presented (`key`) under `agent_id` with a join token.
+    pub async fn enroll(
+        &self,
+        key: Option<Digest>,
+        agent_id: &str,
+        name: &str,
+        token: &str,
+    ) -> EnrollReply {
+        let refused = |reason: String| {
+            tracing::warn!(agent = %agent_id, %name, %reason, "enrollment refused");
+            EnrollReply::Refused { reason }
+        };
+        let Some(key) = key else {
+            return refused("the connection presented no client key to enroll".into());
+        };
+        if let Err(reason) = check_agent_id(agent_id) {
+            return refused(reason);
+        }
+        match self
+            .store
+            .enroll_agent(agent_id, name, key, token, now_ms())
+            .await
+        {
+            Ok(Ok(how)) => {
+                let already = how == Enrolled::Already;
+                if !already {
+                    tracing::info!(agent = %agent_id, %name, %key, "agent enrolled");
+                }
+                EnrollReply::Enrolled { already }
+            }
+            Ok(Err(refusal)) => refused(refusal.to_string()),
+            Err(e) => {
+                tracing::error!(error = %e, "could not enroll an agent");
+                refused("the coordinator could not record the enrollment".into())
+            }
+        }
+    }
+
+    /// Revokes an agent: it is refused from now on, its connection is closed at once, and the
+    /// attempts it was running go back to pending. Returns how many were requeued.
+    pub async fn revoke(&self, agent: &str) -> Result<usize, HubError> {
+        match self.store.revoke_agent(agent, now_ms()).await? {
+            None => return Err(HubError::NotFound(format!("no agent {agent}"))),
+            Some(false) => tracing::info!(%agent, "agent was revoked already"),
+            Some(true) => tracing::warn!(%agent, "agent revoked"),
+        }
+        let running: Vec<AttemptId> = {
+            let inner = &mut *self.lock();
+            let mut running = inner.leases.held_by(agent);
+            if let Some(a) = inner.agents.remove(agent) {
+                inner.scheduler.handle_agent_down(agent);
+                // The connection closes once this is written.
+                let _ = a.tx.send(CoordinatorMessage::Refused {
+                    reason: format!("agent {agent} was revoked"),
+                });
+                running.extend(a.running);
+            }
+            running.sort();
+            running.dedup();
+            running
+        };
+        let mut requeued = 0;
+        for attempt in running {
+            match self
+                .store
+                .attempt_lost(attempt, "lost: its agent was revoked", now_ms())
+                .await?
+            {
+                Recorded::Stored(state) => {
+                    requeued += 1;
+                    self.end_attempt(&mut self.lock(), attempt, agent, state);
+                }
+                Recorded::Stale => {}
+            }
+        }
+        self.wake.notify_one();
+        Ok(requeued)
+    }
+
+    /// Whether `agent` holds the lease of `attempt`.
+    fn holds(&self, agent: &str, attempt: AttemptId) -> bool {
+        self.lock().leases.holder(&attempt) == Some(agent)
+    }
+
+    /// Whether `agent` may download the blob `digest`: only the modules and inputs of the
+    /// attempts assigned to it.
+    pub fn agent_may_fetch(&self, agent: &str, digest: &Digest) -> bool {
+        let inner = self.lock();
+        let Some(a) = inner.agents.get(agent) else {
+            return false;
+        };
+        a.running.iter().any(|attempt| {
+            inner
+                .jobs
+                .get(&attempt.task.job)
+                .is_some_and(|job| job.blobs().any(|(d, _)| d == *digest))
+        })
     }
 
     /// An agent's control stream ended. Its leases run on: it may reconnect in time.
@@ -418,6 +509,10 @@ impl Hub {
                 }
             }
             AgentMessage::Started { attempt, setup_us } => {
+                if !self.holds(agent, attempt) {
+                    tracing::warn!(%agent, %attempt, "start reported for an attempt not assigned to this agent; ignored");
+                    return;
+                }
                 if let Err(e) = self.store.mark_started(attempt, setup_us, now_ms()).await {
                     tracing::warn!(%attempt, error = %e, "could not record start");
                 }
@@ -666,6 +761,51 @@ impl Hub {
         }
         "waiting for a free slot".into()
     }
+}
+
+/// Whether an agent ID is acceptable at all.
+fn check_agent_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("agent ID must be 1 to 128 characters".into());
+    }
+    Ok(())
+}
+
+/// Whether an agent saying hello as `agent_id` with the connection's `key` is admitted, given
+/// what the store holds of that ID; the error says why not. Where enrollment is required only
+/// the key enrolled under the ID is admitted; elsewhere an ID belongs to the first key it came
+/// with. A revoked agent is never admitted.
+fn admission(
+    agent_id: &str,
+    record: Option<AgentRecord>,
+    key: Option<Digest>,
+    require_enrollment: bool,
+) -> Result<(), String> {
+    const ENROLL: &str = "enroll it with a join token from `lull-coordinator token create` \
+                          (`lull-agent install --token T`, or `lull-agent run --join-token T`)";
+    if let Some(at) = record.and_then(|r| r.revoked_ms) {
+        return Err(format!(
+            "agent {agent_id} was revoked (at {} ms since the epoch); it is not admitted again",
+            at
+        ));
+    }
+    if let Some(bound) = record.and_then(|r| r.key)
+        && key != Some(bound)
+    {
+        return Err(format!(
+            "agent ID {agent_id} belongs to another key ({bound}); {}",
+            match key {
+                Some(k) => format!("this connection's key is {k}"),
+                None => "this connection presented none".to_owned(),
+            }
+        ));
+    }
+    if require_enrollment && !record.is_some_and(|r| r.admits(key)) {
+        return Err(format!(
+            "agent {agent_id} is not enrolled with this coordinator: {ENROLL}"
+        ));
+    }
+    Ok(())
 }
 
 fn queued(jobs: &HashMap<u64, Arc<JobSpec>>, task: TaskId) -> Option<QueuedTask> {

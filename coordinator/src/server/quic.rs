@@ -8,8 +8,8 @@
 //! on it), so spoofed floods cost the coordinator one stateless packet each; past the connection
 //! limit new connections are refused.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lull_protocol::message::{AgentMessage, BlobReply, CoordinatorMessage};
@@ -145,13 +145,16 @@ pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>, limits: QuicLimits)
 
 async fn connection(conn: quinn::Connection, hub: Arc<Hub>) {
     let remote = conn.remote_address();
+    // The agent this connection speaks for, once its hello is welcomed.
+    let agent: Arc<OnceLock<String>> = Arc::default();
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let hub = hub.clone();
                 let conn = conn.clone();
+                let agent = agent.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = stream(send, recv, hub, &conn).await {
+                    if let Err(e) = stream(send, recv, hub, &conn, &agent).await {
                         tracing::debug!(%remote, error = %e, "stream ended with an error");
                     }
                 });
@@ -169,6 +172,7 @@ async fn stream(
     mut recv: quinn::RecvStream,
     hub: Arc<Hub>,
     conn: &quinn::Connection,
+    agent: &OnceLock<String>,
 ) -> anyhow::Result<()> {
     let first: AgentMessage = match read_frame(&mut recv).await {
         Ok(Some(m)) => m,
@@ -180,8 +184,32 @@ async fn stream(
         }
     };
     match first {
-        AgentMessage::Hello { .. } => control(send, recv, hub, first, conn).await,
+        AgentMessage::Hello { .. } => control(send, recv, hub, first, conn, agent).await,
+        AgentMessage::Enroll {
+            token,
+            agent_id,
+            name,
+        } => {
+            let key = crate::tls::peer_key_hash(conn);
+            let reply = hub.enroll(key, &agent_id, &name, &token).await;
+            write_frame(&mut send, &reply).await?;
+            send.finish()?;
+            Ok(())
+        }
         AgentMessage::GetBlob { digest } => {
+            let refusal = match agent.get() {
+                None => Some("blobs are served only after the agent's hello".to_owned()),
+                Some(id) if !hub.agent_may_fetch(id, &digest) => Some(format!(
+                    "blob {digest} belongs to no attempt assigned to agent {id}"
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = refusal {
+                tracing::warn!(remote = %conn.remote_address(), agent = ?agent.get(), %digest, %reason, "blob download refused");
+                write_frame(&mut send, &BlobReply::Rejected { reason }).await?;
+                send.finish()?;
+                return Ok(());
+            }
             let path = hub.blobs().path(&digest);
             match tokio::fs::File::open(&path).await {
                 Ok(mut file) => {
@@ -195,15 +223,21 @@ async fn stream(
             Ok(())
         }
         AgentMessage::PutBlob { digest, size } => {
-            let reply = match hub
-                .blobs()
-                .put(digest, Some(size), hub.config().max_blob, &mut recv)
-                .await
-            {
-                Ok(size) => BlobReply::Ok { size },
-                Err(e) => BlobReply::Rejected {
-                    reason: e.to_string(),
-                },
+            let reply = if agent.get().is_none() {
+                BlobReply::Rejected {
+                    reason: "blobs are accepted only after the agent's hello".into(),
+                }
+            } else {
+                match hub
+                    .blobs()
+                    .put(digest, Some(size), hub.config().max_blob, &mut recv)
+                    .await
+                {
+                    Ok(size) => BlobReply::Ok { size },
+                    Err(e) => BlobReply::Rejected {
+                        reason: e.to_string(),
+                    },
+                }
             };
             write_frame(&mut send, &reply).await?;
             send.finish()?;
@@ -215,33 +249,53 @@ async fn stream(
     }
 }
 
+/// Sends a refusal on the control stream, gives it time to arrive, and closes the connection.
+async fn refuse(send: &mut quinn::SendStream, conn: &quinn::Connection, reason: String) {
+    if write_frame(send, &CoordinatorMessage::Refused { reason })
+        .await
+        .is_ok()
+        && send.finish().is_ok()
+    {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
+    }
+    conn.close(2u32.into(), b"refused");
+}
+
 async fn control(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     hub: Arc<Hub>,
     hello: AgentMessage,
     conn: &quinn::Connection,
+    agent: &OnceLock<String>,
 ) -> anyhow::Result<()> {
     let AgentMessage::Hello { agent_id, .. } = &hello else {
         unreachable!("control() is called with a hello")
     };
     let agent_id = agent_id.clone();
+    if agent.get().is_some() {
+        refuse(&mut send, conn, "a second hello on one connection".into()).await;
+        return Ok(());
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let key = crate::tls::peer_key_hash(conn);
     let conn_no = match hub.agent_connected(&hello, key, tx).await {
         Ok(c) => c,
         Err(reason) => {
             tracing::warn!(agent = %agent_id, %reason, "agent refused");
-            write_frame(&mut send, &CoordinatorMessage::Refused { reason }).await?;
-            send.finish()?;
-            // Give the refusal time to arrive before the connection goes.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
-            conn.close(2u32.into(), b"refused");
+            refuse(&mut send, conn, reason).await;
             return Ok(());
         }
     };
+    let _ = agent.set(agent_id.clone());
+    let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
+            if let CoordinatorMessage::Refused { reason } = msg {
+                // The hub cut this agent off (revoked): say why, then close.
+                refuse(&mut send, &writer_conn, reason).await;
+                break;
+            }
             if write_frame(&mut send, &msg).await.is_err() {
                 break;
             }

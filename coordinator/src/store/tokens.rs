@@ -135,29 +135,15 @@ impl Store {
         consume: bool,
         now_ms: i64,
     ) -> Result<std::result::Result<(), TokenRefusal>> {
-        const FIND: &str = "SELECT kind, expires_ms, uses_left FROM tokens WHERE hash = ?";
-        let hash = token_hash(token);
         if !consume {
-            let row = sqlx::query(FIND)
-                .bind(&hash)
+            let row = sqlx::query(FIND_TOKEN)
+                .bind(token_hash(token))
                 .fetch_optional(&self.pool)
                 .await?;
             return Ok(judge(row.as_ref(), kind, now_ms));
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(FIND)
-            .bind(&hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let verdict = judge(row.as_ref(), kind, now_ms);
-        if verdict.is_ok() {
-            sqlx::query(
-                "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left IS NOT NULL",
-            )
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let verdict = take_token(&mut tx, token, kind, now_ms).await?;
         tx.commit().await?;
         Ok(verdict)
     }
@@ -199,6 +185,33 @@ impl Store {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left FROM tokens WHERE hash = ?";
+
+/// Checks `token` for `kind` at `now_ms` and counts one use of it, inside the caller's write
+/// transaction (which commits the use together with whatever the token admits).
+pub(super) async fn take_token(
+    tx: &mut sqlx::SqliteConnection,
+    token: &str,
+    kind: TokenKind,
+    now_ms: i64,
+) -> Result<std::result::Result<(), TokenRefusal>> {
+    let hash = token_hash(token);
+    let row = sqlx::query(FIND_TOKEN)
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let verdict = judge(row.as_ref(), kind, now_ms);
+    if verdict.is_ok() {
+        sqlx::query(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left IS NOT NULL",
+        )
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(verdict)
 }
 
 /// Whether a stored token (`row`: kind, expires_ms, uses_left; `None` when there is none) may

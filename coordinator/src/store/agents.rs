@@ -1,0 +1,313 @@
+//! Agents as the store knows them: their IDs, the keys they proved them with, enrollment with a
+//! join token, and revocation.
+//!
+//! An agent's ID belongs to one key: the one it enrolled with (or, on a coordinator that does
+//! not require enrollment, the first it connected with). A key belongs to one ID. A revoked
+//! agent stays revoked: its ID and its key are never admitted again.
+
+use lull_protocol::Digest;
+use lull_protocol::message::Capacity;
+use sqlx::Row;
+
+use super::tokens::{TokenKind, TokenRefusal, take_token};
+use super::{Result, Store};
+
+/// What the store holds of an agent's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// The key its ID is bound to, if any.
+    pub key: Option<Digest>,
+    /// When its key was enrolled with a join token (ms since the Unix epoch).
+    pub enrolled_ms: Option<i64>,
+    /// When it was revoked.
+    pub revoked_ms: Option<i64>,
+}
+
+impl AgentRecord {
+    /// Whether `key` is this agent's enrolled key, and the agent is not revoked.
+    pub fn admits(&self, key: Option<Digest>) -> bool {
+        self.enrolled_ms.is_some() && self.revoked_ms.is_none() && key.is_some() && self.key == key
+    }
+}
+
+/// How an enrollment went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolled {
+    /// The key is now enrolled under the ID; the token counted one use.
+    New,
+    /// The key was enrolled under the ID already; the token was not used.
+    Already,
+}
+
+/// Why an enrollment was refused. The messages are for the person installing the agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrollRefusal {
+    /// The join token does not admit anyone (unknown, expired, used up, or a submitter's).
+    #[error("the join token was refused: {0}")]
+    Token(TokenRefusal),
+    /// The ID is bound to another key.
+    #[error("agent ID {0} belongs to another key")]
+    IdTaken(String),
+    /// The key is bound to another ID.
+    #[error("this agent's key is already enrolled as agent {0}")]
+    KeyTaken(String),
+    /// The agent was revoked.
+    #[error("agent {0} was revoked")]
+    Revoked(String),
+}
+
+impl Store {
+    /// The standing of the agent with this ID; `None` when the store has never seen it.
+    pub async fn agent_record(&self, id: &str) -> Result<Option<AgentRecord>> {
+        let row = sqlx::query("SELECT key_hash, enrolled_ms, revoked_ms FROM agents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| AgentRecord {
+            key: r
+                .get::<Option<String>, _>(0)
+                .and_then(|k| k.parse::<Digest>().ok()),
+            enrolled_ms: r.get(1),
+            revoked_ms: r.get(2),
+        }))
+    }
+
+    /// Binds an agent's ID to `key` unless it is bound already (the first key stays).
+    pub async fn bind_agent_key(&self, id: &str, key: Digest) -> Result<()> {
+        sqlx::query("UPDATE agents SET key_hash = ? WHERE id = ? AND key_hash IS NULL")
+            .bind(key.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records an agent's hello or report.
+    pub async fn upsert_agent(
+        &self,
+        id: &str,
+        name: &str,
+        capacity: &Capacity,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, capacity = excluded.capacity, last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(serde_json::to_string(capacity)?)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Enrolls `key` under the agent ID `id` with a join token, in one transaction: the token
+    /// counts a use only when the key is enrolled. A key already enrolled under this ID needs
+    /// no token (an agent may enroll again at every start). The outer error is the database's.
+    pub async fn enroll_agent(
+        &self,
+        id: &str,
+        name: &str,
+        key: Digest,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<std::result::Result<Enrolled, EnrollRefusal>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query("SELECT key_hash, enrolled_ms, revoked_ms FROM agents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(r) = &row {
+            let bound: Option<String> = r.get(0);
+            let enrolled: Option<i64> = r.get(1);
+            let revoked: Option<i64> = r.get(2);
+            if revoked.is_some() {
+                return Ok(Err(EnrollRefusal::Revoked(id.to_owned())));
+            }
+            match bound {
+                Some(b) if b != key.to_string() => {
+                    return Ok(Err(EnrollRefusal::IdTaken(id.to_owned())));
+                }
+                Some(_) if enrolled.is_some() => return Ok(Ok(Enrolled::Already)),
+                _ => {}
+            }
+        }
+        let other = sqlx::query("SELECT id FROM agents WHERE key_hash = ? AND id != ? LIMIT 1")
+            .bind(key.to_string())
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(other) = other {
+            return Ok(Err(EnrollRefusal::KeyTaken(other.get(0))));
+        }
+        if let Err(refusal) = take_token(&mut tx, token, TokenKind::Agent, now_ms).await? {
+            return Ok(Err(EnrollRefusal::Token(refusal)));
+        }
+        sqlx::query(
+            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms, key_hash, enrolled_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET key_hash = excluded.key_hash, enrolled_ms = excluded.enrolled_ms",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(serde_json::to_string(&Capacity::default())?)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(key.to_string())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(Enrolled::New))
+    }
+
+    /// Revokes an agent for good. `None` when there is no agent with this ID; otherwise whether
+    /// this call revoked it (`false`: it was revoked already, at the time it keeps).
+    pub async fn revoke_agent(&self, id: &str, now_ms: i64) -> Result<Option<bool>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query("SELECT revoked_ms FROM agents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.get::<Option<i64>, _>(0).is_some() {
+            return Ok(Some(false));
+        }
+        sqlx::query("UPDATE agents SET revoked_ms = ? WHERE id = ?")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenSpec;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("lull.db")).await.unwrap();
+        (dir, store)
+    }
+
+    async fn join_token(store: &Store, uses: Option<u32>) -> String {
+        let spec = TokenSpec {
+            kind: TokenKind::Agent,
+            expires_ms: None,
+            uses,
+            description: String::new(),
+        };
+        store
+            .create_token(&spec, 0)
+            .await
+            .unwrap()
+            .as_str()
+            .to_owned()
+    }
+
+    fn key(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    #[tokio::test]
+    async fn enrollment_binds_id_and_key_and_uses_the_token_once() {
+        let (_dir, store) = store().await;
+        let token = join_token(&store, Some(1)).await;
+        assert_eq!(store.agent_record("a-1").await.unwrap(), None);
+        let got = store.enroll_agent("a-1", "one", key(1), &token, 10).await;
+        assert_eq!(got.unwrap(), Ok(Enrolled::New));
+        let rec = store.agent_record("a-1").await.unwrap().unwrap();
+        assert_eq!(rec.key, Some(key(1)));
+        assert_eq!(rec.enrolled_ms, Some(10));
+        assert!(rec.admits(Some(key(1))));
+        assert!(!rec.admits(Some(key(2))));
+        assert!(!rec.admits(None));
+
+        // Again with the same key: no token use needed (the token is used up by now).
+        let again = store.enroll_agent("a-1", "one", key(1), &token, 11).await;
+        assert_eq!(again.unwrap(), Ok(Enrolled::Already));
+        // A second agent with the used-up token is refused, and nothing of it is stored.
+        let second = store.enroll_agent("a-2", "two", key(2), &token, 12).await;
+        assert_eq!(
+            second.unwrap(),
+            Err(EnrollRefusal::Token(TokenRefusal::UsedUp))
+        );
+        assert_eq!(store.agent_record("a-2").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn ids_and_keys_cannot_be_taken_over() {
+        let (_dir, store) = store().await;
+        let token = join_token(&store, None).await;
+        store
+            .enroll_agent("a-1", "one", key(1), &token, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        // Another key claiming the ID.
+        let got = store.enroll_agent("a-1", "x", key(2), &token, 11).await;
+        assert_eq!(got.unwrap(), Err(EnrollRefusal::IdTaken("a-1".into())));
+        // The same key under a second ID.
+        let got = store.enroll_agent("a-2", "x", key(1), &token, 11).await;
+        assert_eq!(got.unwrap(), Err(EnrollRefusal::KeyTaken("a-1".into())));
+        assert_eq!(
+            store.agent_record("a-1").await.unwrap().unwrap().key,
+            Some(key(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_agent_stays_out() {
+        let (_dir, store) = store().await;
+        let token = join_token(&store, None).await;
+        store
+            .enroll_agent("a-1", "one", key(1), &token, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.revoke_agent("a-1", 20).await.unwrap(), Some(true));
+        assert_eq!(store.revoke_agent("a-1", 30).await.unwrap(), Some(false));
+        assert_eq!(store.revoke_agent("nobody", 30).await.unwrap(), None);
+        let rec = store.agent_record("a-1").await.unwrap().unwrap();
+        assert_eq!(rec.revoked_ms, Some(20));
+        assert!(!rec.admits(Some(key(1))));
+        // Enrolling again, even with a good token and its own key, is refused.
+        let got = store.enroll_agent("a-1", "one", key(1), &token, 40).await;
+        assert_eq!(got.unwrap(), Err(EnrollRefusal::Revoked("a-1".into())));
+        // So is its key under a new ID.
+        let got = store.enroll_agent("a-9", "one", key(1), &token, 40).await;
+        assert_eq!(got.unwrap(), Err(EnrollRefusal::KeyTaken("a-1".into())));
+    }
+
+    #[tokio::test]
+    async fn a_key_bound_without_enrollment_can_enroll_later() {
+        let (_dir, store) = store().await;
+        store
+            .upsert_agent("a-1", "one", &Capacity::default(), 5)
+            .await
+            .unwrap();
+        store.bind_agent_key("a-1", key(1)).await.unwrap();
+        let rec = store.agent_record("a-1").await.unwrap().unwrap();
+        assert!(!rec.admits(Some(key(1))), "bound but not enrolled");
+        let token = join_token(&store, Some(1)).await;
+        let got = store.enroll_agent("a-1", "one", key(1), &token, 10).await;
+        assert_eq!(got.unwrap(), Ok(Enrolled::New));
+        assert!(
+            store
+                .agent_record("a-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .admits(Some(key(1)))
+        );
+    }
+}
