@@ -53,8 +53,8 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<20} {:<14} {:>5} {:>7} {:>10} {:>10}  OS/ARCH",
-        "ID", "NAME", "CORES", "RUNNING", "MEMORY", "TASK CAP"
+        "{:<20} {:<14} {:<16} {:>5} {:>7} {:>10} {:>10}  {:<12} WHY",
+        "ID", "NAME", "STATE", "CORES", "RUNNING", "MEMORY", "TASK CAP", "OS/ARCH"
     );
     for a in agents {
         let c = &a["capacity"];
