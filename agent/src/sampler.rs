@@ -139,6 +139,7 @@ impl Sampler {
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
             labels: labels.clone(),
+            wasmtime: crate::sandbox::WASMTIME_VERSION.to_owned(),
         }
     }
 }

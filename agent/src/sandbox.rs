@@ -56,6 +56,10 @@ mod limits;
 mod outcome;
 mod priority;
 
+/// The version of wasmtime the agent runs guests with, which agents report (constraints can
+/// test it: `wasmtime >= 48`). A test checks it against `Cargo.lock`.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};

@@ -1457,3 +1457,16 @@ fn a_guest_asked_to_pause_is_raised_until_it_parks() {
         output.outcome
     );
 }
+
+#[test]
+fn the_reported_wasmtime_version_is_the_one_built_in() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .expect("reading Cargo.lock");
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .expect("wasmtime in Cargo.lock")
+        .trim_end_matches('"');
+    assert_eq!(version, lull_agent::sandbox::WASMTIME_VERSION);
+}

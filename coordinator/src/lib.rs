@@ -5,14 +5,13 @@
 //! |---|---|
 //! | [`server`] | QUIC for agents, HTTP for people, and the live state between them (`hub`) |
 //! | [`store`] | jobs, tasks, attempts and agents in SQLite (WAL, full sync) |
-//! | [`scheduler`] | placement of pending tasks on agents with free slots; pure, no IO or clock |
+//! | `lull_scheduler` (a crate) | placement of pending tasks on agents: strategies, constraints, reservations; pure |
 //! | [`leases`] | assignment leases that reports renew; pure, time comes in |
 //! | [`blobs`] | the content-addressed (sha256) blob store on disk |
 //! | [`tls`] | the coordinator's key and self-signed certificate, pinned by agents |
 
 pub mod blobs;
 pub mod leases;
-pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod tls;

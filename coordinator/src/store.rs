@@ -698,6 +698,7 @@ mod tests {
             resources: Resources {
                 memory: 1 << 20,
                 timeout_ms: 1000,
+                cpu_millis: 1000,
             },
             placement: Placement::default(),
             max_attempts,

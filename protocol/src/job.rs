@@ -23,6 +23,11 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Attempts a task gets when its job file does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// CPU a task reserves when its job file does not say, in thousandths of a core: a tenth, so
+/// that an agent's slots, not its cores, bound how many such tasks it runs.
+pub const DEFAULT_CPU_MILLIS: u32 = 100;
+/// The most CPU a task may reserve: 1024 cores.
+pub const MAX_CPU_MILLIS: u32 = 1024 * 1000;
 
 /// Why a job file or job definition is not acceptable.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +116,8 @@ pub struct ResourcesFile {
     pub memory: Option<String>,
     /// Wall time while running, e.g. `30m`; pauses do not count.
     pub timeout: Option<String>,
+    /// Cores the task keeps busy, e.g. `0.5` or `2`, which the scheduler reserves on its agent.
+    pub cpu: Option<f64>,
 }
 
 /// `[retry]` of a job file.
@@ -141,9 +148,35 @@ pub struct Placement {
     /// The strategy; `spread` by default.
     #[serde(default)]
     pub strategy: Strategy,
-    /// Constraints over agent labels and attributes, e.g. `os == linux`.
+    /// Constraints over agent labels and attributes, e.g. `os == linux` (see
+    /// [`crate::constraint`]).
     #[serde(default)]
     pub constraints: Vec<String>,
+    /// With the `spread` strategy: spread over the values of this attribute (e.g.
+    /// `label.site`) instead of over agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
+}
+
+impl Placement {
+    /// Checks the constraints and the spread attribute.
+    pub fn check(&self) -> Result<(), JobError> {
+        for (i, c) in self.constraints.iter().enumerate() {
+            c.parse::<crate::constraint::Constraint>()
+                .map_err(|e| invalid(format!("placement.constraints[{i}]"), e.to_string()))?;
+        }
+        if let Some(attr) = &self.spread {
+            attr.parse::<crate::constraint::Attribute>()
+                .map_err(|e| invalid("placement.spread", e))?;
+            if self.strategy != Strategy::Spread {
+                return Err(invalid(
+                    "placement.spread",
+                    "applies only to strategy = \"spread\"",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl JobFile {
@@ -182,8 +215,25 @@ impl JobFile {
         }
         self.memory()?;
         self.timeout()?;
+        self.cpu_millis()?;
         self.max_attempts()?;
+        self.placement.check()?;
         Ok(())
+    }
+
+    /// The CPU reserved per task, in thousandths of a core.
+    pub fn cpu_millis(&self) -> Result<u32, JobError> {
+        let Some(cores) = self.resources.cpu else {
+            return Ok(DEFAULT_CPU_MILLIS);
+        };
+        let millis = (cores * 1000.0).round();
+        if !cores.is_finite() || millis < 1.0 || millis > f64::from(MAX_CPU_MILLIS) {
+            return Err(invalid(
+                "resources.cpu",
+                format!("{cores} cores: must be between 0.001 and 1024"),
+            ));
+        }
+        Ok(millis as u32)
     }
 
     /// The memory cap in bytes.
@@ -301,6 +351,13 @@ pub struct Resources {
     pub memory: u64,
     /// Wall-time limit while running, in milliseconds.
     pub timeout_ms: u64,
+    /// CPU reserved on the agent, in thousandths of a core.
+    #[serde(default = "default_cpu_millis")]
+    pub cpu_millis: u32,
+}
+
+fn default_cpu_millis() -> u32 {
+    DEFAULT_CPU_MILLIS
 }
 
 /// A resolved, checked job: what the coordinator stores and agents run.
@@ -336,6 +393,13 @@ impl JobSpec {
         if self.resources.timeout_ms == 0 {
             return Err(invalid("resources.timeout", "must be longer than zero"));
         }
+        if !(1..=MAX_CPU_MILLIS).contains(&self.resources.cpu_millis) {
+            return Err(invalid(
+                "resources.cpu",
+                "must be between 0.001 and 1024 cores",
+            ));
+        }
+        self.placement.check()?;
         if !(1..=100).contains(&self.max_attempts) {
             return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
         }
@@ -423,6 +487,38 @@ max_attempts = 3
         assert_eq!(job.memory().unwrap(), DEFAULT_MEMORY);
         assert_eq!(job.timeout().unwrap(), DEFAULT_TIMEOUT);
         assert_eq!(job.max_attempts().unwrap(), DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(job.cpu_millis().unwrap(), DEFAULT_CPU_MILLIS);
+    }
+
+    #[test]
+    fn cpu_constraints_and_spread_are_checked() {
+        let job = |extra: &str| {
+            JobFile::parse(&format!(
+                "name = \"x\"\n[[module]]\npath = \"a.wasm\"\n{extra}"
+            ))
+        };
+        let ok = job("[resources]\ncpu = 0.25\n[placement]\nconstraints = [\"memory >= 2GiB\", \"label.site in lab-3, lab-4\"]\nspread = \"label.site\"\n").unwrap();
+        assert_eq!(ok.cpu_millis().unwrap(), 250);
+        assert_eq!(ok.placement.spread.as_deref(), Some("label.site"));
+        for (extra, says) in [
+            ("[resources]\ncpu = 0\n", "resources.cpu: 0 cores"),
+            ("[resources]\ncpu = 2000\n", "resources.cpu: 2000 cores"),
+            (
+                "[placement]\nconstraints = [\"os = linux\"]\n",
+                "placement.constraints[0]: constraint \"os = linux\"",
+            ),
+            (
+                "[placement]\nspread = \"colour\"\n",
+                "placement.spread: unknown attribute",
+            ),
+            (
+                "[placement]\nstrategy = \"binpack\"\nspread = \"label.site\"\n",
+                "placement.spread: applies only to strategy = \"spread\"",
+            ),
+        ] {
+            let err = job(extra).expect_err(extra).to_string();
+            assert!(err.starts_with(says), "{extra}: {err}");
+        }
     }
 
     #[test]

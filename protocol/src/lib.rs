@@ -15,6 +15,7 @@
 //! | [`signature`] | SSHSIG signatures (namespace `lull-workload`) and `allowed_signers` trust lists |
 //! | [`units`] | human sizes (`256MiB`) and durations (`30m`) used in job and config files |
 
+pub mod constraint;
 pub mod digest;
 pub mod frame;
 #[cfg(feature = "tls")]

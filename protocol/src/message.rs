@@ -77,6 +77,9 @@ pub struct Capacity {
     /// Labels from the agent's configuration.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The agent's wasmtime version, e.g. `48.0.1`.
+    #[serde(default)]
+    pub wasmtime: String,
 }
 
 /// What the agent's owner-side policy says now: whether it takes work, and why.

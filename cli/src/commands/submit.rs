@@ -215,6 +215,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         resources: Resources {
             memory: file.memory()?,
             timeout_ms: file.timeout()?.as_millis() as u64,
+            cpu_millis: file.cpu_millis()?,
         },
         placement: file.placement.clone(),
         max_attempts: file.max_attempts()?,

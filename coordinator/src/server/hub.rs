@@ -20,8 +20,8 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::blobs::BlobStore;
 use crate::leases::Leases;
-use crate::scheduler::{QueuedTask, Scheduler};
 use crate::store::{AgentRecord, Enrolled, Recorded, Store, StoreError, TaskState};
+use lull_scheduler::{JobPlacement, Scheduler};
 
 /// Settings of the hub.
 #[derive(Debug, Clone)]
@@ -74,16 +74,7 @@ struct AgentConn {
     status: AgentStatus,
     tx: mpsc::UnboundedSender<CoordinatorMessage>,
     running: HashSet<AttemptId>,
-    /// Placements made on this agent whose assignment is still being stored: they hold a slot.
-    placing: u32,
     connected_at: SystemTime,
-}
-
-impl AgentConn {
-    /// Slots in use: running attempts and placements on their way.
-    fn busy(&self) -> u32 {
-        self.running.len() as u32 + self.placing
-    }
 }
 
 #[derive(Debug)]
@@ -179,9 +170,7 @@ impl Hub {
             inner.jobs.insert(j.id, Arc::new(j.spec));
         }
         for t in &pending {
-            if let Some(q) = queued(&inner.jobs, t.id) {
-                inner.scheduler.handle_task_queued(q);
-            }
+            queue_task(&mut inner, t.id);
         }
         for t in &running {
             let attempt = AttemptId {
@@ -235,9 +224,7 @@ impl Hub {
             let mut inner = self.lock();
             inner.jobs.insert(id, spec.clone());
             for index in 0..spec.count {
-                if let Some(q) = queued(&inner.jobs, TaskId { job: id, index }) {
-                    inner.scheduler.handle_task_queued(q);
-                }
+                queue_task(&mut inner, TaskId { job: id, index });
             }
         }
         tracing::info!(job = id, name = %spec.name, tasks = spec.count, "job submitted");
@@ -256,7 +243,7 @@ impl Hub {
                 e => e.into(),
             })?;
         let inner = &mut *self.lock();
-        inner.scheduler.handle_job_cancelled(job);
+        inner.scheduler.remove_job(job);
         for (attempt, agent) in &running {
             if let Some(a) = inner.agents.get(agent) {
                 let _ = a.tx.send(CoordinatorMessage::Cancel {
@@ -338,7 +325,12 @@ impl Hub {
         }
         inner
             .scheduler
-            .handle_agent_up(agent_id, capacity, mine.len() as u32, status.accepting);
+            .agent_up(agent_id, capacity, status.accepting);
+        for attempt in &mine {
+            if ensure_job(inner, attempt.task.job) {
+                inner.scheduler.task_running(agent_id, attempt.task);
+            }
+        }
         if let Some(old) = inner.agents.insert(
             agent_id.clone(),
             AgentConn {
@@ -348,7 +340,6 @@ impl Hub {
                 status: status.clone(),
                 tx,
                 running: mine,
-                placing: 0,
                 connected_at: SystemTime::now(),
             },
         ) {
@@ -409,7 +400,7 @@ impl Hub {
             let inner = &mut *self.lock();
             let mut running = inner.leases.held_by(agent);
             if let Some(a) = inner.agents.remove(agent) {
-                inner.scheduler.handle_agent_down(agent);
+                inner.scheduler.agent_down(agent);
                 // The connection closes once this is written.
                 let _ = a.tx.send(CoordinatorMessage::Refused {
                     reason: format!("agent {agent} was revoked"),
@@ -463,7 +454,7 @@ impl Hub {
         let inner = &mut *self.lock();
         if inner.agents.get(agent).is_some_and(|a| a.conn == conn) {
             inner.agents.remove(agent);
-            inner.scheduler.handle_agent_down(agent);
+            inner.scheduler.agent_down(agent);
             tracing::info!(%agent, "agent disconnected");
         }
     }
@@ -495,7 +486,7 @@ impl Hub {
                     }
                     a.capacity = capacity;
                     a.status = status;
-                    scheduler.handle_agent_up(agent, &a.capacity, a.busy(), a.status.accepting);
+                    scheduler.agent_up(agent, &a.capacity, a.status.accepting);
                 }
                 self.wake.notify_one();
             }
@@ -531,13 +522,7 @@ impl Hub {
                         a.status.state = to.clone();
                         a.status.reason = reason.clone();
                         a.status.accepting = matches!(to.as_str(), "running" | "throttled");
-                        let busy = a.busy();
-                        inner.scheduler.handle_agent_up(
-                            agent,
-                            &a.capacity,
-                            busy,
-                            a.status.accepting,
-                        );
+                        inner.scheduler.agent_accepting(agent, a.status.accepting);
                     }
                 }
                 self.wake.notify_one();
@@ -595,15 +580,12 @@ impl Hub {
 
     fn end_attempt(&self, inner: &mut Inner, attempt: AttemptId, agent: &str, state: TaskState) {
         inner.leases.release(&attempt);
-        if let Some(a) = inner.agents.get_mut(agent)
-            && a.running.remove(&attempt)
-        {
-            inner.scheduler.handle_task_ended(agent);
+        if let Some(a) = inner.agents.get_mut(agent) {
+            a.running.remove(&attempt);
         }
-        if state == TaskState::Pending
-            && let Some(q) = queued(&inner.jobs, attempt.task)
-        {
-            inner.scheduler.handle_task_queued(q);
+        inner.scheduler.task_ended(attempt.task);
+        if state == TaskState::Pending {
+            queue_task(inner, attempt.task);
         }
     }
 
@@ -652,40 +634,29 @@ impl Hub {
 
     async fn place(&self) {
         loop {
-            let p = {
-                let inner = &mut *self.lock();
-                let Some(p) = inner.scheduler.poll_placement() else {
-                    return;
-                };
-                if let Some(a) = inner.agents.get_mut(&p.agent) {
-                    a.placing += 1;
-                }
-                p
+            // The placement reserves the task's slot, memory and CPU on the agent until the
+            // task ends or the placement is given back.
+            let Some(p) = self.lock().scheduler.poll_placement() else {
+                return;
             };
-            let task = p.task.task;
+            let task = p.task;
             let assigned = match self.store.assign(task, &p.agent, now_ms()).await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::error!(%task, error = %e, "could not assign; will retry");
                     {
                         let inner = &mut *self.lock();
-                        if let Some(a) = inner.agents.get_mut(&p.agent) {
-                            a.placing = a.placing.saturating_sub(1);
-                        }
-                        inner.scheduler.handle_task_ended(&p.agent);
-                        inner.scheduler.handle_task_queued(p.task);
+                        inner.scheduler.task_ended(task);
+                        queue_task(inner, task);
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
             let inner = &mut *self.lock();
-            if let Some(a) = inner.agents.get_mut(&p.agent) {
-                a.placing = a.placing.saturating_sub(1);
-            }
             let Some(attempt) = assigned else {
-                // No longer pending (cancelled meanwhile): give the slot back.
-                inner.scheduler.handle_task_ended(&p.agent);
+                // No longer pending (cancelled meanwhile): give the reservation back.
+                inner.scheduler.task_ended(task);
                 continue;
             };
             inner.leases.grant(Instant::now(), attempt, &p.agent);
@@ -744,6 +715,18 @@ impl Hub {
             .map(|a| a.capacity.max_task_memory)
             .max()
             .unwrap_or(0);
+        let constraints =
+            lull_protocol::constraint::parse_all(&spec.placement.constraints).unwrap_or_default();
+        if !inner
+            .agents
+            .values()
+            .any(|a| constraints.iter().all(|c| c.holds(&a.capacity)))
+        {
+            return format!(
+                "no connected agent satisfies the constraints ({})",
+                spec.placement.constraints.join(", ")
+            );
+        }
         if largest < spec.resources.memory {
             return format!(
                 "no connected agent accepts tasks of {} (the largest cap is {})",
@@ -808,10 +791,30 @@ fn admission(
     Ok(())
 }
 
-fn queued(jobs: &HashMap<u64, Arc<JobSpec>>, task: TaskId) -> Option<QueuedTask> {
-    jobs.get(&task.job).map(|spec| QueuedTask {
-        task,
-        memory: spec.resources.memory,
-        strategy: spec.placement.strategy,
-    })
+/// Makes sure the scheduler knows the job (it forgets jobs with nothing waiting or running);
+/// `false` when the hub does not know it either.
+fn ensure_job(inner: &mut Inner, job: u64) -> bool {
+    if inner.scheduler.has_job(job) {
+        return true;
+    }
+    let Some(spec) = inner.jobs.get(&job) else {
+        return false;
+    };
+    match JobPlacement::of(spec) {
+        Ok(placement) => {
+            inner.scheduler.add_job(job, placement, spec.modules.len());
+            true
+        }
+        Err(e) => {
+            tracing::error!(job, error = %e, "the job's placement cannot be read; its tasks wait");
+            false
+        }
+    }
+}
+
+/// Queues a task for placement.
+fn queue_task(inner: &mut Inner, task: TaskId) {
+    if ensure_job(inner, task.job) {
+        inner.scheduler.task_queued(task);
+    }
 }

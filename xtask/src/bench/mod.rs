@@ -2,24 +2,28 @@
 //! last line.
 //!
 //! - `dispatch`: many trivial tasks through `lull dev` on loopback.
+//! - `schedule`: the scheduler alone, placing 1,000,000 tasks on 10,000 simulated agents with
+//!   each strategy.
 //! - `scavenge`: the agent's sandbox, scavenger and policy in this process against incumbent
 //!   child processes: pause latency, reaction, incumbent slowdown, harvest.
 
 mod dispatch;
 mod scavenge;
+mod schedule;
 
 use anyhow::bail;
 
 use crate::util;
 
 /// The benchmarks.
-pub const NAMES: &[&str] = &["dispatch", "scavenge"];
+pub const NAMES: &[&str] = &["dispatch", "scavenge", "schedule"];
 
 /// Runs a benchmark.
 pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
     match name {
         Some("dispatch") => dispatch::run(args),
         Some("scavenge") => scavenge::run(args),
+        Some("schedule") => schedule::run(args),
         // The scavenge bench's child processes (incumbents), started from this same binary.
         Some(helper) if helper.starts_with(scavenge::HELPER_PREFIX) => {
             scavenge::helper(helper, args)
