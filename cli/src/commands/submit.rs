@@ -40,6 +40,8 @@ pub async fn run(
     args: Args,
     configured_key: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    // The job file's own mistakes come first, before the coordinator is asked anything.
+    read_job_file(&args.job)?;
     let info: serde_json::Value = client.get("/api/v1/info").await?;
     // A development cluster's key lives at a fixed local path written by `lull dev`; the
     // coordinator only says that it is one, it never names a file to sign with.
@@ -97,11 +99,16 @@ pub async fn run(
     Ok(super::status::exit_code(&detail))
 }
 
-/// Reads a job file and everything it names; returns the job definition and the files to upload.
-fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<Local>)> {
+/// Reads and checks a job file (not the files it names).
+fn read_job_file(job_path: &Path) -> anyhow::Result<JobFile> {
     let text = std::fs::read_to_string(job_path)
         .with_context(|| format!("reading {}", job_path.display()))?;
-    let file = JobFile::parse(&text).with_context(|| format!("{}", job_path.display()))?;
+    JobFile::parse(&text).with_context(|| format!("{}", job_path.display()))
+}
+
+/// Reads a job file and everything it names; returns the job definition and the files to upload.
+fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<Local>)> {
+    let file = read_job_file(job_path)?;
     let base = job_path.parent().unwrap_or(Path::new("."));
     let key = key.map(super::keys::load).transpose()?;
     let mut files = Vec::new();
