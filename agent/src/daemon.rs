@@ -374,6 +374,16 @@ impl Agent {
                     c.cancel(reason);
                 }
             }
+            CoordinatorMessage::Evict {
+                attempt,
+                reason,
+                grace_ms,
+            } => {
+                if let Some(c) = lock(&self.shared.running).get(&attempt) {
+                    tracing::info!(%attempt, %reason, grace_ms, "evicting at the coordinator's request");
+                    c.evict(reason, Duration::from_millis(grace_ms));
+                }
+            }
             CoordinatorMessage::ResultAck { attempt } => {
                 sent.remove(&attempt);
                 let _ = std::fs::remove_file(self.outbox_path(attempt));

@@ -85,6 +85,16 @@ impl Client {
             .context("reading the coordinator's answer")
     }
 
+    /// DELETE a resource, returning the JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self
+            .check(self.http.delete(self.url(path)).send().await)
+            .await?;
+        resp.json()
+            .await
+            .context("reading the coordinator's answer")
+    }
+
     /// POST a JSON document, returning the JSON answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -45,6 +45,8 @@ enum Command {
     Agents(commands::agents::Args),
     /// Cancel a job.
     Cancel(commands::cancel::Args),
+    /// Drain an agent: no new work; its running tasks get until a deadline, then move.
+    Drain(commands::drain::Args),
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             Command::Results(a) => commands::results::run(&client, a).await,
             Command::Agents(a) => commands::agents::run(&client, a).await,
             Command::Cancel(a) => commands::cancel::run(&client, a).await,
+            Command::Drain(a) => commands::drain::run(&client, a).await,
             Command::Keys { command } => commands::keys::run(command),
             Command::Sign(a) => commands::keys::sign(a),
             Command::Verify(a) => commands::keys::verify(a),

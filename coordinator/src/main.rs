@@ -88,6 +88,10 @@ struct ServeArgs {
     /// How long an assignment survives without a report from its agent, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     lease: std::time::Duration,
+    /// How long a failed task waits before its next attempt, e.g. 1s; it doubles with each
+    /// failure, up to a minute.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    retry_backoff: std::time::Duration,
     /// An OpenSSH allowed_signers file: submitted modules must be signed by a key on it.
     #[arg(long)]
     allowed_signers: Option<PathBuf>,
@@ -277,6 +281,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http_addr: args.http_listen,
         hub: HubConfig {
             lease: args.lease,
+            retry_backoff: args.retry_backoff,
             trust,
             ..HubConfig::default()
         },

@@ -218,6 +218,17 @@ pub enum CoordinatorMessage {
         /// Why, for the record.
         reason: String,
     },
+    /// Evict this attempt: let it run at most `grace_ms` more, then stop it and report it
+    /// evicted (the coordinator runs it again elsewhere, whatever its attempts). A guest that
+    /// ends by itself within the grace keeps its own outcome.
+    Evict {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Why, for the record (e.g. "the agent is being drained").
+        reason: String,
+        /// How long it may still run, in milliseconds.
+        grace_ms: u64,
+    },
     /// The result of this attempt is stored; the agent may forget it.
     ResultAck {
         /// The attempt.

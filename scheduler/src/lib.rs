@@ -175,6 +175,8 @@ pub struct Scheduler {
     scratch: Vec<u32>,
     /// Agents holding each module compiled (entries of agents gone since are skipped).
     warm: HashMap<Digest, Vec<u32>>,
+    /// Agents a waiting task should not go to when another can take it (it failed there).
+    avoid: HashMap<TaskId, Vec<String>>,
 }
 
 impl Scheduler {
@@ -193,6 +195,7 @@ impl Scheduler {
             rng: seed | 1,
             scratch: Vec::new(),
             warm: HashMap::new(),
+            avoid: HashMap::new(),
         }
     }
 
@@ -324,7 +327,9 @@ impl Scheduler {
     /// stay until they end.
     pub fn remove_job(&mut self, job: u64) {
         if let Some(j) = self.jobs.get_mut(&job) {
-            j.queue.clear();
+            for t in j.queue.drain(..) {
+                self.avoid.remove(&t);
+            }
         }
         self.prune(job);
     }
@@ -345,6 +350,16 @@ impl Scheduler {
     pub fn task_queued(&mut self, task: TaskId) {
         if let Some(j) = self.jobs.get_mut(&task.job) {
             j.queue.push_back(task);
+        }
+    }
+
+    /// The waiting `task` should go to an agent other than these (its earlier attempts failed
+    /// there) when another can take it; only when none can may it go back to one of them.
+    pub fn avoid(&mut self, task: TaskId, agents: Vec<String>) {
+        if agents.is_empty() {
+            self.avoid.remove(&task);
+        } else {
+            self.avoid.insert(task, agents);
         }
     }
 
@@ -409,9 +424,10 @@ impl Scheduler {
                 continue;
             };
             self.refresh_eligible(job_id);
-            let Some(agent) = self.choose(job_id) else {
+            let Some(agent) = self.choose(job_id, task) else {
                 continue;
             };
+            self.avoid.remove(&task);
             if let Some(j) = self.jobs.get_mut(&job_id) {
                 j.queue.pop_front();
             }
@@ -522,7 +538,7 @@ impl Scheduler {
     }
 
     /// Picks the agent for the next task of `job_id`, or `None` when none is feasible.
-    fn choose(&mut self, job_id: u64) -> Option<u32> {
+    fn choose(&mut self, job_id: u64, task: TaskId) -> Option<u32> {
         let start = self.next_random();
         let roll = self.next_random();
         let job = self.jobs.get(&job_id)?;
@@ -579,6 +595,35 @@ impl Scheduler {
                     added += 1;
                     if added >= CANDIDATES {
                         break;
+                    }
+                }
+            }
+        }
+        // Agents the task failed on only when nobody else can take it.
+        if let Some(avoid) = self.avoid.get(&task) {
+            let before = candidates.len();
+            let agents = &self.agents;
+            candidates.retain(|&i| {
+                agents[i as usize]
+                    .as_ref()
+                    .is_some_and(|a| !avoid.contains(&a.id))
+            });
+            if candidates.is_empty() && before > 0 {
+                // Walk again, keeping everyone.
+                for k in 0..n {
+                    let i = walk[(offset + k) % n];
+                    if check_eligible && !job.is_eligible.get(i as usize).copied().unwrap_or(false)
+                    {
+                        continue;
+                    }
+                    if self.agents[i as usize]
+                        .as_ref()
+                        .is_some_and(|a| a.fits(job))
+                    {
+                        candidates.push(i);
+                        if candidates.len() >= CANDIDATES {
+                            break;
+                        }
                     }
                 }
             }

@@ -457,3 +457,37 @@ fn agents_not_accepting_or_gone_get_nothing_and_reservations_come_back() {
     s.remove_job(1);
     assert_eq!(s.queued(), 0);
 }
+
+#[test]
+fn a_task_avoids_the_agents_it_failed_on_unless_nobody_else_can_take_it() {
+    let mut s = Scheduler::new(5);
+    for id in ["first", "second", "third"] {
+        s.agent_up(id, &capacity(2, 2, 8 * GIB, "linux", None), true);
+    }
+    let job = JobDef {
+        count: 1,
+        memory: 64 * MIB,
+        cpu_millis: 100,
+        strategy: Kind::Binpack,
+        constraints: vec![],
+    };
+    s.add_job(1, placement(&job), 1);
+    let task = TaskId { job: 1, index: 0 };
+    s.task_queued(task);
+    s.avoid(task, vec!["first".into()]);
+    // Binpack on identical empty agents would take "first" (the earliest); it is avoided.
+    assert_eq!(s.poll_placement().unwrap().agent, "second");
+    s.task_ended(task);
+    // Nothing of the job was left, so it was forgotten: the coordinator adds it again.
+    assert!(!s.has_job(1));
+    s.add_job(1, placement(&job), 1);
+    s.task_queued(task);
+    s.avoid(task, vec!["first".into(), "second".into()]);
+    assert_eq!(s.poll_placement().unwrap().agent, "third");
+    s.task_ended(task);
+    // Everyone avoided: it goes anyway rather than wait.
+    s.add_job(1, placement(&job), 1);
+    s.task_queued(task);
+    s.avoid(task, vec!["first".into(), "second".into(), "third".into()]);
+    assert!(s.poll_placement().is_some());
+}

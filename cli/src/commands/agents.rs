@@ -63,7 +63,11 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             "{:<20} {:<14} {:<16} {:>5} {:>3}/{:<3} {:>10} {:>10}  {:<12} {}",
             a["id"].as_str().unwrap_or("?"),
             a["name"].as_str().unwrap_or("?"),
-            st["state"].as_str().unwrap_or("?"),
+            if a["draining_until_ms"].is_i64() {
+                "draining"
+            } else {
+                st["state"].as_str().unwrap_or("?")
+            },
             c["cores"].to_string(),
             a["running"].to_string(),
             c["slots"].to_string(),

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod cancel;
 pub mod dev;
+pub mod drain;
 pub mod keys;
 pub mod results;
 pub mod status;

@@ -39,6 +39,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/events", get(agent_events))
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
+        .route(
+            "/api/v1/agents/{id}/drain",
+            post(drain_agent).delete(undrain_agent),
+        )
         .layer(authenticated)
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(hub)
@@ -340,4 +344,35 @@ async fn revoke_agent(
     Ok(Json(
         json!({ "agent": id, "revoked": true, "requeued": requeued }),
     ))
+}
+
+/// The body of `POST /api/v1/agents/{id}/drain`.
+#[derive(Debug, Deserialize)]
+struct DrainRequest {
+    /// How long running attempts may still run, in milliseconds [default: one hour].
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+}
+
+async fn drain_agent(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    Json(req): Json<DrainRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let deadline = std::time::Duration::from_millis(req.deadline_ms.unwrap_or(3_600_000));
+    let running = hub.drain(&id, deadline).await?;
+    Ok(Json(json!({
+        "agent": id,
+        "draining": true,
+        "running": running,
+        "deadline_ms": deadline.as_millis() as u64,
+    })))
+}
+
+async fn undrain_agent(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    hub.undrain(&id).await?;
+    Ok(Json(json!({ "agent": id, "draining": false })))
 }

@@ -4,7 +4,8 @@
 //! Every change is written to the store first and acted on second, so a crash between the two
 //! is repaired at restart by [`Hub::recover`].
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,9 @@ pub struct HubConfig {
     pub max_blob: u64,
     /// Who may sign workloads submitted here; `None` accepts any signature (or none).
     pub trust: Option<TrustList>,
+    /// How long a failed task waits before its next attempt; it doubles with each failure, up
+    /// to a minute.
+    pub retry_backoff: Duration,
     /// Whether this is a development cluster (`lull dev`): its submitters sign with the
     /// development key and need no token, and its agents need no enrollment. Elsewhere an agent
     /// is admitted only with the key it enrolled with a join token.
@@ -47,6 +51,7 @@ impl Default for HubConfig {
             report_interval: Duration::from_secs(1),
             max_blob: 1 << 30,
             trust: None,
+            retry_backoff: Duration::from_secs(1),
             dev: false,
         }
     }
@@ -75,6 +80,15 @@ struct AgentConn {
     tx: mpsc::UnboundedSender<CoordinatorMessage>,
     running: HashSet<AttemptId>,
     connected_at: SystemTime,
+    /// While it is being drained: when its attempts are evicted (ms since the Unix epoch).
+    draining: Option<i64>,
+}
+
+impl AgentConn {
+    /// Whether it takes new work: its policy says so and it is not being drained.
+    fn accepting(&self) -> bool {
+        self.status.accepting && self.draining.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -84,6 +98,10 @@ struct Inner {
     agents: HashMap<String, AgentConn>,
     jobs: HashMap<u64, Arc<JobSpec>>,
     next_conn: u64,
+    /// Failed tasks waiting out their backoff before they are queued again.
+    delayed: BinaryHeap<Reverse<(Instant, TaskId)>>,
+    /// The agents each retried task failed on, which its next attempts avoid.
+    failed_on: HashMap<TaskId, Vec<String>>,
 }
 
 /// What `lull agents` shows of one agent.
@@ -101,6 +119,8 @@ pub struct AgentView {
     pub running: usize,
     /// When it connected (ms since the Unix epoch).
     pub connected_ms: i64,
+    /// While it is being drained: when its running attempts are evicted.
+    pub draining_until_ms: Option<i64>,
 }
 
 /// The coordinator's live state.
@@ -133,6 +153,8 @@ impl Hub {
                 agents: HashMap::new(),
                 jobs: HashMap::new(),
                 next_conn: 1,
+                delayed: BinaryHeap::new(),
+                failed_on: HashMap::new(),
             }),
             config,
             wake: Notify::new(),
@@ -244,6 +266,8 @@ impl Hub {
             })?;
         let inner = &mut *self.lock();
         inner.scheduler.remove_job(job);
+        inner.delayed.retain(|Reverse((_, t))| t.job != job);
+        inner.failed_on.retain(|t, _| t.job != job);
         for (attempt, agent) in &running {
             if let Some(a) = inner.agents.get(agent) {
                 let _ = a.tx.send(CoordinatorMessage::Cancel {
@@ -288,6 +312,7 @@ impl Hub {
             }
         };
         admission(agent_id, record, key, !self.config.dev)?;
+        let draining = record.and_then(|r| r.drain_deadline_ms);
         if let Err(e) = self
             .store
             .upsert_agent(agent_id, name, capacity, now_ms())
@@ -325,7 +350,12 @@ impl Hub {
         }
         inner
             .scheduler
-            .agent_up(agent_id, capacity, status.accepting);
+            .agent_up(agent_id, capacity, status.accepting && draining.is_none());
+        if let Some(deadline) = draining {
+            for attempt in &mine {
+                let _ = tx.send(drain_eviction(*attempt, deadline));
+            }
+        }
         for attempt in &mine {
             if ensure_job(inner, attempt.task.job) {
                 inner.scheduler.task_running(agent_id, attempt.task);
@@ -341,6 +371,7 @@ impl Hub {
                 tx,
                 running: mine,
                 connected_at: SystemTime::now(),
+                draining,
             },
         ) {
             tracing::info!(agent = %agent_id, old = old.conn, "agent reconnected; old connection replaced");
@@ -429,6 +460,47 @@ impl Hub {
         Ok(requeued)
     }
 
+    /// Drains an agent: it takes no new work from now on, and its running attempts are evicted
+    /// (and run again elsewhere) unless they end within `deadline`. It stays drained across
+    /// reconnects and coordinator restarts until [`Hub::undrain`]. Returns how many attempts
+    /// it was running.
+    pub async fn drain(&self, agent: &str, deadline: Duration) -> Result<usize, HubError> {
+        let deadline_ms =
+            now_ms().saturating_add(i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX));
+        if !self.store.set_drain(agent, Some(deadline_ms)).await? {
+            return Err(HubError::NotFound(format!("no agent {agent}")));
+        }
+        let inner = &mut *self.lock();
+        let Some(a) = inner.agents.get_mut(agent) else {
+            tracing::info!(%agent, "agent drained while disconnected");
+            return Ok(0);
+        };
+        a.draining = Some(deadline_ms);
+        for attempt in &a.running {
+            let _ = a.tx.send(drain_eviction(*attempt, deadline_ms));
+        }
+        let running = a.running.len();
+        inner.scheduler.agent_accepting(agent, false);
+        tracing::info!(%agent, running, deadline_ms, "agent draining");
+        Ok(running)
+    }
+
+    /// Ends a drain: the agent takes work again (evictions already sent stand).
+    pub async fn undrain(&self, agent: &str) -> Result<(), HubError> {
+        if !self.store.set_drain(agent, None).await? {
+            return Err(HubError::NotFound(format!("no agent {agent}")));
+        }
+        let inner = &mut *self.lock();
+        if let Some(a) = inner.agents.get_mut(agent) {
+            a.draining = None;
+            let accepting = a.accepting();
+            inner.scheduler.agent_accepting(agent, accepting);
+        }
+        self.wake.notify_one();
+        tracing::info!(%agent, "agent no longer draining");
+        Ok(())
+    }
+
     /// Whether `agent` holds the lease of `attempt`.
     fn holds(&self, agent: &str, attempt: AttemptId) -> bool {
         self.lock().leases.holder(&attempt) == Some(agent)
@@ -486,7 +558,7 @@ impl Hub {
                     }
                     a.capacity = capacity;
                     a.status = status;
-                    scheduler.agent_up(agent, &a.capacity, a.status.accepting);
+                    scheduler.agent_up(agent, &a.capacity, a.accepting());
                 }
                 self.wake.notify_one();
             }
@@ -522,7 +594,7 @@ impl Hub {
                         a.status.state = to.clone();
                         a.status.reason = reason.clone();
                         a.status.accepting = matches!(to.as_str(), "running" | "throttled");
-                        inner.scheduler.agent_accepting(agent, a.status.accepting);
+                        inner.scheduler.agent_accepting(agent, a.accepting());
                     }
                 }
                 self.wake.notify_one();
@@ -566,7 +638,19 @@ impl Hub {
         match &recorded {
             Recorded::Stored(state) => {
                 tracing::info!(%agent, %attempt, state = state.as_str(), cause = ?result.cause(), "result recorded");
-                self.end_attempt(inner, attempt, agent, *state);
+                if *state == TaskState::Pending && !result.evicted() {
+                    // It failed and has attempts left: elsewhere, after a backoff.
+                    let wait = retry_backoff(self.config.retry_backoff, attempt.attempt);
+                    tracing::info!(%attempt, wait_ms = wait.as_millis() as u64, "task failed; retrying after a backoff");
+                    inner
+                        .failed_on
+                        .entry(attempt.task)
+                        .or_default()
+                        .push(agent.to_owned());
+                    self.end_attempt_then(inner, attempt, agent, *state, Some(wait));
+                } else {
+                    self.end_attempt(inner, attempt, agent, *state);
+                }
             }
             Recorded::Stale => {
                 tracing::info!(%agent, %attempt, "late or duplicate result ignored");
@@ -579,13 +663,47 @@ impl Hub {
     }
 
     fn end_attempt(&self, inner: &mut Inner, attempt: AttemptId, agent: &str, state: TaskState) {
+        self.end_attempt_then(inner, attempt, agent, state, None);
+    }
+
+    /// Ends an attempt in the live state; a task back to pending is queued at once, or after
+    /// `wait`.
+    fn end_attempt_then(
+        &self,
+        inner: &mut Inner,
+        attempt: AttemptId,
+        agent: &str,
+        state: TaskState,
+        wait: Option<Duration>,
+    ) {
         inner.leases.release(&attempt);
         if let Some(a) = inner.agents.get_mut(agent) {
             a.running.remove(&attempt);
         }
         inner.scheduler.task_ended(attempt.task);
-        if state == TaskState::Pending {
-            queue_task(inner, attempt.task);
+        match (state, wait) {
+            (TaskState::Pending, Some(wait)) => {
+                inner
+                    .delayed
+                    .push(Reverse((Instant::now() + wait, attempt.task)));
+            }
+            (TaskState::Pending, None) => queue_task(inner, attempt.task),
+            _ => {
+                inner.failed_on.remove(&attempt.task);
+            }
+        }
+    }
+
+    /// Queues the failed tasks whose backoff is over.
+    fn release_delayed(&self) {
+        let now = Instant::now();
+        let inner = &mut *self.lock();
+        while let Some(Reverse((due, task))) = inner.delayed.peek().copied() {
+            if due > now {
+                break;
+            }
+            inner.delayed.pop();
+            queue_task(inner, task);
         }
     }
 
@@ -593,7 +711,14 @@ impl Hub {
     /// with free slots.
     pub async fn run(self: Arc<Self>) {
         loop {
-            let next = self.lock().leases.poll_timeout();
+            let next = {
+                let inner = self.lock();
+                let backoff = inner.delayed.peek().map(|Reverse((due, _))| *due);
+                match (inner.leases.poll_timeout(), backoff) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
             let tick = Duration::from_millis(500);
             let wait = next
                 .map(|t| t.saturating_duration_since(Instant::now()).min(tick))
@@ -603,6 +728,7 @@ impl Hub {
                 _ = tokio::time::sleep(wait) => {}
             }
             self.expire_leases().await;
+            self.release_delayed();
             self.place().await;
         }
     }
@@ -697,6 +823,7 @@ impl Hub {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0),
+                draining_until_ms: a.draining,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -734,11 +861,14 @@ impl Hub {
                 units::format_size(largest)
             );
         }
-        if !inner.agents.values().any(|a| a.status.accepting) {
+        if !inner.agents.values().any(AgentConn::accepting) {
             let why: Vec<String> = inner
                 .agents
                 .values()
-                .map(|a| format!("{} {} ({})", a.name, a.status.state, a.status.reason))
+                .map(|a| match a.draining {
+                    Some(_) => format!("{} draining", a.name),
+                    None => format!("{} {} ({})", a.name, a.status.state, a.status.reason),
+                })
                 .collect();
             return format!("no agent is accepting work now: {}", why.join("; "));
         }
@@ -812,9 +942,82 @@ fn ensure_job(inner: &mut Inner, job: u64) -> bool {
     }
 }
 
-/// Queues a task for placement.
+/// Queues a task for placement, away from the agents it failed on.
 fn queue_task(inner: &mut Inner, task: TaskId) {
     if ensure_job(inner, task.job) {
         inner.scheduler.task_queued(task);
+        if let Some(agents) = inner.failed_on.get(&task) {
+            inner.scheduler.avoid(task, agents.clone());
+        }
+    }
+}
+
+/// How long a task waits before its next attempt after its `attempt`-th failed: `base`,
+/// doubling with each failure, at most a minute.
+fn retry_backoff(base: Duration, attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(Duration::from_secs(60))
+}
+
+/// The eviction of a drained agent's attempt, with what is left of the drain's deadline.
+fn drain_eviction(attempt: AttemptId, deadline_ms: i64) -> CoordinatorMessage {
+    CoordinatorMessage::Evict {
+        attempt,
+        reason: "the agent is being drained".into(),
+        grace_ms: u64::try_from(deadline_ms.saturating_sub(now_ms())).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_backoff_doubles_up_to_a_minute() {
+        let base = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=8).map(|a| retry_backoff(base, a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(retry_backoff(base, 0), base);
+        assert_eq!(retry_backoff(base, u32::MAX), Duration::from_secs(60));
+        assert_eq!(retry_backoff(Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    fn record(key: Option<u8>, enrolled: bool, revoked: bool) -> AgentRecord {
+        AgentRecord {
+            key: key.map(|k| Digest::of(&[k])),
+            enrolled_ms: enrolled.then_some(1),
+            revoked_ms: revoked.then_some(2),
+            drain_deadline_ms: None,
+        }
+    }
+
+    #[test]
+    fn admission_needs_the_enrolled_key_unless_enrollment_is_off() {
+        let mine = Some(Digest::of(&[1]));
+        let other = Some(Digest::of(&[2]));
+        let enrolled = Some(record(Some(1), true, false));
+        assert!(admission("a", enrolled, mine, true).is_ok());
+        let err = admission("a", enrolled, other, true).unwrap_err();
+        assert!(err.contains("belongs to another key"), "{err}");
+        let err = admission("a", enrolled, None, true).unwrap_err();
+        assert!(err.contains("presented none"), "{err}");
+        let err = admission("a", None, mine, true).unwrap_err();
+        assert!(err.contains("not enrolled"), "{err}");
+        let bound = Some(record(Some(1), false, false));
+        assert!(
+            admission("a", bound, mine, true)
+                .unwrap_err()
+                .contains("not enrolled")
+        );
+        // A development cluster: the first key binds the ID.
+        assert!(admission("a", None, mine, false).is_ok());
+        assert!(admission("a", bound, mine, false).is_ok());
+        assert!(admission("a", bound, other, false).is_err());
+        // Revoked is revoked, everywhere.
+        let revoked = Some(record(Some(1), true, true));
+        for enrollment in [true, false] {
+            let err = admission("a", revoked, mine, enrollment).unwrap_err();
+            assert!(err.contains("was revoked"), "{err}");
+        }
     }
 }

@@ -21,6 +21,8 @@ pub struct AgentRecord {
     pub enrolled_ms: Option<i64>,
     /// When it was revoked.
     pub revoked_ms: Option<i64>,
+    /// While it is being drained: when its running attempts are evicted.
+    pub drain_deadline_ms: Option<i64>,
 }
 
 impl AgentRecord {
@@ -59,16 +61,19 @@ pub enum EnrollRefusal {
 impl Store {
     /// The standing of the agent with this ID; `None` when the store has never seen it.
     pub async fn agent_record(&self, id: &str) -> Result<Option<AgentRecord>> {
-        let row = sqlx::query("SELECT key_hash, enrolled_ms, revoked_ms FROM agents WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT key_hash, enrolled_ms, revoked_ms, drain_deadline_ms FROM agents WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| AgentRecord {
             key: r
                 .get::<Option<String>, _>(0)
                 .and_then(|k| k.parse::<Digest>().ok()),
             enrolled_ms: r.get(1),
             revoked_ms: r.get(2),
+            drain_deadline_ms: r.get(3),
         }))
     }
 
@@ -162,6 +167,17 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Ok(Enrolled::New))
+    }
+
+    /// Starts draining an agent (its attempts are evicted at `deadline_ms`), or with `None`
+    /// stops. Returns whether the agent exists.
+    pub async fn set_drain(&self, id: &str, deadline_ms: Option<i64>) -> Result<bool> {
+        let done = sqlx::query("UPDATE agents SET drain_deadline_ms = ? WHERE id = ?")
+            .bind(deadline_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Revokes an agent for good. `None` when there is no agent with this ID; otherwise whether
@@ -277,8 +293,11 @@ mod tests {
         assert_eq!(store.revoke_agent("a-1", 20).await.unwrap(), Some(true));
         assert_eq!(store.revoke_agent("a-1", 30).await.unwrap(), Some(false));
         assert_eq!(store.revoke_agent("nobody", 30).await.unwrap(), None);
+        assert!(store.set_drain("a-1", Some(99)).await.unwrap());
+        assert!(!store.set_drain("nobody", Some(99)).await.unwrap());
         let rec = store.agent_record("a-1").await.unwrap().unwrap();
         assert_eq!(rec.revoked_ms, Some(20));
+        assert_eq!(rec.drain_deadline_ms, Some(99));
         assert!(!rec.admits(Some(key(1))));
         // Enrolling again, even with a good token and its own key, is refused.
         let got = store.enroll_agent("a-1", "one", key(1), &token, 40).await;

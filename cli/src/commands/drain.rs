@@ -1,0 +1,55 @@
+//! `lull drain AGENT [--deadline D]`, and `lull drain AGENT --off`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::client::Client;
+
+/// `lull drain`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The agent's ID, as `lull agents` lists it.
+    agent: String,
+    /// How long its running tasks may still run before they are evicted and run elsewhere,
+    /// e.g. 10m.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, conflicts_with = "off")]
+    deadline: Duration,
+    /// Stop draining: the agent takes work again.
+    #[arg(long)]
+    off: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Drains an agent, or stops draining it.
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/agents/{}/drain", args.agent);
+    let v: serde_json::Value = if args.off {
+        client.delete(&path).await?
+    } else {
+        client
+            .post(
+                &path,
+                &serde_json::json!({ "deadline_ms": args.deadline.as_millis() as u64 }),
+            )
+            .await?
+    };
+    if args.json {
+        super::print_json(&v)?;
+    } else if args.off {
+        println!("agent {} takes work again", args.agent);
+    } else {
+        println!(
+            "agent {} is draining: no new work; its {} running task(s) have until {} from now, then move to other agents",
+            args.agent,
+            v["running"],
+            humantime::format_duration(args.deadline)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
