@@ -41,6 +41,11 @@ enum Command {
     Status(commands::status::Args),
     /// Download a job's results.
     Results(commands::results::Args),
+    /// List or make clusters (sets of agents that jobs name).
+    Clusters {
+        #[command(subcommand)]
+        command: commands::clusters::Command,
+    },
     /// Show the connected agents, or revoke one.
     Agents(commands::agents::Args),
     /// Cancel a job.
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
             Command::Status(a) => commands::status::run(&client, a).await,
             Command::Results(a) => commands::results::run(&client, a).await,
             Command::Agents(a) => commands::agents::run(&client, a).await,
+            Command::Clusters { command } => commands::clusters::run(&client, command).await,
             Command::Cancel(a) => commands::cancel::run(&client, a).await,
             Command::Drain(a) => commands::drain::run(&client, a).await,
             Command::Keys { command } => commands::keys::run(command),

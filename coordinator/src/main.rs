@@ -66,6 +66,9 @@ struct TokenCreateArgs {
     /// A note for people: whom or what the token is for.
     #[arg(long, default_value = "")]
     description: String,
+    /// The cluster an agent's join token enrolls into (`lull clusters create` makes clusters).
+    #[arg(long, default_value = lull_protocol::job::DEFAULT_CLUSTER)]
+    cluster: String,
     /// The address agents reach this coordinator's QUIC port at, for the join command printed
     /// with an agent's token [default: this machine's host name, port 7443].
     #[arg(long, value_name = "HOST:PORT")]
@@ -134,7 +137,17 @@ fn default_data_dir() -> PathBuf {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match main_result().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_result() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LULL_LOG")
@@ -188,20 +201,29 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 Some(n) => Some(n),
                 None => default_uses,
             };
+            if !store.cluster_exists(&args.cluster).await? {
+                anyhow::bail!(
+                    "--cluster {}: no such cluster (make it with `lull clusters create {}`)",
+                    args.cluster,
+                    args.cluster
+                );
+            }
             let spec = TokenSpec {
                 kind,
                 expires_ms,
                 uses,
                 description: args.description,
+                cluster: args.cluster.clone(),
             };
             let token = store.create_token(&spec, now).await?;
             let identity = lull_coordinator::tls::load_or_create(&dir.join("tls"))?;
             println!("{}", token.as_str());
             eprintln!(
-                "{} token, {}, {}",
+                "{}, {}, {}",
                 match kind {
-                    TokenKind::Agent => "an agent's join",
-                    TokenKind::Submitter => "a submitter's",
+                    TokenKind::Agent =>
+                        format!("an agent's join token for cluster {}", args.cluster),
+                    TokenKind::Submitter => "a submitter's token".to_owned(),
                 },
                 expires_ms.map_or("never expires".to_owned(), |ms| format!(
                     "expires {}",
@@ -236,14 +258,19 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<12}  {:<9}  {:<20}  {:<20}  {:<9}  description",
-                "id", "kind", "created", "expires", "uses left"
+                "{:<12}  {:<9}  {:<12}  {:<20}  {:<20}  {:<9}  description",
+                "id", "kind", "cluster", "created", "expires", "uses left"
             );
             for t in tokens {
                 println!(
-                    "{:<12}  {:<9}  {:<20}  {:<20}  {:<9}  {}",
+                    "{:<12}  {:<9}  {:<12}  {:<20}  {:<20}  {:<9}  {}",
                     t.id,
                     t.kind,
+                    if t.kind == "agent" {
+                        t.cluster.as_str()
+                    } else {
+                        "-"
+                    },
                     when(t.created_ms),
                     t.expires_ms.map_or("never".to_owned(), when),
                     t.uses_left

@@ -17,8 +17,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 mod agents;
+mod clusters;
 mod tokens;
 pub use agents::{AgentRecord, EnrollRefusal, Enrolled};
+pub use clusters::{ClusterInfo, ClusterRefusal};
 pub use tokens::{Token, TokenInfo, TokenKind, TokenRefusal, TokenSpec};
 
 /// A storage failure.
@@ -683,6 +685,7 @@ mod tests {
 
     fn spec(count: u32, max_attempts: u32) -> JobSpec {
         JobSpec {
+            cluster: "default".into(),
             name: "t".into(),
             count,
             modules: vec![ModuleSpec {

@@ -66,6 +66,9 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> JobError {
 pub struct JobFile {
     /// A name for people; need not be unique.
     pub name: String,
+    /// The cluster whose agents run it [default: `default`].
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
     /// Number of tasks in an array job (task indexes `0..count`).
     #[serde(default = "one")]
     pub count: u32,
@@ -85,6 +88,30 @@ pub struct JobFile {
 
 fn one() -> u32 {
     1
+}
+
+/// The cluster a job or agent belongs to when nothing says otherwise.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+fn default_cluster() -> String {
+    DEFAULT_CLUSTER.to_owned()
+}
+
+/// Checks a cluster's ID: 1 to 63 lower-case letters, digits and `-`, starting with a letter
+/// or digit.
+pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a cluster ID: 1 to 63 lower-case letters, digits and -, not starting with -"
+        ))
+    }
 }
 
 /// One `[[module]]` of a job file.
@@ -193,6 +220,7 @@ impl JobFile {
             return Err(invalid("name", "must not be empty"));
         }
         check_count(self.count)?;
+        check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid(
                 "module",
@@ -365,6 +393,9 @@ fn default_cpu_millis() -> u32 {
 pub struct JobSpec {
     /// A name for people.
     pub name: String,
+    /// The cluster whose agents run it.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
     /// Number of tasks.
     pub count: u32,
     /// The modules of each task.
@@ -386,6 +417,7 @@ impl JobSpec {
             return Err(invalid("name", "must not be empty"));
         }
         check_count(self.count)?;
+        check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid("modules", "a job needs at least one module"));
         }
@@ -488,6 +520,25 @@ max_attempts = 3
         assert_eq!(job.timeout().unwrap(), DEFAULT_TIMEOUT);
         assert_eq!(job.max_attempts().unwrap(), DEFAULT_MAX_ATTEMPTS);
         assert_eq!(job.cpu_millis().unwrap(), DEFAULT_CPU_MILLIS);
+        assert_eq!(job.cluster, DEFAULT_CLUSTER);
+    }
+
+    #[test]
+    fn cluster_ids_are_checked() {
+        for good in ["default", "gpu", "lab-3", "0x"] {
+            assert!(check_cluster_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-x", "Lab", "a b", "ä", &"x".repeat(64)] {
+            assert!(check_cluster_id(bad).is_err(), "{bad:?}");
+        }
+        let err =
+            JobFile::parse("name = \"x\"\ncluster = \"Big Lab\"\n[[module]]\npath = \"a.wasm\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with("cluster: \"Big Lab\" is not a cluster ID"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -53,16 +53,17 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<20} {:<14} {:<16} {:>5} {:>7} {:>10} {:>10}  {:<12} WHY",
-        "ID", "NAME", "STATE", "CORES", "RUNNING", "MEMORY", "TASK CAP", "OS/ARCH"
+        "{:<20} {:<14} {:<10} {:<16} {:>5} {:>7} {:>10} {:>10}  {:<12} WHY",
+        "ID", "NAME", "CLUSTER", "STATE", "CORES", "RUNNING", "MEMORY", "TASK CAP", "OS/ARCH"
     );
     for a in agents {
         let c = &a["capacity"];
         let st = &a["status"];
         println!(
-            "{:<20} {:<14} {:<16} {:>5} {:>3}/{:<3} {:>10} {:>10}  {:<12} {}",
+            "{:<20} {:<14} {:<10} {:<16} {:>5} {:>3}/{:<3} {:>10} {:>10}  {:<12} {}",
             a["id"].as_str().unwrap_or("?"),
             a["name"].as_str().unwrap_or("?"),
+            a["cluster"].as_str().unwrap_or("?"),
             if a["draining_until_ms"].is_i64() {
                 "draining"
             } else {

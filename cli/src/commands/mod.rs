@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod cancel;
+pub mod clusters;
 pub mod dev;
 pub mod drain;
 pub mod keys;

@@ -217,6 +217,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
     }
     let spec = JobSpec {
         name: file.name.clone(),
+        cluster: file.cluster.clone(),
         count: file.count,
         modules,
         resources: Resources {

@@ -37,6 +37,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/clusters", get(clusters).post(create_cluster))
         .route("/api/v1/agents/{id}/events", get(agent_events))
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
         .route(
@@ -375,4 +376,24 @@ async fn undrain_agent(
 ) -> ApiResult<Json<serde_json::Value>> {
     hub.undrain(&id).await?;
     Ok(Json(json!({ "agent": id, "draining": false })))
+}
+
+async fn clusters(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(serde_json::Value::Array(hub.clusters().await?)))
+}
+
+/// The body of `POST /api/v1/clusters`.
+#[derive(Debug, Deserialize)]
+struct NewCluster {
+    id: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_cluster(
+    State(hub): State<Arc<Hub>>,
+    Json(req): Json<NewCluster>,
+) -> ApiResult<Json<serde_json::Value>> {
+    hub.create_cluster(&req.id, &req.description).await?;
+    Ok(Json(json!({ "id": req.id, "created": true })))
 }

@@ -5,7 +5,7 @@
 //! is repaired at restart by [`Hub::recover`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -82,6 +82,8 @@ struct AgentConn {
     connected_at: SystemTime,
     /// While it is being drained: when its attempts are evicted (ms since the Unix epoch).
     draining: Option<i64>,
+    /// The cluster it belongs to.
+    cluster: String,
 }
 
 impl AgentConn {
@@ -93,7 +95,8 @@ impl AgentConn {
 
 #[derive(Debug)]
 struct Inner {
-    scheduler: Scheduler,
+    /// One scheduler per cluster: a cluster's jobs run only on its agents.
+    schedulers: Schedulers,
     leases: Leases,
     agents: HashMap<String, AgentConn>,
     jobs: HashMap<u64, Arc<JobSpec>>,
@@ -102,6 +105,45 @@ struct Inner {
     delayed: BinaryHeap<Reverse<(Instant, TaskId)>>,
     /// The agents each retried task failed on, which its next attempts avoid.
     failed_on: HashMap<TaskId, Vec<String>>,
+}
+
+/// The schedulers of the clusters, made as clusters get agents or jobs.
+#[derive(Debug)]
+struct Schedulers {
+    by_cluster: BTreeMap<String, Scheduler>,
+    seed: u64,
+    /// Where the next round of polling starts, so that no cluster goes first every time.
+    next: usize,
+}
+
+impl Schedulers {
+    /// The scheduler of a cluster.
+    fn get(&mut self, cluster: &str) -> &mut Scheduler {
+        let seed = self.seed;
+        self.by_cluster
+            .entry(cluster.to_owned())
+            .or_insert_with(|| Scheduler::new(seed))
+    }
+
+    /// The next placement in any cluster, taking the clusters in turn.
+    fn poll_placement(&mut self) -> Option<lull_scheduler::Placement> {
+        let mut order: Vec<&mut Scheduler> = self.by_cluster.values_mut().collect();
+        if order.is_empty() {
+            return None;
+        }
+        let start = self.next % order.len();
+        self.next = self.next.wrapping_add(1);
+        order.rotate_left(start);
+        order.into_iter().find_map(Scheduler::poll_placement)
+    }
+}
+
+impl Inner {
+    /// The scheduler of a job's cluster, when the hub knows the job.
+    fn job_scheduler(&mut self, job: u64) -> Option<&mut Scheduler> {
+        let cluster = self.jobs.get(&job)?.cluster.clone();
+        Some(self.schedulers.get(&cluster))
+    }
 }
 
 /// What `lull agents` shows of one agent.
@@ -121,6 +163,8 @@ pub struct AgentView {
     pub connected_ms: i64,
     /// While it is being drained: when its running attempts are evicted.
     pub draining_until_ms: Option<i64>,
+    /// The cluster it belongs to.
+    pub cluster: String,
 }
 
 /// The coordinator's live state.
@@ -148,7 +192,11 @@ impl Hub {
             store,
             blobs,
             inner: Mutex::new(Inner {
-                scheduler: Scheduler::new(seed),
+                schedulers: Schedulers {
+                    by_cluster: BTreeMap::new(),
+                    seed,
+                    next: 0,
+                },
                 leases: Leases::new(config.lease),
                 agents: HashMap::new(),
                 jobs: HashMap::new(),
@@ -219,6 +267,12 @@ impl Hub {
     pub async fn submit(&self, spec: JobSpec) -> Result<u64, HubError> {
         spec.check()
             .map_err(|e| HubError::BadRequest(e.to_string()))?;
+        if !self.store.cluster_exists(&spec.cluster).await? {
+            return Err(HubError::BadRequest(format!(
+                "cluster: there is no cluster {:?} (`lull clusters list` shows them)",
+                spec.cluster
+            )));
+        }
         for (digest, _) in spec.blobs() {
             if !self.blobs.contains(&digest) {
                 return Err(HubError::BadRequest(format!(
@@ -265,7 +319,9 @@ impl Hub {
                 e => e.into(),
             })?;
         let inner = &mut *self.lock();
-        inner.scheduler.remove_job(job);
+        if let Some(s) = inner.job_scheduler(job) {
+            s.remove_job(job);
+        }
         inner.delayed.retain(|Reverse((_, t))| t.job != job);
         inner.failed_on.retain(|t, _| t.job != job);
         for (attempt, agent) in &running {
@@ -313,6 +369,13 @@ impl Hub {
         };
         admission(agent_id, record, key, !self.config.dev)?;
         let draining = record.and_then(|r| r.drain_deadline_ms);
+        let cluster = match self.store.agent_cluster(agent_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "could not look up the agent's cluster");
+                return Err("the coordinator could not look up the agent's cluster".into());
+            }
+        };
         if let Err(e) = self
             .store
             .upsert_agent(agent_id, name, capacity, now_ms())
@@ -348,17 +411,21 @@ impl Hub {
                 });
             }
         }
-        inner
-            .scheduler
-            .agent_up(agent_id, capacity, status.accepting && draining.is_none());
+        inner.schedulers.get(&cluster).agent_up(
+            agent_id,
+            capacity,
+            status.accepting && draining.is_none(),
+        );
         if let Some(deadline) = draining {
             for attempt in &mine {
                 let _ = tx.send(drain_eviction(*attempt, deadline));
             }
         }
         for attempt in &mine {
-            if ensure_job(inner, attempt.task.job) {
-                inner.scheduler.task_running(agent_id, attempt.task);
+            if ensure_job(inner, attempt.task.job)
+                && let Some(s) = inner.job_scheduler(attempt.task.job)
+            {
+                s.task_running(agent_id, attempt.task);
             }
         }
         if let Some(old) = inner.agents.insert(
@@ -372,6 +439,7 @@ impl Hub {
                 running: mine,
                 connected_at: SystemTime::now(),
                 draining,
+                cluster: cluster.clone(),
             },
         ) {
             tracing::info!(agent = %agent_id, old = old.conn, "agent reconnected; old connection replaced");
@@ -431,7 +499,7 @@ impl Hub {
             let inner = &mut *self.lock();
             let mut running = inner.leases.held_by(agent);
             if let Some(a) = inner.agents.remove(agent) {
-                inner.scheduler.agent_down(agent);
+                inner.schedulers.get(&a.cluster).agent_down(agent);
                 // The connection closes once this is written.
                 let _ = a.tx.send(CoordinatorMessage::Refused {
                     reason: format!("agent {agent} was revoked"),
@@ -480,7 +548,10 @@ impl Hub {
             let _ = a.tx.send(drain_eviction(*attempt, deadline_ms));
         }
         let running = a.running.len();
-        inner.scheduler.agent_accepting(agent, false);
+        inner
+            .schedulers
+            .get(&a.cluster)
+            .agent_accepting(agent, false);
         tracing::info!(%agent, running, deadline_ms, "agent draining");
         Ok(running)
     }
@@ -494,7 +565,10 @@ impl Hub {
         if let Some(a) = inner.agents.get_mut(agent) {
             a.draining = None;
             let accepting = a.accepting();
-            inner.scheduler.agent_accepting(agent, accepting);
+            inner
+                .schedulers
+                .get(&a.cluster)
+                .agent_accepting(agent, accepting);
         }
         self.wake.notify_one();
         tracing::info!(%agent, "agent no longer draining");
@@ -524,9 +598,10 @@ impl Hub {
     /// An agent's control stream ended. Its leases run on: it may reconnect in time.
     pub fn agent_disconnected(&self, agent: &str, conn: u64) {
         let inner = &mut *self.lock();
-        if inner.agents.get(agent).is_some_and(|a| a.conn == conn) {
-            inner.agents.remove(agent);
-            inner.scheduler.agent_down(agent);
+        if inner.agents.get(agent).is_some_and(|a| a.conn == conn)
+            && let Some(a) = inner.agents.remove(agent)
+        {
+            inner.schedulers.get(&a.cluster).agent_down(agent);
             tracing::info!(%agent, "agent disconnected");
         }
     }
@@ -544,7 +619,7 @@ impl Hub {
                 let Inner {
                     agents,
                     leases,
-                    scheduler,
+                    schedulers,
                     ..
                 } = inner;
                 if let Some(a) = agents.get_mut(agent) {
@@ -558,7 +633,9 @@ impl Hub {
                     }
                     a.capacity = capacity;
                     a.status = status;
-                    scheduler.agent_up(agent, &a.capacity, a.accepting());
+                    schedulers
+                        .get(&a.cluster)
+                        .agent_up(agent, &a.capacity, a.accepting());
                 }
                 self.wake.notify_one();
             }
@@ -594,7 +671,11 @@ impl Hub {
                         a.status.state = to.clone();
                         a.status.reason = reason.clone();
                         a.status.accepting = matches!(to.as_str(), "running" | "throttled");
-                        inner.scheduler.agent_accepting(agent, a.accepting());
+                        let accepting = a.accepting();
+                        inner
+                            .schedulers
+                            .get(&a.cluster)
+                            .agent_accepting(agent, accepting);
                     }
                 }
                 self.wake.notify_one();
@@ -680,7 +761,9 @@ impl Hub {
         if let Some(a) = inner.agents.get_mut(agent) {
             a.running.remove(&attempt);
         }
-        inner.scheduler.task_ended(attempt.task);
+        if let Some(s) = inner.job_scheduler(attempt.task.job) {
+            s.task_ended(attempt.task);
+        }
         match (state, wait) {
             (TaskState::Pending, Some(wait)) => {
                 inner
@@ -762,7 +845,7 @@ impl Hub {
         loop {
             // The placement reserves the task's slot, memory and CPU on the agent until the
             // task ends or the placement is given back.
-            let Some(p) = self.lock().scheduler.poll_placement() else {
+            let Some(p) = self.lock().schedulers.poll_placement() else {
                 return;
             };
             let task = p.task;
@@ -772,7 +855,9 @@ impl Hub {
                     tracing::error!(%task, error = %e, "could not assign; will retry");
                     {
                         let inner = &mut *self.lock();
-                        inner.scheduler.task_ended(task);
+                        if let Some(s) = inner.job_scheduler(task.job) {
+                            s.task_ended(task);
+                        }
                         queue_task(inner, task);
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -782,7 +867,9 @@ impl Hub {
             let inner = &mut *self.lock();
             let Some(attempt) = assigned else {
                 // No longer pending (cancelled meanwhile): give the reservation back.
-                inner.scheduler.task_ended(task);
+                if let Some(s) = inner.job_scheduler(task.job) {
+                    s.task_ended(task);
+                }
                 continue;
             };
             inner.leases.grant(Instant::now(), attempt, &p.agent);
@@ -806,6 +893,35 @@ impl Hub {
         }
     }
 
+    /// Makes a cluster.
+    pub async fn create_cluster(&self, id: &str, description: &str) -> Result<(), HubError> {
+        self.store
+            .create_cluster(id, description, now_ms())
+            .await?
+            .map_err(|e| HubError::BadRequest(e.to_string()))?;
+        tracing::info!(cluster = %id, "cluster created");
+        Ok(())
+    }
+
+    /// The clusters, with how many of their agents are connected.
+    pub async fn clusters(&self) -> Result<Vec<serde_json::Value>, HubError> {
+        let stored = self.store.clusters().await?;
+        let inner = self.lock();
+        Ok(stored
+            .into_iter()
+            .map(|c| {
+                let connected = inner.agents.values().filter(|a| a.cluster == c.id).count();
+                serde_json::json!({
+                    "id": c.id,
+                    "description": c.description,
+                    "created_ms": c.created_ms,
+                    "agents_enrolled": c.agents,
+                    "agents_connected": connected,
+                })
+            })
+            .collect())
+    }
+
     /// The connected agents.
     pub fn agents(&self) -> Vec<AgentView> {
         let inner = self.lock();
@@ -824,6 +940,7 @@ impl Hub {
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0),
                 draining_until_ms: a.draining,
+                cluster: a.cluster.clone(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -833,20 +950,27 @@ impl Hub {
     /// Why a job's pending tasks are waiting, in words for `lull status`.
     pub fn waiting_reason(&self, spec: &JobSpec) -> String {
         let inner = self.lock();
-        if inner.agents.is_empty() {
-            return "no agent is connected".into();
-        }
-        let largest = inner
+        let agents: Vec<&AgentConn> = inner
             .agents
             .values()
+            .filter(|a| a.cluster == spec.cluster)
+            .collect();
+        if agents.is_empty() {
+            return if spec.cluster == lull_protocol::job::DEFAULT_CLUSTER {
+                "no agent is connected".into()
+            } else {
+                format!("no agent of cluster {} is connected", spec.cluster)
+            };
+        }
+        let largest = agents
+            .iter()
             .map(|a| a.capacity.max_task_memory)
             .max()
             .unwrap_or(0);
         let constraints =
             lull_protocol::constraint::parse_all(&spec.placement.constraints).unwrap_or_default();
-        if !inner
-            .agents
-            .values()
+        if !agents
+            .iter()
             .any(|a| constraints.iter().all(|c| c.holds(&a.capacity)))
         {
             return format!(
@@ -861,10 +985,9 @@ impl Hub {
                 units::format_size(largest)
             );
         }
-        if !inner.agents.values().any(AgentConn::accepting) {
-            let why: Vec<String> = inner
-                .agents
-                .values()
+        if !agents.iter().any(|a| a.accepting()) {
+            let why: Vec<String> = agents
+                .iter()
                 .map(|a| match a.draining {
                     Some(_) => format!("{} draining", a.name),
                     None => format!("{} {} ({})", a.name, a.status.state, a.status.reason),
@@ -924,15 +1047,16 @@ fn admission(
 /// Makes sure the scheduler knows the job (it forgets jobs with nothing waiting or running);
 /// `false` when the hub does not know it either.
 fn ensure_job(inner: &mut Inner, job: u64) -> bool {
-    if inner.scheduler.has_job(job) {
-        return true;
-    }
-    let Some(spec) = inner.jobs.get(&job) else {
+    let Some(spec) = inner.jobs.get(&job).cloned() else {
         return false;
     };
-    match JobPlacement::of(spec) {
+    let scheduler = inner.schedulers.get(&spec.cluster);
+    if scheduler.has_job(job) {
+        return true;
+    }
+    match JobPlacement::of(&spec) {
         Ok(placement) => {
-            inner.scheduler.add_job(job, placement, spec.modules.len());
+            scheduler.add_job(job, placement, spec.modules.len());
             true
         }
         Err(e) => {
@@ -945,9 +1069,12 @@ fn ensure_job(inner: &mut Inner, job: u64) -> bool {
 /// Queues a task for placement, away from the agents it failed on.
 fn queue_task(inner: &mut Inner, task: TaskId) {
     if ensure_job(inner, task.job) {
-        inner.scheduler.task_queued(task);
-        if let Some(agents) = inner.failed_on.get(&task) {
-            inner.scheduler.avoid(task, agents.clone());
+        let avoid = inner.failed_on.get(&task).cloned();
+        if let Some(s) = inner.job_scheduler(task.job) {
+            s.task_queued(task);
+            if let Some(agents) = avoid {
+                s.avoid(task, agents);
+            }
         }
     }
 }

@@ -25,6 +25,9 @@ pub struct AgentRecord {
     pub drain_deadline_ms: Option<i64>,
 }
 
+/// An agent's cluster, when the store knows the agent.
+pub type ClusterId = String;
+
 impl AgentRecord {
     /// Whether `key` is this agent's enrolled key, and the agent is not revoked.
     pub fn admits(&self, key: Option<Digest>) -> bool {
@@ -148,13 +151,15 @@ impl Store {
         if let Some(other) = other {
             return Ok(Err(EnrollRefusal::KeyTaken(other.get(0))));
         }
-        if let Err(refusal) = take_token(&mut tx, token, TokenKind::Agent, now_ms).await? {
-            return Ok(Err(EnrollRefusal::Token(refusal)));
-        }
+        let cluster = match take_token(&mut tx, token, TokenKind::Agent, now_ms).await? {
+            Ok(cluster) => cluster,
+            Err(refusal) => return Ok(Err(EnrollRefusal::Token(refusal))),
+        };
         sqlx::query(
-            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms, key_hash, enrolled_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(id) DO UPDATE SET key_hash = excluded.key_hash, enrolled_ms = excluded.enrolled_ms",
+            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms, key_hash, enrolled_ms, cluster) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET key_hash = excluded.key_hash, enrolled_ms = excluded.enrolled_ms, \
+             cluster = excluded.cluster",
         )
         .bind(id)
         .bind(name)
@@ -163,10 +168,23 @@ impl Store {
         .bind(now_ms)
         .bind(key.to_string())
         .bind(now_ms)
+        .bind(&cluster)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(Ok(Enrolled::New))
+    }
+
+    /// The cluster of the agent with this ID (`default` for agents the store does not know).
+    pub async fn agent_cluster(&self, id: &str) -> Result<ClusterId> {
+        let row = sqlx::query("SELECT cluster FROM agents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or_else(
+            || lull_protocol::job::DEFAULT_CLUSTER.to_owned(),
+            |r| r.get(0),
+        ))
     }
 
     /// Starts draining an agent (its attempts are evicted at `deadline_ms`), or with `None`
@@ -221,6 +239,7 @@ mod tests {
             expires_ms: None,
             uses,
             description: String::new(),
+            cluster: "default".into(),
         };
         store
             .create_token(&spec, 0)

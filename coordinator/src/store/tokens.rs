@@ -40,6 +40,8 @@ pub struct TokenSpec {
     pub uses: Option<u32>,
     /// A note for people (whom it is for).
     pub description: String,
+    /// For an agent's join token: the cluster it enrolls agents into.
+    pub cluster: String,
 }
 
 /// Why a token was not accepted. The messages say what happened without echoing the token.
@@ -74,6 +76,8 @@ pub struct TokenInfo {
     pub uses_left: Option<i64>,
     /// The note given when it was made.
     pub description: String,
+    /// The cluster an agent's join token enrolls into.
+    pub cluster: String,
 }
 
 /// A token's secret text: `lull_` and 40 hex digits (160 random bits).
@@ -110,8 +114,8 @@ impl Store {
     pub async fn create_token(&self, spec: &TokenSpec, now_ms: i64) -> Result<Token> {
         let token = Token::generate();
         sqlx::query(
-            "INSERT INTO tokens (hash, kind, created_ms, expires_ms, uses_left, description) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (hash, kind, created_ms, expires_ms, uses_left, description, cluster) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(token_hash(token.as_str()))
         .bind(spec.kind.as_str())
@@ -119,6 +123,7 @@ impl Store {
         .bind(spec.expires_ms)
         .bind(spec.uses.map(i64::from))
         .bind(&spec.description)
+        .bind(&spec.cluster)
         .execute(&self.pool)
         .await?;
         Ok(token)
@@ -145,13 +150,13 @@ impl Store {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let verdict = take_token(&mut tx, token, kind, now_ms).await?;
         tx.commit().await?;
-        Ok(verdict)
+        Ok(verdict.map(|_cluster| ()))
     }
 
     /// Every token, newest first (without secrets).
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(
-            "SELECT hash, kind, created_ms, expires_ms, uses_left, description FROM tokens \
+            "SELECT hash, kind, created_ms, expires_ms, uses_left, description, cluster FROM tokens \
              ORDER BY created_ms DESC",
         )
         .fetch_all(&self.pool)
@@ -167,6 +172,7 @@ impl Store {
                     expires_ms: r.get(3),
                     uses_left: r.get(4),
                     description: r.get(5),
+                    cluster: r.get(6),
                 }
             })
             .collect())
@@ -187,31 +193,32 @@ impl Store {
     }
 }
 
-const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left FROM tokens WHERE hash = ?";
+const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left, cluster FROM tokens WHERE hash = ?";
 
 /// Checks `token` for `kind` at `now_ms` and counts one use of it, inside the caller's write
-/// transaction (which commits the use together with whatever the token admits).
+/// transaction (which commits the use together with whatever the token admits). Returns the
+/// token's cluster.
 pub(super) async fn take_token(
     tx: &mut sqlx::SqliteConnection,
     token: &str,
     kind: TokenKind,
     now_ms: i64,
-) -> Result<std::result::Result<(), TokenRefusal>> {
+) -> Result<std::result::Result<String, TokenRefusal>> {
     let hash = token_hash(token);
     let row = sqlx::query(FIND_TOKEN)
         .bind(&hash)
         .fetch_optional(&mut *tx)
         .await?;
-    let verdict = judge(row.as_ref(), kind, now_ms);
-    if verdict.is_ok() {
-        sqlx::query(
-            "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left IS NOT NULL",
-        )
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
+    if let Err(refusal) = judge(row.as_ref(), kind, now_ms) {
+        return Ok(Err(refusal));
     }
-    Ok(verdict)
+    sqlx::query(
+        "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left IS NOT NULL",
+    )
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Ok(row.map(|r| r.get(3)).unwrap_or_default()))
 }
 
 /// Whether a stored token (`row`: kind, expires_ms, uses_left; `None` when there is none) may
@@ -265,6 +272,7 @@ mod tests {
             expires_ms,
             uses,
             description: "test".into(),
+            cluster: "default".into(),
         }
     }
 

@@ -1,0 +1,63 @@
+//! `lull clusters list`, `lull clusters create ID`.
+
+use std::process::ExitCode;
+
+use crate::client::Client;
+
+/// `lull clusters`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// List the clusters, with their agents.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a cluster; agents join it with join tokens made with
+    /// `lull-coordinator token create --cluster ID`, jobs name it with `cluster = "ID"`.
+    Create {
+        /// Its ID: lower-case letters, digits and -.
+        id: String,
+        /// A note for people.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+/// Runs `lull clusters ...`.
+pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::List { json } => {
+            let clusters: Vec<serde_json::Value> = client.get("/api/v1/clusters").await?;
+            if json {
+                super::print_json(&clusters)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:>9} {:>8}  DESCRIPTION",
+                "CLUSTER", "CONNECTED", "ENROLLED"
+            );
+            for c in clusters {
+                println!(
+                    "{:<20} {:>9} {:>8}  {}",
+                    c["id"].as_str().unwrap_or("?"),
+                    c["agents_connected"].to_string(),
+                    c["agents_enrolled"].to_string(),
+                    c["description"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        Command::Create { id, description } => {
+            let _: serde_json::Value = client
+                .post(
+                    "/api/v1/clusters",
+                    &serde_json::json!({ "id": id, "description": description }),
+                )
+                .await?;
+            println!(
+                "cluster {id} created\n  enroll agents into it: lull-coordinator token create --cluster {id}\n  run jobs on it:        cluster = \"{id}\" in the job file"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
