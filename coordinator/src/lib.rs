@@ -7,9 +7,11 @@
 //! | [`store`] | jobs, tasks, attempts and agents in SQLite (WAL, full sync) |
 //! | `lull_scheduler` (a crate) | placement of pending tasks on agents: strategies, constraints, reservations; pure |
 //! | [`leases`] | assignment leases that reports renew; pure, time comes in |
+//! | [`backup`] | a consistent copy of the data directory while the coordinator runs |
 //! | [`blobs`] | the content-addressed (sha256) blob store on disk |
 //! | [`tls`] | the coordinator's key and self-signed certificate, pinned by agents |
 
+pub mod backup;
 pub mod blobs;
 pub mod leases;
 pub mod server;

@@ -20,6 +20,14 @@ struct Cli {
 enum Command {
     /// Serve agents (QUIC) and people (HTTP) until interrupted.
     Serve(ServeArgs),
+    /// Copy the data directory (database, blobs, key) into DIR, consistently, while the
+    /// coordinator runs; again into the same DIR, it copies only what is new.
+    Backup {
+        /// Where the backup goes (made if missing).
+        dir: PathBuf,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
     /// Make, list and delete tokens (run on the coordinator's machine, on its data directory).
     Token {
         #[command(subcommand)]
@@ -159,6 +167,29 @@ async fn main_result() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Token { command } => token(command).await,
+        Command::Backup { dir, data } => {
+            let data_dir = data.data_dir.clone().unwrap_or_else(default_data_dir);
+            if !data_dir.join("lull.db").is_file() {
+                anyhow::bail!(
+                    "{} holds no coordinator database (lull.db); give the data directory with --data-dir",
+                    data_dir.display()
+                );
+            }
+            let (data_dir, store) = open_store(&data).await?;
+            let started = std::time::Instant::now();
+            let done = lull_coordinator::backup::backup(&store, &data_dir, &dir).await?;
+            println!(
+                "backed up {} into {} in {:.1}s: the database ({} job(s)), the coordinator's key, {} blob(s) ({} new, {})",
+                data_dir.display(),
+                dir.display(),
+                started.elapsed().as_secs_f64(),
+                done.jobs,
+                done.blobs,
+                done.new_blobs,
+                lull_protocol::units::format_size(done.new_bytes)
+            );
+            Ok(())
+        }
     }
 }
 

@@ -227,6 +227,16 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// Writes a consistent copy of the database to `path` (which must not exist), while other
+    /// connections go on (SQLite's `VACUUM INTO`).
+    pub async fn backup_into(&self, path: &Path) -> Result<()> {
+        sqlx::query("VACUUM INTO ?")
+            .bind(path.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Stores a job and its tasks (all pending); returns its number.
     pub async fn insert_job(&self, spec: &JobSpec, now_ms: i64) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;

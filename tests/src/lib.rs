@@ -751,6 +751,12 @@ impl Cluster {
         &self.token
     }
 
+    /// Runs `lull-coordinator ARGS...` (a command other than `serve`) on the coordinator's data
+    /// directory, to its end.
+    pub fn coordinator_command(&self, args: &[&str]) -> CliOutput {
+        run_coordinator_command(&self.root, args)
+    }
+
     /// Runs `lull-coordinator token ARGS...` on the coordinator's data directory; returns what
     /// it printed.
     pub fn coordinator_token(&self, args: &[&str]) -> CliOutput {
@@ -1049,16 +1055,32 @@ fn run_lull(
 
 /// Runs `lull-coordinator token ARGS... --data-dir ROOT/coordinator` to its end.
 fn run_token_command(root: &Path, args: &[&str]) -> CliOutput {
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    run_coordinator_command(root, &all)
+}
+
+/// Runs `lull-coordinator ARGS... --data-dir ROOT/coordinator` to its end.
+fn run_coordinator_command(root: &Path, args: &[&str]) -> CliOutput {
     let mut cmd = Command::new(binary("lull-coordinator"));
-    cmd.arg("token")
-        .args(args)
+    cmd.args(args)
         .args(["--data-dir", path_str(&root.join("coordinator"))]);
-    let label = format!("token-{}", args.first().copied().unwrap_or("none"));
+    let label: String = args[..args.len().min(2)]
+        .join("-")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     run_program(
         &root.join("logs"),
         &label,
         cmd,
-        format!("lull-coordinator token {}", args.join(" ")),
+        format!("lull-coordinator {}", args.join(" ")),
     )
 }
 
