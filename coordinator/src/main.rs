@@ -55,6 +55,9 @@ struct DataDirArg {
     /// The coordinator's data directory [default: ~/.local/share/lull/coordinator]
     #[arg(long, env = "LULL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The coordinator's PostgreSQL database, when it uses one (as `serve --database`).
+    #[arg(long, env = "LULL_DATABASE", hide_env_values = true)]
+    database: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,6 +93,10 @@ struct ServeArgs {
     /// Where the database, blobs and identity live [default: ~/.local/share/lull/coordinator]
     #[arg(long, env = "LULL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The database: a PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE), or
+    /// the SQLite file lull.db in the data directory when not given.
+    #[arg(long, env = "LULL_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// UDP address agents connect to (QUIC).
     #[arg(long, default_value = "127.0.0.1:7443")]
     quic_listen: SocketAddr,
@@ -169,7 +176,7 @@ async fn main_result() -> anyhow::Result<()> {
         Command::Token { command } => token(command).await,
         Command::Backup { dir, data } => {
             let data_dir = data.data_dir.clone().unwrap_or_else(default_data_dir);
-            if !data_dir.join("lull.db").is_file() {
+            if data.database.is_none() && !data_dir.join("lull.db").is_file() {
                 anyhow::bail!(
                     "{} holds no coordinator database (lull.db); give the data directory with --data-dir",
                     data_dir.display()
@@ -197,9 +204,14 @@ async fn open_store(data: &DataDirArg) -> anyhow::Result<(PathBuf, Store)> {
     let dir = data.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let store = Store::open(&dir.join("lull.db"))
-        .await
-        .with_context(|| format!("opening the database in {}", dir.display()))?;
+    let store = match &data.database {
+        Some(url) => Store::connect(url)
+            .await
+            .with_context(|| format!("opening the database {}", server::redact(url)))?,
+        None => Store::open(&dir.join("lull.db"))
+            .await
+            .with_context(|| format!("opening the database in {}", dir.display()))?,
+    };
     Ok((dir, store))
 }
 
@@ -335,6 +347,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = ServeConfig {
         data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+        database: args.database,
         quic_addr: args.quic_listen,
         http_addr: args.http_listen,
         hub: HubConfig {

@@ -13,11 +13,14 @@ use std::str::FromStr;
 use lull_protocol::job::JobSpec;
 use lull_protocol::message::{AttemptId, TaskId, TaskResult};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 mod agents;
 mod clusters;
+#[cfg(test)]
+mod testing;
 mod tokens;
 pub use agents::{AgentRecord, EnrollRefusal, Enrolled};
 pub use clusters::{ClusterInfo, ClusterRefusal};
@@ -38,6 +41,9 @@ pub enum StoreError {
     /// No such job.
     #[error("no job {0}")]
     NoJob(u64),
+    /// Not possible on this backend.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -193,6 +199,9 @@ pub struct AgentEvent {
     pub attempts: Vec<AttemptId>,
 }
 
+/// The advisory lock PostgreSQL writers take (an arbitrary constant: "lull" in ASCII).
+const WRITE_LOCK: i64 = 0x6c75_6c6c;
+
 /// What recording a result did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -202,35 +211,116 @@ pub enum Recorded {
     Stale,
 }
 
-/// The coordinator's database.
+/// Which database a store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (the default).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// The schema's migrations, one directory per backend, with the same versions.
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The coordinator's database: SQLite, or PostgreSQL for coordinators sharing one.
+///
+/// Every query is one SQL text for both, with `$N` placeholders (which SQLite reads as named
+/// parameters and sqlx binds by their number). Writing transactions go one at a time on both:
+/// SQLite's `BEGIN IMMEDIATE` takes its write lock, and on PostgreSQL the transaction takes a
+/// transaction-scoped advisory lock first (`Store::begin_write`).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path`, in WAL mode with full sync,
     /// and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
-        let options = SqliteConnectOptions::new()
+        let url = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+            .to_url_lossy();
+        Self::connect_url(url.as_str(), Backend::Sqlite).await
+    }
+
+    /// Opens the database `database` names: a `postgres://` or `postgresql://` URL, or the
+    /// path of a SQLite file.
+    pub async fn connect(database: &str) -> Result<Self> {
+        if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+            Self::connect_url(database, Backend::Postgres).await
+        } else {
+            Self::open(Path::new(database)).await
+        }
+    }
+
+    async fn connect_url(url: &str, backend: Backend) -> Result<Self> {
+        static DRIVERS: std::sync::Once = std::sync::Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL and full sync: a result acknowledged is on disk; writers wait
+                        // for each other up to 10 s rather than failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a writing transaction, which runs alone among writers: on SQLite it takes the
+    /// write lock at once (`BEGIN IMMEDIATE`), so two writers never deadlock upgrading a read;
+    /// on PostgreSQL it takes a transaction-scoped advisory lock, so that the checks each
+    /// transaction makes before it writes (is the attempt current, is the token unused) hold
+    /// until it commits, as they do on SQLite.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// Writes a consistent copy of the database to `path` (which must not exist), while other
-    /// connections go on (SQLite's `VACUUM INTO`).
+    /// connections go on (SQLite's `VACUUM INTO`). PostgreSQL databases are backed up with
+    /// PostgreSQL's own tools (`pg_dump`).
     pub async fn backup_into(&self, path: &Path) -> Result<()> {
-        sqlx::query("VACUUM INTO ?")
+        if self.backend == Backend::Postgres {
+            return Err(StoreError::Unsupported(
+                "this coordinator's database is PostgreSQL: back it up with pg_dump",
+            ));
+        }
+        sqlx::query("VACUUM INTO $1")
             .bind(path.to_string_lossy().into_owned())
             .execute(&self.pool)
             .await?;
@@ -239,30 +329,34 @@ impl Store {
 
     /// Stores a job and its tasks (all pending); returns its number.
     pub async fn insert_job(&self, spec: &JobSpec, now_ms: i64) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let id: i64 =
-            sqlx::query("INSERT INTO jobs (name, spec, created_ms) VALUES (?, ?, ?) RETURNING id")
-                .bind(&spec.name)
-                .bind(serde_json::to_string(spec)?)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await?
-                .get(0);
-        const CHUNK: u32 = 400;
+        let mut tx = self.begin_write().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO jobs (name, spec, created_ms) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(&spec.name)
+        .bind(serde_json::to_string(spec)?)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        // Tasks in chunks of rows sharing the job, state and time: `($1, idx, 'pending', 0,
+        // $2)`, with the indexes written into the SQL (they are numbers we made).
+        const CHUNK: u32 = 1000;
         let mut start = 0u32;
         while start < spec.count {
             let end = (start + CHUNK).min(spec.count);
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO tasks (job_id, idx, state, attempt, updated_ms) ",
+            let rows: Vec<String> = (start..end)
+                .map(|idx| format!("($1, {idx}, 'pending', 0, $2)"))
+                .collect();
+            let sql = format!(
+                "INSERT INTO tasks (job_id, idx, state, attempt, updated_ms) VALUES {}",
+                rows.join(", ")
             );
-            qb.push_values(start..end, |mut b, idx| {
-                b.push_bind(id)
-                    .push_bind(idx as i64)
-                    .push_bind("pending")
-                    .push_bind(0i64)
-                    .push_bind(now_ms);
-            });
-            qb.build().execute(&mut *tx).await?;
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
             start = end;
         }
         tx.commit().await?;
@@ -271,7 +365,7 @@ impl Store {
 
     /// A job by number.
     pub async fn job(&self, id: u64) -> Result<JobRow> {
-        let row = sqlx::query("SELECT id, spec, created_ms, cancelled FROM jobs WHERE id = ?")
+        let row = sqlx::query("SELECT id, spec, created_ms, cancelled FROM jobs WHERE id = $1")
             .bind(id as i64)
             .fetch_optional(&self.pool)
             .await?
@@ -317,10 +411,11 @@ impl Store {
 
     /// Task counts of one job.
     pub async fn job_counts(&self, job: u64) -> Result<Counts> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY state")
-            .bind(job as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) FROM tasks WHERE job_id = $1 GROUP BY state")
+                .bind(job as i64)
+                .fetch_all(&self.pool)
+                .await?;
         let mut c = Counts::default();
         for r in rows {
             let state: String = r.get(0);
@@ -333,7 +428,7 @@ impl Store {
     /// The tasks of a job, by index.
     pub async fn tasks(&self, job: u64) -> Result<Vec<TaskRow>> {
         let rows = sqlx::query(
-            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE job_id = ? ORDER BY idx",
+            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE job_id = $1 ORDER BY idx",
         )
         .bind(job as i64)
         .fetch_all(&self.pool)
@@ -344,7 +439,7 @@ impl Store {
     /// Every task in a state, oldest job first.
     pub async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>> {
         let rows = sqlx::query(
-            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE state = ? ORDER BY job_id, idx",
+            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE state = $1 ORDER BY job_id, idx",
         )
         .bind(state.as_str())
         .fetch_all(&self.pool)
@@ -356,7 +451,7 @@ impl Store {
     pub async fn attempts(&self, task: TaskId) -> Result<Vec<AttemptRow>> {
         let rows = sqlx::query(
             "SELECT attempt, agent_id, assigned_ms, started_ms, finished_ms, outcome, result, setup_us \
-             FROM attempts WHERE job_id = ? AND idx = ? ORDER BY attempt",
+             FROM attempts WHERE job_id = $1 AND idx = $2 ORDER BY attempt",
         )
         .bind(task.job as i64)
         .bind(task.index as i64)
@@ -386,7 +481,7 @@ impl Store {
     ) -> Result<std::collections::HashMap<u32, TaskResult>> {
         let rows = sqlx::query(
             "SELECT a.idx, a.result FROM attempts a JOIN tasks t ON t.job_id = a.job_id AND t.idx = a.idx \
-             WHERE a.job_id = ? AND a.result IS NOT NULL ORDER BY a.idx, a.attempt",
+             WHERE a.job_id = $1 AND a.result IS NOT NULL ORDER BY a.idx, a.attempt",
         )
         .bind(job as i64)
         .fetch_all(&self.pool)
@@ -408,10 +503,10 @@ impl Store {
         agent: &str,
         now_ms: i64,
     ) -> Result<Option<AttemptId>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
-            "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = ?, updated_ms = ? \
-             WHERE job_id = ? AND idx = ? AND state = 'pending' RETURNING attempt",
+            "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = $1, updated_ms = $2 \
+             WHERE job_id = $3 AND idx = $4 AND state = 'pending' RETURNING attempt",
         )
         .bind(agent)
         .bind(now_ms)
@@ -424,7 +519,7 @@ impl Store {
         };
         let attempt = row.get::<i64, _>(0) as u32;
         sqlx::query(
-            "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(task.job as i64)
         .bind(task.index as i64)
@@ -440,7 +535,7 @@ impl Store {
     /// Records that an attempt's guest started.
     pub async fn mark_started(&self, attempt: AttemptId, setup_us: u64, now_ms: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE attempts SET started_ms = ?, setup_us = ? WHERE job_id = ? AND idx = ? AND attempt = ? AND started_ms IS NULL",
+            "UPDATE attempts SET started_ms = $1, setup_us = $2 WHERE job_id = $3 AND idx = $4 AND attempt = $5 AND started_ms IS NULL",
         )
         .bind(now_ms)
         .bind(setup_us as i64)
@@ -522,14 +617,14 @@ impl Store {
         next: impl Fn(&JobRow, u32) -> TaskState,
     ) -> Result<Recorded> {
         let job = self.job(attempt.task.job).await?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         // The attempt must be the task's current one and still running -- or, for a success
         // that arrives after its lease expired, the task must still be waiting for its next
         // attempt: then the work is done and nothing is gained by running it again.
         let late_success_ok = result.is_some() && outcome == "succeeded";
         let current = sqlx::query(
-            "SELECT agent_id FROM tasks WHERE job_id = ? AND idx = ? AND attempt = ? \
-             AND (state = 'running' OR (state = 'pending' AND ?))",
+            "SELECT agent_id FROM tasks WHERE job_id = $1 AND idx = $2 AND attempt = $3 \
+             AND (state = 'running' OR (state = 'pending' AND $4))",
         )
         .bind(attempt.task.job as i64)
         .bind(attempt.task.index as i64)
@@ -553,8 +648,8 @@ impl Store {
             _ => Some(outcome.to_owned()),
         };
         sqlx::query(
-            "UPDATE attempts SET finished_ms = ?, outcome = ?, result = ? \
-             WHERE job_id = ? AND idx = ? AND attempt = ? AND (finished_ms IS NULL OR result IS NULL)",
+            "UPDATE attempts SET finished_ms = $1, outcome = $2, result = $3 \
+             WHERE job_id = $4 AND idx = $5 AND attempt = $6 AND (finished_ms IS NULL OR result IS NULL)",
         )
         .bind(now_ms)
         .bind(outcome)
@@ -565,7 +660,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE tasks SET state = ?, cause = ?, updated_ms = ? WHERE job_id = ? AND idx = ?",
+            "UPDATE tasks SET state = $1, cause = $2, updated_ms = $3 WHERE job_id = $4 AND idx = $5",
         )
         .bind(state.as_str())
         .bind(cause)
@@ -581,8 +676,8 @@ impl Store {
     /// Cancels a job: pending tasks become cancelled at once; returns the running attempts and
     /// their agents, which the caller asks to stop.
     pub async fn cancel_job(&self, job: u64, now_ms: i64) -> Result<Vec<(AttemptId, String)>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let done = sqlx::query("UPDATE jobs SET cancelled = 1 WHERE id = ?")
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE jobs SET cancelled = 1 WHERE id = $1")
             .bind(job as i64)
             .execute(&mut *tx)
             .await?;
@@ -590,15 +685,15 @@ impl Store {
             return Err(StoreError::NoJob(job));
         }
         sqlx::query(
-            "UPDATE tasks SET state = 'cancelled', cause = 'cancelled before it started', updated_ms = ? \
-             WHERE job_id = ? AND state = 'pending'",
+            "UPDATE tasks SET state = 'cancelled', cause = 'cancelled before it started', updated_ms = $1 \
+             WHERE job_id = $2 AND state = 'pending'",
         )
         .bind(now_ms)
         .bind(job as i64)
         .execute(&mut *tx)
         .await?;
         let rows = sqlx::query(
-            "SELECT idx, attempt, agent_id FROM tasks WHERE job_id = ? AND state = 'running'",
+            "SELECT idx, attempt, agent_id FROM tasks WHERE job_id = $1 AND state = 'running'",
         )
         .bind(job as i64)
         .fetch_all(&mut *tx)
@@ -624,7 +719,7 @@ impl Store {
     /// Records a change of an agent's scavenging state.
     pub async fn record_agent_event(&self, agent: &str, event: &AgentEvent) -> Result<()> {
         sqlx::query(
-            "INSERT INTO agent_events (agent_id, at_ms, from_state, to_state, reason, attempts) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO agent_events (agent_id, at_ms, from_state, to_state, reason, attempts) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(agent)
         .bind(event.at_ms)
@@ -641,7 +736,7 @@ impl Store {
     pub async fn agent_events(&self, agent: &str, limit: u32) -> Result<Vec<AgentEvent>> {
         let rows = sqlx::query(
             "SELECT at_ms, from_state, to_state, reason, attempts FROM agent_events \
-             WHERE agent_id = ? ORDER BY id DESC LIMIT ?",
+             WHERE agent_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(agent)
         .bind(limit as i64)
@@ -662,7 +757,7 @@ impl Store {
     }
 }
 
-fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
+fn job_row(r: &AnyRow) -> Result<JobRow> {
     let spec: String = r.get(1);
     Ok(JobRow {
         id: r.get::<i64, _>(0) as u64,
@@ -672,7 +767,7 @@ fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
     })
 }
 
-fn task_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow> {
+fn task_row(r: &AnyRow) -> Result<TaskRow> {
     let state: String = r.get(2);
     Ok(TaskRow {
         id: TaskId {
@@ -689,6 +784,16 @@ fn task_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_each_backend;
+
+    on_each_backend!(
+        a_result_is_recorded_once_and_only_for_the_current_attempt,
+        failures_retry_until_attempts_run_out,
+        a_lost_attempt_is_requeued_and_its_late_success_still_counts,
+        an_evicted_attempt_runs_again_whatever_its_attempts,
+        agent_state_changes_are_kept_newest_first,
+        cancel_stops_pending_tasks_and_lists_running_ones,
+    );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
     use lull_protocol::message::{ModuleResult, Outcome};
@@ -733,15 +838,7 @@ mod tests {
         }
     }
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("lull.db")).await.unwrap();
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn a_result_is_recorded_once_and_only_for_the_current_attempt() {
-        let (_dir, s) = store().await;
+    async fn a_result_is_recorded_once_and_only_for_the_current_attempt(s: Store) {
         let job = s.insert_job(&spec(2, 3), 0).await.unwrap();
         let task = TaskId { job, index: 0 };
         let a1 = s.assign(task, "agent-a", 1).await.unwrap().unwrap();
@@ -767,9 +864,7 @@ mod tests {
         assert!(attempts[0].result.is_some());
     }
 
-    #[tokio::test]
-    async fn failures_retry_until_attempts_run_out() {
-        let (_dir, s) = store().await;
+    async fn failures_retry_until_attempts_run_out(s: Store) {
         let job = s.insert_job(&spec(1, 2), 0).await.unwrap();
         let task = TaskId { job, index: 0 };
         let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
@@ -787,9 +882,7 @@ mod tests {
         assert_eq!(t.cause.as_deref(), Some("module m: exited with code 1"));
     }
 
-    #[tokio::test]
-    async fn a_lost_attempt_is_requeued_and_its_late_success_still_counts() {
-        let (_dir, s) = store().await;
+    async fn a_lost_attempt_is_requeued_and_its_late_success_still_counts(s: Store) {
         let job = s.insert_job(&spec(1, 3), 0).await.unwrap();
         let task = TaskId { job, index: 0 };
         let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
@@ -817,9 +910,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_evicted_attempt_runs_again_whatever_its_attempts() {
-        let (_dir, s) = store().await;
+    async fn an_evicted_attempt_runs_again_whatever_its_attempts(s: Store) {
         let job = s.insert_job(&spec(1, 1), 0).await.unwrap();
         let task = TaskId { job, index: 0 };
         let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
@@ -835,9 +926,7 @@ mod tests {
         assert_eq!(a2.attempt, 2);
     }
 
-    #[tokio::test]
-    async fn agent_state_changes_are_kept_newest_first() {
-        let (_dir, s) = store().await;
+    async fn agent_state_changes_are_kept_newest_first(s: Store) {
         for (i, to) in ["paused", "running"].iter().enumerate() {
             let e = AgentEvent {
                 at_ms: i as i64,
@@ -854,9 +943,7 @@ mod tests {
         assert!(s.agent_events("b", 10).await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn cancel_stops_pending_tasks_and_lists_running_ones() {
-        let (_dir, s) = store().await;
+    async fn cancel_stops_pending_tasks_and_lists_running_ones(s: Store) {
         let job = s.insert_job(&spec(3, 1), 0).await.unwrap();
         let a = s
             .assign(TaskId { job, index: 1 }, "x", 1)

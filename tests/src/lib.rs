@@ -85,6 +85,41 @@ pub fn binary(name: &str) -> PathBuf {
         })
 }
 
+/// A fresh, empty PostgreSQL database for a test, on the server named by `LULL_TEST_POSTGRES`
+/// (which `cargo xtask test` starts); its URL, or `None` (after saying SKIPPED) without one.
+pub fn postgres_database(test: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("LULL_TEST_POSTGRES") else {
+        eprintln!("SKIPPED {test}: LULL_TEST_POSTGRES is not set (cargo xtask test sets it)");
+        return None;
+    };
+    let name = format!(
+        "lull_e2e_{test}_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("running psql (PostgreSQL's client)");
+    assert!(
+        out.status.success(),
+        "creating database {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("LULL_TEST_POSTGRES ends in /DATABASE");
+    Some(format!("{base}/{name}"))
+}
+
 /// The repository's `examples/` directory.
 pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -331,6 +366,8 @@ pub struct Cluster {
     allowed_signers: PathBuf,
     /// Extra arguments of `lull-coordinator serve`, kept for restarts.
     coordinator_args: Vec<String>,
+    /// The PostgreSQL database given with `--database`, if any.
+    database: Option<String>,
     /// A submitter's token, sent with every request of [`Cluster::lull`] and [`Cluster::get`].
     token: String,
     /// An agent's join token with unlimited uses, which agents enroll with by default.
@@ -384,9 +421,19 @@ impl Cluster {
         fs::write(&allowed_signers, format!("tester {}\n", public.trim()))
             .expect("writing allowed_signers");
 
-        let token = create_token(&root, &["--submitter", "--description", "tests"]);
+        // `--database URL` among the arguments: the token commands use that database too.
+        let database = coordinator_args
+            .windows(2)
+            .find(|w| w[0] == "--database")
+            .map(|w| w[1].clone());
+        let token = create_token(
+            &root,
+            database.as_deref(),
+            &["--submitter", "--description", "tests"],
+        );
         let join_token = create_token(
             &root,
+            database.as_deref(),
             &["--uses", "0", "--ttl", "0", "--description", "test agents"],
         );
         let (coordinator, announced) =
@@ -402,6 +449,7 @@ impl Cluster {
             key,
             allowed_signers,
             coordinator_args,
+            database,
             token: token.clone(),
             join_token,
             coordinator,
@@ -754,13 +802,13 @@ impl Cluster {
     /// Runs `lull-coordinator ARGS...` (a command other than `serve`) on the coordinator's data
     /// directory, to its end.
     pub fn coordinator_command(&self, args: &[&str]) -> CliOutput {
-        run_coordinator_command(&self.root, args)
+        run_coordinator_command(&self.root, self.database.as_deref(), args)
     }
 
     /// Runs `lull-coordinator token ARGS...` on the coordinator's data directory; returns what
     /// it printed.
     pub fn coordinator_token(&self, args: &[&str]) -> CliOutput {
-        run_token_command(&self.root, args)
+        run_token_command(&self.root, self.database.as_deref(), args)
     }
 
     /// Writes a job directory `jobs/<name>/` holding `job.toml` with `job_toml` and each
@@ -1054,17 +1102,20 @@ fn run_lull(
 }
 
 /// Runs `lull-coordinator token ARGS... --data-dir ROOT/coordinator` to its end.
-fn run_token_command(root: &Path, args: &[&str]) -> CliOutput {
+fn run_token_command(root: &Path, database: Option<&str>, args: &[&str]) -> CliOutput {
     let mut all = vec!["token"];
     all.extend_from_slice(args);
-    run_coordinator_command(root, &all)
+    run_coordinator_command(root, database, &all)
 }
 
-/// Runs `lull-coordinator ARGS... --data-dir ROOT/coordinator` to its end.
-fn run_coordinator_command(root: &Path, args: &[&str]) -> CliOutput {
+/// Runs `lull-coordinator ARGS... --data-dir ROOT/coordinator [--database URL]` to its end.
+fn run_coordinator_command(root: &Path, database: Option<&str>, args: &[&str]) -> CliOutput {
     let mut cmd = Command::new(binary("lull-coordinator"));
     cmd.args(args)
         .args(["--data-dir", path_str(&root.join("coordinator"))]);
+    if let Some(url) = database {
+        cmd.args(["--database", url]);
+    }
     let label: String = args[..args.len().min(2)]
         .join("-")
         .chars()
@@ -1085,10 +1136,10 @@ fn run_coordinator_command(root: &Path, args: &[&str]) -> CliOutput {
 }
 
 /// Makes a token with `lull-coordinator token create ARGS...` and returns it.
-fn create_token(root: &Path, args: &[&str]) -> String {
+fn create_token(root: &Path, database: Option<&str>, args: &[&str]) -> String {
     let mut all = vec!["create"];
     all.extend_from_slice(args);
-    let out = run_token_command(root, &all);
+    let out = run_token_command(root, database, &all);
     assert!(
         out.success(),
         "`lull-coordinator token create` failed:

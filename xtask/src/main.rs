@@ -2,11 +2,13 @@
 //!
 //! - `demo`: installs the wasm targets if missing, builds, starts `lull dev`, submits the
 //!   examples, watches them and prints their results, then shuts down.
-//! - `test`: everything CI runs: formatting, clippy, docs, and every test.
+//! - `test`: everything CI runs: formatting, clippy, docs, and every test (with a throwaway
+//!   PostgreSQL server for the tests of the PostgreSQL store).
 //! - `bench NAME`: a benchmark; its last line is one JSON object of named figures.
 
 mod bench;
 mod demo;
+mod postgres;
 mod util;
 
 use std::process::ExitCode;
@@ -57,7 +59,13 @@ fn test() -> anyhow::Result<()> {
         &[("RUSTDOCFLAGS", "-Dwarnings")],
     )?;
     util::cargo(&["build", "--workspace", "--bins"])?;
-    let counts = util::cargo_test(&["test", "--workspace"])?;
+    // The store's tests and the PostgreSQL end-to-end tests run against a real server.
+    let postgres = postgres::Server::start()?;
+    let counts = util::cargo_test(
+        &["test", "--workspace"],
+        &[("LULL_TEST_POSTGRES", postgres.url.as_str())],
+    )?;
+    drop(postgres);
     println!(
         "tests: {} passed, {} failed, {} skipped",
         counts.passed, counts.failed, counts.ignored

@@ -58,10 +58,11 @@ pub struct Counts {
 }
 
 /// Runs `cargo test ...`, passing its output through and summing its `test result:` lines.
-pub fn cargo_test(args: &[&str]) -> anyhow::Result<Counts> {
+pub fn cargo_test(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Counts> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let mut child = Command::new(cargo_bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root())
         .stdout(Stdio::piped())
         .spawn()
@@ -137,18 +138,23 @@ pub fn ensure_commands(needs: &[(&str, &str)]) -> anyhow::Result<()> {
     }
     let packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
     let commands: Vec<&str> = missing.iter().map(|(command, _)| *command).collect();
-    let why = format!(
-        "the tests need {}: installing {}",
-        commands.join(", "),
-        packages.join(" ")
-    );
+    ensure_packages(
+        &format!("the tests need {}", commands.join(", ")),
+        &packages,
+    )
+}
+
+/// Installs Debian packages (`apt-get update`, then `apt-get install -y`; this needs root),
+/// saying `why`.
+pub fn ensure_packages(why: &str, packages: &[&str]) -> anyhow::Result<()> {
+    let why = format!("{why}: installing {}", packages.join(" "));
     let mut update = Command::new("apt-get");
     update.arg("update");
     run(&mut update, &format!("{why} (apt-get update)"))?;
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "--no-install-recommends"])
-        .args(&packages)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut install, &format!("{why} (apt-get install)"))
 }

@@ -61,6 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let running = server::start(ServeConfig {
         data_dir: data.join("coordinator"),
+        database: None,
         quic_addr: args.quic_listen,
         http_addr: args.http_listen,
         hub: HubConfig {

@@ -22,6 +22,9 @@ pub use quic::QuicLimits;
 pub struct ServeConfig {
     /// The data directory: database, blobs, identity.
     pub data_dir: PathBuf,
+    /// The database: a `postgres://` URL, or `None` for the SQLite file `lull.db` in the data
+    /// directory.
+    pub database: Option<String>,
     /// UDP address for agents (QUIC).
     pub quic_addr: SocketAddr,
     /// TCP address for people (HTTP).
@@ -77,13 +80,32 @@ pub async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user_info = &url[scheme + 3..at];
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Opens the data directory, recovers state and starts serving in the background.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir.join("lull.db"))
-        .await
-        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let store = match &config.database {
+        Some(url) => Store::connect(url)
+            .await
+            .with_context(|| format!("opening the database {}", redact(url)))?,
+        None => Store::open(&config.data_dir.join("lull.db"))
+            .await
+            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+    };
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))
         .with_context(|| format!("opening the blob store in {}", config.data_dir.display()))?;
     let identity = tls::load_or_create(&config.data_dir.join("tls"))?;
@@ -127,4 +149,20 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         endpoint,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            super::redact("postgres://lull:secret@db.lab:5432/lull"),
+            "postgres://lull:***@db.lab:5432/lull"
+        );
+        assert_eq!(
+            super::redact("postgres://lull@db.lab/lull"),
+            "postgres://lull@db.lab/lull"
+        );
+        assert_eq!(super::redact("/var/lib/lull.db"), "/var/lib/lull.db");
+    }
 }

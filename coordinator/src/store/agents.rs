@@ -65,7 +65,7 @@ impl Store {
     /// The standing of the agent with this ID; `None` when the store has never seen it.
     pub async fn agent_record(&self, id: &str) -> Result<Option<AgentRecord>> {
         let row = sqlx::query(
-            "SELECT key_hash, enrolled_ms, revoked_ms, drain_deadline_ms FROM agents WHERE id = ?",
+            "SELECT key_hash, enrolled_ms, revoked_ms, drain_deadline_ms FROM agents WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -82,7 +82,7 @@ impl Store {
 
     /// Binds an agent's ID to `key` unless it is bound already (the first key stays).
     pub async fn bind_agent_key(&self, id: &str, key: Digest) -> Result<()> {
-        sqlx::query("UPDATE agents SET key_hash = ? WHERE id = ? AND key_hash IS NULL")
+        sqlx::query("UPDATE agents SET key_hash = $1 WHERE id = $2 AND key_hash IS NULL")
             .bind(key.to_string())
             .bind(id)
             .execute(&self.pool)
@@ -99,7 +99,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, capacity = excluded.capacity, last_seen_ms = excluded.last_seen_ms",
         )
         .bind(id)
@@ -123,8 +123,8 @@ impl Store {
         token: &str,
         now_ms: i64,
     ) -> Result<std::result::Result<Enrolled, EnrollRefusal>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query("SELECT key_hash, enrolled_ms, revoked_ms FROM agents WHERE id = ?")
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT key_hash, enrolled_ms, revoked_ms FROM agents WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -143,7 +143,7 @@ impl Store {
                 _ => {}
             }
         }
-        let other = sqlx::query("SELECT id FROM agents WHERE key_hash = ? AND id != ? LIMIT 1")
+        let other = sqlx::query("SELECT id FROM agents WHERE key_hash = $1 AND id != $2 LIMIT 1")
             .bind(key.to_string())
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -157,7 +157,7 @@ impl Store {
         };
         sqlx::query(
             "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms, key_hash, enrolled_ms, cluster) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT(id) DO UPDATE SET key_hash = excluded.key_hash, enrolled_ms = excluded.enrolled_ms, \
              cluster = excluded.cluster",
         )
@@ -177,7 +177,7 @@ impl Store {
 
     /// The cluster of the agent with this ID (`default` for agents the store does not know).
     pub async fn agent_cluster(&self, id: &str) -> Result<ClusterId> {
-        let row = sqlx::query("SELECT cluster FROM agents WHERE id = ?")
+        let row = sqlx::query("SELECT cluster FROM agents WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -190,7 +190,7 @@ impl Store {
     /// Starts draining an agent (its attempts are evicted at `deadline_ms`), or with `None`
     /// stops. Returns whether the agent exists.
     pub async fn set_drain(&self, id: &str, deadline_ms: Option<i64>) -> Result<bool> {
-        let done = sqlx::query("UPDATE agents SET drain_deadline_ms = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE agents SET drain_deadline_ms = $1 WHERE id = $2")
             .bind(deadline_ms)
             .bind(id)
             .execute(&self.pool)
@@ -201,8 +201,8 @@ impl Store {
     /// Revokes an agent for good. `None` when there is no agent with this ID; otherwise whether
     /// this call revoked it (`false`: it was revoked already, at the time it keeps).
     pub async fn revoke_agent(&self, id: &str, now_ms: i64) -> Result<Option<bool>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query("SELECT revoked_ms FROM agents WHERE id = ?")
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT revoked_ms FROM agents WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -212,7 +212,7 @@ impl Store {
         if row.get::<Option<i64>, _>(0).is_some() {
             return Ok(Some(false));
         }
-        sqlx::query("UPDATE agents SET revoked_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE agents SET revoked_ms = $1 WHERE id = $2")
             .bind(now_ms)
             .bind(id)
             .execute(&mut *tx)
@@ -225,13 +225,15 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::TokenSpec;
+    use crate::store::testing::on_each_backend;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("lull.db")).await.unwrap();
-        (dir, store)
-    }
+    on_each_backend!(
+        enrollment_binds_id_and_key_and_uses_the_token_once,
+        ids_and_keys_cannot_be_taken_over,
+        a_revoked_agent_stays_out,
+        a_key_bound_without_enrollment_can_enroll_later,
+    );
+    use crate::store::TokenSpec;
 
     async fn join_token(store: &Store, uses: Option<u32>) -> String {
         let spec = TokenSpec {
@@ -253,9 +255,7 @@ mod tests {
         Digest::of(&[n])
     }
 
-    #[tokio::test]
-    async fn enrollment_binds_id_and_key_and_uses_the_token_once() {
-        let (_dir, store) = store().await;
+    async fn enrollment_binds_id_and_key_and_uses_the_token_once(store: Store) {
         let token = join_token(&store, Some(1)).await;
         assert_eq!(store.agent_record("a-1").await.unwrap(), None);
         let got = store.enroll_agent("a-1", "one", key(1), &token, 10).await;
@@ -279,9 +279,7 @@ mod tests {
         assert_eq!(store.agent_record("a-2").await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn ids_and_keys_cannot_be_taken_over() {
-        let (_dir, store) = store().await;
+    async fn ids_and_keys_cannot_be_taken_over(store: Store) {
         let token = join_token(&store, None).await;
         store
             .enroll_agent("a-1", "one", key(1), &token, 10)
@@ -300,9 +298,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_revoked_agent_stays_out() {
-        let (_dir, store) = store().await;
+    async fn a_revoked_agent_stays_out(store: Store) {
         let token = join_token(&store, None).await;
         store
             .enroll_agent("a-1", "one", key(1), &token, 10)
@@ -326,9 +322,7 @@ mod tests {
         assert_eq!(got.unwrap(), Err(EnrollRefusal::KeyTaken("a-1".into())));
     }
 
-    #[tokio::test]
-    async fn a_key_bound_without_enrollment_can_enroll_later() {
-        let (_dir, store) = store().await;
+    async fn a_key_bound_without_enrollment_can_enroll_later(store: Store) {
         store
             .upsert_agent("a-1", "one", &Capacity::default(), 5)
             .await

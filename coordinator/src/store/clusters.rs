@@ -43,7 +43,7 @@ impl Store {
             return Ok(Err(ClusterRefusal::BadId(e)));
         }
         let done = sqlx::query(
-            "INSERT INTO clusters (id, created_ms, description) VALUES (?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            "INSERT INTO clusters (id, created_ms, description) VALUES ($1, $2, $3) ON CONFLICT(id) DO NOTHING",
         )
         .bind(id)
         .bind(now_ms)
@@ -58,7 +58,7 @@ impl Store {
 
     /// Whether a cluster exists.
     pub async fn cluster_exists(&self, id: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT 1 FROM clusters WHERE id = ?")
+        Ok(sqlx::query("SELECT 1 FROM clusters WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -89,11 +89,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_each_backend;
 
-    #[tokio::test]
-    async fn clusters_are_made_once_and_listed_with_their_agents() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("lull.db")).await.unwrap();
+    on_each_backend!(clusters_are_made_once_and_listed_with_their_agents);
+
+    async fn clusters_are_made_once_and_listed_with_their_agents(store: Store) {
         assert!(store.cluster_exists("default").await.unwrap());
         assert!(!store.cluster_exists("gpu").await.unwrap());
         assert_eq!(

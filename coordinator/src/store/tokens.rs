@@ -115,7 +115,7 @@ impl Store {
         let token = Token::generate();
         sqlx::query(
             "INSERT INTO tokens (hash, kind, created_ms, expires_ms, uses_left, description, cluster) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(token_hash(token.as_str()))
         .bind(spec.kind.as_str())
@@ -147,7 +147,7 @@ impl Store {
                 .await?;
             return Ok(judge(row.as_ref(), kind, now_ms));
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let verdict = take_token(&mut tx, token, kind, now_ms).await?;
         tx.commit().await?;
         Ok(verdict.map(|_cluster| ()))
@@ -185,7 +185,7 @@ impl Store {
             return Ok(0);
         }
         let pattern = format!("sha256:{}%", id_prefix.to_ascii_lowercase());
-        let done = sqlx::query("DELETE FROM tokens WHERE hash LIKE ?")
+        let done = sqlx::query("DELETE FROM tokens WHERE hash LIKE $1")
             .bind(pattern)
             .execute(&self.pool)
             .await?;
@@ -193,13 +193,13 @@ impl Store {
     }
 }
 
-const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left, cluster FROM tokens WHERE hash = ?";
+const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left, cluster FROM tokens WHERE hash = $1";
 
 /// Checks `token` for `kind` at `now_ms` and counts one use of it, inside the caller's write
 /// transaction (which commits the use together with whatever the token admits). Returns the
 /// token's cluster.
 pub(super) async fn take_token(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     token: &str,
     kind: TokenKind,
     now_ms: i64,
@@ -213,7 +213,7 @@ pub(super) async fn take_token(
         return Ok(Err(refusal));
     }
     sqlx::query(
-        "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left IS NOT NULL",
+        "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = $1 AND uses_left IS NOT NULL",
     )
     .bind(&hash)
     .execute(&mut *tx)
@@ -224,7 +224,7 @@ pub(super) async fn take_token(
 /// Whether a stored token (`row`: kind, expires_ms, uses_left; `None` when there is none) may
 /// be used for `kind` at `now_ms`.
 fn judge(
-    row: Option<&sqlx::sqlite::SqliteRow>,
+    row: Option<&sqlx::any::AnyRow>,
     kind: TokenKind,
     now_ms: i64,
 ) -> std::result::Result<(), TokenRefusal> {
@@ -259,12 +259,13 @@ fn token_id(hash: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_each_backend;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("lull.db")).await.unwrap();
-        (dir, store)
-    }
+    on_each_backend!(
+        a_single_use_token_admits_once,
+        expired_unknown_and_wrong_kind_tokens_are_refused,
+        tokens_are_listed_without_secrets_and_deleted_by_id,
+    );
 
     fn spec(kind: TokenKind, expires_ms: Option<i64>, uses: Option<u32>) -> TokenSpec {
         TokenSpec {
@@ -276,9 +277,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_single_use_token_admits_once() {
-        let (_dir, store) = store().await;
+    async fn a_single_use_token_admits_once(store: Store) {
         let token = store
             .create_token(&spec(TokenKind::Agent, None, Some(1)), 0)
             .await
@@ -303,9 +302,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn expired_unknown_and_wrong_kind_tokens_are_refused() {
-        let (_dir, store) = store().await;
+    async fn expired_unknown_and_wrong_kind_tokens_are_refused(store: Store) {
         let token = store
             .create_token(&spec(TokenKind::Submitter, Some(1000), None), 0)
             .await
@@ -346,9 +343,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn tokens_are_listed_without_secrets_and_deleted_by_id() {
-        let (_dir, store) = store().await;
+    async fn tokens_are_listed_without_secrets_and_deleted_by_id(store: Store) {
         let token = store
             .create_token(&spec(TokenKind::Agent, Some(5), Some(2)), 1)
             .await
