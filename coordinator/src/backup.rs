@@ -30,6 +30,12 @@ pub struct BackupSummary {
 /// Backs up the coordinator data directory `data` (whose database `store` is open) into
 /// `dest`.
 pub async fn backup(store: &Store, data: &Path, dest: &Path) -> anyhow::Result<BackupSummary> {
+    if store.backend() == crate::store::Backend::Postgres {
+        anyhow::bail!(
+            "this coordinator's database is PostgreSQL: back it up with pg_dump, and its data \
+             directory (blobs/ and tls/) with any file copy"
+        );
+    }
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     // The database, through a temporary name: a backup interrupted here keeps its old copy.
     let db = dest.join("lull.db");

@@ -165,8 +165,9 @@ async fn main() -> std::process::ExitCode {
 async fn main_result() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // sqlx logs PostgreSQL's notices ("relation ... already exists, skipping") at info.
             tracing_subscriber::EnvFilter::try_from_env("LULL_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

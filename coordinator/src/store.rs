@@ -15,7 +15,7 @@ use lull_protocol::message::{AttemptId, TaskId, TaskResult};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyPool, ConnectOptions, Executor, Row};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 
 mod agents;
 mod clusters;
@@ -29,12 +29,13 @@ pub use tokens::{Token, TokenInfo, TokenKind, TokenRefusal, TokenSpec};
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database reported an error.
+    /// The database reported an error. (Its text already includes its causes, so it is not
+    /// chained as a source, which would print them twice.)
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     /// A migration failed.
     #[error("database migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// A stored JSON column could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
@@ -44,6 +45,18 @@ pub enum StoreError {
     /// Not possible on this backend.
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -260,6 +273,12 @@ impl Store {
     async fn connect_url(url: &str, backend: Backend) -> Result<Self> {
         static DRIVERS: std::sync::Once = std::sync::Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
+        if backend == Backend::Postgres {
+            // One connection first, so that a wrong address or password is reported as such
+            // rather than as the pool's timeout.
+            let conn = sqlx::AnyConnection::connect(url).await?;
+            conn.close().await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 4,
