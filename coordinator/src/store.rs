@@ -214,6 +214,8 @@ pub struct AgentEvent {
 
 /// The advisory lock PostgreSQL writers take (an arbitrary constant: "lull" in ASCII).
 const WRITE_LOCK: i64 = 0x6c75_6c6c;
+/// The advisory lock of the coordinator looking for expired leases ("lulh").
+const HOUSEKEEPING_LOCK: i64 = 0x6c75_6c68;
 
 /// What recording a result did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +249,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// How long an assignment's lease lasts in the database without renewal, in ms.
+    lease_ms: i64,
 }
 
 impl Store {
@@ -303,7 +307,120 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            lease_ms: 30_000,
+        })
+    }
+
+    /// The same store, giving assignments leases of `lease` in the database.
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Renews, until `until_ms`, the leases of the tasks running on these agents (those
+    /// connected to this coordinator).
+    pub async fn renew_leases(&self, agents: &[String], until_ms: i64) -> Result<u64> {
+        let mut done = 0;
+        for chunk in agents.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE tasks SET lease_until_ms = $1 WHERE state = 'running' AND agent_id IN ({})",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(until_ms);
+            for a in chunk {
+                q = q.bind(a);
+            }
+            done += q.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(done)
+    }
+
+    /// Gives every running task a lease until `until_ms` (at a coordinator's start, so that
+    /// agents have a lease's time to come back).
+    pub async fn extend_running_leases(&self, until_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE tasks SET lease_until_ms = $1 WHERE state = 'running'")
+            .bind(until_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The running attempts whose lease in the database ran out before `now_ms`, with their
+    /// agents. On PostgreSQL only one coordinator at a time gets them (the others get none
+    /// while it looks); ending them is guarded by the attempt's state anyway.
+    pub async fn expired_leases(&self, now_ms: i64) -> Result<Vec<(AttemptId, String)>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            let got: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(HOUSEKEEPING_LOCK)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+            if !got {
+                return Ok(Vec::new());
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT job_id, idx, attempt, agent_id FROM tasks \
+             WHERE state = 'running' AND lease_until_ms IS NOT NULL AND lease_until_ms < $1",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    AttemptId {
+                        task: TaskId {
+                            job: r.get::<i64, _>(0) as u64,
+                            index: r.get::<i64, _>(1) as u32,
+                        },
+                        attempt: r.get::<i64, _>(2) as u32,
+                    },
+                    r.get::<Option<String>, _>(3).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// Pending tasks after `after` in the order (time they became pending, job, index), at
+    /// most `limit`, with that time: how coordinators sharing a database learn of work
+    /// submitted or requeued by another. Start from `(0, 0, 0)`; go on from the last one seen.
+    pub async fn pending_after(
+        &self,
+        after: (i64, TaskId),
+        limit: u32,
+    ) -> Result<Vec<(TaskId, i64)>> {
+        let (at, task) = after;
+        let rows = sqlx::query(
+            "SELECT job_id, idx, updated_ms FROM tasks WHERE state = 'pending' \
+             AND (updated_ms > $1 OR (updated_ms = $1 AND (job_id > $2 OR (job_id = $2 AND idx > $3)))) \
+             ORDER BY updated_ms, job_id, idx LIMIT $4",
+        )
+        .bind(at)
+        .bind(task.job as i64)
+        .bind(i64::from(task.index))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    TaskId {
+                        job: r.get::<i64, _>(0) as u64,
+                        index: r.get::<i64, _>(1) as u32,
+                    },
+                    r.get(2),
+                )
+            })
+            .collect())
     }
 
     /// Which database this is.
@@ -524,13 +641,14 @@ impl Store {
     ) -> Result<Option<AttemptId>> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
-            "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = $1, updated_ms = $2 \
-             WHERE job_id = $3 AND idx = $4 AND state = 'pending' RETURNING attempt",
+            "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = $1, updated_ms = $2, \
+             lease_until_ms = $5 WHERE job_id = $3 AND idx = $4 AND state = 'pending' RETURNING attempt",
         )
         .bind(agent)
         .bind(now_ms)
         .bind(task.job as i64)
         .bind(task.index as i64)
+        .bind(now_ms.saturating_add(self.lease_ms))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -812,6 +930,7 @@ mod tests {
         an_evicted_attempt_runs_again_whatever_its_attempts,
         agent_state_changes_are_kept_newest_first,
         cancel_stops_pending_tasks_and_lists_running_ones,
+        leases_in_the_database_expire_unless_renewed_and_pending_tasks_are_found_by_time,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -960,6 +1079,53 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].to, "running");
         assert!(s.agent_events("b", 10).await.unwrap().is_empty());
+    }
+
+    async fn leases_in_the_database_expire_unless_renewed_and_pending_tasks_are_found_by_time(
+        s: Store,
+    ) {
+        let s = s.with_lease(std::time::Duration::from_millis(1000));
+        let job = s.insert_job(&spec(3, 3), 0).await.unwrap();
+        let t = |index| TaskId { job, index };
+        let a = s.assign(t(0), "a", 0).await.unwrap().unwrap();
+        let b = s.assign(t(1), "b", 0).await.unwrap().unwrap();
+        assert_eq!(
+            s.renew_leases(&["a".into(), "c".into()], 5000)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.renew_leases(&[], 5000).await.unwrap(), 0);
+        assert_eq!(s.expired_leases(999).await.unwrap(), vec![]);
+        assert_eq!(
+            s.expired_leases(2000).await.unwrap(),
+            vec![(b, "b".to_owned())]
+        );
+        // Only the never-assigned task is pending, since the job's insertion.
+        let start = (0, TaskId { job: 0, index: 0 });
+        let pending = s.pending_after(start, 100).await.unwrap();
+        assert_eq!(pending, vec![(t(2), 0)]);
+        assert!(matches!(
+            s.attempt_lost(b, "lost", 2500).await.unwrap(),
+            Recorded::Stored(TaskState::Pending)
+        ));
+        // Going on from the last seen finds only the requeued one.
+        assert_eq!(
+            s.pending_after((0, t(2)), 100).await.unwrap(),
+            vec![(t(1), 2500)]
+        );
+        assert_eq!(s.pending_after((2500, t(1)), 100).await.unwrap(), vec![]);
+        assert_eq!(
+            s.pending_after(start, 1).await.unwrap(),
+            vec![(t(2), 0)],
+            "the limit holds"
+        );
+        s.extend_running_leases(10_000).await.unwrap();
+        assert_eq!(s.expired_leases(9_999).await.unwrap(), vec![]);
+        assert_eq!(
+            s.expired_leases(10_001).await.unwrap(),
+            vec![(a, "a".to_owned())]
+        );
     }
 
     async fn cancel_stops_pending_tasks_and_lists_running_ones(s: Store) {

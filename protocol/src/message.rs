@@ -28,7 +28,9 @@ use crate::job::JobSpec;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A task: one index of one job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct TaskId {
     /// The job's number.
     pub job: u64,

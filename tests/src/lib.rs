@@ -290,6 +290,9 @@ pub struct AgentOptions {
     pub enroll: Enroll,
     /// `--coordinator-key` to pin instead of the coordinator's real one.
     pub coordinator_key: Option<String>,
+    /// Connect to this QUIC address (another coordinator of the cluster, see
+    /// [`Cluster::start_peer_coordinator`]) instead of the first coordinator's.
+    pub coordinator: Option<SocketAddr>,
 }
 
 /// How a test agent enrolls with the coordinator.
@@ -373,6 +376,8 @@ pub struct Cluster {
     /// An agent's join token with unlimited uses, which agents enroll with by default.
     join_token: String,
     coordinator: Proc,
+    /// More coordinators on the same data directory and database, with their addresses.
+    peers: Vec<(Proc, Announced)>,
     generation: u32,
     announced: Announced,
     agents: Vec<AgentProc>,
@@ -453,6 +458,7 @@ impl Cluster {
             token: token.clone(),
             join_token,
             coordinator,
+            peers: Vec::new(),
             generation: 1,
             announced,
             agents: Vec::new(),
@@ -553,7 +559,13 @@ impl Cluster {
         let data_dir = self.root.join("agents").join(name);
         let mut cmd = Command::new(binary("lull-agent"));
         cmd.arg("run")
-            .args(["--coordinator", &self.announced.quic.to_string()])
+            .args([
+                "--coordinator",
+                &options
+                    .coordinator
+                    .unwrap_or(self.announced.quic)
+                    .to_string(),
+            ])
             .args([
                 "--coordinator-key",
                 options
@@ -745,6 +757,38 @@ impl Cluster {
     /// What the coordinator has logged so far (its stderr).
     pub fn coordinator_log(&self) -> String {
         fs::read_to_string(&self.coordinator.stderr).unwrap_or_default()
+    }
+
+    /// Starts another coordinator on the same data directory (so the same key and blobs) and
+    /// the same `--database` (which must be PostgreSQL: coordinators share only that), on
+    /// ports of its own; returns its QUIC address, for [`AgentOptions::coordinator`].
+    pub fn start_peer_coordinator(&mut self) -> SocketAddr {
+        assert!(
+            self.database.is_some(),
+            "coordinators share a database only on PostgreSQL: start the cluster with --database"
+        );
+        let n = self.peers.len() as u32;
+        let (proc, announced) = spawn_coordinator(
+            &self.root,
+            &self.allowed_signers,
+            &self.coordinator_args,
+            100 + n,
+            None,
+        );
+        assert_eq!(announced.key, self.announced.key, "peers share the key");
+        let quic = announced.quic;
+        self.peers.push((proc, announced));
+        quic
+    }
+
+    /// Sends this harness's API requests (and `lull` commands) to peer `i` from now on.
+    pub fn use_peer_api(&mut self, i: usize) {
+        self.announced.http = self.peers[i].1.http;
+    }
+
+    /// What peer coordinator `i` has logged so far.
+    pub fn peer_log(&self, i: usize) -> String {
+        fs::read_to_string(&self.peers[i].0.stderr).unwrap_or_default()
     }
 
     /// Kills the coordinator with SIGKILL: no shutdown, no goodbye to the agents.

@@ -51,3 +51,74 @@ fn a_coordinator_on_postgres_survives_a_kill_mid_job() {
         .lull(&["clusters", "create", "pg-only"])
         .assert_success();
 }
+
+#[test]
+fn two_coordinators_on_one_database_and_one_killed_mid_job_the_other_finishes_it() {
+    let Some(url) = postgres_database("two_coordinators") else {
+        return;
+    };
+    let mut cluster = Cluster::start_with(&["--database", &url]);
+    let second = cluster.start_peer_coordinator();
+    cluster.start_agent("first-side", AgentOptions::slots(1));
+    cluster.start_agent(
+        "second-side",
+        AgentOptions {
+            coordinator: Some(second),
+            ..AgentOptions::slots(1)
+        },
+    );
+    cluster.wait_for_agents(&["first-side"]);
+    let first_agent = cluster.agent_id("first-side");
+    let second_agent = cluster.agent_id("second-side");
+
+    // Submitted through the first coordinator; the second learns of it from the database and
+    // gives its own agent work.
+    let job = cluster.write_job(
+        "shared",
+        "name = \"shared\"\ncount = 6\n[[module]]\npath = \"hello.wasm\"\nargs = [\"{index}\"]\n[resources]\nmemory = \"16MiB\"\n",
+        &[("hello.wasm", &guests::hello(2000))],
+    );
+    let id = cluster.submit(&job);
+    let both = cluster.wait_for_job(id, "both agents running a task", WAIT, |j| {
+        let tasks = j["tasks"].as_array().cloned().unwrap_or_default();
+        let on = |agent: &str| {
+            tasks
+                .iter()
+                .any(|t| t["state"] == "running" && t["agent"] == agent)
+        };
+        on(&first_agent) && on(&second_agent)
+    });
+    assert_eq!(both["counts"]["running"], 2, "{}", summarize(&both));
+
+    // The first coordinator dies; the second finishes the job, its own agent taking the
+    // tasks whose lease nobody renews any more.
+    cluster.kill_coordinator();
+    cluster.use_peer_api(0);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let mut lost = 0;
+    for index in 0..6 {
+        let task = cluster.task(id, index);
+        let attempts = task["attempts"].as_array().unwrap();
+        let recorded = attempts.iter().filter(|a| a["result"].is_object()).count();
+        assert_eq!(recorded, 1, "one result per task: {task}");
+        let finished_before = both["tasks"][index as usize]["state"] == "succeeded";
+        if !finished_before {
+            assert_eq!(task["task"]["agent"], second_agent.as_str(), "{task}");
+        }
+        lost += attempts
+            .iter()
+            .filter(|a| a["outcome"] == "lost: nobody renewed its lease")
+            .count();
+    }
+    assert!(
+        lost >= 1,
+        "the dead coordinator's running task was requeued"
+    );
+    assert!(
+        cluster
+            .peer_log(0)
+            .contains("lease in the database ran out"),
+        "the second coordinator said so"
+    );
+}

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::blobs::BlobStore;
 use crate::leases::Leases;
-use crate::store::{AgentRecord, Enrolled, Recorded, Store, StoreError, TaskState};
+use crate::store::{AgentRecord, Backend, Enrolled, Recorded, Store, StoreError, TaskState};
 use lull_scheduler::{JobPlacement, Scheduler};
 
 /// Settings of the hub.
@@ -105,6 +105,22 @@ struct Inner {
     delayed: BinaryHeap<Reverse<(Instant, TaskId)>>,
     /// The agents each retried task failed on, which its next attempts avoid.
     failed_on: HashMap<TaskId, Vec<String>>,
+    /// Tasks queued in a scheduler and not yet placed, or waiting out a backoff (a task is
+    /// queued once).
+    queued: HashSet<TaskId>,
+    /// Where the sync with other coordinators on the same database stands.
+    shared: SharedSync,
+}
+
+/// The state of [`Hub::sync_shared`].
+#[derive(Debug, Default)]
+struct SharedSync {
+    /// The last pending task seen in the database, in (time, task) order.
+    cursor: (i64, TaskId),
+    /// When this coordinator last renewed its agents' leases in the database.
+    renewed: Option<Instant>,
+    /// When it last synced.
+    synced: Option<Instant>,
 }
 
 /// The schedulers of the clusters, made as clusters get agents or jobs.
@@ -189,7 +205,7 @@ impl Hub {
     /// A hub over a store and blob store.
     pub fn new(store: Store, blobs: BlobStore, config: HubConfig, seed: u64) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            store: store.with_lease(config.lease),
             blobs,
             inner: Mutex::new(Inner {
                 schedulers: Schedulers {
@@ -203,6 +219,8 @@ impl Hub {
                 next_conn: 1,
                 delayed: BinaryHeap::new(),
                 failed_on: HashMap::new(),
+                queued: HashSet::new(),
+                shared: SharedSync::default(),
             }),
             config,
             wake: Notify::new(),
@@ -231,6 +249,10 @@ impl Hub {
     /// Rebuilds the live state from the store after a start: unfinished jobs, the queue of
     /// pending tasks, and a fresh lease for every running attempt so its agent can reconnect.
     pub async fn recover(&self) -> Result<(), StoreError> {
+        // Running tasks' agents get a lease's time to come back, in the database too.
+        self.store
+            .extend_running_leases(now_ms().saturating_add(self.config.lease.as_millis() as i64))
+            .await?;
         let jobs = self.store.unfinished_jobs().await?;
         let pending = self.store.tasks_in_state(TaskState::Pending).await?;
         let running = self.store.tasks_in_state(TaskState::Running).await?;
@@ -323,6 +345,7 @@ impl Hub {
             s.remove_job(job);
         }
         inner.delayed.retain(|Reverse((_, t))| t.job != job);
+        inner.queued.retain(|t| t.job != job);
         inner.failed_on.retain(|t, _| t.job != job);
         for (attempt, agent) in &running {
             if let Some(a) = inner.agents.get(agent) {
@@ -766,6 +789,8 @@ impl Hub {
         }
         match (state, wait) {
             (TaskState::Pending, Some(wait)) => {
+                // Counted as queued while it waits, so that nothing queues it sooner.
+                inner.queued.insert(attempt.task);
                 inner
                     .delayed
                     .push(Reverse((Instant::now() + wait, attempt.task)));
@@ -786,6 +811,7 @@ impl Hub {
                 break;
             }
             inner.delayed.pop();
+            inner.queued.remove(&task);
             queue_task(inner, task);
         }
     }
@@ -811,8 +837,114 @@ impl Hub {
                 _ = tokio::time::sleep(wait) => {}
             }
             self.expire_leases().await;
+            if self.store.backend() == Backend::Postgres {
+                self.sync_shared().await;
+            }
             self.release_delayed();
             self.place().await;
+        }
+    }
+
+    /// What coordinators sharing a PostgreSQL database do about each other, about once a
+    /// second: renew in the database the leases of the attempts their own agents run (every
+    /// quarter lease); requeue attempts whose database lease ran out (their coordinator died
+    /// or lost them; one coordinator at a time looks); and queue the tasks that became pending
+    /// anywhere (submitted or requeued through another coordinator). Claims stay safe without
+    /// it: assigning a task succeeds only while it is pending.
+    async fn sync_shared(&self) {
+        let now = Instant::now();
+        let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
+        let (renew, cursor) = {
+            let inner = self.lock();
+            if inner
+                .shared
+                .synced
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+            {
+                return;
+            }
+            let renew = inner
+                .shared
+                .renewed
+                .is_none_or(|t| now.duration_since(t) >= self.config.lease / 4);
+            let agents: Vec<String> = if renew {
+                inner.agents.keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            ((renew, agents), inner.shared.cursor)
+        };
+        if renew.0 {
+            match self
+                .store
+                .renew_leases(&renew.1, now_ms().saturating_add(lease_ms))
+                .await
+            {
+                Ok(_) => self.lock().shared.renewed = Some(now),
+                Err(e) => tracing::warn!(error = %e, "could not renew leases in the database"),
+            }
+        }
+        match self.store.expired_leases(now_ms()).await {
+            Ok(expired) => {
+                for (attempt, agent) in expired {
+                    tracing::warn!(%attempt, %agent, "lease in the database ran out: requeueing");
+                    match self
+                        .store
+                        .attempt_lost(attempt, "lost: nobody renewed its lease", now_ms())
+                        .await
+                    {
+                        Ok(Recorded::Stored(state)) => {
+                            let inner = &mut *self.lock();
+                            if let Some(a) = inner.agents.get(&agent) {
+                                let _ = a.tx.send(CoordinatorMessage::Cancel {
+                                    attempt,
+                                    reason: "its lease expired".into(),
+                                });
+                            }
+                            self.end_attempt(inner, attempt, &agent, state);
+                        }
+                        Ok(Recorded::Stale) => {}
+                        Err(e) => tracing::warn!(%attempt, error = %e, "could not requeue"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for expired leases"),
+        }
+        let found = match self.store.pending_after(cursor, 10_000).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for pending tasks");
+                return;
+            }
+        };
+        // Jobs submitted through another coordinator.
+        let unknown: HashSet<u64> = {
+            let inner = self.lock();
+            found
+                .iter()
+                .map(|(t, _)| t.job)
+                .filter(|j| !inner.jobs.contains_key(j))
+                .collect()
+        };
+        let mut loaded = Vec::new();
+        for job in unknown {
+            match self.store.job(job).await {
+                Ok(row) if !row.cancelled => loaded.push((job, Arc::new(row.spec))),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(job, error = %e, "could not load a job"),
+            }
+        }
+        let inner = &mut *self.lock();
+        for (job, spec) in loaded {
+            inner.jobs.entry(job).or_insert(spec);
+        }
+        for (task, at) in &found {
+            queue_task(inner, *task);
+            inner.shared.cursor = (*at, *task);
+        }
+        inner.shared.synced = Some(now);
+        if !found.is_empty() {
+            self.wake.notify_one();
         }
     }
 
@@ -845,7 +977,14 @@ impl Hub {
         loop {
             // The placement reserves the task's slot, memory and CPU on the agent until the
             // task ends or the placement is given back.
-            let Some(p) = self.lock().schedulers.poll_placement() else {
+            let Some(p) = ({
+                let inner = &mut *self.lock();
+                let p = inner.schedulers.poll_placement();
+                if let Some(p) = &p {
+                    inner.queued.remove(&p.task);
+                }
+                p
+            }) else {
                 return;
             };
             let task = p.task;
@@ -1068,6 +1207,9 @@ fn ensure_job(inner: &mut Inner, job: u64) -> bool {
 
 /// Queues a task for placement, away from the agents it failed on.
 fn queue_task(inner: &mut Inner, task: TaskId) {
+    if !inner.queued.insert(task) {
+        return;
+    }
     if ensure_job(inner, task.job) {
         let avoid = inner.failed_on.get(&task).cloned();
         if let Some(s) = inner.job_scheduler(task.job) {
@@ -1076,6 +1218,8 @@ fn queue_task(inner: &mut Inner, task: TaskId) {
                 s.avoid(task, agents);
             }
         }
+    } else {
+        inner.queued.remove(&task);
     }
 }
 
