@@ -212,6 +212,14 @@ pub struct AgentEvent {
     pub attempts: Vec<AttemptId>,
 }
 
+/// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The advisory lock PostgreSQL writers take (an arbitrary constant: "lull" in ASCII).
 const WRITE_LOCK: i64 = 0x6c75_6c6c;
 /// The advisory lock of the coordinator looking for expired leases ("lulh").
@@ -325,10 +333,9 @@ impl Store {
     pub async fn renew_leases(&self, agents: &[String], until_ms: i64) -> Result<u64> {
         let mut done = 0;
         for chunk in agents.chunks(500) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "UPDATE tasks SET lease_until_ms = $1 WHERE state = 'running' AND agent_id IN ({})",
-                list.join(", ")
+                placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(until_ms);
             for a in chunk {
@@ -445,6 +452,25 @@ impl Store {
                 Ok(tx)
             }
         }
+    }
+
+    /// Which of these jobs are cancelled.
+    pub async fn cancelled_among(&self, jobs: &[u64]) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for chunk in jobs.chunks(500) {
+            let sql = format!(
+                "SELECT id FROM jobs WHERE cancelled != 0 AND id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for j in chunk {
+                q = q.bind(*j as i64);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(r.get::<i64, _>(0) as u64);
+            }
+        }
+        Ok(out)
     }
 
     /// Writes a consistent copy of the database to `path` (which must not exist), while other
@@ -1143,6 +1169,8 @@ mod tests {
             s.cancel_job(999, 2).await,
             Err(StoreError::NoJob(999))
         ));
+        assert_eq!(s.cancelled_among(&[job, 999]).await.unwrap(), vec![job]);
+        assert_eq!(s.cancelled_among(&[]).await.unwrap(), Vec::<u64>::new());
     }
 
     #[tokio::test]

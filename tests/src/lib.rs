@@ -378,6 +378,8 @@ pub struct Cluster {
     coordinator: Proc,
     /// More coordinators on the same data directory and database, with their addresses.
     peers: Vec<(Proc, Announced)>,
+    /// The first coordinator's HTTP address.
+    first_http: SocketAddr,
     generation: u32,
     announced: Announced,
     agents: Vec<AgentProc>,
@@ -457,6 +459,7 @@ impl Cluster {
             database,
             token: token.clone(),
             join_token,
+            first_http: announced.http,
             coordinator,
             peers: Vec::new(),
             generation: 1,
@@ -781,6 +784,11 @@ impl Cluster {
         quic
     }
 
+    /// The first coordinator's HTTP address, whichever coordinator the harness talks to.
+    pub fn coordinator_http(&self) -> SocketAddr {
+        self.first_http
+    }
+
     /// Sends this harness's API requests (and `lull` commands) to peer `i` from now on.
     pub fn use_peer_api(&mut self, i: usize) {
         self.announced.http = self.peers[i].1.http;
@@ -827,8 +835,17 @@ impl Cluster {
 
     /// [`Cluster::lull`] with another token in `LULL_TOKEN`, or none.
     pub fn lull_with_token(&self, token: Option<&str>, args: &[&str]) -> CliOutput {
+        self.lull_on(self.announced.http, token, args)
+    }
+
+    /// [`Cluster::lull`] against the coordinator at `http` (the first one, or a peer).
+    pub fn lull_at(&self, http: SocketAddr, args: &[&str]) -> CliOutput {
+        self.lull_on(http, Some(&self.token), args)
+    }
+
+    fn lull_on(&self, http: SocketAddr, token: Option<&str>, args: &[&str]) -> CliOutput {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
-        let url = format!("http://{}", self.announced.http);
+        let url = format!("http://{http}");
         let label = format!("lull-{n}-{}", args.first().copied().unwrap_or("none"));
         run_lull(&self.root.join("logs"), &label, Some(&url), token, args)
     }

@@ -122,3 +122,65 @@ fn two_coordinators_on_one_database_and_one_killed_mid_job_the_other_finishes_it
         "the second coordinator said so"
     );
 }
+
+#[test]
+fn revocation_drain_and_cancel_through_one_coordinator_reach_the_agents_of_another() {
+    let Some(url) = postgres_database("shared_decisions") else {
+        return;
+    };
+    let mut cluster = Cluster::start_with(&["--database", &url]);
+    let second = cluster.start_peer_coordinator();
+    let on_second = |slots| AgentOptions {
+        coordinator: Some(second),
+        ..AgentOptions::slots(slots)
+    };
+    cluster.start_agent("drained", on_second(1));
+    cluster.start_agent("revoked", on_second(1));
+    // Both connected to the second coordinator; this harness talks to the first.
+    cluster.use_peer_api(0);
+    cluster.wait_for_agents(&["drained", "revoked"]);
+    let drained = cluster.agent_id("drained");
+    let revoked = cluster.agent_id("revoked");
+    let peer_api = cluster.http_addr();
+
+    // A long job, submitted and cancelled through the first coordinator.
+    let job = cluster.write_job(
+        "long",
+        "name = \"long\"\ncount = 2\n[[module]]\npath = \"endless.wasm\"\n[resources]\nmemory = \"16MiB\"\ntimeout = \"5m\"\n",
+        &[("endless.wasm", &guests::forever())],
+    );
+    let id = cluster.submit(&job);
+    cluster.wait_for_job(id, "both tasks running", WAIT, |j| {
+        j["counts"]["running"] == 2
+    });
+    // Through the first coordinator, which has none of these agents.
+    let first_api =
+        |cluster: &Cluster, args: &[&str]| cluster.lull_at(cluster.coordinator_http(), args);
+    first_api(&cluster, &["cancel", &id.to_string()]).assert_success();
+    let done = cluster.wait_for_job(id, "the guests stopped by their agents", WAIT, |j| {
+        j["state"] == "cancelled" && j["counts"]["running"] == 0
+    });
+    assert_eq!(done["counts"]["cancelled"], 2, "{}", summarize(&done));
+
+    first_api(&cluster, &["drain", &drained, "--deadline", "1m"]).assert_success();
+    lull_tests::wait_for("the drain to reach the second coordinator", WAIT, || {
+        cluster
+            .agent_listing("drained")
+            .filter(|a| a["draining_until_ms"].is_i64())
+    });
+    first_api(&cluster, &["agents", "revoke", &revoked]).assert_success();
+    lull_tests::wait_for("the revoked agent to be cut off", WAIT, || {
+        cluster.agent_listing("revoked").is_none().then_some(())
+    });
+    assert!(
+        cluster
+            .agent_log("revoked")
+            .contains(&format!("agent {revoked} was revoked")),
+        "the agent was told why"
+    );
+    assert_eq!(
+        cluster.http_addr(),
+        peer_api,
+        "the listings came from the second"
+    );
+}

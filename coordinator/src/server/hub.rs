@@ -110,6 +110,8 @@ struct Inner {
     queued: HashSet<TaskId>,
     /// Where the sync with other coordinators on the same database stands.
     shared: SharedSync,
+    /// Jobs known to be cancelled (their running attempts were told to stop).
+    cancelled: HashSet<u64>,
 }
 
 /// The state of [`Hub::sync_shared`].
@@ -221,6 +223,7 @@ impl Hub {
                 failed_on: HashMap::new(),
                 queued: HashSet::new(),
                 shared: SharedSync::default(),
+                cancelled: HashSet::new(),
             }),
             config,
             wake: Notify::new(),
@@ -347,6 +350,7 @@ impl Hub {
         inner.delayed.retain(|Reverse((_, t))| t.job != job);
         inner.queued.retain(|t| t.job != job);
         inner.failed_on.retain(|t, _| t.job != job);
+        inner.cancelled.insert(job);
         for (attempt, agent) in &running {
             if let Some(a) = inner.agents.get(agent) {
                 let _ = a.tx.send(CoordinatorMessage::Cancel {
@@ -518,6 +522,12 @@ impl Hub {
             Some(false) => tracing::info!(%agent, "agent was revoked already"),
             Some(true) => tracing::warn!(%agent, "agent revoked"),
         }
+        Ok(self.cut_off(agent).await?)
+    }
+
+    /// Cuts a revoked agent off here: its connection is closed with the reason and the
+    /// attempts it held go back to pending. Returns how many did.
+    async fn cut_off(&self, agent: &str) -> Result<usize, StoreError> {
         let running: Vec<AttemptId> = {
             let inner = &mut *self.lock();
             let mut running = inner.leases.held_by(agent);
@@ -549,6 +559,70 @@ impl Hub {
         }
         self.wake.notify_one();
         Ok(requeued)
+    }
+
+    /// Applies what another coordinator on the same database decided about this one's agents
+    /// and attempts: revocations, drains and cancelled jobs.
+    async fn follow_shared_decisions(&self) -> Result<(), StoreError> {
+        let (agents, jobs): (Vec<String>, Vec<u64>) = {
+            let inner = self.lock();
+            let mut jobs: Vec<u64> = inner
+                .agents
+                .values()
+                .flat_map(|a| a.running.iter().map(|at| at.task.job))
+                .filter(|j| !inner.cancelled.contains(j))
+                .collect();
+            jobs.sort_unstable();
+            jobs.dedup();
+            (inner.agents.keys().cloned().collect(), jobs)
+        };
+        for (agent, revoked, drain) in self.store.agent_standings(&agents).await? {
+            if revoked {
+                tracing::warn!(%agent, "agent revoked through another coordinator");
+                self.cut_off(&agent).await?;
+                continue;
+            }
+            let inner = &mut *self.lock();
+            let Some(a) = inner.agents.get_mut(&agent) else {
+                continue;
+            };
+            if a.draining != drain {
+                a.draining = drain;
+                if let Some(deadline) = drain {
+                    for attempt in &a.running {
+                        let _ = a.tx.send(drain_eviction(*attempt, deadline));
+                    }
+                }
+                let accepting = a.accepting();
+                let cluster = a.cluster.clone();
+                inner
+                    .schedulers
+                    .get(&cluster)
+                    .agent_accepting(&agent, accepting);
+                tracing::info!(%agent, draining = drain.is_some(), "drain changed through another coordinator");
+            }
+        }
+        let cancelled = self.store.cancelled_among(&jobs).await?;
+        if !cancelled.is_empty() {
+            let inner = &mut *self.lock();
+            for job in cancelled {
+                inner.cancelled.insert(job);
+                if let Some(s) = inner.job_scheduler(job) {
+                    s.remove_job(job);
+                }
+                inner.queued.retain(|t| t.job != job);
+                for a in inner.agents.values() {
+                    for attempt in a.running.iter().filter(|at| at.task.job == job) {
+                        let _ = a.tx.send(CoordinatorMessage::Cancel {
+                            attempt: *attempt,
+                            reason: "the job was cancelled".into(),
+                        });
+                    }
+                }
+                tracing::info!(job, "job cancelled through another coordinator");
+            }
+        }
+        Ok(())
     }
 
     /// Drains an agent: it takes no new work from now on, and its running attempts are evicted
@@ -909,6 +983,9 @@ impl Hub {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not look for expired leases"),
+        }
+        if let Err(e) = self.follow_shared_decisions().await {
+            tracing::warn!(error = %e, "could not read other coordinators' decisions");
         }
         let found = match self.store.pending_after(cursor, 10_000).await {
             Ok(f) => f,

@@ -187,6 +187,29 @@ impl Store {
         ))
     }
 
+    /// For each of these agents the store knows: whether it is revoked, and its drain
+    /// deadline.
+    pub async fn agent_standings(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, bool, Option<i64>)>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id, revoked_ms, drain_deadline_ms FROM agents WHERE id IN ({})",
+                super::placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push((r.get(0), r.get::<Option<i64>, _>(1).is_some(), r.get(2)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Starts draining an agent (its attempts are evicted at `deadline_ms`), or with `None`
     /// stops. Returns whether the agent exists.
     pub async fn set_drain(&self, id: &str, deadline_ms: Option<i64>) -> Result<bool> {
@@ -310,6 +333,13 @@ mod tests {
         assert_eq!(store.revoke_agent("nobody", 30).await.unwrap(), None);
         assert!(store.set_drain("a-1", Some(99)).await.unwrap());
         assert!(!store.set_drain("nobody", Some(99)).await.unwrap());
+        assert_eq!(
+            store
+                .agent_standings(&["a-1".into(), "nobody".into()])
+                .await
+                .unwrap(),
+            vec![("a-1".to_owned(), true, Some(99))]
+        );
         let rec = store.agent_record("a-1").await.unwrap().unwrap();
         assert_eq!(rec.revoked_ms, Some(20));
         assert_eq!(rec.drain_deadline_ms, Some(99));
