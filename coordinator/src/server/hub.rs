@@ -962,24 +962,8 @@ impl Hub {
             Ok(expired) => {
                 for (attempt, agent) in expired {
                     tracing::warn!(%attempt, %agent, "lease in the database ran out: requeueing");
-                    match self
-                        .store
-                        .attempt_lost(attempt, "lost: nobody renewed its lease", now_ms())
-                        .await
-                    {
-                        Ok(Recorded::Stored(state)) => {
-                            let inner = &mut *self.lock();
-                            if let Some(a) = inner.agents.get(&agent) {
-                                let _ = a.tx.send(CoordinatorMessage::Cancel {
-                                    attempt,
-                                    reason: "its lease expired".into(),
-                                });
-                            }
-                            self.end_attempt(inner, attempt, &agent, state);
-                        }
-                        Ok(Recorded::Stale) => {}
-                        Err(e) => tracing::warn!(%attempt, error = %e, "could not requeue"),
-                    }
+                    self.requeue_lost(attempt, &agent, "lost: nobody renewed its lease")
+                        .await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not look for expired leases"),
@@ -1029,24 +1013,27 @@ impl Hub {
         let expired = self.lock().leases.poll_expired(Instant::now());
         for (attempt, agent) in expired {
             tracing::warn!(%attempt, %agent, "lease expired: the agent stopped reporting");
-            match self
-                .store
-                .attempt_lost(attempt, "lost: the agent stopped reporting", now_ms())
-                .await
-            {
-                Ok(Recorded::Stored(state)) => {
-                    let inner = &mut *self.lock();
-                    if let Some(a) = inner.agents.get(&agent) {
-                        let _ = a.tx.send(CoordinatorMessage::Cancel {
-                            attempt,
-                            reason: "its lease expired".into(),
-                        });
-                    }
-                    self.end_attempt(inner, attempt, &agent, state);
+            self.requeue_lost(attempt, &agent, "lost: the agent stopped reporting")
+                .await;
+        }
+    }
+
+    /// Ends an attempt whose lease ran out as lost (`why`), tells its agent to stop it if the
+    /// agent is here, and requeues the task while it has attempts left.
+    async fn requeue_lost(&self, attempt: AttemptId, agent: &str, why: &str) {
+        match self.store.attempt_lost(attempt, why, now_ms()).await {
+            Ok(Recorded::Stored(state)) => {
+                let inner = &mut *self.lock();
+                if let Some(a) = inner.agents.get(agent) {
+                    let _ = a.tx.send(CoordinatorMessage::Cancel {
+                        attempt,
+                        reason: "its lease expired".into(),
+                    });
                 }
-                Ok(Recorded::Stale) => {}
-                Err(e) => tracing::error!(%attempt, error = %e, "could not requeue a lost attempt"),
+                self.end_attempt(inner, attempt, agent, state);
             }
+            Ok(Recorded::Stale) => {}
+            Err(e) => tracing::error!(%attempt, error = %e, "could not requeue a lost attempt"),
         }
     }
 
