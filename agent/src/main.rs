@@ -126,12 +126,8 @@ struct RunArgs {
     dedicated: bool,
     /// How long the machine must be idle before guests start, e.g. 60s (overrides the file's
     /// policy.start_after_idle).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = lull_protocol::units::parse_duration)]
     start_after_idle: Option<std::time::Duration>,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[tokio::main]

@@ -104,11 +104,11 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7080")]
     http_listen: SocketAddr,
     /// How long an assignment survives without a report from its agent, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = lull_protocol::units::parse_duration)]
     lease: std::time::Duration,
     /// How long a failed task waits before its next attempt, e.g. 1s; it doubles with each
     /// failure, up to a minute.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = lull_protocol::units::parse_duration)]
     retry_backoff: std::time::Duration,
     /// An OpenSSH allowed_signers file: submitted modules must be signed by a key on it.
     #[arg(long)]
@@ -127,12 +127,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = QuicLimits::default().max_streams)]
     max_streams_per_agent: u32,
     /// How long a silent agent connection lives, e.g. 30s (agents send keep-alives every second).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = lull_protocol::units::parse_duration)]
     agent_idle_timeout: std::time::Duration,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// A token's lifetime: a duration, or `0` for ever.
@@ -140,7 +136,7 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
     if s.trim() == "0" {
         return Ok(std::time::Duration::ZERO);
     }
-    parse_duration(s)
+    lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn default_data_dir() -> PathBuf {

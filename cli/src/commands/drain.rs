@@ -12,7 +12,7 @@ pub struct Args {
     agent: String,
     /// How long its running tasks may still run before they are evicted and run elsewhere,
     /// e.g. 10m.
-    #[arg(long, default_value = "1h", value_parser = parse_duration, conflicts_with = "off")]
+    #[arg(long, default_value = "1h", value_parser = lull_protocol::units::parse_duration, conflicts_with = "off")]
     deadline: Duration,
     /// Stop draining: the agent takes work again.
     #[arg(long)]
@@ -20,10 +20,6 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Drains an agent, or stops draining it.

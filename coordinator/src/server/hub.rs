@@ -157,6 +157,32 @@ impl Schedulers {
 }
 
 impl Inner {
+    /// Tells the agent's cluster scheduler whether the agent takes work now.
+    fn refresh_accepting(&mut self, agent: &str) {
+        if let Some(a) = self.agents.get(agent) {
+            let accepting = a.accepting();
+            self.schedulers
+                .get(&a.cluster)
+                .agent_accepting(agent, accepting);
+        }
+    }
+
+    /// Starts (with its deadline) or ends a drain of a connected agent: its running attempts
+    /// are told when they are evicted, and its scheduler whether it takes work. Returns how
+    /// many attempts it runs, or `None` when it is not connected here.
+    fn set_draining(&mut self, agent: &str, deadline_ms: Option<i64>) -> Option<usize> {
+        let a = self.agents.get_mut(agent)?;
+        a.draining = deadline_ms;
+        if let Some(deadline) = deadline_ms {
+            for attempt in &a.running {
+                let _ = a.tx.send(drain_eviction(*attempt, deadline));
+            }
+        }
+        let running = a.running.len();
+        self.refresh_accepting(agent);
+        Some(running)
+    }
+
     /// The scheduler of a job's cluster, when the hub knows the job.
     fn job_scheduler(&mut self, job: u64) -> Option<&mut Scheduler> {
         let cluster = self.jobs.get(&job)?.cluster.clone();
@@ -583,22 +609,12 @@ impl Hub {
                 continue;
             }
             let inner = &mut *self.lock();
-            let Some(a) = inner.agents.get_mut(&agent) else {
-                continue;
-            };
-            if a.draining != drain {
-                a.draining = drain;
-                if let Some(deadline) = drain {
-                    for attempt in &a.running {
-                        let _ = a.tx.send(drain_eviction(*attempt, deadline));
-                    }
-                }
-                let accepting = a.accepting();
-                let cluster = a.cluster.clone();
-                inner
-                    .schedulers
-                    .get(&cluster)
-                    .agent_accepting(&agent, accepting);
+            if inner
+                .agents
+                .get(&agent)
+                .is_some_and(|a| a.draining != drain)
+            {
+                inner.set_draining(&agent, drain);
                 tracing::info!(%agent, draining = drain.is_some(), "drain changed through another coordinator");
             }
         }
@@ -635,20 +651,10 @@ impl Hub {
         if !self.store.set_drain(agent, Some(deadline_ms)).await? {
             return Err(HubError::NotFound(format!("no agent {agent}")));
         }
-        let inner = &mut *self.lock();
-        let Some(a) = inner.agents.get_mut(agent) else {
+        let Some(running) = self.lock().set_draining(agent, Some(deadline_ms)) else {
             tracing::info!(%agent, "agent drained while disconnected");
             return Ok(0);
         };
-        a.draining = Some(deadline_ms);
-        for attempt in &a.running {
-            let _ = a.tx.send(drain_eviction(*attempt, deadline_ms));
-        }
-        let running = a.running.len();
-        inner
-            .schedulers
-            .get(&a.cluster)
-            .agent_accepting(agent, false);
         tracing::info!(%agent, running, deadline_ms, "agent draining");
         Ok(running)
     }
@@ -658,15 +664,7 @@ impl Hub {
         if !self.store.set_drain(agent, None).await? {
             return Err(HubError::NotFound(format!("no agent {agent}")));
         }
-        let inner = &mut *self.lock();
-        if let Some(a) = inner.agents.get_mut(agent) {
-            a.draining = None;
-            let accepting = a.accepting();
-            inner
-                .schedulers
-                .get(&a.cluster)
-                .agent_accepting(agent, accepting);
-        }
+        self.lock().set_draining(agent, None);
         self.wake.notify_one();
         tracing::info!(%agent, "agent no longer draining");
         Ok(())
@@ -768,11 +766,7 @@ impl Hub {
                         a.status.state = to.clone();
                         a.status.reason = reason.clone();
                         a.status.accepting = matches!(to.as_str(), "running" | "throttled");
-                        let accepting = a.accepting();
-                        inner
-                            .schedulers
-                            .get(&a.cluster)
-                            .agent_accepting(agent, accepting);
+                        inner.refresh_accepting(agent);
                     }
                 }
                 self.wake.notify_one();
