@@ -29,6 +29,13 @@ pub struct AgentConfig {
     /// The most memory one task's module may have, e.g. "2GiB" [default: 1/4 of the machine's memory, at most 4 GiB].
     #[serde(default)]
     pub max_task_memory: Option<String>,
+    /// Disk space for cached modules, inputs and compiled modules, e.g. "4GiB"; the least
+    /// recently used are deleted past it.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: String,
+    /// Memory slots for guests (`[pool]`): the fixed size classes and the variable pool.
+    #[serde(default)]
+    pub pool: crate::pool::PoolSettings,
     /// Bytes of stdout and of stderr kept per module, e.g. "1MiB".
     #[serde(default = "default_output_cap")]
     pub output_cap: String,
@@ -77,6 +84,10 @@ fn default_data_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."))
         .join("lull/agent")
+}
+
+fn default_cache_size() -> String {
+    "4GiB".into()
 }
 
 fn default_output_cap() -> String {

@@ -16,11 +16,13 @@ use lull_protocol::signature::TrustList;
 use lull_protocol::{Digest, PROTOCOL_VERSION, units};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::cache::{BlobCache, DigestMismatch};
+use crate::cache::compiled::CompiledCache;
+use crate::cache::{BlobCache, DigestMismatch, Lru};
 use crate::config::AgentConfig;
 use crate::link::{self, Dialer};
 use crate::owner::{self, OwnerRequest};
 use crate::policy::{OwnerCommand, State};
+use crate::pool::{PoolConfig, Pools};
 use crate::runner::{self, Runner};
 use crate::sampler::Sampler;
 use crate::sandbox::{Sandbox, SandboxConfig, TaskControl};
@@ -56,6 +58,12 @@ pub struct Agent {
     stop: Notify,
     /// One permit per slot: the owner's limit holds even if a coordinator assigns more.
     free_slots: Arc<tokio::sync::Semaphore>,
+    /// Memory slots for guests.
+    pools: Arc<Pools>,
+    /// The blobs each assignment on the agent needs (never evicted from the cache meanwhile).
+    pinned: Mutex<std::collections::HashMap<AttemptId, Vec<Digest>>>,
+    /// Blobs being fetched: tasks needing the same blob wait for one download.
+    fetching: Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     conn: watch::Sender<Option<quinn::Connection>>,
     events: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
     outbox_ready: Notify,
@@ -100,7 +108,10 @@ impl Agent {
                 "the trust list is empty: every workload will be refused (set allowed_signers in agent.toml)"
             );
         }
-        let cache = BlobCache::open(&data.join("blobs"))?;
+        let cache_size = units::parse_size(&config.cache_size).context("cache_size")?;
+        let pool = PoolConfig::from_settings(&config.pool, max_task_memory)?;
+        let lru = Lru::new(cache_size);
+        let cache = BlobCache::open(&data.join("blobs"), lru.clone())?;
         let outbox = data.join("outbox");
         std::fs::create_dir_all(&outbox)?;
         let work_root = data.join("work");
@@ -109,16 +120,23 @@ impl Agent {
         std::fs::create_dir_all(&work_root)?;
         let sandbox = Sandbox::new(SandboxConfig {
             output_cap,
+            pooled_guests: pool.fixed_slots(),
+            pooled_memory: pool.largest_class().unwrap_or(0),
             ..SandboxConfig::default()
         })?;
+        let compiled =
+            CompiledCache::open(&data.join("compiled"), &sandbox.compatibility_key(), lru)?;
         let name = config
             .name
             .clone()
             .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "agent".into()));
         let slots = config.slots.unwrap_or_else(|| sampler.cores()).max(1);
-        Ok(Arc::new(Self {
+        let agent = Arc::new(Self {
             data_dir: data.clone(),
             free_slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+            pools: Pools::new(pool),
+            pinned: Mutex::default(),
+            fetching: Mutex::default(),
             id,
             name,
             coordinator: config.coordinator.clone(),
@@ -135,7 +153,8 @@ impl Agent {
                 work_root,
                 max_task_memory,
                 outputs_cap,
-                compiled: Default::default(),
+                compiled,
+                loaded: Default::default(),
             }),
             cache,
             outbox,
@@ -151,7 +170,24 @@ impl Agent {
             conn: watch::channel(None).0,
             events: Mutex::new(None),
             outbox_ready: Notify::new(),
-        }))
+        });
+        let weak = Arc::downgrade(&agent);
+        agent.cache.lru().protect_with(move || {
+            weak.upgrade()
+                .map(|agent| agent.protected_blobs())
+                .unwrap_or_default()
+        });
+        Ok(agent)
+    }
+
+    /// Blobs the cache may not evict: those of assignments on the agent, and those of results
+    /// not yet acknowledged.
+    fn protected_blobs(&self) -> HashSet<Digest> {
+        let mut keep: HashSet<Digest> = lock(&self.pinned).values().flatten().copied().collect();
+        for result in self.outbox_entries() {
+            keep.extend(result.blobs());
+        }
+        keep
     }
 
     /// The agent's stable ID.
@@ -219,6 +255,12 @@ impl Agent {
             "running": running,
             "coordinator": self.coordinator,
             "connected": self.conn.borrow().is_some(),
+            "pools": self.pools.usage(),
+            "cache": {
+                "used": self.cache.lru().total(),
+                "budget": self.cache.lru().budget(),
+                "compiled": self.cache.lru().compiled().len(),
+            },
         })
     }
 
@@ -302,6 +344,12 @@ impl Agent {
             capacity: self.capacity(),
             running: self.running(),
             status: self.status(),
+            compiled: {
+                // The hello says everything; changes are reported from here on.
+                let lru = self.cache.lru();
+                lru.take_compiled_changes();
+                lru.compiled()
+            },
         };
         link::write_frame(&mut send, &hello).await?;
         let report_every = match link::read_frame::<CoordinatorMessage>(&mut recv).await? {
@@ -337,6 +385,10 @@ impl Agent {
                 _ = report.tick() => {
                     let msg = AgentMessage::Report { capacity: self.capacity(), running: self.running(), status: self.status() };
                     link::write_frame(&mut send, &msg).await?;
+                    let (compiled, dropped) = self.cache.lru().take_compiled_changes();
+                    if !compiled.is_empty() || !dropped.is_empty() {
+                        link::write_frame(&mut send, &AgentMessage::Holds { compiled, dropped }).await?;
+                    }
                 }
                 _ = self.outbox_ready.notified() => {
                     for result in self.outbox_entries() {
@@ -365,6 +417,7 @@ impl Agent {
                     // A task starting while guests are paused or capped starts the same way.
                     lock(&self.shared.gate).apply(&control);
                 }
+                lock(&self.pinned).insert(attempt, a.job.blobs().map(|(d, _)| d).collect());
                 tracing::info!(%attempt, job = %a.job.name, "assigned");
                 tokio::spawn(self.clone().execute(*a, control, Instant::now()));
             }
@@ -403,43 +456,11 @@ impl Agent {
 
     async fn execute(self: Arc<Self>, a: Assignment, control: TaskControl, received: Instant) {
         let attempt = a.attempt;
-        let result = match self.fetch_all(&a).await {
-            Err(reason) => runner::refused(&a, &reason),
-            Ok(()) => {
-                // Past its slots, an assignment waits here (still reported, so its lease holds).
-                let Ok(_permit) = self.free_slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let runner = self.runner.clone();
-                let agent = self.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("task {attempt}"))
-                    .spawn(move || {
-                        let result = runner.run(&a, &control, || {
-                            agent.send_event(AgentMessage::Started {
-                                attempt,
-                                setup_us: received.elapsed().as_micros() as u64,
-                            });
-                        });
-                        let _ = tx.send(result);
-                    });
-                match spawned {
-                    Ok(_) => match rx.await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            tracing::error!(%attempt, "task thread ended without a result");
-                            lock(&self.shared.running).remove(&attempt);
-                            return;
-                        }
-                    },
-                    Err(e) => {
-                        tracing::error!(%attempt, error = %e, "could not start a task thread");
-                        lock(&self.shared.running).remove(&attempt);
-                        return;
-                    }
-                }
-            }
+        let result = self.clone().run_attempt(a, control, received).await;
+        lock(&self.pinned).remove(&attempt);
+        let Some(result) = result else {
+            lock(&self.shared.running).remove(&attempt);
+            return;
         };
         tracing::info!(%attempt, succeeded = result.succeeded(), cause = ?result.cause(), "attempt ended");
         if let Err(e) = self.store_result(&result) {
@@ -449,11 +470,85 @@ impl Agent {
         self.outbox_ready.notify_one();
     }
 
+    /// Fetches an attempt's blobs, waits for a task slot and memory slots, and runs it on a
+    /// thread of its own; `None` when it ended without a result (the agent is stopping).
+    async fn run_attempt(
+        self: Arc<Self>,
+        a: Assignment,
+        control: TaskControl,
+        received: Instant,
+    ) -> Option<TaskResult> {
+        let attempt = a.attempt;
+        if let Err(reason) = self.fetch_all(&a).await {
+            return Some(runner::refused(&a, &reason));
+        }
+        // Past its slots, an assignment waits here (still reported, so its lease holds).
+        let permit = match self.free_slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let reason = format!("waiting for a task slot: all {} in use", self.slots);
+                tracing::info!(%attempt, %reason);
+                self.send_event(AgentMessage::Waiting { attempt, reason });
+                self.free_slots.clone().acquire_owned().await.ok()?
+            }
+        };
+        let guests = a.job.modules.len() as u32;
+        let memory = a.job.resources.memory;
+        let grant = self
+            .pools
+            .acquire(memory, guests, |reason| {
+                tracing::info!(%attempt, %reason);
+                self.send_event(AgentMessage::Waiting { attempt, reason });
+            })
+            .await;
+        let grant = match grant {
+            Ok(g) => g,
+            Err(reason) => return Some(runner::refused(&a, &reason)),
+        };
+        let pooled = grant.slot().pooled();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let runner = self.runner.clone();
+        let agent = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("task {attempt}"))
+            .spawn(move || {
+                let result = runner.run(&a, &control, pooled, || {
+                    agent.send_event(AgentMessage::Started {
+                        attempt,
+                        setup_us: received.elapsed().as_micros() as u64,
+                    });
+                });
+                let _ = tx.send(result);
+            });
+        let result = match spawned {
+            Ok(_) => match rx.await {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    tracing::error!(%attempt, "task thread ended without a result");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::error!(%attempt, error = %e, "could not start a task thread");
+                None
+            }
+        };
+        drop((grant, permit));
+        result
+    }
+
     /// Brings every blob of the assignment into the cache. A digest mismatch refuses the task;
     /// a lost connection waits for the next one.
     async fn fetch_all(&self, a: &Assignment) -> Result<(), String> {
         for (digest, _) in a.job.blobs() {
             let mut tries = 0;
+            if self.cache.contains(&digest) {
+                self.cache.touch(&digest);
+                continue;
+            }
+            // One download per blob, however many tasks wait for it.
+            let one = lock(&self.fetching).entry(digest).or_default().clone();
+            let _downloading = one.lock().await;
             while !self.cache.contains(&digest) {
                 tries += 1;
                 let conn = self.connection().await;
@@ -472,6 +567,7 @@ impl Agent {
                     }
                 }
             }
+            lock(&self.fetching).remove(&digest);
         }
         Ok(())
     }

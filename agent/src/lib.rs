@@ -22,6 +22,7 @@ pub mod install;
 pub mod link;
 pub mod owner;
 pub mod policy;
+pub mod pool;
 pub mod runner;
 pub mod sampler;
 pub mod sandbox;

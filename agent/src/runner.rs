@@ -13,7 +13,8 @@ use lull_protocol::signature::TrustList;
 use lull_protocol::units::format_size;
 
 use crate::cache::BlobCache;
-use crate::sandbox::{Program, RunOutput, RunSpec, Sandbox, TaskControl};
+use crate::cache::compiled::{CompiledCache, Miss};
+use crate::sandbox::{Program, RunOutput, RunSpec, Sandbox, SandboxError, TaskControl};
 
 /// Stack of a guest's thread: wasm's own stack (`max_wasm_stack`) plus room for the host.
 const GUEST_THREAD_STACK: usize = 8 << 20;
@@ -33,14 +34,81 @@ pub struct Runner {
     pub max_task_memory: u64,
     /// The most bytes of `/output` kept per task.
     pub outputs_cap: u64,
-    /// Modules already verified and compiled, by digest and signature.
-    pub compiled: std::sync::Mutex<
-        std::collections::HashMap<(lull_protocol::Digest, Option<String>), Program>,
-    >,
+    /// Compiled modules on disk.
+    pub compiled: CompiledCache,
+    /// Modules verified and loaded, in memory.
+    pub loaded: Loaded,
 }
 
-/// How many compiled modules are kept in memory.
-const COMPILED_KEPT: usize = 32;
+/// How many loaded modules are kept in memory.
+const LOADED_KEPT: usize = 32;
+
+/// Modules verified, compiled and linked, by digest and signature, the least recently used
+/// dropped past 32.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    state: std::sync::Mutex<LoadedState>,
+    /// Modules being prepared: tasks needing the same module wait for one compilation.
+    preparing: std::sync::Mutex<std::collections::HashMap<ModuleKey, Arc<std::sync::Mutex<()>>>>,
+}
+
+type ModuleKey = (lull_protocol::Digest, Option<String>);
+
+#[derive(Debug, Default)]
+struct LoadedState {
+    programs: std::collections::HashMap<ModuleKey, (u64, Program)>,
+    clock: u64,
+}
+
+impl Loaded {
+    fn get(&self, key: &ModuleKey) -> Option<Program> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.clock += 1;
+        let now = s.clock;
+        s.programs.get_mut(key).map(|(used, p)| {
+            *used = now;
+            p.clone()
+        })
+    }
+
+    fn insert(&self, key: ModuleKey, program: Program) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.clock += 1;
+        if s.programs.len() >= LOADED_KEPT
+            && let Some(oldest) = s
+                .programs
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            s.programs.remove(&oldest);
+        }
+        let now = s.clock;
+        s.programs.insert(key, (now, program));
+    }
+}
+
+/// How a module became runnable, for the log and for measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preparation {
+    /// Already loaded in memory.
+    Loaded,
+    /// Loaded from its compiled form on disk.
+    FromDisk,
+    /// Compiled now.
+    Compiled,
+}
+
+impl Preparation {
+    /// `in_memory`, `from_disk` or `compiled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preparation::Loaded => "in_memory",
+            Preparation::FromDisk => "from_disk",
+            Preparation::Compiled => "compiled",
+        }
+    }
+}
 
 /// A result in which every module was refused for `reason`.
 pub fn refused(a: &Assignment, reason: &str) -> TaskResult {
@@ -68,10 +136,13 @@ pub fn refused(a: &Assignment, reason: &str) -> TaskResult {
 impl Runner {
     /// Checks, prepares and runs an assignment on the calling thread; `on_start` is called
     /// just before the guests start. Every failure becomes part of the result.
+    /// With `pooled`, the guests run in the sandbox's pool (the caller holds fixed slots for
+    /// them).
     pub fn run(
         &self,
         a: &Assignment,
         control: &TaskControl,
+        pooled: bool,
         on_start: impl FnOnce(),
     ) -> TaskResult {
         let memory = a.job.resources.memory;
@@ -87,13 +158,17 @@ impl Runner {
         }
         let mut programs = Vec::new();
         for m in &a.job.modules {
+            let started = Instant::now();
             match self.prepare(m) {
-                Ok(p) => programs.push(p),
+                Ok((p, how)) => {
+                    tracing::info!(attempt = %a.attempt, module = %m.name, how = how.as_str(), took_us = started.elapsed().as_micros() as u64, pooled, "module ready");
+                    programs.push(p)
+                }
                 Err(reason) => return refused(a, &format!("module {}: {reason}", m.name)),
             }
         }
         let dir = self.work_root.join(a.attempt.to_string().replace('#', "-"));
-        let result = match self.layout(a, &dir) {
+        let result = match self.layout(a, &dir, pooled) {
             Ok(specs) => {
                 on_start();
                 self.execute(a, &programs, specs, control)
@@ -109,32 +184,75 @@ impl Runner {
         result
     }
 
-    fn prepare(&self, m: &ModuleSpec) -> Result<Program, String> {
+    /// Makes a module runnable: from memory, else checked against the trust list and loaded
+    /// from its compiled form on disk, else compiled (and the compiled form kept).
+    pub fn prepare(&self, m: &ModuleSpec) -> Result<(Program, Preparation), String> {
         let key = (m.digest, m.signature.clone());
-        let cached = self
-            .compiled
+        if let Some(p) = self.loaded.get(&key) {
+            return Ok((p, Preparation::Loaded));
+        }
+        let one = self
+            .loaded
+            .preparing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some(p) = cached {
-            return Ok(p);
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _preparing = one.lock().unwrap_or_else(|p| p.into_inner());
+        // Another task may have prepared it while this one waited.
+        if let Some(p) = self.loaded.get(&key) {
+            return Ok((p, Preparation::Loaded));
         }
+        let result = self.prepare_now(m, key.clone());
+        self.loaded
+            .preparing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        result
+    }
+
+    fn prepare_now(
+        &self,
+        m: &ModuleSpec,
+        key: ModuleKey,
+    ) -> Result<(Program, Preparation), String> {
         let bytes = std::fs::read(self.cache.path(&m.digest))
             .map_err(|e| format!("reading its bytes: {e}"))?;
+        self.cache.touch(&m.digest);
+        // The trust list is checked on every load from disk: the owner may have changed it.
         self.trust
             .verify(&bytes, m.signature.as_deref())
             .map_err(|e| e.to_string())?;
-        let program = self.sandbox.compile(&bytes).map_err(|e| e.to_string())?;
-        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if compiled.len() >= COMPILED_KEPT {
-            compiled.clear();
-        }
-        compiled.insert(key, program.clone());
-        Ok(program)
+        let kept = match self.compiled.get(&m.digest) {
+            Ok(artifact) => match self.sandbox.load(&artifact) {
+                Ok(program) => Some(program),
+                Err(e @ SandboxError::Artifact { .. }) => {
+                    tracing::warn!(module = %m.digest, error = %e, "a compiled module on disk cannot be loaded; compiling it again");
+                    self.compiled.discard(&m.digest);
+                    None
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+            Err(Miss::Absent | Miss::Corrupt(_)) => None,
+        };
+        let (program, how) = match kept {
+            Some(program) => (program, Preparation::FromDisk),
+            None => {
+                let artifact = self.sandbox.precompile(&bytes).map_err(|e| e.to_string())?;
+                let program = self.sandbox.load(&artifact).map_err(|e| e.to_string())?;
+                if let Err(e) = self.compiled.put(&m.digest, &artifact) {
+                    tracing::warn!(module = %m.digest, error = %format!("{e:#}"), "could not keep a compiled module on disk");
+                }
+                (program, Preparation::Compiled)
+            }
+        };
+        self.loaded.insert(key, program.clone());
+        Ok((program, how))
     }
 
-    fn layout(&self, a: &Assignment, dir: &Path) -> anyhow::Result<Vec<RunSpec>> {
+    fn layout(&self, a: &Assignment, dir: &Path, pooled: bool) -> anyhow::Result<Vec<RunSpec>> {
         let output = dir.join("output");
         let scratch = dir.join("scratch");
         for d in [&output, &scratch] {
@@ -182,6 +300,7 @@ impl Runner {
                 scratch_dir: scratch.clone(),
                 memory_limit: a.job.resources.memory,
                 timeout: Duration::from_millis(a.job.resources.timeout_ms),
+                pooled,
             });
         }
         Ok(specs)

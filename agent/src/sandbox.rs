@@ -66,11 +66,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use lull_protocol::message::Outcome;
 use wasmtime::component::{self, Component, ResourceTable};
 use wasmtime::{
-    Config, Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store,
-    UnknownImportError, UpdateDeadline, WasmBacktraceDetails,
+    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Precompiled, ResourceLimiter, Store, UnknownImportError,
+    UpdateDeadline, WasmBacktraceDetails,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
@@ -109,6 +111,12 @@ pub struct SandboxConfig {
     /// the owner of the sandbox advances the epoch itself with [`Sandbox::increment_epoch`]
     /// (tests do, to decide exactly when guests check).
     pub epoch_tick: Duration,
+    /// Guests that may run in the pooling instance allocator at once ([`RunSpec::pooled`]); 0
+    /// makes no pool. Each takes one slot of instances, tables and (up to two) memories; the
+    /// caller admits no more than this many at a time (the agent's [`crate::pool`]). Default 0.
+    pub pooled_guests: u32,
+    /// The most memory a pooled guest may grow to, in bytes (at most 4 GiB). Default 1 GiB.
+    pub pooled_memory: u64,
 }
 
 impl Default for SandboxConfig {
@@ -117,45 +125,48 @@ impl Default for SandboxConfig {
             output_cap: 1 << 20,
             max_wasm_stack: 1 << 20,
             epoch_tick: Duration::from_millis(10),
+            pooled_guests: 0,
+            pooled_memory: 1 << 30,
         }
     }
 }
 
-/// The agent's sandbox: one wasmtime [`Engine`] (with epoch interruption), the WASI linkers, and
-/// a ticker thread advancing the engine's epoch every [`SandboxConfig::epoch_tick`] until the
-/// sandbox is dropped (none when the tick is zero).
+/// Memories each pooled guest may have (a component can hold a few core modules).
+const POOLED_MEMORIES_PER_GUEST: u32 = 2;
+/// Core instances each pooled guest may have.
+const POOLED_INSTANCES_PER_GUEST: u32 = 8;
+/// Tables each pooled guest may have.
+const POOLED_TABLES_PER_GUEST: u32 = 4;
+
+/// The agent's sandbox: two wasmtime [`Engine`]s of one configuration (epoch interruption, the
+/// same code generation), one allocating each guest's memory on demand and one with the pooling
+/// instance allocator (when [`SandboxConfig::pooled_guests`] is not zero); their WASI linkers;
+/// and a ticker thread advancing the engines' epochs every [`SandboxConfig::epoch_tick`] until
+/// the sandbox is dropped (none when the tick is zero).
+///
+/// The pooling allocator keeps its slots' memory mapped between runs and resets a slot to the
+/// module's copy-on-write memory image when a guest leaves it, so instantiating a module it has
+/// run before is a few microseconds. Compiled code does not depend on the allocator, so one
+/// [`Artifact`] loads into both engines.
 pub struct Sandbox {
     config: SandboxConfig,
-    engine: Engine,
-    module_linker: Linker<ModuleHost>,
-    component_linker: component::Linker<ComponentHost>,
+    /// Guests in memory allocated for them alone.
+    variable: Flavor,
+    /// Guests in the pool.
+    pooled: Option<Flavor>,
     ticker: Option<Ticker>,
 }
 
-impl fmt::Debug for Sandbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
+/// One engine and its linkers.
+struct Flavor {
+    engine: Engine,
+    module_linker: Linker<ModuleHost>,
+    component_linker: component::Linker<ComponentHost>,
 }
 
-impl Sandbox {
-    /// Creates the engine, the WASI linkers and the epoch ticker thread (unless
-    /// [`SandboxConfig::epoch_tick`] is zero).
-    ///
-    /// The ticker thread inherits the calling thread's priority: create the sandbox on a thread
-    /// at normal priority (never on one that has called [`Sandbox::run`]).
-    pub fn new(config: SandboxConfig) -> anyhow::Result<Sandbox> {
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            // Only checked against `max_wasm_stack`; guests never run on async stacks here.
-            .async_stack_size(config.max_wasm_stack.max(1 << 20).saturating_add(1 << 20))
-            .wasm_component_model(true)
-            .wasm_backtrace_details(WasmBacktraceDetails::Disable);
-        let engine = Engine::new(&wasm).map_err(|e| wasmtime_error("creating the engine", &e))?;
-
+impl Flavor {
+    fn new(config: &Config) -> anyhow::Result<Flavor> {
+        let engine = Engine::new(config).map_err(|e| wasmtime_error("creating the engine", &e))?;
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut module_linker, |host: &mut ModuleHost| {
             &mut host.wasi
@@ -165,53 +176,36 @@ impl Sandbox {
         let mut component_linker = component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut component_linker)
             .map_err(|e| wasmtime_error("linking WASI preview 2", &e))?;
-
-        let ticker = if config.epoch_tick.is_zero() {
-            None
-        } else {
-            Some(Ticker::start(engine.clone(), config.epoch_tick)?)
-        };
-        Ok(Sandbox {
-            config,
+        Ok(Flavor {
             engine,
             module_linker,
             component_linker,
-            ticker,
         })
     }
 
-    /// Advances the engine's epoch by one tick: every running guest makes its checks (time limit,
-    /// [`TaskControl`]) at its next epoch check. The ticker thread does this every
-    /// [`SandboxConfig::epoch_tick`]; with a zero tick, only calls to this do.
-    pub fn increment_epoch(&self) {
-        self.engine.increment_epoch();
-    }
-
-    /// Compiles a WASI preview 1 command module or a WASI preview 2 command component, telling
-    /// them apart by the header, and links it against the sandbox's WASI so that imports the
-    /// sandbox does not provide are refused here rather than when the task runs.
-    ///
-    /// Compiling is CPU-heavy (cranelift, in parallel on wasmtime's threads); call it off the
-    /// async runtime. The [`Program`] only runs on this sandbox.
-    pub fn compile(&self, bytes: &[u8]) -> Result<Program, SandboxError> {
-        let kind = match binary_kind(bytes)? {
-            BinaryKind::Module => ProgramKind::Module(self.compile_module(bytes)?),
-            BinaryKind::Component => ProgramKind::Component(self.compile_component(bytes)?),
+    /// Loads an artifact into this engine and links it.
+    fn load(&self, artifact: &Artifact) -> Result<ProgramKind, SandboxError> {
+        let refused = |e: wasmtime::Error| SandboxError::Artifact {
+            message: format!("{e:#}"),
         };
-        Ok(Program {
-            engine: self.engine.clone(),
-            kind,
-        })
+        // SAFETY: an `Artifact` holds bytes that `Engine::precompile_*` produced, either just
+        // now or kept and checked since (`Artifact::from_trusted_bytes`); wasmtime checks
+        // that they suit this engine's configuration and version.
+        if artifact.component {
+            let component = unsafe { Component::deserialize(&self.engine, &artifact.bytes) }
+                .map_err(refused)?;
+            Ok(ProgramKind::Component(self.link_component(&component)?))
+        } else {
+            let module =
+                unsafe { Module::deserialize(&self.engine, &artifact.bytes) }.map_err(refused)?;
+            Ok(ProgramKind::Module(self.link_module(&module)?))
+        }
     }
 
-    fn compile_module(&self, bytes: &[u8]) -> Result<InstancePre<ModuleHost>, SandboxError> {
-        let module =
-            Module::from_binary(&self.engine, bytes).map_err(|e| SandboxError::Invalid {
-                message: format!("{e:#}"),
-            })?;
+    fn link_module(&self, module: &Module) -> Result<InstancePre<ModuleHost>, SandboxError> {
         let pre = self
             .module_linker
-            .instantiate_pre(&module)
+            .instantiate_pre(module)
             .map_err(|e| match e.downcast_ref::<UnknownImportError>() {
                 Some(unknown) => SandboxError::UnsupportedImport {
                     import: format!("{}::{}", unknown.module(), unknown.name()),
@@ -239,14 +233,13 @@ impl Sandbox {
         Ok(pre)
     }
 
-    fn compile_component(&self, bytes: &[u8]) -> Result<CommandPre<ComponentHost>, SandboxError> {
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| SandboxError::Invalid {
-                message: format!("{e:#}"),
-            })?;
+    fn link_component(
+        &self,
+        component: &Component,
+    ) -> Result<CommandPre<ComponentHost>, SandboxError> {
         let pre = self
             .component_linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| {
                 let detail = format!("{e:#}");
                 let component_type = component.component_type();
@@ -265,6 +258,193 @@ impl Sandbox {
         CommandPre::new(pre).map_err(|e| SandboxError::NotACommand {
             message: format!("it does not export `wasi:cli/run`: {e:#}"),
         })
+    }
+}
+
+/// Feeds `Hash` output into sha256, for a key that is stable across runs and builds.
+struct DigestHasher(lull_protocol::digest::Hasher);
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn finish(&self) -> u64 {
+        unreachable!("only written to; the digest is read from the inner hasher")
+    }
+}
+
+/// A compiled guest as bytes: machine code for this sandbox's engine configuration and
+/// wasmtime version ([`Sandbox::compatibility_key`]).
+#[derive(Clone)]
+pub struct Artifact {
+    component: bool,
+    bytes: Vec<u8>,
+}
+
+impl fmt::Debug for Artifact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Artifact")
+            .field("component", &self.component)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Artifact {
+    /// The bytes to keep.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// An artifact from kept bytes; `None` when they are not a wasmtime artifact at all.
+    ///
+    /// # Safety
+    ///
+    /// Loading runs the bytes as machine code, trusting them the way one trusts a program on
+    /// disk. They must be exactly what [`Artifact::bytes`] returned for an artifact made by
+    /// [`Sandbox::precompile`], checked since (the agent's cache keeps a sha256 beside each).
+    /// wasmtime checks the version and configuration they were made for, not their code.
+    pub unsafe fn from_trusted_bytes(bytes: Vec<u8>) -> Option<Artifact> {
+        let component = match Engine::detect_precompiled(&bytes)? {
+            Precompiled::Module => false,
+            Precompiled::Component => true,
+        };
+        Some(Artifact { component, bytes })
+    }
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Creates the engine, the WASI linkers and the epoch ticker thread (unless
+    /// [`SandboxConfig::epoch_tick`] is zero).
+    ///
+    /// The ticker thread inherits the calling thread's priority: create the sandbox on a thread
+    /// at normal priority (never on one that has called [`Sandbox::run`]).
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            // Only checked against `max_wasm_stack`; guests never run on async stacks here.
+            .async_stack_size(config.max_wasm_stack.max(1 << 20).saturating_add(1 << 20))
+            .wasm_component_model(true)
+            .wasm_backtrace_details(WasmBacktraceDetails::Disable);
+        let variable = Flavor::new(&wasm)?;
+        let pooled = if config.pooled_guests == 0 {
+            None
+        } else {
+            let guests = config.pooled_guests;
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(guests)
+                .total_core_instances(guests * POOLED_INSTANCES_PER_GUEST)
+                .total_memories(guests * POOLED_MEMORIES_PER_GUEST)
+                .total_tables(guests * POOLED_TABLES_PER_GUEST)
+                .total_gc_heaps(guests)
+                .total_stacks(guests)
+                .max_core_instances_per_component(POOLED_INSTANCES_PER_GUEST)
+                .max_memories_per_component(POOLED_MEMORIES_PER_GUEST)
+                .max_tables_per_component(POOLED_TABLES_PER_GUEST)
+                .max_memory_size(config.pooled_memory.min(4 << 30) as usize);
+            let mut wasm = wasm.clone();
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            Some(Flavor::new(&wasm).context("the pooled engine")?)
+        };
+        let ticker = if config.epoch_tick.is_zero() {
+            None
+        } else {
+            let mut engines = vec![variable.engine.clone()];
+            engines.extend(pooled.as_ref().map(|f| f.engine.clone()));
+            Some(Ticker::start(engines, config.epoch_tick)?)
+        };
+        Ok(Sandbox {
+            config,
+            variable,
+            pooled,
+            ticker,
+        })
+    }
+
+    /// Advances the engine's epoch by one tick: every running guest makes its checks (time limit,
+    /// [`TaskControl`]) at its next epoch check. The ticker thread does this every
+    /// [`SandboxConfig::epoch_tick`]; with a zero tick, only calls to this do.
+    pub fn increment_epoch(&self) {
+        self.variable.engine.increment_epoch();
+        if let Some(p) = &self.pooled {
+            p.engine.increment_epoch();
+        }
+    }
+
+    /// Compiles a WASI preview 1 command module or a WASI preview 2 command component, telling
+    /// them apart by the header, and links it against the sandbox's WASI so that imports the
+    /// sandbox does not provide are refused here rather than when the task runs:
+    /// [`Sandbox::precompile`] then [`Sandbox::load`].
+    ///
+    /// Compiling is CPU-heavy (cranelift, in parallel on wasmtime's threads); call it off the
+    /// async runtime. The [`Program`] only runs on this sandbox.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Program, SandboxError> {
+        self.load(&self.precompile(bytes)?)
+    }
+
+    /// Compiles a module or component to machine code, as an [`Artifact`] that can be kept
+    /// (on disk) and loaded later without compiling again. Checks that the bytes are valid
+    /// WebAssembly, not what they import or export ([`Sandbox::load`] does).
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Artifact, SandboxError> {
+        let engine = &self.variable.engine;
+        let component = match binary_kind(bytes)? {
+            BinaryKind::Module => false,
+            BinaryKind::Component => true,
+        };
+        let compiled = if component {
+            engine.precompile_component(bytes)
+        } else {
+            engine.precompile_module(bytes)
+        };
+        let bytes = compiled.map_err(|e| SandboxError::Invalid {
+            message: format!("{e:#}"),
+        })?;
+        Ok(Artifact { component, bytes })
+    }
+
+    /// Loads a compiled artifact into the sandbox's engines and links it; see
+    /// [`Sandbox::compile`]. A program whose shape exceeds what one pool slot holds (more
+    /// memories, instances or tables) still loads, and runs outside the pool.
+    pub fn load(&self, artifact: &Artifact) -> Result<Program, SandboxError> {
+        let kind = self.variable.load(artifact)?;
+        let pooled = self
+            .pooled
+            .as_ref()
+            .and_then(|flavor| match flavor.load(artifact) {
+                Ok(kind) => Some(kind),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the program does not fit a pool slot; it runs outside the pool");
+                    None
+                }
+            });
+        Ok(Program {
+            engine: self.variable.engine.clone(),
+            kind,
+            pooled,
+        })
+    }
+
+    /// A key naming everything compiled code depends on: the wasmtime version, the target and
+    /// the engine's code-generation settings. Artifacts kept under one key load in any sandbox
+    /// with the same key.
+    pub fn compatibility_key(&self) -> String {
+        use std::hash::Hash;
+        let mut hasher = DigestHasher(lull_protocol::digest::Hasher::new());
+        WASMTIME_VERSION.hash(&mut hasher);
+        self.variable
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        hasher.0.finish().hex()[..16].to_string()
     }
 
     /// Runs `program` to completion on the calling thread and reports how it ended.
@@ -292,7 +472,7 @@ impl Sandbox {
         let started = Instant::now();
         let stdout = Capture::new(self.config.output_cap);
         let stderr = Capture::new(self.config.output_cap);
-        let outcome = self.execute(program, spec, control, started, &stdout, &stderr);
+        let outcome = self.execute(program, spec, control, started, &stdout, &stderr, true);
         let elapsed = started.elapsed();
         let (stdout, stdout_truncated) = stdout.take();
         let (stderr, stderr_truncated) = stderr.take();
@@ -307,6 +487,27 @@ impl Sandbox {
         }
     }
 
+    /// Instantiates `program` as [`Sandbox::run`] does (a store with the task's WASI context and
+    /// limits, in the pool when [`RunSpec::pooled`]) and drops it without running the guest:
+    /// what a start costs before the guest's own code runs. `Exited { code: 0 }` when it
+    /// instantiated. Leaves the thread's priority alone. For measuring warm starts.
+    pub fn instantiate_only(&self, program: &Program, spec: &RunSpec) -> Outcome {
+        let stdout = Capture::new(self.config.output_cap);
+        let stderr = Capture::new(self.config.output_cap);
+        let control = TaskControl::new();
+        self.execute(
+            program,
+            spec,
+            &control,
+            Instant::now(),
+            &stdout,
+            &stderr,
+            false,
+        )
+    }
+
+    /// Instantiates and, with `call`, runs the guest.
+    #[allow(clippy::too_many_arguments)]
     fn execute(
         &self,
         program: &Program,
@@ -315,13 +516,14 @@ impl Sandbox {
         started: Instant,
         stdout: &Capture,
         stderr: &Capture,
+        call: bool,
     ) -> Outcome {
         let facts = Facts {
             memory_limit: spec.memory_limit,
             memory_denied: false,
             timeout: spec.timeout,
         };
-        if !Engine::same(&program.engine, &self.engine) {
+        if !Engine::same(&program.engine, &self.variable.engine) {
             return Outcome::Refused {
                 reason: "the program was compiled by another sandbox".to_string(),
             };
@@ -332,8 +534,12 @@ impl Sandbox {
             .as_ref()
             .map(|ticker| Box::new(ticker.hold()) as Box<dyn Sleeper>);
         // Requests act at once, except in a sandbox whose owner advances the epoch by hand.
+        let (kind, flavor) = match (&program.pooled, &self.pooled) {
+            (Some(kind), Some(flavor)) if spec.pooled => (kind, flavor),
+            _ => (&program.kind, &self.variable),
+        };
         let nudge = self.ticker.as_ref().map(|_| {
-            let engine = self.engine.clone();
+            let engine = flavor.engine.clone();
             Arc::new(move || engine.increment_epoch()) as Nudge
         });
         let mut gate = control.gate(started.checked_add(spec.timeout), ticking, nudge);
@@ -347,14 +553,17 @@ impl Sandbox {
         };
         let limits = Limits::new(spec.memory_limit);
 
-        match &program.kind {
+        match kind {
             ProgramKind::Module(pre) => {
                 let host = ModuleHost {
                     wasi: wasi.build_p1(),
                     limits,
                 };
-                let mut store = self.store(host, gate);
+                let mut store = store(&flavor.engine, host, gate);
                 let result = pre.instantiate(&mut store).and_then(|instance| {
+                    if !call {
+                        return Ok(());
+                    }
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                     start.call(&mut store, ())
                 });
@@ -373,10 +582,13 @@ impl Sandbox {
                     table: ResourceTable::new(),
                     limits,
                 };
-                let mut store = self.store(host, gate);
-                let result = pre
-                    .instantiate(&mut store)
-                    .and_then(|command| command.wasi_cli_run().call_run(&mut store));
+                let mut store = store(&flavor.engine, host, gate);
+                let result = pre.instantiate(&mut store).and_then(|command| {
+                    if !call {
+                        return Ok(Ok(()));
+                    }
+                    command.wasi_cli_run().call_run(&mut store)
+                });
                 let facts = Facts {
                     memory_denied: store.data().limits.memory_denied(),
                     ..facts
@@ -389,28 +601,31 @@ impl Sandbox {
             }
         }
     }
+}
 
-    /// A store for one run: the limiter, and an epoch deadline of one tick whose callback checks
-    /// the task's control and the time limit through `gate` (blocking there while the guest is
-    /// paused or resting) before granting the next tick. The gate lives as long as the store.
-    fn store<H: Host>(&self, host: H, mut gate: Gate) -> Store<H> {
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|host| -> &mut dyn ResourceLimiter { host.limits() });
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| match gate.checkpoint() {
-            Some(stop) => Err(wasmtime::Error::new(stop)),
-            None => Ok(UpdateDeadline::Continue(1)),
-        });
-        store
-    }
+/// A store for one run: the limiter, and an epoch deadline of one tick whose callback checks
+/// the task's control and the time limit through `gate` (blocking there while the guest is
+/// paused or resting) before granting the next tick. The gate lives as long as the store.
+fn store<H: Host>(engine: &Engine, host: H, mut gate: Gate) -> Store<H> {
+    let mut store = Store::new(engine, host);
+    store.limiter(|host| -> &mut dyn ResourceLimiter { host.limits() });
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| match gate.checkpoint() {
+        Some(stop) => Err(wasmtime::Error::new(stop)),
+        None => Ok(UpdateDeadline::Continue(1)),
+    });
+    store
 }
 
 /// A compiled, linked guest, ready to run any number of times (cheap to clone).
 #[derive(Clone)]
 pub struct Program {
-    /// The engine it was compiled for; [`Sandbox::run`] refuses programs of other engines.
+    /// The engine it was loaded into; [`Sandbox::run`] refuses programs of other sandboxes.
     engine: Engine,
     kind: ProgramKind,
+    /// The same, linked in the pooled engine (`None` without a pool, or when the program does
+    /// not fit a slot).
+    pooled: Option<ProgramKind>,
 }
 
 #[derive(Clone)]
@@ -425,6 +640,11 @@ impl Program {
     /// Whether this is a component (WASI preview 2) rather than a core module (preview 1).
     pub fn is_component(&self) -> bool {
         matches!(self.kind, ProgramKind::Component(_))
+    }
+
+    /// Whether it can run in the sandbox's pool ([`RunSpec::pooled`]).
+    pub fn fits_pool(&self) -> bool {
+        self.pooled.is_some()
     }
 }
 
@@ -457,6 +677,9 @@ pub struct RunSpec {
     pub memory_limit: u64,
     /// Wall-time limit, from the start of [`Sandbox::run`].
     pub timeout: Duration,
+    /// Run in the pooling allocator, when the sandbox has one and the program fits a slot
+    /// ([`Program::fits_pool`]); otherwise in memory allocated for this run.
+    pub pooled: bool,
 }
 
 /// How a run ended, and what the guest printed.
@@ -497,6 +720,12 @@ pub enum SandboxError {
         import: String,
         /// More about the mismatch.
         detail: String,
+    },
+    /// A compiled artifact cannot be loaded (made by another wasmtime or configuration).
+    #[error("cannot load the compiled program: {message}")]
+    Artifact {
+        /// wasmtime's explanation.
+        message: String,
     },
     /// Linking failed for another reason than a missing import.
     #[error("cannot link the program: {message}")]
@@ -634,7 +863,7 @@ struct TickerState {
 }
 
 impl Ticker {
-    fn start(engine: Engine, tick: Duration) -> anyhow::Result<Ticker> {
+    fn start(engines: Vec<Engine>, tick: Duration) -> anyhow::Result<Ticker> {
         // A zero tick would spin a core; nothing needs finer than this.
         let tick = tick.max(Duration::from_micros(100));
         let shared = Arc::new(TickerShared::default());
@@ -669,7 +898,9 @@ impl Ticker {
                         // The duty cycles changed: work out the next tick again.
                         continue;
                     }
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .map_err(|e| anyhow::anyhow!("starting the epoch ticker thread: {e}"))?;

@@ -84,6 +84,7 @@ impl Dirs {
             scratch_dir: self.scratch.path().to_path_buf(),
             memory_limit: 16 * MIB,
             timeout: Duration::from_secs(10),
+            pooled: false,
         }
     }
 }
@@ -1469,4 +1470,101 @@ fn the_reported_wasmtime_version_is_the_one_built_in() {
         .expect("wasmtime in Cargo.lock")
         .trim_end_matches('"');
     assert_eq!(version, lull_agent::sandbox::WASMTIME_VERSION);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool and compiled artifacts
+
+fn pooled_sandbox(guests: u32, memory: u64) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        pooled_guests: guests,
+        pooled_memory: memory,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox with a pool")
+}
+
+#[test]
+fn pooled_guests_run_again_and_again_in_reused_slots() {
+    let sandbox = pooled_sandbox(2, 64 * MIB);
+    let program = compile(&sandbox, &hello());
+    assert!(program.fits_pool());
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.pooled = true;
+    // More runs than slots: each run gives its slot back.
+    for _ in 0..5 {
+        let output = sandbox.run(&program, &spec, &TaskControl::new());
+        assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+        assert_eq!(output.stdout, b"hello\n");
+    }
+}
+
+#[test]
+fn pooled_guests_keep_their_memory_cap() {
+    let sandbox = pooled_sandbox(1, 64 * MIB);
+    let guest = wasm(
+        r#"
+        (func (export "_start")
+          (loop $grow
+            (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+          unreachable)
+        "#,
+    );
+    let program = compile(&sandbox, &guest);
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.pooled = true;
+    spec.memory_limit = 2 * MIB;
+    let output = sandbox.run(&program, &spec, &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::MemoryExceeded { limit: 2 * MIB });
+}
+
+#[test]
+fn a_program_larger_than_a_slot_runs_outside_the_pool() {
+    let sandbox = pooled_sandbox(1, MIB);
+    // 32 pages (2 MiB) at start: more than a 1 MiB slot holds.
+    let guest = wat::parse_str(r#"(module (memory 32) (func (export "_start")))"#).expect("wat");
+    let program = compile(&sandbox, &guest);
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.pooled = true;
+    spec.memory_limit = 4 * MIB;
+    let output = sandbox.run(&program, &spec, &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::Exited { code: 0 });
+}
+
+#[test]
+fn a_kept_artifact_loads_in_another_sandbox_of_the_same_configuration() {
+    let first = sandbox();
+    let artifact = first.precompile(&hello()).expect("precompile");
+    let kept = artifact.bytes().to_vec();
+    // The pool does not change compiled code: one key for both.
+    let second = pooled_sandbox(1, 64 * MIB);
+    assert_eq!(first.compatibility_key(), second.compatibility_key());
+    assert_eq!(first.compatibility_key().len(), 16);
+    // SAFETY: the bytes are exactly what `precompile` produced.
+    let again = unsafe { lull_agent::sandbox::Artifact::from_trusted_bytes(kept) }
+        .expect("recognised as an artifact");
+    let program = second.load(&again).expect("load");
+    let dirs = Dirs::new();
+    let output = second.run(&program, &dirs.spec(), &TaskControl::new());
+    assert_eq!(output.stdout, b"hello\n");
+}
+
+#[test]
+fn a_truncated_artifact_is_refused_not_run() {
+    let sandbox = sandbox();
+    let artifact = sandbox.precompile(&hello()).expect("precompile");
+    let mut bytes = artifact.bytes().to_vec();
+    bytes.truncate(bytes.len() / 2);
+    // SAFETY: deliberately damaged; wasmtime's own checks must refuse it before running it.
+    match unsafe { lull_agent::sandbox::Artifact::from_trusted_bytes(bytes) } {
+        None => {}
+        Some(a) => assert!(matches!(
+            sandbox.load(&a),
+            Err(SandboxError::Artifact { .. })
+        )),
+    }
+    assert!(unsafe { lull_agent::sandbox::Artifact::from_trusted_bytes(hello()) }.is_none());
 }

@@ -56,6 +56,7 @@ fn the_ticker_ticks_only_as_often_as_guests_need() {
         scratch_dir: scratch.path().to_path_buf(),
         memory_limit: 16 << 20,
         timeout: Duration::from_secs(60),
+        pooled: false,
     };
     let control = TaskControl::new();
     let window = Duration::from_millis(300);

@@ -3,8 +3,28 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use lull_protocol::Digest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+/// What [`Client::upload`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uploaded {
+    /// The blob's size.
+    pub size: u64,
+    /// Bytes sent now.
+    pub sent: u64,
+    /// Where an earlier, interrupted upload had stopped (0 for a fresh one).
+    pub resumed_from: u64,
+}
+
+/// Where an upload stands, as the coordinator says.
+#[derive(Debug, serde::Deserialize)]
+struct UploadState {
+    offset: u64,
+    complete: bool,
+    max_chunk: u64,
+}
 
 /// Where the coordinator is when nothing says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7080";
@@ -109,15 +129,69 @@ impl Client {
             .context("reading the coordinator's answer")
     }
 
-    /// Uploads a file as a blob.
-    pub async fn put_file(&self, path: &str, file: &Path) -> anyhow::Result<()> {
-        let f = tokio::fs::File::open(file)
+    /// Uploads a file as the blob `digest` in chunks of at most `chunk` bytes, each with its
+    /// own sha256, continuing an earlier upload of the same blob where it stopped. A chunk
+    /// that fails to arrive is sent again (up to a few times), from where the coordinator says
+    /// the upload stands.
+    pub async fn upload(
+        &self,
+        digest: Digest,
+        file: &Path,
+        chunk: u64,
+    ) -> anyhow::Result<Uploaded> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let size = tokio::fs::metadata(file)
+            .await
+            .with_context(|| format!("reading {}", file.display()))?
+            .len();
+        let mut state: UploadState = self
+            .post(
+                "/api/v1/uploads",
+                &serde_json::json!({ "digest": digest, "size": size }),
+            )
+            .await?;
+        let resumed_from = state.offset;
+        let mut sent = 0u64;
+        let mut f = tokio::fs::File::open(file)
             .await
             .with_context(|| format!("opening {}", file.display()))?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
-        self.check(self.http.put(self.url(path)).body(body).send().await)
-            .await?;
-        Ok(())
+        let chunk = chunk.min(state.max_chunk).max(1);
+        let mut buf = Vec::new();
+        let mut failures = 0;
+        while !state.complete {
+            let len = chunk.min(size - state.offset);
+            f.seek(std::io::SeekFrom::Start(state.offset)).await?;
+            buf.resize(len as usize, 0);
+            f.read_exact(&mut buf)
+                .await
+                .with_context(|| format!("reading {} (did it change?)", file.display()))?;
+            let resp = self
+                .http
+                .patch(self.url(&format!("/api/v1/uploads/{digest}")))
+                .header("upload-offset", state.offset)
+                .header("chunk-digest", Digest::of(&buf).to_string())
+                .body(buf.clone())
+                .send()
+                .await;
+            match self.check(resp).await {
+                Ok(r) => {
+                    state = r.json().await.context("reading the coordinator's answer")?;
+                    sent += len;
+                }
+                Err(e) if failures < 3 && e.downcast_ref::<Unreachable>().is_none() => {
+                    // Where does it stand now (another request may have moved it on)?
+                    failures += 1;
+                    state = self.get(&format!("/api/v1/uploads/{digest}")).await?;
+                    eprintln!("warning: {e:#}; continuing from byte {}", state.offset);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Uploaded {
+            size,
+            sent,
+            resumed_from,
+        })
     }
 
     /// Downloads a blob to a file.

@@ -50,6 +50,8 @@ enum Command {
     Agents(commands::agents::Args),
     /// Cancel a job.
     Cancel(commands::cancel::Args),
+    /// Delete a job that has ended, with its results.
+    Delete(commands::delete::Args),
     /// Drain an agent: no new work; its running tasks get until a deadline, then move.
     Drain(commands::drain::Args),
     /// Manage signing keys.
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
             Command::Agents(a) => commands::agents::run(&client, a).await,
             Command::Clusters { command } => commands::clusters::run(&client, command).await,
             Command::Cancel(a) => commands::cancel::run(&client, a).await,
+            Command::Delete(a) => commands::delete::run(&client, a).await,
             Command::Drain(a) => commands::drain::run(&client, a).await,
             Command::Keys { command } => commands::keys::run(command),
             Command::Sign(a) => commands::keys::sign(a),

@@ -110,6 +110,13 @@ struct ServeArgs {
     /// failure, up to a minute.
     #[arg(long, default_value = "1s", value_parser = lull_protocol::units::parse_duration)]
     retry_backoff: std::time::Duration,
+    /// How long a blob that no job refers to is kept after its last use, e.g. 1h; then it is
+    /// collected. Also how long an unfinished upload waits to be resumed.
+    #[arg(long, default_value = "1h", value_parser = lull_protocol::units::parse_duration)]
+    blob_grace: std::time::Duration,
+    /// How often unreferenced blobs are collected, e.g. 10m.
+    #[arg(long, default_value = "10m", value_parser = lull_protocol::units::parse_duration)]
+    gc_interval: std::time::Duration,
     /// An OpenSSH allowed_signers file: submitted modules must be signed by a key on it.
     #[arg(long)]
     allowed_signers: Option<PathBuf>,
@@ -350,6 +357,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hub: HubConfig {
             lease: args.lease,
             retry_backoff: args.retry_backoff,
+            blob_grace: args.blob_grace,
+            gc_interval: args.gc_interval,
             trust,
             ..HubConfig::default()
         },

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use lull_protocol::Digest;
 use lull_protocol::job::JobSpec;
 use lull_protocol::message::{AttemptId, TaskId, TaskResult};
 use serde::Serialize;
@@ -571,6 +572,64 @@ impl Store {
         Ok(out)
     }
 
+    /// Every blob a stored job refers to: its modules and files, and the outputs and logs of
+    /// its recorded results. Reads every job and result: the blob collector's query, run
+    /// now and then.
+    pub async fn referenced_blobs(&self) -> Result<std::collections::HashSet<Digest>> {
+        use futures::TryStreamExt;
+        let mut out = std::collections::HashSet::new();
+        let mut jobs = sqlx::query("SELECT spec FROM jobs").fetch(&self.pool);
+        while let Some(row) = jobs.try_next().await? {
+            let spec: JobSpec = serde_json::from_str(&row.get::<String, _>(0))?;
+            out.extend(spec.blobs().map(|(d, _)| d));
+        }
+        drop(jobs);
+        let mut results =
+            sqlx::query("SELECT result FROM attempts WHERE result IS NOT NULL").fetch(&self.pool);
+        while let Some(row) = results.try_next().await? {
+            let result: TaskResult = serde_json::from_str(&row.get::<String, _>(0))?;
+            out.extend(result.blobs());
+        }
+        Ok(out)
+    }
+
+    /// Deletes a job whose tasks have all ended, with its tasks, attempts and results (its
+    /// blobs are collected later, unless other jobs refer to them). `Ok(false)` when some task
+    /// is still pending or running.
+    pub async fn delete_job(&self, id: u64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let exists = sqlx::query("SELECT 1 FROM jobs WHERE id = $1")
+            .bind(id as i64)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !exists {
+            return Err(StoreError::NoJob(id));
+        }
+        let unfinished: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM tasks WHERE job_id = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(id as i64)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        if unfinished > 0 {
+            return Ok(false);
+        }
+        for table in ["attempts", "tasks"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
+                .bind(id as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(id as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Task counts of one job.
     pub async fn job_counts(&self, job: u64) -> Result<Counts> {
         let rows =
@@ -957,6 +1016,7 @@ mod tests {
         agent_state_changes_are_kept_newest_first,
         cancel_stops_pending_tasks_and_lists_running_ones,
         leases_in_the_database_expire_unless_renewed_and_pending_tasks_are_found_by_time,
+        references_cover_jobs_and_results_until_the_job_is_deleted,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -1026,6 +1086,36 @@ mod tests {
         let attempts = s.attempts(task).await.unwrap();
         assert_eq!(attempts.len(), 1);
         assert!(attempts[0].result.is_some());
+    }
+
+    async fn references_cover_jobs_and_results_until_the_job_is_deleted(s: Store) {
+        let job = s.insert_job(&spec(1, 1), 0).await.unwrap();
+        let module = Digest::of(b"m");
+        assert_eq!(
+            s.referenced_blobs().await.unwrap(),
+            [module].into_iter().collect()
+        );
+        let task = TaskId { job, index: 0 };
+        let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
+        // Not while it runs.
+        assert!(!s.delete_job(job).await.unwrap());
+        let log = Digest::of(b"log");
+        let mut r = result(a1, 0);
+        r.modules[0].stdout = Some(lull_protocol::message::Captured {
+            digest: log,
+            size: 3,
+            truncated: false,
+        });
+        s.record_result("a", &r, 2).await.unwrap();
+        assert_eq!(
+            s.referenced_blobs().await.unwrap(),
+            [module, log].into_iter().collect()
+        );
+        assert!(s.delete_job(job).await.unwrap());
+        assert!(s.referenced_blobs().await.unwrap().is_empty());
+        assert!(matches!(s.job(job).await, Err(StoreError::NoJob(_))));
+        assert!(s.attempts(task).await.unwrap().is_empty());
+        assert!(matches!(s.delete_job(job).await, Err(StoreError::NoJob(_))));
     }
 
     async fn failures_retry_until_attempts_run_out(s: Store) {

@@ -75,20 +75,32 @@ impl fmt::Debug for Digest {
     }
 }
 
+impl Digest {
+    /// Parses the 64 hex digits alone (as in a file name), without the `sha256:` prefix.
+    pub fn from_hex(hex_part: &str) -> Result<Self, DigestError> {
+        parse_hex(hex_part, hex_part)
+    }
+}
+
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex_part = s
             .strip_prefix("sha256:")
             .ok_or_else(|| DigestError::Algorithm(s.to_owned()))?;
-        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DigestError::Hex(s.to_owned()));
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut out)
-            .map_err(|_| DigestError::Hex(s.to_owned()))?;
-        Ok(Self(out))
+        parse_hex(hex_part, s)
     }
+}
+
+/// Parses `hex_part`; errors name `s`, the whole text given.
+fn parse_hex(hex_part: &str, s: &str) -> Result<Digest, DigestError> {
+    if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DigestError::Hex(s.to_owned()));
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut out)
+        .map_err(|_| DigestError::Hex(s.to_owned()))?;
+    Ok(Digest(out))
 }
 
 impl Serialize for Digest {

@@ -445,6 +445,39 @@ impl JobSpec {
         Ok(())
     }
 
+    /// The job's bundle manifest: every blob its tasks need, as layers.
+    pub fn manifest(&self) -> Manifest {
+        let mut layers = Vec::new();
+        for m in &self.modules {
+            layers.push(Layer {
+                media_type: MEDIA_MODULE.into(),
+                digest: m.digest,
+                size: m.size,
+                name: m.name.clone(),
+            });
+            if let Some(f) = &m.stdin {
+                layers.push(Layer {
+                    media_type: MEDIA_STDIN.into(),
+                    digest: f.digest,
+                    size: f.size,
+                    name: format!("{}:stdin", m.name),
+                });
+            }
+            for f in &m.inputs {
+                layers.push(Layer {
+                    media_type: MEDIA_INPUT.into(),
+                    digest: f.digest,
+                    size: f.size,
+                    name: format!("{}:/input/{}", m.name, f.path),
+                });
+            }
+        }
+        Manifest {
+            schema_version: 1,
+            layers,
+        }
+    }
+
     /// Every blob a task of this job needs, modules first.
     pub fn blobs(&self) -> impl Iterator<Item = (Digest, u64)> + '_ {
         self.modules.iter().flat_map(|m| {
@@ -453,6 +486,39 @@ impl JobSpec {
                 .chain(m.inputs.iter().map(|f| (f.digest, f.size)))
         })
     }
+}
+
+/// The media type of a module layer.
+pub const MEDIA_MODULE: &str = "application/wasm";
+/// The media type of a module's standard input.
+pub const MEDIA_STDIN: &str = "application/vnd.lull.stdin";
+/// The media type of an input file.
+pub const MEDIA_INPUT: &str = "application/vnd.lull.input";
+
+/// A job's bundle manifest: the content-addressed blobs its tasks need, listed the way an OCI
+/// image manifest lists its layers. A submitter asks which of its digests the coordinator
+/// lacks and uploads only those; the coordinator keeps every blob a stored job's manifest lists.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// 1.
+    pub schema_version: u32,
+    /// The blobs, modules first, each followed by its stdin and inputs.
+    pub layers: Vec<Layer>,
+}
+
+/// One blob of a [`Manifest`].
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer {
+    /// What it is: [`MEDIA_MODULE`], [`MEDIA_STDIN`] or [`MEDIA_INPUT`].
+    pub media_type: String,
+    /// Its sha256.
+    pub digest: Digest,
+    /// Its size in bytes (0 for a module named by digest alone).
+    pub size: u64,
+    /// Where the task sees it: the module's name, `NAME:stdin` or `NAME:/input/PATH`.
+    pub name: String,
 }
 
 /// Checks that an input path stays inside `/input`: relative, no `..`, no empty parts.

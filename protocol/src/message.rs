@@ -136,6 +136,9 @@ pub enum AgentMessage {
         /// Its policy's view of the machine.
         #[serde(default)]
         status: AgentStatus,
+        /// Modules it holds compiled (the scheduler prefers it for their tasks).
+        #[serde(default)]
+        compiled: Vec<Digest>,
     },
     /// Fresh capacity figures and what is running; also renews leases.
     Report {
@@ -153,6 +156,23 @@ pub enum AgentMessage {
         attempt: AttemptId,
         /// Microseconds from the assignment's arrival to the guest running, measured on the agent.
         setup_us: u64,
+    },
+    /// An assigned attempt waits on the agent before it can start (for a memory slot, or a
+    /// task slot); sent once when the wait begins.
+    Waiting {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Why, e.g. "waiting for 1 memory slot(s) of at least 100 MiB: all in use (2 x 256 MiB)".
+        reason: String,
+    },
+    /// Modules the agent compiled or dropped from its cache since it last said.
+    Holds {
+        /// Now held compiled.
+        #[serde(default)]
+        compiled: Vec<Digest>,
+        /// No longer held.
+        #[serde(default)]
+        dropped: Vec<Digest>,
     },
     /// An attempt ended; its blobs were uploaded first.
     Result(TaskResult),

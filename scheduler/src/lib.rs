@@ -262,6 +262,24 @@ impl Scheduler {
         }
     }
 
+    /// An agent no longer holds these modules compiled (its cache dropped them).
+    pub fn agent_drops(&mut self, id: &str, modules: impl IntoIterator<Item = Digest>) {
+        let Some(&i) = self.index.get(id) else {
+            return;
+        };
+        for m in modules {
+            let held = self.agents[i as usize]
+                .as_mut()
+                .is_some_and(|a| a.warm.remove(&m));
+            if held && let Some(list) = self.warm.get_mut(&m) {
+                list.retain(|&a| a != i);
+                if list.is_empty() {
+                    self.warm.remove(&m);
+                }
+            }
+        }
+    }
+
     /// An agent went away: nothing more is placed on it, and its reservations are dropped
     /// (its tasks' fate is the coordinator's business: leases).
     pub fn agent_down(&mut self, id: &str) {

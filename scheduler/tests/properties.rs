@@ -364,6 +364,33 @@ fn ties_go_to_agents_holding_the_module_compiled() {
 }
 
 #[test]
+fn a_module_an_agent_dropped_no_longer_draws_its_tasks() {
+    let mut s = Scheduler::new(3);
+    for id in ["a", "b"] {
+        s.agent_up(id, &capacity(4, 4, 8 * GIB, "linux", None), true);
+    }
+    let job = JobDef {
+        count: 2,
+        memory: 64 * MIB,
+        cpu_millis: 100,
+        strategy: Kind::Binpack,
+        constraints: vec![],
+    };
+    let p = placement(&job);
+    let module = p.module;
+    // Were "a" still warm, the tie would go to it (it joined first).
+    s.agent_holds("a", module);
+    s.agent_drops("a", module);
+    s.agent_holds("b", module);
+    s.add_job(1, p, 1);
+    s.task_queued(TaskId { job: 1, index: 0 });
+    assert_eq!(s.poll_placement().unwrap().agent, "b");
+    // Dropping what was never held, or for an unknown agent, changes nothing.
+    s.agent_drops("b", module);
+    s.agent_drops("nobody", module);
+}
+
+#[test]
 fn random_repeats_for_a_seed_and_uses_every_agent() {
     let run = |seed| {
         let defs: Vec<AgentDef> = (0..3)

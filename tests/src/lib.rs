@@ -892,6 +892,15 @@ impl Cluster {
     /// Submits a job signed with the cluster's key (`lull submit JOB --key K --json`); returns
     /// its number. Panics when the CLI refuses it.
     pub fn submit(&self, job: &Path) -> u64 {
+        let answer = self.submit_json(job);
+        answer["job"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("`lull submit --json` printed no job number:\n{answer}"))
+    }
+
+    /// Submits a job as [`Cluster::submit`] does; returns what `lull submit --json` printed
+    /// (the job number and what was uploaded).
+    pub fn submit_json(&self, job: &Path) -> Value {
         let out = self.lull(&[
             "submit",
             path_str(job),
@@ -900,9 +909,26 @@ impl Cluster {
             "--json",
         ]);
         out.assert_success();
-        out.json()["job"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("`lull submit --json` printed no job number:\n{out}"))
+        out.json()
+    }
+
+    /// Sends a request to the coordinator's API with the submitter's token: `build` makes it
+    /// from the client and the URL of `path`. Returns the status and the JSON body.
+    pub fn request(
+        &self,
+        path: &str,
+        build: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    ) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.announced.http);
+        let request = build(&self.http, url.clone()).timeout(Duration::from_secs(30));
+        self.runtime.block_on(async {
+            let resp = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or_default())
+        })
     }
 
     /// Submits a job and follows it to its end (`lull submit JOB --key K --watch --json`);

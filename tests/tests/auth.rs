@@ -79,4 +79,13 @@ fn the_api_needs_a_valid_submitters_token() {
     let body = cluster.get_anonymous("/api/v1/jobs");
     assert_eq!(body.0, 401, "{:?}", body.1);
     assert_eq!(body.1["error"]["code"], "unauthorized", "{:?}", body.1);
+    // Uploads too: no blob is taken from someone without a token.
+    for path in ["/api/v1/uploads", "/api/v1/blobs/missing"] {
+        let (status, body) = cluster.request(path, |_, url| {
+            reqwest::Client::new()
+                .post(url)
+                .json(&serde_json::json!({ "digest": format!("sha256:{}", "0".repeat(64)), "size": 1, "digests": [] }))
+        });
+        assert_eq!(status, 401, "{path}: {body}");
+    }
 }

@@ -278,6 +278,7 @@ fn an_agent_of_another_protocol_version_is_refused_with_both_versions_named() {
             capacity: Capacity::default(),
             running: vec![],
             status: Default::default(),
+            compiled: vec![],
         };
         send.write_all(&to_bytes(&hello, DEFAULT_MAX_FRAME).unwrap())
             .await

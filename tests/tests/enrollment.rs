@@ -285,6 +285,7 @@ fn an_enrolled_client_cannot_fetch_or_report_another_agents_work() {
             capacity: Capacity::default(),
             running: vec![theirs],
             status: AgentStatus::default(),
+            compiled: vec![],
         };
         link::write_frame(&mut send, &hello).await.unwrap();
         let welcome: Option<CoordinatorMessage> = link::read_frame(&mut recv).await.unwrap();

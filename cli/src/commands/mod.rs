@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod cancel;
 pub mod clusters;
+pub mod delete;
 pub mod dev;
 pub mod drain;
 pub mod keys;

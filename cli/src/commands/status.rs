@@ -103,13 +103,21 @@ fn print_job(d: &JobDetail) {
         "TASK", "STATE", "ATTEMPT", "AGENT"
     );
     for t in d["tasks"].as_array().into_iter().flatten() {
+        // An assigned task that waits on its agent (for a memory or task slot) says so.
+        let (state, cause) = match t["waiting"].as_str() {
+            Some(why) => ("waiting", why),
+            None => (
+                t["state"].as_str().unwrap_or("?"),
+                t["cause"].as_str().unwrap_or(""),
+            ),
+        };
         println!(
             "{:>6}  {:<10} {:>7}  {:<20} {}",
             t["index"].to_string(),
-            t["state"].as_str().unwrap_or("?"),
+            state,
             t["attempt"].to_string(),
             t["agent"].as_str().unwrap_or("-"),
-            t["cause"].as_str().unwrap_or("")
+            cause
         );
     }
 }

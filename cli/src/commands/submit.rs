@@ -32,6 +32,26 @@ pub struct Args {
 struct Local {
     digest: Digest,
     path: PathBuf,
+    /// Whether it is a module (rather than stdin or an input).
+    module: bool,
+}
+
+/// Bytes per upload chunk.
+const CHUNK: u64 = 8 << 20;
+
+/// What the uploads of one submit did.
+#[derive(Debug, Default, serde::Serialize)]
+struct UploadReport {
+    /// Files the job names (each distinct blob once).
+    files: usize,
+    /// Files the coordinator lacked, uploaded now.
+    uploaded: usize,
+    /// Bytes sent.
+    bytes: u64,
+    /// Bytes of modules sent.
+    module_bytes: u64,
+    /// Bytes an interrupted earlier upload had already delivered.
+    resumed_bytes: u64,
 }
 
 /// Submits a job; `configured_key` is the signing key named in the user's settings file.
@@ -58,12 +78,22 @@ pub async fn run(
     let missing: BTreeSet<Digest> = serde_json::from_value(answer["missing"].clone())
         .context("reading the coordinator's list of missing blobs")?;
     let mut uploaded = BTreeSet::new();
+    let mut report = UploadReport {
+        files: digests.len(),
+        ..UploadReport::default()
+    };
     for f in &files {
         if missing.contains(&f.digest) && uploaded.insert(f.digest) {
-            client
-                .put_file(&format!("/api/v1/blobs/{}", f.digest), &f.path)
+            let done = client
+                .upload(f.digest, &f.path, CHUNK)
                 .await
                 .with_context(|| format!("uploading {}", f.path.display()))?;
+            report.uploaded += 1;
+            report.bytes += done.sent;
+            report.resumed_bytes += done.resumed_from;
+            if f.module {
+                report.module_bytes += done.sent;
+            }
         }
     }
     let answer: serde_json::Value = client.post("/api/v1/jobs", &spec).await?;
@@ -72,14 +102,23 @@ pub async fn run(
         .context("the coordinator returned no job number")?;
     if !args.watch {
         if args.json {
-            super::print_json(&json!({ "job": job }))?;
+            super::print_json(&json!({ "job": job, "upload": report }))?;
         } else {
+            let resumed = if report.resumed_bytes > 0 {
+                format!(
+                    ", resuming after {} sent earlier",
+                    lull_protocol::units::format_size(report.resumed_bytes)
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "submitted job {job} ({} task{}, {} of {} file(s) uploaded)\n  watch it: lull status {job} --watch\n  results:  lull results {job} -o results-{job}",
+                "submitted job {job} ({} task{}; {} of {} file(s) uploaded, {}{resumed})\n  watch it: lull status {job} --watch\n  results:  lull results {job} -o results-{job}",
                 spec.count,
                 if spec.count == 1 { "" } else { "s" },
-                uploaded.len(),
-                digests.len()
+                report.uploaded,
+                report.files,
+                lull_protocol::units::format_size(report.bytes),
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -148,7 +187,11 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
                 } else {
                     stem
                 };
-                files.push(Local { digest, path });
+                files.push(Local {
+                    digest,
+                    path,
+                    module: true,
+                });
                 (name, digest, bytes.len() as u64, signature)
             }
             (None, Some(d)) => (format!("module{i}"), *d, 0, None),
@@ -244,6 +287,7 @@ fn file_ref(path: &Path, name: &str) -> anyhow::Result<(FileRef, Local)> {
         Local {
             digest,
             path: path.to_owned(),
+            module: false,
         },
     ))
 }

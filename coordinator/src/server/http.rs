@@ -17,13 +17,13 @@ use axum::routing::{get, post};
 use futures::TryStreamExt;
 use lull_protocol::Digest;
 use lull_protocol::job::JobSpec;
-use lull_protocol::message::TaskId;
+use lull_protocol::message::{AttemptId, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::hub::{Hub, HubError};
 use crate::blobs::BlobError;
-use crate::store::{Counts, StoreError, TokenKind};
+use crate::store::{Counts, StoreError, TaskState, TokenKind};
 
 /// The routes.
 pub fn router(hub: Arc<Hub>) -> Router {
@@ -32,8 +32,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/info", get(info))
         .route("/api/v1/blobs/missing", post(missing))
         .route("/api/v1/blobs/{digest}", get(get_blob).put(put_blob))
+        .route("/api/v1/uploads", post(start_upload))
+        .route(
+            "/api/v1/uploads/{digest}",
+            get(upload_state).patch(append_chunk),
+        )
         .route("/api/v1/jobs", get(jobs).post(submit))
-        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}", get(job).delete(delete_job))
+        .route("/api/v1/jobs/{id}/manifest", get(manifest))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
         .route("/api/v1/agents", get(agents))
@@ -118,6 +124,7 @@ impl From<HubError> for ApiError {
         match e {
             HubError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
             HubError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            HubError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             HubError::Store(e) => e.into(),
         }
     }
@@ -163,12 +170,129 @@ async fn missing(
     State(hub): State<Arc<Hub>>,
     Json(req): Json<MissingRequest>,
 ) -> Json<serde_json::Value> {
-    let missing: Vec<Digest> = req
-        .digests
-        .into_iter()
-        .filter(|d| !hub.blobs().contains(d))
-        .collect();
+    let mut missing = Vec::new();
+    for d in req.digests {
+        if hub.blobs().contains(&d) {
+            // The submitter will refer to it: it is safe from collection for the grace period.
+            hub.blobs().touch(&d);
+        } else {
+            missing.push(d);
+        }
+    }
     Json(json!({ "missing": missing }))
+}
+
+/// The largest chunk of a resumable upload.
+pub const MAX_CHUNK: u64 = 16 << 20;
+/// The header naming where a chunk starts in its blob.
+pub const OFFSET_HEADER: &str = "upload-offset";
+/// The header carrying a chunk's own sha256.
+pub const CHUNK_DIGEST_HEADER: &str = "chunk-digest";
+
+#[derive(Deserialize)]
+struct StartUpload {
+    digest: Digest,
+    size: u64,
+}
+
+fn upload_answer(state: crate::blobs::UploadState) -> Json<serde_json::Value> {
+    Json(json!({
+        "digest": state.digest,
+        "size": state.size,
+        "offset": state.offset,
+        "complete": state.complete,
+        "max_chunk": MAX_CHUNK,
+    }))
+}
+
+fn blob_error(digest: &Digest, e: BlobError) -> ApiError {
+    let (status, code) = match &e {
+        BlobError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        BlobError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        BlobError::Offset { .. } => (StatusCode::CONFLICT, "offset_mismatch"),
+        BlobError::Busy => (StatusCode::CONFLICT, "upload_busy"),
+        BlobError::NoUpload => (StatusCode::NOT_FOUND, "no_upload"),
+        BlobError::Chunk { .. } => (StatusCode::BAD_REQUEST, "chunk_rejected"),
+        BlobError::Mismatch { .. } | BlobError::Length { .. } => {
+            (StatusCode::BAD_REQUEST, "blob_rejected")
+        }
+    };
+    ApiError::new(status, code, format!("blob {digest}: {e}"))
+}
+
+/// Starts (or finds) the resumable upload of a blob: answers where to continue from.
+async fn start_upload(
+    State(hub): State<Arc<Hub>>,
+    Json(req): Json<StartUpload>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let state = hub
+        .blobs()
+        .start_upload(req.digest, req.size, hub.config().max_blob)
+        .await
+        .map_err(|e| blob_error(&req.digest, e))?;
+    Ok(upload_answer(state))
+}
+
+async fn upload_state(
+    State(hub): State<Arc<Hub>>,
+    Path(digest): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let digest = parse_digest(&digest)?;
+    match hub.blobs().upload_state(&digest).await {
+        Ok(Some(state)) => Ok(upload_answer(state)),
+        Ok(None) => Err(blob_error(&digest, BlobError::NoUpload)),
+        Err(e) => Err(blob_error(&digest, e)),
+    }
+}
+
+/// Adds one chunk to an upload: `Upload-Offset` says where it starts, `Chunk-Digest` what its
+/// bytes hash to.
+async fn append_chunk(
+    State(hub): State<Arc<Hub>>,
+    Path(digest): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let digest = parse_digest(&digest)?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("a chunk needs the {name} header"),
+                )
+            })
+    };
+    let offset: u64 = header(OFFSET_HEADER)?.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{OFFSET_HEADER}: not a number of bytes"),
+        )
+    })?;
+    let chunk_digest: Digest = header(CHUNK_DIGEST_HEADER)?.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{CHUNK_DIGEST_HEADER}: {e}"),
+        )
+    })?;
+    if body.len() as u64 > MAX_CHUNK {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a chunk may hold at most {MAX_CHUNK} bytes"),
+        ));
+    }
+    let state = hub
+        .blobs()
+        .append_chunk(digest, offset, chunk_digest, &body)
+        .await
+        .map_err(|e| blob_error(&digest, e))?;
+    Ok(upload_answer(state))
 }
 
 async fn put_blob(
@@ -187,16 +311,7 @@ async fn put_blob(
         .await
     {
         Ok(size) => Ok(Json(json!({"digest": digest, "size": size}))),
-        Err(BlobError::Io(e)) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            e.to_string(),
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "blob_rejected",
-            format!("blob {digest}: {e}"),
-        )),
+        Err(e) => Err(blob_error(&digest, e)),
     }
 }
 
@@ -281,6 +396,15 @@ async fn job(
         .map(|t| {
             let mut v = serde_json::to_value(&t).unwrap_or_default();
             v["result"] = serde_json::to_value(results.remove(&t.id.index)).unwrap_or_default();
+            let attempt = AttemptId {
+                task: t.id,
+                attempt: t.attempt,
+            };
+            if t.state == TaskState::Running
+                && let Some(why) = hub.attempt_waiting(attempt)
+            {
+                v["waiting"] = why.into();
+            }
             v
         })
         .collect();
@@ -296,6 +420,21 @@ async fn job(
         "spec": job.spec,
         "tasks": tasks,
     })))
+}
+
+async fn delete_job(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<serde_json::Value>> {
+    hub.delete_job(id).await?;
+    Ok(Json(json!({ "job": id, "deleted": true })))
+}
+
+async fn manifest(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<lull_protocol::job::Manifest>> {
+    Ok(Json(hub.store().job(id).await?.spec.manifest()))
 }
 
 async fn task(

@@ -42,6 +42,10 @@ pub struct HubConfig {
     /// development key and need no token, and its agents need no enrollment. Elsewhere an agent
     /// is admitted only with the key it enrolled with a join token.
     pub dev: bool,
+    /// How long a blob no job refers to is kept after its last use before it is collected.
+    pub blob_grace: Duration,
+    /// How often unreferenced blobs are collected.
+    pub gc_interval: Duration,
 }
 
 impl Default for HubConfig {
@@ -53,6 +57,8 @@ impl Default for HubConfig {
             trust: None,
             retry_backoff: Duration::from_secs(1),
             dev: false,
+            blob_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(600),
         }
     }
 }
@@ -66,6 +72,9 @@ pub enum HubError {
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
+    /// Not possible in the thing's present state; the message says what to do first.
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -84,6 +93,9 @@ struct AgentConn {
     draining: Option<i64>,
     /// The cluster it belongs to.
     cluster: String,
+    /// Blobs downloaded on this connection, and their bytes.
+    blobs_served: u64,
+    bytes_served: u64,
 }
 
 impl AgentConn {
@@ -112,6 +124,8 @@ struct Inner {
     shared: SharedSync,
     /// Jobs known to be cancelled (their running attempts were told to stop).
     cancelled: HashSet<u64>,
+    /// Attempts assigned here that wait on their agent before starting, and why.
+    waiting: HashMap<AttemptId, String>,
 }
 
 /// The state of [`Hub::sync_shared`].
@@ -209,6 +223,10 @@ pub struct AgentView {
     pub draining_until_ms: Option<i64>,
     /// The cluster it belongs to.
     pub cluster: String,
+    /// Blobs it downloaded on this connection, and their bytes.
+    pub blobs_served: u64,
+    /// The bytes of those blobs.
+    pub bytes_served: u64,
 }
 
 /// The coordinator's live state.
@@ -219,6 +237,9 @@ pub struct Hub {
     config: HubConfig,
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Held shared while a job is checked and stored, exclusively while blobs are collected:
+    /// a job never refers to a blob collected under it.
+    collecting: tokio::sync::RwLock<()>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -250,10 +271,64 @@ impl Hub {
                 queued: HashSet::new(),
                 shared: SharedSync::default(),
                 cancelled: HashSet::new(),
+                waiting: HashMap::new(),
             }),
             config,
             wake: Notify::new(),
+            collecting: tokio::sync::RwLock::new(()),
         })
+    }
+
+    /// Deletes the blobs no job refers to that went unused for the grace period, and
+    /// unfinished uploads as old. Jobs are not stored meanwhile.
+    pub async fn collect_blobs(&self) -> Result<crate::blobs::Collected, HubError> {
+        let _exclusive = self.collecting.write().await;
+        let referenced = self.store.referenced_blobs().await?;
+        let done = self
+            .blobs
+            .collect(&referenced, self.config.blob_grace)
+            .await
+            .map_err(|e| HubError::BadRequest(format!("collecting blobs: {e}")))?;
+        if done.blobs > 0 || done.uploads > 0 {
+            tracing::info!(
+                blobs = done.blobs,
+                bytes = done.bytes,
+                uploads = done.uploads,
+                kept = done.referenced,
+                in_grace = done.in_grace,
+                "collected unreferenced blobs"
+            );
+        }
+        Ok(done)
+    }
+
+    /// Collects blobs every [`HubConfig::gc_interval`], for ever.
+    pub async fn collect_blobs_periodically(self: Arc<Self>) {
+        let mut every =
+            tokio::time::interval(self.config.gc_interval.max(Duration::from_millis(100)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(e) = self.collect_blobs().await {
+                tracing::warn!(error = %e, "blob collection failed; trying again later");
+            }
+        }
+    }
+
+    /// Deletes a finished job with its tasks and results; its blobs go at the next collection
+    /// after the grace period, unless other jobs use them.
+    pub async fn delete_job(&self, id: u64) -> Result<(), HubError> {
+        if !self.store.delete_job(id).await? {
+            return Err(HubError::Conflict(format!(
+                "job {id} still has pending or running tasks: cancel it first (`lull cancel {id}`)"
+            )));
+        }
+        let inner = &mut *self.lock();
+        inner.jobs.remove(&id);
+        inner.cancelled.remove(&id);
+        tracing::info!(job = id, "job deleted");
+        Ok(())
     }
 
     /// The durable store.
@@ -324,11 +399,21 @@ impl Hub {
                 spec.cluster
             )));
         }
-        for (digest, _) in spec.blobs() {
-            if !self.blobs.contains(&digest) {
-                return Err(HubError::BadRequest(format!(
-                    "blob {digest} has not been uploaded"
-                )));
+        // From the check to the insert, no collection deletes what the job refers to.
+        let _shared = self.collecting.read().await;
+        for (digest, size) in spec.blobs() {
+            match self.blobs.size(&digest) {
+                None => {
+                    return Err(HubError::BadRequest(format!(
+                        "blob {digest} has not been uploaded"
+                    )));
+                }
+                Some(stored) if size != 0 && stored != size => {
+                    return Err(HubError::BadRequest(format!(
+                        "blob {digest} is {stored} bytes, but the job says {size}"
+                    )));
+                }
+                Some(_) => {}
             }
         }
         for m in &spec.modules {
@@ -403,6 +488,7 @@ impl Hub {
             capacity,
             running,
             status,
+            compiled,
         } = hello
         else {
             return Err("the first message on a control stream must be hello".into());
@@ -464,11 +550,9 @@ impl Hub {
                 });
             }
         }
-        inner.schedulers.get(&cluster).agent_up(
-            agent_id,
-            capacity,
-            status.accepting && draining.is_none(),
-        );
+        let scheduler = inner.schedulers.get(&cluster);
+        scheduler.agent_up(agent_id, capacity, status.accepting && draining.is_none());
+        scheduler.agent_holds(agent_id, compiled.iter().copied());
         if let Some(deadline) = draining {
             for attempt in &mine {
                 let _ = tx.send(drain_eviction(*attempt, deadline));
@@ -493,6 +577,8 @@ impl Hub {
                 connected_at: SystemTime::now(),
                 draining,
                 cluster: cluster.clone(),
+                blobs_served: 0,
+                bytes_served: 0,
             },
         ) {
             tracing::info!(agent = %agent_id, old = old.conn, "agent reconnected; old connection replaced");
@@ -690,6 +776,19 @@ impl Hub {
         })
     }
 
+    /// Counts a blob served to an agent.
+    pub fn blob_served(&self, agent: &str, bytes: u64) {
+        if let Some(a) = self.lock().agents.get_mut(agent) {
+            a.blobs_served += 1;
+            a.bytes_served += bytes;
+        }
+    }
+
+    /// Why an attempt assigned here waits on its agent, if it does.
+    pub fn attempt_waiting(&self, attempt: AttemptId) -> Option<String> {
+        self.lock().waiting.get(&attempt).cloned()
+    }
+
     /// An agent's control stream ended. Its leases run on: it may reconnect in time.
     pub fn agent_disconnected(&self, agent: &str, conn: u64) {
         let inner = &mut *self.lock();
@@ -697,6 +796,9 @@ impl Hub {
             && let Some(a) = inner.agents.remove(agent)
         {
             inner.schedulers.get(&a.cluster).agent_down(agent);
+            for attempt in &a.running {
+                inner.waiting.remove(attempt);
+            }
             tracing::info!(%agent, "agent disconnected");
         }
     }
@@ -748,11 +850,31 @@ impl Hub {
                     tracing::warn!(%agent, %attempt, "start reported for an attempt not assigned to this agent; ignored");
                     return;
                 }
+                self.lock().waiting.remove(&attempt);
                 if let Err(e) = self.store.mark_started(attempt, setup_us, now_ms()).await {
                     tracing::warn!(%attempt, error = %e, "could not record start");
                 }
             }
-            AgentMessage::Result(result) => self.agent_result(agent, result).await,
+            AgentMessage::Waiting { attempt, reason } => {
+                if !self.holds(agent, attempt) {
+                    tracing::warn!(%agent, %attempt, "wait reported for an attempt not assigned to this agent; ignored");
+                    return;
+                }
+                tracing::info!(%agent, %attempt, %reason, "attempt waits on its agent");
+                self.lock().waiting.insert(attempt, reason);
+            }
+            AgentMessage::Holds { compiled, dropped } => {
+                let inner = &mut *self.lock();
+                if let Some(cluster) = inner.agents.get(agent).map(|a| a.cluster.clone()) {
+                    let scheduler = inner.schedulers.get(&cluster);
+                    scheduler.agent_holds(agent, compiled);
+                    scheduler.agent_drops(agent, dropped);
+                }
+            }
+            AgentMessage::Result(result) => {
+                self.lock().waiting.remove(&result.attempt);
+                self.agent_result(agent, result).await
+            }
             AgentMessage::StateChanged {
                 from,
                 to,
@@ -1138,6 +1260,8 @@ impl Hub {
                     .unwrap_or(0),
                 draining_until_ms: a.draining,
                 cluster: a.cluster.clone(),
+                blobs_served: a.blobs_served,
+                bytes_served: a.bytes_served,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

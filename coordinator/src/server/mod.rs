@@ -129,6 +129,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(hub.clone().run()));
+    tasks.push(tokio::spawn(hub.clone().collect_blobs_periodically()));
     tasks.push(tokio::spawn(quic::serve(
         endpoint.clone(),
         hub.clone(),

@@ -216,6 +216,9 @@ async fn stream(
                     let size = file.metadata().await?.len();
                     write_frame(&mut send, &BlobReply::Ok { size }).await?;
                     tokio::io::copy(&mut file, &mut send).await?;
+                    if let Some(id) = agent.get() {
+                        hub.blob_served(id, size);
+                    }
                 }
                 Err(_) => write_frame(&mut send, &BlobReply::NotFound).await?,
             }

@@ -2,6 +2,8 @@
 //! last line.
 //!
 //! - `dispatch`: many trivial tasks through `lull dev` on loopback.
+//! - `start`: warm instantiation (pooled and not), cold starts, and what a submit and a
+//!   1,000-task job send and fetch.
 //! - `schedule`: the scheduler alone, placing 1,000,000 tasks on 10,000 simulated agents with
 //!   each strategy.
 //! - `scavenge`: the agent's sandbox, scavenger and policy in this process against incumbent
@@ -10,13 +12,14 @@
 mod dispatch;
 mod scavenge;
 mod schedule;
+mod start;
 
 use anyhow::bail;
 
 use crate::util;
 
 /// The benchmarks.
-pub const NAMES: &[&str] = &["dispatch", "scavenge", "schedule"];
+pub const NAMES: &[&str] = &["dispatch", "scavenge", "schedule", "start"];
 
 /// Runs a benchmark.
 pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
@@ -24,6 +27,7 @@ pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
         Some("dispatch") => dispatch::run(args),
         Some("scavenge") => scavenge::run(args),
         Some("schedule") => schedule::run(args),
+        Some("start") => start::run(args),
         // The scavenge bench's child processes (incumbents), started from this same binary.
         Some(helper) if helper.starts_with(scavenge::HELPER_PREFIX) => {
             scavenge::helper(helper, args)

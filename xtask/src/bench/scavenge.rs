@@ -758,6 +758,7 @@ impl Agent {
                 scratch_dir,
                 memory_limit: 16 << 20,
                 timeout: Duration::from_secs(3600),
+                pooled: false,
             },
             shared: Arc::new(Shared::default()),
             changes: Changes::default(),
