@@ -110,6 +110,12 @@ impl Agent {
         }
         let cache_size = units::parse_size(&config.cache_size).context("cache_size")?;
         let pool = PoolConfig::from_settings(&config.pool, max_task_memory)?;
+        // What the coordinator is told a module may have: no more than a slot can hold, so that
+        // it sends no task the pools could never take.
+        let max_task_memory = max_task_memory.min(pool.largest_guest());
+        if max_task_memory == 0 {
+            bail!("pool: no slot can hold a guest (no classes and no variable pool)");
+        }
         let lru = Lru::new(cache_size);
         let cache = BlobCache::open(&data.join("blobs"), lru.clone())?;
         let outbox = data.join("outbox");

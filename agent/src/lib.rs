@@ -6,7 +6,8 @@
 //! | [`config`] | `agent.toml`, the owner's settings |
 //! | [`daemon`] | the main loop: connection, reports, assignments, the outbox of results |
 //! | [`link`] | the QUIC link: pinned coordinator key, framing, blob download and upload |
-//! | [`cache`] | blobs by digest on disk, checked on arrival |
+//! | [`cache`] | blobs by digest and compiled modules on disk, checked, under one LRU size budget |
+//! | [`pool`] | memory slots for guests: fixed size classes (pooled, warm) and a variable pool |
 //! | [`runner`] | one assignment: checks (memory cap, signatures, compile), directories, threads, result |
 //! | [`sandbox`] | wasmtime + WASI with memory, time and output caps; pause, CPU share, eviction, idle priority |
 //! | [`scavenger`] | the thread that feeds the sampler's readings to the policy and applies its decisions |

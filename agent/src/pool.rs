@@ -116,6 +116,11 @@ impl PoolConfig {
         self.classes.iter().map(|&(_, n)| n).sum()
     }
 
+    /// The most memory one guest can have here: the largest class, or the whole variable pool.
+    pub fn largest_guest(&self) -> u64 {
+        self.largest_class().unwrap_or(0).max(self.variable)
+    }
+
     /// The largest class, if there is a fixed pool.
     pub fn largest_class(&self) -> Option<u64> {
         self.classes.last().map(|&(s, _)| s)

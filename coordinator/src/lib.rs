@@ -8,7 +8,7 @@
 //! | `lull_scheduler` (a crate) | placement of pending tasks on agents: strategies, constraints, reservations; pure |
 //! | [`leases`] | assignment leases that reports renew; pure, time comes in |
 //! | [`backup`] | a consistent copy of the data directory while the coordinator runs |
-//! | [`blobs`] | the content-addressed (sha256) blob store on disk |
+//! | [`blobs`] | the content-addressed (sha256) blob store on disk: resumable chunked uploads, collection of unreferenced blobs |
 //! | [`tls`] | the coordinator's key and self-signed certificate, pinned by agents |
 
 pub mod backup;

@@ -308,9 +308,10 @@ fn a_task_waits_for_a_memory_slot_then_runs() {
 #[test]
 fn a_task_that_can_never_fit_the_pools_is_refused_with_the_reason() {
     let mut cluster = Cluster::start();
+    // One 16 MiB slot and 16 MiB of variable pool: one guest of 16 MiB fits, two never do.
     let config = cluster.write_agent_config(
         "tiny",
-        "dedicated = true\n[pool]\nclasses = [{ size = \"8MiB\", slots = 2 }]\nvariable = \"8MiB\"\n",
+        "dedicated = true\n[pool]\nclasses = [{ size = \"16MiB\", slots = 1 }]\nvariable = \"16MiB\"\n",
     );
     cluster.start_agent(
         "tiny",
@@ -319,17 +320,27 @@ fn a_task_that_can_never_fit_the_pools_is_refused_with_the_reason() {
             ..AgentOptions::slots(1)
         },
     );
-    cluster.wait_for_agents(&["tiny"]);
+    let listed = cluster.wait_for_agents(&["tiny"]);
+    // The agent tells the coordinator the most a module may have here.
+    assert_eq!(
+        listed[0]["capacity"]["max_task_memory"],
+        16u64 << 20,
+        "{listed:?}"
+    );
+    let module = guests::hello(0);
     let job = cluster.write_job(
-        "big",
-        &format!("{}[retry]\nmax_attempts = 1\n", hello_job("big", 1)),
-        &[("hello.wasm", &guests::hello(0))],
+        "pair",
+        "name = \"pair\"\n[[module]]\npath = \"a.wasm\"\nargs = [\"a\"]\n[[module]]\npath = \"b.wasm\"\nargs = [\"b\"]\n[resources]\nmemory = \"16MiB\"\n[retry]\nmax_attempts = 1\n",
+        &[("a.wasm", &module), ("b.wasm", &module)],
     );
     let id = cluster.submit(&job);
     let done = cluster.wait_for_job_end(id);
     assert_eq!(done["state"], "failed", "{}", summarize(&done));
     let text = summarize(&done);
-    assert!(text.contains("variable pool is 8 MiB"), "{text}");
+    assert!(
+        text.contains("needs 32 MiB for 2 guest(s) of 16 MiB each; this agent's variable pool is 16 MiB and its largest slot is 16 MiB"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub struct Args {
     /// Follow the job to its end with a progress bar; exit 0 only if every task succeeded.
     #[arg(long)]
     watch: bool,
-    /// Print JSON: `{"job": N}` (with --watch, the job's final status).
+    /// Print JSON: the job number and what was uploaded (with --watch, the job's final status).
     #[arg(long)]
     json: bool,
     /// The signing key for modules without a FILE.sig beside them.
