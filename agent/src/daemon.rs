@@ -488,28 +488,30 @@ impl Agent {
         if let Err(reason) = self.fetch_all(&a).await {
             return Some(runner::refused(&a, &reason));
         }
-        // Past its slots, an assignment waits here (still reported, so its lease holds).
+        // Past its slots, an assignment waits here (still reported, so its lease holds); a
+        // cancel or an eviction meanwhile ends it at once.
         let permit = match self.free_slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 let reason = format!("waiting for a task slot: all {} in use", self.slots);
                 tracing::info!(%attempt, %reason);
                 self.send_event(AgentMessage::Waiting { attempt, reason });
-                self.free_slots.clone().acquire_owned().await.ok()?
+                match unless_stopped(&control, self.free_slots.clone().acquire_owned()).await {
+                    Ok(p) => p.ok()?,
+                    Err(outcome) => return Some(runner::ended_before_start(&a, outcome)),
+                }
             }
         };
         let guests = a.job.modules.len() as u32;
         let memory = a.job.resources.memory;
-        let grant = self
-            .pools
-            .acquire(memory, guests, |reason| {
-                tracing::info!(%attempt, %reason);
-                self.send_event(AgentMessage::Waiting { attempt, reason });
-            })
-            .await;
-        let grant = match grant {
-            Ok(g) => g,
-            Err(reason) => return Some(runner::refused(&a, &reason)),
+        let grant = self.pools.acquire(memory, guests, |reason| {
+            tracing::info!(%attempt, %reason);
+            self.send_event(AgentMessage::Waiting { attempt, reason });
+        });
+        let grant = match unless_stopped(&control, grant).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(reason)) => return Some(runner::refused(&a, &reason)),
+            Err(outcome) => return Some(runner::ended_before_start(&a, outcome)),
         };
         let pooled = grant.slot().pooled();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -644,6 +646,24 @@ impl Agent {
     }
 }
 
+/// Waits for `wait` unless the attempt of `control` is cancelled or evicted meanwhile (looked at
+/// every 50 ms): then the outcome it ends with.
+async fn unless_stopped<T>(
+    control: &TaskControl,
+    wait: impl std::future::Future<Output = T>,
+) -> Result<T, lull_protocol::message::Outcome> {
+    tokio::pin!(wait);
+    loop {
+        if let Some(outcome) = control.outcome_before_start() {
+            return Err(outcome);
+        }
+        tokio::select! {
+            done = &mut wait => return Ok(done),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
 /// Waits for ctrl-c (SIGINT) or SIGTERM, the ways people and service managers stop a process.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -682,5 +702,38 @@ impl Events for ToAgent {
         if let Some(agent) = self.0.upgrade() {
             agent.stop.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lull_protocol::message::Outcome;
+
+    #[tokio::test]
+    async fn a_wait_ends_when_its_attempt_is_cancelled_or_evicted() {
+        let control = TaskControl::new();
+        let theirs = control.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            theirs.cancel("the job was cancelled");
+        });
+        let waited = unless_stopped(&control, std::future::pending::<()>()).await;
+        assert_eq!(
+            waited,
+            Err(Outcome::Cancelled {
+                reason: "the job was cancelled".into()
+            })
+        );
+
+        // An eviction ends a wait at once, whatever its grace.
+        let control = TaskControl::new();
+        control.evict("the owner needs the machine", Duration::from_secs(3600));
+        let waited = unless_stopped(&control, std::future::pending::<()>()).await;
+        assert!(matches!(waited, Err(Outcome::Evicted { .. })), "{waited:?}");
+
+        // A wait that ends first is just that.
+        let control = TaskControl::new();
+        assert_eq!(unless_stopped(&control, async { 7 }).await, Ok(7));
     }
 }

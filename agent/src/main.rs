@@ -232,6 +232,30 @@ async fn local(args: LocalArgs, req: OwnerRequest) -> anyhow::Result<()> {
     } else {
         println!("tasks: {}", tasks.join(", "));
     }
+    let size = |x: &serde_json::Value| lull_protocol::units::format_size(x.as_u64().unwrap_or(0));
+    if let Some(pools) = v["pools"].as_array()
+        && let Some((variable, classes)) = pools.split_last()
+    {
+        let mut parts: Vec<String> = classes
+            .iter()
+            .map(|c| format!("{} {}/{} used", size(&c["size"]), c["used"], c["slots"]))
+            .collect();
+        parts.push(format!(
+            "variable {} of {} used",
+            size(&variable["used"]),
+            size(&variable["size"])
+        ));
+        println!("memory slots: {}", parts.join(", "));
+    }
+    let cache = &v["cache"];
+    if cache.is_object() {
+        println!(
+            "cache: {} of {} used, {} module(s) compiled",
+            size(&cache["used"]),
+            size(&cache["budget"]),
+            cache["compiled"]
+        );
+    }
     if let Some(c) = v["coordinator"].as_str() {
         println!(
             "coordinator: {c} ({})",

@@ -112,6 +112,16 @@ impl Preparation {
 
 /// A result in which every module was refused for `reason`.
 pub fn refused(a: &Assignment, reason: &str) -> TaskResult {
+    ended_before_start(
+        a,
+        Outcome::Refused {
+            reason: reason.to_owned(),
+        },
+    )
+}
+
+/// A result in which every module ended with `outcome` before it started.
+pub fn ended_before_start(a: &Assignment, outcome: Outcome) -> TaskResult {
     TaskResult {
         attempt: a.attempt,
         modules: a
@@ -120,9 +130,7 @@ pub fn refused(a: &Assignment, reason: &str) -> TaskResult {
             .iter()
             .map(|m| ModuleResult {
                 name: m.name.clone(),
-                outcome: Outcome::Refused {
-                    reason: reason.to_owned(),
-                },
+                outcome: outcome.clone(),
                 stdout: None,
                 stderr: None,
             })

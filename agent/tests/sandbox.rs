@@ -51,6 +51,18 @@ fn hello() -> Vec<u8> {
     )
 }
 
+/// Grows its memory one page at a time until refused, then aborts the way Rust's allocator does.
+fn memory_bomb() -> Vec<u8> {
+    wasm(
+        r#"
+        (func (export "_start")
+          (loop $grow
+            (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+          unreachable)
+        "#,
+    )
+}
+
 /// Spins forever.
 fn spin() -> Vec<u8> {
     wasm(r#"(func (export "_start") (loop $again (br $again)))"#)
@@ -234,15 +246,7 @@ fn cancelled_before_the_run_never_starts_the_guest() {
 #[test]
 fn memory_bomb_is_memory_exceeded() {
     let dirs = Dirs::new();
-    // Grows one page at a time until refused, then aborts the way Rust's allocator does.
-    let guest = wasm(
-        r#"
-        (func (export "_start")
-          (loop $grow
-            (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
-          unreachable)
-        "#,
-    );
+    let guest = memory_bomb();
     let mut spec = dirs.spec();
     spec.memory_limit = 2 * MIB;
     let output = run(&guest, &spec);
@@ -1503,14 +1507,7 @@ fn pooled_guests_run_again_and_again_in_reused_slots() {
 #[test]
 fn pooled_guests_keep_their_memory_cap() {
     let sandbox = pooled_sandbox(1, 64 * MIB);
-    let guest = wasm(
-        r#"
-        (func (export "_start")
-          (loop $grow
-            (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
-          unreachable)
-        "#,
-    );
+    let guest = memory_bomb();
     let program = compile(&sandbox, &guest);
     let dirs = Dirs::new();
     let mut spec = dirs.spec();

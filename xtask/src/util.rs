@@ -196,6 +196,25 @@ impl Dev {
         Self::start_with(target_dir().join("debug").join("lull"), args, agents)
     }
 
+    /// Starts the release build's `lull dev` with `agents` agents of `slots` slots each, on
+    /// loopback ports of the system's choosing, and waits until they are connected.
+    pub fn start_release(agents: usize, slots: u32) -> anyhow::Result<Self> {
+        Self::start_with(
+            target_dir().join("release").join("lull"),
+            &[
+                "--agents",
+                &agents.to_string(),
+                "--slots",
+                &slots.to_string(),
+                "--http-listen",
+                "127.0.0.1:0",
+                "--quic-listen",
+                "127.0.0.1:0",
+            ],
+            agents,
+        )
+    }
+
     /// Starts `bin dev ARGS`.
     pub fn start_with(bin: PathBuf, args: &[&str], agents: usize) -> anyhow::Result<Self> {
         let mut child = Command::new(&bin)

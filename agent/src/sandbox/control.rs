@@ -299,6 +299,21 @@ impl TaskControl {
         self.lock().eviction.is_some()
     }
 
+    /// How a task that has not started yet ends if it was cancelled or evicted meanwhile: at
+    /// once, whatever the eviction's grace (it has no work to lose).
+    pub fn outcome_before_start(&self) -> Option<lull_protocol::message::Outcome> {
+        use lull_protocol::message::Outcome;
+        let state = self.lock();
+        if let Some(reason) = &state.cancelled {
+            return Some(Outcome::Cancelled {
+                reason: reason.clone(),
+            });
+        }
+        state.eviction.as_ref().map(|e| Outcome::Evicted {
+            reason: e.reason.clone(),
+        })
+    }
+
     /// The guest side of one run, called on the guest's own thread: registers a running guest
     /// (until the [`Gate`] is dropped) whose wall-time limit ends at `deadline`. `sleeper` is told
     /// whenever the guest blocks (paused, or resting in the duty cycle) and wakes; `nudge`, when

@@ -30,20 +30,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "name = \"dispatch-bench\"\ncount = {tasks}\n[[module]]\npath = \"trivial.wasm\"\n[resources]\nmemory = \"1MiB\"\n"
         ),
     )?;
-    let dev = Dev::start_with(
-        util::target_dir().join("release").join("lull"),
-        &[
-            "--agents",
-            "2",
-            "--slots",
-            "2",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--quic-listen",
-            "127.0.0.1:0",
-        ],
-        2,
-    )?;
+    let dev = Dev::start_release(2, 2)?;
     let job_file = dir.join("job.toml");
     let started = Instant::now();
     let out = dev.output(&["submit", &job_file.to_string_lossy(), "--json", "--watch"])?;

@@ -178,20 +178,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     // The system: two agents of four slots in one `lull dev`.
     let dir = tempfile_dir()?;
-    let dev = Dev::start_with(
-        util::target_dir().join("release").join("lull"),
-        &[
-            "--agents",
-            "2",
-            "--slots",
-            "4",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--quic-listen",
-            "127.0.0.1:0",
-        ],
-        2,
-    )?;
+    let dev = Dev::start_release(2, 4)?;
 
     // Cold starts: a module no agent holds, one task at a time.
     let mut cold_ms = Vec::new();
