@@ -309,6 +309,7 @@ impl Runner {
                 memory_limit: a.job.resources.memory,
                 timeout: Duration::from_millis(a.job.resources.timeout_ms),
                 pooled,
+                hooks: None,
             });
         }
         Ok(specs)

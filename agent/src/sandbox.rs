@@ -52,6 +52,7 @@
 
 mod capture;
 mod control;
+mod guest;
 mod limits;
 mod outcome;
 mod priority;
@@ -82,6 +83,8 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use self::capture::Capture;
 pub use self::control::{DUTY_PERIOD, MIN_CPU_SHARE, TaskControl};
 use self::control::{Gate, Nudge, Sleeper};
+use self::guest::GuestLink;
+pub use self::guest::{GuestHooks, Hooks};
 use self::limits::Limits;
 use self::outcome::Facts;
 pub use self::priority::current_thread_is_idle_priority;
@@ -176,6 +179,11 @@ impl Flavor {
         let mut component_linker = component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut component_linker)
             .map_err(|e| wasmtime_error("linking WASI preview 2", &e))?;
+        guest::lull::guest::host::add_to_linker::<ComponentHost, component::HasSelf<GuestLink>>(
+            &mut component_linker,
+            |host| &mut host.guest,
+        )
+        .map_err(|e| wasmtime_error("linking lull:guest/host", &e))?;
         Ok(Flavor {
             engine,
             module_linker,
@@ -581,6 +589,11 @@ impl Sandbox {
                     wasi: wasi.build(),
                     table: ResourceTable::new(),
                     limits,
+                    guest: GuestLink {
+                        hooks: spec.hooks.as_ref().map(|h| h.0.clone()),
+                        control: control.clone(),
+                        stderr: stderr.clone(),
+                    },
                 };
                 let mut store = store(&flavor.engine, host, gate);
                 let result = pre.instantiate(&mut store).and_then(|command| {
@@ -680,6 +693,9 @@ pub struct RunSpec {
     /// Run in the pooling allocator, when the sandbox has one and the program fits a slot
     /// ([`Program::fits_pool`]); otherwise in memory allocated for this run.
     pub pooled: bool,
+    /// Where a component's progress and checkpoints go through `lull:guest/host`, and the
+    /// checkpoint it restores; `None`: nowhere, and none.
+    pub hooks: Option<Hooks>,
 }
 
 /// How a run ended, and what the guest printed.
@@ -753,6 +769,7 @@ struct ComponentHost {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: Limits,
+    guest: GuestLink,
 }
 
 impl WasiView for ComponentHost {

@@ -97,6 +97,7 @@ impl Dirs {
             memory_limit: 16 * MIB,
             timeout: Duration::from_secs(10),
             pooled: false,
+            hooks: None,
         }
     }
 }
@@ -1564,4 +1565,139 @@ fn a_truncated_artifact_is_refused_not_run() {
         )),
     }
     assert!(unsafe { lull_agent::sandbox::Artifact::from_trusted_bytes(hello()) }.is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// lull:guest/host
+
+/// Records what a guest hands over.
+#[derive(Default)]
+struct Recorder {
+    progress: std::sync::Mutex<Vec<f64>>,
+    checkpoints: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl lull_agent::sandbox::GuestHooks for Recorder {
+    fn task_index(&self) -> u32 {
+        3
+    }
+    fn attempt(&self) -> u32 {
+        2
+    }
+    fn progress(&self, fraction: f64) {
+        self.progress.lock().unwrap().push(fraction);
+    }
+    fn checkpoint(&self, state: Vec<u8>) -> Result<(), String> {
+        if state.len() > 16 {
+            return Err("over the cap".into());
+        }
+        self.checkpoints.lock().unwrap().push(state);
+        Ok(())
+    }
+    fn restore(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// A component that reports progress `task-index / 10` and then 2.0, then keeps the checkpoint
+/// `state` (`len` bytes of "state-and-more") and leaves.
+fn leaving_component(len: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"
+        (component
+          (import "lull:guest/host@0.1.0" (instance $host
+            (export "progress" (func (param "fraction" f64)))
+            (export "task-index" (func (result u32)))
+            (export "checkpoint-and-leave"
+              (func (param "state" (list u8)) (result (result (error string)))))))
+          (core module $mem
+            (memory (export "memory") 1)
+            (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 2048)))
+          (core instance $mi (instantiate $mem))
+          (core func $progress (canon lower (func $host "progress")))
+          (core func $index (canon lower (func $host "task-index")))
+          (core func $leave (canon lower (func $host "checkpoint-and-leave")
+            (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+          (core instance $hi
+            (export "progress" (func $progress))
+            (export "index" (func $index))
+            (export "leave" (func $leave)))
+          (core module $m
+            (import "mem" "memory" (memory 1))
+            (import "host" "progress" (func $progress (param f64)))
+            (import "host" "index" (func $index (result i32)))
+            (import "host" "leave" (func $leave (param i32 i32 i32)))
+            (data (i32.const 16) "state-and-more-and-more-and-more")
+            (func (export "run") (result i32)
+              (call $progress (f64.div (f64.convert_i32_u (call $index)) (f64.const 10)))
+              (call $progress (f64.const 2))
+              (call $leave (i32.const 16) (i32.const {len}) (i32.const 64))
+              ;; Only reached when the checkpoint was refused: exit with err.
+              (i32.const 1)))
+          (core instance $i (instantiate $m (with "mem" (instance $mi)) (with "host" (instance $hi))))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $run-instance (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+        "#
+    ))
+    .expect("component wat")
+}
+
+#[test]
+fn a_component_reports_progress_and_leaves_with_its_checkpoint() {
+    let sandbox = sandbox();
+    let dirs = Dirs::new();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let mut spec = dirs.spec();
+    spec.hooks = Some(lull_agent::sandbox::Hooks(recorder.clone()));
+
+    let program = compile(&sandbox, &leaving_component(5));
+    let output = sandbox.run(&program, &spec, &TaskControl::new());
+    assert_eq!(
+        output.outcome,
+        Outcome::Evicted {
+            reason: "the guest left after keeping a checkpoint".into()
+        }
+    );
+    assert_eq!(*recorder.progress.lock().unwrap(), [0.3, 1.0]);
+    assert_eq!(*recorder.checkpoints.lock().unwrap(), [b"state".to_vec()]);
+
+    // Under notice, the eviction's reason is the outcome's.
+    let control = TaskControl::new();
+    control.evict("the agent is being drained", Duration::from_secs(60));
+    let output = sandbox.run(&program, &spec, &control);
+    assert_eq!(
+        output.outcome,
+        Outcome::Evicted {
+            reason: "the agent is being drained".into()
+        }
+    );
+
+    // A checkpoint the agent refuses comes back to the guest, which carries on (here it exits
+    // with err).
+    let program = compile(&sandbox, &leaving_component(30));
+    let output = sandbox.run(&program, &spec, &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::Exited { code: 1 });
+
+    // Without hooks the guest still links, and its checkpoint is refused.
+    spec.hooks = None;
+    let output = sandbox.run(&program, &spec, &TaskControl::new());
+    assert_eq!(output.outcome, Outcome::Exited { code: 1 });
+}
+
+#[test]
+fn notices_come_from_the_task_control() {
+    let control = TaskControl::new();
+    assert_eq!(control.notice(), None);
+    assert_eq!(control.wait_notice(Duration::from_millis(10)), None);
+    let theirs = control.clone();
+    let waiter = thread::spawn(move || theirs.wait_notice(Duration::from_secs(30)));
+    thread::sleep(Duration::from_millis(50));
+    control.evict("low memory", Duration::from_secs(10));
+    let (reason, left) = waiter.join().unwrap().expect("the notice");
+    assert_eq!(reason, "low memory");
+    assert!(
+        left <= Duration::from_secs(10) && left > Duration::from_secs(9),
+        "{left:?}"
+    );
 }

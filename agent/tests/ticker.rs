@@ -57,6 +57,7 @@ fn the_ticker_ticks_only_as_often_as_guests_need() {
         memory_limit: 16 << 20,
         timeout: Duration::from_secs(60),
         pooled: false,
+        hooks: None,
     };
     let control = TaskControl::new();
     let window = Duration::from_millis(300);

@@ -178,6 +178,20 @@ pub fn build_examples() -> anyhow::Result<()> {
             &format!("building examples {} for {target}", packages.join(", ")),
         )?;
     }
+    // The guest SDK is a crate of the main workspace; it must build for the guests' target.
+    run(
+        Command::new(cargo_bin())
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "lull-guest",
+            ])
+            .current_dir(root()),
+        "building the guest SDK (lull-guest) for wasm32-wasip2",
+    )?;
     Ok(())
 }
 

@@ -59,7 +59,8 @@ impl Capture {
         (std::mem::take(&mut buffer.bytes), buffer.truncated)
     }
 
-    fn append(&self, data: &[u8]) {
+    /// Keeps as much of `data` as the cap leaves room for.
+    pub(crate) fn append(&self, data: &[u8]) {
         self.lock().append(data);
     }
 

@@ -299,6 +299,44 @@ impl TaskControl {
         self.lock().eviction.is_some()
     }
 
+    /// The eviction announced, if any: its reason and the time left before the guest is
+    /// stopped (what the guest's `notice` answers).
+    pub fn notice(&self) -> Option<(String, Duration)> {
+        let state = self.lock();
+        state.eviction.as_ref().map(|e| {
+            (
+                e.reason.clone(),
+                e.at.saturating_duration_since(Instant::now()),
+            )
+        })
+    }
+
+    /// Waits up to `timeout` for an eviction to be announced (what the guest's `wait-notice`
+    /// does); returns it, or `None` at the timeout or when the task is cancelled.
+    pub fn wait_notice(&self, timeout: Duration) -> Option<(String, Duration)> {
+        let until = Instant::now().checked_add(timeout);
+        let mut state = self.lock();
+        loop {
+            if let Some(e) = &state.eviction {
+                return Some((
+                    e.reason.clone(),
+                    e.at.saturating_duration_since(Instant::now()),
+                ));
+            }
+            if state.cancelled.is_some() {
+                return None;
+            }
+            let left = match until {
+                Some(until) => until.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return None;
+            }
+            state = self.wait(state, Some(left));
+        }
+    }
+
     /// How a task that has not started yet ends if it was cancelled or evicted meanwhile: at
     /// once, whatever the eviction's grace (it has no work to lose).
     pub fn outcome_before_start(&self) -> Option<lull_protocol::message::Outcome> {

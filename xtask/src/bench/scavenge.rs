@@ -759,6 +759,7 @@ impl Agent {
                 memory_limit: 16 << 20,
                 timeout: Duration::from_secs(3600),
                 pooled: false,
+                hooks: None,
             },
             shared: Arc::new(Shared::default()),
             changes: Changes::default(),

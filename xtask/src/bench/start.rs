@@ -75,6 +75,7 @@ fn instantiate_us(
         memory_limit: 64 << 20,
         timeout: Duration::from_secs(60),
         pooled,
+        hooks: None,
     };
     let mut times = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
