@@ -33,6 +33,9 @@ pub struct AgentConfig {
     /// recently used are deleted past it.
     #[serde(default = "default_cache_size")]
     pub cache_size: String,
+    /// The largest checkpoint a guest may keep, e.g. "64MiB".
+    #[serde(default = "default_checkpoint_cap")]
+    pub checkpoint_cap: String,
     /// Memory slots for guests (`[pool]`): the fixed size classes and the variable pool.
     #[serde(default)]
     pub pool: crate::pool::PoolSettings,
@@ -84,6 +87,10 @@ fn default_data_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."))
         .join("lull/agent")
+}
+
+fn default_checkpoint_cap() -> String {
+    "64MiB".into()
 }
 
 fn default_cache_size() -> String {

@@ -62,6 +62,12 @@ pub struct Agent {
     pools: Arc<Pools>,
     /// The blobs each assignment on the agent needs (never evicted from the cache meanwhile).
     pinned: Mutex<std::collections::HashMap<AttemptId, Vec<Digest>>>,
+    /// Checkpoints kept and not yet reported, per attempt (results wait for theirs).
+    pending_checkpoints: Arc<crate::checkpoint::Pending>,
+    /// The guests' checkpoints, from the task threads to the reporter.
+    checkpoints: Mutex<Option<mpsc::UnboundedReceiver<crate::checkpoint::Kept>>>,
+    /// Checkpoint states not yet reported (never evicted meanwhile).
+    unreported: Mutex<HashSet<Digest>>,
     /// Blobs being fetched: tasks needing the same blob wait for one download.
     fetching: Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     conn: watch::Sender<Option<quinn::Connection>>,
@@ -132,6 +138,9 @@ impl Agent {
         })?;
         let compiled =
             CompiledCache::open(&data.join("compiled"), &sandbox.compatibility_key(), lru)?;
+        let checkpoint_cap = units::parse_size(&config.checkpoint_cap).context("checkpoint_cap")?;
+        let pending_checkpoints = Arc::new(crate::checkpoint::Pending::default());
+        let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
         let name = config
             .name
             .clone()
@@ -143,6 +152,9 @@ impl Agent {
             pools: Pools::new(pool),
             pinned: Mutex::default(),
             fetching: Mutex::default(),
+            unreported: Mutex::default(),
+            pending_checkpoints: pending_checkpoints.clone(),
+            checkpoints: Mutex::new(Some(checkpoint_rx)),
             id,
             name,
             coordinator: config.coordinator.clone(),
@@ -161,6 +173,12 @@ impl Agent {
                 outputs_cap,
                 compiled,
                 loaded: Default::default(),
+                checkpoints: Some(crate::checkpoint::Sink {
+                    cache: cache.clone(),
+                    tx: checkpoint_tx,
+                    pending: pending_checkpoints,
+                    cap: checkpoint_cap,
+                }),
             }),
             cache,
             outbox,
@@ -190,6 +208,7 @@ impl Agent {
     /// not yet acknowledged.
     fn protected_blobs(&self) -> HashSet<Digest> {
         let mut keep: HashSet<Digest> = lock(&self.pinned).values().flatten().copied().collect();
+        keep.extend(lock(&self.unreported).iter().copied());
         for result in self.outbox_entries() {
             keep.extend(result.blobs());
         }
@@ -213,6 +232,9 @@ impl Agent {
             ToAgent(Arc::downgrade(&self)),
         )
         .context("starting the load sampler")?;
+        if let Some(rx) = lock(&self.checkpoints).take() {
+            tokio::spawn(self.clone().report_checkpoints(rx));
+        }
         #[cfg(unix)]
         {
             let agent = Arc::downgrade(&self);
@@ -423,7 +445,7 @@ impl Agent {
                     // A task starting while guests are paused or capped starts the same way.
                     lock(&self.shared.gate).apply(&control);
                 }
-                lock(&self.pinned).insert(attempt, a.job.blobs().map(|(d, _)| d).collect());
+                lock(&self.pinned).insert(attempt, a.blobs());
                 tracing::info!(%attempt, job = %a.job.name, "assigned");
                 tokio::spawn(self.clone().execute(*a, control, Instant::now()));
             }
@@ -442,6 +464,13 @@ impl Agent {
                     tracing::info!(%attempt, %reason, grace_ms, "evicting at the coordinator's request");
                     c.evict(reason, Duration::from_millis(grace_ms));
                 }
+            }
+            CoordinatorMessage::CheckpointRefused {
+                attempt,
+                seq,
+                reason,
+            } => {
+                tracing::warn!(%attempt, seq, %reason, "the coordinator refused a checkpoint");
             }
             CoordinatorMessage::ResultAck { attempt } => {
                 sent.remove(&attempt);
@@ -548,7 +577,7 @@ impl Agent {
     /// Brings every blob of the assignment into the cache. A digest mismatch refuses the task;
     /// a lost connection waits for the next one.
     async fn fetch_all(&self, a: &Assignment) -> Result<(), String> {
-        for (digest, _) in a.job.blobs() {
+        for digest in a.blobs() {
             let mut tries = 0;
             if self.cache.contains(&digest) {
                 self.cache.touch(&digest);
@@ -634,8 +663,62 @@ impl Agent {
         out
     }
 
+    /// Reports the guests' checkpoints in the order they were kept: uploads each state, seals
+    /// it with the agent's key (bound to its attempt) and sends it.
+    async fn report_checkpoints(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<crate::checkpoint::Kept>,
+    ) {
+        while let Some(k) = rx.recv().await {
+            lock(&self.unreported).insert(k.digest);
+            let mut tries = 0u32;
+            let uploaded = loop {
+                let conn = self.connection().await;
+                match link::upload_blob(&conn, &self.cache, k.digest).await {
+                    Ok(()) => break true,
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        tracing::warn!(attempt = %k.attempt, seq = k.seq, error = %format!("{e:#}"), "could not upload a checkpoint; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(attempt = %k.attempt, seq = k.seq, error = %format!("{e:#}"), "could not upload a checkpoint; giving it up");
+                        break false;
+                    }
+                }
+            };
+            if uploaded {
+                let message = lull_protocol::message::checkpoint_seal_message(
+                    k.attempt, &k.digest, k.size, k.seq,
+                );
+                match self.identity.sign(&message) {
+                    Ok(seal) => {
+                        tracing::debug!(attempt = %k.attempt, seq = k.seq, size = k.size, "checkpoint reported");
+                        self.send_event(AgentMessage::Checkpoint {
+                            attempt: k.attempt,
+                            digest: k.digest,
+                            size: k.size,
+                            seq: k.seq,
+                            progress: k.progress,
+                            seal: hex::encode(seal),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(attempt = %k.attempt, error = %e, "could not seal a checkpoint")
+                    }
+                }
+            }
+            lock(&self.unreported).remove(&k.digest);
+            self.pending_checkpoints.done(k.attempt);
+        }
+    }
+
     /// Uploads a result's blobs, then sends it. The coordinator acknowledges it.
     async fn deliver(self: Arc<Self>, conn: quinn::Connection, result: TaskResult) {
+        // The attempt's last checkpoints go first: the next attempt starts from them.
+        self.pending_checkpoints
+            .flushed(result.attempt, Duration::from_secs(60))
+            .await;
         for digest in result.blobs() {
             if let Err(e) = link::upload_blob(&conn, &self.cache, digest).await {
                 tracing::warn!(attempt = %result.attempt, error = %format!("{e:#}"), "could not upload a result blob; will retry on reconnect");

@@ -8,6 +8,7 @@
 //! | [`link`] | the QUIC link: pinned coordinator key, framing, blob download and upload |
 //! | [`cache`] | blobs by digest and compiled modules on disk, checked, under one LRU size budget |
 //! | [`pool`] | memory slots for guests: fixed size classes (pooled, warm) and a variable pool |
+//! | [`checkpoint`] | guests' checkpoints: kept in the cache, reported before their attempt's result, restored |
 //! | [`runner`] | one assignment: checks (memory cap, signatures, compile), directories, threads, result |
 //! | [`sandbox`] | wasmtime + WASI with memory, time and output caps; pause, CPU share, eviction, idle priority |
 //! | [`scavenger`] | the thread that feeds the sampler's readings to the policy and applies its decisions |
@@ -16,6 +17,7 @@
 //! | [`policy`] | when guests may run, pause, slow down or must leave; pure, time comes in |
 
 pub mod cache;
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod enroll;

@@ -38,6 +38,8 @@ pub struct Runner {
     pub compiled: CompiledCache,
     /// Modules verified and loaded, in memory.
     pub loaded: Loaded,
+    /// Where guests' checkpoints go; `None` refuses them.
+    pub checkpoints: Option<crate::checkpoint::Sink>,
 }
 
 /// How many loaded modules are kept in memory.
@@ -261,6 +263,19 @@ impl Runner {
     }
 
     fn layout(&self, a: &Assignment, dir: &Path, pooled: bool) -> anyhow::Result<Vec<RunSpec>> {
+        // One set of hooks for the task's modules, restoring the checkpoint it was given.
+        let restore = match &a.checkpoint {
+            Some(c) => Some(
+                std::fs::read(self.cache.path(&c.digest))
+                    .with_context(|| format!("reading the checkpoint {}", c.digest))?,
+            ),
+            None => None,
+        };
+        let hooks = crate::sandbox::Hooks(Arc::new(crate::checkpoint::AttemptHooks::new(
+            a.attempt,
+            restore,
+            self.checkpoints.clone(),
+        )));
         let output = dir.join("output");
         let scratch = dir.join("scratch");
         for d in [&output, &scratch] {
@@ -309,7 +324,7 @@ impl Runner {
                 memory_limit: a.job.resources.memory,
                 timeout: Duration::from_millis(a.job.resources.timeout_ms),
                 pooled,
-                hooks: None,
+                hooks: Some(hooks.clone()),
             });
         }
         Ok(specs)

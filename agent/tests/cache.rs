@@ -55,6 +55,7 @@ fn agent(data: &Path, sandbox: &Arc<Sandbox>, trust: &Arc<TrustList>, budget: u6
             outputs_cap: 1 << 20,
             compiled,
             loaded: Default::default(),
+            checkpoints: None,
         },
         lru,
     }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use lull_protocol::Digest;
 use lull_protocol::job::JobSpec;
-use lull_protocol::message::{AttemptId, TaskId, TaskResult};
+use lull_protocol::message::{AttemptId, CheckpointRef, TaskId, TaskResult};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -584,6 +584,12 @@ impl Store {
             out.extend(spec.blobs().map(|(d, _)| d));
         }
         drop(jobs);
+        let mut checkpoints = sqlx::query("SELECT digest FROM checkpoints").fetch(&self.pool);
+        while let Some(row) = checkpoints.try_next().await? {
+            let digest: String = row.get(0);
+            out.extend(digest.parse::<Digest>().ok());
+        }
+        drop(checkpoints);
         let mut results =
             sqlx::query("SELECT result FROM attempts WHERE result IS NOT NULL").fetch(&self.pool);
         while let Some(row) = results.try_next().await? {
@@ -616,7 +622,7 @@ impl Store {
         if unfinished > 0 {
             return Ok(false);
         }
-        for table in ["attempts", "tasks"] {
+        for table in ["checkpoints", "attempts", "tasks"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                 .bind(id as i64)
                 .execute(&mut *tx)
@@ -752,6 +758,91 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Some(AttemptId { task, attempt }))
+    }
+
+    /// Keeps a checkpoint as its task's latest, if `attempt` is the task's running attempt on
+    /// `agent` and the checkpoint is newer than the one kept (a later attempt, or a later `seq`
+    /// of the same attempt). Returns whether it was kept.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_checkpoint(
+        &self,
+        agent: &str,
+        attempt: AttemptId,
+        digest: &Digest,
+        size: u64,
+        seq: u64,
+        progress: Option<f64>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let task = attempt.task;
+        let mut tx = self.begin_write().await?;
+        let running = sqlx::query(
+            "SELECT 1 FROM tasks WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running' AND agent_id = $4",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .bind(attempt.attempt as i64)
+        .bind(agent)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if !running {
+            return Ok(false);
+        }
+        let kept =
+            sqlx::query("SELECT attempt, seq FROM checkpoints WHERE job_id = $1 AND idx = $2")
+                .bind(task.job as i64)
+                .bind(task.index as i64)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)));
+        if kept.is_some_and(|k| k >= (attempt.attempt as i64, seq as i64)) {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM checkpoints WHERE job_id = $1 AND idx = $2")
+            .bind(task.job as i64)
+            .bind(task.index as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO checkpoints (job_id, idx, attempt, seq, agent_id, digest, size, progress, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .bind(attempt.attempt as i64)
+        .bind(seq as i64)
+        .bind(agent)
+        .bind(digest.to_string())
+        .bind(size as i64)
+        .bind(progress)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The latest checkpoint kept for a task.
+    pub async fn checkpoint(&self, task: TaskId) -> Result<Option<CheckpointRef>> {
+        let row = sqlx::query(
+            "SELECT digest, size, attempt FROM checkpoints WHERE job_id = $1 AND idx = $2",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let digest: String = r.get(0);
+            Ok(CheckpointRef {
+                digest: digest
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(serde::de::Error::custom(e)))?,
+                size: r.get::<i64, _>(1) as u64,
+                attempt: r.get::<i64, _>(2) as u32,
+            })
+        })
+        .transpose()
     }
 
     /// Records that an attempt's guest started.
@@ -1017,6 +1108,7 @@ mod tests {
         cancel_stops_pending_tasks_and_lists_running_ones,
         leases_in_the_database_expire_unless_renewed_and_pending_tasks_are_found_by_time,
         references_cover_jobs_and_results_until_the_job_is_deleted,
+        only_the_running_attempt_keeps_checkpoints_and_the_newest_wins,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -1116,6 +1208,61 @@ mod tests {
         assert!(matches!(s.job(job).await, Err(StoreError::NoJob(_))));
         assert!(s.attempts(task).await.unwrap().is_empty());
         assert!(matches!(s.delete_job(job).await, Err(StoreError::NoJob(_))));
+    }
+
+    async fn only_the_running_attempt_keeps_checkpoints_and_the_newest_wins(s: Store) {
+        let job = s.insert_job(&spec(1, 3), 0).await.unwrap();
+        let task = TaskId { job, index: 0 };
+        assert_eq!(s.checkpoint(task).await.unwrap(), None);
+        let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
+        let (d1, d2) = (Digest::of(b"one"), Digest::of(b"two"));
+        // Not from another agent.
+        assert!(
+            !s.record_checkpoint("b", a1, &d1, 3, 1, None, 2)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.record_checkpoint("a", a1, &d1, 3, 1, Some(0.25), 2)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.record_checkpoint("a", a1, &d2, 3, 2, Some(0.5), 3)
+                .await
+                .unwrap()
+        );
+        // An older one arriving late changes nothing.
+        assert!(
+            !s.record_checkpoint("a", a1, &d1, 3, 1, None, 4)
+                .await
+                .unwrap()
+        );
+        let kept = s.checkpoint(task).await.unwrap().unwrap();
+        assert_eq!((kept.digest, kept.size, kept.attempt), (d2, 3, 1));
+        assert!(s.referenced_blobs().await.unwrap().contains(&d2));
+
+        // The attempt ends (evicted): it keeps no more; the next one restores d2, then keeps
+        // its own.
+        let mut r = result(a1, 0);
+        r.modules[0].outcome = lull_protocol::message::Outcome::Evicted {
+            reason: "drained".into(),
+        };
+        s.record_result("a", &r, 5).await.unwrap();
+        assert!(
+            !s.record_checkpoint("a", a1, &d1, 3, 3, None, 6)
+                .await
+                .unwrap()
+        );
+        let a2 = s.assign(task, "b", 7).await.unwrap().unwrap();
+        assert_eq!(s.checkpoint(task).await.unwrap().unwrap().digest, d2);
+        assert!(
+            s.record_checkpoint("b", a2, &d1, 3, 1, None, 8)
+                .await
+                .unwrap()
+        );
+        let kept = s.checkpoint(task).await.unwrap().unwrap();
+        assert_eq!((kept.digest, kept.attempt), (d1, 2));
     }
 
     async fn failures_retry_until_attempts_run_out(s: Store) {

@@ -123,6 +123,25 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientKey {
     }
 }
 
+/// Whether `signature` (ECDSA P-256 with SHA-256, ASN.1 DER) over `message` was made with the
+/// key of the certificate the QUIC peer presented.
+pub fn peer_signed(conn: &quinn::Connection, message: &[u8], signature: &[u8]) -> bool {
+    let Some(certs) = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+    else {
+        return false;
+    };
+    let Some(cert) = certs
+        .first()
+        .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
+    else {
+        return false;
+    };
+    cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
+        .is_ok()
+}
+
 /// sha256 of the public key of the certificate a QUIC peer presented, if it presented one.
 pub fn peer_key_hash(conn: &quinn::Connection) -> Option<Digest> {
     let certs = conn

@@ -68,6 +68,22 @@ impl Identity {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
 
+    /// Signs `message` with the identity's key (ECDSA P-256 with SHA-256, ASN.1 DER): peers
+    /// verify it with the public key of the certificate it presented.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            self.key.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|e| IdentityError(format!("the key cannot sign: {e}")))?;
+        pair.sign(&rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| IdentityError(format!("signing: {e}")))
+    }
+
     /// The private key's PKCS#8 bytes, to derive other secrets from.
     pub fn secret_pkcs8_der(&self) -> &[u8] {
         self.key.secret_pkcs8_der()
@@ -116,6 +132,17 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // Signatures verify with the certificate's public key.
+        let sig = first.sign(b"message").unwrap();
+        let spki = {
+            let pair =
+                rcgen::KeyPair::try_from(first.secret_pkcs8_der()).expect("the key parses again");
+            pair.public_key_raw().to_vec()
+        };
+        let public =
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, spki);
+        assert!(public.verify(b"message", &sig).is_ok());
+        assert!(public.verify(b"another", &sig).is_err());
         let other = Identity::ephemeral(&["lull-agent"]).unwrap();
         assert_ne!(other.public_key_hash, first.public_key_hash);
         let err = std::fs::write(dir.path().join("agent.key.der"), b"garbage")

@@ -165,6 +165,23 @@ pub enum AgentMessage {
         /// Why, e.g. "waiting for 1 memory slot(s) of at least 100 MiB: all in use (2 x 256 MiB)".
         reason: String,
     },
+    /// A guest kept a checkpoint; its blob was uploaded first.
+    Checkpoint {
+        /// The attempt that kept it.
+        attempt: AttemptId,
+        /// The state's blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// 1 for the attempt's first checkpoint, then 2, 3...
+        seq: u64,
+        /// The task's progress when it was kept (0..=1), if the guest reported any.
+        #[serde(default)]
+        progress: Option<f64>,
+        /// The agent's signature over [`checkpoint_seal_message`] (ECDSA P-256, ASN.1 DER), in
+        /// hex, made with the key its TLS certificate holds.
+        seal: String,
+    },
     /// Modules the agent compiled or dropped from its cache since it last said.
     Holds {
         /// Now held compiled.
@@ -256,6 +273,15 @@ pub enum CoordinatorMessage {
         /// The attempt.
         attempt: AttemptId,
     },
+    /// A checkpoint the agent reported was not kept, and why.
+    CheckpointRefused {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Its sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Work for an agent.
@@ -265,6 +291,43 @@ pub struct Assignment {
     pub attempt: AttemptId,
     /// The job it belongs to.
     pub job: JobSpec,
+    /// The checkpoint an earlier attempt of the task kept, which this one restores.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointRef>,
+}
+
+impl Assignment {
+    /// Every blob the attempt needs: the job's, then the checkpoint's.
+    pub fn blobs(&self) -> Vec<Digest> {
+        self.job
+            .blobs()
+            .map(|(d, _)| d)
+            .chain(self.checkpoint.as_ref().map(|c| c.digest))
+            .collect()
+    }
+}
+
+/// A kept checkpoint: a blob of the guest's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// The state's blob.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The attempt that kept it.
+    pub attempt: u32,
+}
+
+/// The bytes an agent signs to vouch for a checkpoint: the attempt it belongs to, the state's
+/// digest and size, and its sequence number within the attempt. A seal cannot be moved to
+/// another task, attempt or state.
+pub fn checkpoint_seal_message(
+    attempt: AttemptId,
+    digest: &Digest,
+    size: u64,
+    seq: u64,
+) -> Vec<u8> {
+    format!("lull-checkpoint-v1\n{attempt}\n{digest}\n{size}\n{seq}\n").into_bytes()
 }
 
 /// The answer on a blob stream.

@@ -25,6 +25,7 @@ pub const COMPONENT_IMPORT_PACKAGES: &[&str] = &[
     "wasi:filesystem/",
     "wasi:random/",
     "wasi:sockets/",
+    "lull:guest/",
 ];
 
 /// Why bytes are not a runnable module.

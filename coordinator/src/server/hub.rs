@@ -46,6 +46,8 @@ pub struct HubConfig {
     pub blob_grace: Duration,
     /// How often unreferenced blobs are collected.
     pub gc_interval: Duration,
+    /// The largest checkpoint kept, in bytes.
+    pub max_checkpoint: u64,
 }
 
 impl Default for HubConfig {
@@ -59,6 +61,7 @@ impl Default for HubConfig {
             dev: false,
             blob_grace: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(600),
+            max_checkpoint: 64 << 20,
         }
     }
 }
@@ -126,6 +129,8 @@ struct Inner {
     cancelled: HashSet<u64>,
     /// Attempts assigned here that wait on their agent before starting, and why.
     waiting: HashMap<AttemptId, String>,
+    /// The checkpoint each attempt assigned here restores (its agent may fetch it).
+    restoring: HashMap<AttemptId, Digest>,
 }
 
 /// The state of [`Hub::sync_shared`].
@@ -272,6 +277,7 @@ impl Hub {
                 shared: SharedSync::default(),
                 cancelled: HashSet::new(),
                 waiting: HashMap::new(),
+                restoring: HashMap::new(),
             }),
             config,
             wake: Notify::new(),
@@ -769,11 +775,70 @@ impl Hub {
             return false;
         };
         a.running.iter().any(|attempt| {
-            inner
-                .jobs
-                .get(&attempt.task.job)
-                .is_some_and(|job| job.blobs().any(|(d, _)| d == *digest))
+            inner.restoring.get(attempt) == Some(digest)
+                || inner
+                    .jobs
+                    .get(&attempt.task.job)
+                    .is_some_and(|job| job.blobs().any(|(d, _)| d == *digest))
         })
+    }
+
+    /// An agent reports a checkpoint of `attempt`, whose seal the connection layer checked
+    /// (`sealed`). Kept as the task's latest if the attempt is the agent's, the seal is good,
+    /// the state is within [`HubConfig::max_checkpoint`] and uploaded, and it is newer than the
+    /// one kept; otherwise refused, telling the agent why.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn agent_checkpoint(
+        &self,
+        agent: &str,
+        attempt: AttemptId,
+        digest: Digest,
+        size: u64,
+        seq: u64,
+        progress: Option<f64>,
+        sealed: bool,
+    ) {
+        let refusal = if !self.holds(agent, attempt) {
+            Some(format!("attempt {attempt} is not assigned to this agent"))
+        } else if !sealed {
+            Some("its seal is not this agent's signature over the attempt and the state".into())
+        } else if size > self.config.max_checkpoint {
+            Some(format!(
+                "it is {}, over this coordinator's cap of {}",
+                lull_protocol::units::format_size(size),
+                lull_protocol::units::format_size(self.config.max_checkpoint)
+            ))
+        } else if self.blobs.size(&digest) != Some(size) {
+            Some(format!(
+                "its state {digest} of {size} bytes was not uploaded"
+            ))
+        } else {
+            match self
+                .store
+                .record_checkpoint(agent, attempt, &digest, size, seq, progress, now_ms())
+                .await
+            {
+                Ok(true) => None,
+                Ok(false) => Some("a newer checkpoint is kept, or the attempt ended".into()),
+                Err(e) => {
+                    tracing::error!(%attempt, error = %e, "could not record a checkpoint");
+                    Some("the coordinator could not record it".into())
+                }
+            }
+        };
+        match refusal {
+            None => tracing::info!(%agent, %attempt, seq, %digest, size, "checkpoint kept"),
+            Some(reason) => {
+                tracing::warn!(%agent, %attempt, seq, %reason, "checkpoint refused");
+                if let Some(a) = self.lock().agents.get(agent) {
+                    let _ = a.tx.send(CoordinatorMessage::CheckpointRefused {
+                        attempt,
+                        seq,
+                        reason,
+                    });
+                }
+            }
+        }
     }
 
     /// Counts a blob served to an agent.
@@ -872,7 +937,11 @@ impl Hub {
                 }
             }
             AgentMessage::Result(result) => {
-                self.lock().waiting.remove(&result.attempt);
+                {
+                    let inner = &mut *self.lock();
+                    inner.waiting.remove(&result.attempt);
+                    inner.restoring.remove(&result.attempt);
+                }
                 self.agent_result(agent, result).await
             }
             AgentMessage::StateChanged {
@@ -1183,6 +1252,17 @@ impl Hub {
                     continue;
                 }
             };
+            // A retried task starts from its latest checkpoint, if it kept one.
+            let checkpoint = match assigned {
+                Some(a) if a.attempt > 1 => match self.store.checkpoint(task).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(%task, error = %e, "could not look up the task's checkpoint; it starts afresh");
+                        None
+                    }
+                },
+                _ => None,
+            };
             let inner = &mut *self.lock();
             let Some(attempt) = assigned else {
                 // No longer pending (cancelled meanwhile): give the reservation back.
@@ -1198,9 +1278,13 @@ impl Hub {
             match inner.agents.get_mut(&p.agent) {
                 Some(a) => {
                     a.running.insert(attempt);
+                    if let Some(c) = &checkpoint {
+                        inner.restoring.insert(attempt, c.digest);
+                    }
                     let _ = a.tx.send(CoordinatorMessage::Assign(Box::new(Assignment {
                         attempt,
                         job: (*job).clone(),
+                        checkpoint,
                     })));
                     tracing::debug!(%attempt, agent = %p.agent, "assigned");
                 }

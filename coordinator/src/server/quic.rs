@@ -306,6 +306,24 @@ async fn control(
     });
     let result = async {
         while let Some(msg) = read_frame::<AgentMessage>(&mut recv).await? {
+            if let AgentMessage::Checkpoint {
+                attempt,
+                digest,
+                size,
+                seq,
+                progress,
+                seal,
+            } = &msg
+            {
+                // The seal must be the agent's own: made with the key of this connection.
+                let message =
+                    lull_protocol::message::checkpoint_seal_message(*attempt, digest, *size, *seq);
+                let sealed = hex::decode(seal)
+                    .is_ok_and(|sig| crate::tls::peer_signed(conn, &message, &sig));
+                hub.agent_checkpoint(&agent_id, *attempt, *digest, *size, *seq, *progress, sealed)
+                    .await;
+                continue;
+            }
             hub.agent_message(&agent_id, msg).await;
         }
         anyhow::Ok(())

@@ -1,0 +1,201 @@
+//! Checkpoints through the whole loop, over real processes: a guest keeps a checkpoint and
+//! leaves; the agent uploads it, sealed with its key and bound to the attempt; the coordinator
+//! keeps it; the task's next attempt restores it.
+
+use std::time::Duration;
+
+use lull_agent::cache::{BlobCache, Lru};
+use lull_agent::link::{self, Dialer};
+use lull_protocol::Digest;
+use lull_protocol::identity::Identity;
+use lull_protocol::message::{
+    AgentMessage, AgentStatus, AttemptId, Capacity, CoordinatorMessage, TaskId,
+    checkpoint_seal_message,
+};
+use lull_tests::{Cluster, guests, summarize};
+
+#[test]
+fn a_task_that_leaves_with_a_checkpoint_resumes_from_it() {
+    let cluster = Cluster::with_agents(&["a"], 1);
+    let job = cluster.write_job(
+        "resume",
+        "name = \"resume\"\n[[module]]\npath = \"resumer.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
+        &[("resumer.wasm", &guests::resumer())],
+    );
+    let id = cluster.submit(&job);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{task}");
+    let first = &attempts[0]["result"]["modules"][0]["outcome"];
+    assert_eq!(first["kind"], "evicted", "{task}");
+    assert_eq!(
+        first["reason"], "the guest left after keeping a checkpoint",
+        "{task}"
+    );
+    // The second attempt found the 5 bytes the first kept (it exits ok only then).
+    assert_eq!(
+        attempts[1]["result"]["modules"][0]["outcome"]["code"], 0,
+        "{task}"
+    );
+    let log = cluster.coordinator_log();
+    assert!(log.contains("checkpoint kept"), "{log}");
+}
+
+/// What the coordinator answers a rogue agent's checkpoint with: `None` when it was kept.
+async fn checkpoint_answer(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    msg: AgentMessage,
+) -> Option<String> {
+    link::write_frame(send, &msg).await.unwrap();
+    // A refusal comes back at once; a kept checkpoint gets no answer.
+    match tokio::time::timeout(Duration::from_millis(1500), link::read_frame(recv)).await {
+        Ok(Ok(Some(CoordinatorMessage::CheckpointRefused { reason, .. }))) => Some(reason),
+        Ok(other) => panic!("unexpected answer {other:?}"),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn checkpoints_of_other_attempts_unsealed_or_too_large_are_refused() {
+    let cluster = Cluster::start();
+    let (pin, addr, token) = (
+        cluster.coordinator_key().parse::<Digest>().unwrap(),
+        cluster.quic_addr().to_string(),
+        cluster.join_token().to_owned(),
+    );
+    let job = cluster.write_job(
+        "mine",
+        "name = \"mine\"\n[[module]]\npath = \"forever.wasm\"\n[resources]\nmemory = \"16MiB\"\n[placement]\nconstraints = [\"label.role == rogue\"]\n",
+        &[("forever.wasm", &guests::forever())],
+    );
+    let http = cluster.http_addr();
+    let key = cluster.key().to_owned();
+    let submitter = cluster.token().to_owned();
+    let answers = cluster.block_on(async move {
+        let identity = Identity::ephemeral(&["lull-agent"]).unwrap();
+        let stranger = Identity::ephemeral(&["lull-agent"]).unwrap();
+        let dialer = Dialer::new(Some(pin), Some(&identity)).unwrap();
+        let conn = dialer.connect(&addr).await.expect("connecting");
+        assert!(
+            !link::enroll(&conn, &token, "a-rogue", "rogue")
+                .await
+                .unwrap()
+        );
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let capacity = Capacity {
+            cores: 2,
+            memory_total: 8 << 30,
+            memory_available: 4 << 30,
+            slots: 1,
+            max_task_memory: 1 << 30,
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            labels: [("role".to_string(), "rogue".to_string())].into(),
+            wasmtime: "48.0.8".into(),
+        };
+        let hello = AgentMessage::Hello {
+            protocol_version: lull_protocol::PROTOCOL_VERSION,
+            agent_id: "a-rogue".into(),
+            name: "rogue".into(),
+            capacity,
+            running: vec![],
+            status: AgentStatus::default(),
+            compiled: vec![],
+        };
+        link::write_frame(&mut send, &hello).await.unwrap();
+        let welcome: Option<CoordinatorMessage> = link::read_frame(&mut recv).await.unwrap();
+        assert!(matches!(welcome, Some(CoordinatorMessage::Welcome { .. })));
+        // Submit a job only this client can take, and wait for its assignment.
+        let submitted = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(lull_tests::binary("lull"))
+                .args(["--coordinator", &format!("http://{http}")])
+                .args([
+                    "submit",
+                    job.to_str().unwrap(),
+                    "--key",
+                    key.to_str().unwrap(),
+                ])
+                .env("LULL_TOKEN", submitter)
+                .output()
+                .unwrap()
+        });
+        let mine = match link::read_frame(&mut recv).await.unwrap() {
+            Some(CoordinatorMessage::Assign(a)) => a.attempt,
+            other => panic!("expected an assignment, got {other:?}"),
+        };
+        let out = submitted.await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+
+        let lru = Lru::new(1 << 30);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), lru).unwrap();
+        let state = cache.put(b"state").unwrap();
+        link::upload_blob(&conn, &cache, state).await.unwrap();
+        let seal = |who: &Identity, attempt: AttemptId, size: u64, seq: u64| {
+            hex::encode(
+                who.sign(&checkpoint_seal_message(attempt, &state, size, seq))
+                    .unwrap(),
+            )
+        };
+        let checkpoint = |attempt, size, seq, seal: String| AgentMessage::Checkpoint {
+            attempt,
+            digest: state,
+            size,
+            seq,
+            progress: Some(0.5),
+            seal,
+        };
+        let other = AttemptId {
+            task: TaskId {
+                job: mine.task.job,
+                index: 7,
+            },
+            attempt: 1,
+        };
+        let mut answers = Vec::new();
+        // Sealed by another key.
+        let msg = checkpoint(mine, 5, 1, seal(&stranger, mine, 5, 1));
+        answers.push(checkpoint_answer(&mut send, &mut recv, msg).await);
+        // A seal for another sequence number.
+        let msg = checkpoint(mine, 5, 2, seal(&identity, mine, 5, 1));
+        answers.push(checkpoint_answer(&mut send, &mut recv, msg).await);
+        // Another task's attempt.
+        let msg = checkpoint(other, 5, 1, seal(&identity, other, 5, 1));
+        answers.push(checkpoint_answer(&mut send, &mut recv, msg).await);
+        // Over the cap (64 MiB).
+        let big = 100 << 20;
+        let msg = checkpoint(mine, big, 1, seal(&identity, mine, big, 1));
+        answers.push(checkpoint_answer(&mut send, &mut recv, msg).await);
+        // Its own, sealed, uploaded: kept.
+        let msg = checkpoint(mine, 5, 1, seal(&identity, mine, 5, 1));
+        answers.push(checkpoint_answer(&mut send, &mut recv, msg).await);
+        conn.close(0u32.into(), b"done");
+        answers
+    });
+    assert!(
+        answers[0].as_deref().is_some_and(|r| r.contains("seal")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[1].as_deref().is_some_and(|r| r.contains("seal")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[2]
+            .as_deref()
+            .is_some_and(|r| r.contains("not assigned to this agent")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[3]
+            .as_deref()
+            .is_some_and(|r| r.contains("over this coordinator's cap of 64 MiB")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[4], None, "{answers:?}");
+    let log = cluster.coordinator_log();
+    assert!(log.contains("checkpoint kept"), "{log}");
+}
