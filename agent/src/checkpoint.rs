@@ -83,6 +83,33 @@ impl Pending {
     }
 }
 
+/// The progress the guests of running attempts reported last.
+#[derive(Debug, Default)]
+pub struct ProgressBoard(Mutex<HashMap<AttemptId, f64>>);
+
+impl ProgressBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptId, f64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `attempt`'s progress.
+    pub fn set(&self, attempt: AttemptId, fraction: f64) {
+        self.lock().insert(attempt, fraction);
+    }
+
+    /// Forgets an attempt that ended.
+    pub fn forget(&self, attempt: AttemptId) {
+        self.lock().remove(&attempt);
+    }
+
+    /// Every attempt's progress.
+    pub fn snapshot(&self) -> Vec<(AttemptId, f64)> {
+        let mut v: Vec<_> = self.lock().iter().map(|(a, f)| (*a, *f)).collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+}
+
 /// Where checkpoints go: the cache, the daemon's channel, and the count of those pending.
 #[derive(Debug, Clone)]
 pub struct Sink {
@@ -94,6 +121,8 @@ pub struct Sink {
     pub pending: Arc<Pending>,
     /// The largest state kept, in bytes.
     pub cap: u64,
+    /// Where the guests' progress is posted.
+    pub progress: Arc<ProgressBoard>,
 }
 
 /// The hooks of one attempt.
@@ -135,6 +164,9 @@ impl GuestHooks for AttemptHooks {
 
     fn progress(&self, fraction: f64) {
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(fraction);
+        if let Some(sink) = &self.sink {
+            sink.progress.set(self.attempt, fraction);
+        }
     }
 
     fn checkpoint(&self, state: Vec<u8>) -> Result<(), String> {
@@ -228,6 +260,7 @@ mod tests {
                 tx,
                 pending: pending.clone(),
                 cap: 4,
+                progress: Arc::default(),
             }),
         );
         assert_eq!(hooks.restore(), Some(b"before".to_vec()));

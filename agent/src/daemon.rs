@@ -66,6 +66,8 @@ pub struct Agent {
     pending_checkpoints: Arc<crate::checkpoint::Pending>,
     /// The guests' checkpoints, from the task threads to the reporter.
     checkpoints: Mutex<Option<mpsc::UnboundedReceiver<crate::checkpoint::Kept>>>,
+    /// The progress guests reported, for the coordinator.
+    progress: Arc<crate::checkpoint::ProgressBoard>,
     /// Checkpoint states not yet reported (never evicted meanwhile).
     unreported: Mutex<HashSet<Digest>>,
     /// Blobs being fetched: tasks needing the same blob wait for one download.
@@ -141,6 +143,7 @@ impl Agent {
         let checkpoint_cap = units::parse_size(&config.checkpoint_cap).context("checkpoint_cap")?;
         let pending_checkpoints = Arc::new(crate::checkpoint::Pending::default());
         let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
+        let progress = Arc::new(crate::checkpoint::ProgressBoard::default());
         let name = config
             .name
             .clone()
@@ -153,6 +156,7 @@ impl Agent {
             pinned: Mutex::default(),
             fetching: Mutex::default(),
             unreported: Mutex::default(),
+            progress: progress.clone(),
             pending_checkpoints: pending_checkpoints.clone(),
             checkpoints: Mutex::new(Some(checkpoint_rx)),
             id,
@@ -178,6 +182,7 @@ impl Agent {
                     tx: checkpoint_tx,
                     pending: pending_checkpoints,
                     cap: checkpoint_cap,
+                    progress: progress.clone(),
                 }),
             }),
             cache,
@@ -411,7 +416,7 @@ impl Agent {
                 }
                 Some(ev) = rx.recv() => link::write_frame(&mut send, &ev).await?,
                 _ = report.tick() => {
-                    let msg = AgentMessage::Report { capacity: self.capacity(), running: self.running(), status: self.status() };
+                    let msg = AgentMessage::Report { capacity: self.capacity(), running: self.running(), status: self.status(), progress: self.progress.snapshot() };
                     link::write_frame(&mut send, &msg).await?;
                     let (compiled, dropped) = self.cache.lru().take_compiled_changes();
                     if !compiled.is_empty() || !dropped.is_empty() {
@@ -493,6 +498,7 @@ impl Agent {
         let attempt = a.attempt;
         let result = self.clone().run_attempt(a, control, received).await;
         lock(&self.pinned).remove(&attempt);
+        self.progress.forget(attempt);
         let Some(result) = result else {
             lock(&self.shared.running).remove(&attempt);
             return;

@@ -823,6 +823,23 @@ impl Store {
         Ok(true)
     }
 
+    /// The progress the latest checkpoint of each of a job's tasks recorded, by task index.
+    pub async fn checkpoint_progress(
+        &self,
+        job: u64,
+    ) -> Result<std::collections::HashMap<u32, f64>> {
+        let rows = sqlx::query(
+            "SELECT idx, progress FROM checkpoints WHERE job_id = $1 AND progress IS NOT NULL",
+        )
+        .bind(job as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<i64, _>(0) as u32, r.get::<f64, _>(1)))
+            .collect())
+    }
+
     /// The latest checkpoint kept for a task.
     pub async fn checkpoint(&self, task: TaskId) -> Result<Option<CheckpointRef>> {
         let row = sqlx::query(
@@ -1240,6 +1257,10 @@ mod tests {
         );
         let kept = s.checkpoint(task).await.unwrap().unwrap();
         assert_eq!((kept.digest, kept.size, kept.attempt), (d2, 3, 1));
+        assert_eq!(
+            s.checkpoint_progress(job).await.unwrap().get(&0),
+            Some(&0.5)
+        );
         assert!(s.referenced_blobs().await.unwrap().contains(&d2));
 
         // The attempt ends (evicted): it keeps no more; the next one restores d2, then keeps

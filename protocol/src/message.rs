@@ -149,6 +149,9 @@ pub enum AgentMessage {
         /// Its policy's view of the machine.
         #[serde(default)]
         status: AgentStatus,
+        /// The progress (0..=1) the guests of running attempts reported, where they did.
+        #[serde(default)]
+        progress: Vec<(AttemptId, f64)>,
     },
     /// A guest of this attempt started running.
     Started {

@@ -1419,6 +1419,30 @@ pub mod guests {
         )
     }
 
+    /// A component (WASI preview 2) that reports progress 0.25 through `lull:guest/host`, then
+    /// spins for ever.
+    pub fn progress_then_spin() -> Vec<u8> {
+        compile(
+            r#"
+(component
+  (import "lull:guest/host@0.1.0" (instance $host
+    (export "progress" (func (param "fraction" f64)))))
+  (core func $progress (canon lower (func $host "progress")))
+  (core instance $hi (export "progress" (func $progress)))
+  (core module $m
+    (import "host" "progress" (func $progress (param f64)))
+    (func (export "run") (result i32)
+      (call $progress (f64.const 0.25))
+      (loop $spin (br $spin))
+      (i32.const 0)))
+  (core instance $i (instantiate $m (with "host" (instance $hi))))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $run-instance (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+"#,
+        )
+    }
+
     /// A component (WASI preview 2) using `lull:guest/host`: when `restore` finds a checkpoint
     /// it exits `ok` if the checkpoint is the 5 bytes `state` (`err` otherwise); when it finds
     /// none, it keeps `state` with `checkpoint-and-leave`, ending its attempt as evicted.

@@ -43,6 +43,26 @@ fn a_task_that_leaves_with_a_checkpoint_resumes_from_it() {
     assert!(log.contains("checkpoint kept"), "{log}");
 }
 
+#[test]
+fn the_progress_a_guest_reports_shows_in_lull_status() {
+    let cluster = Cluster::with_agents(&["a"], 1);
+    let job = cluster.write_job(
+        "progress",
+        "name = \"progress\"\n[[module]]\npath = \"p.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
+        &[("p.wasm", &guests::progress_then_spin())],
+    );
+    let id = cluster.submit(&job);
+    let detail = cluster.wait_for_job(id, "the task's progress", lull_tests::WAIT, |j| {
+        j["tasks"][0]["progress"].is_number()
+    });
+    assert_eq!(detail["tasks"][0]["progress"], 0.25, "{detail}");
+    let status = cluster.lull(&["status", &id.to_string()]);
+    status.assert_success();
+    assert!(status.stdout.contains("running 25%"), "{status}");
+    cluster.lull(&["cancel", &id.to_string()]).assert_success();
+    cluster.wait_for_job_end(id);
+}
+
 /// What the coordinator answers a rogue agent's checkpoint with: `None` when it was kept.
 async fn checkpoint_answer(
     send: &mut quinn::SendStream,

@@ -105,11 +105,16 @@ fn print_job(d: &JobDetail) {
     for t in d["tasks"].as_array().into_iter().flatten() {
         // An assigned task that waits on its agent (for a memory or task slot) says so.
         let (state, cause) = match t["waiting"].as_str() {
-            Some(why) => ("waiting", why),
-            None => (
-                t["state"].as_str().unwrap_or("?"),
-                t["cause"].as_str().unwrap_or(""),
-            ),
+            Some(why) => ("waiting".to_string(), why),
+            None => {
+                let state = t["state"].as_str().unwrap_or("?");
+                // A guest that reports progress (or kept a checkpoint) shows how far it got.
+                let state = match t["progress"].as_f64() {
+                    Some(p) if state != "succeeded" => format!("{state} {:.0}%", p * 100.0),
+                    _ => state.to_string(),
+                };
+                (state, t["cause"].as_str().unwrap_or(""))
+            }
         };
         println!(
             "{:>6}  {:<10} {:>7}  {:<20} {}",

@@ -391,6 +391,7 @@ async fn job(
     let counts = hub.store().job_counts(id).await?;
     let tasks = hub.store().tasks(id).await?;
     let mut results = hub.store().last_results(id).await?;
+    let checkpointed = hub.store().checkpoint_progress(id).await?;
     let tasks: Vec<serde_json::Value> = tasks
         .into_iter()
         .map(|t| {
@@ -405,6 +406,15 @@ async fn job(
             {
                 v["waiting"] = why.into();
             }
+            // How far the guest got: as it reports now, else as of its latest checkpoint.
+            let progress = match t.state {
+                TaskState::Succeeded => Some(1.0),
+                TaskState::Running => hub
+                    .attempt_progress(attempt)
+                    .or_else(|| checkpointed.get(&t.id.index).copied()),
+                _ => checkpointed.get(&t.id.index).copied(),
+            };
+            v["progress"] = progress.into();
             v
         })
         .collect();

@@ -131,6 +131,8 @@ struct Inner {
     waiting: HashMap<AttemptId, String>,
     /// The checkpoint each attempt assigned here restores (its agent may fetch it).
     restoring: HashMap<AttemptId, Digest>,
+    /// The progress running attempts' guests reported (0..=1).
+    progress: HashMap<AttemptId, f64>,
 }
 
 /// The state of [`Hub::sync_shared`].
@@ -278,6 +280,7 @@ impl Hub {
                 cancelled: HashSet::new(),
                 waiting: HashMap::new(),
                 restoring: HashMap::new(),
+                progress: HashMap::new(),
             }),
             config,
             wake: Notify::new(),
@@ -849,6 +852,11 @@ impl Hub {
         }
     }
 
+    /// The progress an attempt's guest reported last, if it runs here and reported any.
+    pub fn attempt_progress(&self, attempt: AttemptId) -> Option<f64> {
+        self.lock().progress.get(&attempt).copied()
+    }
+
     /// Why an attempt assigned here waits on its agent, if it does.
     pub fn attempt_waiting(&self, attempt: AttemptId) -> Option<String> {
         self.lock().waiting.get(&attempt).cloned()
@@ -863,6 +871,7 @@ impl Hub {
             inner.schedulers.get(&a.cluster).agent_down(agent);
             for attempt in &a.running {
                 inner.waiting.remove(attempt);
+                inner.progress.remove(attempt);
             }
             tracing::info!(%agent, "agent disconnected");
         }
@@ -875,6 +884,7 @@ impl Hub {
                 capacity,
                 running,
                 status,
+                progress,
             } => {
                 let now = Instant::now();
                 let inner = &mut *self.lock();
@@ -882,9 +892,15 @@ impl Hub {
                     agents,
                     leases,
                     schedulers,
+                    progress: reported,
                     ..
                 } = inner;
                 if let Some(a) = agents.get_mut(agent) {
+                    for (attempt, fraction) in progress {
+                        if a.running.contains(&attempt) && fraction.is_finite() {
+                            reported.insert(attempt, fraction.clamp(0.0, 1.0));
+                        }
+                    }
                     for attempt in &running {
                         if !leases.renew(now, *attempt, agent) {
                             let _ = a.tx.send(CoordinatorMessage::Cancel {
@@ -941,6 +957,7 @@ impl Hub {
                     let inner = &mut *self.lock();
                     inner.waiting.remove(&result.attempt);
                     inner.restoring.remove(&result.attempt);
+                    inner.progress.remove(&result.attempt);
                 }
                 self.agent_result(agent, result).await
             }
