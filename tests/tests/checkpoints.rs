@@ -12,7 +12,7 @@ use lull_protocol::message::{
     AgentMessage, AgentStatus, AttemptId, Capacity, CoordinatorMessage, TaskId,
     checkpoint_seal_message,
 };
-use lull_tests::{Cluster, guests, summarize};
+use lull_tests::{AgentOptions, Cluster, example_module, guests, summarize};
 
 #[test]
 fn a_task_that_leaves_with_a_checkpoint_resumes_from_it() {
@@ -218,4 +218,125 @@ fn checkpoints_of_other_attempts_unsealed_or_too_large_are_refused() {
     assert_eq!(answers[4], None, "{answers:?}");
     let log = cluster.coordinator_log();
     assert!(log.contains("checkpoint kept"), "{log}");
+}
+
+/// The `primes` example (built with lull-guest) counting the primes below 30 million, keeping
+/// a checkpoint every second.
+fn primes_job(cluster: &Cluster, name: &str) -> std::path::PathBuf {
+    let module = std::fs::read(example_module("wasm32-wasip2", "primes.wasm")).unwrap();
+    cluster.write_job(
+        name,
+        &format!(
+            "name = \"{name}\"\n[[module]]\npath = \"primes.wasm\"\nargs = [\"--limit\", \"30000000\", \"--every\", \"1\"]\n[resources]\nmemory = \"16MiB\"\n"
+        ),
+        &[("primes.wasm", &module)],
+    )
+}
+
+/// Waits until the task has kept a checkpoint with some progress; returns that progress.
+fn wait_for_checkpoint(cluster: &Cluster, id: u64) -> f64 {
+    lull_tests::wait_for("a checkpoint with progress", lull_tests::WAIT, || {
+        cluster.task(id, 0)["checkpoint"]["progress"]
+            .as_f64()
+            .filter(|p| *p > 0.0)
+    })
+}
+
+/// Follows a job to its end, sampling its task's progress; returns the samples.
+fn progress_until_done(cluster: &Cluster, id: u64) -> Vec<f64> {
+    let mut samples = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let job = cluster.job(id);
+        if let Some(p) = job["tasks"][0]["progress"].as_f64() {
+            samples.push(p);
+        }
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or("")) {
+            return samples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not end: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stdout_of(cluster: &Cluster, id: u64) -> String {
+    let dir = cluster.results(id);
+    std::fs::read_to_string(dir.join("0/stdout")).unwrap()
+}
+
+#[test]
+fn a_drained_task_resumes_elsewhere_from_its_checkpoint_with_the_same_result() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("first", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["first"]);
+    // The same work uninterrupted, for its answer.
+    let calm = cluster.submit(&primes_job(&cluster, "calm"));
+    assert_eq!(cluster.wait_for_job_end(calm)["state"], "succeeded");
+    let expected = stdout_of(&cluster, calm);
+
+    let id = cluster.submit(&primes_job(&cluster, "drained"));
+    let kept = wait_for_checkpoint(&cluster, id);
+    cluster.start_agent("second", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["first", "second"]);
+    let first = cluster.agent_id("first");
+    cluster
+        .lull(&["drain", &first, "--deadline", "20s"])
+        .assert_success();
+    let samples = progress_until_done(&cluster, id);
+    let done = cluster.job(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    assert_eq!(
+        stdout_of(&cluster, id),
+        expected,
+        "the same answer as uninterrupted"
+    );
+
+    let task = cluster.task(id, 0);
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{task}");
+    assert_eq!(attempts[0]["agent"], first.as_str(), "{task}");
+    assert_eq!(
+        attempts[0]["result"]["modules"][0]["outcome"]["kind"], "evicted",
+        "{task}"
+    );
+    assert_eq!(attempts[1]["agent"], cluster.agent_id("second").as_str());
+    // The guest answered the notice at once, well before the 20 s deadline, and the second
+    // attempt started where the first left off.
+    let stderr = std::fs::read_to_string(cluster.results(id).join("0/stderr")).unwrap();
+    assert!(stderr.contains("resuming at"), "{stderr}");
+    // Progress never went back past the checkpoint the drain started from.
+    assert!(
+        samples.iter().all(|p| *p >= kept),
+        "progress fell below the checkpoint's {kept}: {samples:?}"
+    );
+}
+
+#[test]
+fn a_task_whose_agent_is_killed_resumes_from_its_last_periodic_checkpoint() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("doomed", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["doomed"]);
+    let id = cluster.submit(&primes_job(&cluster, "killed"));
+    let kept = wait_for_checkpoint(&cluster, id);
+    cluster.start_agent("survivor", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["doomed", "survivor"]);
+    cluster.kill_agent("doomed");
+    let samples = progress_until_done(&cluster, id);
+    let done = cluster.job(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{task}");
+    assert_eq!(attempts[1]["agent"], cluster.agent_id("survivor").as_str());
+    let stderr = std::fs::read_to_string(cluster.results(id).join("0/stderr")).unwrap();
+    assert!(stderr.contains("resuming at"), "{stderr}");
+    assert!(
+        samples.iter().all(|p| *p >= kept),
+        "progress fell below the checkpoint's {kept}: {samples:?}"
+    );
+    // π(3·10^7).
+    assert_eq!(stdout_of(&cluster, id), "1857859\n");
 }

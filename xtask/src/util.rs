@@ -164,7 +164,7 @@ pub fn build_examples() -> anyhow::Result<()> {
     let dir = root().join("examples");
     for (target, packages) in [
         ("wasm32-wasip1", &["montecarlo", "mandelbrot"][..]),
-        ("wasm32-wasip2", &["wordcount"][..]),
+        ("wasm32-wasip2", &["wordcount", "primes"][..]),
     ] {
         let mut cmd = Command::new(cargo_bin());
         cmd.args(["build", "--release", "--target", target])

@@ -406,13 +406,16 @@ async fn job(
             {
                 v["waiting"] = why.into();
             }
-            // How far the guest got: as it reports now, else as of its latest checkpoint.
+            // How far the guest got: as it reports now, and never less than its latest
+            // checkpoint holds (that much is kept whatever happens to the attempt).
+            let kept = checkpointed.get(&t.id.index).copied();
             let progress = match t.state {
                 TaskState::Succeeded => Some(1.0),
-                TaskState::Running => hub
-                    .attempt_progress(attempt)
-                    .or_else(|| checkpointed.get(&t.id.index).copied()),
-                _ => checkpointed.get(&t.id.index).copied(),
+                TaskState::Running => match (hub.attempt_progress(attempt), kept) {
+                    (Some(live), Some(kept)) => Some(live.max(kept)),
+                    (live, kept) => live.or(kept),
+                },
+                _ => kept,
             };
             v["progress"] = progress.into();
             v
@@ -462,8 +465,21 @@ async fn task(
                 format!("no task {id}.{index}"),
             )
         })?;
-    let attempts = hub.store().attempts(TaskId { job: id, index }).await?;
-    Ok(Json(json!({ "task": t, "attempts": attempts })))
+    let task = TaskId { job: id, index };
+    let attempts = hub.store().attempts(task).await?;
+    let checkpoint = hub.store().checkpoint(task).await?;
+    let checkpoint_progress = hub.store().checkpoint_progress(id).await?.remove(&index);
+    let checkpoint = checkpoint.map(|c| {
+        json!({
+            "digest": c.digest,
+            "size": c.size,
+            "attempt": c.attempt,
+            "progress": checkpoint_progress,
+        })
+    });
+    Ok(Json(
+        json!({ "task": t, "attempts": attempts, "checkpoint": checkpoint }),
+    ))
 }
 
 async fn cancel(

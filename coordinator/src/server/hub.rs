@@ -99,12 +99,15 @@ struct AgentConn {
     /// Blobs downloaded on this connection, and their bytes.
     blobs_served: u64,
     bytes_served: u64,
+    /// Whether a lease of its ran out since it last reported.
+    silent: bool,
 }
 
 impl AgentConn {
-    /// Whether it takes new work: its policy says so and it is not being drained.
+    /// Whether it takes new work: its policy says so, it is not being drained, and it has not
+    /// gone silent.
     fn accepting(&self) -> bool {
-        self.status.accepting && self.draining.is_none()
+        self.status.accepting && self.draining.is_none() && !self.silent
     }
 }
 
@@ -588,6 +591,7 @@ impl Hub {
                 cluster: cluster.clone(),
                 blobs_served: 0,
                 bytes_served: 0,
+                silent: false,
             },
         ) {
             tracing::info!(agent = %agent_id, old = old.conn, "agent reconnected; old connection replaced");
@@ -911,6 +915,7 @@ impl Hub {
                     }
                     a.capacity = capacity;
                     a.status = status;
+                    a.silent = false;
                     schedulers
                         .get(&a.cluster)
                         .agent_up(agent, &a.capacity, a.accepting());
@@ -1226,12 +1231,22 @@ impl Hub {
         match self.store.attempt_lost(attempt, why, now_ms()).await {
             Ok(Recorded::Stored(state)) => {
                 let inner = &mut *self.lock();
-                if let Some(a) = inner.agents.get(agent) {
+                if let Some(a) = inner.agents.get_mut(agent) {
                     let _ = a.tx.send(CoordinatorMessage::Cancel {
                         attempt,
                         reason: "its lease expired".into(),
                     });
+                    // An agent that let a lease run out is silent, maybe gone with its connection
+                    // not yet timed out: no new work until it reports again.
+                    a.silent = true;
                 }
+                inner.refresh_accepting(agent);
+                // The retry goes elsewhere when it can.
+                inner
+                    .failed_on
+                    .entry(attempt.task)
+                    .or_default()
+                    .push(agent.to_owned());
                 self.end_attempt(inner, attempt, agent, state);
             }
             Ok(Recorded::Stale) => {}
