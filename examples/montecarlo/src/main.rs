@@ -13,12 +13,22 @@
 //! Summing `inside` and `samples` over all tasks gives `pi ~= 4 * inside /
 //! samples`. The work is plain CPU: a xorshift64* generator and f64 math, no
 //! shortcuts, so it is a good stand-in for a compute-bound batch job.
+//!
+//! With the guest SDK (`lull-guest`) it reports its progress and keeps a
+//! checkpoint (the generator's state and the counts so far) every `--every`
+//! seconds (10 by default), and at once when the agent announces an eviction:
+//! an evicted task carries on elsewhere from there, with the same final
+//! result as an uninterrupted one.
 
 use std::fs;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use lull_guest::{Checkpointer, Level};
+use serde::{Deserialize, Serialize};
 
 const OUTPUT_FILE: &str = "/output/partial.json";
-const USAGE: &str = "usage: montecarlo --samples N --seed S
+const USAGE: &str = "usage: montecarlo --samples N --seed S [--every SECONDS]
 
 Samples N points in the unit square with a PRNG seeded from S, counts those
 inside the quarter circle and writes {\"index\":I,\"inside\":X,\"samples\":N} to
@@ -41,8 +51,7 @@ fn run() -> Result<(), String> {
     };
     let index = task_index()?;
 
-    let mut rng = XorShift64Star::from_seed(args.seed);
-    let inside = count_inside(&mut rng, args.samples);
+    let inside = sample(&args)?;
 
     let json = partial_json(index, inside, args.samples);
     fs::write(OUTPUT_FILE, &json).map_err(|e| format!("cannot write {OUTPUT_FILE}: {e}"))?;
@@ -58,13 +67,65 @@ fn run() -> Result<(), String> {
 struct Args {
     samples: u64,
     seed: u64,
+    /// Seconds between checkpoints.
+    every: u64,
 }
 
-/// Parses `--samples N --seed S` (also `--samples=N`). `Ok(None)` means help
-/// was asked for.
+/// Points per step between checkpointer ticks: a few milliseconds of work.
+const STEP: u64 = 1_000_000;
+
+/// What a task has done so far: its checkpoint.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Progress {
+    /// The arguments it was started with (a checkpoint of other ones is not used).
+    samples: u64,
+    seed: u64,
+    /// Points drawn and counted.
+    done: u64,
+    inside: u64,
+    /// The generator's state after `done` points.
+    rng: u64,
+}
+
+/// Draws the task's points, restoring an earlier attempt's checkpoint and keeping new ones;
+/// returns how many fell inside.
+fn sample(args: &Args) -> Result<u64, String> {
+    let restored = lull_guest::restore::<Progress>().map_err(|e| e.to_string())?;
+    let mut p = match restored {
+        Some(p) if p.samples == args.samples && p.seed == args.seed => {
+            lull_guest::log(
+                Level::Info,
+                &format!("resuming at {} of {} samples", p.done, p.samples),
+            );
+            p
+        }
+        _ => Progress {
+            samples: args.samples,
+            seed: args.seed,
+            done: 0,
+            inside: 0,
+            rng: XorShift64Star::from_seed(args.seed).state,
+        },
+    };
+    let mut checkpoints = Checkpointer::new(Duration::from_secs(args.every));
+    let mut rng = XorShift64Star { state: p.rng };
+    while p.done < p.samples {
+        let n = STEP.min(p.samples - p.done);
+        p.inside += count_inside(&mut rng, n);
+        p.done += n;
+        p.rng = rng.state;
+        lull_guest::progress(p.done as f64 / p.samples as f64);
+        checkpoints.tick(&p).map_err(|e| e.to_string())?;
+    }
+    Ok(p.inside)
+}
+
+/// Parses `--samples N --seed S [--every SECONDS]` (also `--samples=N`).
+/// `Ok(None)` means help was asked for.
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
     let mut samples = None;
     let mut seed = None;
+    let mut every = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
@@ -77,6 +138,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
         let slot = match flag.as_str() {
             "--samples" => &mut samples,
             "--seed" => &mut seed,
+            "--every" => &mut every,
             other => return Err(format!("unexpected argument '{other}'\n\n{USAGE}")),
         };
         let value = match inline {
@@ -95,7 +157,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
     if samples == 0 {
         return Err("--samples must be at least 1".into());
     }
-    Ok(Some(Args { samples, seed }))
+    Ok(Some(Args {
+        samples,
+        seed,
+        every: every.unwrap_or(10),
+    }))
 }
 
 /// The array-job task index from `LULL_TASK_INDEX`, 0 when it is not set.
@@ -230,19 +296,33 @@ mod tests {
     }
 
     #[test]
+    fn counting_in_steps_from_a_kept_state_gives_the_same_count() {
+        // What a resumed task does: carry on from the generator's kept state.
+        let whole = count_inside(&mut XorShift64Star::from_seed(7), 3 * STEP);
+        let mut rng = XorShift64Star::from_seed(7);
+        let mut inside = count_inside(&mut rng, STEP);
+        let kept = rng.state;
+        let mut resumed = XorShift64Star { state: kept };
+        inside += count_inside(&mut resumed, 2 * STEP);
+        assert_eq!(inside, whole);
+    }
+
+    #[test]
     fn parses_args() {
         assert_eq!(
             args(&["--samples", "100", "--seed", "3"]),
             Ok(Some(Args {
                 samples: 100,
-                seed: 3
+                seed: 3,
+                every: 10
             }))
         );
         assert_eq!(
-            args(&["--seed=9", "--samples=5"]),
+            args(&["--seed=9", "--samples=5", "--every", "2"]),
             Ok(Some(Args {
                 samples: 5,
-                seed: 9
+                seed: 9,
+                every: 2
             }))
         );
         assert_eq!(args(&["--help"]), Ok(None));

@@ -163,7 +163,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     util::build_examples()?;
     util::cargo(&["build", "--release", "-p", "lull", "--bins"])?;
-    let module_path = util::root().join("examples/target/wasm32-wasip1/release/montecarlo.wasm");
+    let module_path = util::root().join("examples/target/wasm32-wasip2/release/montecarlo.wasm");
     let module = std::fs::read(&module_path)
         .with_context(|| format!("reading {}", module_path.display()))?;
 
