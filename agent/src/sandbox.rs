@@ -138,6 +138,10 @@ impl Default for SandboxConfig {
 const POOLED_MEMORIES_PER_GUEST: u32 = 2;
 /// Core instances each pooled guest may have.
 const POOLED_INSTANCES_PER_GUEST: u32 = 8;
+/// Bytes of a pooled slot's memory and of its tables reset by hand (rather than by the kernel)
+/// when a guest leaves: a slot's first pages stay mapped, which saves system calls and page
+/// faults on the next start.
+const KEEP_RESIDENT: usize = 64 << 10;
 /// Tables each pooled guest may have.
 const POOLED_TABLES_PER_GUEST: u32 = 4;
 
@@ -358,7 +362,9 @@ impl Sandbox {
                 .max_core_instances_per_component(POOLED_INSTANCES_PER_GUEST)
                 .max_memories_per_component(POOLED_MEMORIES_PER_GUEST)
                 .max_tables_per_component(POOLED_TABLES_PER_GUEST)
-                .max_memory_size(config.pooled_memory.min(4 << 30) as usize);
+                .max_memory_size(config.pooled_memory.min(4 << 30) as usize)
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(KEEP_RESIDENT);
             let mut wasm = wasm.clone();
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             Some(Flavor::new(&wasm).context("the pooled engine")?)

@@ -29,32 +29,46 @@
 //! use lull_guest::Checkpointer;
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Serialize, Deserialize, Default)]
+//! /// Everything the task has done: its checkpoint.
+//! #[derive(Serialize, Deserialize)]
 //! struct State {
-//!     next: u64,
+//!     done: u64,
 //!     inside: u64,
+//!     rng: u64,
 //! }
 //!
-//! const SAMPLES: u64 = 100_000_000;
+//! const SAMPLES: u64 = 2_000_000_000;
+//!
+//! /// A xorshift generator: the next number in [0, 1).
+//! fn next(s: &mut u64) -> f64 {
+//!     *s ^= *s << 13;
+//!     *s ^= *s >> 7;
+//!     *s ^= *s << 17;
+//!     (*s >> 11) as f64 / (1u64 << 53) as f64
+//! }
 //!
 //! fn main() -> Result<(), lull_guest::Error> {
 //!     // A fresh state on the first attempt, the last checkpoint on later ones.
-//!     let mut state: State = lull_guest::restore()?.unwrap_or_default();
-//!     if state.next > 0 {
-//!         lull_guest::log(lull_guest::Level::Info, &format!("resuming at sample {}", state.next));
-//!     }
-//!     let mut checkpoints = Checkpointer::new(Duration::from_secs(30));
-//!     while state.next < SAMPLES {
-//!         for _ in 0..1_000_000 {
-//!             // ... one sample of real work ...
-//!             state.inside += (state.next % 4 != 0) as u64;
-//!             state.next += 1;
+//!     let mut state = match lull_guest::restore::<State>()? {
+//!         Some(s) => {
+//!             lull_guest::log(lull_guest::Level::Info, &format!("resuming at sample {}", s.done));
+//!             s
 //!         }
-//!         lull_guest::progress(state.next as f64 / SAMPLES as f64);
+//!         None => State { done: 0, inside: 0, rng: 0x9E37_79B9_7F4A_7C15 },
+//!     };
+//!     let mut checkpoints = Checkpointer::new(Duration::from_secs(30));
+//!     while state.done < SAMPLES {
+//!         // One step: a million points in the unit square, a few milliseconds of work.
+//!         for _ in 0..1_000_000 {
+//!             let (x, y) = (next(&mut state.rng), next(&mut state.rng));
+//!             state.inside += (x * x + y * y <= 1.0) as u64;
+//!         }
+//!         state.done += 1_000_000;
+//!         lull_guest::progress(state.done as f64 / SAMPLES as f64);
 //!         // Every 30 s a checkpoint; on a notice a checkpoint and the end of this attempt.
 //!         checkpoints.tick(&state)?;
 //!     }
-//!     println!("{}", 4.0 * state.inside as f64 / SAMPLES as f64);
+//!     println!("pi ~= {}", 4.0 * state.inside as f64 / SAMPLES as f64);
 //!     Ok(())
 //! }
 //! ```

@@ -1419,6 +1419,49 @@ pub mod guests {
         )
     }
 
+    /// A component (WASI preview 2) that ignores eviction notices: when `restore` finds a
+    /// checkpoint it exits `ok`; when it finds none, it keeps the checkpoint `state` (as a
+    /// periodic checkpoint would) and spins for ever.
+    pub fn checkpoint_then_spin() -> Vec<u8> {
+        compile(
+            r#"
+(component
+  (import "lull:guest/host@0.1.0" (instance $host
+    (export "restore" (func (result (option (list u8)))))
+    (export "checkpoint"
+      (func (param "state" (list u8)) (result (result (error string)))))))
+  (core module $mem
+    (memory (export "memory") 1)
+    (global $next (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $p i32)
+      (local.set $p (global.get $next))
+      (global.set $next (i32.add (global.get $next) (local.get 3)))
+      (local.get $p)))
+  (core instance $mi (instantiate $mem))
+  (core func $restore (canon lower (func $host "restore")
+    (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (core func $keep (canon lower (func $host "checkpoint")
+    (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (core instance $hi (export "restore" (func $restore)) (export "keep" (func $keep)))
+  (core module $m
+    (import "mem" "memory" (memory 1))
+    (import "host" "restore" (func $restore (param i32)))
+    (import "host" "keep" (func $keep (param i32 i32 i32)))
+    (data (i32.const 16) "state")
+    (func (export "run") (result i32)
+      (call $restore (i32.const 64))
+      (if (i32.load8_u (i32.const 64)) (then (return (i32.const 0))))
+      (call $keep (i32.const 16) (i32.const 5) (i32.const 96))
+      (loop $spin (br $spin))
+      (i32.const 1)))
+  (core instance $i (instantiate $m (with "mem" (instance $mi)) (with "host" (instance $hi))))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $run-instance (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+"#,
+        )
+    }
+
     /// A component (WASI preview 2) that reports progress 0.25 through `lull:guest/host`, then
     /// spins for ever.
     pub fn progress_then_spin() -> Vec<u8> {

@@ -340,3 +340,43 @@ fn a_task_whose_agent_is_killed_resumes_from_its_last_periodic_checkpoint() {
     // π(3·10^7).
     assert_eq!(stdout_of(&cluster, id), "1857859\n");
 }
+
+#[test]
+fn a_guest_that_ignores_the_notice_is_stopped_at_the_deadline_and_resumes_from_its_checkpoint() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("first", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["first"]);
+    let job = cluster.write_job(
+        "deaf",
+        "name = \"deaf\"\n[[module]]\npath = \"deaf.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
+        &[("deaf.wasm", &guests::checkpoint_then_spin())],
+    );
+    let id = cluster.submit(&job);
+    wait_for_checkpoint_kept(&cluster, id);
+    cluster.start_agent("second", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["first", "second"]);
+    let first = cluster.agent_id("first");
+    cluster
+        .lull(&["drain", &first, "--deadline", "2s"])
+        .assert_success();
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{task}");
+    let outcome = &attempts[0]["result"]["modules"][0]["outcome"];
+    assert_eq!(outcome["kind"], "evicted", "{task}");
+    // Stopped at the deadline, not before: it never answered the notice.
+    let ran =
+        attempts[0]["finished_ms"].as_i64().unwrap() - attempts[0]["started_ms"].as_i64().unwrap();
+    assert!(ran >= 2000, "stopped after {ran} ms: {task}");
+    // The second attempt found the checkpoint (it exits ok only then).
+    assert_eq!(attempts[1]["agent"], cluster.agent_id("second").as_str());
+}
+
+/// Waits until the task has kept a checkpoint.
+fn wait_for_checkpoint_kept(cluster: &Cluster, id: u64) {
+    lull_tests::wait_for("a checkpoint", lull_tests::WAIT, || {
+        cluster.task(id, 0)["checkpoint"].is_object().then_some(())
+    });
+}

@@ -1,9 +1,10 @@
 //! The `start` bench: how fast a task starts, cold and warm, and what travels.
 //!
-//! - **Warm instantiate** (this process): the `montecarlo` example compiled once, then
-//!   instantiated again and again the way the agent starts a guest (a store with the task's WASI
-//!   context and limits), in the pooling allocator and, side by side, with memory allocated per
-//!   run. The guest itself is not run.
+//! - **Warm instantiate** (this process): the `mandelbrot` example (a core module) and the
+//!   `montecarlo` example (a component) compiled once, then instantiated again and again the way
+//!   the agent starts a guest (a store with the task's WASI context and limits), in the pooling
+//!   allocator and, side by side, with memory allocated per run. The guests are not run.
+//!   `--warm-only` stops after this part.
 //! - **Cold start** (`lull dev`, release build, loopback): tasks whose module no agent has seen
 //!   (the example with a distinct custom section each, so a distinct digest): the agent's
 //!   `setup_us`, from the assignment's arrival to the guest running, covers fetching the module,
@@ -161,11 +162,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         (5000, 12, 1000)
     };
+    let warm_only = args.iter().any(|a| a == "--warm-only");
     util::build_examples()?;
-    util::cargo(&["build", "--release", "-p", "lull", "--bins"])?;
-    let module_path = util::root().join("examples/target/wasm32-wasip2/release/montecarlo.wasm");
-    let module = std::fs::read(&module_path)
-        .with_context(|| format!("reading {}", module_path.display()))?;
+    let read = |rel: &str| {
+        let path = util::root().join("examples/target").join(rel);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    // A core module (WASI preview 1) and a component (preview 2), both Rust programs.
+    let core_module = read("wasm32-wasip1/release/mandelbrot.wasm")?;
+    let module = read("wasm32-wasip2/release/montecarlo.wasm")?;
 
     // Warm instantiation, pooled and not, side by side.
     let sandbox = Sandbox::new(SandboxConfig {
@@ -173,9 +178,29 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         pooled_memory: 1 << 30,
         ..SandboxConfig::default()
     })?;
-    let pooled = instantiate_us(&sandbox, &module, true, instantiations)?;
-    let on_demand = instantiate_us(&sandbox, &module, false, instantiations)?;
+    let pooled = instantiate_us(&sandbox, &core_module, true, instantiations)?;
+    let on_demand = instantiate_us(&sandbox, &core_module, false, instantiations)?;
+    let component_pooled = instantiate_us(&sandbox, &module, true, instantiations)?;
+    let component_on_demand = instantiate_us(&sandbox, &module, false, instantiations)?;
     drop(sandbox);
+    let warm = serde_json::json!({
+        "core_module_bytes": core_module.len(),
+        "component_bytes": module.len(),
+        "warm_instantiate_p50_us": round3(percentile(&pooled, 0.50)),
+        "warm_instantiate_p99_us": round3(percentile(&pooled, 0.99)),
+        "on_demand_instantiate_p50_us": round3(percentile(&on_demand, 0.50)),
+        "on_demand_instantiate_p99_us": round3(percentile(&on_demand, 0.99)),
+        "component_warm_instantiate_p50_us": round3(percentile(&component_pooled, 0.50)),
+        "component_warm_instantiate_p99_us": round3(percentile(&component_pooled, 0.99)),
+        "component_on_demand_instantiate_p50_us": round3(percentile(&component_on_demand, 0.50)),
+        "component_on_demand_instantiate_p99_us": round3(percentile(&component_on_demand, 0.99)),
+        "instantiations": pooled.len(),
+    });
+    if warm_only {
+        println!("{warm}");
+        return Ok(());
+    }
+    util::cargo(&["build", "--release", "-p", "lull", "--bins"])?;
 
     // The system: two agents of four slots in one `lull dev`.
     let dir = tempfile_dir()?;
@@ -220,14 +245,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let figures = serde_json::json!({
-        "module_bytes": module.len(),
-        "warm_instantiate_p50_us": round3(percentile(&pooled, 0.50)),
-        "warm_instantiate_p99_us": round3(percentile(&pooled, 0.99)),
-        "on_demand_instantiate_p50_us": round3(percentile(&on_demand, 0.50)),
-        "on_demand_instantiate_p99_us": round3(percentile(&on_demand, 0.99)),
-        "pooled_speedup_p50": round3(percentile(&on_demand, 0.50) / percentile(&pooled, 0.50)),
-        "instantiations": pooled.len(),
+    let mut figures = warm;
+    let system = serde_json::json!({
         "cold_start_p50_ms": round3(percentile(&cold_ms, 0.50)),
         "cold_start_max_ms": round3(*cold_ms.last().unwrap_or(&0.0)),
         "cold_tasks": cold_ms.len(),
@@ -238,6 +257,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "module_fetches_per_agent": fetches.iter().copied().max().unwrap_or(0),
         "agents_that_fetched": agents_used,
     });
+    if let (Some(all), Some(more)) = (figures.as_object_mut(), system.as_object()) {
+        all.extend(more.clone());
+    }
     println!("{figures}");
     Ok(())
 }
