@@ -1419,29 +1419,42 @@ pub mod guests {
         )
     }
 
-    /// A component (WASI preview 2) that ignores eviction notices: when `restore` finds a
-    /// checkpoint it exits `ok`; when it finds none, it keeps the checkpoint `state` (as a
-    /// periodic checkpoint would) and spins for ever.
-    pub fn checkpoint_then_spin() -> Vec<u8> {
-        compile(
-            r#"
-(component
-  (import "lull:guest/host@0.1.0" (instance $host
-    (export "restore" (func (result (option (list u8)))))
-    (export "checkpoint"
-      (func (param "state" (list u8)) (result (result (error string)))))))
-  (core module $mem
+    /// A core module giving a component's lowered functions their memory and allocator (a bump
+    /// allocator), as the instance `$mi`: put where `HEAP` is; `OPTIONS` (after a `canon lower`)
+    /// points the lowering at them.
+    const HEAP: &str = r#"(core module $mem
     (memory (export "memory") 1)
     (global $next (mut i32) (i32.const 4096))
     (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $p i32)
       (local.set $p (global.get $next))
       (global.set $next (i32.add (global.get $next) (local.get 3)))
       (local.get $p)))
-  (core instance $mi (instantiate $mem))
+  (core instance $mi (instantiate $mem))"#;
+
+    /// A component's text with [`HEAP`] and its options filled in.
+    fn component(text: &str) -> Vec<u8> {
+        compile(&text.replace("HEAP", HEAP).replace(
+            "OPTIONS",
+            r#"(memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))"#,
+        ))
+    }
+
+    /// A component (WASI preview 2) that ignores eviction notices: when `restore` finds a
+    /// checkpoint it exits `ok`; when it finds none, it keeps the checkpoint `state` (as a
+    /// periodic checkpoint would) and spins for ever.
+    pub fn checkpoint_then_spin() -> Vec<u8> {
+        component(
+            r#"
+(component
+  (import "lull:guest/host@0.1.0" (instance $host
+    (export "restore" (func (result (option (list u8)))))
+    (export "checkpoint"
+      (func (param "state" (list u8)) (result (result (error string)))))))
+  HEAP
   (core func $restore (canon lower (func $host "restore")
-    (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+    OPTIONS))
   (core func $keep (canon lower (func $host "checkpoint")
-    (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+    OPTIONS))
   (core instance $hi (export "restore" (func $restore)) (export "keep" (func $keep)))
   (core module $m
     (import "mem" "memory" (memory 1))
@@ -1490,25 +1503,18 @@ pub mod guests {
     /// it exits `ok` if the checkpoint is the 5 bytes `state` (`err` otherwise); when it finds
     /// none, it keeps `state` with `checkpoint-and-leave`, ending its attempt as evicted.
     pub fn resumer() -> Vec<u8> {
-        compile(
+        component(
             r#"
 (component
   (import "lull:guest/host@0.1.0" (instance $host
     (export "restore" (func (result (option (list u8)))))
     (export "checkpoint-and-leave"
       (func (param "state" (list u8)) (result (result (error string)))))))
-  (core module $mem
-    (memory (export "memory") 1)
-    (global $next (mut i32) (i32.const 4096))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $p i32)
-      (local.set $p (global.get $next))
-      (global.set $next (i32.add (global.get $next) (local.get 3)))
-      (local.get $p)))
-  (core instance $mi (instantiate $mem))
+  HEAP
   (core func $restore (canon lower (func $host "restore")
-    (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+    OPTIONS))
   (core func $leave (canon lower (func $host "checkpoint-and-leave")
-    (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+    OPTIONS))
   (core instance $hi (export "restore" (func $restore)) (export "leave" (func $leave)))
   (core module $m
     (import "mem" "memory" (memory 1))
