@@ -142,6 +142,22 @@ impl BlobStore {
         })
     }
 
+    /// Bytes of all the blobs stored (read from the disk: a walk of the store).
+    pub async fn stored_bytes(&self) -> std::io::Result<u64> {
+        let root = self.root.join("sha256");
+        tokio::task::spawn_blocking(move || {
+            let mut total = 0;
+            for shard in std::fs::read_dir(&root)?.flatten() {
+                for e in std::fs::read_dir(shard.path())?.flatten() {
+                    total += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+            Ok(total)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Renews a stored blob's grace period (it was just found useful, e.g. by a submitter who
     /// will refer to it).
     pub fn touch(&self, digest: &Digest) {

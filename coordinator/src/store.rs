@@ -636,6 +636,17 @@ impl Store {
         Ok(true)
     }
 
+    /// Every task's count, by state (for `/metrics`).
+    pub async fn task_state_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+            .collect())
+    }
+
     /// Task counts of one job.
     pub async fn job_counts(&self, job: u64) -> Result<Counts> {
         let rows =

@@ -30,6 +30,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     let authenticated = axum::middleware::from_fn_with_state(hub.clone(), require_token);
     Router::new()
         .route("/api/v1/info", get(info))
+        .route("/metrics", get(metrics))
         .route("/api/v1/blobs/missing", post(missing))
         .route("/api/v1/blobs/{digest}", get(get_blob).put(put_blob))
         .route("/api/v1/uploads", post(start_upload))
@@ -433,6 +434,19 @@ async fn job(
         "spec": job.spec,
         "tasks": tasks,
     })))
+}
+
+/// Prometheus' text format.
+async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
+    let text = hub.metrics().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn delete_job(

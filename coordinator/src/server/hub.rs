@@ -250,6 +250,8 @@ pub struct Hub {
     /// Held shared while a job is checked and stored, exclusively while blobs are collected:
     /// a job never refers to a blob collected under it.
     collecting: tokio::sync::RwLock<()>,
+    /// Counters for `/metrics`.
+    metrics: super::metrics::Metrics,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -288,7 +290,25 @@ impl Hub {
             config,
             wake: Notify::new(),
             collecting: tokio::sync::RwLock::new(()),
+            metrics: Default::default(),
         })
+    }
+
+    /// `/metrics`: the counters, and the gauges read now.
+    pub async fn metrics(&self) -> Result<String, HubError> {
+        let mut gauges = super::metrics::Gauges {
+            tasks: self.store.task_state_counts().await?,
+            ..Default::default()
+        };
+        for a in self.agents() {
+            *gauges.agents.entry(a.status.state).or_default() += 1;
+        }
+        gauges.blob_bytes = self
+            .blobs
+            .stored_bytes()
+            .await
+            .map_err(|e| HubError::BadRequest(format!("reading the blob store: {e}")))?;
+        Ok(self.metrics.render(&gauges))
     }
 
     /// Deletes the blobs no job refers to that went unused for the grace period, and
@@ -900,6 +920,12 @@ impl Hub {
                     ..
                 } = inner;
                 if let Some(a) = agents.get_mut(agent) {
+                    // The guests' share of the machine over the last report interval.
+                    self.metrics.harvested(
+                        status.guest_cpu
+                            * f64::from(capacity.cores)
+                            * self.config.report_interval.as_secs_f64(),
+                    );
                     for (attempt, fraction) in progress {
                         if a.running.contains(&attempt) && fraction.is_finite() {
                             reported.insert(attempt, fraction.clamp(0.0, 1.0));
@@ -937,6 +963,7 @@ impl Hub {
                     return;
                 }
                 self.lock().waiting.remove(&attempt);
+                self.metrics.dispatched(setup_us as f64 / 1e6);
                 if let Err(e) = self.store.mark_started(attempt, setup_us, now_ms()).await {
                     tracing::warn!(%attempt, error = %e, "could not record start");
                 }
@@ -973,6 +1000,9 @@ impl Hub {
                 attempts,
             } => {
                 tracing::info!(%agent, %from, %to, %reason, tasks = attempts.len(), "agent state changed");
+                if to == "paused" {
+                    self.metrics.paused(&reason);
+                }
                 {
                     let inner = &mut *self.lock();
                     if let Some(a) = inner.agents.get_mut(agent) {
@@ -1023,6 +1053,12 @@ impl Hub {
         match &recorded {
             Recorded::Stored(state) => {
                 tracing::info!(%agent, %attempt, state = state.as_str(), cause = ?result.cause(), "result recorded");
+                if let Some(reason) = result.modules.iter().find_map(|m| match &m.outcome {
+                    lull_protocol::message::Outcome::Evicted { reason } => Some(reason),
+                    _ => None,
+                }) {
+                    self.metrics.evicted(reason);
+                }
                 if *state == TaskState::Pending && !result.evicted() {
                     // It failed and has attempts left: elsewhere, after a backoff.
                     let wait = retry_backoff(self.config.retry_backoff, attempt.attempt);

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod quic;
 
 use std::net::SocketAddr;
