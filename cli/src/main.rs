@@ -63,6 +63,14 @@ enum Command {
     Sign(commands::keys::SignArgs),
     /// Check a module's signature (FILE.sig) against a trust list.
     Verify(commands::keys::VerifyArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish or powershell).
+    #[command(
+        after_help = "Install, for example:\n  bash: lull completions bash > ~/.local/share/bash-completion/completions/lull\n  zsh:  lull completions zsh > ~/.zfunc/_lull   (with fpath+=~/.zfunc in ~/.zshrc)\n  fish: lull completions fish > ~/.config/fish/completions/lull.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Exit code when a watched job ended with a task that did not succeed.
@@ -77,6 +85,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Needs no coordinator, settings or runtime.
+    if let Command::Completions { shell } = &cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(*shell, &mut Cli::command(), "lull", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -117,6 +131,7 @@ fn main() -> ExitCode {
             Command::Keys { command } => commands::keys::run(command),
             Command::Sign(a) => commands::keys::sign(a),
             Command::Verify(a) => commands::keys::verify(a),
+            Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
