@@ -9,6 +9,9 @@ use crate::client::Client;
 pub struct Args {
     /// The job number.
     job: u64,
+    /// Print JSON: `{"job": N, "stopping": running tasks being stopped}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Cancels a job.
@@ -19,6 +22,10 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             &serde_json::json!({}),
         )
         .await?;
+    if args.json {
+        super::print_json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "job {} cancelled; {} running task(s) are being stopped",
         args.job, v["stopping"]

@@ -18,6 +18,10 @@ pub struct Args {
     /// [default: results-JOB]
     #[arg(long, short)]
     out: Option<PathBuf>,
+    /// Print JSON: the job, its state, the directory, and each task's status as written to its
+    /// status.json.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Downloads a job's results.
@@ -28,6 +32,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from(format!("results-{}", args.job)));
     let mut tasks = 0;
     let mut files = 0;
+    let mut statuses = Vec::new();
     for t in d["tasks"].as_array().into_iter().flatten() {
         let index = t["index"].as_u64().unwrap_or(0);
         let dir = out.join(index.to_string());
@@ -87,7 +92,18 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         let path = dir.join("status.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&status)?)
             .with_context(|| format!("writing {}", path.display()))?;
+        statuses.push(status);
         tasks += 1;
+    }
+    if args.json {
+        super::print_json(&serde_json::json!({
+            "job": args.job,
+            "state": d["state"],
+            "dir": out,
+            "output_files": files,
+            "tasks": statuses,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "job {} ({}): {tasks} task(s), {files} output file(s) written under {}",
