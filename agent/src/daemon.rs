@@ -68,6 +68,9 @@ pub struct Agent {
     checkpoints: Mutex<Option<mpsc::UnboundedReceiver<crate::checkpoint::Kept>>>,
     /// The progress guests reported, for the coordinator.
     progress: Arc<crate::checkpoint::ProgressBoard>,
+    /// The blobs of each result in the outbox (never evicted until acknowledged): kept in
+    /// memory so that an eviction need not read the outbox.
+    outbox_blobs: Mutex<std::collections::HashMap<AttemptId, Vec<Digest>>>,
     /// Checkpoint states not yet reported (never evicted meanwhile).
     unreported: Mutex<HashSet<Digest>>,
     /// Blobs being fetched: tasks needing the same blob wait for one download.
@@ -156,6 +159,7 @@ impl Agent {
             pinned: Mutex::default(),
             fetching: Mutex::default(),
             unreported: Mutex::default(),
+            outbox_blobs: Mutex::default(),
             progress: progress.clone(),
             pending_checkpoints: pending_checkpoints.clone(),
             checkpoints: Mutex::new(Some(checkpoint_rx)),
@@ -200,6 +204,13 @@ impl Agent {
             events: Mutex::new(None),
             outbox_ready: Notify::new(),
         });
+        // Results left in the outbox by an earlier run keep their blobs too.
+        let waiting: std::collections::HashMap<AttemptId, Vec<Digest>> = agent
+            .outbox_entries()
+            .into_iter()
+            .map(|r| (r.attempt, r.blobs()))
+            .collect();
+        *lock(&agent.outbox_blobs) = waiting;
         let weak = Arc::downgrade(&agent);
         agent.cache.lru().protect_with(move || {
             weak.upgrade()
@@ -214,9 +225,7 @@ impl Agent {
     fn protected_blobs(&self) -> HashSet<Digest> {
         let mut keep: HashSet<Digest> = lock(&self.pinned).values().flatten().copied().collect();
         keep.extend(lock(&self.unreported).iter().copied());
-        for result in self.outbox_entries() {
-            keep.extend(result.blobs());
-        }
+        keep.extend(lock(&self.outbox_blobs).values().flatten().copied());
         keep
     }
 
@@ -480,6 +489,7 @@ impl Agent {
             CoordinatorMessage::ResultAck { attempt } => {
                 sent.remove(&attempt);
                 let _ = std::fs::remove_file(self.outbox_path(attempt));
+                lock(&self.outbox_blobs).remove(&attempt);
                 tracing::debug!(%attempt, "result acknowledged");
             }
             CoordinatorMessage::Welcome { .. } | CoordinatorMessage::Refused { .. } => {
@@ -636,6 +646,7 @@ impl Agent {
     }
 
     fn store_result(&self, result: &TaskResult) -> anyhow::Result<()> {
+        lock(&self.outbox_blobs).insert(result.attempt, result.blobs());
         let path = self.outbox_path(result.attempt);
         let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec(result)?;

@@ -1439,42 +1439,6 @@ pub mod guests {
         ))
     }
 
-    /// A component (WASI preview 2) that ignores eviction notices: when `restore` finds a
-    /// checkpoint it exits `ok`; when it finds none, it keeps the checkpoint `state` (as a
-    /// periodic checkpoint would) and spins for ever.
-    pub fn checkpoint_then_spin() -> Vec<u8> {
-        component(
-            r#"
-(component
-  (import "lull:guest/host@0.1.0" (instance $host
-    (export "restore" (func (result (option (list u8)))))
-    (export "checkpoint"
-      (func (param "state" (list u8)) (result (result (error string)))))))
-  HEAP
-  (core func $restore (canon lower (func $host "restore")
-    OPTIONS))
-  (core func $keep (canon lower (func $host "checkpoint")
-    OPTIONS))
-  (core instance $hi (export "restore" (func $restore)) (export "keep" (func $keep)))
-  (core module $m
-    (import "mem" "memory" (memory 1))
-    (import "host" "restore" (func $restore (param i32)))
-    (import "host" "keep" (func $keep (param i32 i32 i32)))
-    (data (i32.const 16) "state")
-    (func (export "run") (result i32)
-      (call $restore (i32.const 64))
-      (if (i32.load8_u (i32.const 64)) (then (return (i32.const 0))))
-      (call $keep (i32.const 16) (i32.const 5) (i32.const 96))
-      (loop $spin (br $spin))
-      (i32.const 1)))
-  (core instance $i (instantiate $m (with "mem" (instance $mi)) (with "host" (instance $hi))))
-  (func $run (result (result)) (canon lift (core func $i "run")))
-  (instance $run-instance (export "run" (func $run)))
-  (export "wasi:cli/run@0.2.0" (instance $run-instance)))
-"#,
-        )
-    }
-
     /// A component (WASI preview 2) that reports progress 0.25 through `lull:guest/host`, then
     /// spins for ever.
     pub fn progress_then_spin() -> Vec<u8> {
@@ -1501,25 +1465,25 @@ pub mod guests {
 
     /// A component (WASI preview 2) using `lull:guest/host`: when `restore` finds a checkpoint
     /// it exits `ok` if the checkpoint is the 5 bytes `state` (`err` otherwise); when it finds
-    /// none, it keeps `state` with `checkpoint-and-leave`, ending its attempt as evicted.
-    pub fn resumer() -> Vec<u8> {
+    /// none, it keeps `state` with the host function `keep` and then does `then`.
+    fn restore_or_keep(keep: &str, then: &str) -> Vec<u8> {
         component(
-            r#"
+            &r#"
 (component
   (import "lull:guest/host@0.1.0" (instance $host
     (export "restore" (func (result (option (list u8)))))
-    (export "checkpoint-and-leave"
+    (export "KEEP"
       (func (param "state" (list u8)) (result (result (error string)))))))
   HEAP
   (core func $restore (canon lower (func $host "restore")
     OPTIONS))
-  (core func $leave (canon lower (func $host "checkpoint-and-leave")
+  (core func $keep (canon lower (func $host "KEEP")
     OPTIONS))
-  (core instance $hi (export "restore" (func $restore)) (export "leave" (func $leave)))
+  (core instance $hi (export "restore" (func $restore)) (export "keep" (func $keep)))
   (core module $m
     (import "mem" "memory" (memory 1))
     (import "host" "restore" (func $restore (param i32)))
-    (import "host" "leave" (func $leave (param i32 i32 i32)))
+    (import "host" "keep" (func $keep (param i32 i32 i32)))
     (data (i32.const 16) "state")
     (func (export "run") (result i32)
       (call $restore (i32.const 64))
@@ -1527,14 +1491,31 @@ pub mod guests {
         (then
           (if (i32.ne (i32.load (i32.const 72)) (i32.const 5)) (then (return (i32.const 1))))
           (return (i32.ne (i32.load (i32.load (i32.const 68))) (i32.load (i32.const 16))))))
-      (call $leave (i32.const 16) (i32.const 5) (i32.const 96))
+      (call $keep (i32.const 16) (i32.const 5) (i32.const 96))
+      THEN
       (i32.const 1)))
   (core instance $i (instantiate $m (with "mem" (instance $mi)) (with "host" (instance $hi))))
   (func $run (result (result)) (canon lift (core func $i "run")))
   (instance $run-instance (export "run" (func $run)))
   (export "wasi:cli/run@0.2.0" (instance $run-instance)))
-"#,
+"#
+            .replace("KEEP", keep)
+            .replace("THEN", then),
         )
+    }
+
+    /// A component (WASI preview 2) that ignores eviction notices: when `restore` finds the
+    /// checkpoint `state` it exits `ok`; when it finds none, it keeps `state` with `checkpoint`
+    /// (as a periodic checkpoint would) and spins for ever.
+    pub fn checkpoint_then_spin() -> Vec<u8> {
+        restore_or_keep("checkpoint", "(loop $spin (br $spin))")
+    }
+
+    /// A component (WASI preview 2): when `restore` finds the checkpoint `state` it exits `ok`;
+    /// when it finds none, it keeps `state` with `checkpoint-and-leave`, ending its attempt as
+    /// evicted.
+    pub fn resumer() -> Vec<u8> {
+        restore_or_keep("checkpoint-and-leave", "")
     }
 }
 

@@ -126,6 +126,7 @@ impl From<HubError> for ApiError {
             HubError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
             HubError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             HubError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            HubError::Io(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
             HubError::Store(e) => e.into(),
         }
     }

@@ -78,6 +78,9 @@ pub enum HubError {
     /// Not possible in the thing's present state; the message says what to do first.
     #[error("{0}")]
     Conflict(String),
+    /// The coordinator's disk failed.
+    #[error("{0}")]
+    Io(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -307,7 +310,7 @@ impl Hub {
             .blobs
             .stored_bytes()
             .await
-            .map_err(|e| HubError::BadRequest(format!("reading the blob store: {e}")))?;
+            .map_err(|e| HubError::Io(format!("reading the blob store: {e}")))?;
         Ok(self.metrics.render(&gauges))
     }
 
@@ -320,7 +323,7 @@ impl Hub {
             .blobs
             .collect(&referenced, self.config.blob_grace)
             .await
-            .map_err(|e| HubError::BadRequest(format!("collecting blobs: {e}")))?;
+            .map_err(|e| HubError::Io(format!("collecting blobs: {e}")))?;
         if done.blobs > 0 || done.uploads > 0 {
             tracing::info!(
                 blobs = done.blobs,
