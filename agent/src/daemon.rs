@@ -181,6 +181,7 @@ impl Agent {
                 outputs_cap,
                 compiled,
                 loaded: Default::default(),
+                guests: Default::default(),
                 checkpoints: Some(crate::checkpoint::Sink {
                     cache: cache.clone(),
                     tx: checkpoint_tx,
@@ -364,7 +365,10 @@ impl Agent {
     }
 
     fn status(&self) -> AgentStatus {
-        lock(&self.shared.status).clone()
+        let mut status = lock(&self.shared.status).clone();
+        // The process's CPU is all this agent's, unless agents share the process.
+        status.guest_cpu *= self.runner.guests.share();
+        status
     }
 
     fn running(&self) -> Vec<AttemptId> {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,6 +41,46 @@ pub struct Runner {
     pub loaded: Loaded,
     /// Where guests' checkpoints go; `None` refuses them.
     pub checkpoints: Option<crate::checkpoint::Sink>,
+    /// Guest threads of this runner running now.
+    pub guests: GuestCount,
+}
+
+/// Guest threads in the whole process: more than one agent's when agents share a process
+/// (`lull dev`).
+static PROCESS_GUESTS: AtomicUsize = AtomicUsize::new(0);
+
+/// A runner's count of its guest threads running now.
+#[derive(Debug, Default)]
+pub struct GuestCount(AtomicUsize);
+
+impl GuestCount {
+    /// This runner's share of the guest threads running in the process (1.0 when none run):
+    /// the part of the process's CPU that is its own when agents share a process.
+    pub fn share(&self) -> f64 {
+        let mine = self.0.load(Ordering::Relaxed);
+        let all = PROCESS_GUESTS.load(Ordering::Relaxed);
+        if all == 0 || mine >= all {
+            1.0
+        } else {
+            mine as f64 / all as f64
+        }
+    }
+
+    /// Counts a guest thread while the returned guard lives.
+    fn enter(&self) -> GuestGuard<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        PROCESS_GUESTS.fetch_add(1, Ordering::Relaxed);
+        GuestGuard(self)
+    }
+}
+
+struct GuestGuard<'a>(&'a GuestCount);
+
+impl Drop for GuestGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+        PROCESS_GUESTS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How many loaded modules are kept in memory.
@@ -346,7 +387,10 @@ impl Runner {
                     std::thread::Builder::new()
                         .name(format!("guest {}", spec.name))
                         .stack_size(GUEST_THREAD_STACK)
-                        .spawn_scoped(s, move || self.sandbox.run(p, spec, control))
+                        .spawn_scoped(s, move || {
+                            let _counted = self.guests.enter();
+                            self.sandbox.run(p, spec, control)
+                        })
                 })
                 .collect();
             handles

@@ -56,6 +56,7 @@ fn agent(data: &Path, sandbox: &Arc<Sandbox>, trust: &Arc<TrustList>, budget: u6
             compiled,
             loaded: Default::default(),
             checkpoints: None,
+            guests: Default::default(),
         },
         lru,
     }

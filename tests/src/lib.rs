@@ -10,6 +10,7 @@
 //! | [`AgentOptions`] | how one agent is started (slots, memory cap, scavenging or dedicated) |
 //! | [`CliOutput`] | what one run of `lull` printed and how it exited |
 //! | [`guests`] | WASI guests written in WAT for the tests |
+//! | [`browser`] | a headless Chromium driven over the DevTools protocol, for the dashboard |
 //! | [`wait_for`] | polling with a deadline, the only way these tests wait |
 //!
 //! Every child's stdout and stderr go to files under the cluster's directory. When a test
@@ -19,6 +20,8 @@
 //!
 //! The binaries are the ones `cargo build --workspace --bins` leaves beside the test
 //! executables (`target/debug/`); the harness does not build them.
+
+pub mod browser;
 
 use std::fs;
 use std::future::Future;
@@ -1461,6 +1464,38 @@ pub mod guests {
   (export "wasi:cli/run@0.2.0" (instance $run-instance)))
 "#,
         )
+    }
+
+    /// A component (WASI preview 2) that works through `steps` steps of `spins` loop turns
+    /// each, reporting its progress through `lull:guest/host` after each, then exits 0.
+    pub fn progress_creep(steps: u32, spins: u32) -> Vec<u8> {
+        compile(&format!(
+            r#"
+(component
+  (import "lull:guest/host@0.1.0" (instance $host
+    (export "progress" (func (param "fraction" f64)))))
+  (core func $progress (canon lower (func $host "progress")))
+  (core instance $hi (export "progress" (func $progress)))
+  (core module $m
+    (import "host" "progress" (func $progress (param f64)))
+    (func (export "run") (result i32)
+      (local $step i32) (local $spin i32)
+      (loop $steps
+        (local.set $spin (i32.const {spins}))
+        (loop $spins
+          (local.set $spin (i32.sub (local.get $spin) (i32.const 1)))
+          (br_if $spins (local.get $spin)))
+        (local.set $step (i32.add (local.get $step) (i32.const 1)))
+        (call $progress
+          (f64.div (f64.convert_i32_u (local.get $step)) (f64.const {steps})))
+        (br_if $steps (i32.lt_u (local.get $step) (i32.const {steps}))))
+      (i32.const 0)))
+  (core instance $i (instantiate $m (with "host" (instance $hi))))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $run-instance (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+"#
+        ))
     }
 
     /// A component (WASI preview 2) using `lull:guest/host`: when `restore` finds a checkpoint

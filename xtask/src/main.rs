@@ -42,8 +42,8 @@ fn main() -> ExitCode {
 /// Everything CI runs.
 fn test() -> anyhow::Result<()> {
     util::ensure_wasm_targets()?;
-    // Signatures are checked against the real OpenSSH tools.
-    util::ensure_commands(&[("ssh-keygen", "openssh-client")])?;
+    // Signatures are checked against the real OpenSSH tools; the dashboard in a real browser.
+    util::ensure_commands(&[("ssh-keygen", "openssh-client"), ("chromium", "chromium")])?;
     util::build_examples()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
     util::cargo(&[

@@ -98,6 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "lull dev: coordinator on http://{} (agents on quic://{}), {} agent(s) with {} slot(s) each",
         running.http_addr, running.quic_addr, args.agents, slots
     );
+    println!("  dashboard:   http://{}/", running.http_addr);
     println!("  data:        {}", data.display());
     println!(
         "  signing key: {} (trusted by this cluster only)",

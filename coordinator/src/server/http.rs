@@ -21,7 +21,9 @@ use lull_protocol::message::{AttemptId, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::hub::{Hub, HubError};
+use super::dashboard;
+use super::history::{Minute, Sample};
+use super::hub::{AgentView, Hub, HubError};
 use crate::blobs::BlobError;
 use crate::store::{Counts, StoreError, TaskState, TokenKind};
 
@@ -51,7 +53,15 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/api/v1/agents/{id}/drain",
             post(drain_agent).delete(undrain_agent),
         )
+        .route("/api/v1/pool", get(pool))
+        .route("/api/v1/stream", get(stream))
         .layer(authenticated)
+        // No token for what holds no data: the dashboard's files (the page asks for a token
+        // when the API wants one) and the API's description.
+        .route("/", get(dashboard::index))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::file))
+        .route("/api/v1/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(hub)
 }
@@ -365,24 +375,160 @@ struct JobSummary {
     created_ms: i64,
 }
 
-async fn jobs(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<JobSummary>>> {
+async fn job_summaries(hub: &Hub) -> ApiResult<Vec<JobSummary>> {
     let jobs = hub.store().jobs().await?;
     let counts = hub.store().counts().await?;
-    Ok(Json(
-        jobs.into_iter()
-            .map(|j| {
-                let c = counts.get(&j.id).copied().unwrap_or_default();
-                JobSummary {
-                    id: j.id,
-                    name: j.spec.name.clone(),
-                    state: job_state(&c, j.cancelled),
-                    count: j.spec.count,
-                    counts: c,
-                    created_ms: j.created_ms,
-                }
-            })
-            .collect(),
-    ))
+    Ok(jobs
+        .into_iter()
+        .map(|j| {
+            let c = counts.get(&j.id).copied().unwrap_or_default();
+            JobSummary {
+                id: j.id,
+                name: j.spec.name.clone(),
+                state: job_state(&c, j.cancelled),
+                count: j.spec.count,
+                counts: c,
+                created_ms: j.created_ms,
+            }
+        })
+        .collect())
+}
+
+async fn jobs(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<JobSummary>>> {
+    Ok(Json(job_summaries(&hub).await?))
+}
+
+/// An agent on the dashboard: as `/api/v1/agents` lists it, with its recent reports.
+#[derive(Serialize)]
+struct PoolAgent {
+    #[serde(flatten)]
+    agent: AgentView,
+    history: Vec<Sample>,
+}
+
+/// A job on the dashboard: its summary and how far it got.
+#[derive(Serialize)]
+struct PoolJob {
+    #[serde(flatten)]
+    summary: JobSummary,
+    /// The fraction of its tasks' work done: ended tasks count whole, running ones by the
+    /// progress their guests report.
+    progress: f64,
+}
+
+#[derive(Serialize)]
+struct Harvest {
+    /// Core-seconds guests used since this coordinator started.
+    core_seconds: f64,
+    /// The same per minute, oldest first.
+    minutes: Vec<Minute>,
+}
+
+/// What the dashboard shows: `/api/v1/pool`, and each event of `/api/v1/stream`.
+#[derive(Serialize)]
+struct Pool {
+    now_ms: i64,
+    agents: Vec<PoolAgent>,
+    jobs: Vec<PoolJob>,
+    /// Tasks by state over all jobs.
+    tasks: Counts,
+    harvest: Harvest,
+}
+
+/// The pool as it stands, with the history recorded after `since_ms`.
+async fn pool_document(hub: &Hub, since_ms: i64) -> ApiResult<Pool> {
+    let now_ms = super::hub::now_ms();
+    let mut samples = hub.agent_samples(since_ms);
+    let agents = hub
+        .agents()
+        .into_iter()
+        .map(|agent| PoolAgent {
+            history: samples.remove(&agent.id).unwrap_or_default(),
+            agent,
+        })
+        .collect();
+    let running = hub.running_progress();
+    let mut tasks = Counts::default();
+    let jobs = job_summaries(hub)
+        .await?
+        .into_iter()
+        .map(|summary| {
+            let c = &summary.counts;
+            tasks.pending += c.pending;
+            tasks.running += c.running;
+            tasks.succeeded += c.succeeded;
+            tasks.failed += c.failed;
+            tasks.cancelled += c.cancelled;
+            let ended = (c.succeeded + c.failed + c.cancelled) as f64;
+            let live = running
+                .get(&summary.id)
+                .copied()
+                .unwrap_or(0.0)
+                .min(c.running as f64);
+            let progress = ((ended + live) / f64::from(summary.count.max(1))).clamp(0.0, 1.0);
+            PoolJob { summary, progress }
+        })
+        .collect();
+    let (core_seconds, minutes) = hub.harvest(since_ms);
+    Ok(Pool {
+        now_ms,
+        agents,
+        jobs,
+        tasks,
+        harvest: Harvest {
+            core_seconds,
+            minutes,
+        },
+    })
+}
+
+async fn pool(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Pool>> {
+    Ok(Json(pool_document(&hub, i64::MIN).await?))
+}
+
+/// `?since_ms=`: where the client's copy of the history ends.
+#[derive(Deserialize)]
+struct StreamQuery {
+    since_ms: Option<i64>,
+}
+
+/// The pool once a second as server-sent events named `pool`, each with the history recorded
+/// since the one before (the first: since `since_ms`, or now).
+async fn stream(
+    State(hub): State<Arc<Hub>>,
+    axum::extract::Query(query): axum::extract::Query<StreamQuery>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, Sse};
+    let since = query.since_ms.unwrap_or_else(super::hub::now_ms);
+    let events = futures::stream::unfold((hub, since, true), |(hub, since, first)| async move {
+        if !first {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let (event, next) = match pool_document(&hub, since).await {
+            Ok(pool) => {
+                let next = pool.now_ms;
+                let event = Event::default()
+                    .event("pool")
+                    .json_data(&pool)
+                    .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+                (event, next)
+            }
+            // The client keeps its view and hears again in a second.
+            Err(e) => (Event::default().event("error").data(e.message), since),
+        };
+        Some((Ok(event), (hub, next, false)))
+    });
+    Sse::new(events)
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        super::openapi::DOCUMENT,
+    )
+        .into_response()
 }
 
 async fn job(

@@ -139,6 +139,8 @@ struct Inner {
     restoring: HashMap<AttemptId, Digest>,
     /// The progress running attempts' guests reported (0..=1).
     progress: HashMap<AttemptId, f64>,
+    /// The agents' recent reports and the harvest per minute, for the dashboard.
+    history: super::history::History,
 }
 
 /// The state of [`Hub::sync_shared`].
@@ -289,6 +291,7 @@ impl Hub {
                 waiting: HashMap::new(),
                 restoring: HashMap::new(),
                 progress: HashMap::new(),
+                history: Default::default(),
             }),
             config,
             wake: Notify::new(),
@@ -879,6 +882,33 @@ impl Hub {
         }
     }
 
+    /// The progress of each job's running attempts, added up (a job with two running tasks
+    /// each half done has 1.0).
+    pub fn running_progress(&self) -> HashMap<u64, f64> {
+        let mut sums: HashMap<u64, f64> = HashMap::new();
+        for (attempt, fraction) in &self.lock().progress {
+            *sums.entry(attempt.task.job).or_default() += fraction;
+        }
+        sums
+    }
+
+    /// Each connected agent's reports after `since_ms`, oldest first.
+    pub fn agent_samples(&self, since_ms: i64) -> HashMap<String, Vec<super::history::Sample>> {
+        let inner = self.lock();
+        inner
+            .agents
+            .keys()
+            .map(|id| (id.clone(), inner.history.samples(id, since_ms)))
+            .collect()
+    }
+
+    /// The core-seconds harvested since this coordinator started, and per minute for the
+    /// minutes that end after `since_ms`.
+    pub fn harvest(&self, since_ms: i64) -> (f64, Vec<super::history::Minute>) {
+        let minutes = self.lock().history.minutes(since_ms);
+        (self.metrics.harvested_total(), minutes)
+    }
+
     /// The progress an attempt's guest reported last, if it runs here and reported any.
     pub fn attempt_progress(&self, attempt: AttemptId) -> Option<f64> {
         self.lock().progress.get(&attempt).copied()
@@ -920,14 +950,35 @@ impl Hub {
                     leases,
                     schedulers,
                     progress: reported,
+                    history,
                     ..
                 } = inner;
                 if let Some(a) = agents.get_mut(agent) {
                     // The guests' share of the machine over the last report interval.
-                    self.metrics.harvested(
-                        status.guest_cpu
-                            * f64::from(capacity.cores)
-                            * self.config.report_interval.as_secs_f64(),
+                    let harvested = status.guest_cpu
+                        * f64::from(capacity.cores)
+                        * self.config.report_interval.as_secs_f64();
+                    let harvested = if harvested.is_finite() {
+                        harvested.max(0.0)
+                    } else {
+                        0.0
+                    };
+                    self.metrics.harvested(harvested);
+                    let memory_used = if capacity.memory_total > 0 {
+                        1.0 - capacity.memory_available as f64 / capacity.memory_total as f64
+                    } else {
+                        0.0
+                    };
+                    history.record(
+                        agent,
+                        super::history::Sample {
+                            at_ms: now_ms(),
+                            incumbent_cpu: status.incumbent_cpu,
+                            guest_cpu: status.guest_cpu,
+                            memory_used: memory_used.clamp(0.0, 1.0),
+                            state: status.state.clone(),
+                        },
+                        harvested,
                     );
                     for (attempt, fraction) in progress {
                         if a.running.contains(&attempt) && fraction.is_finite() {

@@ -92,6 +92,11 @@ impl Metrics {
         }
     }
 
+    /// The core-seconds harvested so far.
+    pub fn harvested_total(&self) -> f64 {
+        self.lock().harvested_core_seconds
+    }
+
     /// The counters and histogram in the text format, after `gauges`.
     pub fn render(&self, gauges: &Gauges) -> String {
         let c = self.lock();

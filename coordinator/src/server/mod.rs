@@ -1,9 +1,12 @@
 //! The coordinator's servers: QUIC for agents ([`quic`]), HTTP for people ([`http`]), around
 //! the live state in [`hub`].
 
+pub mod dashboard;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod openapi;
 pub mod quic;
 
 use std::net::SocketAddr;
