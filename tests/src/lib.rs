@@ -1042,6 +1042,73 @@ impl Cluster {
         })
     }
 
+    /// GETs `path` without a token and returns its body as text; panics unless it is a 200.
+    pub fn get_text_anonymous(&self, path: &str) -> String {
+        let url = format!("http://{}{path}", self.announced.http);
+        self.runtime.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+            resp.text()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        })
+    }
+
+    /// Reads the first `n` server-sent events of `path` (with the token): each event's name
+    /// and its data as JSON. Gives up after a minute.
+    pub fn read_events(&self, path: &str, n: usize) -> Vec<(String, Value)> {
+        let url = format!("http://{}{path}", self.announced.http);
+        self.runtime.block_on(async {
+            let mut resp = self
+                .http
+                .get(&url)
+                .timeout(WAIT)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert_eq!(content_type, "text/event-stream", "GET {url}");
+            let mut text = String::new();
+            let mut events = Vec::new();
+            while events.len() < n {
+                let chunk = resp
+                    .chunk()
+                    .await
+                    .unwrap_or_else(|e| panic!("reading {url}: {e}"))
+                    .unwrap_or_else(|| panic!("{url} ended after {} event(s)", events.len()));
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = text.find("\n\n") {
+                    let block: String = text.drain(..end + 2).collect();
+                    let mut name = String::from("message");
+                    let mut data = String::new();
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            name = v.trim().to_owned();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        }
+                    }
+                    let data = serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("an event of {url} is not JSON ({e}): {data}"));
+                    events.push((name, data));
+                }
+            }
+            events.truncate(n);
+            events
+        })
+    }
+
     /// GETs a JSON document from the coordinator's API.
     pub fn try_get(&self, path: &str) -> Result<Value, String> {
         let url = format!("http://{}{path}", self.announced.http);
@@ -1183,7 +1250,8 @@ fn run_lull(
     if let Some(url) = coordinator {
         cmd.args(["--coordinator", url]);
     }
-    cmd.env_remove("LULL_TOKEN");
+    // Tables are whole, whatever the terminal the tests run in.
+    cmd.env_remove("LULL_TOKEN").env_remove("COLUMNS");
     if let Some(token) = token {
         cmd.env("LULL_TOKEN", token);
     }

@@ -62,8 +62,69 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/dashboard", get(dashboard::index))
         .route("/dashboard/{file}", get(dashboard::file))
         .route("/api/v1/openapi.json", get(openapi))
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(64 << 20))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(hub)
+}
+
+/// The codes of the errors found before a handler runs: a body that is not the JSON the route
+/// takes, a number that is not one, a method the route does not take.
+const EARLY_CODES: &[(StatusCode, &str)] = &[
+    (StatusCode::BAD_REQUEST, "bad_request"),
+    (StatusCode::NOT_FOUND, "not_found"),
+    (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+];
+
+/// Every error is a JSON body with a code, including those axum answers in plain text before a
+/// handler runs (their text, which says what was wrong, becomes the message).
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let code = EARLY_CODES.iter().find(|(s, _)| *s == status).map_or(
+        if status.is_server_error() {
+            "internal"
+        } else {
+            "bad_request"
+        },
+        |(_, c)| *c,
+    );
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        format!("{what}: the route does not take this method (the routes: /api/v1/openapi.json)")
+    } else if text.is_empty() {
+        format!("{what}: {}", status.canonical_reason().unwrap_or("failed"))
+    } else {
+        format!("{what}: {text}")
+    };
+    ApiError::new(status, code, message).into_response()
+}
+
+/// A path no route has.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {}: the API is under /api/v1 (the routes: /api/v1/openapi.json)",
+            uri.path()
+        ),
+    )
 }
 
 /// Lets a request through only with a valid submitter's token, outside development clusters.
