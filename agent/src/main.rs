@@ -188,6 +188,37 @@ async fn main_result() -> anyhow::Result<()> {
     }
 }
 
+/// What an agent in `state` does with its guests, in words, for `lull-agent status`;
+/// `incumbent` is the share of the CPU the machine's own programs use now.
+fn doing(state: &str, tasks: usize, incumbent: Option<f64>) -> String {
+    match state {
+        "waiting_for_idle" => format!(
+            "taking no work until the machine has been idle long enough (or until \
+             `lull-agent resume`){}",
+            incumbent
+                .map(|f| format!("; its own programs use {:.0} % of the CPU now", f * 100.0))
+                .unwrap_or_default()
+        ),
+        "running" if tasks == 0 => "lending the machine; no task assigned right now".into(),
+        "running" => format!(
+            "lending the machine: {tasks} task(s) running at idle priority, within the CPU cap"
+        ),
+        "throttled" => format!(
+            "lending part of the machine: {tasks} task(s) running a share of each core that \
+             shrinks as the machine's own programs need more"
+        ),
+        "paused" => format!(
+            "{tasks} task(s) stopped where they are; they go on when the machine's own \
+             programs quiet down (or are evicted if the pause lasts too long)"
+        ),
+        "evicting" => format!(
+            "stopping {tasks} task(s) so that they run again elsewhere (from their last \
+             checkpoint, for guests that keep one); taking no work"
+        ),
+        other => format!("in state {other:?}, which this lull-agent does not know"),
+    }
+}
+
 async fn local(args: LocalArgs, req: OwnerRequest) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(path) => AgentConfig::load(path)?,
@@ -215,18 +246,26 @@ async fn local(args: LocalArgs, req: OwnerRequest) -> anyhow::Result<()> {
             " (not taking work)"
         }
     );
-    println!(
-        "machine: incumbent CPU {}, guests {}, idle estimate {}",
-        pct(&s["incumbent_cpu"]),
-        pct(&s["guest_cpu"]),
-        pct(&s["idle_cpu"])
-    );
     let tasks: Vec<String> = v["running"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|t| t.as_str().unwrap_or("?").to_owned())
         .collect();
+    println!(
+        "doing: {}",
+        doing(
+            s["state"].as_str().unwrap_or(""),
+            tasks.len(),
+            s["incumbent_cpu"].as_f64()
+        )
+    );
+    println!(
+        "machine: incumbent CPU {}, guests {}, idle estimate {}",
+        pct(&s["incumbent_cpu"]),
+        pct(&s["guest_cpu"]),
+        pct(&s["idle_cpu"])
+    );
     if tasks.is_empty() {
         println!("tasks: none");
     } else {
@@ -323,5 +362,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = agent.run() => r,
         _ = lull_agent::daemon::shutdown_signal() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lull_agent::policy::State;
+
+    use super::doing;
+
+    #[test]
+    fn every_state_says_what_the_agent_does() {
+        for state in [
+            State::WaitingForIdle,
+            State::Running,
+            State::Throttled,
+            State::Paused,
+            State::Evicting,
+        ] {
+            let name = serde_json::to_value(state).unwrap();
+            let name = name.as_str().unwrap();
+            for tasks in [0, 2] {
+                let words = doing(name, tasks, Some(0.5));
+                assert!(!words.contains("does not know"), "{name}: {words}");
+            }
+        }
+        assert!(doing("running", 2, None).contains("2 task(s)"));
+        assert!(doing("running", 0, None).contains("no task"));
+        assert!(doing("waiting_for_idle", 0, Some(0.87)).contains("use 87 % of the CPU now"));
+        assert!(doing("sleeping", 0, None).contains("does not know"));
     }
 }

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod config;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

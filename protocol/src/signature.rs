@@ -131,25 +131,26 @@ pub struct TrustListError {
 /// Why a trust list or a revocation file could not be read from disk.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustFileError {
-    /// The file could not be read.
-    #[error("reading {what} {}: {source}", path.display())]
+    /// The file could not be read. (The cause is in the message, not a `source`, so that error
+    /// chains do not say it twice.)
+    #[error("reading {what} {}: {cause}", path.display())]
     Io {
         /// "the trust list" or "the revoked keys".
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A line of it is wrong.
-    #[error("reading {what} {}: {source}", path.display())]
+    #[error("reading {what} {}: {cause}", path.display())]
     Parse {
         /// "the trust list" or "the revoked keys".
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Which line and why.
-        source: TrustListError,
+        cause: TrustListError,
     },
 }
 
@@ -158,26 +159,26 @@ impl TrustList {
     /// ([`parse_revoked`](TrustList::parse_revoked)).
     pub fn read_files(allowed: &Path, revoked: Option<&Path>) -> Result<Self, TrustFileError> {
         let read = |what: &'static str, path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| TrustFileError::Io {
+            std::fs::read_to_string(path).map_err(|cause| TrustFileError::Io {
                 what,
                 path: path.to_owned(),
-                source,
+                cause,
             })
         };
         let allowed_what = "the trust list";
         let mut list =
-            Self::parse(&read(allowed_what, allowed)?).map_err(|source| TrustFileError::Parse {
+            Self::parse(&read(allowed_what, allowed)?).map_err(|cause| TrustFileError::Parse {
                 what: allowed_what,
                 path: allowed.to_owned(),
-                source,
+                cause,
             })?;
         if let Some(path) = revoked {
             let what = "the revoked keys";
             list.parse_revoked(&read(what, path)?)
-                .map_err(|source| TrustFileError::Parse {
+                .map_err(|cause| TrustFileError::Parse {
                     what,
                     path: path.to_owned(),
-                    source,
+                    cause,
                 })?;
         }
         Ok(list)

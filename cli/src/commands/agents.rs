@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use lull_protocol::units::format_size;
 
 use crate::client::Client;
+use crate::table::{Align, Table};
 
 /// `lull agents`.
 #[derive(clap::Args, Debug)]
@@ -52,26 +53,32 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         println!("no agent is connected (start one with `lull-agent run`, or try `lull dev`)");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<20} {:<14} {:<10} {:<16} {:>5} {:>7} {:>10} {:>10}  {:<12} WHY",
-        "ID", "NAME", "CLUSTER", "STATE", "CORES", "RUNNING", "MEMORY", "TASK CAP", "OS/ARCH"
-    );
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("NAME", Align::Left),
+        ("CLUSTER", Align::Left),
+        ("STATE", Align::Left),
+        ("CORES", Align::Right),
+        ("RUNNING", Align::Right),
+        ("MEMORY", Align::Right),
+        ("TASK CAP", Align::Right),
+        ("OS/ARCH", Align::Left),
+        ("WHY", Align::Left),
+    ]);
     for a in agents {
         let c = &a["capacity"];
         let st = &a["status"];
-        println!(
-            "{:<20} {:<14} {:<10} {:<16} {:>5} {:>3}/{:<3} {:>10} {:>10}  {:<12} {}",
-            a["id"].as_str().unwrap_or("?"),
-            a["name"].as_str().unwrap_or("?"),
-            a["cluster"].as_str().unwrap_or("?"),
+        table.row(vec![
+            a["id"].as_str().unwrap_or("?").to_owned(),
+            a["name"].as_str().unwrap_or("?").to_owned(),
+            a["cluster"].as_str().unwrap_or("?").to_owned(),
             if a["draining_until_ms"].is_i64() {
-                "draining"
+                "draining".to_owned()
             } else {
-                st["state"].as_str().unwrap_or("?")
+                st["state"].as_str().unwrap_or("?").to_owned()
             },
             c["cores"].to_string(),
-            a["running"].to_string(),
-            c["slots"].to_string(),
+            format!("{}/{}", a["running"], c["slots"]),
             format_size(c["memory_available"].as_u64().unwrap_or(0)),
             format_size(c["max_task_memory"].as_u64().unwrap_or(0)),
             format!(
@@ -79,8 +86,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
                 c["os"].as_str().unwrap_or("?"),
                 c["arch"].as_str().unwrap_or("?")
             ),
-            st["reason"].as_str().unwrap_or(""),
-        );
+            st["reason"].as_str().unwrap_or("").to_owned(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }

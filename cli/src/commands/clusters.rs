@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use crate::client::Client;
+use crate::table::{Align, Table};
 
 /// `lull clusters`.
 #[derive(clap::Subcommand, Debug)]
@@ -33,19 +34,21 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> 
                 super::print_json(&clusters)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<20} {:>9} {:>8}  DESCRIPTION",
-                "CLUSTER", "CONNECTED", "ENROLLED"
-            );
+            let mut table = Table::new(&[
+                ("CLUSTER", Align::Left),
+                ("CONNECTED", Align::Right),
+                ("ENROLLED", Align::Right),
+                ("DESCRIPTION", Align::Left),
+            ]);
             for c in clusters {
-                println!(
-                    "{:<20} {:>9} {:>8}  {}",
-                    c["id"].as_str().unwrap_or("?"),
+                table.row(vec![
+                    c["id"].as_str().unwrap_or("?").to_owned(),
                     c["agents_connected"].to_string(),
                     c["agents_enrolled"].to_string(),
-                    c["description"].as_str().unwrap_or(""),
-                );
+                    c["description"].as_str().unwrap_or("").to_owned(),
+                ]);
             }
+            table.print();
         }
         Command::Create { id, description } => {
             let _: serde_json::Value = client

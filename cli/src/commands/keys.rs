@@ -18,6 +18,9 @@ pub enum KeysCommand {
         /// A comment stored with the key, e.g. your e-mail address.
         #[arg(long, default_value = "lull")]
         comment: String,
+        /// Print the files written and the public key as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -29,6 +32,9 @@ pub struct SignArgs {
     /// The private key (OpenSSH format).
     #[arg(long, env = "LULL_KEY")]
     key: PathBuf,
+    /// Print the signature's file and the signer's key as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `lull verify`.
@@ -45,6 +51,9 @@ pub struct VerifyArgs {
     /// The signature [default: FILE.sig].
     #[arg(long)]
     signature: Option<PathBuf>,
+    /// Print the verdict as JSON: `{"file", "signature", "verified", "signer", "reason"}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Exit code of `lull verify` when the signature is not accepted.
@@ -53,14 +62,22 @@ pub const EXIT_NOT_VERIFIED: u8 = 1;
 /// Runs a key command.
 pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        KeysCommand::Generate { out, comment } => {
+        KeysCommand::Generate { out, comment, json } => {
             let key = generate(&out, &comment)?;
-            println!(
-                "wrote {} and {}.pub\npublic key: {}",
-                out.display(),
-                out.display(),
-                key.public_key().to_openssh()?
-            );
+            let public = key.public_key().to_openssh()?;
+            if json {
+                super::print_json(&serde_json::json!({
+                    "private_key": out,
+                    "public_key_file": format!("{}.pub", out.display()),
+                    "public_key": public,
+                }))?;
+            } else {
+                println!(
+                    "wrote {} and {}.pub\npublic key: {public}",
+                    out.display(),
+                    out.display(),
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -99,7 +116,15 @@ pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let sig = lull_protocol::signature::sign(&key, &bytes)?;
     let out = PathBuf::from(format!("{}.sig", args.file.display()));
     std::fs::write(&out, sig).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}", out.display());
+    if args.json {
+        super::print_json(&serde_json::json!({
+            "file": args.file,
+            "signature": out,
+            "public_key": key.public_key().to_openssh()?,
+        }))?;
+    } else {
+        println!("wrote {}", out.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -121,14 +146,28 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", sig_path.display())),
     };
-    match trust.verify(&bytes, signature.as_deref()) {
-        Ok(principal) => {
-            println!("{}: good signature by {principal}", args.file.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("{}: not verified: {e}", args.file.display());
-            Ok(ExitCode::from(EXIT_NOT_VERIFIED))
+    let verdict = trust.verify(&bytes, signature.as_deref());
+    if args.json {
+        let (signer, reason) = match &verdict {
+            Ok(principal) => (Some(principal.to_string()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        super::print_json(&serde_json::json!({
+            "file": args.file,
+            "signature": sig_path,
+            "verified": verdict.is_ok(),
+            "signer": signer,
+            "reason": reason,
+        }))?;
+    } else {
+        match &verdict {
+            Ok(principal) => println!("{}: good signature by {principal}", args.file.display()),
+            Err(e) => eprintln!("{}: not verified: {e}", args.file.display()),
         }
     }
+    Ok(if verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_VERIFIED)
+    })
 }

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::JobDetail;
 use crate::client::Client;
+use crate::table::{Align, Table};
 
 /// `lull status`.
 #[derive(clap::Args, Debug)]
@@ -32,23 +33,28 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             } else if jobs.is_empty() {
                 println!("no jobs yet: submit one with `lull submit JOB.toml`");
             } else {
-                println!(
-                    "{:>5}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}",
-                    "JOB", "NAME", "STATE", "TASKS", "DONE", "RUNNING", "FAILED"
-                );
+                let mut table = Table::new(&[
+                    ("JOB", Align::Right),
+                    ("NAME", Align::Left),
+                    ("STATE", Align::Left),
+                    ("TASKS", Align::Right),
+                    ("DONE", Align::Right),
+                    ("RUNNING", Align::Right),
+                    ("FAILED", Align::Right),
+                ]);
                 for j in jobs {
                     let c = &j["counts"];
-                    println!(
-                        "{:>5}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}",
+                    table.row(vec![
                         j["id"].to_string(),
-                        truncate(j["name"].as_str().unwrap_or(""), 24),
-                        j["state"].as_str().unwrap_or("?"),
+                        j["name"].as_str().unwrap_or("").to_owned(),
+                        j["state"].as_str().unwrap_or("?").to_owned(),
                         j["count"].to_string(),
                         c["succeeded"].to_string(),
                         c["running"].to_string(),
                         c["failed"].to_string(),
-                    );
+                    ]);
                 }
+                table.print();
             }
         }
         Some(job) if args.watch => {
@@ -70,16 +76,6 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(n - 1).collect();
-        t.push('…');
-        t
-    }
-}
-
 fn print_job(d: &JobDetail) {
     let c = &d["counts"];
     println!(
@@ -98,10 +94,13 @@ fn print_job(d: &JobDetail) {
     if let Some(w) = d["waiting_reason"].as_str() {
         println!("pending tasks: {w}");
     }
-    println!(
-        "{:>6}  {:<10} {:>7}  {:<20} CAUSE",
-        "TASK", "STATE", "ATTEMPT", "AGENT"
-    );
+    let mut table = Table::new(&[
+        ("TASK", Align::Right),
+        ("STATE", Align::Left),
+        ("ATTEMPT", Align::Right),
+        ("AGENT", Align::Left),
+        ("CAUSE", Align::Left),
+    ]);
     for t in d["tasks"].as_array().into_iter().flatten() {
         // An assigned task that waits on its agent (for a memory or task slot) says so.
         let (state, cause) = match t["waiting"].as_str() {
@@ -116,15 +115,15 @@ fn print_job(d: &JobDetail) {
                 (state, t["cause"].as_str().unwrap_or(""))
             }
         };
-        println!(
-            "{:>6}  {:<10} {:>7}  {:<20} {}",
+        table.row(vec![
             t["index"].to_string(),
             state,
             t["attempt"].to_string(),
-            t["agent"].as_str().unwrap_or("-"),
-            cause
-        );
+            t["agent"].as_str().unwrap_or("-").to_owned(),
+            cause.to_owned(),
+        ]);
     }
+    table.print();
 }
 
 /// 0 when the job succeeded, [`crate::EXIT_JOB_FAILED`] otherwise.
