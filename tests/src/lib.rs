@@ -1513,41 +1513,18 @@ pub mod guests {
     /// A component (WASI preview 2) that reports progress 0.25 through `lull:guest/host`, then
     /// spins for ever.
     pub fn progress_then_spin() -> Vec<u8> {
-        compile(
-            r#"
-(component
-  (import "lull:guest/host@0.1.0" (instance $host
-    (export "progress" (func (param "fraction" f64)))))
-  (core func $progress (canon lower (func $host "progress")))
-  (core instance $hi (export "progress" (func $progress)))
-  (core module $m
-    (import "host" "progress" (func $progress (param f64)))
-    (func (export "run") (result i32)
-      (call $progress (f64.const 0.25))
+        reporting_progress(
+            "(call $progress (f64.const 0.25))
       (loop $spin (br $spin))
-      (i32.const 0)))
-  (core instance $i (instantiate $m (with "host" (instance $hi))))
-  (func $run (result (result)) (canon lift (core func $i "run")))
-  (instance $run-instance (export "run" (func $run)))
-  (export "wasi:cli/run@0.2.0" (instance $run-instance)))
-"#,
+      (i32.const 0)",
         )
     }
 
     /// A component (WASI preview 2) that works through `steps` steps of `spins` loop turns
     /// each, reporting its progress through `lull:guest/host` after each, then exits 0.
     pub fn progress_creep(steps: u32, spins: u32) -> Vec<u8> {
-        compile(&format!(
-            r#"
-(component
-  (import "lull:guest/host@0.1.0" (instance $host
-    (export "progress" (func (param "fraction" f64)))))
-  (core func $progress (canon lower (func $host "progress")))
-  (core instance $hi (export "progress" (func $progress)))
-  (core module $m
-    (import "host" "progress" (func $progress (param f64)))
-    (func (export "run") (result i32)
-      (local $step i32) (local $spin i32)
+        reporting_progress(&format!(
+            "(local $step i32) (local $spin i32)
       (loop $steps
         (local.set $spin (i32.const {spins}))
         (loop $spins
@@ -1557,13 +1534,31 @@ pub mod guests {
         (call $progress
           (f64.div (f64.convert_i32_u (local.get $step)) (f64.const {steps})))
         (br_if $steps (i32.lt_u (local.get $step) (i32.const {steps}))))
-      (i32.const 0)))
+      (i32.const 0)"
+        ))
+    }
+
+    /// A component (WASI preview 2) whose `run` is `body`, a core function returning 0 for
+    /// success, which may call `$progress` (the host's `progress`).
+    fn reporting_progress(body: &str) -> Vec<u8> {
+        compile(
+            &r#"
+(component
+  (import "lull:guest/host@0.1.0" (instance $host
+    (export "progress" (func (param "fraction" f64)))))
+  (core func $progress (canon lower (func $host "progress")))
+  (core instance $hi (export "progress" (func $progress)))
+  (core module $m
+    (import "host" "progress" (func $progress (param f64)))
+    (func (export "run") (result i32)
+      BODY))
   (core instance $i (instantiate $m (with "host" (instance $hi))))
   (func $run (result (result)) (canon lift (core func $i "run")))
   (instance $run-instance (export "run" (func $run)))
   (export "wasi:cli/run@0.2.0" (instance $run-instance)))
 "#
-        ))
+            .replace("BODY", body),
+        )
     }
 
     /// A component (WASI preview 2) using `lull:guest/host`: when `restore` finds a checkpoint

@@ -128,6 +128,18 @@ fn number(browser: &mut Browser, expression: &str) -> f64 {
         .unwrap_or_else(|| panic!("`{expression}` is not a number in the page"))
 }
 
+/// Clicks job `id` and waits for its `tasks` tasks in the detail panel.
+fn open_job(browser: &mut Browser, id: u64, tasks: usize) {
+    browser.eval(&format!(
+        "document.querySelector('#jobs tr[data-job=\"{id}\"]').click()"
+    ));
+    browser.wait_until(
+        &format!("job {id}'s {tasks} task(s)"),
+        &format!("document.querySelectorAll('#detail-body tr[data-task]').length === {tasks}"),
+        Duration::from_secs(10),
+    );
+}
+
 #[test]
 fn the_dashboard_shows_the_pool_and_follows_a_running_job() {
     let dev = Dev::start();
@@ -160,14 +172,7 @@ fn the_dashboard_shows_the_pool_and_follows_a_running_job() {
         ),
         Duration::from_secs(60),
     );
-    browser.eval(&format!(
-        "document.querySelector('#jobs tr[data-job=\"{hello}\"]').click()"
-    ));
-    browser.wait_until(
-        "the short job's task",
-        "document.querySelectorAll('#detail-body tr[data-task]').length === 1",
-        Duration::from_secs(10),
-    );
+    open_job(&mut browser, hello, 1);
     browser.eval("document.querySelector('#detail-body tr[data-task=\"0\"]').click()");
     browser.wait_until(
         "the task's stdout, stderr and output file",
@@ -227,14 +232,7 @@ fn the_dashboard_shows_the_pool_and_follows_a_running_job() {
     assert!(harvested > 0.0, "nothing harvested shown: {harvested}");
 
     // A job opens on its tasks; a task on its attempts.
-    browser.eval(&format!(
-        "document.querySelector('#jobs tr[data-job=\"{id}\"]').click()"
-    ));
-    browser.wait_until(
-        "the job's tasks",
-        "document.querySelectorAll('#detail-body tr[data-task]').length === 2",
-        Duration::from_secs(10),
-    );
+    open_job(&mut browser, id, 2);
     browser.eval("document.querySelector('#detail-body tr[data-task=\"0\"]').click()");
     browser.wait_until(
         "task 0's attempt",
@@ -257,6 +255,21 @@ fn the_dashboard_shows_the_pool_and_follows_a_running_job() {
     browser.wait_until(
         "the detail closed",
         "document.getElementById('detail').hidden",
+        Duration::from_secs(10),
+    );
+
+    // The harvest over the last day, per hour, then back to the last hour.
+    browser.eval("document.querySelector('#harvest-span button[data-span=\"day\"]').click()");
+    browser.wait_until(
+        "the harvest of the last day",
+        "document.getElementById('harvest-chart').textContent.includes('24 h ago') \
+         && document.querySelectorAll('#harvest-chart rect.bar').length === 24",
+        Duration::from_secs(10),
+    );
+    browser.eval("document.querySelector('#harvest-span button[data-span=\"hour\"]').click()");
+    browser.wait_until(
+        "the harvest of the last hour",
+        "document.querySelectorAll('#harvest-chart rect.bar').length === 60",
         Duration::from_secs(10),
     );
 

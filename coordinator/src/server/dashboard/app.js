@@ -4,11 +4,10 @@
 "use strict";
 
 const AGENT_WINDOW_MS = 10 * 60 * 1000;
-const HARVEST_CHART_MINUTES = 60;
 const LOG_LIMIT = 64 * 1024;
 
 // The pool as last heard, with each agent's history kept here between events.
-const view = { pool: null, history: new Map(), minutes: [], updates: 0, lastEventMs: 0 };
+const view = { pool: null, history: new Map(), minutes: [], span: "hour", updates: 0, lastEventMs: 0 };
 
 // ---- the API -------------------------------------------------------------------------------
 
@@ -163,25 +162,40 @@ function renderTiles(pool) {
     t.pending + " pending, " + t.succeeded + " succeeded, " + t.failed + " failed, " + t.cancelled + " cancelled";
 }
 
+// The harvest chart's spans: bars of a minute over an hour, or of an hour over a day. A bar's
+// height is the CPU-time harvested in it over its length: the cores used on average.
+const SPANS = {
+  hour: { bar: 60 * 1000, bars: 60, ago: "60 min ago", unit: "core-minutes", empty: "nothing harvested in the last hour" },
+  day: { bar: 60 * 60 * 1000, bars: 24, ago: "24 h ago", unit: "core-hours", empty: "nothing harvested in the last day" },
+};
+
 function renderHarvest(now) {
+  const span = SPANS[view.span] || SPANS.hour;
+  for (const b of document.querySelectorAll("#harvest-span button")) {
+    b.classList.toggle("on", b.dataset.span === view.span);
+  }
   const box = document.getElementById("harvest-chart");
   // Drawn at the box's own width, so that text keeps its size and bars reach both ends.
   const width = Math.max(300, box.clientWidth), height = 110, pad = 18;
-  const minuteMs = 60000;
-  const end = now - (now % minuteMs);
-  const start = end - (HARVEST_CHART_MINUTES - 1) * minuteMs;
-  const values = new Map(view.minutes.map((m) => [m.at_ms, m.core_seconds / 60]));
+  const end = now - (now % span.bar);
+  const start = end - (span.bars - 1) * span.bar;
+  const seconds = new Map();
+  for (const m of view.minutes) {
+    const t = m.at_ms - (m.at_ms % span.bar);
+    seconds.set(t, (seconds.get(t) || 0) + m.core_seconds);
+  }
+  const cores = (t) => (seconds.get(t) || 0) / (span.bar / 1000);
   let max = 0;
-  for (let t = start; t <= end; t += minuteMs) max = Math.max(max, values.get(t) || 0);
-  const svg = s("svg", { viewBox: `0 0 ${width} ${height + pad}`, role: "img", "aria-label": "harvested CPU per minute" });
-  const bar = width / HARVEST_CHART_MINUTES;
+  for (let t = start; t <= end; t += span.bar) max = Math.max(max, cores(t));
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height + pad}`, role: "img", "aria-label": "harvested CPU" });
+  const bar = width / span.bars;
   let i = 0;
-  for (let t = start; t <= end; t += minuteMs, i++) {
-    const v = values.get(t) || 0;
+  for (let t = start; t <= end; t += span.bar, i++) {
+    const v = cores(t);
     const barHeight = max > 0 ? (v / max) * (height - 4) : 0;
     const rect = s("rect", { x: i * bar + 1, y: height - barHeight, width: bar - 2, height: barHeight, class: "bar" });
     const title = s("title");
-    title.textContent = new Date(t).toLocaleTimeString() + ": " + v.toFixed(2) + " core-minutes";
+    title.textContent = new Date(t).toLocaleTimeString() + ": " + v.toFixed(2) + " " + span.unit;
     rect.append(title);
     svg.append(rect);
   }
@@ -190,10 +204,14 @@ function renderHarvest(now) {
     label.textContent = text;
     svg.append(label);
   };
-  axis(0, "60 min ago", "start");
+  axis(0, span.ago, "start");
   axis(width, "now", "end");
-  axis(width / 2, max > 0 ? "highest: " + max.toFixed(2) + " cores" : "nothing harvested in the last hour", "middle");
+  axis(width / 2, max > 0 ? "highest: " + max.toFixed(2) + " cores on average" : span.empty, "middle");
   box.replaceChildren(svg);
+}
+
+for (const b of document.querySelectorAll("#harvest-span button")) {
+  b.addEventListener("click", () => { view.span = b.dataset.span; if (view.pool) renderHarvest(view.pool.now_ms); });
 }
 
 // CPU over the last minutes: the owner's programs at the bottom, the guests on top.
