@@ -130,6 +130,21 @@ pub struct JobRow {
     pub cancelled: bool,
 }
 
+/// A job as lists show it, without its definition.
+#[derive(Debug, Clone)]
+pub struct JobHeader {
+    /// Its number.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// When it was submitted (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// Whether a person cancelled it.
+    pub cancelled: bool,
+    /// Its tasks by state.
+    pub counts: Counts,
+}
+
 /// A task as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskRow {
@@ -542,6 +557,63 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(job_row).collect()
+    }
+
+    /// The newest `limit` jobs, newest first, with their task counts but not their
+    /// definitions: cheap enough to read every second.
+    pub async fn newest_jobs(&self, limit: u32) -> Result<Vec<JobHeader>> {
+        let rows = sqlx::query(
+            "SELECT id, name, created_ms, cancelled FROM jobs ORDER BY id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs: Vec<JobHeader> = rows
+            .iter()
+            .map(|r| JobHeader {
+                id: r.get::<i64, _>(0) as u64,
+                name: r.get(1),
+                created_ms: r.get(2),
+                cancelled: r.get::<i64, _>(3) != 0,
+                counts: Counts::default(),
+            })
+            .collect();
+        let Some(oldest) = jobs.last().map(|j| j.id) else {
+            return Ok(jobs);
+        };
+        let rows = sqlx::query(
+            "SELECT job_id, state, COUNT(*) FROM tasks WHERE job_id >= $1 GROUP BY job_id, state",
+        )
+        .bind(oldest as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = std::collections::HashMap::<u64, Counts>::new();
+        for r in rows {
+            let state: String = r.get(1);
+            let n: i64 = r.get(2);
+            counts
+                .entry(r.get::<i64, _>(0) as u64)
+                .or_default()
+                .add(state.parse()?, n as u64);
+        }
+        for j in &mut jobs {
+            j.counts = counts.remove(&j.id).unwrap_or_default();
+        }
+        Ok(jobs)
+    }
+
+    /// Task counts by state over every job.
+    pub async fn total_counts(&self) -> Result<Counts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut c = Counts::default();
+        for r in rows {
+            let state: String = r.get(0);
+            let n: i64 = r.get(1);
+            c.add(state.parse()?, n as u64);
+        }
+        Ok(c)
     }
 
     /// Jobs that still have pending or running tasks.
@@ -1137,6 +1209,7 @@ mod tests {
         leases_in_the_database_expire_unless_renewed_and_pending_tasks_are_found_by_time,
         references_cover_jobs_and_results_until_the_job_is_deleted,
         only_the_running_attempt_keeps_checkpoints_and_the_newest_wins,
+        the_newest_jobs_come_with_their_counts,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -1440,6 +1513,26 @@ mod tests {
         ));
         assert_eq!(s.cancelled_among(&[job, 999]).await.unwrap(), vec![job]);
         assert_eq!(s.cancelled_among(&[]).await.unwrap(), Vec::<u64>::new());
+    }
+
+    async fn the_newest_jobs_come_with_their_counts(s: Store) {
+        assert!(s.newest_jobs(10).await.unwrap().is_empty());
+        let old = s.insert_job(&spec(1, 1), 0).await.unwrap();
+        let middle = s.insert_job(&spec(2, 1), 1).await.unwrap();
+        let new = s.insert_job(&spec(3, 1), 2).await.unwrap();
+        s.assign(TaskId { job: new, index: 2 }, "x", 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let jobs = s.newest_jobs(2).await.unwrap();
+        let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![new, middle]);
+        assert_eq!((jobs[0].counts.pending, jobs[0].counts.running), (2, 1));
+        assert_eq!(jobs[1].counts.pending, 2);
+        assert_eq!((jobs[1].name.as_str(), jobs[1].created_ms), ("t", 1));
+        assert_eq!(s.newest_jobs(10).await.unwrap().last().unwrap().id, old);
+        let all = s.total_counts().await.unwrap();
+        assert_eq!((all.pending, all.running), (5, 1));
     }
 
     #[tokio::test]

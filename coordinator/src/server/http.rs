@@ -485,11 +485,15 @@ struct Harvest {
     minutes: Vec<Minute>,
 }
 
+/// How many jobs the pool lists: the newest.
+const POOL_JOBS: u32 = 100;
+
 /// What the dashboard shows: `/api/v1/pool`, and each event of `/api/v1/stream`.
 #[derive(Serialize)]
 struct Pool {
     now_ms: i64,
     agents: Vec<PoolAgent>,
+    /// The newest jobs, at most [`POOL_JOBS`], newest first.
     jobs: Vec<PoolJob>,
     /// Tasks by state over all jobs.
     tasks: Counts,
@@ -509,25 +513,33 @@ async fn pool_document(hub: &Hub, since_ms: i64) -> ApiResult<Pool> {
         })
         .collect();
     let running = hub.running_progress();
-    let mut tasks = Counts::default();
-    let jobs = job_summaries(hub)
+    let tasks = hub.store().total_counts().await?;
+    let jobs = hub
+        .store()
+        .newest_jobs(POOL_JOBS)
         .await?
         .into_iter()
-        .map(|summary| {
-            let c = &summary.counts;
-            tasks.pending += c.pending;
-            tasks.running += c.running;
-            tasks.succeeded += c.succeeded;
-            tasks.failed += c.failed;
-            tasks.cancelled += c.cancelled;
+        .map(|j| {
+            let c = j.counts;
+            let count = c.pending + c.running + c.succeeded + c.failed + c.cancelled;
             let ended = (c.succeeded + c.failed + c.cancelled) as f64;
             let live = running
-                .get(&summary.id)
+                .get(&j.id)
                 .copied()
                 .unwrap_or(0.0)
                 .min(c.running as f64);
-            let progress = ((ended + live) / f64::from(summary.count.max(1))).clamp(0.0, 1.0);
-            PoolJob { summary, progress }
+            let progress = ((ended + live) / count.max(1) as f64).clamp(0.0, 1.0);
+            PoolJob {
+                summary: JobSummary {
+                    id: j.id,
+                    name: j.name,
+                    state: job_state(&c, j.cancelled),
+                    count: count as u32,
+                    counts: c,
+                    created_ms: j.created_ms,
+                },
+                progress,
+            }
         })
         .collect();
     let (core_seconds, minutes) = hub.harvest(since_ms);

@@ -5,6 +5,7 @@
 
 const AGENT_WINDOW_MS = 10 * 60 * 1000;
 const LOG_LIMIT = 64 * 1024;
+const POOL_JOBS = 100;
 
 // The pool as last heard, with each agent's history kept here between events.
 const view = { pool: null, history: new Map(), minutes: [], span: "hour", updates: 0, lastEventMs: 0 };
@@ -279,6 +280,8 @@ function renderJobs(pool) {
   const body = document.querySelector("#jobs tbody");
   document.getElementById("jobs-empty").hidden = pool.jobs.length > 0;
   document.getElementById("jobs").hidden = pool.jobs.length === 0;
+  // The pool lists the newest jobs only.
+  document.getElementById("jobs-more").hidden = pool.jobs.length < POOL_JOBS;
   body.replaceChildren(...pool.jobs.map((j) => {
     const c = j.counts;
     const parts = [];
