@@ -40,7 +40,13 @@ enum TokenCommand {
     /// Make a token and print it (it is shown this once; only its hash is kept).
     Create(TokenCreateArgs),
     /// List tokens (their ids, never the tokens themselves).
-    List(DataDirArg),
+    List {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete the tokens whose id starts with ID (at least 6 hex digits).
     Delete {
         /// The token's id, as `token list` shows it.
@@ -297,9 +303,13 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenCommand::List(data) => {
+        TokenCommand::List { data, json } => {
             let (_, store) = open_store(&data).await?;
             let tokens = store.tokens().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
             if tokens.is_empty() {
                 println!("no tokens; make one with `lull-coordinator token create`");
                 return Ok(());

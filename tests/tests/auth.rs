@@ -63,6 +63,20 @@ fn the_api_needs_a_valid_submitters_token() {
         !list.stdout.contains(cluster.token()),
         "a secret was listed:\n{list}"
     );
+    // The same as JSON, for scripts: still no secret.
+    let listed = cluster.coordinator_token(&["list", "--json"]);
+    assert!(listed.success(), "{listed}");
+    assert!(
+        !listed.stdout.contains(&spare),
+        "a secret was listed:\n{listed}"
+    );
+    let listed = listed.json();
+    let entry = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["description"] == "spare"))
+        .unwrap_or_else(|| panic!("no spare token in {listed}"));
+    assert_eq!(entry["kind"], "submitter", "{entry}");
+    assert_eq!(entry["uses_left"], serde_json::Value::Null, "{entry}");
     let line = list
         .stdout
         .lines()

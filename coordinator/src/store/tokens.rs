@@ -62,7 +62,7 @@ pub enum TokenRefusal {
 }
 
 /// A token as listed: never the secret itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenInfo {
     /// The first 12 hex digits of the token's sha256, to tell tokens apart.
     pub id: String,
