@@ -587,15 +587,7 @@ impl Store {
         .bind(oldest as i64)
         .fetch_all(&self.pool)
         .await?;
-        let mut counts = std::collections::HashMap::<u64, Counts>::new();
-        for r in rows {
-            let state: String = r.get(1);
-            let n: i64 = r.get(2);
-            counts
-                .entry(r.get::<i64, _>(0) as u64)
-                .or_default()
-                .add(state.parse()?, n as u64);
-        }
+        let mut counts = job_state_counts(&rows)?;
         for j in &mut jobs {
             j.counts = counts.remove(&j.id).unwrap_or_default();
         }
@@ -607,13 +599,7 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        let mut c = Counts::default();
-        for r in rows {
-            let state: String = r.get(0);
-            let n: i64 = r.get(1);
-            c.add(state.parse()?, n as u64);
-        }
-        Ok(c)
+        state_counts(&rows)
     }
 
     /// Jobs that still have pending or running tasks.
@@ -632,16 +618,7 @@ impl Store {
         let rows = sqlx::query("SELECT job_id, state, COUNT(*) FROM tasks GROUP BY job_id, state")
             .fetch_all(&self.pool)
             .await?;
-        let mut out = std::collections::HashMap::<u64, Counts>::new();
-        for r in rows {
-            let job: i64 = r.get(0);
-            let state: String = r.get(1);
-            let n: i64 = r.get(2);
-            out.entry(job as u64)
-                .or_default()
-                .add(state.parse()?, n as u64);
-        }
-        Ok(out)
+        job_state_counts(&rows)
     }
 
     /// Every blob a stored job refers to: its modules and files, and the outputs and logs of
@@ -726,13 +703,7 @@ impl Store {
                 .bind(job as i64)
                 .fetch_all(&self.pool)
                 .await?;
-        let mut c = Counts::default();
-        for r in rows {
-            let state: String = r.get(0);
-            let n: i64 = r.get(1);
-            c.add(state.parse()?, n as u64);
-        }
-        Ok(c)
+        state_counts(&rows)
     }
 
     /// The tasks of a job, by index.
@@ -1168,6 +1139,28 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Rows of `(state, count)` added up.
+fn state_counts(rows: &[AnyRow]) -> Result<Counts> {
+    let mut c = Counts::default();
+    for r in rows {
+        let state: String = r.get(0);
+        c.add(state.parse()?, r.get::<i64, _>(1) as u64);
+    }
+    Ok(c)
+}
+
+/// Rows of `(job, state, count)` added up per job.
+fn job_state_counts(rows: &[AnyRow]) -> Result<std::collections::HashMap<u64, Counts>> {
+    let mut out = std::collections::HashMap::<u64, Counts>::new();
+    for r in rows {
+        let state: String = r.get(1);
+        out.entry(r.get::<i64, _>(0) as u64)
+            .or_default()
+            .add(state.parse()?, r.get::<i64, _>(2) as u64);
+    }
+    Ok(out)
 }
 
 fn job_row(r: &AnyRow) -> Result<JobRow> {

@@ -1029,34 +1029,36 @@ impl Cluster {
 
     /// GETs `path` from the coordinator's API without a token: the status and the JSON body.
     pub fn get_anonymous(&self, path: &str) -> (u16, Value) {
-        let url = format!("http://{}{path}", self.announced.http);
-        self.runtime.block_on(async {
-            let resp = reqwest::Client::new()
-                .get(&url)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or_default())
-        })
+        let resp = self.send_anonymous(path);
+        let status = resp.status().as_u16();
+        (
+            status,
+            self.runtime.block_on(resp.json()).unwrap_or_default(),
+        )
     }
 
     /// GETs `path` without a token and returns its body as text; panics unless it is a 200.
     pub fn get_text_anonymous(&self, path: &str) -> String {
+        let resp = self.send_anonymous(path);
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        self.runtime
+            .block_on(resp.text())
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// GETs `path` without a token; panics when no answer comes.
+    fn send_anonymous(&self, path: &str) -> reqwest::Response {
         let url = format!("http://{}{path}", self.announced.http);
-        self.runtime.block_on(async {
-            let resp = reqwest::Client::new()
-                .get(&url)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-            assert_eq!(resp.status().as_u16(), 200, "GET {url}");
-            resp.text()
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        })
+        // The request is made inside the runtime: its timeout needs the runtime's timer.
+        self.runtime
+            .block_on(async {
+                reqwest::Client::new()
+                    .get(&url)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
     /// Reads the first `n` server-sent events of `path` (with the token): each event's name

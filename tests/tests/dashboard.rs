@@ -259,19 +259,19 @@ fn the_dashboard_shows_the_pool_and_follows_a_running_job() {
     );
 
     // The harvest over the last day, per hour, then back to the last hour.
-    browser.eval("document.querySelector('#harvest-span button[data-span=\"day\"]').click()");
-    browser.wait_until(
-        "the harvest of the last day",
-        "document.getElementById('harvest-chart').textContent.includes('24 h ago') \
-         && document.querySelectorAll('#harvest-chart rect.bar').length === 24",
-        Duration::from_secs(10),
-    );
-    browser.eval("document.querySelector('#harvest-span button[data-span=\"hour\"]').click()");
-    browser.wait_until(
-        "the harvest of the last hour",
-        "document.querySelectorAll('#harvest-chart rect.bar').length === 60",
-        Duration::from_secs(10),
-    );
+    for (span, bars, start) in [("day", 24, "24 h ago"), ("hour", 60, "60 min ago")] {
+        browser.eval(&format!(
+            "document.querySelector('#harvest-span button[data-span=\"{span}\"]').click()"
+        ));
+        browser.wait_until(
+            &format!("the harvest of the last {span}"),
+            &format!(
+                "document.getElementById('harvest-chart').textContent.includes('{start}') \
+                 && document.querySelectorAll('#harvest-chart rect.bar').length === {bars}"
+            ),
+            Duration::from_secs(10),
+        );
+    }
 
     // Some history on the charts, then the picture for the README.
     let at = Instant::now();
