@@ -68,6 +68,26 @@ fn a_missing_module_file_is_named() {
 }
 
 #[test]
+fn a_missing_module_file_is_named_before_the_coordinator_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, one_module_job("")).unwrap();
+    // Nothing listens on port 9: only a check made before any request can name the module.
+    let out = std::process::Command::new(lull_tests::binary("lull"))
+        .args(["--coordinator", "http://127.0.0.1:9", "submit"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("module[0].path") && stderr.contains("guest.wasm"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
+}
+
+#[test]
 fn an_inputs_glob_that_matches_nothing_is_named() {
     let cluster = Cluster::start();
     let job = cluster.write_job(

@@ -60,8 +60,22 @@ pub async fn run(
     args: Args,
     configured_key: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    // The job file's own mistakes come first, before the coordinator is asked anything.
-    read_job_file(&args.job)?;
+    // The job file's own mistakes come first, before the coordinator is asked anything: its
+    // syntax and fields, and modules that are not there.
+    let file = read_job_file(&args.job)?;
+    let base = args.job.parent().unwrap_or(Path::new("."));
+    for (i, m) in file.modules.iter().enumerate() {
+        if let Some(rel) = &m.path {
+            let path = base.join(rel);
+            std::fs::metadata(&path).with_context(|| {
+                format!(
+                    "{}: module[{i}].path: cannot read {}",
+                    args.job.display(),
+                    path.display()
+                )
+            })?;
+        }
+    }
     let info: serde_json::Value = client.get("/api/v1/info").await?;
     // A development cluster's key lives at a fixed local path written by `lull dev`; the
     // coordinator only says that it is one, it never names a file to sign with.
