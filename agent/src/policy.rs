@@ -675,6 +675,46 @@ impl Policy {
         &self.reason
     }
 
+    /// While waiting for idle, what stands in the way now, in words: "incumbent CPU 87 % >= 15 %",
+    /// "on battery", "owner active 3 s ago", or how much of the idle time has passed
+    /// ("idle for 12 s of 60 s"). The state's [`reason`](Policy::reason) says why it was
+    /// entered; this follows the samples. `None` in other states, or while the owner holds the
+    /// agent.
+    pub fn waiting_detail(&self, now: Instant) -> Option<String> {
+        if self.state != State::WaitingForIdle || self.owner_held || self.stopping {
+            return None;
+        }
+        let seen = self.seen.as_ref()?;
+        let c = &self.config;
+        if let Some(trouble) = seen.trouble {
+            return Some(self.describe_trouble(trouble));
+        }
+        if !seen.ready {
+            let settled = self.settled.unwrap_or(seen.incumbent);
+            return Some(if settled >= c.resume_below {
+                format!(
+                    "incumbent CPU {} >= {}",
+                    percent(settled),
+                    percent(c.resume_below)
+                )
+            } else {
+                "CPU pressure".to_owned()
+            });
+        }
+        let idle = now.saturating_duration_since(self.last_not_ready);
+        if let Some(owner) = self.owner_idle(seen, now)
+            && owner < c.start_after_idle
+            && idle >= c.start_after_idle
+        {
+            return Some(format!("owner active {} ago", human_duration(owner)));
+        }
+        Some(format!(
+            "idle for {} of {}",
+            human_duration(idle.min(c.start_after_idle)),
+            human_duration(c.start_after_idle)
+        ))
+    }
+
     /// Whether the owner asked the agent to stop (the driver exits once guests are gone).
     pub fn stopping(&self) -> bool {
         self.stopping
@@ -1273,6 +1313,37 @@ mod tests {
             to,
             reason: reason.to_owned(),
         }
+    }
+
+    #[test]
+    fn waiting_for_idle_says_what_stands_in_the_way_now() {
+        let mut sim = Sim::new(raw());
+        sim.feed(load(0.87), secs(1));
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        assert_eq!(
+            sim.policy.waiting_detail(sim.now).as_deref(),
+            Some("incumbent CPU 87 % >= 15 %")
+        );
+        sim.feed(quiet(), secs(12));
+        assert_eq!(
+            sim.policy.waiting_detail(sim.now).as_deref(),
+            Some("idle for 12 s of 60 s")
+        );
+        sim.feed(
+            LoadSample {
+                on_battery: true,
+                ..quiet()
+            },
+            STEP,
+        );
+        assert_eq!(
+            sim.policy.waiting_detail(sim.now).as_deref(),
+            Some("on battery")
+        );
+        // Running: nothing to add to the state's reason.
+        sim.feed(quiet(), secs(61));
+        assert_eq!(sim.policy.state(), State::Running);
+        assert_eq!(sim.policy.waiting_detail(sim.now), None);
     }
 
     #[test]

@@ -168,7 +168,10 @@ fn run(
             } else {
                 status.accepting = policy.accepting();
                 status.state = state_name(policy.state()).into();
-                status.reason = policy.reason().to_owned();
+                status.reason = match policy.waiting_detail(now) {
+                    Some(detail) => format!("{} (now: {detail})", policy.reason()),
+                    None => policy.reason().to_owned(),
+                };
                 status.idle_cpu = policy.idle_estimate();
             }
             status.incumbent_cpu = smoothed.incumbent_cpu;
