@@ -33,3 +33,14 @@ pub mod scavenger;
 
 pub use config::AgentConfig;
 pub use daemon::Agent;
+
+/// Lets a closed pipe end a short command quietly, as other Unix tools do (`lull status | head`),
+/// where Rust would otherwise panic in `println!`. Not for the long-running commands: they keep
+/// Rust's default (a write to a closed pipe is an error to handle).
+pub fn quiet_on_closed_pipe() {
+    // SAFETY: sets SIGPIPE back to its default disposition for the whole process; no handler
+    // runs, and nothing in the program relies on SIGPIPE being ignored for pipes.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -149,7 +149,11 @@ async fn main_result() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        lull_agent::quiet_on_closed_pipe();
+    }
+    match cli.command {
         Command::Run(args) => run(args).await,
         Command::Pause(a) => local(a, OwnerRequest::Pause).await,
         Command::Resume(a) => local(a, OwnerRequest::Resume).await,

@@ -86,6 +86,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Dev(_)) {
+        lull_agent::quiet_on_closed_pipe();
+    }
     // Needs no coordinator, settings or runtime.
     if let Command::Completions { shell } = &cli.command {
         use clap::CommandFactory;

@@ -181,6 +181,9 @@ async fn main_result() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_closed_pipe();
+    }
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Token { command } => token(command).await,
@@ -387,4 +390,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server::shutdown_signal().await;
     running.shutdown().await;
     Ok(())
+}
+
+/// Lets a closed pipe end a short command quietly, as other Unix tools do (`lull-coordinator token list | head`),
+/// where Rust would otherwise panic in `println!`. Not for the long-running commands: they keep
+/// Rust's default (a write to a closed pipe is an error to handle).
+fn quiet_on_closed_pipe() {
+    // SAFETY: sets SIGPIPE back to its default disposition for the whole process; no handler
+    // runs, and nothing in the program relies on SIGPIPE being ignored for pipes.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

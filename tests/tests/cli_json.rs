@@ -1,6 +1,7 @@
 //! The `lull` command for people and for programs: `--json` on the commands that print what
 //! they did or found (`lull results`, `lull cancel`, `lull keys generate`, `lull sign`,
-//! `lull verify`), and tables fitted to the terminal's width.
+//! `lull verify`), tables fitted to the terminal's width, and a quiet end when the reader of
+//! the output goes away (`lull status | head`).
 
 use std::process::{Command, Output};
 
@@ -171,4 +172,36 @@ fn tables_fit_the_terminal_and_piped_tables_are_whole() {
     }
     assert!(lines[1].contains('…'), "nothing was cut:\n{fitted}");
     assert!(lines[0].starts_with("ID"), "{fitted}");
+}
+
+/// Runs a program with its stdout on a pipe whose reading end is already closed.
+fn into_closed_pipe(program: &str, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(lull_tests::binary(program))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("running the program")
+}
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for (program, args) in [
+        ("lull", vec!["completions", "bash"]),
+        (
+            "lull-coordinator",
+            vec!["token", "list", "--data-dir", data],
+        ),
+    ] {
+        let out = into_closed_pipe(program, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{program} {args:?}: {stderr}");
+        // Ended by SIGPIPE, as `cat` or `ls` would be.
+        assert_eq!(out.status.signal(), Some(13), "{program} {args:?}: {out:?}");
+    }
 }
