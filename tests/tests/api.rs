@@ -190,4 +190,23 @@ fn the_pool_and_its_stream_follow_the_agents_and_jobs() {
         "three events came within {} ms, not a second apart",
         last - first
     );
+
+    // Two clients at once are sent the same seconds: one document a second for all of them.
+    let path = format!("/api/v1/stream?since_ms={last}");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| cluster.read_events(&path, 3));
+        let b = s.spawn(|| cluster.read_events(&path, 3));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let times = |events: &[(String, Value)]| -> Vec<i64> {
+        events
+            .iter()
+            .map(|(_, d)| d["now_ms"].as_i64().unwrap())
+            .collect()
+    };
+    let (a, b) = (times(&a), times(&b));
+    assert!(
+        a.iter().filter(|t| b.contains(t)).count() >= 2,
+        "the clients' seconds differ: {a:?} and {b:?}"
+    );
 }

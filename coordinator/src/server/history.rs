@@ -75,11 +75,16 @@ impl History {
             .retain(|_, s| s.back().is_some_and(|s| s.at_ms >= now - AGENT_WINDOW_MS));
     }
 
-    /// `agent`'s samples taken after `since_ms`, oldest first.
-    pub fn samples(&self, agent: &str, since_ms: i64) -> Vec<Sample> {
+    /// `agent`'s samples taken after `since_ms` and up to `until_ms`, oldest first.
+    pub fn samples(&self, agent: &str, since_ms: i64, until_ms: i64) -> Vec<Sample> {
         self.agents
             .get(agent)
-            .map(|s| s.iter().filter(|s| s.at_ms > since_ms).cloned().collect())
+            .map(|s| {
+                s.iter()
+                    .filter(|s| s.at_ms > since_ms && s.at_ms <= until_ms)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -114,12 +119,13 @@ mod tests {
         for i in 0..20 {
             h.record("a", sample(start + i * MINUTE_MS), 1.0);
         }
-        let all = h.samples("a", 0);
+        let all = h.samples("a", 0, i64::MAX);
         // Ten minutes back from the last sample, both ends included.
         assert_eq!(all.len(), 11);
         assert_eq!(all.first().unwrap().at_ms, start + 9 * MINUTE_MS);
-        assert_eq!(h.samples("a", start + 18 * MINUTE_MS).len(), 1);
-        assert!(h.samples("b", 0).is_empty());
+        assert_eq!(h.samples("a", start + 18 * MINUTE_MS, i64::MAX).len(), 1);
+        assert_eq!(h.samples("a", start, start + 12 * MINUTE_MS).len(), 4);
+        assert!(h.samples("b", 0, i64::MAX).is_empty());
     }
 
     #[test]
@@ -153,7 +159,7 @@ mod tests {
         let mut h = History::default();
         h.record("gone", sample(0), 0.0);
         h.record("here", sample(AGENT_WINDOW_MS + 1), 0.0);
-        assert!(h.samples("gone", -1).is_empty());
-        assert_eq!(h.samples("here", -1).len(), 1);
+        assert!(h.samples("gone", -1, i64::MAX).is_empty());
+        assert_eq!(h.samples("here", -1, i64::MAX).len(), 1);
     }
 }

@@ -500,10 +500,9 @@ struct Pool {
     harvest: Harvest,
 }
 
-/// The pool as it stands, with the history recorded after `since_ms`.
-async fn pool_document(hub: &Hub, since_ms: i64) -> ApiResult<Pool> {
-    let now_ms = super::hub::now_ms();
-    let mut samples = hub.agent_samples(since_ms);
+/// The pool as it stands, with the history recorded after `since_ms` and up to `now_ms`.
+async fn pool_document(hub: &Hub, since_ms: i64, now_ms: i64) -> ApiResult<Pool> {
+    let mut samples = hub.agent_samples(since_ms, now_ms);
     let agents = hub
         .agents()
         .into_iter()
@@ -556,7 +555,84 @@ async fn pool_document(hub: &Hub, since_ms: i64) -> ApiResult<Pool> {
 }
 
 async fn pool(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Pool>> {
-    Ok(Json(pool_document(&hub, i64::MIN).await?))
+    Ok(Json(pool_document(&hub, i64::MIN, history_end()).await?))
+}
+
+/// Where history read now ends: a millisecond ago, so that no report recorded later can carry
+/// an earlier time (reports are stamped when recorded).
+fn history_end() -> i64 {
+    super::hub::now_ms() - 1
+}
+
+/// One second of the pool, made once for every stream client.
+#[derive(Debug)]
+struct Tick {
+    /// The history it carries starts after this...
+    since: i64,
+    /// ...and ends here.
+    now: i64,
+    /// The pool document, or why it could not be made.
+    json: Result<String, String>,
+}
+
+/// The pool once a second for `/api/v1/stream`: one producer, made when the first client comes
+/// and gone a second after the last leaves, whatever the number of clients.
+#[derive(Debug, Default)]
+pub struct PoolFeed {
+    ticks: std::sync::OnceLock<tokio::sync::watch::Sender<Option<Arc<Tick>>>>,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl PoolFeed {
+    fn sender(&self) -> &tokio::sync::watch::Sender<Option<Arc<Tick>>> {
+        self.ticks
+            .get_or_init(|| tokio::sync::watch::channel(None).0)
+    }
+
+    /// A new client's view of the ticks; starts the producer when none runs.
+    fn subscribe(hub: &Arc<Hub>) -> tokio::sync::watch::Receiver<Option<Arc<Tick>>> {
+        let feed = hub.pool_feed();
+        let rx = feed.sender().subscribe();
+        Self::ensure_running(hub);
+        rx
+    }
+
+    fn ensure_running(hub: &Arc<Hub>) {
+        use std::sync::atomic::Ordering;
+        if hub.pool_feed().running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let feed = hub.pool_feed();
+            let mut since = history_end();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if feed.sender().receiver_count() == 0 {
+                    feed.running.store(false, Ordering::Release);
+                    // A client may have come between the count and the store: it saw the
+                    // producer running, so it must go on.
+                    if feed.sender().receiver_count() == 0
+                        || feed.running.swap(true, Ordering::AcqRel)
+                    {
+                        return;
+                    }
+                }
+                let now = history_end();
+                let json = match pool_document(&hub, since, now).await {
+                    Ok(pool) => serde_json::to_string(&pool).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.message),
+                };
+                let ok = json.is_ok();
+                feed.sender()
+                    .send_replace(Some(Arc::new(Tick { since, now, json })));
+                // After a failure the next tick carries the history it missed.
+                if ok {
+                    since = now;
+                }
+            }
+        });
+    }
 }
 
 /// `?since_ms=`: where the client's copy of the history ends.
@@ -566,7 +642,9 @@ struct StreamQuery {
 }
 
 /// The pool once a second as server-sent events named `pool`, each with the history recorded
-/// since the one before (the first: since `since_ms`, or now).
+/// since the one before (the first: since `since_ms`, or now). Every client is sent the same
+/// shared tick; one whose history does not end where the tick's starts (the first event, or a
+/// client that fell behind) gets its own document for the gap instead.
 async fn stream(
     State(hub): State<Arc<Hub>>,
     axum::extract::Query(query): axum::extract::Query<StreamQuery>,
@@ -574,24 +652,29 @@ async fn stream(
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event, Sse};
-    let since = query.since_ms.unwrap_or_else(super::hub::now_ms);
-    let events = futures::stream::unfold((hub, since, true), |(hub, since, first)| async move {
-        if !first {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        let (event, next) = match pool_document(&hub, since).await {
-            Ok(pool) => {
-                let next = pool.now_ms;
-                let event = Event::default()
-                    .event("pool")
-                    .json_data(&pool)
-                    .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-                (event, next)
+    let since = query.since_ms.unwrap_or_else(history_end);
+    let rx = PoolFeed::subscribe(&hub);
+    let events = futures::stream::unfold((hub, rx, since), |(hub, mut rx, since)| async move {
+        rx.changed().await.ok()?;
+        let tick = rx.borrow_and_update().clone()?;
+        let (event, next) = match &tick.json {
+            Ok(json) if tick.since == since => {
+                (Event::default().event("pool").data(json), tick.now)
             }
+            Ok(_) => match pool_document(&hub, since, tick.now).await {
+                Ok(pool) => (
+                    Event::default()
+                        .event("pool")
+                        .json_data(&pool)
+                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
+                    tick.now,
+                ),
+                Err(e) => (Event::default().event("error").data(e.message), since),
+            },
             // The client keeps its view and hears again in a second.
-            Err(e) => (Event::default().event("error").data(e.message), since),
+            Err(message) => (Event::default().event("error").data(message), since),
         };
-        Some((Ok(event), (hub, next, false)))
+        Some((Ok(event), (hub, rx, next)))
     });
     Sse::new(events)
 }

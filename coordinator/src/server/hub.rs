@@ -257,6 +257,8 @@ pub struct Hub {
     collecting: tokio::sync::RwLock<()>,
     /// Counters for `/metrics`.
     metrics: super::metrics::Metrics,
+    /// The pool once a second, shared by every `/api/v1/stream` client.
+    pool_feed: super::http::PoolFeed,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -297,6 +299,7 @@ impl Hub {
             wake: Notify::new(),
             collecting: tokio::sync::RwLock::new(()),
             metrics: Default::default(),
+            pool_feed: Default::default(),
         })
     }
 
@@ -377,6 +380,11 @@ impl Hub {
     /// The blob store.
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
+    }
+
+    /// The pool's shared feed for `/api/v1/stream`.
+    pub fn pool_feed(&self) -> &super::http::PoolFeed {
+        &self.pool_feed
     }
 
     /// The settings.
@@ -892,13 +900,17 @@ impl Hub {
         sums
     }
 
-    /// Each connected agent's reports after `since_ms`, oldest first.
-    pub fn agent_samples(&self, since_ms: i64) -> HashMap<String, Vec<super::history::Sample>> {
+    /// Each connected agent's reports after `since_ms` and up to `until_ms`, oldest first.
+    pub fn agent_samples(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> HashMap<String, Vec<super::history::Sample>> {
         let inner = self.lock();
         inner
             .agents
             .keys()
-            .map(|id| (id.clone(), inner.history.samples(id, since_ms)))
+            .map(|id| (id.clone(), inner.history.samples(id, since_ms, until_ms)))
             .collect()
     }
 

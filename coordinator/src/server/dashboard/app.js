@@ -116,7 +116,10 @@ function applyPool(pool, replace) {
   for (const a of pool.agents) {
     present.add(a.id);
     const kept = replace ? [] : view.history.get(a.id) || [];
-    const merged = kept.concat(a.history).filter((x) => x.at_ms >= pool.now_ms - AGENT_WINDOW_MS);
+    // Only what is newer than what the page holds (a reconnect may repeat a sample).
+    const last = kept.length ? kept[kept.length - 1].at_ms : -Infinity;
+    const fresh = a.history.filter((x) => x.at_ms > last);
+    const merged = kept.concat(fresh).filter((x) => x.at_ms >= pool.now_ms - AGENT_WINDOW_MS);
     view.history.set(a.id, merged);
   }
   for (const id of [...view.history.keys()]) if (!present.has(id)) view.history.delete(id);
