@@ -66,6 +66,11 @@ impl Pending {
         self.changed.notify_waiters();
     }
 
+    /// Whether every checkpoint kept has been reported (or given up on).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Waits until every checkpoint of `attempt` is reported, at most `timeout`.
     pub async fn flushed(&self, attempt: AttemptId, timeout: Duration) {
         let wait = async {

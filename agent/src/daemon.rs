@@ -31,6 +31,10 @@ use crate::scavenger::{self, Events, ScavengerConfig, Shared};
 /// How long an agent the coordinator refused waits before asking again.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
+/// How long an agent stopped by its owner waits for its last results and checkpoints to reach
+/// the coordinator before it exits.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(10);
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -265,13 +269,46 @@ impl Agent {
                 }
             });
         }
+        let connection = self.clone().connect_loop();
+        tokio::pin!(connection);
         tokio::select! {
-            r = self.clone().connect_loop() => r,
+            r = &mut connection => r,
             _ = self.stop.notified() => {
-                tracing::info!("stopped by the owner");
+                // The guests are gone: their results (evictions) and the checkpoints they kept
+                // on leaving go to the coordinator now, so that their tasks run again at once
+                // and from there, rather than after their leases run out.
+                tracing::info!(
+                    "stopped by the owner; handing back results and checkpoints (at most {:?})",
+                    FLUSH_ON_STOP
+                );
+                let flushed = async {
+                    // Without a coordinator there is no one to hand them to: the outbox keeps
+                    // the results for the next start.
+                    while !self.handed_back() && self.conn.borrow().is_some() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = &mut connection => {}
+                    r = tokio::time::timeout(FLUSH_ON_STOP, flushed) => {
+                        if r.is_err() {
+                            tracing::warn!("stopping with results or checkpoints not yet handed back; results are sent at the next start");
+                        }
+                    }
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Whether every result is acknowledged and every checkpoint reported.
+    fn handed_back(&self) -> bool {
+        self.outbox_entries().is_empty()
+            && self
+                .runner
+                .checkpoints
+                .as_ref()
+                .is_none_or(|sink| sink.pending.is_empty())
     }
 
     /// Answers `lull-agent pause|resume|stop|status`.

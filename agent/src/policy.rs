@@ -314,6 +314,9 @@ impl PolicyConfig {
     }
 }
 
+/// The reason a dedicated machine's agent gives while it runs guests.
+pub const DEDICATED: &str = "dedicated machine: no scavenging policy";
+
 /// What the policy has decided about the guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -451,10 +454,32 @@ pub struct Policy {
     dwell: Duration,
     /// When guests last came back to `Running` from `Paused` or `Throttled`.
     back_at: Option<Instant>,
+    /// A dedicated machine's policy ([`Policy::dedicated`]).
+    dedicated: bool,
 }
 
 impl Policy {
     /// A policy in [`State::WaitingForIdle`]; the idle time counts from `now`.
+    /// A policy for a dedicated machine: it starts `Running`, and fed samples of an idle machine
+    /// (see the scavenger) only the owner's commands move it: `lull-agent pause` and `stop`
+    /// evict the guests as anywhere else, and `resume` lets them back at once.
+    pub fn dedicated(config: PolicyConfig, now: Instant) -> Self {
+        let mut policy = Self::new(
+            PolicyConfig {
+                start_after_idle: Duration::ZERO,
+                pause_when_owner_active: false,
+                evict_on_battery: false,
+                ..config
+            },
+            now,
+        );
+        policy.state = State::Running;
+        policy.reason = DEDICATED.to_owned();
+        policy.dedicated = true;
+        policy
+    }
+
+    /// A policy that starts waiting for the machine to be idle.
     pub fn new(config: PolicyConfig, now: Instant) -> Self {
         let dwell = config_dwell_min(&config);
         let reason = format!(
@@ -483,6 +508,7 @@ impl Policy {
             settled: None,
             dwell,
             back_at: None,
+            dedicated: false,
         }
     }
 
@@ -735,7 +761,9 @@ impl Policy {
         let c = &self.config;
         match self.state {
             State::WaitingForIdle => {
-                if self.start_deadline().is_some_and(|t| now >= t) {
+                if self.dedicated && self.start_deadline().is_some_and(|t| now >= t) {
+                    self.run(now, DEDICATED.to_owned());
+                } else if self.start_deadline().is_some_and(|t| now >= t) {
                     let mut reason = format!(
                         "idle for {}: incumbent CPU {} < {}",
                         human_duration(c.start_after_idle),
@@ -2008,6 +2036,48 @@ mod tests {
         assert_eq!(sim.policy.state(), State::WaitingForIdle);
         assert!(sim.policy.stopping());
         sim.feed(quiet(), secs(120));
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+    }
+
+    #[test]
+    fn a_dedicated_machine_runs_at_once_and_moves_only_for_its_owner() {
+        let start = Instant::now();
+        let mut sim = Sim {
+            policy: Policy::dedicated(raw(), start),
+            start,
+            now: start,
+            log: Vec::new(),
+            told: State::Running,
+        };
+        assert_eq!(sim.policy.state(), State::Running);
+        assert!(sim.policy.accepting());
+        sim.guests(1);
+        // A busy, low-on-memory machine is fed to it as an idle one by the scavenger; here the
+        // idle samples go on for long, and nothing happens.
+        sim.feed(quiet(), secs(30));
+        assert_eq!(sim.policy.state(), State::Running);
+        assert_eq!(sim.take(), vec![]);
+        // The owner's pause evicts, holds, and resume lets guests back at once.
+        sim.owner(OwnerCommand::Pause);
+        assert_eq!(
+            sim.take()[0],
+            Action::Evict {
+                reason: "the owner ran lull-agent pause".to_owned(),
+                grace: secs(10)
+            }
+        );
+        sim.guests(0);
+        sim.feed(quiet(), secs(5));
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        sim.owner(OwnerCommand::Resume);
+        sim.feed(quiet(), STEP);
+        assert_eq!(sim.policy.state(), State::Running);
+        assert_eq!(sim.policy.reason(), DEDICATED);
+        // Stop evicts and stops.
+        sim.guests(1);
+        sim.owner(OwnerCommand::Stop);
+        assert!(sim.policy.stopping());
+        sim.guests(0);
         assert_eq!(sim.policy.state(), State::WaitingForIdle);
     }
 

@@ -111,18 +111,18 @@ fn run(
     events: impl Events,
     sampler: &mut LoadSampler,
 ) {
-    let mut policy = Policy::new(config.policy.clone(), Instant::now());
+    let mut policy = if config.dedicated {
+        Policy::dedicated(config.policy.clone(), Instant::now())
+    } else {
+        Policy::new(config.policy.clone(), Instant::now())
+    };
     let mut next_sample = Instant::now();
     let mut smoothed = Load::default();
     loop {
         let now = Instant::now();
-        let wake = if config.dedicated {
-            next_sample
-        } else {
-            policy
-                .poll_timeout()
-                .map_or(next_sample, |t| t.min(next_sample))
-        };
+        let wake = policy
+            .poll_timeout()
+            .map_or(next_sample, |t| t.min(next_sample));
         match owner.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(cmd) => {
                 policy.handle_owner(Instant::now(), cmd);
@@ -144,30 +144,31 @@ fn run(
             let a = 0.05;
             smoothed.incumbent_cpu += a * (load.incumbent_cpu - smoothed.incumbent_cpu);
             smoothed.guest_cpu += a * (load.guest_cpu - smoothed.guest_cpu);
-            if !config.dedicated {
-                policy.handle_sample(now, &sample_of(&load));
-            }
+            // A dedicated machine is idle as far as its policy knows: only the owner's
+            // commands move it.
+            let sample = if config.dedicated {
+                idle_machine(&load)
+            } else {
+                sample_of(&load)
+            };
+            policy.handle_sample(now, &sample);
         }
         let guests = lock(&shared.running).len();
-        if !config.dedicated {
-            policy.handle_guests(now, guests);
-            if policy.poll_timeout().is_some_and(|t| t <= now) {
-                policy.handle_timeout(now);
-            }
-            while let Some(action) = policy.poll_action() {
-                apply(&shared, action, &events);
-            }
+        policy.handle_guests(now, guests);
+        if policy.poll_timeout().is_some_and(|t| t <= now) {
+            policy.handle_timeout(now);
+        }
+        while let Some(action) = policy.poll_action() {
+            apply(&shared, action, &events);
         }
         {
             let mut status = lock(&shared.status);
+            status.accepting = policy.accepting();
+            status.state = state_name(policy.state()).into();
             if config.dedicated {
-                status.accepting = true;
-                status.state = "running".into();
-                status.reason = "dedicated machine: no scavenging policy".into();
+                status.reason = policy.reason().to_owned();
                 status.idle_cpu = 1.0 - smoothed.incumbent_cpu;
             } else {
-                status.accepting = policy.accepting();
-                status.state = state_name(policy.state()).into();
                 status.reason = match policy.waiting_detail(now) {
                     Some(detail) => format!("{} (now: {detail})", policy.reason()),
                     None => policy.reason().to_owned(),
@@ -188,6 +189,20 @@ fn run(
 fn sample_of(load: &Load) -> LoadSample {
     LoadSample {
         cpu_pressure: None,
+        ..*load
+    }
+}
+
+/// What a dedicated machine's policy is fed: the machine as it is, but idle, with memory to
+/// spare and on mains.
+fn idle_machine(load: &Load) -> LoadSample {
+    LoadSample {
+        incumbent_cpu: 0.0,
+        memory_available: u64::MAX,
+        cpu_pressure: None,
+        memory_pressure: None,
+        user_idle: None,
+        on_battery: false,
         ..*load
     }
 }

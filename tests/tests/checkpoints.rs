@@ -380,3 +380,39 @@ fn wait_for_checkpoint_kept(cluster: &Cluster, id: u64) {
         cluster.task(id, 0)["checkpoint"].is_object().then_some(())
     });
 }
+
+#[test]
+fn an_agent_stopped_by_its_owner_hands_back_its_task_and_checkpoint_before_it_exits() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("leaving", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["leaving"]);
+    let id = cluster.submit(&primes_job(&cluster, "stopped"));
+    let kept = wait_for_checkpoint(&cluster, id);
+    cluster.start_agent("staying", AgentOptions::slots(1));
+    cluster.wait_for_agents(&["leaving", "staying"]);
+    let leaving = cluster.agent_id("leaving");
+    cluster.agent_command("leaving", "stop").assert_success();
+    assert_eq!(
+        cluster.wait_for_agent_exit("leaving", lull_tests::WAIT),
+        Some(0)
+    );
+    let samples = progress_until_done(&cluster, id);
+    let done = cluster.job(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{task}");
+    // Delivered before the agent exited: an eviction, not an attempt lost with its agent.
+    assert_eq!(attempts[0]["agent"], leaving.as_str(), "{task}");
+    assert_eq!(
+        attempts[0]["result"]["modules"][0]["outcome"]["kind"], "evicted",
+        "{task}"
+    );
+    assert_eq!(attempts[1]["agent"], cluster.agent_id("staying").as_str());
+    let stderr = std::fs::read_to_string(cluster.results(id).join("0/stderr")).unwrap();
+    assert!(stderr.contains("resuming at"), "{stderr}");
+    assert!(
+        samples.iter().all(|p| *p >= kept),
+        "progress fell below the checkpoint's {kept}: {samples:?}"
+    );
+}
