@@ -285,29 +285,34 @@ fn a_drained_task_resumes_elsewhere_from_its_checkpoint_with_the_same_result() {
     cluster
         .lull(&["drain", &first, "--deadline", "20s"])
         .assert_success();
-    let samples = progress_until_done(&cluster, id);
-    let done = cluster.job(id);
-    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    // The guest answered the notice at once, well before the 20 s deadline.
+    assert_moved_and_resumed(&cluster, id, &first, "second", kept);
     assert_eq!(
         stdout_of(&cluster, id),
         expected,
         "the same answer as uninterrupted"
     );
+}
 
+/// Follows job `id` to its end and checks that its one task was evicted from agent `from` and
+/// finished on agent `to` (a name), starting where the first attempt left off, its progress
+/// never below `kept` (the checkpoint it had when it was moved).
+fn assert_moved_and_resumed(cluster: &Cluster, id: u64, from: &str, to: &str, kept: f64) {
+    let samples = progress_until_done(cluster, id);
+    let done = cluster.job(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
     let task = cluster.task(id, 0);
     let attempts = task["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{task}");
-    assert_eq!(attempts[0]["agent"], first.as_str(), "{task}");
+    assert_eq!(attempts[0]["agent"], from, "{task}");
+    // Handed back by its agent: an eviction, not an attempt lost with its agent.
     assert_eq!(
         attempts[0]["result"]["modules"][0]["outcome"]["kind"], "evicted",
         "{task}"
     );
-    assert_eq!(attempts[1]["agent"], cluster.agent_id("second").as_str());
-    // The guest answered the notice at once, well before the 20 s deadline, and the second
-    // attempt started where the first left off.
+    assert_eq!(attempts[1]["agent"], cluster.agent_id(to).as_str());
     let stderr = std::fs::read_to_string(cluster.results(id).join("0/stderr")).unwrap();
     assert!(stderr.contains("resuming at"), "{stderr}");
-    // Progress never went back past the checkpoint the drain started from.
     assert!(
         samples.iter().all(|p| *p >= kept),
         "progress fell below the checkpoint's {kept}: {samples:?}"
@@ -396,23 +401,5 @@ fn an_agent_stopped_by_its_owner_hands_back_its_task_and_checkpoint_before_it_ex
         cluster.wait_for_agent_exit("leaving", lull_tests::WAIT),
         Some(0)
     );
-    let samples = progress_until_done(&cluster, id);
-    let done = cluster.job(id);
-    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
-    let task = cluster.task(id, 0);
-    let attempts = task["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 2, "{task}");
-    // Delivered before the agent exited: an eviction, not an attempt lost with its agent.
-    assert_eq!(attempts[0]["agent"], leaving.as_str(), "{task}");
-    assert_eq!(
-        attempts[0]["result"]["modules"][0]["outcome"]["kind"], "evicted",
-        "{task}"
-    );
-    assert_eq!(attempts[1]["agent"], cluster.agent_id("staying").as_str());
-    let stderr = std::fs::read_to_string(cluster.results(id).join("0/stderr")).unwrap();
-    assert!(stderr.contains("resuming at"), "{stderr}");
-    assert!(
-        samples.iter().all(|p| *p >= kept),
-        "progress fell below the checkpoint's {kept}: {samples:?}"
-    );
+    assert_moved_and_resumed(&cluster, id, &leaving, "staying", kept);
 }
