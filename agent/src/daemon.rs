@@ -72,8 +72,8 @@ pub struct Agent {
     checkpoints: Mutex<Option<mpsc::UnboundedReceiver<crate::checkpoint::Kept>>>,
     /// The progress guests reported, for the coordinator.
     progress: Arc<crate::checkpoint::ProgressBoard>,
-    /// The blobs of each result in the outbox (never evicted until acknowledged): kept in
-    /// memory so that an eviction need not read the outbox.
+    /// Each result in the outbox, with its blobs (never evicted until acknowledged): kept in
+    /// memory so that neither an eviction nor a stop need read the outbox.
     outbox_blobs: Mutex<std::collections::HashMap<AttemptId, Vec<Digest>>>,
     /// Checkpoint states not yet reported (never evicted meanwhile).
     unreported: Mutex<HashSet<Digest>>,
@@ -303,12 +303,7 @@ impl Agent {
 
     /// Whether every result is acknowledged and every checkpoint reported.
     fn handed_back(&self) -> bool {
-        self.outbox_entries().is_empty()
-            && self
-                .runner
-                .checkpoints
-                .as_ref()
-                .is_none_or(|sink| sink.pending.is_empty())
+        lock(&self.outbox_blobs).is_empty() && self.pending_checkpoints.is_empty()
     }
 
     /// Answers `lull-agent pause|resume|stop|status`.
@@ -642,26 +637,32 @@ impl Agent {
             }
             // One download per blob, however many tasks wait for it.
             let one = lock(&self.fetching).entry(digest).or_default().clone();
-            let _downloading = one.lock().await;
-            while !self.cache.contains(&digest) {
-                tries += 1;
-                let conn = self.connection().await;
-                match link::fetch_blob(&conn, &self.cache, digest).await {
-                    Ok(()) => {}
-                    Err(e) if e.downcast_ref::<DigestMismatch>().is_some() => {
-                        tracing::error!(attempt = %a.attempt, error = %e, "blob refused");
-                        return Err(e.to_string());
-                    }
-                    Err(e) if tries >= 5 => {
-                        return Err(format!("could not fetch blob {digest}: {e:#}"));
-                    }
-                    Err(e) => {
-                        tracing::warn!(%digest, error = %format!("{e:#}"), "blob fetch failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            let fetched = async {
+                let _downloading = one.lock().await;
+                while !self.cache.contains(&digest) {
+                    tries += 1;
+                    let conn = self.connection().await;
+                    match link::fetch_blob(&conn, &self.cache, digest).await {
+                        Ok(()) => {}
+                        Err(e) if e.downcast_ref::<DigestMismatch>().is_some() => {
+                            tracing::error!(attempt = %a.attempt, error = %e, "blob refused");
+                            return Err(e.to_string());
+                        }
+                        Err(e) if tries >= 5 => {
+                            return Err(format!("could not fetch blob {digest}: {e:#}"));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%digest, error = %format!("{e:#}"), "blob fetch failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                        }
                     }
                 }
+                Ok(())
             }
+            .await;
+            // Success or not, the entry goes (a failed blob left it behind for good).
             lock(&self.fetching).remove(&digest);
+            fetched?;
         }
         Ok(())
     }
@@ -687,7 +688,16 @@ impl Agent {
     }
 
     fn store_result(&self, result: &TaskResult) -> anyhow::Result<()> {
+        // Its blobs are spared from the moment it is being stored; forgotten if it is not.
         lock(&self.outbox_blobs).insert(result.attempt, result.blobs());
+        let stored = self.write_result(result);
+        if stored.is_err() {
+            lock(&self.outbox_blobs).remove(&result.attempt);
+        }
+        stored
+    }
+
+    fn write_result(&self, result: &TaskResult) -> anyhow::Result<()> {
         let path = self.outbox_path(result.attempt);
         let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec(result)?;

@@ -459,16 +459,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// A policy in [`State::WaitingForIdle`]; the idle time counts from `now`.
-    /// A policy for a dedicated machine: it starts `Running`, and fed samples of an idle machine
-    /// (see the scavenger) only the owner's commands move it: `lull-agent pause` and `stop`
+    /// A policy for a dedicated machine: it starts `Running` and takes every sample for one of
+    /// an idle machine, so only the owner's commands move it: `lull-agent pause` and `stop`
     /// evict the guests as anywhere else, and `resume` lets them back at once.
     pub fn dedicated(config: PolicyConfig, now: Instant) -> Self {
         let mut policy = Self::new(
             PolicyConfig {
                 start_after_idle: Duration::ZERO,
-                pause_when_owner_active: false,
-                evict_on_battery: false,
                 ..config
             },
             now,
@@ -479,7 +476,7 @@ impl Policy {
         policy
     }
 
-    /// A policy that starts waiting for the machine to be idle.
+    /// A policy in [`State::WaitingForIdle`]; the idle time counts from `now`.
     pub fn new(config: PolicyConfig, now: Instant) -> Self {
         let dwell = config_dwell_min(&config);
         let reason = format!(
@@ -514,6 +511,23 @@ impl Policy {
 
     /// Takes in one reading of the machine, taken at `now`.
     pub fn handle_sample(&mut self, now: Instant, sample: &LoadSample) {
+        // A dedicated machine is an idle one as far as its policy knows: the machine as it is,
+        // with no incumbent, memory to spare, on mains, no one at the console.
+        let idle;
+        let sample = if self.dedicated {
+            idle = LoadSample {
+                incumbent_cpu: 0.0,
+                memory_available: u64::MAX,
+                cpu_pressure: None,
+                memory_pressure: None,
+                user_idle: None,
+                on_battery: false,
+                ..*sample
+            };
+            &idle
+        } else {
+            sample
+        };
         let c = &self.config;
         let incumbent = if sample.incumbent_cpu.is_nan() {
             1.0
@@ -761,9 +775,11 @@ impl Policy {
         let c = &self.config;
         match self.state {
             State::WaitingForIdle => {
-                if self.dedicated && self.start_deadline().is_some_and(|t| now >= t) {
-                    self.run(now, DEDICATED.to_owned());
-                } else if self.start_deadline().is_some_and(|t| now >= t) {
+                if self.start_deadline().is_some_and(|t| now >= t) {
+                    if self.dedicated {
+                        self.run(now, DEDICATED.to_owned());
+                        return;
+                    }
                     let mut reason = format!(
                         "idle for {}: incumbent CPU {} < {}",
                         human_duration(c.start_after_idle),
@@ -2052,9 +2068,17 @@ mod tests {
         assert_eq!(sim.policy.state(), State::Running);
         assert!(sim.policy.accepting());
         sim.guests(1);
-        // A busy, low-on-memory machine is fed to it as an idle one by the scavenger; here the
-        // idle samples go on for long, and nothing happens.
-        sim.feed(quiet(), secs(30));
+        // A busy machine, short of memory, on battery, with its owner at the console: a
+        // scavenging policy would evict at once; a dedicated one does nothing.
+        sim.feed(
+            LoadSample {
+                memory_available: GIB / 4,
+                on_battery: true,
+                user_idle: Some(ms(10)),
+                ..load(0.95)
+            },
+            secs(30),
+        );
         assert_eq!(sim.policy.state(), State::Running);
         assert_eq!(sim.take(), vec![]);
         // The owner's pause evicts, holds, and resume lets guests back at once.

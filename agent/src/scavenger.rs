@@ -87,7 +87,8 @@ pub struct ScavengerConfig {
     pub policy: PolicyConfig,
     /// How often the machine is read.
     pub sample_interval: Duration,
-    /// Without a policy: a dedicated machine, always accepting, never pausing.
+    /// A dedicated machine ([`Policy::dedicated`]): the machine's load never pauses or evicts
+    /// guests; only the owner's commands do.
     pub dedicated: bool,
 }
 
@@ -144,14 +145,7 @@ fn run(
             let a = 0.05;
             smoothed.incumbent_cpu += a * (load.incumbent_cpu - smoothed.incumbent_cpu);
             smoothed.guest_cpu += a * (load.guest_cpu - smoothed.guest_cpu);
-            // A dedicated machine is idle as far as its policy knows: only the owner's
-            // commands move it.
-            let sample = if config.dedicated {
-                idle_machine(&load)
-            } else {
-                sample_of(&load)
-            };
-            policy.handle_sample(now, &sample);
+            policy.handle_sample(now, &sample_of(&load));
         }
         let guests = lock(&shared.running).len();
         policy.handle_guests(now, guests);
@@ -189,20 +183,6 @@ fn run(
 fn sample_of(load: &Load) -> LoadSample {
     LoadSample {
         cpu_pressure: None,
-        ..*load
-    }
-}
-
-/// What a dedicated machine's policy is fed: the machine as it is, but idle, with memory to
-/// spare and on mains.
-fn idle_machine(load: &Load) -> LoadSample {
-    LoadSample {
-        incumbent_cpu: 0.0,
-        memory_available: u64::MAX,
-        cpu_pressure: None,
-        memory_pressure: None,
-        user_idle: None,
-        on_battery: false,
         ..*load
     }
 }

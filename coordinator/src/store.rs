@@ -559,13 +559,13 @@ impl Store {
         rows.iter().map(job_row).collect()
     }
 
-    /// The newest `limit` jobs, newest first, with their task counts but not their
-    /// definitions: cheap enough to read every second.
-    pub async fn newest_jobs(&self, limit: u32) -> Result<Vec<JobHeader>> {
+    /// The newest jobs (all of them, or the newest `limit`), newest first, with their task
+    /// counts but not their definitions: cheap enough to read every second.
+    pub async fn newest_jobs(&self, limit: Option<u32>) -> Result<Vec<JobHeader>> {
         let rows = sqlx::query(
             "SELECT id, name, created_ms, cancelled FROM jobs ORDER BY id DESC LIMIT $1",
         )
-        .bind(i64::from(limit))
+        .bind(limit.map_or(i64::MAX, i64::from))
         .fetch_all(&self.pool)
         .await?;
         let mut jobs: Vec<JobHeader> = rows
@@ -611,14 +611,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_row).collect()
-    }
-
-    /// Task counts of every job, by job number.
-    pub async fn counts(&self) -> Result<std::collections::HashMap<u64, Counts>> {
-        let rows = sqlx::query("SELECT job_id, state, COUNT(*) FROM tasks GROUP BY job_id, state")
-            .fetch_all(&self.pool)
-            .await?;
-        job_state_counts(&rows)
     }
 
     /// Every blob a stored job refers to: its modules and files, and the outputs and logs of
@@ -1509,7 +1501,7 @@ mod tests {
     }
 
     async fn the_newest_jobs_come_with_their_counts(s: Store) {
-        assert!(s.newest_jobs(10).await.unwrap().is_empty());
+        assert!(s.newest_jobs(Some(10)).await.unwrap().is_empty());
         let old = s.insert_job(&spec(1, 1), 0).await.unwrap();
         let middle = s.insert_job(&spec(2, 1), 1).await.unwrap();
         let new = s.insert_job(&spec(3, 1), 2).await.unwrap();
@@ -1517,13 +1509,17 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let jobs = s.newest_jobs(2).await.unwrap();
+        let jobs = s.newest_jobs(Some(2)).await.unwrap();
         let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![new, middle]);
         assert_eq!((jobs[0].counts.pending, jobs[0].counts.running), (2, 1));
         assert_eq!(jobs[1].counts.pending, 2);
         assert_eq!((jobs[1].name.as_str(), jobs[1].created_ms), ("t", 1));
-        assert_eq!(s.newest_jobs(10).await.unwrap().last().unwrap().id, old);
+        assert_eq!(
+            s.newest_jobs(Some(10)).await.unwrap().last().unwrap().id,
+            old
+        );
+        assert_eq!(s.newest_jobs(None).await.unwrap().len(), 3);
         let all = s.total_counts().await.unwrap();
         assert_eq!((all.pending, all.running), (5, 1));
     }

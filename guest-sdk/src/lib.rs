@@ -214,7 +214,8 @@ impl Host for Lull {
 pub struct Checkpointer<H: Host = Lull> {
     host: H,
     every: Duration,
-    last: Option<Instant>,
+    /// When the last checkpoint was kept (or the checkpointer made).
+    last: Instant,
     kept: u64,
 }
 
@@ -232,7 +233,7 @@ impl<H: Host> Checkpointer<H> {
         Self {
             host,
             every,
-            last: Some(start),
+            last: start,
             kept: 0,
         }
     }
@@ -245,10 +246,7 @@ impl<H: Host> Checkpointer<H> {
             return self.leave(state);
         }
         let now = self.host.now();
-        if self
-            .last
-            .is_none_or(|last| now.duration_since(last) >= self.every)
-        {
+        if now.duration_since(self.last) >= self.every {
             self.save(state)?;
         }
         Ok(())
@@ -258,7 +256,7 @@ impl<H: Host> Checkpointer<H> {
     pub fn save<S: Serialize>(&mut self, state: &S) -> Result<(), Error> {
         let bytes = serde_json::to_vec(state)?;
         self.host.checkpoint(&bytes).map_err(Error::Refused)?;
-        self.last = Some(self.host.now());
+        self.last = self.host.now();
         self.kept += 1;
         Ok(())
     }

@@ -58,21 +58,24 @@ impl History {
         let minute = now - now.rem_euclid(MINUTE_MS);
         match self.minutes.back_mut() {
             Some(m) if m.at_ms == minute => m.core_seconds += core_seconds,
-            _ => self.minutes.push_back(Minute {
-                at_ms: minute,
-                core_seconds,
-            }),
+            _ => {
+                self.minutes.push_back(Minute {
+                    at_ms: minute,
+                    core_seconds,
+                });
+                // Once a minute, not on every report: drop what has aged out, and agents gone
+                // for longer than the window.
+                while self
+                    .minutes
+                    .front()
+                    .is_some_and(|m| m.at_ms < now - HARVEST_WINDOW_MS)
+                {
+                    self.minutes.pop_front();
+                }
+                self.agents
+                    .retain(|_, s| s.back().is_some_and(|s| s.at_ms >= now - AGENT_WINDOW_MS));
+            }
         }
-        while self
-            .minutes
-            .front()
-            .is_some_and(|m| m.at_ms < now - HARVEST_WINDOW_MS)
-        {
-            self.minutes.pop_front();
-        }
-        // Agents gone for longer than the window leave nothing behind.
-        self.agents
-            .retain(|_, s| s.back().is_some_and(|s| s.at_ms >= now - AGENT_WINDOW_MS));
     }
 
     /// `agent`'s samples taken after `since_ms` and up to `until_ms`, oldest first.

@@ -436,27 +436,24 @@ struct JobSummary {
     created_ms: i64,
 }
 
-async fn job_summaries(hub: &Hub) -> ApiResult<Vec<JobSummary>> {
-    let jobs = hub.store().jobs().await?;
-    let counts = hub.store().counts().await?;
-    Ok(jobs
-        .into_iter()
-        .map(|j| {
-            let c = counts.get(&j.id).copied().unwrap_or_default();
-            JobSummary {
-                id: j.id,
-                name: j.spec.name.clone(),
-                state: job_state(&c, j.cancelled),
-                count: j.spec.count,
-                counts: c,
-                created_ms: j.created_ms,
-            }
-        })
-        .collect())
+impl From<crate::store::JobHeader> for JobSummary {
+    fn from(j: crate::store::JobHeader) -> Self {
+        let c = j.counts;
+        JobSummary {
+            id: j.id,
+            name: j.name,
+            state: job_state(&c, j.cancelled),
+            // Every task is stored when the job is.
+            count: (c.pending + c.running + c.succeeded + c.failed + c.cancelled) as u32,
+            counts: c,
+            created_ms: j.created_ms,
+        }
+    }
 }
 
 async fn jobs(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<JobSummary>>> {
-    Ok(Json(job_summaries(&hub).await?))
+    let jobs = hub.store().newest_jobs(None).await?;
+    Ok(Json(jobs.into_iter().map(JobSummary::from).collect()))
 }
 
 /// An agent on the dashboard: as `/api/v1/agents` lists it, with its recent reports.
@@ -515,30 +512,20 @@ async fn pool_document(hub: &Hub, since_ms: i64, now_ms: i64) -> ApiResult<Pool>
     let tasks = hub.store().total_counts().await?;
     let jobs = hub
         .store()
-        .newest_jobs(POOL_JOBS)
+        .newest_jobs(Some(POOL_JOBS))
         .await?
         .into_iter()
         .map(|j| {
-            let c = j.counts;
-            let count = c.pending + c.running + c.succeeded + c.failed + c.cancelled;
+            let summary = JobSummary::from(j);
+            let c = &summary.counts;
             let ended = (c.succeeded + c.failed + c.cancelled) as f64;
             let live = running
-                .get(&j.id)
+                .get(&summary.id)
                 .copied()
                 .unwrap_or(0.0)
                 .min(c.running as f64);
-            let progress = ((ended + live) / count.max(1) as f64).clamp(0.0, 1.0);
-            PoolJob {
-                summary: JobSummary {
-                    id: j.id,
-                    name: j.name,
-                    state: job_state(&c, j.cancelled),
-                    count: count as u32,
-                    counts: c,
-                    created_ms: j.created_ms,
-                },
-                progress,
-            }
+            let progress = ((ended + live) / f64::from(summary.count.max(1))).clamp(0.0, 1.0);
+            PoolJob { summary, progress }
         })
         .collect();
     let (core_seconds, minutes) = hub.harvest(since_ms);
@@ -577,22 +564,26 @@ struct Tick {
 
 /// The pool once a second for `/api/v1/stream`: one producer, made when the first client comes
 /// and gone a second after the last leaves, whatever the number of clients.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PoolFeed {
-    ticks: std::sync::OnceLock<tokio::sync::watch::Sender<Option<Arc<Tick>>>>,
+    ticks: tokio::sync::watch::Sender<Option<Arc<Tick>>>,
     running: std::sync::atomic::AtomicBool,
 }
 
-impl PoolFeed {
-    fn sender(&self) -> &tokio::sync::watch::Sender<Option<Arc<Tick>>> {
-        self.ticks
-            .get_or_init(|| tokio::sync::watch::channel(None).0)
+impl Default for PoolFeed {
+    fn default() -> Self {
+        Self {
+            ticks: tokio::sync::watch::channel(None).0,
+            running: Default::default(),
+        }
     }
+}
 
+impl PoolFeed {
     /// A new client's view of the ticks; starts the producer when none runs.
     fn subscribe(hub: &Arc<Hub>) -> tokio::sync::watch::Receiver<Option<Arc<Tick>>> {
         let feed = hub.pool_feed();
-        let rx = feed.sender().subscribe();
+        let rx = feed.ticks.subscribe();
         Self::ensure_running(hub);
         rx
     }
@@ -608,12 +599,11 @@ impl PoolFeed {
             let mut since = history_end();
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                if feed.sender().receiver_count() == 0 {
+                if feed.ticks.receiver_count() == 0 {
                     feed.running.store(false, Ordering::Release);
                     // A client may have come between the count and the store: it saw the
                     // producer running, so it must go on.
-                    if feed.sender().receiver_count() == 0
-                        || feed.running.swap(true, Ordering::AcqRel)
+                    if feed.ticks.receiver_count() == 0 || feed.running.swap(true, Ordering::AcqRel)
                     {
                         return;
                     }
@@ -624,7 +614,7 @@ impl PoolFeed {
                     Err(e) => Err(e.message),
                 };
                 let ok = json.is_ok();
-                feed.sender()
+                feed.ticks
                     .send_replace(Some(Arc::new(Tick { since, now, json })));
                 // After a failure the next tick carries the history it missed.
                 if ok {

@@ -140,31 +140,22 @@ impl Metrics {
             "lull_dispatch_latency_seconds_bucket{{le=\"+Inf\"}} {}\nlull_dispatch_latency_seconds_sum {}\nlull_dispatch_latency_seconds_count {}",
             c.dispatch_count, c.dispatch_sum, c.dispatch_count
         );
-        family(
-            &mut out,
-            "pauses_total",
-            "counter",
-            "Agents pausing their guests, by reason.",
-        );
-        for (reason, n) in &c.pauses {
-            let _ = writeln!(
-                out,
-                "lull_pauses_total{{reason=\"{}\"}} {n}",
-                escape(reason)
-            );
-        }
-        family(
-            &mut out,
-            "evictions_total",
-            "counter",
-            "Attempts evicted, by reason.",
-        );
-        for (reason, n) in &c.evictions {
-            let _ = writeln!(
-                out,
-                "lull_evictions_total{{reason=\"{}\"}} {n}",
-                escape(reason)
-            );
+        for (name, help, by_reason) in [
+            (
+                "pauses_total",
+                "Agents pausing their guests, by reason.",
+                &c.pauses,
+            ),
+            (
+                "evictions_total",
+                "Attempts evicted, by reason.",
+                &c.evictions,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            for (reason, n) in by_reason {
+                let _ = writeln!(out, "lull_{name}{{reason=\"{}\"}} {n}", escape(reason));
+            }
         }
         family(
             &mut out,
