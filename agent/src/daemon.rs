@@ -407,6 +407,17 @@ impl Agent {
         lock(&self.shared.running).keys().copied().collect()
     }
 
+    /// The attempts this agent holds: running, or ended with a result not yet acknowledged.
+    /// Reporting the latter keeps their leases while a large result is still being uploaded,
+    /// so that finished work is not taken for lost and run again.
+    fn held(&self) -> Vec<AttemptId> {
+        let mut held = self.running();
+        held.extend(lock(&self.outbox_blobs).keys().copied());
+        held.sort_unstable();
+        held.dedup();
+        held
+    }
+
     async fn session(self: Arc<Self>, conn: quinn::Connection) -> anyhow::Result<()> {
         if let Some(token) = &self.join_token {
             let already = link::enroll(&conn, token, &self.id, &self.name).await?;
@@ -420,7 +431,7 @@ impl Agent {
             agent_id: self.id.clone(),
             name: self.name.clone(),
             capacity: self.capacity(),
-            running: self.running(),
+            running: self.held(),
             status: self.status(),
             compiled: {
                 // The hello says everything; changes are reported from here on.
@@ -461,7 +472,7 @@ impl Agent {
                 }
                 Some(ev) = rx.recv() => link::write_frame(&mut send, &ev).await?,
                 _ = report.tick() => {
-                    let msg = AgentMessage::Report { capacity: self.capacity(), running: self.running(), status: self.status(), progress: self.progress.snapshot() };
+                    let msg = AgentMessage::Report { capacity: self.capacity(), running: self.held(), status: self.status(), progress: self.progress.snapshot() };
                     link::write_frame(&mut send, &msg).await?;
                     let (compiled, dropped) = self.cache.lru().take_compiled_changes();
                     if !compiled.is_empty() || !dropped.is_empty() {

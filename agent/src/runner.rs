@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lull_protocol::job::{ModuleSpec, expand_args};
-use lull_protocol::message::{Assignment, Captured, ModuleResult, Outcome, OutputFile, TaskResult};
+use lull_protocol::job::{ModuleSpec, check_input_path, expand_args};
+use lull_protocol::message::{
+    Assignment, Captured, MAX_OUTPUT_FILES, ModuleResult, Outcome, OutputFile, TaskResult,
+};
 use lull_protocol::signature::TrustList;
 use lull_protocol::units::format_size;
 
@@ -196,6 +198,11 @@ impl Runner {
         pooled: bool,
         on_start: impl FnOnce(),
     ) -> TaskResult {
+        // The coordinator checked the job; the agent checks again what it is about to use for
+        // names, paths and threads.
+        if let Err(e) = a.job.check() {
+            return refused(a, &format!("the job is not valid: {e}"));
+        }
         let memory = a.job.resources.memory;
         if memory > self.max_task_memory {
             return refused(
@@ -418,11 +425,15 @@ impl Runner {
             .modules
             .iter()
             .zip(outputs)
-            .map(|(m, out)| ModuleResult {
-                name: m.name.clone(),
-                outcome: out.outcome,
-                stdout: self.capture(&out.stdout, out.stdout_truncated),
-                stderr: self.capture(&out.stderr, out.stderr_truncated),
+            .map(|(m, out)| {
+                let mut outcome = out.outcome;
+                outcome.bound();
+                ModuleResult {
+                    name: m.name.clone(),
+                    outcome,
+                    stdout: self.capture(&out.stdout, out.stdout_truncated),
+                    stderr: self.capture(&out.stderr, out.stderr_truncated),
+                }
             })
             .collect();
         let output_dir = specs
@@ -430,13 +441,17 @@ impl Runner {
             .map(|s| s.output_dir.clone())
             .unwrap_or_default();
         let (outputs, outputs_truncated) = self.collect_outputs(&output_dir);
-        TaskResult {
+        let mut result = TaskResult {
             attempt: a.attempt,
             modules,
             outputs,
             elapsed_ms,
             outputs_truncated,
+        };
+        if result.fit(lull_protocol::frame::DEFAULT_MAX_FRAME) {
+            tracing::warn!(attempt = %a.attempt, cause = ?result.cause(), "the result was too large for one message; cut down");
         }
+        result
     }
 
     fn capture(&self, bytes: &[u8], truncated: bool) -> Option<Captured> {
@@ -461,6 +476,16 @@ impl Runner {
         let mut total = 0u64;
         let mut truncated = false;
         for (rel, path) in files {
+            // A name the coordinator would refuse (too long, control characters), or one file
+            // more than a result lists: dropped, and the result says some were.
+            // Names that are not UTF-8 are read lossily, so two may read the same: one is kept.
+            if out.len() >= MAX_OUTPUT_FILES
+                || check_input_path(&rel).is_err()
+                || out.last().is_some_and(|o: &OutputFile| o.path == rel)
+            {
+                truncated = true;
+                continue;
+            }
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if total + size > self.outputs_cap {
                 truncated = true;

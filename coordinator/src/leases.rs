@@ -38,11 +38,17 @@ impl Leases {
 
     /// Grants (or re-grants) a lease on `attempt` to `agent`.
     pub fn grant(&mut self, now: Instant, attempt: AttemptId, agent: &str) {
+        self.grant_for(now, attempt, agent, self.ttl);
+    }
+
+    /// Grants a lease on `attempt` to `agent` that lasts `ttl` instead of the usual time: a
+    /// lease put back after its loss could not be recorded, to expire (and be tried) again soon.
+    pub fn grant_for(&mut self, now: Instant, attempt: AttemptId, agent: &str, ttl: Duration) {
         self.leases.insert(
             attempt,
             Lease {
                 agent: agent.to_owned(),
-                deadline: now + self.ttl,
+                deadline: now + ttl,
             },
         );
     }

@@ -142,6 +142,14 @@ struct ServeArgs {
     /// How long a silent agent connection lives, e.g. 30s (agents send keep-alives every second).
     #[arg(long, default_value = "30s", value_parser = lull_protocol::units::parse_duration)]
     agent_idle_timeout: std::time::Duration,
+    /// Agents' QUIC connections from one IP address at once; raise it when more agents than
+    /// this share one address (a site behind NAT).
+    #[arg(long, default_value_t = QuicLimits::default().max_per_address)]
+    max_agent_connections_per_address: usize,
+    /// How long a new agent connection has to say hello (after enrolling, if it does), e.g.
+    /// 10s; one that says nothing in time is closed.
+    #[arg(long, default_value = "10s", value_parser = lull_protocol::units::parse_duration)]
+    agent_hello_timeout: std::time::Duration,
 }
 
 /// A token's lifetime: a duration, or `0` for ever.
@@ -380,6 +388,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_handshakes: args.max_handshakes,
             max_streams: args.max_streams_per_agent,
             idle_timeout: args.agent_idle_timeout,
+            hello_timeout: args.agent_hello_timeout,
+            max_per_address: args.max_agent_connections_per_address,
         },
     };
     let running = server::start(config).await?;

@@ -57,10 +57,10 @@ pub fn quic_server_config(
     Ok(config)
 }
 
-/// Asks agents for a certificate and accepts any, self-signed or not: the TLS handshake proves
-/// the agent holds the certificate's key, and the hub decides what that key may do (it binds an
-/// agent's ID to the key it first came with). Clients without a certificate are let in too, and
-/// may not claim an ID that is bound to a key.
+/// Requires a certificate of every agent and accepts any, self-signed or not: the TLS
+/// handshake proves the agent holds the certificate's key, and the hub decides what that key
+/// may do (it binds an agent's ID to the key it first came with). A client without a
+/// certificate fails the handshake: nothing is spent on a peer that proves no key.
 #[derive(Debug)]
 struct AnyClientKey {
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -72,7 +72,7 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientKey {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        true
     }
 
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {

@@ -119,6 +119,10 @@ pub mod stream {
 
     use super::{DEFAULT_MAX_FRAME, FrameError, HEADER_LEN};
 
+    /// How long a frame's body may take to arrive once its header has: a peer that announces a
+    /// frame and then trickles it in is cut off.
+    pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
     /// Why a frame could not be read or written.
     #[derive(Debug, thiserror::Error)]
     pub enum StreamError {
@@ -128,11 +132,30 @@ pub mod stream {
         /// The frame was refused.
         #[error(transparent)]
         Frame(#[from] FrameError),
+        /// The frame's body did not arrive in time.
+        #[error("a frame of {len} bytes did not arrive within {}s of its header", .limit.as_secs())]
+        Slow {
+            /// The announced length.
+            len: usize,
+            /// The time allowed.
+            limit: std::time::Duration,
+        },
     }
 
-    /// Reads one frame; `Ok(None)` when the stream ended before a frame began.
+    /// Reads one frame; `Ok(None)` when the stream ended before a frame began. The body must
+    /// follow its header within [`BODY_TIMEOUT`].
     pub async fn read<T: DeserializeOwned>(
         recv: &mut (impl AsyncRead + Unpin),
+    ) -> Result<Option<T>, StreamError> {
+        read_within(recv, BODY_TIMEOUT).await
+    }
+
+    /// Reads one frame whose body must follow its header within `limit`. Memory grows with the
+    /// bytes that really arrive, not with the length announced: a peer that announces 4 MiB
+    /// and sends nothing holds nothing.
+    pub async fn read_within<T: DeserializeOwned>(
+        recv: &mut (impl AsyncRead + Unpin),
+        limit: std::time::Duration,
     ) -> Result<Option<T>, StreamError> {
         let mut header = [0u8; HEADER_LEN];
         match recv.read_exact(&mut header).await {
@@ -141,8 +164,16 @@ pub mod stream {
             Err(e) => return Err(e.into()),
         }
         let len = super::body_len(header, DEFAULT_MAX_FRAME)?;
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await?;
+        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        let mut body_reader = (&mut *recv).take(len as u64);
+        match tokio::time::timeout(limit, body_reader.read_to_end(&mut body)).await {
+            Err(_) => return Err(StreamError::Slow { len, limit }),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(n)) if n < len => {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            Ok(Ok(_)) => {}
+        }
         Ok(Some(super::parse_body(&body)?))
     }
 
@@ -253,5 +284,43 @@ mod tests {
             to_bytes(&msg, 50),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn a_trickled_body_is_cut_off_and_holds_only_what_arrived() {
+        use tokio::io::AsyncWriteExt;
+        let (mut peer, mut mine) = tokio::io::duplex(1024);
+        // Announces a frame of 4 MiB, then sends ten bytes and stops.
+        peer.write_all(&(DEFAULT_MAX_FRAME as u32).to_be_bytes())
+            .await
+            .unwrap();
+        peer.write_all(b"{\"type\":\"he").await.unwrap();
+        let limit = std::time::Duration::from_millis(50);
+        let err = stream::read_within::<AgentMessage>(&mut mine, limit)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, stream::StreamError::Slow { len, .. } if len == DEFAULT_MAX_FRAME),
+            "{err}"
+        );
+        // A body cut short by the end of the stream is an error too, not a frame.
+        let (mut peer, mut mine) = tokio::io::duplex(1024);
+        peer.write_all(&100u32.to_be_bytes()).await.unwrap();
+        peer.write_all(b"{}").await.unwrap();
+        drop(peer);
+        assert!(matches!(
+            stream::read::<AgentMessage>(&mut mine).await,
+            Err(stream::StreamError::Io(_))
+        ));
+        // A whole frame reads as before.
+        let (mut peer, mut mine) = tokio::io::duplex(1024);
+        stream::write(&mut peer, &AgentMessage::Heartbeat)
+            .await
+            .unwrap();
+        assert_eq!(
+            stream::read::<AgentMessage>(&mut mine).await.unwrap(),
+            Some(AgentMessage::Heartbeat)
+        );
     }
 }

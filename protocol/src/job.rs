@@ -21,6 +21,8 @@ pub const MAX_MEMORY: u64 = 4 << 30;
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
 /// Wall time (not counting pauses) a task gets when its job file does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest wall-time limit a task may have.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
 /// Attempts a task gets when its job file does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// CPU a task reserves when its job file does not say, in thousandths of a core: a tenth, so
@@ -28,6 +30,26 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_CPU_MILLIS: u32 = 100;
 /// The most CPU a task may reserve: 1024 cores.
 pub const MAX_CPU_MILLIS: u32 = 1024 * 1000;
+
+/// The most modules one task may have.
+pub const MAX_MODULES: usize = 16;
+/// The longest module name, in bytes.
+pub const MAX_MODULE_NAME: usize = 64;
+/// The longest job name, in bytes.
+pub const MAX_JOB_NAME: usize = 256;
+/// The most arguments one module may have.
+pub const MAX_ARGS: usize = 4096;
+/// The most environment variables one module may have.
+pub const MAX_ENV: usize = 1024;
+/// The most input files one module may have.
+pub const MAX_INPUTS: usize = 10_000;
+/// The most placement constraints a job may have.
+pub const MAX_CONSTRAINTS: usize = 64;
+/// The longest path of an input or output file, in bytes.
+pub const MAX_PATH: usize = 512;
+/// The most bytes a job definition may take as JSON: a quarter of a frame, so that an
+/// assignment carrying it always fits in one frame with room to spare.
+pub const MAX_SPEC_BYTES: usize = crate::frame::DEFAULT_MAX_FRAME / 4;
 
 /// Why a job file or job definition is not acceptable.
 #[derive(Debug, thiserror::Error)]
@@ -216,9 +238,7 @@ impl JobFile {
 
     /// Checks the values that do not depend on files: counts, sizes, durations, module sources.
     pub fn check(&self) -> Result<(), JobError> {
-        if self.name.trim().is_empty() {
-            return Err(invalid("name", "must not be empty"));
-        }
+        check_job_name(&self.name)?;
         check_count(self.count)?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
@@ -227,7 +247,14 @@ impl JobFile {
                 "a job needs at least one [[module]] with a path or digest",
             ));
         }
+        check_len("module", self.modules.len(), MAX_MODULES)?;
+        check_len(
+            "placement.constraints",
+            self.placement.constraints.len(),
+            MAX_CONSTRAINTS,
+        )?;
         for (i, m) in self.modules.iter().enumerate() {
+            check_invocation(&format!("module[{i}]"), &m.args, &m.env)?;
             match (&m.path, &m.digest) {
                 (Some(_), Some(_)) => {
                     return Err(invalid(
@@ -286,8 +313,14 @@ impl JobFile {
             field: "resources.timeout".into(),
             reason,
         })?;
-        if d.is_zero() {
-            return Err(invalid("resources.timeout", "must be longer than zero"));
+        if d < Duration::from_millis(1) {
+            return Err(invalid("resources.timeout", "must be at least 1ms"));
+        }
+        if d > MAX_TIMEOUT {
+            return Err(invalid(
+                "resources.timeout",
+                format!("must be at most {} days", MAX_TIMEOUT.as_secs() / 86_400),
+            ));
         }
         Ok(d)
     }
@@ -299,6 +332,113 @@ impl JobFile {
             return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
         }
         Ok(n)
+    }
+}
+
+/// Checks a job's name: not blank, at most [`MAX_JOB_NAME`] bytes, no control characters (it is
+/// printed in people's terminals).
+fn check_job_name(name: &str) -> Result<(), JobError> {
+    if name.trim().is_empty() {
+        return Err(invalid("name", "must not be empty"));
+    }
+    if name.len() > MAX_JOB_NAME {
+        return Err(invalid(
+            "name",
+            format!("is {} bytes; the most is {MAX_JOB_NAME}", name.len()),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("name", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks that a list has at most `max` entries.
+fn check_len(field: &str, len: usize, max: usize) -> Result<(), JobError> {
+    if len > max {
+        return Err(invalid(
+            field,
+            format!("has {len} entries; the most is {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a module's arguments and environment: bounded counts, no NUL, variable names without
+/// `=`.
+fn check_invocation(
+    field: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(), JobError> {
+    check_len(&format!("{field}.args"), args.len(), MAX_ARGS)?;
+    check_len(&format!("{field}.env"), env.len(), MAX_ENV)?;
+    for (j, a) in args.iter().enumerate() {
+        if a.contains('\0') {
+            return Err(invalid(
+                format!("{field}.args[{j}]"),
+                "must not contain a NUL character",
+            ));
+        }
+    }
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(invalid(
+                format!("{field}.env {k:?}"),
+                "a variable name must not be empty or contain = or NUL",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(invalid(
+                format!("{field}.env {k:?}"),
+                "the value must not contain a NUL character",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a module's name, which names its log files on the submitter's disk: 1 to
+/// [`MAX_MODULE_NAME`] ASCII letters, digits, `.`, `_` and `-`, not starting with `.` (so never
+/// `.` or `..`, and never a path).
+pub fn check_module_name(name: &str) -> Result<(), String> {
+    let ok = (1..=MAX_MODULE_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a module name: 1 to {MAX_MODULE_NAME} ASCII letters, digits, ., _ and -, not starting with ."
+        ))
+    }
+}
+
+/// A module name made from a file's stem: the characters a name may not hold become `-`, a
+/// leading `.` is dropped, and it is cut to [`MAX_MODULE_NAME`]; `fallback` when nothing is
+/// left.
+pub fn module_name_from(stem: &str, fallback: &str) -> String {
+    let cleaned: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let cleaned: String = cleaned
+        .trim_start_matches('.')
+        .chars()
+        .take(MAX_MODULE_NAME)
+        .collect();
+    if cleaned.is_empty() {
+        fallback.to_owned()
+    } else {
+        cleaned
     }
 }
 
@@ -413,17 +553,22 @@ impl JobSpec {
     /// Checks a definition received over the network (the CLI checks files; the coordinator
     /// checks again, since it cannot trust the sender).
     pub fn check(&self) -> Result<(), JobError> {
-        if self.name.trim().is_empty() {
-            return Err(invalid("name", "must not be empty"));
-        }
+        check_job_name(&self.name)?;
         check_count(self.count)?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid("modules", "a job needs at least one module"));
         }
+        check_len("modules", self.modules.len(), MAX_MODULES)?;
         check_memory(self.resources.memory)?;
         if self.resources.timeout_ms == 0 {
             return Err(invalid("resources.timeout", "must be longer than zero"));
+        }
+        if u128::from(self.resources.timeout_ms) > MAX_TIMEOUT.as_millis() {
+            return Err(invalid(
+                "resources.timeout",
+                format!("must be at most {} days", MAX_TIMEOUT.as_secs() / 86_400),
+            ));
         }
         if !(1..=MAX_CPU_MILLIS).contains(&self.resources.cpu_millis) {
             return Err(invalid(
@@ -431,16 +576,42 @@ impl JobSpec {
                 "must be between 0.001 and 1024 cores",
             ));
         }
+        check_len(
+            "placement.constraints",
+            self.placement.constraints.len(),
+            MAX_CONSTRAINTS,
+        )?;
         self.placement.check()?;
         if !(1..=100).contains(&self.max_attempts) {
             return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
         }
+        let mut names = std::collections::BTreeSet::new();
         for (i, m) in self.modules.iter().enumerate() {
-            for f in &m.inputs {
-                check_input_path(&f.path).map_err(|reason| {
-                    invalid(format!("modules[{i}].inputs {:?}", f.path), reason)
-                })?;
+            let field = format!("modules[{i}]");
+            check_module_name(&m.name).map_err(|e| invalid(format!("{field}.name"), e))?;
+            if !names.insert(m.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("{:?} names two modules; names must differ", m.name),
+                ));
             }
+            check_invocation(&field, &m.args, &m.env)?;
+            check_len(&format!("{field}.inputs"), m.inputs.len(), MAX_INPUTS)?;
+            for f in &m.inputs {
+                check_input_path(&f.path)
+                    .map_err(|reason| invalid(format!("{field}.inputs {:?}", f.path), reason))?;
+            }
+        }
+        let bytes = json_len(self);
+        if bytes > MAX_SPEC_BYTES {
+            return Err(invalid(
+                "job",
+                format!(
+                    "the definition takes {} as JSON; the most is {} (fewer inputs, shorter arguments or environment)",
+                    units::format_size(bytes as u64),
+                    units::format_size(MAX_SPEC_BYTES as u64)
+                ),
+            ));
         }
         Ok(())
     }
@@ -521,13 +692,38 @@ pub struct Layer {
     pub name: String,
 }
 
-/// Checks that an input path stays inside `/input`: relative, no `..`, no empty parts.
+/// How many bytes `value` takes as JSON, counted without keeping them.
+pub fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and these types serialize without error.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Checks that a file path stays inside its folder (`/input`, `/output`): relative, at most
+/// [`MAX_PATH`] bytes, no `..`, no empty parts, no NUL or control characters.
 pub fn check_input_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("is empty".into());
     }
+    if path.len() > MAX_PATH {
+        return Err(format!("is {} bytes; the most is {MAX_PATH}", path.len()));
+    }
     if path.starts_with('/') || path.contains('\\') {
         return Err("must be a relative path with / separators".into());
+    }
+    if path.chars().any(char::is_control) {
+        return Err("must not contain NUL or control characters".into());
     }
     for part in path.split('/') {
         if part.is_empty() || part == "." || part == ".." {
@@ -705,5 +901,145 @@ max_attempts = 3
         assert!(check_input_path("../etc/passwd").is_err());
         assert!(check_input_path("/etc/passwd").is_err());
         assert!(check_input_path("a//b").is_err());
+    }
+
+    #[test]
+    fn module_names_are_file_names_that_stay_put() {
+        for good in ["render", "a.b_c-1", "X"] {
+            assert!(check_module_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "x/../../victim/keep.txt",
+            "a\\b",
+            "a\0b",
+            "tab\tname",
+            "ü",
+            &"x".repeat(MAX_MODULE_NAME + 1),
+        ] {
+            assert!(check_module_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            module_name_from("my render (v2)", "module0"),
+            "my-render--v2-"
+        );
+        assert_eq!(module_name_from("..", "module3"), "module3");
+        assert_eq!(module_name_from(".tool", "m"), "tool");
+        assert_eq!(
+            module_name_from(&"é".repeat(100), "m").len(),
+            MAX_MODULE_NAME
+        );
+        for stem in ["a/b", "..x", "\0", "ok"] {
+            assert!(
+                check_module_name(&module_name_from(stem, "m")).is_ok(),
+                "{stem:?}"
+            );
+        }
+    }
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            name: "x".into(),
+            cluster: DEFAULT_CLUSTER.into(),
+            count: 1,
+            modules: vec![ModuleSpec {
+                name: "m".into(),
+                digest: Digest::of(b"m"),
+                size: 1,
+                signature: None,
+                args: vec![],
+                env: BTreeMap::new(),
+                stdin: None,
+                inputs: vec![],
+            }],
+            resources: Resources {
+                memory: 1 << 20,
+                timeout_ms: 1000,
+                cpu_millis: 100,
+            },
+            placement: Placement::default(),
+            max_attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_definition_is_bounded_so_that_its_assignment_fits_a_frame() {
+        assert!(spec().check().is_ok());
+        let refused = |change: &dyn Fn(&mut JobSpec)| {
+            let mut s = spec();
+            change(&mut s);
+            s.check().unwrap_err().to_string()
+        };
+        let err = refused(&|s| s.name = "\u{1b}[2Jgone".into());
+        assert_eq!(err, "name: must not contain control characters");
+        let err = refused(&|s| {
+            s.modules[0]
+                .env
+                .insert("A=B".into(), "c".into())
+                .map(drop)
+                .unwrap_or(())
+        });
+        assert!(
+            err.contains("must not be empty or contain = or NUL"),
+            "{err}"
+        );
+        let err = refused(&|s| {
+            s.modules[0].inputs.push(FileRef {
+                path: "a/../../b".into(),
+                digest: Digest::of(b""),
+                size: 0,
+            })
+        });
+        assert!(err.starts_with("modules[0].inputs \"a/../../b\""), "{err}");
+        let err = refused(&|s| s.modules[0].args = vec!["x".into(); MAX_ARGS + 1]);
+        assert_eq!(err, "modules[0].args: has 4097 entries; the most is 4096");
+        // Many entries each within bounds, together over the definition's cap.
+        let err = refused(&|s| s.modules[0].args = vec!["y".repeat(4096); 300]);
+        assert!(
+            err.starts_with("job: the definition takes 1.2 MiB as JSON"),
+            "{err}"
+        );
+        // What passes the check fits in one frame as an assignment.
+        let mut big = spec();
+        big.modules[0].args = vec!["z".repeat(4000); 250];
+        big.check().unwrap();
+        let assign =
+            crate::message::CoordinatorMessage::Assign(Box::new(crate::message::Assignment {
+                attempt: crate::message::AttemptId {
+                    task: crate::message::TaskId { job: 1, index: 0 },
+                    attempt: 1,
+                },
+                job: big,
+                checkpoint: None,
+            }));
+        assert!(crate::frame::to_bytes(&assign, crate::frame::DEFAULT_MAX_FRAME).is_ok());
+    }
+
+    #[test]
+    fn timeouts_are_whole_milliseconds_within_a_year() {
+        let job = |t: &str| {
+            JobFile::parse(&format!(
+                "name = \"x\"\n[[module]]\npath = \"a.wasm\"\n[resources]\ntimeout = \"{t}\"\n"
+            ))
+        };
+        assert_eq!(
+            job("0.5ms").unwrap_err().to_string(),
+            "resources.timeout: must be at least 1ms"
+        );
+        assert_eq!(
+            job("1000000000000000000s").unwrap_err().to_string(),
+            "resources.timeout: must be at most 365 days"
+        );
+        // A sum that overflows is an unreadable duration, not a panic.
+        let err = job("10000000000000000000s10000000000000000000s").unwrap_err();
+        assert!(matches!(err, JobError::Unit { .. }), "{err}");
+        assert_eq!(
+            job("1ms").unwrap().timeout().unwrap(),
+            Duration::from_millis(1)
+        );
     }
 }

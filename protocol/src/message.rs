@@ -408,9 +408,50 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// The guest kept a checkpoint and left on its own, with no eviction notice
+    /// (`checkpoint-and-leave`). The task runs again from that checkpoint, and this uses one of
+    /// its attempts, so that a guest that always leaves cannot run for ever.
+    Left {
+        /// Why, e.g. "the guest left after keeping a checkpoint".
+        reason: String,
+    },
+    /// The attempt ran, but its result could not be reported as it was: it would not fit in a
+    /// message, or the coordinator found it invalid. Counts as a failed attempt.
+    Unreportable {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Outcome {
+    /// The text an outcome carries (a trap's message or a reason), if any.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Outcome::Trapped { message } => Some(message),
+            Outcome::Cancelled { reason }
+            | Outcome::Evicted { reason }
+            | Outcome::Refused { reason }
+            | Outcome::Left { reason }
+            | Outcome::Unreportable { reason } => Some(reason),
+            Outcome::Exited { .. } | Outcome::TimedOut { .. } | Outcome::MemoryExceeded { .. } => {
+                None
+            }
+        }
+    }
+
+    /// Cuts the outcome's message to [`MAX_OUTCOME_MESSAGE`] bytes.
+    pub fn bound(&mut self) {
+        match self {
+            Outcome::Trapped { message: text }
+            | Outcome::Cancelled { reason: text }
+            | Outcome::Evicted { reason: text }
+            | Outcome::Refused { reason: text }
+            | Outcome::Left { reason: text }
+            | Outcome::Unreportable { reason: text } => truncate_message(text, MAX_OUTCOME_MESSAGE),
+            Outcome::Exited { .. } | Outcome::TimedOut { .. } | Outcome::MemoryExceeded { .. } => {}
+        }
+    }
+
     /// Whether this is a clean exit with code 0.
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Exited { code: 0 })
@@ -433,8 +474,30 @@ impl fmt::Display for Outcome {
             Outcome::Cancelled { reason } => write!(f, "cancelled: {reason}"),
             Outcome::Refused { reason } => write!(f, "refused by the agent: {reason}"),
             Outcome::Evicted { reason } => write!(f, "evicted: {reason}"),
+            Outcome::Left { reason } => write!(f, "left: {reason}"),
+            Outcome::Unreportable { reason } => {
+                write!(f, "its result could not be reported: {reason}")
+            }
         }
     }
+}
+
+/// The most files under `/output` one result lists; an agent drops the rest (and says so).
+pub const MAX_OUTPUT_FILES: usize = 4096;
+/// The longest message an outcome carries (a trap, a reason), in bytes; agents cut longer ones.
+pub const MAX_OUTCOME_MESSAGE: usize = 4096;
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
+pub fn truncate_message(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
 }
 
 /// A captured stream (stdout or stderr), stored as a blob.
@@ -526,6 +589,81 @@ impl TaskResult {
             })
     }
 
+    /// Checks a result an agent sent for an attempt of `job`: one module result per module of
+    /// the job, by name and in order; at most [`MAX_OUTPUT_FILES`] outputs, each a path that
+    /// stays inside `/output`, none twice; outcome messages within [`MAX_OUTCOME_MESSAGE`].
+    pub fn check(&self, job: &JobSpec) -> Result<(), String> {
+        if self.modules.len() != job.modules.len() {
+            return Err(format!(
+                "it has {} module result(s); the job has {} module(s)",
+                self.modules.len(),
+                job.modules.len()
+            ));
+        }
+        for (m, spec) in self.modules.iter().zip(&job.modules) {
+            if m.name != spec.name {
+                return Err(format!(
+                    "module result {:?} where the job has module {:?}",
+                    m.name, spec.name
+                ));
+            }
+            if let Some(message) = m.outcome.message()
+                && message.len() > MAX_OUTCOME_MESSAGE
+            {
+                return Err(format!(
+                    "module {}: its outcome's message is {} bytes; the most is {MAX_OUTCOME_MESSAGE}",
+                    m.name,
+                    message.len()
+                ));
+            }
+        }
+        if self.outputs.len() > MAX_OUTPUT_FILES {
+            return Err(format!(
+                "it lists {} output files; the most is {MAX_OUTPUT_FILES}",
+                self.outputs.len()
+            ));
+        }
+        let mut paths = std::collections::BTreeSet::new();
+        for o in &self.outputs {
+            crate::job::check_input_path(&o.path)
+                .map_err(|e| format!("output file {:?} {e}", o.path))?;
+            if !paths.insert(o.path.as_str()) {
+                return Err(format!("output file {:?} is listed twice", o.path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the result fit in a frame of `max` bytes as an [`AgentMessage::Result`]: when it
+    /// does not, its outputs are dropped, and when it still does not, every module's outcome
+    /// becomes [`Outcome::Unreportable`] with the reason and its captured streams are dropped.
+    /// Returns whether it had to change anything.
+    pub fn fit(&mut self, max: usize) -> bool {
+        // The message adds its tag (`"type":"result",`) to the result's own fields.
+        let size = |r: &TaskResult| crate::job::json_len(r) + 64;
+        let before = size(self);
+        if before <= max {
+            return false;
+        }
+        let files = self.outputs.len();
+        self.outputs.clear();
+        self.outputs_truncated = true;
+        if size(self) <= max {
+            return true;
+        }
+        let reason = format!(
+            "it takes {before} bytes ({files} output files), more than the {max} bytes a message may"
+        );
+        for m in &mut self.modules {
+            m.outcome = Outcome::Unreportable {
+                reason: reason.clone(),
+            };
+            m.stdout = None;
+            m.stderr = None;
+        }
+        true
+    }
+
     /// Every blob this result refers to.
     pub fn blobs(&self) -> Vec<Digest> {
         let mut out: Vec<Digest> = self.outputs.iter().map(|o| o.digest).collect();
@@ -575,5 +713,107 @@ mod tests {
         r.modules[0].outcome = Outcome::MemoryExceeded { limit: 1 << 20 };
         assert!(!r.succeeded());
         assert_eq!(r.cause().unwrap(), "module wc: memory cap of 1 MiB reached");
+    }
+
+    fn result_of(modules: &[&str], outputs: usize) -> TaskResult {
+        TaskResult {
+            attempt: AttemptId {
+                task: TaskId { job: 1, index: 0 },
+                attempt: 1,
+            },
+            modules: modules
+                .iter()
+                .map(|name| ModuleResult {
+                    name: (*name).into(),
+                    outcome: Outcome::Exited { code: 0 },
+                    stdout: None,
+                    stderr: None,
+                })
+                .collect(),
+            outputs: (0..outputs)
+                .map(|i| OutputFile {
+                    path: format!("{i:0>400}"),
+                    digest: Digest::of(b""),
+                    size: 0,
+                })
+                .collect(),
+            elapsed_ms: 1,
+            outputs_truncated: false,
+        }
+    }
+
+    #[test]
+    fn a_result_too_large_for_a_frame_is_cut_down_to_an_ordinary_outcome() {
+        let max = crate::frame::DEFAULT_MAX_FRAME;
+        let mut small = result_of(&["a"], 10);
+        assert!(!small.fit(max));
+        assert_eq!(small.outputs.len(), 10);
+        // Too many outputs: they go, the rest stays.
+        let mut many = result_of(&["a"], 20_000);
+        assert!(many.fit(max));
+        assert!(many.outputs.is_empty() && many.outputs_truncated);
+        assert!(many.succeeded());
+        // Still too large without outputs: every module is unreportable, with the reason.
+        let mut huge = result_of(&["a", "b"], 0);
+        huge.modules[0].outcome = Outcome::Trapped {
+            message: "x".repeat(max),
+        };
+        assert!(huge.fit(max));
+        assert!(!huge.succeeded());
+        let cause = huge.cause().unwrap();
+        assert!(
+            cause.starts_with("module a: its result could not be reported: it takes"),
+            "{cause}"
+        );
+        for r in [&small, &many, &huge] {
+            let msg = AgentMessage::Result(r.clone());
+            assert!(crate::frame::to_bytes(&msg, max).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_result_is_checked_against_its_job() {
+        let job: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "j", "count": 1,
+            "modules": [
+                {"name": "a", "digest": Digest::of(b"a"), "size": 1},
+                {"name": "b", "digest": Digest::of(b"b"), "size": 1},
+            ],
+            "resources": {"memory": 1048576, "timeout_ms": 1000},
+            "max_attempts": 1,
+        }))
+        .unwrap();
+        assert!(result_of(&["a", "b"], 3).check(&job).is_ok());
+        let err = result_of(&["a"], 0).check(&job).unwrap_err();
+        assert_eq!(err, "it has 1 module result(s); the job has 2 module(s)");
+        let err = result_of(&["a", "../b"], 0).check(&job).unwrap_err();
+        assert!(err.contains("where the job has module \"b\""), "{err}");
+        let mut r = result_of(&["a", "b"], 1);
+        r.outputs[0].path = "../../escape".into();
+        assert!(
+            r.check(&job)
+                .unwrap_err()
+                .starts_with("output file \"../../escape\"")
+        );
+        r.outputs[0].path = "same".into();
+        r.outputs.push(r.outputs[0].clone());
+        assert_eq!(
+            r.check(&job).unwrap_err(),
+            "output file \"same\" is listed twice"
+        );
+        let r = result_of(&["a", "b"], MAX_OUTPUT_FILES + 1);
+        assert!(r.check(&job).unwrap_err().contains("the most is 4096"));
+        let mut r = result_of(&["a", "b"], 0);
+        r.modules[1].outcome = Outcome::Refused {
+            reason: "r".repeat(MAX_OUTCOME_MESSAGE + 1),
+        };
+        assert!(
+            r.check(&job)
+                .unwrap_err()
+                .starts_with("module b: its outcome's message")
+        );
+        r.modules[1].outcome.bound();
+        assert!(r.check(&job).is_ok());
+        assert!(r.modules[1].outcome.message().unwrap().ends_with('…'));
     }
 }

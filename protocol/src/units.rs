@@ -71,7 +71,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             "d" => value * 86400.0,
             _ => return Err(err()),
         };
-        total += Duration::try_from_secs_f64(secs).map_err(|_| err())?;
+        total = total
+            .checked_add(Duration::try_from_secs_f64(secs).map_err(|_| err())?)
+            .ok_or_else(err)?;
         rest = next;
     }
     Ok(total)

@@ -11,6 +11,7 @@
 //! | [`CliOutput`] | what one run of `lull` printed and how it exited |
 //! | [`guests`] | WASI guests written in WAT for the tests |
 //! | [`browser`] | a headless Chromium driven over the DevTools protocol, for the dashboard |
+//! | [`rogue`] | an agent driven by hand, for tests of what the coordinator does with a hostile one |
 //! | [`wait_for`] | polling with a deadline, the only way these tests wait |
 //!
 //! Every child's stdout and stderr go to files under the cluster's directory. When a test
@@ -22,6 +23,7 @@
 //! executables (`target/debug/`); the harness does not build them.
 
 pub mod browser;
+pub mod rogue;
 
 use std::fs;
 use std::future::Future;
@@ -32,6 +34,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// A QUIC dialer for a peer that is not a real agent: it pins the coordinator `pin` and
+/// presents a fresh key of its own (the coordinator admits no peer without one).
+pub fn stranger_dialer(pin: lull_protocol::Digest) -> lull_agent::link::Dialer {
+    let identity = lull_protocol::identity::Identity::ephemeral(&["lull-agent"]).expect("a key");
+    lull_agent::link::Dialer::new(Some(pin), Some(&identity)).expect("a dialer")
+}
 
 /// How long any one thing may take before a test gives up: starting a process, a job ending.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -89,12 +98,15 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A fresh, empty PostgreSQL database for a test, on the server named by `LULL_TEST_POSTGRES`
-/// (which `cargo xtask test` starts); its URL, or `None` (after saying SKIPPED) without one.
-pub fn postgres_database(test: &str) -> Option<String> {
-    let Ok(admin) = std::env::var("LULL_TEST_POSTGRES") else {
-        eprintln!("SKIPPED {test}: LULL_TEST_POSTGRES is not set (cargo xtask test sets it)");
-        return None;
-    };
+/// (which `cargo xtask test` starts); its URL. Without a server the test fails: it cannot
+/// reach its point.
+pub fn postgres_database(test: &str) -> String {
+    let admin = std::env::var("LULL_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "{test} needs a PostgreSQL server: LULL_TEST_POSTGRES is not set (`cargo xtask test` \
+             starts one and sets it; or set it to an admin URL such as postgres://lull@127.0.0.1:5433/postgres)"
+        )
+    });
     let name = format!(
         "lull_e2e_{test}_{}",
         std::time::SystemTime::now()
@@ -120,7 +132,7 @@ pub fn postgres_database(test: &str) -> Option<String> {
     let (base, _) = admin
         .rsplit_once('/')
         .expect("LULL_TEST_POSTGRES ends in /DATABASE");
-    Some(format!("{base}/{name}"))
+    format!("{base}/{name}")
 }
 
 /// The repository's `examples/` directory.
@@ -1567,6 +1579,20 @@ pub mod guests {
     /// it exits `ok` if the checkpoint is the 5 bytes `state` (`err` otherwise); when it finds
     /// none, it keeps `state` with the host function `keep` and then does `then`.
     fn restore_or_keep(keep: &str, then: &str) -> Vec<u8> {
+        restore_then(
+            "(if (i32.load8_u (i32.const 64))
+        (then
+          (if (i32.ne (i32.load (i32.const 72)) (i32.const 5)) (then (return (i32.const 1))))
+          (return (i32.ne (i32.load (i32.load (i32.const 68))) (i32.load (i32.const 16))))))",
+            keep,
+            then,
+        )
+    }
+
+    /// A component (WASI preview 2) using `lull:guest/host`: calls `restore`, does `found`
+    /// (which sees the option at address 64), keeps the 5 bytes `state` with the host function
+    /// `keep` and then does `then`.
+    fn restore_then(found: &str, keep: &str, then: &str) -> Vec<u8> {
         component(
             &r#"
 (component
@@ -1587,10 +1613,7 @@ pub mod guests {
     (data (i32.const 16) "state")
     (func (export "run") (result i32)
       (call $restore (i32.const 64))
-      (if (i32.load8_u (i32.const 64))
-        (then
-          (if (i32.ne (i32.load (i32.const 72)) (i32.const 5)) (then (return (i32.const 1))))
-          (return (i32.ne (i32.load (i32.load (i32.const 68))) (i32.load (i32.const 16))))))
+      FOUND
       (call $keep (i32.const 16) (i32.const 5) (i32.const 96))
       THEN
       (i32.const 1)))
@@ -1599,6 +1622,7 @@ pub mod guests {
   (instance $run-instance (export "run" (func $run)))
   (export "wasi:cli/run@0.2.0" (instance $run-instance)))
 "#
+            .replace("FOUND", found)
             .replace("KEEP", keep)
             .replace("THEN", then),
         )
@@ -1616,6 +1640,44 @@ pub mod guests {
     /// evicted.
     pub fn resumer() -> Vec<u8> {
         restore_or_keep("checkpoint-and-leave", "")
+    }
+
+    /// A module (WASI preview 1, no inputs, so `/output` is descriptor 3) that creates `count`
+    /// empty files `f000000`, `f000001`... under `/output` and exits 0.
+    pub fn output_flood(count: u32) -> Vec<u8> {
+        wat::parse_str(
+            r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "f000000")
+  (func (export "_start")
+    (local $i i32) (local $n i32) (local $p i32)
+    (loop $files
+      (local.set $n (local.get $i))
+      (local.set $p (i32.const 106))
+      (loop $digits
+        (i32.store8 (local.get $p)
+          (i32.add (i32.const 48) (i32.rem_u (local.get $n) (i32.const 10))))
+        (local.set $n (i32.div_u (local.get $n) (i32.const 10)))
+        (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+        (br_if $digits (i32.ge_u (local.get $p) (i32.const 101))))
+      (if (i32.eqz (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 7)
+            (i32.const 1) (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0)
+            (i32.const 200)))
+        (then (drop (call $close (i32.load (i32.const 200))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $files (i32.lt_u (local.get $i) (i32.const COUNT))))))"#
+                .replace("COUNT", &count.to_string()),
+        )
+        .expect("wat")
+    }
+
+    /// A component (WASI preview 2) that, checkpoint or not, keeps `state` with
+    /// `checkpoint-and-leave` every time it runs: it never ends on its own.
+    pub fn always_leaves() -> Vec<u8> {
+        restore_then("", "checkpoint-and-leave", "")
     }
 }
 

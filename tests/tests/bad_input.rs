@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use lull_agent::link::{Dialer, read_frame};
+use lull_agent::link::read_frame;
 use lull_protocol::PROTOCOL_VERSION;
 use lull_protocol::frame::{DEFAULT_MAX_FRAME, to_bytes};
 use lull_protocol::message::{AgentMessage, Capacity, CoordinatorMessage};
@@ -252,7 +252,7 @@ fn a_four_gib_length_prefix_closes_the_connection_and_the_coordinator_keeps_serv
     let addr = cluster.quic_addr().to_string();
 
     let closed = cluster.block_on(async move {
-        let dialer = Dialer::new(Some(pin), None).expect("a dialer");
+        let dialer = lull_tests::stranger_dialer(pin);
         let conn = dialer.connect(&addr).await.expect("connecting");
         let (mut send, _recv) = conn.open_bi().await.expect("opening a stream");
         send.write_all(&[0xFF, 0xFF, 0xFF, 0xFF]).await.unwrap();
@@ -288,7 +288,7 @@ fn an_agent_of_another_protocol_version_is_refused_with_both_versions_named() {
     let addr = cluster.quic_addr().to_string();
 
     let reply = cluster.block_on(async move {
-        let dialer = Dialer::new(Some(pin), None).expect("a dialer");
+        let dialer = lull_tests::stranger_dialer(pin);
         let conn = dialer.connect(&addr).await.expect("connecting");
         let (mut send, mut recv) = conn.open_bi().await.expect("opening a stream");
         let hello = AgentMessage::Hello {
@@ -331,4 +331,168 @@ fn an_agent_of_another_protocol_version_is_refused_with_both_versions_named() {
             .then_some(())
     });
     assert_a_good_job_succeeds(&cluster, "after-the-refusal");
+}
+
+/// A module of a job definition as the API takes it, named `name`.
+fn api_module(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "digest": lull_protocol::Digest::of(b"not uploaded").to_string(),
+        "size": 12,
+    })
+}
+
+#[test]
+fn names_lists_and_sizes_that_break_out_of_their_place_are_refused_by_the_api() {
+    let cluster = Cluster::start();
+    let mut with_nul_arg = api_module("main");
+    with_nul_arg["args"] = serde_json::json!(["ok", "a\u{0}b"]);
+    let mut huge = api_module("main");
+    huge["args"] = serde_json::json!(vec!["x".repeat(2048); 1000]);
+    let many: Vec<serde_json::Value> = (0..17).map(|i| api_module(&format!("m{i}"))).collect();
+    for (modules, says) in [
+        (
+            vec![api_module("main"), api_module("x/../../victim/keep.txt")],
+            "modules[1].name: \"x/../../victim/keep.txt\" is not a module name",
+        ),
+        (vec![api_module("a\u{0}b")], "modules[0].name"),
+        (vec![api_module("..")], "modules[0].name"),
+        (
+            vec![api_module("a"), api_module("a")],
+            "\"a\" names two modules",
+        ),
+        (
+            vec![with_nul_arg],
+            "modules[0].args[1]: must not contain a NUL",
+        ),
+        (many, "modules: has 17 entries; the most is 16"),
+        (vec![huge], "as JSON; the most is 1 MiB"),
+    ] {
+        let spec = serde_json::json!({
+            "name": "hostile",
+            "count": 1,
+            "modules": modules,
+            "resources": {"memory": 16 << 20, "timeout_ms": 60_000},
+            "max_attempts": 1,
+        });
+        let (status, body) = cluster.request("/api/v1/jobs", |c, u| c.post(u).json(&spec));
+        assert_eq!(status, 400, "{says}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{message:?} does not say {says:?}");
+    }
+    assert_eq!(
+        cluster.jobs(),
+        Vec::<serde_json::Value>::new(),
+        "no job is stored"
+    );
+}
+
+#[test]
+fn an_agent_result_whose_names_climb_out_fails_its_attempt_and_nothing_is_written_outside() {
+    use lull_protocol::message::{AgentMessage, ModuleResult, Outcome, OutputFile, TaskResult};
+    use lull_tests::rogue::{Facts, Rogue};
+    let cluster = Cluster::start();
+    let facts = Facts::of(&cluster);
+    let job = cluster.write_job(
+        "hostile",
+        "name = \"hostile\"\ncount = 2\n[[module]]\npath = \"a.wasm\"\n[[module]]\npath = \"b.wasm\"\n[resources]\nmemory = \"16MiB\"\n[placement]\nconstraints = [\"label.role == rogue\"]\n[retry]\nmax_attempts = 1\n",
+        &[("a.wasm", &guests::hello(0)), ("b.wasm", &guests::hello(1))],
+    );
+    let job_id = cluster.block_on(async move {
+        let mut rogue = Rogue::join(&facts, "a-rogue").await;
+        let mut assignment = rogue.take(&facts, &job).await;
+        let blob = lull_protocol::Digest::of(b"");
+        for round in 0..2 {
+            let index = assignment.attempt.task.index;
+            let module = |name: &str| ModuleResult {
+                name: name.into(),
+                outcome: Outcome::Exited { code: 0 },
+                stdout: None,
+                stderr: None,
+            };
+            // Task 0 names a module that climbs out; task 1 an output file that does.
+            let (second, outputs) = if index == 0 {
+                (module("../../../victim/keep.txt"), vec![])
+            } else {
+                let escape = OutputFile {
+                    path: "../../../victim/out.txt".into(),
+                    digest: blob,
+                    size: 0,
+                };
+                (module("b"), vec![escape])
+            };
+            let result = TaskResult {
+                attempt: assignment.attempt,
+                modules: vec![module("a"), second],
+                outputs,
+                elapsed_ms: 1,
+                outputs_truncated: false,
+            };
+            rogue.say(&AgentMessage::Result(result)).await;
+            // Acknowledged (the agent may forget it), then the next task comes.
+            loop {
+                match rogue.next().await {
+                    Some(lull_protocol::message::CoordinatorMessage::ResultAck { attempt })
+                        if attempt == assignment.attempt =>
+                    {
+                        break;
+                    }
+                    Some(_) => {}
+                    None => panic!("the coordinator ended the control stream"),
+                }
+            }
+            if round == 0 {
+                match rogue.next().await {
+                    Some(lull_protocol::message::CoordinatorMessage::Assign(a)) => assignment = *a,
+                    other => panic!("expected the second task, got {other:?}"),
+                }
+            }
+        }
+        assignment.attempt.task.job
+    });
+    let done = cluster.wait_for_job_end(job_id);
+    assert_eq!(done["state"], "failed", "{}", summarize(&done));
+    for t in done["tasks"].as_array().unwrap() {
+        let cause = t["cause"].as_str().unwrap_or_default();
+        assert!(
+            cause.contains(
+                "its result could not be reported: agent a-rogue sent a result that is not valid"
+            ),
+            "{cause:?}"
+        );
+    }
+    let causes: Vec<&str> = done["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["cause"].as_str())
+        .collect();
+    let causes = causes.join("\n");
+    assert!(
+        causes.contains("where the job has module \"b\""),
+        "{causes}"
+    );
+    assert!(
+        causes.contains("output file \"../../../victim/out.txt\""),
+        "{causes}"
+    );
+    // `lull results` writes the statuses, inside its folder only.
+    let out = cluster.root().join("deep/down/results");
+    cluster
+        .lull(&["results", &job_id.to_string(), "-o", out.to_str().unwrap()])
+        .assert_success();
+    let mut stack = vec![cluster.root().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            assert!(
+                !path.to_string_lossy().contains("victim"),
+                "{} was written",
+                path.display()
+            );
+            if e.file_type().unwrap().is_dir() {
+                stack.push(path);
+            }
+        }
+    }
 }

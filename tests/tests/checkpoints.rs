@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use lull_agent::cache::{BlobCache, Lru};
-use lull_agent::link::{self, Dialer};
-use lull_protocol::Digest;
+use lull_agent::link;
 use lull_protocol::identity::Identity;
 use lull_protocol::message::{
-    AgentMessage, AgentStatus, AttemptId, Capacity, CoordinatorMessage, TaskId,
-    checkpoint_seal_message,
+    AgentMessage, AttemptId, CoordinatorMessage, TaskId, checkpoint_seal_message,
 };
+use lull_tests::rogue::{Facts, Rogue};
 use lull_tests::{AgentOptions, Cluster, example_module, guests, summarize};
 
 #[test]
@@ -29,7 +28,7 @@ fn a_task_that_leaves_with_a_checkpoint_resumes_from_it() {
     let attempts = task["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{task}");
     let first = &attempts[0]["result"]["modules"][0]["outcome"];
-    assert_eq!(first["kind"], "evicted", "{task}");
+    assert_eq!(first["kind"], "left", "{task}");
     assert_eq!(
         first["reason"], "the guest left after keeping a checkpoint",
         "{task}"
@@ -41,6 +40,35 @@ fn a_task_that_leaves_with_a_checkpoint_resumes_from_it() {
     );
     let log = cluster.coordinator_log();
     assert!(log.contains("checkpoint kept"), "{log}");
+}
+
+#[test]
+fn a_guest_that_always_leaves_uses_up_its_attempts_instead_of_running_for_ever() {
+    let cluster = Cluster::with_agents(&["a"], 1);
+    let job = cluster.write_job(
+        "leaver",
+        "name = \"leaver\"\n[[module]]\npath = \"leaver.wasm\"\n[resources]\nmemory = \"16MiB\"\n[retry]\nmax_attempts = 2\n",
+        &[("leaver.wasm", &guests::always_leaves())],
+    );
+    let id = cluster.submit(&job);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "failed", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        2,
+        "as many attempts as the job allows: {task}"
+    );
+    for a in attempts {
+        let outcome = &a["result"]["modules"][0]["outcome"];
+        assert_eq!(outcome["kind"], "left", "{task}");
+    }
+    let cause = done["tasks"][0]["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("left: the guest left after keeping a checkpoint"),
+        "{cause:?}"
+    );
 }
 
 #[test]
@@ -81,73 +109,22 @@ async fn checkpoint_answer(
 #[test]
 fn checkpoints_of_other_attempts_unsealed_or_too_large_are_refused() {
     let cluster = Cluster::start();
-    let (pin, addr, token) = (
-        cluster.coordinator_key().parse::<Digest>().unwrap(),
-        cluster.quic_addr().to_string(),
-        cluster.join_token().to_owned(),
-    );
+    let facts = Facts::of(&cluster);
     let job = cluster.write_job(
         "mine",
         "name = \"mine\"\n[[module]]\npath = \"forever.wasm\"\n[resources]\nmemory = \"16MiB\"\n[placement]\nconstraints = [\"label.role == rogue\"]\n",
         &[("forever.wasm", &guests::forever())],
     );
-    let http = cluster.http_addr();
-    let key = cluster.key().to_owned();
-    let submitter = cluster.token().to_owned();
     let answers = cluster.block_on(async move {
-        let identity = Identity::ephemeral(&["lull-agent"]).unwrap();
         let stranger = Identity::ephemeral(&["lull-agent"]).unwrap();
-        let dialer = Dialer::new(Some(pin), Some(&identity)).unwrap();
-        let conn = dialer.connect(&addr).await.expect("connecting");
-        assert!(
-            !link::enroll(&conn, &token, "a-rogue", "rogue")
-                .await
-                .unwrap()
-        );
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let capacity = Capacity {
-            cores: 2,
-            memory_total: 8 << 30,
-            memory_available: 4 << 30,
-            slots: 1,
-            max_task_memory: 1 << 30,
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            labels: [("role".to_string(), "rogue".to_string())].into(),
-            wasmtime: "48.0.8".into(),
-        };
-        let hello = AgentMessage::Hello {
-            protocol_version: lull_protocol::PROTOCOL_VERSION,
-            agent_id: "a-rogue".into(),
-            name: "rogue".into(),
-            capacity,
-            running: vec![],
-            status: AgentStatus::default(),
-            compiled: vec![],
-        };
-        link::write_frame(&mut send, &hello).await.unwrap();
-        let welcome: Option<CoordinatorMessage> = link::read_frame(&mut recv).await.unwrap();
-        assert!(matches!(welcome, Some(CoordinatorMessage::Welcome { .. })));
-        // Submit a job only this client can take, and wait for its assignment.
-        let submitted = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(lull_tests::binary("lull"))
-                .args(["--coordinator", &format!("http://{http}")])
-                .args([
-                    "submit",
-                    job.to_str().unwrap(),
-                    "--key",
-                    key.to_str().unwrap(),
-                ])
-                .env("LULL_TOKEN", submitter)
-                .output()
-                .unwrap()
-        });
-        let mine = match link::read_frame(&mut recv).await.unwrap() {
-            Some(CoordinatorMessage::Assign(a)) => a.attempt,
-            other => panic!("expected an assignment, got {other:?}"),
-        };
-        let out = submitted.await.unwrap();
-        assert!(out.status.success(), "{out:?}");
+        let mut rogue = Rogue::join(&facts, "a-rogue").await;
+        let mine = rogue.take(&facts, &job).await.attempt;
+        let Rogue {
+            identity,
+            conn,
+            mut send,
+            mut recv,
+        } = rogue;
 
         let lru = Lru::new(1 << 30);
         let dir = tempfile::tempdir().unwrap();

@@ -9,9 +9,7 @@ use lull_tests::{AgentOptions, Cluster, WAIT, guests, postgres_database, summari
 
 #[test]
 fn a_coordinator_on_postgres_survives_a_kill_mid_job() {
-    let Some(url) = postgres_database("kill_mid_job") else {
-        return;
-    };
+    let url = postgres_database("kill_mid_job");
     let mut cluster = Cluster::start_with(&["--database", &url]);
     cluster.start_agent("left", AgentOptions::slots(2));
     cluster.start_agent("right", AgentOptions::slots(2));
@@ -54,9 +52,7 @@ fn a_coordinator_on_postgres_survives_a_kill_mid_job() {
 
 #[test]
 fn two_coordinators_on_one_database_and_one_killed_mid_job_the_other_finishes_it() {
-    let Some(url) = postgres_database("two_coordinators") else {
-        return;
-    };
+    let url = postgres_database("two_coordinators");
     let mut cluster = Cluster::start_with(&["--database", &url]);
     let second = cluster.start_peer_coordinator();
     cluster.start_agent("first-side", AgentOptions::slots(1));
@@ -125,9 +121,7 @@ fn two_coordinators_on_one_database_and_one_killed_mid_job_the_other_finishes_it
 
 #[test]
 fn revocation_drain_and_cancel_through_one_coordinator_reach_the_agents_of_another() {
-    let Some(url) = postgres_database("shared_decisions") else {
-        return;
-    };
+    let url = postgres_database("shared_decisions");
     let mut cluster = Cluster::start_with(&["--database", &url]);
     let second = cluster.start_peer_coordinator();
     let on_second = |slots| AgentOptions {

@@ -12,7 +12,7 @@ use lull_tests::Cluster;
 
 fn dialer(cluster: &Cluster) -> Dialer {
     let pin: Digest = cluster.coordinator_key().parse().expect("coordinator key");
-    Dialer::new(Some(pin), None).expect("dialer")
+    lull_tests::stranger_dialer(pin)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -112,4 +112,71 @@ fn streams_and_silence_are_bounded() {
             Err(_) => panic!("a silent connection outlived the 1 s idle timeout by 9 s"),
         }
     });
+}
+
+#[test]
+fn a_peer_without_a_key_is_turned_away_at_the_handshake() {
+    let cluster = Cluster::start();
+    let pin: Digest = cluster.coordinator_key().parse().expect("coordinator key");
+    let addr = cluster.quic_addr().to_string();
+    runtime().block_on(async {
+        let keyless = Dialer::new(Some(pin), None).expect("dialer");
+        // The handshake fails, or the connection is closed as soon as the coordinator sees that
+        // no certificate came.
+        if let Ok(conn) = keyless.connect(&addr).await {
+            let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            assert!(closed.is_ok(), "a keyless connection stayed open");
+            assert!(conn.open_bi().await.is_err());
+        }
+    });
+}
+
+#[test]
+fn a_peer_that_says_no_hello_in_time_is_closed() {
+    let cluster = Cluster::start_with(&["--agent-hello-timeout", "1s"]);
+    let addr = cluster.quic_addr().to_string();
+    runtime().block_on(async {
+        let conn = dialer(&cluster).connect(&addr).await.expect("connection");
+        // It announces a frame and trickles nothing more: a peer that has proved nothing.
+        let (mut send, _recv) = conn.open_bi().await.expect("stream");
+        send.write_all(&1000u32.to_be_bytes()).await.expect("write");
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("closed within the deadline");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.reason.as_ref(), b"no hello in time", "{close:?}");
+            }
+            other => panic!("closed for another reason: {other}"),
+        }
+    });
+    assert!(
+        cluster
+            .coordinator_log()
+            .contains("closing a connection that said no hello in time"),
+        "{}",
+        cluster.coordinator_log()
+    );
+}
+
+#[test]
+fn connections_from_one_address_past_its_cap_are_refused() {
+    let cluster = Cluster::start_with(&["--max-agent-connections-per-address", "2"]);
+    let addr = cluster.quic_addr().to_string();
+    runtime().block_on(async {
+        let (a, b, c) = (dialer(&cluster), dialer(&cluster), dialer(&cluster));
+        let _first = a.connect(&addr).await.expect("first connection");
+        let _second = b.connect(&addr).await.expect("second connection");
+        assert!(
+            c.connect(&addr).await.is_err(),
+            "a third connection from 127.0.0.1 was accepted"
+        );
+    });
+    assert!(
+        cluster
+            .coordinator_log()
+            .contains("refusing a connection: at the connection limit"),
+        "{}",
+        cluster.coordinator_log()
+    );
 }

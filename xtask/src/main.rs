@@ -5,9 +5,15 @@
 //! - `test`: everything CI runs: formatting, clippy, docs, and every test (with a throwaway
 //!   PostgreSQL server for the tests of the PostgreSQL store).
 //! - `bench NAME`: a benchmark; its last line is one JSON object of named figures.
+//! - `fuzz [SECONDS]`: builds the fuzz targets (nightly, cargo-fuzz) and runs each for SECONDS
+//!   seconds (10); `fuzz bench [MINUTES]` runs each for MINUTES minutes (3): see fuzz/README.md.
+//! - `deny`: cargo-deny's license, ban and source checks, and advisories (offline) when the
+//!   RustSec database is on the machine.
 
 mod bench;
 mod demo;
+mod deny;
+mod fuzz;
 mod postgres;
 mod util;
 
@@ -18,13 +24,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("test") => test(),
+        Some("fuzz") => fuzz::run(args.get(1..).unwrap_or_default()),
+        Some("deny") => deny::check(),
         Some("bench") => bench::run(
             args.get(1).map(String::as_str),
             args.get(2..).unwrap_or_default(),
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test | bench NAME\n  benches: {}",
+                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | deny\n  benches: {}",
                 bench::NAMES.join(", ")
             );
             return ExitCode::from(2);

@@ -678,9 +678,13 @@ pub(crate) enum Stop {
     /// [`TaskControl::cancel`] was called.
     #[error("the guest was cancelled: {0}")]
     Cancelled(String),
-    /// [`TaskControl::evict`] was called and its grace ran out.
+    /// [`TaskControl::evict`] was called and its grace ran out, or the guest kept a checkpoint
+    /// and left under notice.
     #[error("the guest was evicted: {0}")]
     Evicted(String),
+    /// The guest kept a checkpoint and left with no notice.
+    #[error("the guest left: {0}")]
+    Left(String),
 }
 
 #[cfg(test)]

@@ -102,12 +102,13 @@ impl lull::guest::host::Host for GuestLink {
         if let Err(e) = self.checkpoint(state) {
             return Ok(Err(e));
         }
-        let reason = self
-            .control
-            .notice()
-            .map(|(reason, _)| reason)
-            .unwrap_or_else(|| "the guest left after keeping a checkpoint".into());
-        Err(wasmtime::Error::new(Stop::Evicted(reason)))
+        // Under notice, leaving is the eviction asked for; without one it is the guest's own
+        // doing, and uses an attempt.
+        let stop = match self.control.notice() {
+            Some((reason, _)) => Stop::Evicted(reason),
+            None => Stop::Left("the guest left after keeping a checkpoint".into()),
+        };
+        Err(wasmtime::Error::new(stop))
     }
 
     fn restore(&mut self) -> Option<Vec<u8>> {

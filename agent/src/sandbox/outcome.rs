@@ -46,6 +46,9 @@ impl Facts {
                 Stop::Evicted(reason) => Outcome::Evicted {
                     reason: reason.clone(),
                 },
+                Stop::Left(reason) => Outcome::Left {
+                    reason: reason.clone(),
+                },
             };
         }
         if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {

@@ -33,15 +33,24 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let mut tasks = 0;
     let mut files = 0;
     let mut statuses = Vec::new();
+    // Names from the coordinator become file names here: every one is checked before any file
+    // is opened, so none reaches out of its task's folder.
+    let mut read = Vec::new();
     for t in d["tasks"].as_array().into_iter().flatten() {
         let index = t["index"].as_u64().unwrap_or(0);
-        let dir = out.join(index.to_string());
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let result: Option<TaskResult> = serde_json::from_value(t["result"].clone()).ok();
         if let Some(r) = &result {
+            check_names(r).with_context(|| {
+                format!("task {index}: the coordinator sent a result that is not safe to write")
+            })?;
+        }
+        read.push((t, index, result));
+    }
+    for (t, index, result) in read {
+        let dir = out.join(index.to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some(r) = &result {
             for f in &r.outputs {
-                lull_protocol::job::check_input_path(&f.path)
-                    .map_err(|e| anyhow::anyhow!("task {index} output {:?} {e}", f.path))?;
                 client
                     .download(
                         &format!("/api/v1/blobs/{}", f.digest),
@@ -112,4 +121,16 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the names in a result that become file names: module names and output paths.
+fn check_names(r: &TaskResult) -> anyhow::Result<()> {
+    for m in &r.modules {
+        lull_protocol::job::check_module_name(&m.name).map_err(anyhow::Error::msg)?;
+    }
+    for f in &r.outputs {
+        lull_protocol::job::check_input_path(&f.path)
+            .map_err(|e| anyhow::anyhow!("output file {:?} {e}", f.path))?;
+    }
+    Ok(())
 }

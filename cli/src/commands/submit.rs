@@ -191,10 +191,13 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
                         path.display()
                     );
                 };
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| format!("module{i}"));
+                let stem = lull_protocol::job::module_name_from(
+                    &path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    &format!("module{i}"),
+                );
                 // Names label each module's logs, so they must differ.
                 let name = if modules.iter().any(|m: &ModuleSpec| m.name == stem) {
                     format!("{stem}-{i}")

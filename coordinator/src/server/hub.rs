@@ -261,6 +261,9 @@ pub struct Hub {
     pool_feed: super::http::PoolFeed,
 }
 
+/// How soon the loss of an attempt is tried again when the store could not record it.
+const LOST_RETRY: Duration = Duration::from_secs(1);
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -1096,6 +1099,40 @@ impl Hub {
 
     async fn agent_result(&self, agent: &str, result: lull_protocol::message::TaskResult) {
         let attempt = result.attempt;
+        let job = self.lock().jobs.get(&attempt.task.job).cloned();
+        let job = match job {
+            Some(j) => Some(j),
+            None => match self.store.job(attempt.task.job).await {
+                Ok(row) => Some(Arc::new(row.spec)),
+                Err(StoreError::NoJob(_)) => None,
+                Err(e) => {
+                    tracing::warn!(%attempt, error = %e, "could not read the result's job; the agent resends it");
+                    return;
+                }
+            },
+        };
+        let Some(job) = job else {
+            tracing::warn!(%agent, %attempt, "result for a job that does not exist; acknowledged and dropped");
+            if let Some(a) = self.lock().agents.get(agent) {
+                let _ = a.tx.send(CoordinatorMessage::ResultAck { attempt });
+            }
+            return;
+        };
+        // What an agent says is checked like anything else from outside: a result whose names
+        // would reach out of their folders, or that does not match its job, ends the attempt as
+        // failed with the reason, and nothing of it is kept.
+        let result = match result.check(&job) {
+            Ok(()) => result,
+            Err(reason) => {
+                tracing::warn!(%agent, %attempt, %reason, "the agent sent an invalid result");
+                let mut reason = format!("agent {agent} sent a result that is not valid: {reason}");
+                lull_protocol::message::truncate_message(
+                    &mut reason,
+                    lull_protocol::message::MAX_OUTCOME_MESSAGE,
+                );
+                unreportable(attempt, &job, reason)
+            }
+        };
         if let Some(missing) = result.blobs().into_iter().find(|d| !self.blobs.contains(d)) {
             tracing::warn!(%agent, %attempt, %missing, "result refers to a blob not uploaded; not acknowledged");
             return;
@@ -1271,6 +1308,7 @@ impl Hub {
             Ok(expired) => {
                 for (attempt, agent) in expired {
                     tracing::warn!(%attempt, %agent, "lease in the database ran out: requeueing");
+                    // Not recorded: the database still says it ran out, and the next sync tries.
                     self.requeue_lost(attempt, &agent, "lost: nobody renewed its lease")
                         .await;
                 }
@@ -1322,14 +1360,24 @@ impl Hub {
         let expired = self.lock().leases.poll_expired(Instant::now());
         for (attempt, agent) in expired {
             tracing::warn!(%attempt, %agent, "lease expired: the agent stopped reporting");
-            self.requeue_lost(attempt, &agent, "lost: the agent stopped reporting")
-                .await;
+            if !self
+                .requeue_lost(attempt, &agent, "lost: the agent stopped reporting")
+                .await
+            {
+                // The store did not take the loss (disk full, database restarting): the lease
+                // comes back for a moment, so the loss is recorded as soon as the store answers
+                // and the task does not stay running for good.
+                self.lock()
+                    .leases
+                    .grant_for(Instant::now(), attempt, &agent, LOST_RETRY);
+            }
         }
     }
 
     /// Ends an attempt whose lease ran out as lost (`why`), tells its agent to stop it if the
-    /// agent is here, and requeues the task while it has attempts left.
-    async fn requeue_lost(&self, attempt: AttemptId, agent: &str, why: &str) {
+    /// agent is here, and requeues the task while it has attempts left. Returns `false` when the
+    /// store could not record it.
+    async fn requeue_lost(&self, attempt: AttemptId, agent: &str, why: &str) -> bool {
         match self.store.attempt_lost(attempt, why, now_ms()).await {
             Ok(Recorded::Stored(state)) => {
                 let inner = &mut *self.lock();
@@ -1352,8 +1400,12 @@ impl Hub {
                 self.end_attempt(inner, attempt, agent, state);
             }
             Ok(Recorded::Stale) => {}
-            Err(e) => tracing::error!(%attempt, error = %e, "could not requeue a lost attempt"),
+            Err(e) => {
+                tracing::error!(%attempt, error = %e, "could not requeue a lost attempt; trying again shortly");
+                return false;
+            }
         }
+        true
     }
 
     async fn place(&self) {
@@ -1630,6 +1682,34 @@ fn retry_backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(Duration::from_secs(60))
 }
 
+/// A result of `attempt` in which every module of `job` ended as [`Outcome::Unreportable`].
+///
+/// [`Outcome::Unreportable`]: lull_protocol::message::Outcome::Unreportable
+fn unreportable(
+    attempt: AttemptId,
+    job: &JobSpec,
+    reason: String,
+) -> lull_protocol::message::TaskResult {
+    lull_protocol::message::TaskResult {
+        attempt,
+        modules: job
+            .modules
+            .iter()
+            .map(|m| lull_protocol::message::ModuleResult {
+                name: m.name.clone(),
+                outcome: lull_protocol::message::Outcome::Unreportable {
+                    reason: reason.clone(),
+                },
+                stdout: None,
+                stderr: None,
+            })
+            .collect(),
+        outputs: vec![],
+        elapsed_ms: 0,
+        outputs_truncated: false,
+    }
+}
+
 /// The eviction of a drained agent's attempt, with what is left of the drain's deadline.
 fn drain_eviction(attempt: AttemptId, deadline_ms: i64) -> CoordinatorMessage {
     CoordinatorMessage::Evict {
@@ -1651,6 +1731,104 @@ mod tests {
         assert_eq!(retry_backoff(base, 0), base);
         assert_eq!(retry_backoff(base, u32::MAX), Duration::from_secs(60));
         assert_eq!(retry_backoff(Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_lost_attempt_the_store_cannot_record_keeps_its_lease_until_it_is_recorded() {
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("lull.db");
+        let store = Store::open(&db).await.unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let config = HubConfig {
+            lease: Duration::from_millis(200),
+            dev: true,
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(store, blobs, config, 1);
+        let spec = JobSpec {
+            name: "lost".into(),
+            cluster: "default".into(),
+            count: 1,
+            modules: vec![lull_protocol::job::ModuleSpec {
+                name: "m".into(),
+                digest: Digest::of(b"m"),
+                size: 1,
+                signature: None,
+                args: vec![],
+                env: Default::default(),
+                stdin: None,
+                inputs: vec![],
+            }],
+            resources: lull_protocol::job::Resources {
+                memory: 16 << 20,
+                timeout_ms: 60_000,
+                cpu_millis: 100,
+            },
+            placement: Default::default(),
+            max_attempts: 3,
+        };
+        let job = hub.store().insert_job(&spec, now_ms()).await.unwrap();
+        hub.recover().await.unwrap();
+        let hello = AgentMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: "a-1".into(),
+            name: "one".into(),
+            capacity: Capacity {
+                cores: 2,
+                memory_total: 8 << 30,
+                memory_available: 4 << 30,
+                slots: 1,
+                max_task_memory: 1 << 30,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                ..Capacity::default()
+            },
+            running: vec![],
+            status: AgentStatus::default(),
+            compiled: vec![],
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        hub.agent_connected(&hello, Some(Digest::of(b"key")), tx)
+            .await
+            .unwrap();
+        hub.place().await;
+        let state = |hub: Arc<Hub>| async move { hub.store().tasks(job).await.unwrap()[0].state };
+        assert_eq!(state(hub.clone()).await, TaskState::Running);
+        let attempt = AttemptId {
+            task: TaskId { job, index: 0 },
+            attempt: 1,
+        };
+
+        // The store now fails every change of a task, with a real SQLite error, as a full disk
+        // or a restarting database would.
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON tasks BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
+        .execute(&mut other)
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hub.expire_leases().await;
+        assert_eq!(state(hub.clone()).await, TaskState::Running);
+        assert_eq!(
+            hub.lock().leases.holder(&attempt),
+            Some("a-1"),
+            "the lease is kept so that the loss is tried again"
+        );
+
+        // The store answers again: the next expiry records the loss and requeues the task.
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        tokio::time::sleep(LOST_RETRY + Duration::from_millis(100)).await;
+        hub.expire_leases().await;
+        assert_eq!(state(hub.clone()).await, TaskState::Pending);
+        assert_eq!(hub.lock().leases.holder(&attempt), None);
     }
 
     fn record(key: Option<u8>, enrolled: bool, revoked: bool) -> AgentRecord {

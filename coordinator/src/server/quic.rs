@@ -8,8 +8,10 @@
 //! on it), so spoofed floods cost the coordinator one stateless packet each; past the connection
 //! limit new connections are refused.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lull_protocol::message::{AgentMessage, BlobReply, CoordinatorMessage};
@@ -34,6 +36,13 @@ pub struct QuicLimits {
     /// How long a connection may stay silent before it is closed. Agents send keep-alives every
     /// second. Default 30 s.
     pub idle_timeout: Duration,
+    /// How long a new connection has to say hello (enrolling first, if it does). Until then it
+    /// is served one stream at a time, and a peer that says nothing in time is closed.
+    /// Default 10 s.
+    pub hello_timeout: Duration,
+    /// Open connections from one IP address, handshakes included. Agents behind one NAT share
+    /// an address: raise it for a larger site. Default 256.
+    pub max_per_address: usize,
 }
 
 impl Default for QuicLimits {
@@ -43,6 +52,8 @@ impl Default for QuicLimits {
             max_handshakes: 64,
             max_streams: 64,
             idle_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(10),
+            max_per_address: 256,
         }
     }
 }
@@ -62,11 +73,12 @@ enum Admission {
 fn admit(
     limits: &QuicLimits,
     open: usize,
+    from_address: usize,
     handshaking: usize,
     validated: bool,
     may_retry: bool,
 ) -> Admission {
-    if open >= limits.max_connections {
+    if open >= limits.max_connections || from_address >= limits.max_per_address {
         Admission::Refuse
     } else if handshaking >= limits.max_handshakes && !validated {
         if may_retry {
@@ -95,15 +107,52 @@ impl Drop for Counted {
     }
 }
 
+/// Counts the open connections of each IP address.
+#[derive(Debug, Default, Clone)]
+struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerAddress {
+    fn open(&self, ip: IpAddr) -> usize {
+        lock(&self.0).get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Counts one connection from `ip` while the returned guard lives.
+    fn count(&self, ip: IpAddr) -> AddressCounted {
+        *lock(&self.0).entry(ip).or_default() += 1;
+        AddressCounted(self.clone(), ip)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct AddressCounted(PerAddress, IpAddr);
+
+impl Drop for AddressCounted {
+    fn drop(&mut self) {
+        let mut map = lock(&self.0.0);
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Accepts agent connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>, limits: QuicLimits) {
     let open = Arc::new(AtomicUsize::new(0));
     let handshaking = Arc::new(AtomicUsize::new(0));
+    let per_address = PerAddress::default();
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
+        let ip = remote.ip().to_canonical();
         match admit(
             &limits,
             open.load(Ordering::Acquire),
+            per_address.open(ip),
             handshaking.load(Ordering::Acquire),
             incoming.remote_address_validated(),
             incoming.may_retry(),
@@ -120,7 +169,9 @@ pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>, limits: QuicLimits)
                 tracing::warn!(
                     %remote,
                     open = open.load(Ordering::Acquire),
+                    from_address = per_address.open(ip),
                     max = limits.max_connections,
+                    max_per_address = limits.max_per_address,
                     "refusing a connection: at the connection limit"
                 );
                 incoming.refuse();
@@ -131,30 +182,89 @@ pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>, limits: QuicLimits)
         // Counted from admission, so the next decision already sees this one.
         let shaking = Counted::new(&handshaking);
         let opened = Counted::new(&open);
+        let from_address = per_address.count(ip);
+        let hello_timeout = limits.hello_timeout;
         tokio::spawn(async move {
             let result = incoming.await;
             drop(shaking);
             match result {
-                Ok(conn) => connection(conn, hub).await,
+                Ok(conn) => connection(conn, hub, hello_timeout).await,
                 Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
             }
             drop(opened);
+            drop(from_address);
         });
     }
 }
 
-async fn connection(conn: quinn::Connection, hub: Arc<Hub>) {
+async fn connection(conn: quinn::Connection, hub: Arc<Hub>, hello_timeout: Duration) {
     let remote = conn.remote_address();
     // The agent this connection speaks for, once its hello is welcomed.
     let agent: Arc<OnceLock<String>> = Arc::default();
+    // Until it says hello, a peer is served one stream at a time, and all of it (enrolling
+    // included) within the hello deadline: a peer that has proved nothing holds one frame.
+    let deadline = tokio::time::Instant::now() + hello_timeout;
+    loop {
+        let (send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "connection closed before its hello");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%remote, "closing a connection that said no hello in time");
+                conn.close(3u32.into(), b"no hello in time");
+                return;
+            }
+        };
+        let first = tokio::time::timeout_at(deadline, first_frame(&mut recv, &conn)).await;
+        let first = match first {
+            Err(_) => {
+                tracing::info!(%remote, "closing a connection that said no hello in time");
+                conn.close(3u32.into(), b"no hello in time");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "stream ended with an error");
+                return;
+            }
+            Ok(Ok(None)) => continue,
+            Ok(Ok(Some(first))) => first,
+        };
+        if matches!(first, AgentMessage::Hello { .. }) {
+            let (hub, conn, agent) = (hub.clone(), conn.clone(), agent.clone());
+            tokio::spawn(async move {
+                if let Err(e) = control(send, recv, hub, first, &conn, &agent).await {
+                    tracing::debug!(%remote, error = %e, "control stream ended with an error");
+                }
+            });
+            break;
+        }
+        let served =
+            tokio::time::timeout_at(deadline, stream(first, send, recv, &hub, &conn, &agent)).await;
+        match served {
+            Err(_) => {
+                tracing::info!(%remote, "closing a connection that said no hello in time");
+                conn.close(3u32.into(), b"no hello in time");
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "stream ended with an error"),
+            Ok(Ok(())) => {}
+        }
+    }
     loop {
         match conn.accept_bi().await {
-            Ok((send, recv)) => {
+            Ok((send, mut recv)) => {
                 let hub = hub.clone();
                 let conn = conn.clone();
                 let agent = agent.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = stream(send, recv, hub, &conn, &agent).await {
+                    let result = match first_frame(&mut recv, &conn).await {
+                        Ok(Some(first)) => stream(first, send, recv, &hub, &conn, &agent).await,
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%remote, error = %e, "stream ended with an error");
                     }
                 });
@@ -167,24 +277,35 @@ async fn connection(conn: quinn::Connection, hub: Arc<Hub>) {
     }
 }
 
+/// Reads the frame that opens a stream; `None` when the stream ended first. A frame over the
+/// cap, garbage or a body that does not arrive closes the whole connection: it is not a Lull
+/// agent.
+async fn first_frame(
+    recv: &mut quinn::RecvStream,
+    conn: &quinn::Connection,
+) -> anyhow::Result<Option<AgentMessage>> {
+    match read_frame(recv).await {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            conn.close(1u32.into(), b"malformed frame");
+            Err(e.into())
+        }
+    }
+}
+
 async fn stream(
+    first: AgentMessage,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    hub: Arc<Hub>,
+    hub: &Hub,
     conn: &quinn::Connection,
     agent: &OnceLock<String>,
 ) -> anyhow::Result<()> {
-    let first: AgentMessage = match read_frame(&mut recv).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Ok(()),
-        Err(e) => {
-            // A frame over the cap or garbage: close the whole connection, it is not a Lull agent.
-            conn.close(1u32.into(), b"malformed frame");
-            return Err(e.into());
-        }
-    };
     match first {
-        AgentMessage::Hello { .. } => control(send, recv, hub, first, conn, agent).await,
+        AgentMessage::Hello { .. } => {
+            refuse(&mut send, conn, "a second hello on one connection".into()).await;
+            Ok(())
+        }
         AgentMessage::Enroll {
             token,
             agent_id,
@@ -292,6 +413,7 @@ async fn control(
     };
     let _ = agent.set(agent_id.clone());
     let writer_conn = conn.clone();
+    let writer_agent = agent_id.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             if let CoordinatorMessage::Refused { reason } = msg {
@@ -299,8 +421,13 @@ async fn control(
                 refuse(&mut send, &writer_conn, reason).await;
                 break;
             }
-            if write_frame(&mut send, &msg).await.is_err() {
-                break;
+            match write_frame(&mut send, &msg).await {
+                Ok(()) => {}
+                // One message that cannot be framed is dropped, not the ones behind it.
+                Err(lull_protocol::frame::stream::StreamError::Frame(e)) => {
+                    tracing::error!(agent = %writer_agent, error = %e, "a message to the agent could not be framed; dropped");
+                }
+                Err(_) => break,
             }
         }
     });
@@ -346,14 +473,21 @@ mod tests {
             ..QuicLimits::default()
         };
         // Quiet: everyone in.
-        assert_eq!(admit(&limits, 0, 0, false, true), Admission::Accept);
-        assert_eq!(admit(&limits, 9, 2, false, true), Admission::Accept);
+        assert_eq!(admit(&limits, 0, 0, 0, false, true), Admission::Accept);
+        assert_eq!(admit(&limits, 9, 1, 2, false, true), Admission::Accept);
         // Many handshakes: unvalidated addresses prove themselves first; validated ones go on.
-        assert_eq!(admit(&limits, 5, 3, false, true), Admission::Retry);
-        assert_eq!(admit(&limits, 5, 3, true, false), Admission::Accept);
+        assert_eq!(admit(&limits, 5, 1, 3, false, true), Admission::Retry);
+        assert_eq!(admit(&limits, 5, 1, 3, true, false), Admission::Accept);
         // A client that already used its retry and is still unvalidated is refused.
-        assert_eq!(admit(&limits, 5, 3, false, false), Admission::Refuse);
+        assert_eq!(admit(&limits, 5, 1, 3, false, false), Admission::Refuse);
         // Full: nobody.
-        assert_eq!(admit(&limits, 10, 0, true, false), Admission::Refuse);
+        assert_eq!(admit(&limits, 10, 0, 0, true, false), Admission::Refuse);
+        // One address at its own cap: refused, whatever else is open.
+        let limits = QuicLimits {
+            max_per_address: 4,
+            ..limits
+        };
+        assert_eq!(admit(&limits, 5, 4, 0, true, false), Admission::Refuse);
+        assert_eq!(admit(&limits, 5, 3, 0, true, false), Admission::Accept);
     }
 }

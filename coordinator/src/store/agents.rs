@@ -123,6 +123,19 @@ impl Store {
         token: &str,
         now_ms: i64,
     ) -> Result<std::result::Result<Enrolled, EnrollRefusal>> {
+        // The token is checked with a plain read before the write lock is taken: a peer with a
+        // wrong token costs one read and never holds up the coordinator's writers. (A key
+        // already enrolled under the ID goes on without one, as below.)
+        let enrolled_already = self.agent_record(id).await?.is_some_and(|r| {
+            r.revoked_ms.is_none() && r.enrolled_ms.is_some() && r.key == Some(key)
+        });
+        if !enrolled_already
+            && let Err(refusal) = self
+                .use_token(token, TokenKind::Agent, false, now_ms)
+                .await?
+        {
+            return Ok(Err(EnrollRefusal::Token(refusal)));
+        }
         let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT key_hash, enrolled_ms, revoked_ms FROM agents WHERE id = $1")
             .bind(id)
@@ -255,8 +268,29 @@ mod tests {
         ids_and_keys_cannot_be_taken_over,
         a_revoked_agent_stays_out,
         a_key_bound_without_enrollment_can_enroll_later,
+        a_wrong_token_is_refused_without_waiting_for_the_write_lock,
     );
     use crate::store::TokenSpec;
+
+    async fn a_wrong_token_is_refused_without_waiting_for_the_write_lock(store: Store) {
+        let token = join_token(&store, None).await;
+        // Another writer holds the lock (on SQLite a peer would wait up to the busy timeout).
+        let held = store.begin_write().await.unwrap();
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            store.enroll_agent("a-1", "one", key(1), "lull_not-a-token", 10),
+        )
+        .await
+        .expect("refused without waiting for the write lock");
+        assert_eq!(
+            got.unwrap(),
+            Err(EnrollRefusal::Token(TokenRefusal::Unknown))
+        );
+        drop(held);
+        // With the lock free, the right token still enrolls.
+        let got = store.enroll_agent("a-1", "one", key(1), &token, 11).await;
+        assert_eq!(got.unwrap(), Ok(Enrolled::New));
+    }
 
     async fn join_token(store: &Store, uses: Option<u32>) -> String {
         let spec = TokenSpec {

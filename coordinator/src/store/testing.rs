@@ -2,8 +2,8 @@
 //! [`on_each_backend!`] makes one `#[tokio::test]` per backend of it. SQLite always runs;
 //! PostgreSQL runs against the server named by `LULL_TEST_POSTGRES` (an admin URL such as
 //! `postgres://lull@127.0.0.1:5433/postgres`, which `cargo xtask test` starts and sets), each
-//! test in a database of its own. Without that variable the PostgreSQL tests say SKIPPED and
-//! pass.
+//! test in a database of its own. Without that variable the PostgreSQL tests fail: they cannot
+//! reach their point.
 
 use super::Store;
 
@@ -14,9 +14,14 @@ pub(crate) async fn sqlite() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-/// A fresh PostgreSQL store in a new database, or `None` when no server is configured.
-pub(crate) async fn postgres(test: &str) -> Option<Store> {
-    let admin = std::env::var("LULL_TEST_POSTGRES").ok()?;
+/// A fresh PostgreSQL store in a new database; panics when no server is configured.
+pub(crate) async fn postgres(test: &str) -> Store {
+    let admin = std::env::var("LULL_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "{test} on PostgreSQL needs a server: LULL_TEST_POSTGRES is not set (`cargo xtask \
+             test` starts one and sets it)"
+        )
+    });
     static DRIVERS: std::sync::Once = std::sync::Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
     let name = format!(
@@ -35,7 +40,7 @@ pub(crate) async fn postgres(test: &str) -> Option<Store> {
     let (base, _) = admin
         .rsplit_once('/')
         .expect("LULL_TEST_POSTGRES ends in /DATABASE");
-    Some(Store::connect(&format!("{base}/{name}")).await.unwrap())
+    Store::connect(&format!("{base}/{name}")).await.unwrap()
 }
 
 /// Makes `#[tokio::test]`s `sqlite::NAME` and `postgres::NAME` of each `async fn NAME(Store)`.
@@ -54,13 +59,8 @@ macro_rules! on_each_backend {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    match crate::store::testing::postgres(stringify!($name)).await {
-                        Some(store) => super::$name(store).await,
-                        None => eprintln!(
-                            "SKIPPED {} on PostgreSQL: LULL_TEST_POSTGRES is not set (cargo xtask test sets it)",
-                            stringify!($name)
-                        ),
-                    }
+                    let store = crate::store::testing::postgres(stringify!($name)).await;
+                    super::$name(store).await;
                 }
             )*
         }

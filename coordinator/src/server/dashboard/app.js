@@ -449,6 +449,8 @@ function outcomeText(o) {
     case "cancelled": return "cancelled: " + o.reason;
     case "refused": return "refused: " + o.reason;
     case "evicted": return "evicted: " + (o.reason || "");
+    case "left": return "left: " + o.reason;
+    case "unreportable": return "its result could not be reported: " + o.reason;
     default: return JSON.stringify(o);
   }
 }
