@@ -167,23 +167,7 @@ pub fn refused(a: &Assignment, reason: &str) -> TaskResult {
 
 /// A result in which every module ended with `outcome` before it started.
 pub fn ended_before_start(a: &Assignment, outcome: Outcome) -> TaskResult {
-    TaskResult {
-        attempt: a.attempt,
-        modules: a
-            .job
-            .modules
-            .iter()
-            .map(|m| ModuleResult {
-                name: m.name.clone(),
-                outcome: outcome.clone(),
-                stdout: None,
-                stderr: None,
-            })
-            .collect(),
-        outputs: vec![],
-        elapsed_ms: 0,
-        outputs_truncated: false,
-    }
+    TaskResult::uniform(a.attempt, &a.job, outcome)
 }
 
 impl Runner {

@@ -589,6 +589,27 @@ impl TaskResult {
             })
     }
 
+    /// A result of `attempt` in which every module of `job` ended with `outcome`, with no
+    /// output: an attempt refused before it started, or a result that could not be kept.
+    pub fn uniform(attempt: AttemptId, job: &JobSpec, outcome: Outcome) -> TaskResult {
+        TaskResult {
+            attempt,
+            modules: job
+                .modules
+                .iter()
+                .map(|m| ModuleResult {
+                    name: m.name.clone(),
+                    outcome: outcome.clone(),
+                    stdout: None,
+                    stderr: None,
+                })
+                .collect(),
+            outputs: vec![],
+            elapsed_ms: 0,
+            outputs_truncated: false,
+        }
+    }
+
     /// Checks a result an agent sent for an attempt of `job`: one module result per module of
     /// the job, by name and in order; at most [`MAX_OUTPUT_FILES`] outputs, each a path that
     /// stays inside `/output`, none twice; outcome messages within [`MAX_OUTCOME_MESSAGE`].

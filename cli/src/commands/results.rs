@@ -134,3 +134,48 @@ fn check_names(r: &TaskResult) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lull_protocol::message::{ModuleResult, Outcome, OutputFile, TaskId};
+
+    fn result(module: &str, output: &str) -> TaskResult {
+        TaskResult {
+            attempt: lull_protocol::message::AttemptId {
+                task: TaskId { job: 1, index: 0 },
+                attempt: 1,
+            },
+            modules: vec![ModuleResult {
+                name: module.into(),
+                outcome: Outcome::Exited { code: 0 },
+                stdout: None,
+                stderr: None,
+            }],
+            outputs: vec![OutputFile {
+                path: output.into(),
+                digest: lull_protocol::Digest::of(b""),
+                size: 0,
+            }],
+            elapsed_ms: 1,
+            outputs_truncated: false,
+        }
+    }
+
+    #[test]
+    fn names_that_would_reach_out_of_the_folder_are_refused_before_any_file_is_written() {
+        assert!(check_names(&result("wc", "a/b.txt")).is_ok());
+        for (module, output) in [
+            ("x/../../victim", "a.txt"),
+            ("..", "a.txt"),
+            ("wc", "../../escape"),
+            ("wc", "/etc/passwd"),
+            ("wc", "a/\n/b"),
+        ] {
+            let err = check_names(&result(module, output))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.is_empty(), "{module} {output}");
+        }
+    }
+}

@@ -1130,7 +1130,11 @@ impl Hub {
                     &mut reason,
                     lull_protocol::message::MAX_OUTCOME_MESSAGE,
                 );
-                unreportable(attempt, &job, reason)
+                lull_protocol::message::TaskResult::uniform(
+                    attempt,
+                    &job,
+                    lull_protocol::message::Outcome::Unreportable { reason },
+                )
             }
         };
         if let Some(missing) = result.blobs().into_iter().find(|d| !self.blobs.contains(d)) {
@@ -1680,34 +1684,6 @@ fn queue_task(inner: &mut Inner, task: TaskId) {
 fn retry_backoff(base: Duration, attempt: u32) -> Duration {
     let factor = 1u32 << attempt.saturating_sub(1).min(16);
     base.saturating_mul(factor).min(Duration::from_secs(60))
-}
-
-/// A result of `attempt` in which every module of `job` ended as [`Outcome::Unreportable`].
-///
-/// [`Outcome::Unreportable`]: lull_protocol::message::Outcome::Unreportable
-fn unreportable(
-    attempt: AttemptId,
-    job: &JobSpec,
-    reason: String,
-) -> lull_protocol::message::TaskResult {
-    lull_protocol::message::TaskResult {
-        attempt,
-        modules: job
-            .modules
-            .iter()
-            .map(|m| lull_protocol::message::ModuleResult {
-                name: m.name.clone(),
-                outcome: lull_protocol::message::Outcome::Unreportable {
-                    reason: reason.clone(),
-                },
-                stdout: None,
-                stderr: None,
-            })
-            .collect(),
-        outputs: vec![],
-        elapsed_ms: 0,
-        outputs_truncated: false,
-    }
 }
 
 /// The eviction of a drained agent's attempt, with what is left of the drain's deadline.
