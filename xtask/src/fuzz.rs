@@ -110,6 +110,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     match args.first().map(String::as_str) {
         Some("bench") => bench(number(args.get(1), 3)?),
+        Some("smoke") => smoke(number(args.get(1), 5)?).map(drop),
         _ => run_all(number(args.first(), 10)?).map(drop),
     }
 }
@@ -228,15 +229,51 @@ pub fn bench(minutes_each: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The targets that need no wasmtime, which a fresh machine builds in minutes: what
+/// `cargo xtask test` runs for a few seconds each.
+pub const PROTOCOL_TARGETS: &[&str] = &["frame", "messages", "job_file", "trust", "constraint"];
+
+/// What `cargo xtask test` runs: the protocol targets, built without the agent, for `seconds`
+/// each. Fails on the first crash, naming the target and its input.
+pub fn smoke(seconds: u64) -> anyhow::Result<FuzzSummary> {
+    ensure_toolchain()?;
+    let started = Instant::now();
+    eprintln!("xtask: cargo +nightly fuzz build --no-default-features");
+    let status = cargo_fuzz(&["build", "--no-default-features"])
+        .status()
+        .context("starting cargo +nightly fuzz build")?;
+    if !status.success() {
+        bail!("cargo +nightly fuzz build --no-default-features failed ({status})");
+    }
+    let mut summary = FuzzSummary {
+        targets: Vec::new(),
+        build: started.elapsed(),
+    };
+    for target in PROTOCOL_TARGETS {
+        summary
+            .targets
+            .push(run_with(target, seconds, &["--no-default-features"])?);
+    }
+    println!("{}", summary.table());
+    Ok(summary)
+}
+
 /// Runs one target for `seconds` seconds from its seeds and working corpus.
 pub fn run_one(target: &str, seconds: u64) -> anyhow::Result<TargetRun> {
+    run_with(target, seconds, &[])
+}
+
+/// Runs one target for `seconds` seconds, with `extra` arguments to `cargo fuzz run`.
+fn run_with(target: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<TargetRun> {
     let root = util::root();
     let seeds = root.join("fuzz").join("corpus").join(target);
     let corpus: PathBuf = root.join("fuzz").join("target").join("corpus").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let max_time = format!("-max_total_time={seconds}");
     let (corpus_arg, seeds_arg) = (corpus.display().to_string(), seeds.display().to_string());
-    let mut args = vec!["run", target, &corpus_arg];
+    let mut args = vec!["run", target];
+    args.extend(extra);
+    args.push(&corpus_arg);
     if seeds.is_dir() {
         args.push(&seeds_arg);
     }

@@ -2,8 +2,9 @@
 //!
 //! - `demo`: installs the wasm targets if missing, builds, starts `lull dev`, submits the
 //!   examples, watches them and prints their results, then shuts down.
-//! - `test`: everything CI runs: formatting, clippy, docs, and every test (with a throwaway
-//!   PostgreSQL server for the tests of the PostgreSQL store).
+//! - `test`: everything CI runs: formatting, clippy, docs, `cargo deny`, a few seconds of each
+//!   protocol fuzz target, and every test (with a throwaway PostgreSQL server for the tests of
+//!   the PostgreSQL store).
 //! - `bench NAME`: a benchmark; its last line is one JSON object of named figures.
 //! - `fuzz [SECONDS]`: builds the fuzz targets (nightly, cargo-fuzz) and runs each for SECONDS
 //!   seconds (10); `fuzz bench [MINUTES]` runs each for MINUTES minutes (3): see fuzz/README.md.
@@ -66,6 +67,11 @@ fn test() -> anyhow::Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-Dwarnings")],
     )?;
+    // The dependency graph: licenses, duplicate versions, sources (and advisories offline).
+    deny::check()?;
+    // A few seconds of each protocol fuzz target: a decoder that crashes on some input fails
+    // here (`cargo xtask fuzz` runs them all for longer).
+    fuzz::smoke(5)?;
     util::cargo(&["build", "--workspace", "--bins"])?;
     // The store's tests and the PostgreSQL end-to-end tests run against a real server.
     let postgres = postgres::Server::start()?;
