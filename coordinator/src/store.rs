@@ -1180,7 +1180,7 @@ fn task_row(r: &AnyRow) -> Result<TaskRow> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::testing::on_each_backend;
 
@@ -1200,7 +1200,8 @@ mod tests {
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
     use lull_protocol::message::{ModuleResult, Outcome};
 
-    fn spec(count: u32, max_attempts: u32) -> JobSpec {
+    /// A job of `count` tasks of one module `m`, for the coordinator's tests.
+    pub(crate) fn spec(count: u32, max_attempts: u32) -> JobSpec {
         JobSpec {
             cluster: "default".into(),
             name: "t".into(),

@@ -585,22 +585,11 @@ impl JobSpec {
         if !(1..=100).contains(&self.max_attempts) {
             return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
         }
-        let mut names = std::collections::BTreeSet::new();
+        self.check_names()?;
         for (i, m) in self.modules.iter().enumerate() {
             let field = format!("modules[{i}]");
-            check_module_name(&m.name).map_err(|e| invalid(format!("{field}.name"), e))?;
-            if !names.insert(m.name.as_str()) {
-                return Err(invalid(
-                    format!("{field}.name"),
-                    format!("{:?} names two modules; names must differ", m.name),
-                ));
-            }
             check_invocation(&field, &m.args, &m.env)?;
             check_len(&format!("{field}.inputs"), m.inputs.len(), MAX_INPUTS)?;
-            for f in &m.inputs {
-                check_input_path(&f.path)
-                    .map_err(|reason| invalid(format!("{field}.inputs {:?}", f.path), reason))?;
-            }
         }
         let bytes = json_len(self);
         if bytes > MAX_SPEC_BYTES {
@@ -612,6 +601,27 @@ impl JobSpec {
                     units::format_size(MAX_SPEC_BYTES as u64)
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks what becomes a file or thread name where the job runs: module names (valid and
+    /// distinct) and input paths. Cheap: the agent checks it for every task it runs.
+    pub fn check_names(&self) -> Result<(), JobError> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in self.modules.iter().enumerate() {
+            let field = format!("modules[{i}]");
+            check_module_name(&m.name).map_err(|e| invalid(format!("{field}.name"), e))?;
+            if !names.insert(m.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("{:?} names two modules; names must differ", m.name),
+                ));
+            }
+            for f in &m.inputs {
+                check_input_path(&f.path)
+                    .map_err(|reason| invalid(format!("{field}.inputs {:?}", f.path), reason))?;
+            }
         }
         Ok(())
     }

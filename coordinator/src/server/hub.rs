@@ -1722,28 +1722,7 @@ mod tests {
             ..HubConfig::default()
         };
         let hub = Hub::new(store, blobs, config, 1);
-        let spec = JobSpec {
-            name: "lost".into(),
-            cluster: "default".into(),
-            count: 1,
-            modules: vec![lull_protocol::job::ModuleSpec {
-                name: "m".into(),
-                digest: Digest::of(b"m"),
-                size: 1,
-                signature: None,
-                args: vec![],
-                env: Default::default(),
-                stdin: None,
-                inputs: vec![],
-            }],
-            resources: lull_protocol::job::Resources {
-                memory: 16 << 20,
-                timeout_ms: 60_000,
-                cpu_millis: 100,
-            },
-            placement: Default::default(),
-            max_attempts: 3,
-        };
+        let spec = crate::store::tests::spec(1, 3);
         let job = hub.store().insert_job(&spec, now_ms()).await.unwrap();
         hub.recover().await.unwrap();
         let hello = AgentMessage::Hello {

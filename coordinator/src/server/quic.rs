@@ -212,17 +212,13 @@ async fn connection(conn: quinn::Connection, hub: Arc<Hub>, hello_timeout: Durat
                 return;
             }
             Err(_) => {
-                tracing::info!(%remote, "closing a connection that said no hello in time");
-                conn.close(3u32.into(), b"no hello in time");
-                return;
+                return no_hello_in_time(&conn);
             }
         };
         let first = tokio::time::timeout_at(deadline, first_frame(&mut recv, &conn)).await;
         let first = match first {
             Err(_) => {
-                tracing::info!(%remote, "closing a connection that said no hello in time");
-                conn.close(3u32.into(), b"no hello in time");
-                return;
+                return no_hello_in_time(&conn);
             }
             Ok(Err(e)) => {
                 tracing::debug!(%remote, error = %e, "stream ended with an error");
@@ -244,9 +240,7 @@ async fn connection(conn: quinn::Connection, hub: Arc<Hub>, hello_timeout: Durat
             tokio::time::timeout_at(deadline, stream(first, send, recv, &hub, &conn, &agent)).await;
         match served {
             Err(_) => {
-                tracing::info!(%remote, "closing a connection that said no hello in time");
-                conn.close(3u32.into(), b"no hello in time");
-                return;
+                return no_hello_in_time(&conn);
             }
             Ok(Err(e)) => tracing::debug!(%remote, error = %e, "stream ended with an error"),
             Ok(Ok(())) => {}
@@ -275,6 +269,12 @@ async fn connection(conn: quinn::Connection, hub: Arc<Hub>, hello_timeout: Durat
             }
         }
     }
+}
+
+/// Closes a connection whose peer did not say hello in time.
+fn no_hello_in_time(conn: &quinn::Connection) {
+    tracing::info!(remote = %conn.remote_address(), "closing a connection that said no hello in time");
+    conn.close(3u32.into(), b"no hello in time");
 }
 
 /// Reads the frame that opens a stream; `None` when the stream ended first. A frame over the
@@ -397,10 +397,6 @@ async fn control(
         unreachable!("control() is called with a hello")
     };
     let agent_id = agent_id.clone();
-    if agent.get().is_some() {
-        refuse(&mut send, conn, "a second hello on one connection".into()).await;
-        return Ok(());
-    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let key = crate::tls::peer_key_hash(conn);
     let conn_no = match hub.agent_connected(&hello, key, tx).await {
