@@ -6,11 +6,18 @@
 //! leaves on a notice keeps its last checkpoint just before it ends): [`Pending`] counts the
 //! checkpoints of each attempt not yet reported, and results wait for their attempt's count to
 //! reach zero.
+//!
+//! **Pace.** An attempt keeps at most one checkpoint per [`Sink::interval`]: one asked for
+//! sooner waits in memory, and a newer one replaces it, so a guest that checkpoints in a loop
+//! costs the machine one write per interval, not one per call. The one waiting is kept when
+//! the attempt ends without succeeding ([`AttemptHooks::finish`]); a checkpoint the guest
+//! leaves on is always kept at once. The daemon, too, uploads only the newest of an attempt's
+//! checkpoints waiting to go.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lull_protocol::Digest;
 use lull_protocol::message::AttemptId;
@@ -126,6 +133,8 @@ pub struct Sink {
     pub pending: Arc<Pending>,
     /// The largest state kept, in bytes.
     pub cap: u64,
+    /// The shortest time between two checkpoints of one attempt kept as they come.
+    pub interval: Duration,
     /// Where the guests' progress is posted.
     pub progress: Arc<ProgressBoard>,
 }
@@ -138,6 +147,14 @@ pub struct AttemptHooks {
     sink: Option<Sink>,
     progress: Mutex<Option<f64>>,
     seq: AtomicU64,
+    pace: Mutex<Pace>,
+}
+
+/// When an attempt last kept a checkpoint, and the newest one asked for since, if it waits.
+#[derive(Debug, Default)]
+struct Pace {
+    last_kept: Option<Instant>,
+    waiting: Option<Vec<u8>>,
 }
 
 impl AttemptHooks {
@@ -149,7 +166,46 @@ impl AttemptHooks {
             sink,
             progress: Mutex::new(None),
             seq: AtomicU64::new(0),
+            pace: Mutex::default(),
         }
+    }
+
+    /// The attempt's guests ended: unless it succeeded, the checkpoint waiting for its turn
+    /// (if any) is kept, for the next attempt to start from.
+    pub fn finish(&self, succeeded: bool) {
+        let waiting = self.pace().waiting.take();
+        if let (Some(state), Some(sink), false) = (waiting, &self.sink, succeeded)
+            && let Err(e) = self.keep(sink, state)
+        {
+            tracing::warn!(attempt = %self.attempt, error = %e, "could not keep the attempt's last checkpoint");
+        }
+    }
+
+    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
+        self.pace.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `state` to the cache and hands it to the daemon.
+    fn keep(&self, sink: &Sink, state: Vec<u8>) -> Result<(), String> {
+        let size = state.len() as u64;
+        let digest = sink
+            .cache
+            .put(&state)
+            .map_err(|e| format!("the agent could not keep the checkpoint: {e:#}"))?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        sink.pending.add(self.attempt);
+        let kept = Kept {
+            attempt: self.attempt,
+            digest,
+            size,
+            seq,
+            progress: self.last_progress(),
+        };
+        if sink.tx.send(kept).is_err() {
+            sink.pending.done(self.attempt);
+            return Err("the agent is stopping".into());
+        }
+        Ok(())
     }
 
     /// The progress the guest reported last.
@@ -174,7 +230,7 @@ impl GuestHooks for AttemptHooks {
         }
     }
 
-    fn checkpoint(&self, state: Vec<u8>) -> Result<(), String> {
+    fn checkpoint(&self, state: Vec<u8>, leaving: bool) -> Result<(), String> {
         let Some(sink) = &self.sink else {
             return Err("this agent keeps no checkpoints".into());
         };
@@ -186,24 +242,21 @@ impl GuestHooks for AttemptHooks {
                 format_size(sink.cap)
             ));
         }
-        let digest = sink
-            .cache
-            .put(&state)
-            .map_err(|e| format!("the agent could not keep the checkpoint: {e:#}"))?;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        sink.pending.add(self.attempt);
-        let kept = Kept {
-            attempt: self.attempt,
-            digest,
-            size,
-            seq,
-            progress: self.last_progress(),
-        };
-        if sink.tx.send(kept).is_err() {
-            sink.pending.done(self.attempt);
-            return Err("the agent is stopping".into());
+        {
+            let mut pace = self.pace();
+            let now = Instant::now();
+            if !leaving
+                && pace
+                    .last_kept
+                    .is_some_and(|t| now.saturating_duration_since(t) < sink.interval)
+            {
+                pace.waiting = Some(state);
+                return Ok(());
+            }
+            pace.waiting = None;
+            pace.last_kept = Some(now);
         }
-        Ok(())
+        self.keep(sink, state)
     }
 
     fn restore(&self) -> Option<Vec<u8>> {
@@ -250,7 +303,7 @@ mod tests {
         };
         let nowhere = AttemptHooks::new(a, None, None);
         assert_eq!(
-            nowhere.checkpoint(b"x".to_vec()),
+            nowhere.checkpoint(b"x".to_vec(), false),
             Err("this agent keeps no checkpoints".into())
         );
         let dir = tempfile::tempdir().unwrap();
@@ -265,19 +318,65 @@ mod tests {
                 tx,
                 pending: pending.clone(),
                 cap: 4,
+                interval: Duration::ZERO,
                 progress: Arc::default(),
             }),
         );
         assert_eq!(hooks.restore(), Some(b"before".to_vec()));
         assert_eq!(
-            hooks.checkpoint(b"12345".to_vec()),
+            hooks.checkpoint(b"12345".to_vec(), false),
             Err("the checkpoint is 5 B; this agent keeps at most 4 B".into())
         );
         GuestHooks::progress(&hooks, 0.5);
-        hooks.checkpoint(b"1234".to_vec()).unwrap();
+        hooks.checkpoint(b"1234".to_vec(), false).unwrap();
         let kept = rx.try_recv().unwrap();
         assert_eq!((kept.seq, kept.size, kept.progress), (1, 4, Some(0.5)));
         assert!(cache.contains(&kept.digest));
         assert!(pending.lock().contains_key(&a));
+    }
+
+    #[test]
+    fn checkpoints_sooner_than_the_interval_wait_and_the_newest_is_kept_unless_the_attempt_succeeds()
+     {
+        let a = AttemptId {
+            task: TaskId { job: 1, index: 0 },
+            attempt: 1,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), crate::cache::Lru::new(1 << 20)).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = Sink {
+            cache,
+            tx,
+            pending: Arc::default(),
+            cap: 1 << 10,
+            interval: Duration::from_secs(3600),
+            progress: Arc::default(),
+        };
+        let hooks = AttemptHooks::new(a, None, Some(sink.clone()));
+        let states: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 10]).collect();
+        for state in &states {
+            hooks.checkpoint(state.clone(), false).unwrap();
+        }
+        // The first is kept; the other 99 came too soon, and only the newest waits.
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.seq, 1);
+        assert!(rx.try_recv().is_err());
+        hooks.finish(false);
+        let last = rx.try_recv().unwrap();
+        assert_eq!((last.seq, last.size), (2, 10));
+        assert_eq!(last.digest, Digest::of(&states[99]));
+        hooks.finish(false);
+        assert!(rx.try_recv().is_err(), "kept once");
+
+        // Leaving keeps its state at once, however soon; a success drops the one waiting.
+        let hooks = AttemptHooks::new(a, None, Some(sink));
+        hooks.checkpoint(b"one".to_vec(), false).unwrap();
+        hooks.checkpoint(b"two".to_vec(), true).unwrap();
+        assert_eq!(rx.try_recv().unwrap().digest, Digest::of(b"one"));
+        assert_eq!(rx.try_recv().unwrap().digest, Digest::of(b"two"));
+        hooks.checkpoint(b"three".to_vec(), false).unwrap();
+        hooks.finish(true);
+        assert!(rx.try_recv().is_err(), "no use after a success");
     }
 }

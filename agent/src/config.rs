@@ -45,6 +45,22 @@ pub struct AgentConfig {
     /// Bytes of /output kept per task, e.g. "1GiB".
     #[serde(default = "default_outputs_cap")]
     pub outputs_cap: String,
+    /// The most disk one task's /output and /scratch may take while it runs, e.g. "4GiB": a
+    /// task that writes more is stopped (`disk_exceeded`).
+    #[serde(default = "default_task_disk")]
+    pub task_disk: String,
+    /// The most files and directories one task may make under /output and /scratch.
+    #[serde(default = "default_task_files")]
+    pub task_files: u64,
+    /// Disk space to keep free where `data_dir` is, e.g. "1GiB": below it the agent takes no
+    /// new work.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: String,
+    /// How often one task's checkpoints are kept at most, e.g. "5s": a checkpoint sooner
+    /// than that after the last one kept waits in memory and is dropped if a newer one comes
+    /// (a checkpoint kept on leaving is always kept at once).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: String,
     /// The owner's trust list: an OpenSSH allowed_signers file. Modules signed by anyone else
     /// are refused. Without one, nothing is trusted.
     #[serde(default)]
@@ -103,6 +119,22 @@ fn default_output_cap() -> String {
 
 fn default_outputs_cap() -> String {
     "1GiB".into()
+}
+
+fn default_task_disk() -> String {
+    "4GiB".into()
+}
+
+fn default_task_files() -> u64 {
+    100_000
+}
+
+fn default_min_free_disk() -> String {
+    "1GiB".into()
+}
+
+fn default_checkpoint_interval() -> String {
+    "5s".into()
 }
 
 impl Default for AgentConfig {

@@ -49,6 +49,8 @@ pub struct Agent {
     join_token: Option<String>,
     slots: u32,
     max_task_memory: u64,
+    /// Below this much free disk where `data_dir` is, no new work is taken.
+    min_free_disk: u64,
     labels: std::collections::BTreeMap<String, String>,
     runner: Arc<Runner>,
     cache: BlobCache,
@@ -101,6 +103,13 @@ impl Agent {
         };
         let output_cap = units::parse_size(&config.output_cap).context("output_cap")?;
         let outputs_cap = units::parse_size(&config.outputs_cap).context("outputs_cap")?;
+        let task_disk = crate::disk::DiskCap {
+            bytes: units::parse_size(&config.task_disk).context("task_disk")?,
+            files: config.task_files,
+        };
+        let min_free_disk = units::parse_size(&config.min_free_disk).context("min_free_disk")?;
+        let checkpoint_interval =
+            units::parse_duration(&config.checkpoint_interval).context("checkpoint_interval")?;
         let sample_interval =
             units::parse_duration(&config.sample_interval).context("sample_interval")?;
         if sample_interval < Duration::from_millis(1) {
@@ -175,6 +184,7 @@ impl Agent {
             join_token: config.join_token.clone(),
             slots,
             max_task_memory,
+            min_free_disk,
             labels: config.labels.clone(),
             runner: Arc::new(Runner {
                 sandbox: Arc::new(sandbox),
@@ -183,6 +193,7 @@ impl Agent {
                 work_root,
                 max_task_memory,
                 outputs_cap,
+                task_disk,
                 compiled,
                 loaded: Default::default(),
                 guests: Default::default(),
@@ -191,6 +202,7 @@ impl Agent {
                     tx: checkpoint_tx,
                     pending: pending_checkpoints,
                     cap: checkpoint_cap,
+                    interval: checkpoint_interval,
                     progress: progress.clone(),
                 }),
             }),
@@ -400,7 +412,17 @@ impl Agent {
         let mut status = lock(&self.shared.status).clone();
         // The process's CPU is all this agent's, unless agents share the process.
         status.guest_cpu *= self.runner.guests.share();
+        if let Some(reason) = self.low_disk() {
+            status.accepting = false;
+            status.reason = reason;
+        }
         status
+    }
+
+    /// Why the agent takes no new work for want of disk, if it does not.
+    fn low_disk(&self) -> Option<String> {
+        let free = crate::disk::free_space(&self.data_dir);
+        crate::disk::low_disk(&self.data_dir, free, self.min_free_disk)
     }
 
     fn running(&self) -> Vec<AttemptId> {
@@ -577,6 +599,15 @@ impl Agent {
         received: Instant,
     ) -> Option<TaskResult> {
         let attempt = a.attempt;
+        // Sent before the coordinator heard that the disk is low: handed back, not the task's
+        // fault, to run elsewhere.
+        if let Some(reason) = self.low_disk() {
+            tracing::warn!(%attempt, %reason, "handing an assignment back");
+            return Some(runner::ended_before_start(
+                &a,
+                lull_protocol::message::Outcome::Evicted { reason },
+            ));
+        }
         if let Err(reason) = self.fetch_all(&a).await {
             return Some(runner::refused(&a, &reason));
         }
@@ -748,8 +779,33 @@ impl Agent {
         self: Arc<Self>,
         mut rx: mpsc::UnboundedReceiver<crate::checkpoint::Kept>,
     ) {
-        while let Some(k) = rx.recv().await {
-            lock(&self.unreported).insert(k.digest);
+        let mut queue: std::collections::VecDeque<crate::checkpoint::Kept> = Default::default();
+        loop {
+            // Whatever arrived while the last one went: an attempt's newer checkpoint makes its
+            // older ones waiting here useless, so they are dropped unsent.
+            // Each is spared by the cache from its arrival until it is sent or dropped.
+            while let Ok(k) = rx.try_recv() {
+                lock(&self.unreported).insert(k.digest);
+                queue.push_back(k);
+            }
+            let k = match queue.pop_front() {
+                Some(k) => k,
+                None => match rx.recv().await {
+                    Some(k) => {
+                        lock(&self.unreported).insert(k.digest);
+                        k
+                    }
+                    None => return,
+                },
+            };
+            if queue.iter().any(|newer| newer.attempt == k.attempt) {
+                tracing::debug!(attempt = %k.attempt, seq = k.seq, "a newer checkpoint supersedes one not yet sent");
+                if queue.iter().all(|other| other.digest != k.digest) {
+                    lock(&self.unreported).remove(&k.digest);
+                }
+                self.pending_checkpoints.done(k.attempt);
+                continue;
+            }
             let mut tries = 0u32;
             let uploaded = loop {
                 let conn = self.connection().await;
@@ -787,7 +843,9 @@ impl Agent {
                     }
                 }
             }
-            lock(&self.unreported).remove(&k.digest);
+            if queue.iter().all(|other| other.digest != k.digest) {
+                lock(&self.unreported).remove(&k.digest);
+            }
             self.pending_checkpoints.done(k.attempt);
         }
     }

@@ -10,6 +10,7 @@
 //! | [`pool`] | memory slots for guests: fixed size classes (pooled, warm) and a variable pool |
 //! | [`checkpoint`] | guests' checkpoints: kept in the cache, reported before their attempt's result, restored |
 //! | [`runner`] | one assignment: checks (memory cap, signatures, compile), directories, threads, result |
+//! | [`disk`] | a task's disk cap, watched while it runs; the free disk the agent keeps |
 //! | [`sandbox`] | wasmtime + WASI with memory, time and output caps; pause, CPU share, eviction, idle priority |
 //! | [`scavenger`] | the thread that feeds the sampler's readings to the policy and applies its decisions |
 //! | [`sampler`] | what the machine offers and how busy its own programs keep it |
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod enroll;
 pub mod install;
 pub mod link;

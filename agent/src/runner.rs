@@ -37,6 +37,8 @@ pub struct Runner {
     pub max_task_memory: u64,
     /// The most bytes of `/output` kept per task.
     pub outputs_cap: u64,
+    /// The most disk one task's `/output` and `/scratch` may take while it runs.
+    pub task_disk: crate::disk::DiskCap,
     /// Compiled modules on disk.
     pub compiled: CompiledCache,
     /// Modules verified and loaded, in memory.
@@ -211,9 +213,11 @@ impl Runner {
         }
         let dir = self.work_root.join(a.attempt.to_string().replace('#', "-"));
         let result = match self.layout(a, &dir, pooled) {
-            Ok(specs) => {
+            Ok((specs, hooks)) => {
                 on_start();
-                self.execute(a, &programs, specs, control)
+                let result = self.execute(a, &programs, specs, control);
+                hooks.finish(result.succeeded());
+                result
             }
             Err(e) => refused(
                 a,
@@ -294,7 +298,13 @@ impl Runner {
         Ok((program, how))
     }
 
-    fn layout(&self, a: &Assignment, dir: &Path, pooled: bool) -> anyhow::Result<Vec<RunSpec>> {
+    /// The task's directories, its modules' run specs, and the hooks they share.
+    fn layout(
+        &self,
+        a: &Assignment,
+        dir: &Path,
+        pooled: bool,
+    ) -> anyhow::Result<(Vec<RunSpec>, Arc<crate::checkpoint::AttemptHooks>)> {
         // One set of hooks for the task's modules, restoring the checkpoint it was given.
         let restore = match &a.checkpoint {
             Some(c) => Some(
@@ -303,11 +313,12 @@ impl Runner {
             ),
             None => None,
         };
-        let hooks = crate::sandbox::Hooks(Arc::new(crate::checkpoint::AttemptHooks::new(
+        let attempt_hooks = Arc::new(crate::checkpoint::AttemptHooks::new(
             a.attempt,
             restore,
             self.checkpoints.clone(),
-        )));
+        ));
+        let hooks = crate::sandbox::Hooks(attempt_hooks.clone());
         let output = dir.join("output");
         let scratch = dir.join("scratch");
         for d in [&output, &scratch] {
@@ -359,7 +370,7 @@ impl Runner {
                 hooks: Some(hooks.clone()),
             });
         }
-        Ok(specs)
+        Ok((specs, attempt_hooks))
     }
 
     fn execute(
@@ -370,7 +381,20 @@ impl Runner {
         control: &TaskControl,
     ) -> TaskResult {
         let started = Instant::now();
+        let dirs: Vec<PathBuf> = specs
+            .first()
+            .map(|s| vec![s.output_dir.clone(), s.scratch_dir.clone()])
+            .unwrap_or_default();
         let outputs: Vec<RunOutput> = std::thread::scope(|s| {
+            // Watches the task's files while its guests run; told to end when they have.
+            let (guests_done, done) = std::sync::mpsc::channel::<()>();
+            let dirs = &dirs;
+            let watcher = std::thread::Builder::new()
+                .name(format!("disk {}", a.attempt))
+                .spawn_scoped(s, move || self.task_disk.watch(dirs, control, &done));
+            if let Err(e) = &watcher {
+                tracing::error!(attempt = %a.attempt, error = %e, "could not start the task's disk watcher");
+            }
             let handles: Vec<_> = programs
                 .iter()
                 .zip(specs.iter())
@@ -384,7 +408,7 @@ impl Runner {
                         })
                 })
                 .collect();
-            handles
+            let outputs = handles
                 .into_iter()
                 .map(|h| {
                     let joined = h
@@ -401,8 +425,16 @@ impl Runner {
                         elapsed: Duration::ZERO,
                     })
                 })
-                .collect()
+                .collect::<Vec<_>>();
+            drop(guests_done);
+            if let Ok(Ok(Some(reason))) = watcher.map(|w| w.join()) {
+                tracing::warn!(attempt = %a.attempt, %reason, "stopped the task: over its disk cap");
+            }
+            outputs
         });
+        // The last walk, with the guests ended, is exact: a task that went over its cap
+        // between two walks and ended before the next does not succeed either.
+        let over = self.task_disk.exceeded_by(self.task_disk.measure(&dirs));
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let modules = a
             .job
@@ -410,7 +442,12 @@ impl Runner {
             .iter()
             .zip(outputs)
             .map(|(m, out)| {
-                let mut outcome = out.outcome;
+                let mut outcome = match (&over, out.outcome) {
+                    (Some(reason), Outcome::Exited { .. }) => Outcome::DiskExceeded {
+                        reason: reason.clone(),
+                    },
+                    (_, outcome) => outcome,
+                };
                 outcome.bound();
                 ModuleResult {
                     name: m.name.clone(),

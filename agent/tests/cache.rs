@@ -53,6 +53,10 @@ fn agent(data: &Path, sandbox: &Arc<Sandbox>, trust: &Arc<TrustList>, budget: u6
             work_root,
             max_task_memory: 1 << 30,
             outputs_cap: 1 << 20,
+            task_disk: lull_agent::disk::DiskCap {
+                bytes: 1 << 30,
+                files: 10_000,
+            },
             compiled,
             loaded: Default::default(),
             checkpoints: None,

@@ -1570,7 +1570,8 @@ fn a_truncated_artifact_is_refused_not_run() {
 #[derive(Default)]
 struct Recorder {
     progress: std::sync::Mutex<Vec<f64>>,
-    checkpoints: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Each state, and whether the guest left after it.
+    checkpoints: std::sync::Mutex<Vec<(Vec<u8>, bool)>>,
 }
 
 impl lull_agent::sandbox::GuestHooks for Recorder {
@@ -1583,11 +1584,11 @@ impl lull_agent::sandbox::GuestHooks for Recorder {
     fn progress(&self, fraction: f64) {
         self.progress.lock().unwrap().push(fraction);
     }
-    fn checkpoint(&self, state: Vec<u8>) -> Result<(), String> {
+    fn checkpoint(&self, state: Vec<u8>, leaving: bool) -> Result<(), String> {
         if state.len() > 16 {
             return Err("over the cap".into());
         }
-        self.checkpoints.lock().unwrap().push(state);
+        self.checkpoints.lock().unwrap().push((state, leaving));
         Ok(())
     }
     fn restore(&self) -> Option<Vec<u8>> {
@@ -1656,7 +1657,11 @@ fn a_component_reports_progress_and_leaves_with_its_checkpoint() {
         }
     );
     assert_eq!(*recorder.progress.lock().unwrap(), [0.3, 1.0]);
-    assert_eq!(*recorder.checkpoints.lock().unwrap(), [b"state".to_vec()]);
+    assert_eq!(
+        *recorder.checkpoints.lock().unwrap(),
+        [(b"state".to_vec(), true)],
+        "kept as the guest left"
+    );
 
     // Under notice, the eviction's reason is the outcome's.
     let control = TaskControl::new();

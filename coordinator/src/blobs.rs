@@ -359,6 +359,38 @@ impl BlobStore {
             .map_err(std::io::Error::other)?
     }
 
+    /// Deletes at once each of `candidates` (states that stopped being a task's latest
+    /// checkpoint) that `referenced` does not hold and that was last used before `before` (the
+    /// moment before `referenced` was read: a blob stored or renewed since may be about to be
+    /// referenced). The rest wait for the ordinary collection. Returns the blobs and bytes
+    /// deleted.
+    pub async fn drop_superseded(
+        &self,
+        candidates: HashSet<Digest>,
+        referenced: &HashSet<Digest>,
+        before: SystemTime,
+    ) -> (u64, u64) {
+        let store = self.clone();
+        let referenced = referenced.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut done = (0, 0);
+            for digest in candidates.difference(&referenced) {
+                let path = store.path(digest);
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                if meta.modified().is_ok_and(|t| t < before) && std::fs::remove_file(&path).is_ok()
+                {
+                    done.0 += 1;
+                    done.1 += meta.len();
+                }
+            }
+            done
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Where a blob lives (whether or not it is there).
     pub fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
@@ -665,5 +697,39 @@ mod tests {
             "{done:?}"
         );
         assert!(store.contains(&kept) && store.contains(&recent) && !store.contains(&old));
+    }
+
+    #[tokio::test]
+    async fn superseded_states_go_at_once_unless_referenced_or_used_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut stored = Vec::new();
+        for b in [
+            &b"old state"[..],
+            b"also a module",
+            b"renewed",
+            b"never stored",
+        ] {
+            let d = Digest::of(b);
+            if b != b"never stored" {
+                store.put(d, None, 1 << 20, b).await.unwrap();
+            }
+            stored.push(d);
+        }
+        let (old, module, renewed, absent) = (stored[0], stored[1], stored[2], stored[3]);
+        let before = SystemTime::now() + Duration::from_millis(10);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Stored again after the references were read: it may be about to be referenced.
+        store.touch(&renewed);
+        let (blobs, bytes) = store
+            .drop_superseded(
+                HashSet::from([old, module, renewed, absent]),
+                &HashSet::from([module]),
+                before,
+            )
+            .await;
+        assert_eq!((blobs, bytes), (1, 9));
+        assert!(!store.contains(&old));
+        assert!(store.contains(&module) && store.contains(&renewed));
     }
 }

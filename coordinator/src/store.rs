@@ -250,6 +250,19 @@ pub enum Recorded {
     Stale,
 }
 
+/// What [`Store::record_checkpoint`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointRecorded {
+    /// Kept as the task's latest; `superseded` is the state it replaced, when that was a
+    /// different one.
+    Kept {
+        /// The state no longer the task's latest.
+        superseded: Option<Digest>,
+    },
+    /// Not kept: the attempt is not the agent's running one, or a newer checkpoint is kept.
+    Stale,
+}
+
 /// Which database a store is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -808,7 +821,7 @@ impl Store {
 
     /// Keeps a checkpoint as its task's latest, if `attempt` is the task's running attempt on
     /// `agent` and the checkpoint is newer than the one kept (a later attempt, or a later `seq`
-    /// of the same attempt). Returns whether it was kept.
+    /// of the same attempt). Returns whether it was kept, and the state it replaced.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_checkpoint(
         &self,
@@ -819,7 +832,7 @@ impl Store {
         seq: u64,
         progress: Option<f64>,
         now_ms: i64,
-    ) -> Result<bool> {
+    ) -> Result<CheckpointRecorded> {
         let task = attempt.task;
         let mut tx = self.begin_write().await?;
         let running = sqlx::query(
@@ -833,18 +846,30 @@ impl Store {
         .await?
         .is_some();
         if !running {
-            return Ok(false);
+            return Ok(CheckpointRecorded::Stale);
         }
-        let kept =
-            sqlx::query("SELECT attempt, seq FROM checkpoints WHERE job_id = $1 AND idx = $2")
-                .bind(task.job as i64)
-                .bind(task.index as i64)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)));
-        if kept.is_some_and(|k| k >= (attempt.attempt as i64, seq as i64)) {
-            return Ok(false);
+        let kept = sqlx::query(
+            "SELECT attempt, seq, digest FROM checkpoints WHERE job_id = $1 AND idx = $2",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| {
+            (
+                (r.get::<i64, _>(0), r.get::<i64, _>(1)),
+                r.get::<String, _>(2),
+            )
+        });
+        if kept
+            .as_ref()
+            .is_some_and(|(k, _)| *k >= (attempt.attempt as i64, seq as i64))
+        {
+            return Ok(CheckpointRecorded::Stale);
         }
+        let superseded = kept
+            .and_then(|(_, d)| d.parse::<Digest>().ok())
+            .filter(|d| d != digest);
         sqlx::query("DELETE FROM checkpoints WHERE job_id = $1 AND idx = $2")
             .bind(task.job as i64)
             .bind(task.index as i64)
@@ -866,7 +891,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(CheckpointRecorded::Kept { superseded })
     }
 
     /// The progress the latest checkpoint of each of a job's tasks recorded, by task index.
@@ -1304,26 +1329,32 @@ pub(crate) mod tests {
         let a1 = s.assign(task, "a", 1).await.unwrap().unwrap();
         let (d1, d2) = (Digest::of(b"one"), Digest::of(b"two"));
         // Not from another agent.
-        assert!(
-            !s.record_checkpoint("b", a1, &d1, 3, 1, None, 2)
+        assert_eq!(
+            s.record_checkpoint("b", a1, &d1, 3, 1, None, 2)
                 .await
-                .unwrap()
+                .unwrap(),
+            CheckpointRecorded::Stale
         );
-        assert!(
+        assert_eq!(
             s.record_checkpoint("a", a1, &d1, 3, 1, Some(0.25), 2)
                 .await
-                .unwrap()
+                .unwrap(),
+            CheckpointRecorded::Kept { superseded: None }
         );
-        assert!(
+        assert_eq!(
             s.record_checkpoint("a", a1, &d2, 3, 2, Some(0.5), 3)
                 .await
-                .unwrap()
+                .unwrap(),
+            CheckpointRecorded::Kept {
+                superseded: Some(d1)
+            }
         );
         // An older one arriving late changes nothing.
-        assert!(
-            !s.record_checkpoint("a", a1, &d1, 3, 1, None, 4)
+        assert_eq!(
+            s.record_checkpoint("a", a1, &d1, 3, 1, None, 4)
                 .await
-                .unwrap()
+                .unwrap(),
+            CheckpointRecorded::Stale
         );
         let kept = s.checkpoint(task).await.unwrap().unwrap();
         assert_eq!((kept.digest, kept.size, kept.attempt), (d2, 3, 1));
@@ -1340,17 +1371,21 @@ pub(crate) mod tests {
             reason: "drained".into(),
         };
         s.record_result("a", &r, 5).await.unwrap();
-        assert!(
-            !s.record_checkpoint("a", a1, &d1, 3, 3, None, 6)
+        assert_eq!(
+            s.record_checkpoint("a", a1, &d1, 3, 3, None, 6)
                 .await
-                .unwrap()
+                .unwrap(),
+            CheckpointRecorded::Stale
         );
         let a2 = s.assign(task, "b", 7).await.unwrap().unwrap();
         assert_eq!(s.checkpoint(task).await.unwrap().unwrap().digest, d2);
-        assert!(
+        assert_eq!(
             s.record_checkpoint("b", a2, &d1, 3, 1, None, 8)
                 .await
-                .unwrap()
+                .unwrap(),
+            CheckpointRecorded::Kept {
+                superseded: Some(d2)
+            }
         );
         let kept = s.checkpoint(task).await.unwrap().unwrap();
         assert_eq!((kept.digest, kept.attempt), (d1, 2));

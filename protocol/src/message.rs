@@ -415,6 +415,13 @@ pub enum Outcome {
         /// Why, e.g. "the guest left after keeping a checkpoint".
         reason: String,
     },
+    /// The task's files under `/output` and `/scratch` grew past the agent's `task_disk` cap
+    /// (bytes or files) while it ran: the agent stopped it. Counts as a failed attempt.
+    DiskExceeded {
+        /// Which cap, and how far the task went, e.g. "the task's files took 1.2 GiB, over
+        /// this agent's task_disk of 1 GiB".
+        reason: String,
+    },
     /// The attempt ran, but its result could not be reported as it was: it would not fit in a
     /// message, or the coordinator found it invalid. Counts as a failed attempt.
     Unreportable {
@@ -432,6 +439,7 @@ impl Outcome {
             | Outcome::Evicted { reason }
             | Outcome::Refused { reason }
             | Outcome::Left { reason }
+            | Outcome::DiskExceeded { reason }
             | Outcome::Unreportable { reason } => Some(reason),
             Outcome::Exited { .. } | Outcome::TimedOut { .. } | Outcome::MemoryExceeded { .. } => {
                 None
@@ -447,6 +455,7 @@ impl Outcome {
             | Outcome::Evicted { reason: text }
             | Outcome::Refused { reason: text }
             | Outcome::Left { reason: text }
+            | Outcome::DiskExceeded { reason: text }
             | Outcome::Unreportable { reason: text } => truncate_message(text, MAX_OUTCOME_MESSAGE),
             Outcome::Exited { .. } | Outcome::TimedOut { .. } | Outcome::MemoryExceeded { .. } => {}
         }
@@ -475,6 +484,7 @@ impl fmt::Display for Outcome {
             Outcome::Refused { reason } => write!(f, "refused by the agent: {reason}"),
             Outcome::Evicted { reason } => write!(f, "evicted: {reason}"),
             Outcome::Left { reason } => write!(f, "left: {reason}"),
+            Outcome::DiskExceeded { reason } => write!(f, "disk cap reached: {reason}"),
             Outcome::Unreportable { reason } => {
                 write!(f, "its result could not be reported: {reason}")
             }

@@ -308,6 +308,9 @@ pub struct AgentOptions {
     /// Connect to this QUIC address (another coordinator of the cluster, see
     /// [`Cluster::start_peer_coordinator`]) instead of the first coordinator's.
     pub coordinator: Option<SocketAddr>,
+    /// Lines of `agent.toml` (e.g. `task_disk = "1MiB"`) for a dedicated agent; not with
+    /// `scavenging_config`.
+    pub settings: Option<String>,
 }
 
 /// How a test agent enrolls with the coordinator.
@@ -609,13 +612,19 @@ impl Cluster {
         if let Some(m) = &options.max_task_memory {
             cmd.args(["--max-task-memory", m]);
         }
-        match &options.scavenging_config {
-            Some(config) => {
+        match (&options.scavenging_config, &options.settings) {
+            (Some(config), None) => {
                 cmd.args(["--config", path_str(config)]);
             }
-            None => {
+            (None, settings) => {
+                if let Some(settings) = settings {
+                    let file = self.root.join(format!("{name}.toml"));
+                    std::fs::write(&file, settings).expect("writing the agent's settings");
+                    cmd.args(["--config", path_str(&file)]);
+                }
                 cmd.arg("--dedicated");
             }
+            (Some(_), Some(_)) => panic!("settings are for dedicated agents"),
         }
         verbose_logs(&mut cmd);
         let proc = Proc::spawn(&format!("agent-{name}"), cmd, &self.root.join("logs"));
@@ -1674,6 +1683,36 @@ pub mod guests {
         .expect("wat")
     }
 
+    /// A module (WASI preview 1, no inputs, so `/output` is descriptor 3) that appends 64 KiB
+    /// to `/output/fill` for ever, or until the disk or the sandbox stops it.
+    pub fn disk_filler() -> Vec<u8> {
+        wat::parse_str(
+            r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 100) "fill")
+  (func (export "_start")
+    (local $fd i32)
+    ;; O_CREAT | O_TRUNC; rights to write.
+    (if (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 4)
+          (i32.const 9) (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0)
+          (i32.const 200))
+      (then unreachable))
+    (local.set $fd (i32.load (i32.const 200)))
+    ;; One iovec at 0: 64 KiB from 1024.
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (loop $fill
+      (if (call $write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))
+        (then unreachable))
+      (br $fill))))"#,
+        )
+        .expect("wat")
+    }
+
     /// A component (WASI preview 2) that, checkpoint or not, keeps `state` with
     /// `checkpoint-and-leave` every time it runs: it never ends on its own.
     pub fn always_leaves() -> Vec<u8> {
@@ -1704,6 +1743,7 @@ mod tests {
             guests::xorshift(1),
             guests::forever(),
             guests::trap(),
+            guests::disk_filler(),
             guests::imports_printf(),
         ] {
             assert!(bytes.starts_with(b"\0asm"));

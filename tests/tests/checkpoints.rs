@@ -380,3 +380,57 @@ fn an_agent_stopped_by_its_owner_hands_back_its_task_and_checkpoint_before_it_ex
     );
     assert_moved_and_resumed(&cluster, id, &leaving, "staying", kept);
 }
+
+#[test]
+fn checkpoints_replaced_by_newer_ones_are_deleted_from_the_coordinator() {
+    let mut cluster = Cluster::start_with(&["--gc-interval", "500ms"]);
+    cluster.start_agent(
+        "a",
+        AgentOptions {
+            slots: Some(1),
+            settings: Some("checkpoint_interval = \"1s\"\n".into()),
+            ..AgentOptions::default()
+        },
+    );
+    cluster.wait_for_agents(&["a"]);
+    let id = cluster.submit(&primes_job(&cluster, "superseded"));
+    // The task's latest checkpoint, as it changes.
+    let mut seen: Vec<String> = Vec::new();
+    lull_tests::wait_for(
+        "three checkpoints one after the other",
+        lull_tests::WAIT,
+        || {
+            let task = cluster.task(id, 0);
+            assert_eq!(task["task"]["state"], "running", "{task}");
+            if let Some(d) = task["checkpoint"]["digest"].as_str()
+                && seen.last().map(String::as_str) != Some(d)
+            {
+                seen.push(d.to_owned());
+            }
+            (seen.len() >= 3).then_some(())
+        },
+    );
+    cluster.lull(&["cancel", &id.to_string()]).assert_success();
+    cluster.wait_for_job_end(id);
+    let latest = cluster.task(id, 0)["checkpoint"]["digest"]
+        .as_str()
+        .expect("a checkpoint")
+        .to_owned();
+    // Replaced states go at the next collection, not after the hour-long grace.
+    lull_tests::wait_for(
+        "replaced checkpoints to be deleted",
+        lull_tests::WAIT,
+        || {
+            seen.iter()
+                .filter(|d| **d != latest)
+                .all(|d| !cluster.blob_path(d).exists())
+                .then_some(())
+        },
+    );
+    assert!(cluster.blob_path(&latest).exists(), "the latest is kept");
+    assert!(
+        cluster
+            .coordinator_log()
+            .contains("deleted superseded checkpoints")
+    );
+}

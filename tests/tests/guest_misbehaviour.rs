@@ -1,7 +1,7 @@
 //! A guest that traps or never ends is an ordinary outcome: its task fails with the cause, and
 //! the agents carry on.
 
-use lull_tests::{Cluster, guests, summarize};
+use lull_tests::{AgentOptions, Cluster, guests, summarize};
 
 #[test]
 fn a_trapping_guest_and_a_runaway_guest_fail_with_their_causes_and_the_agents_carry_on() {
@@ -79,4 +79,75 @@ fn a_guest_that_floods_output_with_files_gets_a_bounded_result_and_its_agent_sta
         cluster.agent_log("a")
     );
     assert!(cluster.agents().iter().any(|a| a["name"] == "a"));
+}
+
+#[test]
+fn a_guest_that_fills_the_disk_is_stopped_at_its_cap_and_an_agent_short_of_disk_takes_no_work() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent(
+        "capped",
+        AgentOptions {
+            slots: Some(1),
+            settings: Some("task_disk = \"8MiB\"\n".into()),
+            ..AgentOptions::default()
+        },
+    );
+    cluster.wait_for_agents(&["capped"]);
+    let job = cluster.write_job(
+        "fill",
+        "name = \"fill\"\n[[module]]\npath = \"fill.wasm\"\n[resources]\nmemory = \"16MiB\"\ntimeout = \"10m\"\n[retry]\nmax_attempts = 1\n",
+        &[("fill.wasm", &guests::disk_filler())],
+    );
+    let id = cluster.submit(&job);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "failed", "{}", summarize(&done));
+    let cause = done["tasks"][0]["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("disk cap reached") && cause.contains("8 MiB, this agent's task_disk"),
+        "the cause names the cap: {cause:?}"
+    );
+    let task = cluster.task(id, 0);
+    assert_eq!(
+        task["attempts"][0]["result"]["modules"][0]["outcome"]["kind"],
+        "disk_exceeded"
+    );
+    assert!(cluster.agent_is_running("capped"));
+    let work = cluster.root().join("agents/capped/work");
+    assert_eq!(
+        std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the task's files are gone"
+    );
+
+    // An agent that must keep more free than any disk has: listed, not taking work, saying why.
+    cluster.start_agent(
+        "short",
+        AgentOptions {
+            settings: Some("min_free_disk = \"1000TiB\"\n".into()),
+            ..AgentOptions::default()
+        },
+    );
+    cluster.wait_for_agents(&["capped", "short"]);
+    cluster.kill_agent("capped");
+    let hello = cluster.write_job(
+        "hello",
+        "name = \"hello\"\n[[module]]\npath = \"hello.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
+        &[("hello.wasm", &guests::hello(0))],
+    );
+    let waiting = cluster.submit(&hello);
+    let short = lull_tests::wait_for(
+        "the agent to say its disk is short",
+        lull_tests::WAIT,
+        || {
+            cluster
+                .agents()
+                .into_iter()
+                .find(|a| a["name"] == "short" && a["status"]["accepting"] == false)
+        },
+    );
+    let reason = short["status"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("below min_free_disk 1000 TiB"), "{short}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let job = cluster.job(waiting);
+    assert_eq!(job["state"], "pending", "{}", summarize(&job));
 }

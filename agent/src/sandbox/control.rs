@@ -83,8 +83,9 @@ struct Inner {
 }
 
 struct State {
-    /// Set by [`TaskControl::cancel`]; the first reason wins.
-    cancelled: Option<String>,
+    /// Set by [`TaskControl::cancel`] ([`Stop::Cancelled`]) or [`TaskControl::halt`] (another
+    /// stop for good); the first wins.
+    halted: Option<Stop>,
     /// Set by [`TaskControl::evict`]; the first reason and the earliest deadline win.
     eviction: Option<Eviction>,
     /// Whether the agent asked for a pause.
@@ -115,7 +116,7 @@ pub(crate) type Nudge = Arc<dyn Fn() + Send + Sync>;
 impl Default for State {
     fn default() -> Self {
         Self {
-            cancelled: None,
+            halted: None,
             eviction: None,
             paused: false,
             cpu_share: 1.0,
@@ -143,7 +144,7 @@ impl State {
 
     /// Whether a guest must take the slow path at its next check.
     fn needs_attention(&self) -> bool {
-        self.cancelled.is_some() || self.eviction.is_some() || self.paused || self.cpu_share < 1.0
+        self.halted.is_some() || self.eviction.is_some() || self.paused || self.cpu_share < 1.0
     }
 }
 
@@ -166,16 +167,29 @@ impl TaskControl {
     /// Later calls keep the first reason. Cancelling before `run` starts makes `run` return
     /// `Cancelled` without running the guest; cancelling a paused guest wakes it to stop.
     pub fn cancel(&self, reason: impl Into<String>) {
+        self.halt(Stop::Cancelled(reason.into()));
+    }
+
+    /// Makes the guest stop at its next epoch check because its files grew past the agent's
+    /// cap: [`Sandbox::run`](super::Sandbox::run) then returns
+    /// [`Outcome::DiskExceeded`](lull_protocol::message::Outcome::DiskExceeded) with `reason`.
+    /// Like [`cancel`](TaskControl::cancel), the first stop requested wins.
+    pub fn stop_over_disk(&self, reason: impl Into<String>) {
+        self.halt(Stop::DiskExceeded(reason.into()));
+    }
+
+    fn halt(&self, stop: Stop) {
         let mut state = self.lock();
-        if state.cancelled.is_none() {
-            state.cancelled = Some(reason.into());
+        if state.halted.is_none() {
+            state.halted = Some(stop);
         }
         self.changed(&mut state);
     }
 
-    /// Whether [`cancel`](TaskControl::cancel) was called.
+    /// Whether the task was told to stop for good ([`cancel`](TaskControl::cancel) or
+    /// [`stop_over_disk`](TaskControl::stop_over_disk)).
     pub fn is_cancelled(&self) -> bool {
-        self.lock().cancelled.is_some()
+        self.lock().halted.is_some()
     }
 
     /// Asks the guest to stop where it is: at its next epoch check its thread blocks until
@@ -323,7 +337,7 @@ impl TaskControl {
                     e.at.saturating_duration_since(Instant::now()),
                 ));
             }
-            if state.cancelled.is_some() {
+            if state.halted.is_some() {
                 return None;
             }
             let left = match until {
@@ -342,10 +356,18 @@ impl TaskControl {
     pub fn outcome_before_start(&self) -> Option<lull_protocol::message::Outcome> {
         use lull_protocol::message::Outcome;
         let state = self.lock();
-        if let Some(reason) = &state.cancelled {
-            return Some(Outcome::Cancelled {
-                reason: reason.clone(),
-            });
+        match &state.halted {
+            Some(Stop::Cancelled(reason)) => {
+                return Some(Outcome::Cancelled {
+                    reason: reason.clone(),
+                });
+            }
+            Some(Stop::DiskExceeded(reason)) => {
+                return Some(Outcome::DiskExceeded {
+                    reason: reason.clone(),
+                });
+            }
+            _ => {}
         }
         state.eviction.as_ref().map(|e| Outcome::Evicted {
             reason: e.reason.clone(),
@@ -446,7 +468,7 @@ impl fmt::Debug for TaskControl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("TaskControl")
-            .field("cancelled", &state.cancelled)
+            .field("halted", &state.halted)
             .field("eviction", &state.eviction)
             .field("paused", &state.paused)
             .field("cpu_share", &state.cpu_share)
@@ -506,8 +528,8 @@ impl Gate {
         let control = self.control.clone();
         let mut state = control.lock();
         loop {
-            if let Some(reason) = &state.cancelled {
-                return Some(Stop::Cancelled(reason.clone()));
+            if let Some(stop) = &state.halted {
+                return Some(stop.clone());
             }
             let now = Instant::now();
             if let Some(eviction) = &state.eviction
@@ -560,7 +582,7 @@ impl Gate {
         self.sleeping(true);
         control.inner.changed.notify_all();
         loop {
-            if !state.paused || state.cancelled.is_some() {
+            if !state.paused || state.halted.is_some() {
                 break;
             }
             let left = state
@@ -685,6 +707,9 @@ pub(crate) enum Stop {
     /// The guest kept a checkpoint and left with no notice.
     #[error("the guest left: {0}")]
     Left(String),
+    /// [`TaskControl::stop_over_disk`] was called: the task's files grew past the agent's cap.
+    #[error("the task's files grew past their cap: {0}")]
+    DiskExceeded(String),
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub trait GuestHooks: Send + Sync {
     /// The guest reports progress (already clamped to 0..=1).
     fn progress(&self, fraction: f64);
     /// The guest keeps a checkpoint; an error (such as the size cap) goes back to the guest.
-    fn checkpoint(&self, state: Vec<u8>) -> Result<(), String>;
+    /// `leaving`: the guest ends its attempt right after (`checkpoint-and-leave`), so the state
+    /// must be kept at once.
+    fn checkpoint(&self, state: Vec<u8>, leaving: bool) -> Result<(), String>;
     /// The checkpoint an earlier attempt kept, for the guest to start from.
     fn restore(&self) -> Option<Vec<u8>>;
 }
@@ -62,6 +64,15 @@ pub(crate) struct GuestLink {
     pub(crate) hooks: Option<Arc<dyn GuestHooks>>,
     pub(crate) control: TaskControl,
     pub(crate) stderr: Capture,
+}
+
+impl GuestLink {
+    fn keep(&self, state: Vec<u8>, leaving: bool) -> Result<(), String> {
+        match &self.hooks {
+            Some(h) => h.checkpoint(state, leaving),
+            None => Err("this sandbox keeps no checkpoints".into()),
+        }
+    }
 }
 
 fn eviction((reason, remaining): (String, Duration)) -> Eviction {
@@ -92,14 +103,11 @@ impl lull::guest::host::Host for GuestLink {
     }
 
     fn checkpoint(&mut self, state: Vec<u8>) -> Result<(), String> {
-        match &self.hooks {
-            Some(h) => h.checkpoint(state),
-            None => Err("this sandbox keeps no checkpoints".into()),
-        }
+        self.keep(state, false)
     }
 
     fn checkpoint_and_leave(&mut self, state: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        if let Err(e) = self.checkpoint(state) {
+        if let Err(e) = self.keep(state, true) {
             return Ok(Err(e));
         }
         // Under notice, leaving is the eviction asked for; without one it is the guest's own

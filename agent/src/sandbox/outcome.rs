@@ -49,6 +49,9 @@ impl Facts {
                 Stop::Left(reason) => Outcome::Left {
                     reason: reason.clone(),
                 },
+                Stop::DiskExceeded(reason) => Outcome::DiskExceeded {
+                    reason: reason.clone(),
+                },
             };
         }
         if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {

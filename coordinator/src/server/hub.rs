@@ -21,7 +21,9 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::blobs::BlobStore;
 use crate::leases::Leases;
-use crate::store::{AgentRecord, Backend, Enrolled, Recorded, Store, StoreError, TaskState};
+use crate::store::{
+    AgentRecord, Backend, CheckpointRecorded, Enrolled, Recorded, Store, StoreError, TaskState,
+};
 use lull_scheduler::{JobPlacement, Scheduler};
 
 /// Settings of the hub.
@@ -255,11 +257,21 @@ pub struct Hub {
     /// Held shared while a job is checked and stored, exclusively while blobs are collected:
     /// a job never refers to a blob collected under it.
     collecting: tokio::sync::RwLock<()>,
+    /// States that stopped being a task's latest checkpoint, deleted at the next collection
+    /// rather than after the grace period; with their bytes.
+    superseded: std::sync::Mutex<(HashSet<Digest>, u64)>,
+    /// Asks for a collection before the next one is due (superseded states pile up).
+    collect_soon: Notify,
     /// Counters for `/metrics`.
     metrics: super::metrics::Metrics,
     /// The pool once a second, shared by every `/api/v1/stream` client.
     pool_feed: super::http::PoolFeed,
 }
+
+/// Superseded checkpoints that make a collection come early.
+const SUPERSEDED_COLLECT_BYTES: u64 = 256 << 20;
+/// The least time between such early collections.
+const SUPERSEDED_COLLECT_SPACING: Duration = Duration::from_secs(10);
 
 /// How soon the loss of an attempt is tried again when the store could not record it.
 const LOST_RETRY: Duration = Duration::from_secs(1);
@@ -301,6 +313,8 @@ impl Hub {
             config,
             wake: Notify::new(),
             collecting: tokio::sync::RwLock::new(()),
+            superseded: Default::default(),
+            collect_soon: Notify::new(),
             metrics: Default::default(),
             pool_feed: Default::default(),
         })
@@ -327,12 +341,28 @@ impl Hub {
     /// unfinished uploads as old. Jobs are not stored meanwhile.
     pub async fn collect_blobs(&self) -> Result<crate::blobs::Collected, HubError> {
         let _exclusive = self.collecting.write().await;
+        let superseded =
+            std::mem::take(&mut *self.superseded.lock().unwrap_or_else(|p| p.into_inner())).0;
+        let before = SystemTime::now();
         let referenced = self.store.referenced_blobs().await?;
-        let done = self
+        let (dropped, dropped_bytes) = self
+            .blobs
+            .drop_superseded(superseded, &referenced, before)
+            .await;
+        if dropped > 0 {
+            tracing::info!(
+                blobs = dropped,
+                bytes = dropped_bytes,
+                "deleted superseded checkpoints"
+            );
+        }
+        let mut done = self
             .blobs
             .collect(&referenced, self.config.blob_grace)
             .await
             .map_err(|e| HubError::Io(format!("collecting blobs: {e}")))?;
+        done.blobs += dropped;
+        done.bytes += dropped_bytes;
         if done.blobs > 0 || done.uploads > 0 {
             tracing::info!(
                 blobs = done.blobs,
@@ -353,7 +383,13 @@ impl Hub {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = self.collect_soon.notified() => {
+                    // Not more often than this, however fast checkpoints come.
+                    tokio::time::sleep(SUPERSEDED_COLLECT_SPACING).await;
+                }
+            }
             if let Err(e) = self.collect_blobs().await {
                 tracing::warn!(error = %e, "blob collection failed; trying again later");
             }
@@ -862,8 +898,15 @@ impl Hub {
                 .record_checkpoint(agent, attempt, &digest, size, seq, progress, now_ms())
                 .await
             {
-                Ok(true) => None,
-                Ok(false) => Some("a newer checkpoint is kept, or the attempt ended".into()),
+                Ok(CheckpointRecorded::Kept { superseded }) => {
+                    if let Some(old) = superseded {
+                        self.superseded_checkpoint(old);
+                    }
+                    None
+                }
+                Ok(CheckpointRecorded::Stale) => {
+                    Some("a newer checkpoint is kept, or the attempt ended".into())
+                }
                 Err(e) => {
                     tracing::error!(%attempt, error = %e, "could not record a checkpoint");
                     Some("the coordinator could not record it".into())
@@ -882,6 +925,20 @@ impl Hub {
                     });
                 }
             }
+        }
+    }
+
+    /// Notes a state that is no longer its task's latest checkpoint, for deletion at the next
+    /// collection; asks for that collection early once such states add up.
+    fn superseded_checkpoint(&self, digest: Digest) {
+        let size = self.blobs.size(&digest).unwrap_or(0);
+        let mut superseded = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        if superseded.0.insert(digest) {
+            superseded.1 += size;
+        }
+        if superseded.1 >= SUPERSEDED_COLLECT_BYTES {
+            superseded.1 = 0;
+            self.collect_soon.notify_one();
         }
     }
 

@@ -450,6 +450,7 @@ function outcomeText(o) {
     case "refused": return "refused: " + o.reason;
     case "evicted": return "evicted: " + (o.reason || "");
     case "left": return "left: " + o.reason;
+    case "disk_exceeded": return "disk cap reached: " + o.reason;
     case "unreportable": return "its result could not be reported: " + o.reason;
     default: return JSON.stringify(o);
   }
