@@ -82,6 +82,9 @@ pub struct Agent {
     /// Blobs being fetched: tasks needing the same blob wait for one download.
     fetching: Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     conn: watch::Sender<Option<quinn::Connection>>,
+    /// The coordinator's lease, from its welcome: out of its reach for longer, the agent's
+    /// attempts have been given to other agents.
+    lease: Mutex<Option<Duration>>,
     events: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
     outbox_ready: Notify,
 }
@@ -218,6 +221,7 @@ impl Agent {
             owner: Mutex::new(None),
             stop: Notify::new(),
             conn: watch::channel(None).0,
+            lease: Mutex::new(None),
             events: Mutex::new(None),
             outbox_ready: Notify::new(),
         });
@@ -266,6 +270,7 @@ impl Agent {
         if let Some(rx) = lock(&self.checkpoints).take() {
             tokio::spawn(self.clone().report_checkpoints(rx));
         }
+        tokio::spawn(self.clone().fence());
         #[cfg(unix)]
         {
             let agent = Arc::downgrade(&self);
@@ -465,8 +470,13 @@ impl Agent {
         link::write_frame(&mut send, &hello).await?;
         let report_every = match link::read_frame::<CoordinatorMessage>(&mut recv).await? {
             Some(CoordinatorMessage::Welcome {
-                report_interval_ms, ..
-            }) => Duration::from_millis(report_interval_ms.max(100)),
+                report_interval_ms,
+                lease_ms,
+                ..
+            }) => {
+                *lock(&self.lease) = Some(Duration::from_millis(lease_ms));
+                Duration::from_millis(report_interval_ms.max(100))
+            }
             Some(CoordinatorMessage::Refused { reason }) => {
                 return Err(link::Refused(reason).into());
             }
@@ -847,6 +857,52 @@ impl Agent {
                 lock(&self.unreported).remove(&k.digest);
             }
             self.pending_checkpoints.done(k.attempt);
+        }
+    }
+
+    /// Self-fencing: once the coordinator has been out of reach for longer than its lease, it
+    /// has taken the agent's attempts for lost and given their tasks to other agents; running
+    /// them on would only hold the machine. They are evicted (their results, sent when the
+    /// coordinator is back, are ignored there as late). The agent itself notices a lost
+    /// connection within the QUIC idle timeout, after the coordinator's lease started to run,
+    /// so it never stops an attempt the coordinator still counts on.
+    async fn fence(self: Arc<Self>) {
+        let mut conn = self.conn.subscribe();
+        loop {
+            // Connected: wait for the connection to go.
+            while conn.borrow_and_update().is_some() {
+                if conn.changed().await.is_err() {
+                    return;
+                }
+            }
+            let Some(lease) = *lock(&self.lease) else {
+                // Never welcomed: nothing runs on a coordinator's behalf.
+                if conn.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            tokio::select! {
+                changed = conn.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(lease) => {
+                    let reason = format!(
+                        "the coordinator was out of reach for longer than its lease of {}: the task runs elsewhere",
+                        humantime::format_duration(lease)
+                    );
+                    for (attempt, control) in lock(&self.shared.running).iter() {
+                        tracing::warn!(%attempt, %reason, "stopping a stale attempt");
+                        control.evict(reason.clone(), Duration::ZERO);
+                    }
+                    // Until the next connection, assignments are only those already here.
+                    if conn.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 

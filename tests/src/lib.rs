@@ -12,6 +12,7 @@
 //! | [`guests`] | WASI guests written in WAT for the tests |
 //! | [`browser`] | a headless Chromium driven over the DevTools protocol, for the dashboard |
 //! | [`rogue`] | an agent driven by hand, for tests of what the coordinator does with a hostile one |
+//! | [`netns`] | another host on the same machine: a network namespace with a link that can be cut and mended |
 //! | [`wait_for`] | polling with a deadline, the only way these tests wait |
 //!
 //! Every child's stdout and stderr go to files under the cluster's directory. When a test
@@ -23,6 +24,7 @@
 //! executables (`target/debug/`); the harness does not build them.
 
 pub mod browser;
+pub mod netns;
 pub mod rogue;
 
 use std::fs;
@@ -311,6 +313,8 @@ pub struct AgentOptions {
     /// Lines of `agent.toml` (e.g. `task_disk = "1MiB"`) for a dedicated agent; not with
     /// `scavenging_config`.
     pub settings: Option<String>,
+    /// Run the agent in this network namespace (`ip netns exec`), see [`netns::Host`].
+    pub netns: Option<String>,
 }
 
 /// How a test agent enrolls with the coordinator.
@@ -578,7 +582,14 @@ impl Cluster {
             "an agent named {name} already runs"
         );
         let data_dir = self.root.join("agents").join(name);
-        let mut cmd = Command::new(binary("lull-agent"));
+        let mut cmd = match &options.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(binary("lull-agent"));
+                cmd
+            }
+            None => Command::new(binary("lull-agent")),
+        };
         cmd.arg("run")
             .args([
                 "--coordinator",
@@ -1218,9 +1229,21 @@ fn spawn_coordinator(
     generation: u32,
     same: Option<&Announced>,
 ) -> (Proc, Announced) {
+    // A test may choose the QUIC address (one its network namespaces reach).
+    let chosen = extra.iter().position(|a| a == "--quic-listen");
+    let chosen_quic = chosen.and_then(|c| extra.get(c + 1)).cloned();
+    let extra: Vec<&String> = extra
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| chosen.is_none_or(|c| *i != c && *i != c + 1))
+        .map(|(_, a)| a)
+        .collect();
     let (quic, http) = match same {
         Some(a) => (a.quic.to_string(), a.http.to_string()),
-        None => ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+        None => (
+            chosen_quic.unwrap_or_else(|| "127.0.0.1:0".to_owned()),
+            "127.0.0.1:0".to_owned(),
+        ),
     };
     let mut cmd = Command::new(binary("lull-coordinator"));
     cmd.arg("serve")

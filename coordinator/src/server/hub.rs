@@ -273,6 +273,11 @@ const SUPERSEDED_COLLECT_BYTES: u64 = 256 << 20;
 /// The least time between such early collections.
 const SUPERSEDED_COLLECT_SPACING: Duration = Duration::from_secs(10);
 
+/// How long an agent may take, beyond a lease, to come back to a restarted coordinator: to see
+/// its old connection gone (the QUIC idle timeout, 5 s) and to dial again (its backoff, at most
+/// 3 s and half as much again of jitter).
+const RECONNECT_ALLOWANCE: Duration = Duration::from_secs(10);
+
 /// How soon the loss of an attempt is tried again when the store could not record it.
 const LOST_RETRY: Duration = Duration::from_secs(1);
 
@@ -438,9 +443,11 @@ impl Hub {
     /// Rebuilds the live state from the store after a start: unfinished jobs, the queue of
     /// pending tasks, and a fresh lease for every running attempt so its agent can reconnect.
     pub async fn recover(&self) -> Result<(), StoreError> {
-        // Running tasks' agents get a lease's time to come back, in the database too.
+        // Running tasks' agents get a lease's time to come back, and the time they may take to
+        // notice and reconnect, in the database too: a restart is not their tasks' fault.
+        let grace = self.config.lease + RECONNECT_ALLOWANCE;
         self.store
-            .extend_running_leases(now_ms().saturating_add(self.config.lease.as_millis() as i64))
+            .extend_running_leases(now_ms().saturating_add(grace.as_millis() as i64))
             .await?;
         let jobs = self.store.unfinished_jobs().await?;
         let pending = self.store.tasks_in_state(TaskState::Pending).await?;
@@ -460,7 +467,7 @@ impl Hub {
             };
             inner
                 .leases
-                .grant(now, attempt, t.agent.as_deref().unwrap_or_default());
+                .grant_for(now, attempt, t.agent.as_deref().unwrap_or_default(), grace);
         }
         tracing::info!(
             jobs = inner.jobs.len(),
