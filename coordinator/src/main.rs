@@ -256,7 +256,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 TokenKind::Agent => (std::time::Duration::from_secs(24 * 3600), Some(1)),
                 TokenKind::Submitter => (std::time::Duration::from_secs(90 * 24 * 3600), None),
             };
-            let now = server::hub::now_ms();
+            let now = store.now_ms();
             let ttl = args.ttl.unwrap_or(default_ttl);
             let expires_ms = (!ttl.is_zero())
                 .then(|| now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));

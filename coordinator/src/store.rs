@@ -9,6 +9,8 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use lull_protocol::Digest;
 use lull_protocol::job::JobSpec;
@@ -288,7 +290,20 @@ pub struct Store {
     backend: Backend,
     /// How long an assignment's lease lasts in the database without renewal, in ms.
     lease_ms: i64,
+    /// The database's clock minus this machine's, in ms (0 on SQLite): see [`Store::now_ms`].
+    clock_offset_ms: Arc<AtomicI64>,
 }
+
+/// This machine's wall clock, in milliseconds since the Unix epoch.
+fn local_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A clock this far off the database's is said in the log.
+const CLOCK_OFF_WARNING_MS: i64 = 1_000;
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path`, in WAL mode with full sync,
@@ -344,11 +359,49 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self {
+        let store = Self {
             pool,
             backend,
             lease_ms: 30_000,
-        })
+            clock_offset_ms: Arc::default(),
+        };
+        store.sync_clock().await?;
+        Ok(store)
+    }
+
+    /// Now, in milliseconds since the Unix epoch, on the database's clock: on PostgreSQL the
+    /// server's (as last measured by [`Store::sync_clock`]), so that coordinators whose clocks
+    /// differ still agree on leases and on the order of events; on SQLite, this machine's.
+    /// Every time the store is given or compares comes from here.
+    pub fn now_ms(&self) -> i64 {
+        local_ms().saturating_add(self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Measures how far the database's clock is from this machine's (PostgreSQL only), for
+    /// [`Store::now_ms`]; returns the difference in ms, the database's minus this machine's.
+    pub async fn sync_clock(&self) -> Result<i64> {
+        if self.backend != Backend::Postgres {
+            return Ok(0);
+        }
+        let before = local_ms();
+        let server: i64 = sqlx::query(
+            "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .get(0);
+        let after = local_ms();
+        // The server read its clock about halfway through the round trip.
+        let offset = server - (before + (after - before) / 2);
+        let previous = self.clock_offset_ms.swap(offset, Ordering::Relaxed);
+        if offset.abs() >= CLOCK_OFF_WARNING_MS && (offset - previous).abs() >= CLOCK_OFF_WARNING_MS
+        {
+            tracing::warn!(
+                offset_ms = offset,
+                "this machine's clock is off the database server's; times and leases follow the server's"
+            );
+        }
+        Ok(offset)
     }
 
     /// The same store, giving assignments leases of `lease` in the database.

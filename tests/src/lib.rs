@@ -137,6 +137,55 @@ pub fn postgres_database(test: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// Stops the PostgreSQL server of `LULL_TEST_POSTGRES` as a crash would (`pg_ctl stop -m
+/// immediate`: no checkpoint, connections cut), leaves it down for `down`, and starts it again,
+/// with the command `cargo xtask test` gives in `LULL_TEST_POSTGRES_CTL`. Every test using the
+/// server sees it go; run it only from a test binary of its own.
+pub fn crash_postgres(down: Duration) {
+    pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    std::thread::sleep(down);
+    pg_ctl(&["-w", "start"]);
+}
+
+fn pg_ctl(action: &[&str]) {
+    let ctl = std::env::var("LULL_TEST_POSTGRES_CTL").unwrap_or_else(|_| {
+        panic!(
+            "restarting PostgreSQL needs LULL_TEST_POSTGRES_CTL, the pg_ctl command of the \
+             server (`cargo xtask test` sets it)"
+        )
+    });
+    let words: Vec<&str> = ctl.split('\t').collect();
+    let out = Command::new(words[0])
+        .args(&words[1..])
+        .args(action)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl {action:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Environment variables that set a process's wall clock `offset` ahead (`"+60s"`) or behind
+/// (`"-60s"`) the machine's, through Debian's libfaketime (installed by `cargo xtask test`);
+/// its monotonic clock is left alone.
+pub fn skewed_clock(offset: &str) -> Vec<(&'static str, String)> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).is_file(),
+        "{lib} is missing: install Debian's faketime (`cargo xtask test` does)"
+    );
+    vec![
+        ("LD_PRELOAD", lib.to_owned()),
+        ("FAKETIME", offset.to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("FAKETIME_DONT_RESET", "1".to_owned()),
+    ]
+}
+
 /// The repository's `examples/` directory.
 pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -466,7 +515,7 @@ impl Cluster {
             &["--uses", "0", "--ttl", "0", "--description", "test agents"],
         );
         let (coordinator, announced) =
-            spawn_coordinator(&root, &allowed_signers, &coordinator_args, 1, None);
+            spawn_coordinator(&root, &allowed_signers, &coordinator_args, 1, None, &[]);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -801,6 +850,12 @@ impl Cluster {
     /// the same `--database` (which must be PostgreSQL: coordinators share only that), on
     /// ports of its own; returns its QUIC address, for [`AgentOptions::coordinator`].
     pub fn start_peer_coordinator(&mut self) -> SocketAddr {
+        self.start_peer_coordinator_with_env(&[])
+    }
+
+    /// [`Cluster::start_peer_coordinator`] with more environment variables (say, to skew its
+    /// clock with libfaketime, see [`skewed_clock`]).
+    pub fn start_peer_coordinator_with_env(&mut self, env: &[(&str, &str)]) -> SocketAddr {
         assert!(
             self.database.is_some(),
             "coordinators share a database only on PostgreSQL: start the cluster with --database"
@@ -812,6 +867,7 @@ impl Cluster {
             &self.coordinator_args,
             100 + n,
             None,
+            env,
         );
         assert_eq!(announced.key, self.announced.key, "peers share the key");
         let quic = announced.quic;
@@ -853,6 +909,7 @@ impl Cluster {
             &self.coordinator_args,
             self.generation,
             Some(&self.announced),
+            &[],
         );
         let old = std::mem::replace(&mut self.coordinator, proc);
         self.finished.push(old);
@@ -1031,6 +1088,42 @@ impl Cluster {
                 );
             }
             std::thread::sleep(POLL);
+        }
+    }
+
+    /// A job file named `name` of `count` tasks of [`guests::hello`] spinning `spin_ms`
+    /// each, with 16 MiB of memory.
+    pub fn many_tasks(&self, name: &str, count: u32, spin_ms: u64) -> PathBuf {
+        self.write_job(
+            name,
+            &format!(
+                "name = \"{name}\"\ncount = {count}\n[[module]]\npath = \"t.wasm\"\nargs = [\"{{index}}\"]\n[resources]\nmemory = \"16MiB\"\n"
+            ),
+            &[("t.wasm", &guests::hello(spin_ms))],
+        )
+    }
+
+    /// Checks that each of the `count` tasks of job `id` succeeded with exactly one recorded
+    /// result.
+    pub fn assert_one_result_per_task(&self, id: u64, count: u32) {
+        for index in 0..count {
+            let task = self.task(id, index);
+            assert_eq!(task["task"]["state"], "succeeded", "task {index}: {task}");
+            let recorded: Vec<&Value> = task["attempts"]
+                .as_array()
+                .expect("attempts")
+                .iter()
+                .filter(|a| a["result"].is_object())
+                .collect();
+            assert_eq!(
+                recorded.len(),
+                1,
+                "task {index}: one recorded result: {task:#}"
+            );
+            assert_eq!(
+                recorded[0]["outcome"], "succeeded",
+                "task {index}: {task:#}"
+            );
         }
     }
 
@@ -1228,6 +1321,7 @@ fn spawn_coordinator(
     extra: &[String],
     generation: u32,
     same: Option<&Announced>,
+    env: &[(&str, &str)],
 ) -> (Proc, Announced) {
     // A test may choose the QUIC address (one its network namespaces reach).
     let chosen = extra.iter().position(|a| a == "--quic-listen");
@@ -1252,7 +1346,8 @@ fn spawn_coordinator(
         .args(["--http-listen", &http])
         .args(["--allowed-signers", path_str(allowed_signers)])
         .args(["--lease", LEASE])
-        .args(extra);
+        .args(extra)
+        .envs(env.iter().copied());
     verbose_logs(&mut cmd);
     let mut proc = Proc::spawn(
         &format!("coordinator-{generation}"),

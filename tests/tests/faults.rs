@@ -7,29 +7,6 @@ use std::time::{Duration, Instant};
 use lull_tests::netns::Host;
 use lull_tests::{AgentOptions, Cluster, WAIT, guests, summarize};
 
-/// Every task of job `id` (with `count` tasks) succeeded with exactly one recorded result.
-fn one_result_per_task(cluster: &Cluster, id: u64, count: u32) {
-    for index in 0..count {
-        let task = cluster.task(id, index);
-        assert_eq!(task["task"]["state"], "succeeded", "task {index}: {task}");
-        let recorded: Vec<_> = task["attempts"]
-            .as_array()
-            .expect("attempts")
-            .iter()
-            .filter(|a| a["result"].is_object())
-            .collect();
-        assert_eq!(
-            recorded.len(),
-            1,
-            "task {index}: one recorded result: {task:#}"
-        );
-        assert_eq!(
-            recorded[0]["outcome"], "succeeded",
-            "task {index}: {task:#}"
-        );
-    }
-}
-
 #[test]
 fn an_agent_cut_off_stops_its_stale_task_which_finishes_once_elsewhere() {
     let island = Host::new("island", 1);
@@ -75,7 +52,7 @@ fn an_agent_cut_off_stops_its_stale_task_which_finishes_once_elsewhere() {
     island.mend();
     let done = cluster.wait_for_job_end(id);
     assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
-    one_result_per_task(&cluster, id, 1);
+    cluster.assert_one_result_per_task(id, 1);
     let task = cluster.task(id, 0);
     let attempts = task["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{task:#}");
@@ -117,16 +94,12 @@ fn killed_ten_times(cluster: &mut Cluster, id: u64, count: u32) {
     }
     let done = cluster.wait_for_job_end(id);
     assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
-    one_result_per_task(cluster, id, count);
+    cluster.assert_one_result_per_task(id, count);
 }
 
 /// A job of 1,000 tasks of 100 ms each, for two agents of four slots.
 fn thousand_tasks(cluster: &Cluster) -> std::path::PathBuf {
-    cluster.write_job(
-        "thousand",
-        "name = \"thousand\"\ncount = 1000\n[[module]]\npath = \"t.wasm\"\nargs = [\"{index}\"]\n[resources]\nmemory = \"16MiB\"\n",
-        &[("t.wasm", &guests::hello(100))],
-    )
+    cluster.many_tasks("thousand", 1000, 100)
 }
 
 #[test]

@@ -178,3 +178,46 @@ fn revocation_drain_and_cancel_through_one_coordinator_reach_the_agents_of_anoth
         "the listings came from the second"
     );
 }
+
+#[test]
+fn two_coordinators_whose_clocks_differ_by_a_minute_requeue_no_live_work() {
+    let url = postgres_database("skewed_clocks");
+    let mut cluster = Cluster::start_with(&["--database", &url]);
+    // The second coordinator's clock runs a minute ahead of the first's (and the database's).
+    let skew = lull_tests::skewed_clock("+60s");
+    let env: Vec<(&str, &str)> = skew.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let second = cluster.start_peer_coordinator_with_env(&env);
+    cluster.start_agent("first-side", AgentOptions::slots(1));
+    cluster.start_agent(
+        "second-side",
+        AgentOptions {
+            coordinator: Some(second),
+            ..AgentOptions::slots(1)
+        },
+    );
+    cluster.wait_for_agents(&["first-side"]);
+    let job = cluster.write_job(
+        "skewed",
+        "name = \"skewed\"\ncount = 4\n[[module]]\npath = \"hello.wasm\"\nargs = [\"{index}\"]\n[resources]\nmemory = \"16MiB\"\n",
+        &[("hello.wasm", &guests::hello(6000))],
+    );
+    let id = cluster.submit(&job);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    // Each task ran once: neither coordinator took the other's live work for lost.
+    let mut on_second = 0;
+    for index in 0..4 {
+        let task = cluster.task(id, index);
+        let attempts = task["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "task {index} ran once: {task:#}");
+        if task["task"]["agent"] == cluster.agent_id("second-side").as_str() {
+            on_second += 1;
+        }
+    }
+    assert!(
+        on_second >= 1,
+        "the second coordinator found the first's pending tasks despite its clock"
+    );
+    let log = cluster.peer_log(0);
+    assert!(!log.contains("lease in the database ran out"), "{log}");
+}

@@ -52,7 +52,14 @@ fn main() -> ExitCode {
 fn test() -> anyhow::Result<()> {
     util::ensure_wasm_targets()?;
     // Signatures are checked against the real OpenSSH tools; the dashboard in a real browser.
-    util::ensure_commands(&[("ssh-keygen", "openssh-client"), ("chromium", "chromium")])?;
+    // faketime brings the library that skews one coordinator's clock; ip makes the network
+    // namespaces of the fault tests.
+    util::ensure_commands(&[
+        ("ssh-keygen", "openssh-client"),
+        ("chromium", "chromium"),
+        ("faketime", "faketime"),
+        ("ip", "iproute2"),
+    ])?;
     util::build_examples()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
     util::cargo(&[
@@ -77,7 +84,10 @@ fn test() -> anyhow::Result<()> {
     let postgres = postgres::Server::start()?;
     let counts = util::cargo_test(
         &["test", "--workspace"],
-        &[("LULL_TEST_POSTGRES", postgres.url.as_str())],
+        &[
+            ("LULL_TEST_POSTGRES", postgres.url.as_str()),
+            ("LULL_TEST_POSTGRES_CTL", postgres.ctl().as_str()),
+        ],
     )?;
     drop(postgres);
     println!(

@@ -17,6 +17,8 @@ use crate::util;
 pub struct Server {
     bin: PathBuf,
     data: PathBuf,
+    /// The server's options (`pg_ctl -o`).
+    options: String,
     /// An admin URL (database `postgres`, user `lull`).
     pub url: String,
 }
@@ -112,7 +114,32 @@ impl Server {
         quiet(&mut start, "pg_ctl start")?;
         let url = format!("postgres://lull@127.0.0.1:{port}/postgres");
         eprintln!("xtask: PostgreSQL for the tests at {url}");
-        Ok(Server { bin, data, url })
+        Ok(Server {
+            bin,
+            data,
+            options,
+            url,
+        })
+    }
+}
+
+impl Server {
+    /// How a test stops, starts or restarts this server (`pg_ctl` with its data directory,
+    /// log and options, as `postgres` when we are root; the action is added by the test):
+    /// `LULL_TEST_POSTGRES_CTL`, a command line whose words are separated by tabs.
+    pub fn ctl(&self) -> String {
+        let mut words: Vec<String> = Vec::new();
+        if is_root() {
+            words.extend(["runuser", "-u", "postgres", "--"].map(String::from));
+        }
+        words.push(self.bin.join("pg_ctl").display().to_string());
+        words.push("-D".into());
+        words.push(self.data.display().to_string());
+        words.push("-l".into());
+        words.push(self.data.with_file_name("server.log").display().to_string());
+        words.push("-o".into());
+        words.push(self.options.clone());
+        words.join("\t")
     }
 }
 

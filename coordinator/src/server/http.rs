@@ -152,7 +152,7 @@ async fn require_token(
     };
     match hub
         .store()
-        .use_token(token, TokenKind::Submitter, false, super::hub::now_ms())
+        .use_token(token, TokenKind::Submitter, false, hub.store().now_ms())
         .await
     {
         Ok(Ok(())) => next.run(request).await,

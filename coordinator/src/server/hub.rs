@@ -201,12 +201,17 @@ impl Inner {
     /// Starts (with its deadline) or ends a drain of a connected agent: its running attempts
     /// are told when they are evicted, and its scheduler whether it takes work. Returns how
     /// many attempts it runs, or `None` when it is not connected here.
-    fn set_draining(&mut self, agent: &str, deadline_ms: Option<i64>) -> Option<usize> {
+    fn set_draining(
+        &mut self,
+        agent: &str,
+        deadline_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Option<usize> {
         let a = self.agents.get_mut(agent)?;
         a.draining = deadline_ms;
         if let Some(deadline) = deadline_ms {
             for attempt in &a.running {
-                let _ = a.tx.send(drain_eviction(*attempt, deadline));
+                let _ = a.tx.send(drain_eviction(*attempt, deadline, now_ms));
             }
         }
         let running = a.running.len();
@@ -447,7 +452,7 @@ impl Hub {
         // notice and reconnect, in the database too: a restart is not their tasks' fault.
         let grace = self.config.lease + RECONNECT_ALLOWANCE;
         self.store
-            .extend_running_leases(now_ms().saturating_add(grace.as_millis() as i64))
+            .extend_running_leases(self.store.now_ms().saturating_add(grace.as_millis() as i64))
             .await?;
         let jobs = self.store.unfinished_jobs().await?;
         let pending = self.store.tasks_in_state(TaskState::Pending).await?;
@@ -522,7 +527,7 @@ impl Hub {
                     .map_err(|e| HubError::BadRequest(format!("module {}: {e}", m.name)))?;
             }
         }
-        let id = self.store.insert_job(&spec, now_ms()).await?;
+        let id = self.store.insert_job(&spec, self.store.now_ms()).await?;
         let spec = Arc::new(spec);
         {
             let mut inner = self.lock();
@@ -540,7 +545,7 @@ impl Hub {
     pub async fn cancel(&self, job: u64) -> Result<usize, HubError> {
         let running = self
             .store
-            .cancel_job(job, now_ms())
+            .cancel_job(job, self.store.now_ms())
             .await
             .map_err(|e| match e {
                 StoreError::NoJob(_) => HubError::NotFound(format!("no job {job}")),
@@ -609,7 +614,7 @@ impl Hub {
         };
         if let Err(e) = self
             .store
-            .upsert_agent(agent_id, name, capacity, now_ms())
+            .upsert_agent(agent_id, name, capacity, self.store.now_ms())
             .await
         {
             tracing::error!(error = %e, "could not record agent");
@@ -647,7 +652,7 @@ impl Hub {
         scheduler.agent_holds(agent_id, compiled.iter().copied());
         if let Some(deadline) = draining {
             for attempt in &mine {
-                let _ = tx.send(drain_eviction(*attempt, deadline));
+                let _ = tx.send(drain_eviction(*attempt, deadline, self.store.now_ms()));
             }
         }
         for attempt in &mine {
@@ -701,7 +706,7 @@ impl Hub {
         }
         match self
             .store
-            .enroll_agent(agent_id, name, key, token, now_ms())
+            .enroll_agent(agent_id, name, key, token, self.store.now_ms())
             .await
         {
             Ok(Ok(how)) => {
@@ -722,7 +727,7 @@ impl Hub {
     /// Revokes an agent: it is refused from now on, its connection is closed at once, and the
     /// attempts it was running go back to pending. Returns how many were requeued.
     pub async fn revoke(&self, agent: &str) -> Result<usize, HubError> {
-        match self.store.revoke_agent(agent, now_ms()).await? {
+        match self.store.revoke_agent(agent, self.store.now_ms()).await? {
             None => return Err(HubError::NotFound(format!("no agent {agent}"))),
             Some(false) => tracing::info!(%agent, "agent was revoked already"),
             Some(true) => tracing::warn!(%agent, "agent revoked"),
@@ -752,7 +757,7 @@ impl Hub {
         for attempt in running {
             match self
                 .store
-                .attempt_lost(attempt, "lost: its agent was revoked", now_ms())
+                .attempt_lost(attempt, "lost: its agent was revoked", self.store.now_ms())
                 .await?
             {
                 Recorded::Stored(state) => {
@@ -793,7 +798,7 @@ impl Hub {
                 .get(&agent)
                 .is_some_and(|a| a.draining != drain)
             {
-                inner.set_draining(&agent, drain);
+                inner.set_draining(&agent, drain, self.store.now_ms());
                 tracing::info!(%agent, draining = drain.is_some(), "drain changed through another coordinator");
             }
         }
@@ -825,12 +830,17 @@ impl Hub {
     /// reconnects and coordinator restarts until [`Hub::undrain`]. Returns how many attempts
     /// it was running.
     pub async fn drain(&self, agent: &str, deadline: Duration) -> Result<usize, HubError> {
-        let deadline_ms =
-            now_ms().saturating_add(i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX));
+        let deadline_ms = self
+            .store
+            .now_ms()
+            .saturating_add(i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX));
         if !self.store.set_drain(agent, Some(deadline_ms)).await? {
             return Err(HubError::NotFound(format!("no agent {agent}")));
         }
-        let Some(running) = self.lock().set_draining(agent, Some(deadline_ms)) else {
+        let Some(running) = self
+            .lock()
+            .set_draining(agent, Some(deadline_ms), self.store.now_ms())
+        else {
             tracing::info!(%agent, "agent drained while disconnected");
             return Ok(0);
         };
@@ -843,7 +853,7 @@ impl Hub {
         if !self.store.set_drain(agent, None).await? {
             return Err(HubError::NotFound(format!("no agent {agent}")));
         }
-        self.lock().set_draining(agent, None);
+        self.lock().set_draining(agent, None, self.store.now_ms());
         self.wake.notify_one();
         tracing::info!(%agent, "agent no longer draining");
         Ok(())
@@ -902,7 +912,15 @@ impl Hub {
         } else {
             match self
                 .store
-                .record_checkpoint(agent, attempt, &digest, size, seq, progress, now_ms())
+                .record_checkpoint(
+                    agent,
+                    attempt,
+                    &digest,
+                    size,
+                    seq,
+                    progress,
+                    self.store.now_ms(),
+                )
                 .await
             {
                 Ok(CheckpointRecorded::Kept { superseded }) => {
@@ -1097,7 +1115,11 @@ impl Hub {
                 }
                 self.lock().waiting.remove(&attempt);
                 self.metrics.dispatched(setup_us as f64 / 1e6);
-                if let Err(e) = self.store.mark_started(attempt, setup_us, now_ms()).await {
+                if let Err(e) = self
+                    .store
+                    .mark_started(attempt, setup_us, self.store.now_ms())
+                    .await
+                {
                     tracing::warn!(%attempt, error = %e, "could not record start");
                 }
             }
@@ -1147,7 +1169,7 @@ impl Hub {
                 }
                 self.wake.notify_one();
                 let event = crate::store::AgentEvent {
-                    at_ms: now_ms(),
+                    at_ms: self.store.now_ms(),
                     from,
                     to,
                     reason,
@@ -1207,7 +1229,11 @@ impl Hub {
         }
         let mut tries = 0;
         let recorded = loop {
-            match self.store.record_result(agent, &result, now_ms()).await {
+            match self
+                .store
+                .record_result(agent, &result, self.store.now_ms())
+                .await
+            {
                 Ok(r) => break r,
                 Err(e) if tries < 5 => {
                     tries += 1;
@@ -1363,16 +1389,20 @@ impl Hub {
             ((renew, agents), inner.shared.cursor)
         };
         if renew.0 {
+            // Clocks drift: the database's is measured again now and then.
+            if let Err(e) = self.store.sync_clock().await {
+                tracing::warn!(error = %e, "could not read the database's clock");
+            }
             match self
                 .store
-                .renew_leases(&renew.1, now_ms().saturating_add(lease_ms))
+                .renew_leases(&renew.1, self.store.now_ms().saturating_add(lease_ms))
                 .await
             {
                 Ok(_) => self.lock().shared.renewed = Some(now),
                 Err(e) => tracing::warn!(error = %e, "could not renew leases in the database"),
             }
         }
-        match self.store.expired_leases(now_ms()).await {
+        match self.store.expired_leases(self.store.now_ms()).await {
             Ok(expired) => {
                 for (attempt, agent) in expired {
                     tracing::warn!(%attempt, %agent, "lease in the database ran out: requeueing");
@@ -1446,7 +1476,11 @@ impl Hub {
     /// agent is here, and requeues the task while it has attempts left. Returns `false` when the
     /// store could not record it.
     async fn requeue_lost(&self, attempt: AttemptId, agent: &str, why: &str) -> bool {
-        match self.store.attempt_lost(attempt, why, now_ms()).await {
+        match self
+            .store
+            .attempt_lost(attempt, why, self.store.now_ms())
+            .await
+        {
             Ok(Recorded::Stored(state)) => {
                 let inner = &mut *self.lock();
                 if let Some(a) = inner.agents.get_mut(agent) {
@@ -1491,7 +1525,7 @@ impl Hub {
                 return;
             };
             let task = p.task;
-            let assigned = match self.store.assign(task, &p.agent, now_ms()).await {
+            let assigned = match self.store.assign(task, &p.agent, self.store.now_ms()).await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::error!(%task, error = %e, "could not assign; will retry");
@@ -1553,7 +1587,7 @@ impl Hub {
     /// Makes a cluster.
     pub async fn create_cluster(&self, id: &str, description: &str) -> Result<(), HubError> {
         self.store
-            .create_cluster(id, description, now_ms())
+            .create_cluster(id, description, self.store.now_ms())
             .await?
             .map_err(|e| HubError::BadRequest(e.to_string()))?;
         tracing::info!(cluster = %id, "cluster created");
@@ -1750,12 +1784,13 @@ fn retry_backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(Duration::from_secs(60))
 }
 
-/// The eviction of a drained agent's attempt, with what is left of the drain's deadline.
-fn drain_eviction(attempt: AttemptId, deadline_ms: i64) -> CoordinatorMessage {
+/// The eviction of a drained agent's attempt, with what is left of the drain's deadline at
+/// `now_ms` (the store's clock).
+fn drain_eviction(attempt: AttemptId, deadline_ms: i64, now_ms: i64) -> CoordinatorMessage {
     CoordinatorMessage::Evict {
         attempt,
         reason: "the agent is being drained".into(),
-        grace_ms: u64::try_from(deadline_ms.saturating_sub(now_ms())).unwrap_or(0),
+        grace_ms: u64::try_from(deadline_ms.saturating_sub(now_ms)).unwrap_or(0),
     }
 }
 

@@ -427,8 +427,28 @@ async fn control(
             }
         }
     });
-    let result = async {
+    // Reports and heartbeats say the agent is alive: they are handled as they are read, never
+    // behind a message waiting on the store (a database restarting must not make the leases of
+    // live agents run out). Everything else is handled in order, one at a time.
+    let (queue, mut queued) = mpsc::channel::<AgentMessage>(HANDLER_QUEUE);
+    let reader = async {
         while let Some(msg) = read_frame::<AgentMessage>(&mut recv).await? {
+            match msg {
+                AgentMessage::Report { .. } | AgentMessage::Heartbeat => {
+                    hub.agent_message(&agent_id, msg).await;
+                }
+                other => {
+                    if queue.send(other).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(queue);
+        anyhow::Ok(())
+    };
+    let handler = async {
+        while let Some(msg) = queued.recv().await {
             if let AgentMessage::Checkpoint {
                 attempt,
                 digest,
@@ -449,13 +469,16 @@ async fn control(
             }
             hub.agent_message(&agent_id, msg).await;
         }
-        anyhow::Ok(())
-    }
-    .await;
+    };
+    let (result, ()) = tokio::join!(reader, handler);
     hub.agent_disconnected(&agent_id, conn_no);
     writer.abort();
     result
 }
+
+/// Messages of one agent read and waiting to be handled (a result waiting on the store, and
+/// what came after it); past it the connection is read no further until one is handled.
+const HANDLER_QUEUE: usize = 1024;
 
 #[cfg(test)]
 mod tests {
