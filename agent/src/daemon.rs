@@ -30,6 +30,8 @@ use crate::scavenger::{self, Events, ScavengerConfig, Shared};
 
 /// How long an agent the coordinator refused waits before asking again.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// How long a result sent may go unacknowledged before it is sent again.
+const RESEND_UNACKNOWLEDGED: Duration = Duration::from_secs(10);
 
 /// How long an agent stopped by its owner waits for its last results and checkpoints to reach
 /// the coordinator before it exits.
@@ -907,18 +909,41 @@ impl Agent {
     }
 
     /// Uploads a result's blobs, then sends it. The coordinator acknowledges it.
+    ///
+    /// Until it is acknowledged, it goes again every [`RESEND_UNACKNOWLEDGED`] while the
+    /// connection lasts (the next connection sends it anew): the coordinator may have failed to
+    /// keep it (its disk full, its database restarting), or an upload may have failed. The
+    /// coordinator acknowledges copies without counting them twice.
     async fn deliver(self: Arc<Self>, conn: quinn::Connection, result: TaskResult) {
+        let attempt = result.attempt;
         // The attempt's last checkpoints go first: the next attempt starts from them.
         self.pending_checkpoints
-            .flushed(result.attempt, Duration::from_secs(60))
+            .flushed(attempt, Duration::from_secs(60))
             .await;
-        for digest in result.blobs() {
-            if let Err(e) = link::upload_blob(&conn, &self.cache, digest).await {
-                tracing::warn!(attempt = %result.attempt, error = %format!("{e:#}"), "could not upload a result blob; will retry on reconnect");
-                return;
+        loop {
+            let mut uploaded = Ok(());
+            for digest in result.blobs() {
+                uploaded = link::upload_blob(&conn, &self.cache, digest).await;
+                if uploaded.is_err() {
+                    break;
+                }
             }
+            match uploaded {
+                Ok(()) => self.send_event(AgentMessage::Result(result.clone())),
+                Err(e) => {
+                    tracing::warn!(%attempt, error = %format!("{e:#}"), "could not upload a result blob; trying again")
+                }
+            }
+            let deadline = Instant::now() + RESEND_UNACKNOWLEDGED;
+            while Instant::now() < deadline {
+                if !lock(&self.outbox_blobs).contains_key(&attempt) || conn.close_reason().is_some()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            tracing::info!(%attempt, "the result is not acknowledged yet; sending it again");
         }
-        self.send_event(AgentMessage::Result(result));
     }
 }
 

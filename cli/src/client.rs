@@ -179,9 +179,13 @@ impl Client {
                     sent += len;
                 }
                 Err(e) if failures < 3 && e.downcast_ref::<Unreachable>().is_none() => {
-                    // Where does it stand now (another request may have moved it on)?
+                    // Where does it stand now (another request may have moved it on)? If that
+                    // fails too, the chunk's own error is the one that explains it.
                     failures += 1;
-                    state = self.get(&format!("/api/v1/uploads/{digest}")).await?;
+                    state = match self.get(&format!("/api/v1/uploads/{digest}")).await {
+                        Ok(state) => state,
+                        Err(_) => return Err(e),
+                    };
                     eprintln!("warning: {e:#}; continuing from byte {}", state.offset);
                 }
                 Err(e) => return Err(e),

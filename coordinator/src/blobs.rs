@@ -253,9 +253,17 @@ impl BlobStore {
                 return Ok(state);
             }
         }
-        let part = tokio::fs::File::create(self.part_path(&digest)).await?;
-        part.sync_all().await?;
-        write_synced(&self.size_path(&digest), size.to_string().as_bytes()).await?;
+        let begun = async {
+            let part = tokio::fs::File::create(self.part_path(&digest)).await?;
+            part.sync_all().await?;
+            write_synced(&self.size_path(&digest), size.to_string().as_bytes()).await
+        }
+        .await;
+        if let Err(e) = begun {
+            // No half-begun upload is left (a full disk, say): the next try starts clean.
+            self.discard_upload(&digest).await;
+            return Err(e.into());
+        }
         if size == 0 {
             return self.finish_upload(digest, size).await;
         }
@@ -311,8 +319,17 @@ impl BlobStore {
                 .append(true)
                 .open(self.part_path(&digest))
                 .await?;
-            part.write_all(bytes).await?;
-            part.sync_data().await?;
+            let written = async {
+                part.write_all(bytes).await?;
+                part.flush().await?;
+                part.sync_data().await
+            }
+            .await;
+            if let Err(e) = written {
+                // What part of the chunk got in is unchecked: cut back to where it started.
+                let _ = part.set_len(offset).await;
+                return Err(e.into());
+            }
         }
         if end == state.size {
             return self.finish_upload(digest, state.size).await;
@@ -464,6 +481,9 @@ impl BlobStore {
         if actual != expected {
             return Err(BlobError::Mismatch { expected, actual });
         }
+        // tokio reports a failed write (a full disk) only at the next write or flush, not at
+        // a sync: without the flush, a short file would be kept under the digest of all of it.
+        file.flush().await?;
         file.sync_all().await?;
         drop(file);
         let dest = self.path(&expected);
@@ -478,6 +498,8 @@ impl BlobStore {
 async fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = tokio::fs::File::create(path).await?;
     f.write_all(bytes).await?;
+    // The write's own error, if any, comes with the flush (see `put`).
+    f.flush().await?;
     f.sync_all().await
 }
 

@@ -169,6 +169,76 @@ fn pg_ctl(action: &[&str]) {
     );
 }
 
+/// A small tmpfs file system mounted for a test (needs root, as `cargo xtask test` runs), to
+/// fill up; unmounted when dropped.
+#[derive(Debug)]
+pub struct Tmpfs {
+    /// Where it is mounted.
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g. `"64m"`).
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("lull-tmpfs-")
+            .tempdir()
+            .expect("creating a mount point");
+        let path = dir.path().to_owned();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs at {} failed (root is needed): {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { path, _dir: dir }
+    }
+
+    /// Writes `name` until the file system is full; returns its path.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.path.join(name);
+        let mut f = fs::File::create(&path).expect("creating the filler");
+        let chunk = vec![0xa5u8; 64 << 10];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // Whatever is left is less than a chunk: fill it byte by byte.
+        while f.write_all(&[0xa5]).is_ok() {}
+        path
+    }
+
+    /// Bytes free on it.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.path)
+            .output()
+            .expect("running df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df's answer")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+    }
+}
+
 /// Environment variables that set a process's wall clock `offset` ahead (`"+60s"`) or behind
 /// (`"-60s"`) the machine's, through Debian's libfaketime (installed by `cargo xtask test`);
 /// its monotonic clock is left alone.
@@ -468,6 +538,16 @@ impl Cluster {
 
     /// [`Cluster::start`], with `args` added to `lull-coordinator serve`.
     pub fn start_with(args: &[&str]) -> Cluster {
+        Cluster::start_inner(args, None)
+    }
+
+    /// [`Cluster::start`], the coordinator keeping its data in `data` (say, a small file
+    /// system that a test fills up, see [`Tmpfs`]) rather than in the cluster's directory.
+    pub fn start_with_coordinator_data(data: &Path) -> Cluster {
+        Cluster::start_inner(&[], Some(data))
+    }
+
+    fn start_inner(args: &[&str], coordinator_data: Option<&Path>) -> Cluster {
         let coordinator_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::Builder::new()
             .prefix("lull-e2e-")
@@ -484,6 +564,12 @@ impl Cluster {
             "results",
         ] {
             fs::create_dir_all(root.join(sub)).expect("creating the cluster's directories");
+        }
+        if let Some(data) = coordinator_data {
+            // The cluster's path to it stays the same: a link.
+            fs::remove_dir(root.join("coordinator")).expect("replacing coordinator/");
+            std::os::unix::fs::symlink(data, root.join("coordinator"))
+                .expect("linking coordinator/ to its data");
         }
         let key = root.join("keys/key");
         let allowed_signers = root.join("keys/allowed_signers");

@@ -280,6 +280,9 @@ fn upload_answer(state: crate::blobs::UploadState) -> Json<serde_json::Value> {
 
 fn blob_error(digest: &Digest, e: BlobError) -> ApiError {
     let (status, code) = match &e {
+        BlobError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
+        }
         BlobError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         BlobError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         BlobError::Offset { .. } => (StatusCode::CONFLICT, "offset_mismatch"),

@@ -358,9 +358,15 @@ async fn stream(
                     .await
                 {
                     Ok(size) => BlobReply::Ok { size },
-                    Err(e) => BlobReply::Rejected {
-                        reason: e.to_string(),
-                    },
+                    Err(e) => {
+                        if let crate::blobs::BlobError::Io(io) = &e {
+                            // The coordinator's own trouble (a full disk): its operator's to see.
+                            tracing::error!(agent = ?agent.get(), %digest, error = %io, "could not store a blob from an agent");
+                        }
+                        BlobReply::Rejected {
+                            reason: e.to_string(),
+                        }
+                    }
                 }
             };
             write_frame(&mut send, &reply).await?;
