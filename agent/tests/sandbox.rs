@@ -1194,6 +1194,18 @@ fn cpu_share_duty_cycles_the_guest() {
     let output = thread::scope(|s| {
         let guest = start(s, &sandbox, &program, &spec, &control);
         thread::sleep(Duration::from_millis(50));
+        // At idle priority the guest gets next to nothing on a busy machine, whatever its share;
+        // at normal priority it competes like any program, so that its share shows.
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain system call on a thread of this process that is alive (it spins
+        // until cancelled below).
+        let raised = unsafe { libc::sched_setscheduler(guest.tid, libc::SCHED_OTHER, &param) };
+        assert_eq!(
+            raised,
+            0,
+            "raising the guest to normal priority: {}",
+            std::io::Error::last_os_error()
+        );
         let uncapped = guest.clock.share_over(Duration::from_millis(300));
         control.set_cpu_share(0.25);
         thread::sleep(Duration::from_millis(50));
@@ -1206,20 +1218,16 @@ fn cpu_share_duty_cycles_the_guest() {
             "CPU share of a spinning guest: {uncapped:.3} uncapped, {capped:.3} capped at 0.25, \
              {after:.3} uncapped again"
         );
-        if uncapped.min(after) < 0.8 {
-            // The guest runs at idle priority: on a busy machine it gets little CPU whatever
-            // its share, and there is nothing to measure.
-            println!(
-                "SKIPPED the check of cpu_share_duty_cycles_the_guest: the machine is busy (an \
-                 uncapped idle-priority guest got {:.3} of a core)",
-                uncapped.min(after)
-            );
-        } else {
-            assert!(
-                (0.10..=0.45).contains(&capped),
-                "capped at 0.25: {capped:.3}"
-            );
-        }
+        // The cap holds however busy the machine is: the guest rests through three quarters of
+        // every period.
+        assert!(capped <= 0.45, "capped at 0.25: {capped:.3}");
+        // And it runs in the rest: at least 40 % of what a quarter of the CPU the machine left
+        // it uncapped comes to (other programs compete for its run parts too).
+        let available = uncapped.min(after).min(1.0);
+        assert!(
+            capped >= 0.25 * available * 0.4,
+            "capped at 0.25: {capped:.3}, with {available:.3} of a core to be had"
+        );
         control.cancel("done");
         guest.join()
     });

@@ -50,11 +50,12 @@ fn a_coordinator_on_postgres_survives_a_kill_mid_job() {
         .assert_success();
 }
 
-#[test]
-fn two_coordinators_on_one_database_and_one_killed_mid_job_the_other_finishes_it() {
-    let url = postgres_database("two_coordinators");
+/// Two coordinators on a fresh database (`test` names it), the second started with `env`,
+/// each with an agent of one slot: `first-side` and `second-side`.
+fn two_coordinators(test: &str, env: &[(&str, &str)]) -> Cluster {
+    let url = postgres_database(test);
     let mut cluster = Cluster::start_with(&["--database", &url]);
-    let second = cluster.start_peer_coordinator();
+    let second = cluster.start_peer_coordinator_with_env(env);
     cluster.start_agent("first-side", AgentOptions::slots(1));
     cluster.start_agent(
         "second-side",
@@ -64,6 +65,12 @@ fn two_coordinators_on_one_database_and_one_killed_mid_job_the_other_finishes_it
         },
     );
     cluster.wait_for_agents(&["first-side"]);
+    cluster
+}
+
+#[test]
+fn two_coordinators_on_one_database_and_one_killed_mid_job_the_other_finishes_it() {
+    let mut cluster = two_coordinators("two_coordinators", &[]);
     let first_agent = cluster.agent_id("first-side");
     let second_agent = cluster.agent_id("second-side");
 
@@ -181,21 +188,10 @@ fn revocation_drain_and_cancel_through_one_coordinator_reach_the_agents_of_anoth
 
 #[test]
 fn two_coordinators_whose_clocks_differ_by_a_minute_requeue_no_live_work() {
-    let url = postgres_database("skewed_clocks");
-    let mut cluster = Cluster::start_with(&["--database", &url]);
     // The second coordinator's clock runs a minute ahead of the first's (and the database's).
     let skew = lull_tests::skewed_clock("+60s");
     let env: Vec<(&str, &str)> = skew.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let second = cluster.start_peer_coordinator_with_env(&env);
-    cluster.start_agent("first-side", AgentOptions::slots(1));
-    cluster.start_agent(
-        "second-side",
-        AgentOptions {
-            coordinator: Some(second),
-            ..AgentOptions::slots(1)
-        },
-    );
-    cluster.wait_for_agents(&["first-side"]);
+    let cluster = two_coordinators("skewed_clocks", &env);
     let job = cluster.write_job(
         "skewed",
         "name = \"skewed\"\ncount = 4\n[[module]]\npath = \"hello.wasm\"\nargs = [\"{index}\"]\n[resources]\nmemory = \"16MiB\"\n",
