@@ -31,6 +31,29 @@ pub fn reset_key(identity: &Identity) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, Digest::of(&seed).as_bytes())
 }
 
+/// Label mixed into the connection-ID key.
+const CID_KEY_LABEL: &[u8] = b"lull coordinator QUIC connection IDs v1";
+
+/// The QUIC endpoint's configuration, its keys derived from the private key so that they
+/// survive restarts. quinn only answers a packet for a connection it does not know with a
+/// stateless reset when the packet's connection ID passes its generator's check: with the
+/// generator's key random per process (quinn's default), a restarted coordinator silently
+/// dropped agents' packets, and they noticed only at their idle timeout.
+pub fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key(identity)));
+    let mut seed = CID_KEY_LABEL.to_vec();
+    seed.extend_from_slice(identity.secret_pkcs8_der());
+    let digest = Digest::of(&seed);
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest.as_bytes()[..8]);
+    let key = u64::from_le_bytes(key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    config
+}
+
 /// A QUIC server configuration presenting this identity, speaking Lull's ALPN, within
 /// `limits`.
 pub fn quic_server_config(

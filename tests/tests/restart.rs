@@ -32,6 +32,13 @@ timeout = "1m"
     cluster.restart_coordinator();
 
     cluster.wait_for_agents(&["left", "right"]);
+    // The restarted coordinator told the agents their old connection was gone (a QUIC
+    // stateless reset, its keys being derived from its own): they did not wait for their
+    // idle timeout.
+    for agent in ["left", "right"] {
+        let log = cluster.agent_log(agent);
+        assert!(log.contains("reset by peer"), "{agent}: {log}");
+    }
     let done = cluster.wait_for_job_end(id);
     assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
 

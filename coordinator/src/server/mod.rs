@@ -119,7 +119,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let socket = std::net::UdpSocket::bind(config.quic_addr)
         .with_context(|| format!("binding QUIC (UDP) on {}", config.quic_addr))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::new(Arc::new(tls::reset_key(&identity))),
+        tls::endpoint_config(&identity),
         Some(tls::quic_server_config(&identity, &config.quic_limits)?),
         socket,
         Arc::new(quinn::TokioRuntime),
