@@ -301,13 +301,13 @@ impl GuestHooks for Recorder {
         self.inner.progress(fraction);
     }
 
-    fn checkpoint(&self, state: Vec<u8>) -> Result<(), String> {
+    fn checkpoint(&self, state: Vec<u8>, leaving: bool) -> Result<(), String> {
         let len = state.len();
         // Hashing is the cost of a large state: only for those the agent keeps (bounded by
         // its cap), whose digest is checked.
         let digest = (len as u64 <= self.cap).then(|| Digest::of(&state));
         let progress = self.progress.lock().unwrap().last().copied();
-        let result = self.inner.checkpoint(state);
+        let result = self.inner.checkpoint(state, leaving);
         self.checkpoints.lock().unwrap().push(Seen {
             len,
             digest,
@@ -353,6 +353,8 @@ fn play(
         tx,
         pending: Arc::new(Pending::default()),
         cap,
+        // Every checkpoint kept as it comes: pacing is the unit tests' (agent/src/checkpoint.rs).
+        interval: Duration::ZERO,
         progress: Arc::default(),
     });
     let recorder = Arc::new(Recorder {
