@@ -79,6 +79,9 @@ pub struct Agent {
     /// Each result in the outbox, with its blobs (never evicted until acknowledged): kept in
     /// memory so that neither an eviction nor a stop need read the outbox.
     outbox_blobs: Mutex<std::collections::HashMap<AttemptId, Vec<Digest>>>,
+    /// Results that could not be written to the outbox (its disk full): sent from memory all
+    /// the same, and lost only if the agent stops before they are acknowledged.
+    unstored: Mutex<std::collections::HashMap<AttemptId, TaskResult>>,
     /// Checkpoint states not yet reported (never evicted meanwhile).
     unreported: Mutex<HashSet<Digest>>,
     /// Blobs being fetched: tasks needing the same blob wait for one download.
@@ -178,6 +181,7 @@ impl Agent {
             fetching: Mutex::default(),
             unreported: Mutex::default(),
             outbox_blobs: Mutex::default(),
+            unstored: Mutex::default(),
             progress: progress.clone(),
             pending_checkpoints: pending_checkpoints.clone(),
             checkpoints: Mutex::new(Some(checkpoint_rx)),
@@ -312,6 +316,10 @@ impl Agent {
                     r = tokio::time::timeout(FLUSH_ON_STOP, flushed) => {
                         if r.is_err() {
                             tracing::warn!("stopping with results or checkpoints not yet handed back; results are sent at the next start");
+                        }
+                        let lost = lock(&self.unstored).len();
+                        if lost > 0 {
+                            tracing::warn!(results = lost, "results that were never on disk are lost; their tasks run again when their leases run out");
                         }
                     }
                 }
@@ -570,6 +578,7 @@ impl Agent {
             CoordinatorMessage::ResultAck { attempt } => {
                 sent.remove(&attempt);
                 let _ = std::fs::remove_file(self.outbox_path(attempt));
+                lock(&self.unstored).remove(&attempt);
                 lock(&self.outbox_blobs).remove(&attempt);
                 tracing::debug!(%attempt, "result acknowledged");
             }
@@ -595,9 +604,7 @@ impl Agent {
             return;
         };
         tracing::info!(%attempt, succeeded = result.succeeded(), cause = ?result.cause(), "attempt ended");
-        if let Err(e) = self.store_result(&result) {
-            tracing::error!(%attempt, error = %format!("{e:#}"), "could not keep a result on disk");
-        }
+        self.store_result(result);
         lock(&self.shared.running).remove(&attempt);
         self.outbox_ready.notify_one();
     }
@@ -741,35 +748,45 @@ impl Agent {
         ))
     }
 
-    fn store_result(&self, result: &TaskResult) -> anyhow::Result<()> {
-        // Its blobs are spared from the moment it is being stored; forgotten if it is not.
+    /// Puts a result in the outbox, or, when the disk will not take it, in memory: either way
+    /// it is sent until acknowledged, and its blobs are spared meanwhile.
+    fn store_result(&self, result: TaskResult) {
         lock(&self.outbox_blobs).insert(result.attempt, result.blobs());
-        let stored = self.write_result(result);
-        if stored.is_err() {
-            lock(&self.outbox_blobs).remove(&result.attempt);
+        if let Err(e) = self.write_result(&result) {
+            tracing::error!(
+                attempt = %result.attempt,
+                error = %format!("{e:#}"),
+                "could not keep a result on disk; sending it from memory (it is lost if the agent stops before the coordinator has it)"
+            );
+            lock(&self.unstored).insert(result.attempt, result);
         }
-        stored
     }
 
+    /// Writes a result into the outbox whole (a temporary file, synced, then renamed), or not
+    /// at all.
     fn write_result(&self, result: &TaskResult) -> anyhow::Result<()> {
         let path = self.outbox_path(result.attempt);
         let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec(result)?;
-        {
+        let written = (|| -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&json)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        written.with_context(|| format!("writing {}", path.display()))
     }
 
+    /// The results waiting for acknowledgement: those in the outbox and those only in memory.
     fn outbox_entries(&self) -> Vec<TaskResult> {
+        let mut out: Vec<TaskResult> = lock(&self.unstored).values().cloned().collect();
         let Ok(entries) = std::fs::read_dir(&self.outbox) else {
-            return vec![];
+            return out;
         };
-        let mut out = Vec::new();
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {

@@ -436,7 +436,9 @@ impl Runner {
         // between two walks and ended before the next does not succeed either.
         let over = self.task_disk.exceeded_by(self.task_disk.measure(&dirs));
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let modules = a
+        // What the agent could not keep (its disk full): the first reason.
+        let mut lost: Option<String> = None;
+        let mut modules: Vec<ModuleResult> = a
             .job
             .modules
             .iter()
@@ -452,8 +454,8 @@ impl Runner {
                 ModuleResult {
                     name: m.name.clone(),
                     outcome,
-                    stdout: self.capture(&out.stdout, out.stdout_truncated),
-                    stderr: self.capture(&out.stderr, out.stderr_truncated),
+                    stdout: self.capture(&out.stdout, out.stdout_truncated, &mut lost),
+                    stderr: self.capture(&out.stderr, out.stderr_truncated, &mut lost),
                 }
             })
             .collect();
@@ -461,7 +463,20 @@ impl Runner {
             .first()
             .map(|s| s.output_dir.clone())
             .unwrap_or_default();
-        let (outputs, outputs_truncated) = self.collect_outputs(&output_dir);
+        let (outputs, outputs_truncated) = self.collect_outputs(&output_dir, &mut lost);
+        if let Some(reason) = lost {
+            // A result missing some of what the task wrote does not succeed: the attempt counts
+            // as failed, with the reason, and the task runs again (an agent short of disk takes
+            // no more work meanwhile). Not an eviction: a task whose own files fill the disk
+            // would run for ever.
+            tracing::error!(attempt = %a.attempt, %reason, "the task's output could not be kept");
+            for m in modules.iter_mut().filter(|m| m.outcome.is_success()) {
+                m.outcome = Outcome::Unreportable {
+                    reason: format!("the agent could not keep the task's output: {reason}"),
+                };
+                m.outcome.bound();
+            }
+        }
         let mut result = TaskResult {
             attempt: a.attempt,
             modules,
@@ -475,7 +490,13 @@ impl Runner {
         result
     }
 
-    fn capture(&self, bytes: &[u8], truncated: bool) -> Option<Captured> {
+    /// Keeps a captured stream in the cache; when it cannot, says why in `lost`.
+    fn capture(
+        &self,
+        bytes: &[u8],
+        truncated: bool,
+        lost: &mut Option<String>,
+    ) -> Option<Captured> {
         match self.cache.put(bytes) {
             Ok(digest) => Some(Captured {
                 digest,
@@ -483,13 +504,16 @@ impl Runner {
                 truncated,
             }),
             Err(e) => {
-                tracing::error!(error = %e, "could not keep a task's output stream");
+                tracing::error!(error = %format!("{e:#}"), "could not keep a task's output stream");
+                lost.get_or_insert_with(|| format!("{e:#}"));
                 None
             }
         }
     }
 
-    fn collect_outputs(&self, root: &Path) -> (Vec<OutputFile>, bool) {
+    /// The task's output files, moved into the cache; a file that cannot be kept is said in
+    /// `lost`.
+    fn collect_outputs(&self, root: &Path, lost: &mut Option<String>) -> (Vec<OutputFile>, bool) {
         let mut files = Vec::new();
         walk(root, root, &mut files);
         files.sort();
@@ -522,7 +546,8 @@ impl Runner {
                     });
                 }
                 Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "could not keep an output file")
+                    tracing::error!(file = %path.display(), error = %format!("{e:#}"), "could not keep an output file");
+                    lost.get_or_insert_with(|| format!("{rel}: {e:#}"));
                 }
             }
         }

@@ -423,7 +423,8 @@ pub enum Outcome {
         reason: String,
     },
     /// The attempt ran, but its result could not be reported as it was: it would not fit in a
-    /// message, or the coordinator found it invalid. Counts as a failed attempt.
+    /// message, the coordinator found it invalid, or the agent could not keep the task's
+    /// output (its disk full). Counts as a failed attempt.
     Unreportable {
         /// Why.
         reason: String,

@@ -20,7 +20,7 @@
 //! diagnosed from the test's output alone (set `LULL_TESTS_KEEP=1` to keep it always). Every
 //! wait is bounded and says what it waited for.
 //!
-//! The binaries are the ones `cargo build --workspace --bins` leaves beside the test
+//! The binaries are the ones `cargo build --workspace --bins --tests` leaves beside the test
 //! executables (`target/debug/`); the harness does not build them.
 
 pub mod browser;
@@ -93,7 +93,7 @@ pub fn binary(name: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "the binary {file} is missing (looked in {dirs:?}): run `cargo build --workspace --bins` \
+                "the binary {file} is missing (looked in {dirs:?}): run `cargo build --workspace --bins --tests` \
                  (or `cargo xtask test`) before these tests"
             )
         })
@@ -1575,7 +1575,22 @@ pub mod guests {
     /// `/output/result.txt`, `hello from task ARG\n` to stdout and `done: task ARG\n` to stderr,
     /// and exits 0. A failing WASI call exits with 100 + its errno; a wrong argument count, 2.
     pub fn hello(spin_ms: u64) -> Vec<u8> {
-        compile(&HELLO.replace("SPIN_MS", &spin_ms.to_string()))
+        compile(
+            &HELLO
+                .replace("SPIN_BEFORE", &spin_ms.to_string())
+                .replace("SPIN_AFTER", "0"),
+        )
+    }
+
+    /// [`hello`], writing `/output/result.txt` first and then spinning for `spin_ms`
+    /// milliseconds before it writes to stdout and stderr (which the agent holds in memory):
+    /// a task whose files are all written while it runs on.
+    pub fn hello_writing_first(spin_ms: u64) -> Vec<u8> {
+        compile(
+            &HELLO
+                .replace("SPIN_BEFORE", "0")
+                .replace("SPIN_AFTER", &spin_ms.to_string()),
+        )
     }
 
     const HELLO: &str = r#"
@@ -1628,7 +1643,7 @@ pub mod guests {
       (i32.sub
         (i32.sub (i32.add (i32.const 1024) (i32.load (i32.const 104))) (local.get $arg))
         (i32.const 1)))
-    (call $spin (i64.const SPIN_MS))
+    (call $spin (i64.const SPIN_BEFORE))
     ;; path_open(/output, no symlink follow, "result.txt", O_CREAT|O_TRUNC, rights fd_write)
     (call $check
       (call $path_open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 10)
@@ -1636,6 +1651,7 @@ pub mod guests {
     (local.set $fd (i32.load (i32.const 704)))
     (call $write (local.get $fd) (local.get $arg) (local.get $len))
     (call $check (call $fd_close (local.get $fd)))
+    (call $spin (i64.const SPIN_AFTER))
     (call $write (i32.const 1) (i32.const 16) (i32.const 16))
     (call $write (i32.const 1) (local.get $arg) (local.get $len))
     (call $write (i32.const 1) (i32.const 32) (i32.const 1))
