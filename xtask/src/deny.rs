@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 
 use crate::util;
 
-/// Installs cargo-deny when missing, then runs its checks.
-pub fn check() -> anyhow::Result<()> {
+/// Installs cargo-deny when missing.
+pub fn install() -> anyhow::Result<()> {
     let installed = Command::new("cargo-deny")
         .arg("--version")
         .stdout(Stdio::null())
@@ -21,8 +21,14 @@ pub fn check() -> anyhow::Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if !installed {
-        util::cargo(&["install", "cargo-deny", "--locked"])?;
+        util::cargo_install("cargo-deny")?;
     }
+    Ok(())
+}
+
+/// Installs cargo-deny when missing, then runs its checks.
+pub fn check() -> anyhow::Result<()> {
+    install()?;
     util::cargo(&["deny", "check", "licenses", "bans", "sources"])?;
     match advisory_db() {
         Some(db) => {

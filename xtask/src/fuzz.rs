@@ -129,13 +129,16 @@ pub fn ensure_toolchain() -> anyhow::Result<()> {
             .is_some_and(|t| t.starts_with("nightly-"))
     }) {
         // RUSTUP_AUTO_INSTALL=0 may be set: `cargo +nightly` would not install it by itself.
-        let status = Command::new("rustup")
-            .args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal"])
-            .status()
-            .context("starting rustup toolchain install nightly")?;
-        if !status.success() {
-            bail!("rustup toolchain install nightly --profile minimal failed ({status})");
-        }
+        util::run(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                TOOLCHAIN,
+                "--profile",
+                "minimal",
+            ]),
+            "rustup toolchain install nightly --profile minimal",
+        )?;
     }
     util::ensure_commands(&[("c++", "g++")])?;
     let has_cargo_fuzz = Command::new("cargo-fuzz")
@@ -145,7 +148,7 @@ pub fn ensure_toolchain() -> anyhow::Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if !has_cargo_fuzz {
-        util::cargo(&["install", "cargo-fuzz", "--locked"])?;
+        util::cargo_install("cargo-fuzz")?;
     }
     Ok(())
 }
@@ -236,18 +239,26 @@ pub const PROTOCOL_TARGETS: &[&str] = &["frame", "messages", "job_file", "trust"
 /// What `cargo xtask test` runs: the protocol targets, built without the agent, for `seconds`
 /// each. Fails on the first crash, naming the target and its input.
 pub fn smoke(seconds: u64) -> anyhow::Result<FuzzSummary> {
+    let build = smoke_build()?;
+    smoke_run(seconds, build)
+}
+
+/// Installs what fuzzing needs and builds the protocol targets; how long the build took.
+pub fn smoke_build() -> anyhow::Result<Duration> {
     ensure_toolchain()?;
     let started = Instant::now();
-    eprintln!("xtask: cargo +nightly fuzz build --no-default-features");
-    let status = cargo_fuzz(&["build", "--no-default-features"])
-        .status()
-        .context("starting cargo +nightly fuzz build")?;
-    if !status.success() {
-        bail!("cargo +nightly fuzz build --no-default-features failed ({status})");
-    }
+    util::run(
+        &mut cargo_fuzz(&["build", "--no-default-features"]),
+        "cargo +nightly fuzz build --no-default-features",
+    )?;
+    Ok(started.elapsed())
+}
+
+/// Runs the protocol targets, built by [`smoke_build`] in `build`, for `seconds` each.
+pub fn smoke_run(seconds: u64, build: Duration) -> anyhow::Result<FuzzSummary> {
     let mut summary = FuzzSummary {
         targets: Vec::new(),
-        build: started.elapsed(),
+        build,
     };
     for target in PROTOCOL_TARGETS {
         summary

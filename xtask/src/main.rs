@@ -20,6 +20,8 @@ mod util;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -50,16 +52,37 @@ fn main() -> ExitCode {
 
 /// Everything CI runs.
 fn test() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     util::ensure_wasm_targets()?;
+    // The tools of the checks that come later (cargo-deny, the nightly toolchain, cargo-fuzz,
+    // the protocol fuzz targets) build on a second thread meanwhile: on two cores, in the time
+    // the packages download and in the gaps where one crate holds up the build. Its commands'
+    // output goes to a file. It waits for the packages (a C++ compiler among them) before the
+    // fuzz build: apt-get takes one at a time.
+    let (packages_ready, packages) = std::sync::mpsc::channel::<()>();
+    let tools_log = util::target_dir().join("xtask").join("tools.log");
+    let tools = {
+        let log = tools_log.clone();
+        std::thread::spawn(move || {
+            util::logged_to(&log, || -> anyhow::Result<std::time::Duration> {
+                deny::install()?;
+                let _ = packages.recv();
+                fuzz::smoke_build()
+            })?
+        })
+    };
     // Signatures are checked against the real OpenSSH tools; the dashboard in a real browser.
     // faketime brings the library that skews one coordinator's clock; ip makes the network
-    // namespaces of the fault tests.
-    util::ensure_commands(&[
+    // namespaces of the fault tests; libFuzzer is built with c++.
+    let needed = util::ensure_commands(&[
         ("ssh-keygen", "openssh-client"),
         ("chromium", "chromium"),
         ("faketime", "faketime"),
         ("ip", "iproute2"),
-    ])?;
+        ("c++", "g++"),
+    ]);
+    drop(packages_ready);
+    needed?;
     util::build_examples()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
     util::cargo(&[
@@ -74,12 +97,19 @@ fn test() -> anyhow::Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-Dwarnings")],
     )?;
+    let fuzz_build = tools
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread building the tools panicked"))?
+        .with_context(|| format!("preparing the tools (see {})", tools_log.display()))?;
     // The dependency graph: licenses, duplicate versions, sources (and advisories offline).
     deny::check()?;
     // A few seconds of each protocol fuzz target: a decoder that crashes on some input fails
     // here (`cargo xtask fuzz` runs them all for longer).
-    fuzz::smoke(5)?;
-    util::cargo(&["build", "--workspace", "--bins"])?;
+    fuzz::smoke_run(5, fuzz_build)?;
+    // The binaries the end-to-end tests start, built with the tests: with the tests' dev
+    // dependencies in the build, shared crates get the same features as under `cargo test`, so
+    // the test run below reuses every artifact instead of building the stack a second time.
+    util::cargo(&["build", "--workspace", "--bins", "--tests"])?;
     // The store's tests and the PostgreSQL end-to-end tests run against a real server.
     let postgres = postgres::Server::start()?;
     let counts = util::cargo_test(
@@ -90,6 +120,10 @@ fn test() -> anyhow::Result<()> {
         ],
     )?;
     drop(postgres);
+    eprintln!(
+        "xtask: cargo xtask test took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "tests: {} passed, {} failed, {} skipped",
         counts.passed, counts.failed, counts.ignored

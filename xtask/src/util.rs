@@ -25,12 +25,58 @@ fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    eprintln!("xtask: {what}");
+thread_local! {
+    /// Where the commands this thread runs write their output, when not to the terminal.
+    static LOG: std::cell::RefCell<Option<(PathBuf, std::fs::File)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the output of every command it runs through [`run`] appended to the file at
+/// `path` (created or emptied first), not the terminal: for work on a second thread, whose
+/// lines would otherwise mix with the first's. The terminal still gets each command's name and
+/// how long it took.
+pub fn logged_to<T>(path: &Path, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    LOG.with_borrow_mut(|log| *log = Some((path.to_owned(), file)));
+    let result = f();
+    LOG.with_borrow_mut(|log| *log = None);
+    Ok(result)
+}
+
+/// Runs a command, saying what it is and, when it succeeds, how long it took.
+pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let logged = LOG.with_borrow(|log| -> anyhow::Result<Option<PathBuf>> {
+        let Some((path, file)) = log else {
+            return Ok(None);
+        };
+        use std::io::Write;
+        writeln!(&*file, "xtask: {what}")?;
+        cmd.stdout(file.try_clone()?).stderr(file.try_clone()?);
+        Ok(Some(path.clone()))
+    })?;
+    match &logged {
+        Some(path) => eprintln!("xtask: {what} (its output in {})", path.display()),
+        None => eprintln!("xtask: {what}"),
+    }
+    let started = std::time::Instant::now();
     let status = cmd.status().with_context(|| format!("starting {what}"))?;
     if !status.success() {
-        bail!("{what} failed ({status})");
+        match logged {
+            Some(path) => bail!(
+                "{what} failed ({status}); its output is in {}",
+                path.display()
+            ),
+            None => bail!("{what} failed ({status})"),
+        }
     }
+    eprintln!(
+        "xtask: {what}: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -47,6 +93,16 @@ pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
         cmd.env(k, v);
     }
     run(&mut cmd, &format!("cargo {}", args.join(" ")))
+}
+
+/// `cargo install CRATE --locked`, built in a directory of its own (never the workspace's
+/// target directory, whose lock would hold up the workspace's builds meanwhile).
+pub fn cargo_install(krate: &str) -> anyhow::Result<()> {
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args(["install", krate, "--locked"])
+        .env_remove("CARGO_TARGET_DIR")
+        .current_dir(root());
+    run(&mut cmd, &format!("cargo install {krate} --locked"))
 }
 
 /// Test counts summed over every test binary.
