@@ -5,12 +5,16 @@
 //! - `test`: everything CI runs: formatting, clippy, docs, `cargo deny`, a few seconds of each
 //!   protocol fuzz target, and every test (with a throwaway PostgreSQL server for the tests of
 //!   the PostgreSQL store).
-//! - `bench NAME`: a benchmark; its last line is one JSON object of named figures.
+//! - `bench NAME`: a benchmark; its last line is one JSON object of named figures. The
+//!   benchmarks need the agent, the scheduler and a chart library, which the other tasks do
+//!   not: they are behind the `bench` feature, and `cargo xtask bench` runs xtask again built
+//!   with it.
 //! - `fuzz [SECONDS]`: builds the fuzz targets (nightly, cargo-fuzz) and runs each for SECONDS
 //!   seconds (10); `fuzz bench [MINUTES]` runs each for MINUTES minutes (3): see fuzz/README.md.
 //! - `deny`: cargo-deny's license, ban and source checks, and advisories (offline) when the
 //!   RustSec database is on the machine.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod demo;
 mod deny;
@@ -29,14 +33,18 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or_default()),
         Some("deny") => deny::check(),
+        #[cfg(feature = "bench")]
         Some("bench") => bench::run(
             args.get(1).map(String::as_str),
             args.get(2..).unwrap_or_default(),
         ),
+        // The benchmarks need xtask built with them: built and run again, with the arguments.
+        #[cfg(not(feature = "bench"))]
+        Some("bench") => return util::with_benches(&args),
         _ => {
             eprintln!(
                 "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | deny\n  benches: {}",
-                bench::NAMES.join(", ")
+                BENCHES.join(", ")
             );
             return ExitCode::from(2);
         }
@@ -49,6 +57,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The benchmarks `cargo xtask bench` runs.
+const BENCHES: &[&str] = &["dispatch", "scavenge", "schedule", "start"];
 
 /// Everything CI runs.
 fn test() -> anyhow::Result<()> {
@@ -89,6 +100,7 @@ fn test() -> anyhow::Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",

@@ -95,6 +95,35 @@ pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     run(&mut cmd, &format!("cargo {}", args.join(" ")))
 }
 
+/// `cargo xtask ARGS` again, with xtask built with its benchmarks (the `bench` feature): its
+/// output is theirs, the last line of a benchmark's one JSON object among it.
+#[cfg(not(feature = "bench"))]
+pub fn with_benches(args: &[String]) -> std::process::ExitCode {
+    let status = Command::new(cargo_bin())
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--features",
+            "bench",
+            "--",
+        ])
+        .args(args)
+        .current_dir(root())
+        .status();
+    match status {
+        Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
+        Ok(s) => {
+            std::process::ExitCode::from(s.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("xtask: starting cargo run --features bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `cargo install CRATE --locked`, built in a directory of its own (never the workspace's
 /// target directory, whose lock would hold up the workspace's builds meanwhile).
 pub fn cargo_install(krate: &str) -> anyhow::Result<()> {
@@ -268,6 +297,7 @@ impl Dev {
 
     /// Starts the release build's `lull dev` with `agents` agents of `slots` slots each, on
     /// loopback ports of the system's choosing, and waits until they are connected.
+    #[cfg(feature = "bench")]
     pub fn start_release(agents: usize, slots: u32) -> anyhow::Result<Self> {
         Self::start_with(
             target_dir().join("release").join("lull"),

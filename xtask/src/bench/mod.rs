@@ -18,9 +18,6 @@ use anyhow::bail;
 
 use crate::util;
 
-/// The benchmarks.
-pub const NAMES: &[&str] = &["dispatch", "scavenge", "schedule", "start"];
-
 /// Runs a benchmark.
 pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
     match name {
@@ -34,7 +31,7 @@ pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
         }
         _ => bail!(
             "usage: cargo xtask bench NAME [--tasks N | --quick] [--plot PATH]; benches: {}",
-            NAMES.join(", ")
+            crate::BENCHES.join(", ")
         ),
     }
 }
