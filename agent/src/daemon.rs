@@ -1008,8 +1008,8 @@ impl Events for ToAgent {
     fn state_changed(&self, from: State, to: State, reason: &str, attempts: Vec<AttemptId>) {
         if let Some(agent) = self.0.upgrade() {
             agent.send_event(AgentMessage::StateChanged {
-                from: scavenger::state_name(from).into(),
-                to: scavenger::state_name(to).into(),
+                from,
+                to,
                 reason: reason.to_owned(),
                 attempts,
             });

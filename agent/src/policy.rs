@@ -317,22 +317,9 @@ impl PolicyConfig {
 /// The reason a dedicated machine's agent gives while it runs guests.
 pub const DEDICATED: &str = "dedicated machine: no scavenging policy";
 
-/// What the policy has decided about the guests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// No guests; waiting until the machine has been idle long enough (or for the owner's
-    /// `lull-agent resume`).
-    WaitingForIdle,
-    /// Guests run with `cpu_cap` of each core.
-    Running,
-    /// Guests run with a share of each core that shrinks as the incumbents' load grows.
-    Throttled,
-    /// Guests are stopped but kept; their leases hold.
-    Paused,
-    /// Guests have been told to stop within the grace period; no new work.
-    Evicting,
-}
+/// What the policy has decided about the guests: the state the agent reports, as the
+/// coordinator reads it.
+pub use lull_protocol::message::AgentState as State;
 
 /// What the driver must do; read them with [`Policy::poll_action`], in order.
 #[derive(Debug, Clone, PartialEq)]

@@ -158,7 +158,7 @@ fn run(
         {
             let mut status = lock(&shared.status);
             status.accepting = policy.accepting();
-            status.state = state_name(policy.state()).into();
+            status.state = policy.state();
             if config.dedicated {
                 status.reason = policy.reason().to_owned();
                 status.idle_cpu = 1.0 - smoothed.incumbent_cpu;
@@ -184,17 +184,6 @@ fn sample_of(load: &Load) -> LoadSample {
     LoadSample {
         cpu_pressure: None,
         ..*load
-    }
-}
-
-/// The wire name of a state.
-pub fn state_name(state: State) -> &'static str {
-    match state {
-        State::WaitingForIdle => "waiting_for_idle",
-        State::Running => "running",
-        State::Throttled => "throttled",
-        State::Paused => "paused",
-        State::Evicting => "evicting",
     }
 }
 
@@ -230,7 +219,7 @@ fn apply(shared: &Shared, action: Action, events: &impl Events) {
             if from == State::Evicting {
                 gate.evicting = None;
             }
-            tracing::info!(from = state_name(from), to = state_name(to), %reason, "state changed");
+            tracing::info!(%from, %to, %reason, "state changed");
             let attempts = running.keys().copied().collect();
             drop(gate);
             drop(running);

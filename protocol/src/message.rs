@@ -84,15 +84,65 @@ pub struct Capacity {
     pub wasmtime: String,
 }
 
+/// An agent's scavenging state: what its policy has decided about the guests. On the wire,
+/// in the API and in the log by its [`name`](AgentState::name), e.g. `waiting_for_idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// No guests; waiting until the machine has been idle long enough (or for the owner's
+    /// `lull-agent resume`).
+    WaitingForIdle,
+    /// Guests run with `cpu_cap` of each core.
+    Running,
+    /// Guests run with a share of each core that shrinks as the incumbents' load grows.
+    Throttled,
+    /// Guests are stopped but kept; their leases hold.
+    Paused,
+    /// Guests have been told to stop within the grace period; no new work.
+    Evicting,
+}
+
+impl AgentState {
+    /// Every state.
+    pub const ALL: [AgentState; 5] = [
+        AgentState::WaitingForIdle,
+        AgentState::Running,
+        AgentState::Throttled,
+        AgentState::Paused,
+        AgentState::Evicting,
+    ];
+
+    /// Its name on the wire, e.g. `waiting_for_idle`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentState::WaitingForIdle => "waiting_for_idle",
+            AgentState::Running => "running",
+            AgentState::Throttled => "throttled",
+            AgentState::Paused => "paused",
+            AgentState::Evicting => "evicting",
+        }
+    }
+
+    /// Whether an agent in this state runs guests and takes new work.
+    pub fn takes_work(self) -> bool {
+        matches!(self, AgentState::Running | AgentState::Throttled)
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What the agent's owner-side policy says now: whether it takes work, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentStatus {
     /// Whether the agent takes new tasks now (its policy says the machine is idle enough).
     pub accepting: bool,
-    /// The agent's scavenging state: `waiting_for_idle`, `running`, `throttled`, `paused` or
-    /// `evicting`.
-    pub state: String,
+    /// The agent's scavenging state.
+    pub state: AgentState,
     /// Why it is in that state, e.g. "incumbent CPU 87 % > 30 % for 40 ms".
     pub reason: String,
     /// A smoothed estimate of the machine's idle CPU, as a fraction of the whole machine.
@@ -107,7 +157,7 @@ impl Default for AgentStatus {
     fn default() -> Self {
         Self {
             accepting: true,
-            state: "running".into(),
+            state: AgentState::Running,
             reason: String::new(),
             idle_cpu: 1.0,
             guest_cpu: 0.0,
@@ -199,9 +249,9 @@ pub enum AgentMessage {
     /// The agent's scavenging state changed (pause, resume, throttle, eviction...).
     StateChanged {
         /// The state left.
-        from: String,
+        from: AgentState,
         /// The state entered.
-        to: String,
+        to: AgentState,
         /// Why, e.g. "incumbent CPU 87 % > 30 % for 40 ms".
         reason: String,
         /// Attempts affected (running or paused on the agent).

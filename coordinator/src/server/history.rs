@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use lull_protocol::message::AgentState;
 use serde::Serialize;
 
 /// How far back each agent's samples go.
@@ -23,8 +24,8 @@ pub struct Sample {
     pub guest_cpu: f64,
     /// The fraction of the machine's memory in use.
     pub memory_used: f64,
-    /// The agent's state then (`running`, `paused`...).
-    pub state: String,
+    /// The agent's state then.
+    pub state: AgentState,
 }
 
 /// The CPU guests used in one minute.
@@ -111,7 +112,7 @@ mod tests {
             incumbent_cpu: 0.25,
             guest_cpu: 0.5,
             memory_used: 0.4,
-            state: "running".into(),
+            state: AgentState::Running,
         }
     }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lull_protocol::job::JobSpec;
 use lull_protocol::message::{
-    AgentMessage, AgentStatus, Assignment, AttemptId, Capacity, CoordinatorMessage, EnrollReply,
-    TaskId,
+    AgentMessage, AgentState, AgentStatus, Assignment, AttemptId, Capacity, CoordinatorMessage,
+    EnrollReply, TaskId,
 };
 use lull_protocol::signature::TrustList;
 use lull_protocol::{Digest, PROTOCOL_VERSION, units};
@@ -337,7 +337,10 @@ impl Hub {
             ..Default::default()
         };
         for a in self.agents() {
-            *gauges.agents.entry(a.status.state).or_default() += 1;
+            *gauges
+                .agents
+                .entry(a.status.state.name().to_owned())
+                .or_default() += 1;
         }
         gauges.blob_bytes = self
             .blobs
@@ -1073,7 +1076,7 @@ impl Hub {
                             incumbent_cpu: status.incumbent_cpu,
                             guest_cpu: status.guest_cpu,
                             memory_used: memory_used.clamp(0.0, 1.0),
-                            state: status.state.clone(),
+                            state: status.state,
                         },
                         harvested,
                     );
@@ -1155,23 +1158,23 @@ impl Hub {
                 attempts,
             } => {
                 tracing::info!(%agent, %from, %to, %reason, tasks = attempts.len(), "agent state changed");
-                if to == "paused" {
+                if to == AgentState::Paused {
                     self.metrics.paused(&reason);
                 }
                 {
                     let inner = &mut *self.lock();
                     if let Some(a) = inner.agents.get_mut(agent) {
-                        a.status.state = to.clone();
+                        a.status.state = to;
                         a.status.reason = reason.clone();
-                        a.status.accepting = matches!(to.as_str(), "running" | "throttled");
+                        a.status.accepting = to.takes_work();
                         inner.refresh_accepting(agent);
                     }
                 }
                 self.wake.notify_one();
                 let event = crate::store::AgentEvent {
                     at_ms: self.store.now_ms(),
-                    from,
-                    to,
+                    from: from.name().to_owned(),
+                    to: to.name().to_owned(),
                     reason,
                     attempts,
                 };

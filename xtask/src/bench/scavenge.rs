@@ -826,7 +826,7 @@ impl Agent {
     fn wait_running(&self, guests: &[Guest]) -> anyhow::Result<()> {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let running = lock(&self.shared.status).state == "running";
+            let running = lock(&self.shared.status).state == State::Running;
             let open = {
                 let gate = lock(&self.shared.gate);
                 !gate.paused && gate.cpu_share >= 1.0
@@ -842,7 +842,7 @@ impl Agent {
             if Instant::now() > deadline {
                 let (state, reason) = {
                     let status = lock(&self.shared.status);
-                    (status.state.clone(), status.reason.clone())
+                    (status.state, status.reason.clone())
                 };
                 bail!(
                     "the policy did not let guests run within {PATIENCE:?}: state {state:?}, {reason}; gate {:?}; guests {:?}; recent changes: {}",
