@@ -70,20 +70,7 @@ fn a_coordinator_whose_disk_fills_up_says_so_and_finishes_the_work_once_space_re
 
 #[test]
 fn an_agent_whose_disk_fills_up_takes_no_work_until_space_returns() {
-    let disk = Tmpfs::mount("48m");
-    let mut cluster = Cluster::start();
-    // The agent keeps its data on the small disk.
-    let data = disk.path.join("agent");
-    std::fs::create_dir_all(&data).unwrap();
-    std::os::unix::fs::symlink(&data, cluster.root().join("agents/small")).unwrap();
-    cluster.start_agent(
-        "small",
-        AgentOptions {
-            settings: Some("min_free_disk = \"16MiB\"\n".into()),
-            ..AgentOptions::slots(2)
-        },
-    );
-    cluster.wait_for_agents(&["small"]);
+    let (disk, mut cluster, _data) = agent_on_a_small_disk();
     let first = cluster.submit(&cluster.many_tasks("before", 4, 0));
     assert_eq!(cluster.wait_for_job_end(first)["state"], "succeeded");
 
@@ -111,19 +98,7 @@ fn an_agent_whose_disk_fills_up_takes_no_work_until_space_returns() {
 
 #[test]
 fn an_agent_whose_disk_fills_while_tasks_run_reports_why_and_loses_no_result() {
-    let disk = Tmpfs::mount("48m");
-    let mut cluster = Cluster::start();
-    let data = disk.path.join("agent");
-    std::fs::create_dir_all(&data).unwrap();
-    std::os::unix::fs::symlink(&data, cluster.root().join("agents/small")).unwrap();
-    cluster.start_agent(
-        "small",
-        AgentOptions {
-            settings: Some("min_free_disk = \"16MiB\"\n".into()),
-            ..AgentOptions::slots(2)
-        },
-    );
-    cluster.wait_for_agents(&["small"]);
+    let (disk, cluster, data) = agent_on_a_small_disk();
     // Each task writes its file at once, then runs on: the disk fills meanwhile, so the agent
     // can keep neither the file nor the result.
     let job = cluster.write_job(
@@ -204,6 +179,25 @@ fn an_agent_whose_disk_fills_while_tasks_run_reports_why_and_loses_no_result() {
         .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A cluster with one agent, `small` (two slots, `min_free_disk` 16 MiB), whose data
+/// directory (returned) is on a 48 MiB file system of its own.
+fn agent_on_a_small_disk() -> (Tmpfs, Cluster, std::path::PathBuf) {
+    let disk = Tmpfs::mount("48m");
+    let mut cluster = Cluster::start();
+    let data = disk.path.join("agent");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(&data, cluster.root().join("agents/small")).unwrap();
+    cluster.start_agent(
+        "small",
+        AgentOptions {
+            settings: Some("min_free_disk = \"16MiB\"\n".into()),
+            ..AgentOptions::slots(2)
+        },
+    );
+    cluster.wait_for_agents(&["small"]);
+    (disk, cluster, data)
 }
 
 fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
