@@ -127,7 +127,8 @@ pub fn with_benches(args: &[String]) -> std::process::ExitCode {
 /// `cargo install CRATE --locked --debug`, built in a directory of its own (never the
 /// workspace's target directory, whose lock would hold up the workspace's builds meanwhile).
 /// Unoptimized: the tools it installs (cargo-deny, cargo-fuzz) do seconds of work here, and
-/// build in a fraction of the time (cargo-deny: 2 minutes of CPU instead of about 10).
+/// build in less than half the time (cargo-deny in a fresh machine's CI run: 126 s instead of
+/// 325 s; its checks then take 4 s instead of 2).
 pub fn cargo_install(krate: &str) -> anyhow::Result<()> {
     let mut cmd = Command::new(cargo_bin());
     cmd.args(["install", krate, "--locked", "--debug"])
