@@ -6,14 +6,15 @@
 //! | [`server`] | QUIC for agents, HTTP for people, and the live state between them (`hub`) |
 //! | [`store`] | jobs, tasks, attempts and agents in SQLite (WAL, full sync) |
 //! | `lull_scheduler` (a crate) | placement of pending tasks on agents: strategies, constraints, reservations; pure |
-//! | [`leases`] | assignment leases that reports renew; pure, time comes in |
+//! | `lull_dispatch` (a crate) | the task state machine: assignments, leases, retries and backoff, drains, cancels; pure, time comes in |
+//! | [`clock`] | the one reading of the wall clock |
 //! | [`backup`] | a consistent copy of the data directory while the coordinator runs |
 //! | [`blobs`] | the content-addressed (sha256) blob store on disk: resumable chunked uploads, collection of unreferenced blobs |
 //! | [`tls`] | the coordinator's key and self-signed certificate, pinned by agents |
 
 pub mod backup;
 pub mod blobs;
-pub mod leases;
+pub mod clock;
 pub mod server;
 pub mod store;
 pub mod tls;

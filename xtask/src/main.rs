@@ -13,6 +13,8 @@
 //!   seconds (10); `fuzz bench [MINUTES]` runs each for MINUTES minutes (3): see fuzz/README.md.
 //! - `deny`: cargo-deny's license, ban and source checks, and advisories (offline) when the
 //!   RustSec database is on the machine.
+//! - `postgres CMD [ARGS]`: runs a command (say, `cargo test -p lull-coordinator store`) with a
+//!   throwaway PostgreSQL server and the variables its tests read, as `test` does.
 
 #[cfg(feature = "bench")]
 mod bench;
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or_default()),
         Some("deny") => deny::check(),
+        Some("postgres") if args.len() > 1 => with_postgres(&args[1..]),
         #[cfg(feature = "bench")]
         Some("bench") => bench::run(
             args.get(1).map(String::as_str),
@@ -43,7 +46,7 @@ fn main() -> ExitCode {
         Some("bench") => return util::with_benches(&args),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | deny\n  benches: {}",
+                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | deny | postgres CMD [ARGS]\n  benches: {}",
                 BENCHES.join(", ")
             );
             return ExitCode::from(2);
@@ -143,5 +146,20 @@ fn test() -> anyhow::Result<()> {
     if counts.failed > 0 {
         anyhow::bail!("{} test(s) failed", counts.failed);
     }
+    Ok(())
+}
+
+/// Runs a command with a throwaway PostgreSQL server, and `LULL_TEST_POSTGRES` and
+/// `LULL_TEST_POSTGRES_CTL` set for it.
+fn with_postgres(command: &[String]) -> anyhow::Result<()> {
+    let postgres = postgres::Server::start()?;
+    let status = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("LULL_TEST_POSTGRES", &postgres.url)
+        .env("LULL_TEST_POSTGRES_CTL", postgres.ctl())
+        .status()
+        .with_context(|| format!("running {}", command[0]))?;
+    drop(postgres);
+    anyhow::ensure!(status.success(), "{} failed: {status}", command.join(" "));
     Ok(())
 }

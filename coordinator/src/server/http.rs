@@ -65,6 +65,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(64 << 20))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::Extension(Arc::new(PoolFeed::default())))
         .with_state(hub)
 }
 
@@ -551,7 +552,7 @@ async fn pool(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Pool>> {
 /// Where history read now ends: a millisecond ago, so that no report recorded later can carry
 /// an earlier time (reports are stamped when recorded).
 fn history_end() -> i64 {
-    super::hub::now_ms() - 1
+    crate::clock::now_ms() - 1
 }
 
 /// One second of the pool, made once for every stream client.
@@ -568,7 +569,7 @@ struct Tick {
 /// The pool once a second for `/api/v1/stream`: one producer, made when the first client comes
 /// and gone a second after the last leaves, whatever the number of clients.
 #[derive(Debug)]
-pub struct PoolFeed {
+struct PoolFeed {
     ticks: tokio::sync::watch::Sender<Option<Arc<Tick>>>,
     running: std::sync::atomic::AtomicBool,
 }
@@ -584,21 +585,22 @@ impl Default for PoolFeed {
 
 impl PoolFeed {
     /// A new client's view of the ticks; starts the producer when none runs.
-    fn subscribe(hub: &Arc<Hub>) -> tokio::sync::watch::Receiver<Option<Arc<Tick>>> {
-        let feed = hub.pool_feed();
-        let rx = feed.ticks.subscribe();
-        Self::ensure_running(hub);
+    fn subscribe(
+        self: &Arc<Self>,
+        hub: &Arc<Hub>,
+    ) -> tokio::sync::watch::Receiver<Option<Arc<Tick>>> {
+        let rx = self.ticks.subscribe();
+        self.ensure_running(hub);
         rx
     }
 
-    fn ensure_running(hub: &Arc<Hub>) {
+    fn ensure_running(self: &Arc<Self>, hub: &Arc<Hub>) {
         use std::sync::atomic::Ordering;
-        if hub.pool_feed().running.swap(true, Ordering::AcqRel) {
+        if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let hub = hub.clone();
+        let (hub, feed) = (hub.clone(), self.clone());
         tokio::spawn(async move {
-            let feed = hub.pool_feed();
             let mut since = history_end();
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -640,13 +642,14 @@ struct StreamQuery {
 /// client that fell behind) gets its own document for the gap instead.
 async fn stream(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(feed): axum::Extension<Arc<PoolFeed>>,
     axum::extract::Query(query): axum::extract::Query<StreamQuery>,
 ) -> axum::response::sse::Sse<
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event, Sse};
     let since = query.since_ms.unwrap_or_else(history_end);
-    let rx = PoolFeed::subscribe(&hub);
+    let rx = feed.subscribe(&hub);
     let events = futures::stream::unfold((hub, rx, since), |(hub, mut rx, since)| async move {
         rx.changed().await.ok()?;
         let tick = rx.borrow_and_update().clone()?;

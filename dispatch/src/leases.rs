@@ -116,6 +116,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // The test's start is its one reading of the clock.
     fn leases_expire_unless_renewed_by_their_holder() {
         let t0 = Instant::now();
         let mut l = Leases::new(Duration::from_secs(30));

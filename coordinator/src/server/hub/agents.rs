@@ -1,0 +1,498 @@
+//! Agents: admission and enrollment, their messages, checkpoints, drains and revocation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lull_dispatch::{Hello, Report};
+use lull_protocol::message::{
+    AgentMessage, AgentState, AttemptId, CoordinatorMessage, EnrollReply, MAX_OUTCOME_MESSAGE,
+    Outcome, TaskResult, truncate_message,
+};
+use lull_protocol::{Digest, PROTOCOL_VERSION, units};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Hub, HubError, lock};
+use crate::store::{AgentRecord, CheckpointRecorded, Enrolled, StoreError};
+
+impl Hub {
+    /// An agent said hello. Returns the connection number, or why it is refused.
+    pub async fn agent_connected(
+        &self,
+        hello: &AgentMessage,
+        key: Option<Digest>,
+        tx: mpsc::UnboundedSender<CoordinatorMessage>,
+    ) -> Result<u64, String> {
+        let AgentMessage::Hello {
+            protocol_version,
+            agent_id,
+            name,
+            capacity,
+            running,
+            status,
+            compiled,
+        } = hello
+        else {
+            return Err("the first message on a control stream must be hello".into());
+        };
+        if *protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "this coordinator speaks protocol version {PROTOCOL_VERSION}, the agent speaks {protocol_version}: upgrade the older of the two"
+            ));
+        }
+        check_agent_id(agent_id)?;
+        let record = match self.store.agent_record(agent_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "could not look up the agent");
+                return Err("the coordinator could not check the agent's key".into());
+            }
+        };
+        admission(agent_id, record, key, !self.config.dev)?;
+        let cluster = match self.store.agent_cluster(agent_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "could not look up the agent's cluster");
+                return Err("the coordinator could not look up the agent's cluster".into());
+            }
+        };
+        if let Err(e) = self
+            .store
+            .upsert_agent(agent_id, name, capacity, self.store.now_ms())
+            .await
+        {
+            tracing::error!(error = %e, "could not record agent");
+            return Err("the coordinator could not record the agent".into());
+        }
+        if let Some(key) = key
+            && let Err(e) = self.store.bind_agent_key(agent_id, key).await
+        {
+            tracing::error!(error = %e, "could not record the agent's key");
+            return Err("the coordinator could not record the agent's key".into());
+        }
+        let hello = Hello {
+            agent: agent_id.clone(),
+            name: name.clone(),
+            capacity: capacity.clone(),
+            status: status.clone(),
+            running: running.clone(),
+            compiled: compiled.clone(),
+            cluster,
+            draining: record.and_then(|r| r.drain_deadline_ms),
+        };
+        let now_ms = self.store.now_ms();
+        let conn = self.with_live(|live| {
+            let conn = live.core.handle_hello(Instant::now(), now_ms, hello);
+            live.senders.insert(conn, tx);
+            conn
+        });
+        tracing::info!(agent = %agent_id, %name, slots = capacity.slots, "agent connected");
+        Ok(conn)
+    }
+
+    /// An agent's control stream ended. Its leases run on: it may reconnect in time.
+    pub fn agent_disconnected(&self, agent: &str, conn: u64) {
+        self.with_core(|core| core.handle_disconnected(agent, conn));
+    }
+
+    /// Enrolls the key a connection presented (`key`) under `agent_id` with a join token.
+    pub async fn enroll(
+        &self,
+        key: Option<Digest>,
+        agent_id: &str,
+        name: &str,
+        token: &str,
+    ) -> EnrollReply {
+        let refused = |reason: String| {
+            tracing::warn!(agent = %agent_id, %name, %reason, "enrollment refused");
+            EnrollReply::Refused { reason }
+        };
+        let Some(key) = key else {
+            return refused("the connection presented no client key to enroll".into());
+        };
+        if let Err(reason) = check_agent_id(agent_id) {
+            return refused(reason);
+        }
+        match self
+            .store
+            .enroll_agent(agent_id, name, key, token, self.store.now_ms())
+            .await
+        {
+            Ok(Ok(how)) => {
+                let already = how == Enrolled::Already;
+                if !already {
+                    tracing::info!(agent = %agent_id, %name, %key, "agent enrolled");
+                }
+                EnrollReply::Enrolled { already }
+            }
+            Ok(Err(refusal)) => refused(refusal.to_string()),
+            Err(e) => {
+                tracing::error!(error = %e, "could not enroll an agent");
+                refused("the coordinator could not record the enrollment".into())
+            }
+        }
+    }
+
+    /// Revokes an agent: it is refused from now on, its connection is closed at once, and the
+    /// attempts it was running go back to pending. Returns how many do.
+    pub async fn revoke(&self, agent: &str) -> Result<usize, HubError> {
+        match self.store.revoke_agent(agent, self.store.now_ms()).await? {
+            None => return Err(HubError::NotFound(format!("no agent {agent}"))),
+            Some(false) => tracing::info!(%agent, "agent was revoked already"),
+            Some(true) => tracing::warn!(%agent, "agent revoked"),
+        }
+        Ok(self.with_core(|core| core.handle_revoked(agent)))
+    }
+
+    /// Drains an agent: it takes no new work from now on, and its running attempts are evicted
+    /// (and run again elsewhere) unless they end within `deadline`. It stays drained across
+    /// reconnects and coordinator restarts until [`Hub::undrain`]. Returns how many attempts
+    /// it was running.
+    pub async fn drain(&self, agent: &str, deadline: Duration) -> Result<usize, HubError> {
+        let now_ms = self.store.now_ms();
+        let deadline_ms =
+            now_ms.saturating_add(i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX));
+        if !self.store.set_drain(agent, Some(deadline_ms)).await? {
+            return Err(HubError::NotFound(format!("no agent {agent}")));
+        }
+        let Some(running) =
+            self.with_core(|core| core.handle_drain(now_ms, agent, Some(deadline_ms)))
+        else {
+            tracing::info!(%agent, "agent drained while disconnected");
+            return Ok(0);
+        };
+        tracing::info!(%agent, running, deadline_ms, "agent draining");
+        Ok(running)
+    }
+
+    /// Ends a drain: the agent takes work again (evictions already sent stand).
+    pub async fn undrain(&self, agent: &str) -> Result<(), HubError> {
+        if !self.store.set_drain(agent, None).await? {
+            return Err(HubError::NotFound(format!("no agent {agent}")));
+        }
+        let now_ms = self.store.now_ms();
+        self.with_core(|core| core.handle_drain(now_ms, agent, None));
+        tracing::info!(%agent, "agent no longer draining");
+        Ok(())
+    }
+
+    /// A message on an agent's control stream.
+    pub async fn agent_message(&self, agent: &str, msg: AgentMessage) {
+        match msg {
+            AgentMessage::Report {
+                capacity,
+                running,
+                status,
+                progress,
+            } => {
+                self.record_report(agent, &capacity, &status);
+                let report = Report {
+                    capacity,
+                    running,
+                    status,
+                    progress,
+                };
+                self.with_core(|core| core.handle_report(Instant::now(), agent, report));
+            }
+            AgentMessage::Heartbeat => {
+                self.with_core(|core| core.handle_heartbeat(Instant::now(), agent));
+            }
+            AgentMessage::Started { attempt, setup_us } => {
+                if self.with_core(|core| core.handle_started(agent, attempt, setup_us)) {
+                    self.metrics.dispatched(setup_us as f64 / 1e6);
+                } else {
+                    tracing::warn!(%agent, %attempt, "start reported for an attempt not assigned to this agent; ignored");
+                }
+            }
+            AgentMessage::Waiting { attempt, reason } => {
+                let shown = reason.clone();
+                if self.with_core(|core| core.handle_waiting(agent, attempt, reason)) {
+                    tracing::info!(%agent, %attempt, reason = %shown, "attempt waits on its agent");
+                } else {
+                    tracing::warn!(%agent, %attempt, "wait reported for an attempt not assigned to this agent; ignored");
+                }
+            }
+            AgentMessage::Holds { compiled, dropped } => {
+                self.with_core(|core| core.handle_holds(agent, compiled, dropped));
+            }
+            AgentMessage::Result(result) => self.agent_result(agent, result).await,
+            AgentMessage::StateChanged {
+                from,
+                to,
+                reason,
+                attempts,
+            } => {
+                tracing::info!(%agent, %from, %to, %reason, tasks = attempts.len(), "agent state changed");
+                if to == AgentState::Paused {
+                    self.metrics.paused(&reason);
+                }
+                self.with_core(|core| core.handle_state_changed(agent, to, &reason));
+                let event = crate::store::AgentEvent {
+                    at_ms: self.store.now_ms(),
+                    from: from.name().to_owned(),
+                    to: to.name().to_owned(),
+                    reason,
+                    attempts,
+                };
+                if let Err(e) = self.store.record_agent_event(agent, &event).await {
+                    tracing::warn!(%agent, error = %e, "could not record an agent state change");
+                }
+            }
+            other => tracing::warn!(%agent, ?other, "unexpected message on the control stream"),
+        }
+    }
+
+    /// Keeps a report for the dashboard and counts the CPU its guests harvested.
+    fn record_report(
+        &self,
+        agent: &str,
+        capacity: &lull_protocol::message::Capacity,
+        status: &lull_protocol::message::AgentStatus,
+    ) {
+        if self.read_core(|core| core.agent(agent).is_none()) {
+            return;
+        }
+        // The guests' share of the machine over the last report interval.
+        let harvested = status.guest_cpu
+            * f64::from(capacity.cores)
+            * self.config.report_interval.as_secs_f64();
+        let harvested = if harvested.is_finite() {
+            harvested.max(0.0)
+        } else {
+            0.0
+        };
+        self.metrics.harvested(harvested);
+        let memory_used = if capacity.memory_total > 0 {
+            1.0 - capacity.memory_available as f64 / capacity.memory_total as f64
+        } else {
+            0.0
+        };
+        lock(&self.history).record(
+            agent,
+            super::super::history::Sample {
+                at_ms: crate::clock::now_ms(),
+                incumbent_cpu: status.incumbent_cpu,
+                guest_cpu: status.guest_cpu,
+                memory_used: memory_used.clamp(0.0, 1.0),
+                state: status.state,
+            },
+            harvested,
+        );
+    }
+
+    /// A result: checked against its job like anything else from outside, then given to the
+    /// core, which decides the task's next state. Returns once that is persisted (or failed),
+    /// so that a connection has one result in flight at a time.
+    async fn agent_result(&self, agent: &str, result: TaskResult) {
+        let attempt = result.attempt;
+        let job = match self.read_core(|core| core.job(attempt.task.job).cloned()) {
+            Some(j) => Some(j),
+            None => match self.store.job(attempt.task.job).await {
+                Ok(row) => Some(Arc::new(row.spec)),
+                Err(StoreError::NoJob(_)) => None,
+                Err(e) => {
+                    tracing::warn!(%attempt, error = %e, "could not read the result's job; the agent resends it");
+                    return;
+                }
+            },
+        };
+        let Some(job) = job else {
+            tracing::warn!(%agent, %attempt, "result for a job that does not exist; acknowledged and dropped");
+            self.with_live(|live| {
+                if let Some(a) = live.core.agent(agent)
+                    && let Some(tx) = live.senders.get(&a.conn)
+                {
+                    let _ = tx.send(CoordinatorMessage::ResultAck { attempt });
+                }
+            });
+            return;
+        };
+        // A result whose names would reach out of their folders, or that does not match its
+        // job, ends the attempt as failed with the reason, and nothing of it is kept.
+        let result = match result.check(&job) {
+            Ok(()) => result,
+            Err(reason) => {
+                tracing::warn!(%agent, %attempt, %reason, "the agent sent an invalid result");
+                let mut reason = format!("agent {agent} sent a result that is not valid: {reason}");
+                truncate_message(&mut reason, MAX_OUTCOME_MESSAGE);
+                TaskResult::uniform(attempt, &job, Outcome::Unreportable { reason })
+            }
+        };
+        if let Some(missing) = result.blobs().into_iter().find(|d| !self.blobs.contains(d)) {
+            tracing::warn!(%agent, %attempt, %missing, "result refers to a blob not uploaded; not acknowledged");
+            return;
+        }
+        tracing::debug!(%agent, %attempt, cause = ?result.cause(), "result received");
+        let (done, recorded) = oneshot::channel();
+        self.with_live(|live| {
+            let op = live.core.handle_result(agent, result, &job);
+            live.waiters.insert(op, done);
+        });
+        let _ = recorded.await;
+    }
+
+    /// An agent reports a checkpoint of `attempt`, whose seal the connection layer checked
+    /// (`sealed`). Kept as the task's latest if the attempt is the agent's, the seal is good,
+    /// the state is within [`super::HubConfig::max_checkpoint`] and uploaded, and it is newer
+    /// than the one kept; otherwise refused, telling the agent why.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn agent_checkpoint(
+        &self,
+        agent: &str,
+        attempt: AttemptId,
+        digest: Digest,
+        size: u64,
+        seq: u64,
+        progress: Option<f64>,
+        sealed: bool,
+    ) {
+        let refusal = if !self.read_core(|core| core.holds(agent, attempt)) {
+            Some(format!("attempt {attempt} is not assigned to this agent"))
+        } else if !sealed {
+            Some("its seal is not this agent's signature over the attempt and the state".into())
+        } else if size > self.config.max_checkpoint {
+            Some(format!(
+                "it is {}, over this coordinator's cap of {}",
+                units::format_size(size),
+                units::format_size(self.config.max_checkpoint)
+            ))
+        } else if self.blobs.size(&digest) != Some(size) {
+            Some(format!(
+                "its state {digest} of {size} bytes was not uploaded"
+            ))
+        } else {
+            match self
+                .store
+                .record_checkpoint(
+                    agent,
+                    attempt,
+                    &digest,
+                    size,
+                    seq,
+                    progress,
+                    self.store.now_ms(),
+                )
+                .await
+            {
+                Ok(CheckpointRecorded::Kept { superseded }) => {
+                    if let Some(old) = superseded {
+                        self.superseded_checkpoint(old);
+                    }
+                    None
+                }
+                Ok(CheckpointRecorded::Stale) => {
+                    Some("a newer checkpoint is kept, or the attempt ended".into())
+                }
+                Err(e) => {
+                    tracing::error!(%attempt, error = %e, "could not record a checkpoint");
+                    Some("the coordinator could not record it".into())
+                }
+            }
+        };
+        match refusal {
+            None => tracing::info!(%agent, %attempt, seq, %digest, size, "checkpoint kept"),
+            Some(reason) => {
+                tracing::warn!(%agent, %attempt, seq, %reason, "checkpoint refused");
+                self.with_live(|live| {
+                    if let Some(a) = live.core.agent(agent)
+                        && let Some(tx) = live.senders.get(&a.conn)
+                    {
+                        let _ = tx.send(CoordinatorMessage::CheckpointRefused {
+                            attempt,
+                            seq,
+                            reason,
+                        });
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Whether an agent ID is acceptable at all.
+fn check_agent_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("agent ID must be 1 to 128 characters".into());
+    }
+    Ok(())
+}
+
+/// Whether an agent saying hello as `agent_id` with the connection's `key` is admitted, given
+/// what the store holds of that ID; the error says why not. Where enrollment is required only
+/// the key enrolled under the ID is admitted; elsewhere an ID belongs to the first key it came
+/// with. A revoked agent is never admitted.
+fn admission(
+    agent_id: &str,
+    record: Option<AgentRecord>,
+    key: Option<Digest>,
+    require_enrollment: bool,
+) -> Result<(), String> {
+    const ENROLL: &str = "enroll it with a join token from `lull-coordinator token create` \
+                          (`lull-agent install --token T`, or `lull-agent run --join-token T`)";
+    if let Some(at) = record.and_then(|r| r.revoked_ms) {
+        return Err(format!(
+            "agent {agent_id} was revoked (at {} ms since the epoch); it is not admitted again",
+            at
+        ));
+    }
+    if let Some(bound) = record.and_then(|r| r.key)
+        && key != Some(bound)
+    {
+        return Err(format!(
+            "agent ID {agent_id} belongs to another key ({bound}); {}",
+            match key {
+                Some(k) => format!("this connection's key is {k}"),
+                None => "this connection presented none".to_owned(),
+            }
+        ));
+    }
+    if require_enrollment && !record.is_some_and(|r| r.admits(key)) {
+        return Err(format!(
+            "agent {agent_id} is not enrolled with this coordinator: {ENROLL}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: Option<u8>, enrolled: bool, revoked: bool) -> AgentRecord {
+        AgentRecord {
+            key: key.map(|k| Digest::of(&[k])),
+            enrolled_ms: enrolled.then_some(1),
+            revoked_ms: revoked.then_some(2),
+            drain_deadline_ms: None,
+        }
+    }
+
+    #[test]
+    fn admission_needs_the_enrolled_key_unless_enrollment_is_off() {
+        let mine = Some(Digest::of(&[1]));
+        let other = Some(Digest::of(&[2]));
+        let enrolled = Some(record(Some(1), true, false));
+        assert!(admission("a", enrolled, mine, true).is_ok());
+        let err = admission("a", enrolled, other, true).unwrap_err();
+        assert!(err.contains("belongs to another key"), "{err}");
+        let err = admission("a", enrolled, None, true).unwrap_err();
+        assert!(err.contains("presented none"), "{err}");
+        let err = admission("a", None, mine, true).unwrap_err();
+        assert!(err.contains("not enrolled"), "{err}");
+        let bound = Some(record(Some(1), false, false));
+        assert!(
+            admission("a", bound, mine, true)
+                .unwrap_err()
+                .contains("not enrolled")
+        );
+        // A development cluster: the first key binds the ID.
+        assert!(admission("a", None, mine, false).is_ok());
+        assert!(admission("a", bound, mine, false).is_ok());
+        assert!(admission("a", bound, other, false).is_err());
+        // Revoked is revoked, everywhere.
+        let revoked = Some(record(Some(1), true, true));
+        for enrollment in [true, false] {
+            let err = admission("a", revoked, mine, enrollment).unwrap_err();
+            assert!(err.contains("was revoked"), "{err}");
+        }
+    }
+}

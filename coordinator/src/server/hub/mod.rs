@@ -1,0 +1,475 @@
+//! The hub: the driver around the dispatch core ([`lull_dispatch::Dispatch`]).
+//!
+//! The core decides; the hub does the IO. Every input — an agent's message, a person's
+//! request, time passing — is fed to the core under one lock with the time, and what the core
+//! asks for is carried out in `Hub::with_core`'s drain: messages go to the agents'
+//! connections at once, changes to persist join a queue that [`Hub::run`] writes to the store
+//! in order, telling the core each outcome. Nothing the core decides is acted on before it is
+//! stored, so a crash between the two is repaired at restart by [`Hub::recover`].
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the hub, its driver loop and the persisting of changes |
+//! | `agents.rs` | agents: admission, enrollment, messages, checkpoints, drains, revocation |
+//! | `jobs.rs` | jobs and clusters: submit, cancel, delete, what people see |
+//! | `shared.rs` | coordinators sharing a PostgreSQL database |
+//! | `collect.rs` | collection of blobs nothing refers to |
+
+mod agents;
+mod collect;
+mod jobs;
+mod shared;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lull_dispatch::{Change, Command, Config, Conn, Dispatch, OpId, Persisted};
+use lull_protocol::Digest;
+use lull_protocol::message::{AgentStatus, AttemptId, Capacity, CoordinatorMessage};
+use lull_protocol::signature::TrustList;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::blobs::BlobStore;
+use crate::store::{Backend, Recorded, Store, StoreError, TaskState};
+
+/// Settings of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long an assignment's lease lasts without a report.
+    pub lease: Duration,
+    /// How often agents report.
+    pub report_interval: Duration,
+    /// The largest blob accepted, in bytes.
+    pub max_blob: u64,
+    /// Who may sign workloads submitted here; `None` accepts any signature (or none).
+    pub trust: Option<TrustList>,
+    /// How long a failed task waits before its next attempt; it doubles with each failure, up
+    /// to a minute.
+    pub retry_backoff: Duration,
+    /// Whether this is a development cluster (`lull dev`): its submitters sign with the
+    /// development key and need no token, and its agents need no enrollment. Elsewhere an agent
+    /// is admitted only with the key it enrolled with a join token.
+    pub dev: bool,
+    /// How long a blob no job refers to is kept after its last use before it is collected.
+    pub blob_grace: Duration,
+    /// How often unreferenced blobs are collected.
+    pub gc_interval: Duration,
+    /// The largest checkpoint kept, in bytes.
+    pub max_checkpoint: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            report_interval: Duration::from_secs(1),
+            max_blob: 1 << 30,
+            trust: None,
+            retry_backoff: Duration::from_secs(1),
+            dev: false,
+            blob_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(600),
+            max_checkpoint: 64 << 20,
+        }
+    }
+}
+
+/// Why a request was refused; shown to people.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The request is wrong; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not possible in the thing's present state; the message says what to do first.
+    #[error("{0}")]
+    Conflict(String),
+    /// The coordinator's disk failed.
+    #[error("{0}")]
+    Io(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `lull agents` shows of one agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    /// Its ID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// Its policy's view: accepting work or not, and why.
+    pub status: AgentStatus,
+    /// Attempts running on it.
+    pub running: usize,
+    /// When it connected (ms since the Unix epoch).
+    pub connected_ms: i64,
+    /// While it is being drained: when its running attempts are evicted.
+    pub draining_until_ms: Option<i64>,
+    /// The cluster it belongs to.
+    pub cluster: String,
+    /// Blobs it downloaded on this connection, and their bytes.
+    pub blobs_served: u64,
+    /// The bytes of those blobs.
+    pub bytes_served: u64,
+}
+
+/// The core and what carries out its commands, under one lock.
+#[derive(Debug)]
+struct Live {
+    core: Dispatch,
+    /// Each connection's outgoing messages.
+    senders: HashMap<Conn, mpsc::UnboundedSender<CoordinatorMessage>>,
+    /// Changes waiting to be persisted, in the order the core asked for them.
+    to_persist: VecDeque<(OpId, Change)>,
+    /// Who waits for a change to be persisted (an agent's result, so that a connection has
+    /// one result in flight at a time).
+    waiters: HashMap<OpId, oneshot::Sender<()>>,
+}
+
+/// The coordinator's live state.
+#[derive(Debug)]
+pub struct Hub {
+    store: Store,
+    blobs: BlobStore,
+    config: HubConfig,
+    live: Mutex<Live>,
+    /// Wakes [`Hub::run`]: changes to persist, or a new timeout.
+    wake: Notify,
+    /// The agents' recent reports and the harvest per minute, for the dashboard.
+    history: Mutex<super::history::History>,
+    /// Counters for `/metrics`.
+    metrics: super::metrics::Metrics,
+    /// Where the sync with other coordinators on the same database stands.
+    shared: Mutex<shared::SharedSync>,
+    /// Blob collection's state.
+    collector: collect::Collector,
+}
+
+/// How long an agent may take, beyond a lease, to come back to a restarted coordinator: to see
+/// its old connection gone (the QUIC idle timeout, 5 s) and to dial again (its backoff, at most
+/// 3 s and half as much again of jitter).
+const RECONNECT_ALLOWANCE: Duration = Duration::from_secs(10);
+
+/// How often a result the store failed to record is tried again before the agent is left to
+/// resend it.
+const RESULT_TRIES: u32 = 5;
+
+/// The longest the driver loop sleeps with nothing to do.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// Takes a lock whose holder panicked as it is: the state under it is kept consistent by
+/// every step that holds it, and one panic must not stop the coordinator.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// A hub over a store and blob store.
+    pub fn new(store: Store, blobs: BlobStore, config: HubConfig, seed: u64) -> Arc<Self> {
+        let core = Dispatch::new(Config {
+            lease: config.lease,
+            report_interval: config.report_interval,
+            retry_backoff: config.retry_backoff,
+            seed,
+        });
+        Arc::new(Self {
+            store: store.with_lease(config.lease),
+            blobs,
+            live: Mutex::new(Live {
+                core,
+                senders: HashMap::new(),
+                to_persist: VecDeque::new(),
+                waiters: HashMap::new(),
+            }),
+            config,
+            wake: Notify::new(),
+            history: Default::default(),
+            metrics: Default::default(),
+            shared: Default::default(),
+            collector: Default::default(),
+        })
+    }
+
+    /// The durable store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Feeds the core under the lock, then carries out what it asks for.
+    fn with_core<R>(&self, f: impl FnOnce(&mut Dispatch) -> R) -> R {
+        self.with_live(|live| f(&mut live.core))
+    }
+
+    /// [`Hub::with_core`], with the senders and waiters at hand.
+    fn with_live<R>(&self, f: impl FnOnce(&mut Live) -> R) -> R {
+        let live = &mut *lock(&self.live);
+        let r = f(live);
+        let mut persist = false;
+        while let Some(command) = live.core.poll_command() {
+            match command {
+                Command::Send {
+                    agent,
+                    conn,
+                    message,
+                } => {
+                    let sent = live
+                        .senders
+                        .get(&conn)
+                        .is_some_and(|tx| tx.send(message).is_ok());
+                    if !sent {
+                        tracing::debug!(%agent, conn, "message to a closed connection dropped");
+                    }
+                }
+                Command::Close { conn, .. } => {
+                    // Its writer sends what is queued, then ends.
+                    live.senders.remove(&conn);
+                }
+                Command::Persist { op, change } => {
+                    live.to_persist.push_back((op, change));
+                    persist = true;
+                }
+            }
+        }
+        if persist {
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    /// Reads the core under the lock.
+    fn read_core<R>(&self, f: impl FnOnce(&Dispatch) -> R) -> R {
+        f(&lock(&self.live).core)
+    }
+
+    /// Rebuilds the live state from the store after a start: unfinished jobs, the queue of
+    /// pending tasks, and a fresh lease for every running attempt so its agent can reconnect.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        // Running tasks' agents get a lease's time to come back, and the time they may take to
+        // notice and reconnect, in the database too: a restart is not their tasks' fault.
+        let grace = self.config.lease + RECONNECT_ALLOWANCE;
+        self.store
+            .extend_running_leases(self.store.now_ms().saturating_add(grace.as_millis() as i64))
+            .await?;
+        let jobs = self.store.unfinished_jobs().await?;
+        let pending = self.store.tasks_in_state(TaskState::Pending).await?;
+        let running = self.store.tasks_in_state(TaskState::Running).await?;
+        let counts = (jobs.len(), pending.len(), running.len());
+        self.with_core(|core| {
+            core.handle_recovered(
+                Instant::now(),
+                jobs.into_iter().map(|j| (j.id, Arc::new(j.spec))),
+                pending.iter().map(|t| t.id),
+                running.iter().map(|t| {
+                    let attempt = AttemptId {
+                        task: t.id,
+                        attempt: t.attempt,
+                    };
+                    (attempt, t.agent.clone().unwrap_or_default())
+                }),
+                grace,
+            )
+        });
+        tracing::info!(
+            jobs = counts.0,
+            pending = counts.1,
+            running = counts.2,
+            "recovered state from the store"
+        );
+        Ok(())
+    }
+
+    /// Runs the driver loop for ever: persists the changes the core asks for, in order,
+    /// telling it each outcome; tells it when time is up for a lease or a backoff; and, on a
+    /// database shared with other coordinators, syncs with them.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            if self.read_core(|core| core.poll_timeout().is_some_and(|t| t <= now)) {
+                self.with_core(|core| core.handle_timeout(now));
+            }
+            if self.store.backend() == Backend::Postgres {
+                self.sync_shared().await;
+            }
+            let next = lock(&self.live).to_persist.pop_front();
+            if let Some((op, change)) = next {
+                let outcome = self.persist(&change).await;
+                self.with_live(|live| {
+                    live.core.handle_persisted(Instant::now(), op, outcome);
+                    if let Some(done) = live.waiters.remove(&op) {
+                        let _ = done.send(());
+                    }
+                });
+                continue;
+            }
+            let wait = self
+                .read_core(|core| core.poll_timeout())
+                .map(|t| t.saturating_duration_since(Instant::now()).min(IDLE_TICK))
+                .unwrap_or(IDLE_TICK);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Writes one change to the store.
+    async fn persist(&self, change: &Change) -> Persisted {
+        match change {
+            Change::Assign { task, agent } => {
+                match self.store.assign(*task, agent, self.store.now_ms()).await {
+                    Ok(Some(attempt)) => {
+                        // A retried task starts from its latest checkpoint, if it kept one.
+                        let checkpoint = if attempt.attempt > 1 {
+                            self.store.checkpoint(*task).await.unwrap_or_else(|e| {
+                                tracing::error!(%task, error = %e, "could not look up the task's checkpoint; it starts afresh");
+                                None
+                            })
+                        } else {
+                            None
+                        };
+                        Persisted::Assigned {
+                            attempt,
+                            checkpoint,
+                        }
+                    }
+                    Ok(None) => Persisted::NotPending,
+                    Err(e) => Persisted::Failed(e.to_string()),
+                }
+            }
+            Change::Start { attempt, setup_us } => {
+                match self
+                    .store
+                    .mark_started(*attempt, *setup_us, self.store.now_ms())
+                    .await
+                {
+                    Ok(()) => Persisted::Done,
+                    Err(e) => Persisted::Failed(e.to_string()),
+                }
+            }
+            Change::End(ending) => {
+                // A result is tried a few times: its agent resends it only when it reconnects.
+                let tries = if ending.result.is_some() {
+                    RESULT_TRIES
+                } else {
+                    1
+                };
+                let mut tried = 0;
+                loop {
+                    tried += 1;
+                    match self.store.end_attempt(ending, self.store.now_ms()).await {
+                        Ok(Recorded::Stored(state)) => {
+                            if let Some(reason) = ending
+                                .result
+                                .as_deref()
+                                .and_then(lull_dispatch::eviction_reason)
+                            {
+                                self.metrics.evicted(reason);
+                            }
+                            return Persisted::Ended(state);
+                        }
+                        Ok(Recorded::Stale) => return Persisted::Stale,
+                        Err(e) if tried < tries => {
+                            tracing::warn!(attempt = %ending.attempt, error = %e, "could not record result; retrying");
+                            tokio::time::sleep(Duration::from_millis(100 << tried)).await;
+                        }
+                        Err(e) => return Persisted::Failed(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connected agents.
+    pub fn agents(&self) -> Vec<AgentView> {
+        let mut v: Vec<AgentView> = self.read_core(|core| {
+            core.agents()
+                .map(|(id, a)| AgentView {
+                    id: id.to_owned(),
+                    name: a.name.clone(),
+                    capacity: a.capacity.clone(),
+                    status: a.status.clone(),
+                    running: a.running.len(),
+                    connected_ms: a.connected_ms,
+                    draining_until_ms: a.draining,
+                    cluster: a.cluster.clone(),
+                    blobs_served: a.blobs_served,
+                    bytes_served: a.bytes_served,
+                })
+                .collect()
+        });
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Whether `agent` may download the blob `digest`: only the modules and inputs of the
+    /// attempts assigned to it, and the checkpoints they restore.
+    pub fn agent_may_fetch(&self, agent: &str, digest: &Digest) -> bool {
+        self.read_core(|core| core.may_fetch(agent, digest))
+    }
+
+    /// Counts a blob served to an agent.
+    pub fn blob_served(&self, agent: &str, bytes: u64) {
+        self.with_core(|core| core.handle_blob_served(agent, bytes));
+    }
+
+    /// The progress of each job's running attempts, added up (a job with two running tasks
+    /// each half done has 1.0).
+    pub fn running_progress(&self) -> HashMap<u64, f64> {
+        self.read_core(Dispatch::running_progress)
+    }
+
+    /// The progress an attempt's guest reported last, if it runs here and reported any.
+    pub fn attempt_progress(&self, attempt: AttemptId) -> Option<f64> {
+        self.read_core(|core| core.progress(attempt))
+    }
+
+    /// Why an attempt assigned here waits on its agent, if it does.
+    pub fn attempt_waiting(&self, attempt: AttemptId) -> Option<String> {
+        self.read_core(|core| core.waiting(attempt).map(str::to_owned))
+    }
+
+    /// Each connected agent's reports after `since_ms` and up to `until_ms`, oldest first.
+    pub fn agent_samples(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> HashMap<String, Vec<super::history::Sample>> {
+        let ids: Vec<String> =
+            self.read_core(|core| core.agents().map(|(id, _)| id.to_owned()).collect());
+        let history = lock(&self.history);
+        ids.into_iter()
+            .map(|id| {
+                let samples = history.samples(&id, since_ms, until_ms);
+                (id, samples)
+            })
+            .collect()
+    }
+
+    /// The core-seconds harvested since this coordinator started, and per minute for the
+    /// minutes that end after `since_ms`.
+    pub fn harvest(&self, since_ms: i64) -> (f64, Vec<super::history::Minute>) {
+        let minutes = lock(&self.history).minutes(since_ms);
+        (self.metrics.harvested_total(), minutes)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! Coordinators sharing a PostgreSQL database: what each does about the others.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lull_protocol::message::TaskId;
+
+use super::{Hub, lock};
+use crate::store::StoreError;
+
+/// How often a coordinator looks at what the others did.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where the sync with other coordinators stands.
+#[derive(Debug, Default)]
+pub(super) struct SharedSync {
+    /// The last pending task seen in the database, in (time, task) order.
+    cursor: (i64, TaskId),
+    /// When this coordinator last renewed its agents' leases in the database.
+    renewed: Option<Instant>,
+    /// When it last synced.
+    synced: Option<Instant>,
+}
+
+impl Hub {
+    /// About once a second: renews in the database the leases of the attempts this
+    /// coordinator's agents run (every quarter lease); ends the attempts whose database lease
+    /// ran out (their coordinator died or lost them); follows the others' revocations, drains
+    /// and cancels; and queues the tasks that became pending anywhere. Claims stay safe without
+    /// it: assigning a task succeeds only while it is pending.
+    pub(super) async fn sync_shared(&self) {
+        let now = Instant::now();
+        let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
+        let (renew, cursor) = {
+            let shared = lock(&self.shared);
+            if shared
+                .synced
+                .is_some_and(|t| now.duration_since(t) < SYNC_INTERVAL)
+            {
+                return;
+            }
+            let renew = shared
+                .renewed
+                .is_none_or(|t| now.duration_since(t) >= self.config.lease / 4);
+            (renew, shared.cursor)
+        };
+        if renew {
+            let agents: Vec<String> =
+                self.read_core(|core| core.agents().map(|(id, _)| id.to_owned()).collect());
+            // Clocks drift: the database's is measured again now and then.
+            if let Err(e) = self.store.sync_clock().await {
+                tracing::warn!(error = %e, "could not read the database's clock");
+            }
+            match self
+                .store
+                .renew_leases(&agents, self.store.now_ms().saturating_add(lease_ms))
+                .await
+            {
+                Ok(_) => lock(&self.shared).renewed = Some(now),
+                Err(e) => tracing::warn!(error = %e, "could not renew leases in the database"),
+            }
+        }
+        match self.store.expired_leases(self.store.now_ms()).await {
+            Ok(expired) => self.with_core(|core| {
+                for (attempt, agent) in expired {
+                    core.handle_lost_elsewhere(attempt, &agent);
+                }
+            }),
+            Err(e) => tracing::warn!(error = %e, "could not look for expired leases"),
+        }
+        if let Err(e) = self.follow_shared_decisions().await {
+            tracing::warn!(error = %e, "could not read other coordinators' decisions");
+        }
+        if let Err(e) = self.find_pending(cursor).await {
+            tracing::warn!(error = %e, "could not look for pending tasks");
+            return;
+        }
+        lock(&self.shared).synced = Some(now);
+    }
+
+    /// Queues the tasks that became pending after `cursor` (submitted or requeued through
+    /// another coordinator), loading the jobs this one does not know.
+    async fn find_pending(&self, cursor: (i64, TaskId)) -> Result<(), StoreError> {
+        let found = self.store.pending_after(cursor, 10_000).await?;
+        let Some(last) = found.last().map(|(t, at)| (*at, *t)) else {
+            return Ok(());
+        };
+        let unknown: HashSet<u64> = self.read_core(|core| {
+            found
+                .iter()
+                .map(|(t, _)| t.job)
+                .filter(|j| !core.knows_job(*j))
+                .collect()
+        });
+        let mut loaded = Vec::new();
+        for job in unknown {
+            match self.store.job(job).await {
+                Ok(row) if !row.cancelled => loaded.push((job, Arc::new(row.spec))),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(job, error = %e, "could not load a job"),
+            }
+        }
+        self.with_core(|core| core.handle_found_pending(loaded, found.iter().map(|(t, _)| *t)));
+        lock(&self.shared).cursor = last;
+        Ok(())
+    }
+
+    /// Applies what another coordinator on the same database decided about this one's agents
+    /// and attempts: revocations, drains and cancelled jobs.
+    async fn follow_shared_decisions(&self) -> Result<(), StoreError> {
+        let (agents, jobs) = self.read_core(|core| {
+            let agents: Vec<String> = core.agents().map(|(id, _)| id.to_owned()).collect();
+            (agents, core.running_jobs())
+        });
+        for (agent, revoked, drain) in self.store.agent_standings(&agents).await? {
+            if revoked {
+                tracing::warn!(%agent, "agent revoked through another coordinator");
+                self.with_core(|core| core.handle_revoked(&agent));
+                continue;
+            }
+            let now_ms = self.store.now_ms();
+            let changed = self.with_core(|core| {
+                let changed = core.agent(&agent).is_some_and(|a| a.draining != drain);
+                if changed {
+                    core.handle_drain(now_ms, &agent, drain);
+                }
+                changed
+            });
+            if changed {
+                tracing::info!(%agent, draining = drain.is_some(), "drain changed through another coordinator");
+            }
+        }
+        for job in self.store.cancelled_among(&jobs).await? {
+            self.with_core(|core| core.handle_cancelled(job));
+            tracing::info!(job, "job cancelled through another coordinator");
+        }
+        Ok(())
+    }
+}

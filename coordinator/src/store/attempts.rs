@@ -1,0 +1,219 @@
+//! Tasks and their attempts: assigned, started and ended as the dispatch core decides.
+
+use super::*;
+
+impl Store {
+    /// The tasks of a job, by index.
+    pub async fn tasks(&self, job: u64) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(
+            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE job_id = $1 ORDER BY idx",
+        )
+        .bind(job as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_row).collect()
+    }
+
+    /// Every task in a state, oldest job first.
+    pub async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(
+            "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE state = $1 ORDER BY job_id, idx",
+        )
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_row).collect()
+    }
+
+    /// The attempts of a task, oldest first.
+    pub async fn attempts(&self, task: TaskId) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT attempt, agent_id, assigned_ms, started_ms, finished_ms, outcome, result, setup_us \
+             FROM attempts WHERE job_id = $1 AND idx = $2 ORDER BY attempt",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let result: Option<String> = r.get(6);
+                Ok(AttemptRow {
+                    attempt: r.get::<i64, _>(0) as u32,
+                    agent: r.get(1),
+                    assigned_ms: r.get(2),
+                    started_ms: r.get(3),
+                    setup_us: r.get(7),
+                    finished_ms: r.get(4),
+                    outcome: r.get(5),
+                    result: result.map(|s| serde_json::from_str(&s)).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The recorded result of the task's last attempt that has one.
+    pub async fn last_results(
+        &self,
+        job: u64,
+    ) -> Result<std::collections::HashMap<u32, TaskResult>> {
+        let rows = sqlx::query(
+            "SELECT a.idx, a.result FROM attempts a JOIN tasks t ON t.job_id = a.job_id AND t.idx = a.idx \
+             WHERE a.job_id = $1 AND a.result IS NOT NULL ORDER BY a.idx, a.attempt",
+        )
+        .bind(job as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in rows {
+            let idx: i64 = r.get(0);
+            let text: String = r.get(1);
+            out.insert(idx as u32, serde_json::from_str(&text)?);
+        }
+        Ok(out)
+    }
+
+    /// Assigns a pending task to an agent, starting its next attempt. Returns the attempt, or
+    /// `None` when the task was no longer pending.
+    pub async fn assign(
+        &self,
+        task: TaskId,
+        agent: &str,
+        now_ms: i64,
+    ) -> Result<Option<AttemptId>> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = $1, updated_ms = $2, \
+             lease_until_ms = $5 WHERE job_id = $3 AND idx = $4 AND state = 'pending' RETURNING attempt",
+        )
+        .bind(agent)
+        .bind(now_ms)
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .bind(now_ms.saturating_add(self.lease_ms))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let attempt = row.get::<i64, _>(0) as u32;
+        sqlx::query(
+            "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(task.job as i64)
+        .bind(task.index as i64)
+        .bind(attempt as i64)
+        .bind(agent)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(AttemptId { task, attempt }))
+    }
+
+    /// Records that an attempt's guest started.
+    pub async fn mark_started(&self, attempt: AttemptId, setup_us: u64, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE attempts SET started_ms = $1, setup_us = $2 WHERE job_id = $3 AND idx = $4 AND attempt = $5 AND started_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(setup_us as i64)
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .bind(attempt.attempt as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends an attempt as the dispatch core decided ([`Ending`]): records its outcome and
+    /// result, and moves the task to `ending.next` -- to cancelled instead of pending when its
+    /// job was cancelled meanwhile, which is read in the same transaction. Applies only while
+    /// the attempt is its task's current one and running (and held by `ending.holder`, when
+    /// given), or, for a success that arrives after its lease ran out, while the task waits for
+    /// its next attempt: then the work is done and nothing is gained by running it again.
+    pub async fn end_attempt(&self, ending: &Ending, now_ms: i64) -> Result<Recorded> {
+        let attempt = ending.attempt;
+        let result = ending
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
+        let mut tx = self.begin_write().await?;
+        let late_success_ok = result.is_some() && ending.next == TaskState::Succeeded;
+        // On PostgreSQL the job's row is read under a share lock: a cancel waits for this
+        // transaction, or this one sees the cancel (SQLite's write transactions are exclusive).
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE OF j",
+            Backend::Sqlite => "",
+        };
+        let current = sqlx::query(&format!(
+            "SELECT t.agent_id, j.cancelled FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             WHERE t.job_id = $1 AND t.idx = $2 AND t.attempt = $3 \
+             AND (t.state = 'running' OR (t.state = 'pending' AND $4)){lock}"
+        ))
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .bind(attempt.attempt as i64)
+        .bind(late_success_ok)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(current) = current else {
+            return Ok(Recorded::Stale);
+        };
+        if let Some(agent) = &ending.holder {
+            let holder: Option<String> = current.get(0);
+            if holder.as_deref() != Some(agent.as_str()) {
+                return Ok(Recorded::Stale);
+            }
+        }
+        let cancelled = current.get::<i64, _>(1) != 0;
+        let state = match ending.next {
+            TaskState::Pending | TaskState::Running if cancelled => TaskState::Cancelled,
+            next => next,
+        };
+        let cause = match state {
+            TaskState::Succeeded | TaskState::Pending | TaskState::Running => None,
+            TaskState::Cancelled => Some("cancelled".to_owned()),
+            TaskState::Failed => Some(ending.outcome.clone()),
+        };
+        sqlx::query(
+            "UPDATE attempts SET finished_ms = $1, outcome = $2, result = $3 \
+             WHERE job_id = $4 AND idx = $5 AND attempt = $6 AND (finished_ms IS NULL OR result IS NULL)",
+        )
+        .bind(now_ms)
+        .bind(&ending.outcome)
+        .bind(result)
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .bind(attempt.attempt as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET state = $1, cause = $2, updated_ms = $3 WHERE job_id = $4 AND idx = $5",
+        )
+        .bind(state.as_str())
+        .bind(cause)
+        .bind(now_ms)
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Recorded::Stored(state))
+    }
+}
+
+fn task_row(r: &AnyRow) -> Result<TaskRow> {
+    let state: String = r.get(2);
+    Ok(TaskRow {
+        id: TaskId {
+            job: r.get::<i64, _>(0) as u64,
+            index: r.get::<i64, _>(1) as u32,
+        },
+        state: state.parse()?,
+        attempt: r.get::<i64, _>(3) as u32,
+        agent: r.get(4),
+        cause: r.get(5),
+    })
+}

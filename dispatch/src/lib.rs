@@ -1,0 +1,1318 @@
+//! Lull's dispatch core: the coordinator's task state machine, without IO and without a clock.
+//!
+//! [`Dispatch`] holds what a coordinator knows live — connected agents, the jobs with work to
+//! do, each cluster's [`lull_scheduler::Scheduler`], leases, retries waiting out a backoff,
+//! drains and cancels — and decides every change of a task's state in one place. The driver
+//! (the coordinator's `Hub`) feeds it what happened with the time (`handle_*(now, …)`), and
+//! carries out what it asks for ([`Dispatch::poll_command`]): a message to an agent, a
+//! connection to close, or a change to persist. A persisted change comes back as
+//! [`Dispatch::handle_persisted`], and only then is it acted on: every decision is durable
+//! before an agent or a person hears of it.
+//!
+//! # A task's life
+//!
+//! ```text
+//!                 submit
+//!                   │
+//!                   ▼          Assign persisted, lease granted, Assign sent
+//!     ┌──────────► pending ──────────────────────────────────────► running
+//!     │   (backoff, │                                                  │
+//!     │  avoiding   │ job cancelled                                    │ result, lease lost,
+//!     │  the agent) ▼                                                  │ agent revoked
+//!     │         cancelled ◄────────── job cancelled ───────────────────┤
+//!     │                                                                ├─ succeeded
+//!     │                                                                ├─ failed: no attempts left
+//!     └─── evicted (any number of times), or failed with attempts left ┘
+//! ```
+//!
+//! - A placement reserves the task's slot in its cluster's scheduler and asks for
+//!   [`Change::Assign`]; the assignment is sent only once it is persisted, and a job cancelled
+//!   meanwhile ends the new attempt instead of sending it.
+//! - An attempt holds a lease while its agent reports; a lease that runs out ends the attempt
+//!   as lost (the agent is told, and gets no new work until it reports again). A loss the store
+//!   cannot record keeps the lease for [`LOST_RETRY`], to be tried again.
+//! - A failure with attempts left waits out a backoff (doubling from
+//!   [`Config::retry_backoff`], at most a minute) and avoids the agents it failed on; an
+//!   eviction is not the task's fault and is queued again at once, whatever its attempts.
+//! - A drained agent takes no new work and its attempts are evicted at the drain's deadline; a
+//!   revoked agent is cut off and its attempts go back to pending.
+//!
+//! Tested by simulation (`tests/sim.rs`): leases running out, late and duplicate results,
+//! agents lost mid-task, drains, backoffs, and thousands of agents and tasks in simulated time.
+
+pub mod leases;
+mod task_state;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lull_protocol::job::JobSpec;
+use lull_protocol::message::{
+    AgentState, AgentStatus, Assignment, AttemptId, Capacity, CheckpointRef, CoordinatorMessage,
+    Outcome, TaskId, TaskResult,
+};
+use lull_protocol::{Digest, PROTOCOL_VERSION, units};
+use lull_scheduler::{JobPlacement, Scheduler};
+
+pub use leases::Leases;
+pub use task_state::{TaskState, UnknownTaskState};
+
+/// How soon the loss of an attempt is tried again when the store could not record it.
+pub const LOST_RETRY: Duration = Duration::from_secs(1);
+
+/// How soon an assignment the store could not record is tried again.
+pub const ASSIGN_RETRY: Duration = Duration::from_millis(200);
+
+/// The longest backoff between attempts of a failing task.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long an assignment's lease lasts without a report.
+    pub lease: Duration,
+    /// How often agents report.
+    pub report_interval: Duration,
+    /// How long a failed task waits before its next attempt; doubles with each failure.
+    pub retry_backoff: Duration,
+    /// The seed of the schedulers' random choices.
+    pub seed: u64,
+}
+
+/// A connection's number: an agent that reconnects gets a new one.
+pub type Conn = u64;
+
+/// The number of a change asked to be persisted, given back with its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u64);
+
+/// What the core asks its driver to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Send a message on an agent's connection.
+    Send {
+        /// The agent.
+        agent: String,
+        /// Its connection.
+        conn: Conn,
+        /// The message.
+        message: CoordinatorMessage,
+    },
+    /// Close a connection once what was sent on it is written.
+    Close {
+        /// The agent.
+        agent: String,
+        /// The connection.
+        conn: Conn,
+    },
+    /// Persist a change, then tell the core with [`Dispatch::handle_persisted`].
+    Persist {
+        /// Its number.
+        op: OpId,
+        /// The change.
+        change: Change,
+    },
+}
+
+/// A change of durable state.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Start the next attempt of `task` on `agent`, if the task is still pending. Answered by
+    /// [`Persisted::Assigned`] (with the latest checkpoint, for a retried task) or
+    /// [`Persisted::NotPending`].
+    Assign {
+        /// The task.
+        task: TaskId,
+        /// The agent.
+        agent: String,
+    },
+    /// Record that an attempt's guest started. Answered by [`Persisted::Done`].
+    Start {
+        /// The attempt.
+        attempt: AttemptId,
+        /// How long its setup took, in microseconds.
+        setup_us: u64,
+    },
+    /// End an attempt. Answered by [`Persisted::Ended`] or [`Persisted::Stale`].
+    End(Ending),
+}
+
+/// How an attempt ends.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    /// The attempt; the change applies only while it is its task's current attempt.
+    pub attempt: AttemptId,
+    /// The agent that must hold the task for the change to apply (a result counts only from
+    /// the agent the task is assigned to); `None` for a loss.
+    pub holder: Option<String>,
+    /// What happened, in words: `succeeded`, the result's cause, or why it was lost.
+    pub outcome: String,
+    /// The result the agent sent, if it sent one.
+    pub result: Option<Box<TaskResult>>,
+    /// The task's state after it. A task of a job cancelled in the store meanwhile becomes
+    /// cancelled instead of pending: the store checks that in the same transaction.
+    pub next: TaskState,
+}
+
+/// What became of a change.
+#[derive(Debug, Clone)]
+pub enum Persisted {
+    /// The attempt started.
+    Assigned {
+        /// The new attempt.
+        attempt: AttemptId,
+        /// The checkpoint it restores.
+        checkpoint: Option<CheckpointRef>,
+    },
+    /// The task was no longer pending (cancelled, or claimed elsewhere).
+    NotPending,
+    /// The attempt ended; the task is now in this state.
+    Ended(TaskState),
+    /// The attempt had already ended, or is not the holder's: nothing changed.
+    Stale,
+    /// Recorded.
+    Done,
+    /// The store failed; the reason.
+    Failed(String),
+}
+
+/// A connected agent, as the core knows it.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// Its connection.
+    pub conn: Conn,
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// Its policy's view: accepting work or not, and why.
+    pub status: AgentStatus,
+    /// The attempts assigned to it that it runs or is about to.
+    pub running: HashSet<AttemptId>,
+    /// When it connected (ms since the Unix epoch).
+    pub connected_ms: i64,
+    /// While it is being drained: when its attempts are evicted (ms since the Unix epoch).
+    pub draining: Option<i64>,
+    /// The cluster it belongs to.
+    pub cluster: String,
+    /// Blobs downloaded on this connection.
+    pub blobs_served: u64,
+    /// The bytes of those blobs.
+    pub bytes_served: u64,
+    /// Whether a lease of its ran out since it last reported.
+    pub silent: bool,
+}
+
+impl Agent {
+    /// Whether it takes new work: its policy says so, it is not being drained, and it has not
+    /// gone silent.
+    pub fn accepting(&self) -> bool {
+        self.status.accepting && self.draining.is_none() && !self.silent
+    }
+}
+
+/// An agent's hello, once the driver admitted it.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    /// Its ID.
+    pub agent: String,
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// Its policy's view.
+    pub status: AgentStatus,
+    /// The attempts it runs.
+    pub running: Vec<AttemptId>,
+    /// The modules it holds compiled.
+    pub compiled: Vec<Digest>,
+    /// Its cluster, from the store.
+    pub cluster: String,
+    /// Its drain's deadline, from the store.
+    pub draining: Option<i64>,
+}
+
+/// An agent's report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// What it offers now.
+    pub capacity: Capacity,
+    /// The attempts it runs.
+    pub running: Vec<AttemptId>,
+    /// Its policy's view.
+    pub status: AgentStatus,
+    /// Progress its guests reported (0..=1).
+    pub progress: Vec<(AttemptId, f64)>,
+}
+
+/// Why an attempt ends without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// Its lease here ran out.
+    Expired,
+    /// Its lease in the shared database ran out.
+    ExpiredElsewhere,
+    /// Its agent was revoked.
+    Revoked,
+    /// Its job was cancelled while the assignment was being persisted.
+    CancelledBeforeStart,
+}
+
+impl Loss {
+    fn outcome(self) -> &'static str {
+        match self {
+            Loss::Expired => "lost: the agent stopped reporting",
+            Loss::ExpiredElsewhere => "lost: nobody renewed its lease",
+            Loss::Revoked => "lost: its agent was revoked",
+            Loss::CancelledBeforeStart => "cancelled before it started",
+        }
+    }
+}
+
+/// A change in flight, and what to do once it is persisted.
+#[derive(Debug)]
+enum Op {
+    Assign {
+        task: TaskId,
+        agent: String,
+    },
+    Start,
+    Result {
+        attempt: AttemptId,
+        agent: String,
+        evicted: bool,
+    },
+    Lost {
+        attempt: AttemptId,
+        agent: String,
+        loss: Loss,
+    },
+}
+
+/// What the core keeps of an attempt assigned here while it runs.
+#[derive(Debug, Default)]
+struct Live {
+    /// Why it waits on its agent before starting.
+    waiting: Option<String>,
+    /// The checkpoint it restores (its agent may fetch it).
+    restoring: Option<Digest>,
+    /// The progress its guest reported last (0..=1).
+    progress: Option<f64>,
+}
+
+/// The schedulers of the clusters, made as clusters get agents or jobs.
+#[derive(Debug)]
+struct Schedulers {
+    by_cluster: BTreeMap<String, Scheduler>,
+    seed: u64,
+    /// Where the next round of polling starts, so that no cluster goes first every time.
+    next: usize,
+}
+
+impl Schedulers {
+    fn get(&mut self, cluster: &str) -> &mut Scheduler {
+        let seed = self.seed;
+        self.by_cluster
+            .entry(cluster.to_owned())
+            .or_insert_with(|| Scheduler::new(seed))
+    }
+
+    /// The next placement in any cluster, taking the clusters in turn.
+    fn poll_placement(&mut self) -> Option<lull_scheduler::Placement> {
+        let mut order: Vec<&mut Scheduler> = self.by_cluster.values_mut().collect();
+        if order.is_empty() {
+            return None;
+        }
+        let start = self.next % order.len();
+        self.next = self.next.wrapping_add(1);
+        order.rotate_left(start);
+        order.into_iter().find_map(Scheduler::poll_placement)
+    }
+}
+
+/// The dispatch core. See the [crate documentation](crate).
+#[derive(Debug)]
+pub struct Dispatch {
+    config: Config,
+    schedulers: Schedulers,
+    leases: Leases,
+    agents: HashMap<String, Agent>,
+    /// Jobs with work to do, or with attempts running here.
+    jobs: HashMap<u64, Arc<JobSpec>>,
+    /// Jobs known to be cancelled.
+    cancelled: HashSet<u64>,
+    /// Tasks queued in a scheduler and not yet placed, or waiting out a backoff: a task is
+    /// queued once.
+    queued: HashSet<TaskId>,
+    /// Failed tasks waiting out their backoff before they are queued again.
+    delayed: BinaryHeap<Reverse<(Instant, TaskId)>>,
+    /// The agents each retried task failed on, which its next attempts avoid.
+    failed_on: HashMap<TaskId, Vec<String>>,
+    /// Attempts assigned here, while they run.
+    live: HashMap<AttemptId, Live>,
+    /// Changes being persisted.
+    ops: HashMap<OpId, Op>,
+    next_op: u64,
+    next_conn: Conn,
+    commands: VecDeque<Command>,
+}
+
+impl Dispatch {
+    /// An empty core.
+    pub fn new(config: Config) -> Self {
+        Self {
+            schedulers: Schedulers {
+                by_cluster: BTreeMap::new(),
+                seed: config.seed,
+                next: 0,
+            },
+            leases: Leases::new(config.lease),
+            agents: HashMap::new(),
+            jobs: HashMap::new(),
+            cancelled: HashSet::new(),
+            queued: HashSet::new(),
+            delayed: BinaryHeap::new(),
+            failed_on: HashMap::new(),
+            live: HashMap::new(),
+            ops: HashMap::new(),
+            next_op: 1,
+            next_conn: 1,
+            commands: VecDeque::new(),
+            config,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- Inputs -----
+
+    /// The state read from the store at a start: unfinished jobs, pending tasks, and running
+    /// attempts with their agents, which get `grace` to come back.
+    pub fn handle_recovered(
+        &mut self,
+        now: Instant,
+        jobs: impl IntoIterator<Item = (u64, Arc<JobSpec>)>,
+        pending: impl IntoIterator<Item = TaskId>,
+        running: impl IntoIterator<Item = (AttemptId, String)>,
+        grace: Duration,
+    ) {
+        for (id, spec) in jobs {
+            self.jobs.insert(id, spec);
+        }
+        for task in pending {
+            self.queue(task);
+        }
+        for (attempt, agent) in running {
+            self.leases.grant_for(now, attempt, &agent, grace);
+        }
+    }
+
+    /// A job was stored: its tasks are queued.
+    pub fn handle_submitted(&mut self, job: u64, spec: Arc<JobSpec>) {
+        let count = spec.count;
+        self.jobs.insert(job, spec);
+        for index in 0..count {
+            self.queue(TaskId { job, index });
+        }
+    }
+
+    /// Jobs and pending tasks found in a database shared with other coordinators.
+    pub fn handle_found_pending(
+        &mut self,
+        jobs: impl IntoIterator<Item = (u64, Arc<JobSpec>)>,
+        tasks: impl IntoIterator<Item = TaskId>,
+    ) {
+        for (id, spec) in jobs {
+            self.jobs.entry(id).or_insert(spec);
+        }
+        for task in tasks {
+            if !self.cancelled.contains(&task.job) {
+                self.queue(task);
+            }
+        }
+    }
+
+    /// A job was cancelled in the store (here or by another coordinator): nothing of it is
+    /// queued any more, and its attempts running here are told to stop.
+    pub fn handle_cancelled(&mut self, job: u64) {
+        if !self.cancelled.insert(job) {
+            return;
+        }
+        if let Some(s) = self.job_scheduler(job) {
+            s.remove_job(job);
+        }
+        self.delayed.retain(|Reverse((_, t))| t.job != job);
+        self.queued.retain(|t| t.job != job);
+        self.failed_on.retain(|t, _| t.job != job);
+        let mut stops = Vec::new();
+        for (id, a) in &self.agents {
+            for attempt in a.running.iter().filter(|at| at.task.job == job) {
+                stops.push((id.clone(), a.conn, *attempt));
+            }
+        }
+        stops.sort();
+        for (agent, conn, attempt) in stops {
+            self.send(
+                &agent,
+                conn,
+                CoordinatorMessage::Cancel {
+                    attempt,
+                    reason: "the job was cancelled".into(),
+                },
+            );
+        }
+    }
+
+    /// A finished job was deleted.
+    pub fn handle_deleted(&mut self, job: u64) {
+        self.jobs.remove(&job);
+        self.cancelled.remove(&job);
+    }
+
+    /// An admitted agent said hello on a new connection; returns the connection's number. The
+    /// welcome is its first message; attempts it runs that are no longer its are cancelled, and
+    /// those that are, evicted when it is being drained.
+    pub fn handle_hello(&mut self, now: Instant, now_ms: i64, hello: Hello) -> Conn {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let agent = hello.agent;
+        self.send(
+            &agent,
+            conn,
+            CoordinatorMessage::Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                lease_ms: self.config.lease.as_millis() as u64,
+                report_interval_ms: self.config.report_interval.as_millis() as u64,
+            },
+        );
+        let mut mine = HashSet::new();
+        for attempt in hello.running {
+            if self.leases.renew(now, attempt, &agent) {
+                mine.insert(attempt);
+            } else {
+                self.send(&agent, conn, not_assigned(attempt));
+            }
+        }
+        let scheduler = self.schedulers.get(&hello.cluster);
+        scheduler.agent_up(
+            &agent,
+            &hello.capacity,
+            hello.status.accepting && hello.draining.is_none(),
+        );
+        scheduler.agent_holds(&agent, hello.compiled.iter().copied());
+        let mut sorted: Vec<AttemptId> = mine.iter().copied().collect();
+        sorted.sort();
+        if let Some(deadline) = hello.draining {
+            for attempt in &sorted {
+                self.send(&agent, conn, drain_eviction(*attempt, deadline, now_ms));
+            }
+        }
+        for attempt in &sorted {
+            if self.ensure_job(attempt.task.job)
+                && let Some(s) = self.job_scheduler(attempt.task.job)
+            {
+                s.task_running(&agent, attempt.task);
+            }
+            self.live.entry(*attempt).or_default();
+        }
+        let new = Agent {
+            conn,
+            name: hello.name.clone(),
+            capacity: hello.capacity,
+            status: hello.status,
+            running: mine,
+            connected_ms: now_ms,
+            draining: hello.draining,
+            cluster: hello.cluster,
+            blobs_served: 0,
+            bytes_served: 0,
+            silent: false,
+        };
+        if let Some(old) = self.agents.insert(agent.clone(), new) {
+            tracing::info!(%agent, old = old.conn, "agent reconnected; old connection replaced");
+            self.commands.push_back(Command::Close {
+                agent: agent.clone(),
+                conn: old.conn,
+            });
+        }
+        conn
+    }
+
+    /// An agent's connection ended. Its leases run on: it may reconnect in time.
+    pub fn handle_disconnected(&mut self, agent: &str, conn: Conn) {
+        if self.agents.get(agent).is_some_and(|a| a.conn == conn)
+            && let Some(a) = self.agents.remove(agent)
+        {
+            self.schedulers.get(&a.cluster).agent_down(agent);
+            for attempt in &a.running {
+                if let Some(live) = self.live.get_mut(attempt) {
+                    live.waiting = None;
+                    live.progress = None;
+                }
+            }
+            tracing::info!(%agent, "agent disconnected");
+        }
+        self.commands.push_back(Command::Close {
+            agent: agent.to_owned(),
+            conn,
+        });
+    }
+
+    /// An agent reported: its leases are renewed, attempts it runs that are not its are
+    /// cancelled, and its capacity and policy's view replace the old.
+    pub fn handle_report(&mut self, now: Instant, agent: &str, report: Report) {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return;
+        };
+        for (attempt, fraction) in report.progress {
+            if a.running.contains(&attempt) && fraction.is_finite() {
+                self.live.entry(attempt).or_default().progress = Some(fraction.clamp(0.0, 1.0));
+            }
+        }
+        let conn = a.conn;
+        let mut stale = Vec::new();
+        for attempt in &report.running {
+            if !self.leases.renew(now, *attempt, agent) {
+                stale.push(*attempt);
+            }
+        }
+        a.capacity = report.capacity;
+        a.status = report.status;
+        a.silent = false;
+        let accepting = a.accepting();
+        let cluster = a.cluster.clone();
+        self.schedulers
+            .get(&cluster)
+            .agent_up(agent, &self.agents[agent].capacity, accepting);
+        for attempt in stale {
+            self.send(agent, conn, not_assigned(attempt));
+        }
+    }
+
+    /// An agent's heartbeat: the leases of what it runs are renewed.
+    pub fn handle_heartbeat(&mut self, now: Instant, agent: &str) {
+        if let Some(a) = self.agents.get(agent) {
+            for attempt in &a.running {
+                self.leases.renew(now, *attempt, agent);
+            }
+        }
+    }
+
+    /// An agent's policy changed state.
+    pub fn handle_state_changed(&mut self, agent: &str, to: AgentState, reason: &str) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.status.state = to;
+            a.status.reason = reason.to_owned();
+            a.status.accepting = to.takes_work();
+            self.refresh_accepting(agent);
+        }
+    }
+
+    /// An agent compiled or dropped modules.
+    pub fn handle_holds(&mut self, agent: &str, compiled: Vec<Digest>, dropped: Vec<Digest>) {
+        if let Some(cluster) = self.agents.get(agent).map(|a| a.cluster.clone()) {
+            let scheduler = self.schedulers.get(&cluster);
+            scheduler.agent_holds(agent, compiled);
+            scheduler.agent_drops(agent, dropped);
+        }
+    }
+
+    /// An attempt's guest started; returns `false` (and nothing changes) when the attempt is
+    /// not the agent's.
+    pub fn handle_started(&mut self, agent: &str, attempt: AttemptId, setup_us: u64) -> bool {
+        if !self.holds(agent, attempt) {
+            return false;
+        }
+        if let Some(live) = self.live.get_mut(&attempt) {
+            live.waiting = None;
+        }
+        self.persist(Op::Start, Change::Start { attempt, setup_us });
+        true
+    }
+
+    /// An attempt waits on its agent, for `reason`; returns `false` (and nothing changes) when
+    /// the attempt is not the agent's.
+    pub fn handle_waiting(&mut self, agent: &str, attempt: AttemptId, reason: String) -> bool {
+        if !self.holds(agent, attempt) {
+            return false;
+        }
+        self.live.entry(attempt).or_default().waiting = Some(reason);
+        true
+    }
+
+    /// An agent sent a result, checked by the driver against its job (`job`). The task's next
+    /// state is decided here and persisted; the agent hears back once it is. Returns the
+    /// change's number.
+    pub fn handle_result(&mut self, agent: &str, result: TaskResult, job: &JobSpec) -> OpId {
+        let attempt = result.attempt;
+        if let Some(live) = self.live.get_mut(&attempt) {
+            live.waiting = None;
+            live.progress = None;
+        }
+        let next = if result.succeeded() {
+            TaskState::Succeeded
+        } else if result.cancelled() || self.cancelled.contains(&attempt.task.job) {
+            TaskState::Cancelled
+        } else if result.evicted() || attempt.attempt < job.max_attempts {
+            // An eviction is not the task's fault: it runs again, whatever its attempts.
+            TaskState::Pending
+        } else {
+            TaskState::Failed
+        };
+        let outcome = if result.succeeded() {
+            "succeeded".to_owned()
+        } else {
+            result.cause().unwrap_or_else(|| "failed".into())
+        };
+        let evicted = result.evicted();
+        self.persist(
+            Op::Result {
+                attempt,
+                agent: agent.to_owned(),
+                evicted,
+            },
+            Change::End(Ending {
+                attempt,
+                holder: Some(agent.to_owned()),
+                outcome,
+                result: Some(Box::new(result)),
+                next,
+            }),
+        )
+    }
+
+    /// Time passed: failed tasks whose backoff is over are queued again, and attempts whose
+    /// leases ran out are ended as lost.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((due, task))) = self.delayed.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop();
+            self.queued.remove(&task);
+            self.queue(task);
+        }
+        let mut expired = self.leases.poll_expired(now);
+        expired.sort();
+        for (attempt, agent) in expired {
+            tracing::warn!(%attempt, %agent, "lease expired: the agent stopped reporting");
+            self.lose(attempt, &agent, Loss::Expired);
+        }
+    }
+
+    /// An attempt's lease in the database shared with other coordinators ran out: nobody
+    /// renewed it. Ended as lost; when the store cannot record that, the next look tries again.
+    pub fn handle_lost_elsewhere(&mut self, attempt: AttemptId, agent: &str) {
+        tracing::warn!(%attempt, %agent, "lease in the database ran out: requeueing");
+        self.lose(attempt, agent, Loss::ExpiredElsewhere);
+    }
+
+    /// An agent was revoked: its connection is closed with the reason and the attempts it held
+    /// go back to pending. Returns how many.
+    pub fn handle_revoked(&mut self, agent: &str) -> usize {
+        let mut attempts = self.leases.held_by(agent);
+        if let Some(a) = self.agents.remove(agent) {
+            self.schedulers.get(&a.cluster).agent_down(agent);
+            self.send(
+                agent,
+                a.conn,
+                CoordinatorMessage::Refused {
+                    reason: format!("agent {agent} was revoked"),
+                },
+            );
+            self.commands.push_back(Command::Close {
+                agent: agent.to_owned(),
+                conn: a.conn,
+            });
+            attempts.extend(a.running);
+        }
+        attempts.sort();
+        attempts.dedup();
+        // The leases stay until the losses are recorded: if the store cannot record them now,
+        // they run out and are tried again.
+        for attempt in &attempts {
+            self.lose(*attempt, agent, Loss::Revoked);
+        }
+        attempts.len()
+    }
+
+    /// Starts (with its deadline, ms since the Unix epoch) or ends a drain of an agent: its
+    /// running attempts are told when they are evicted, and its scheduler whether it takes
+    /// work. Returns how many attempts it runs, or `None` when it is not connected here.
+    pub fn handle_drain(
+        &mut self,
+        now_ms: i64,
+        agent: &str,
+        deadline: Option<i64>,
+    ) -> Option<usize> {
+        let a = self.agents.get_mut(agent)?;
+        if a.draining == deadline {
+            return Some(a.running.len());
+        }
+        a.draining = deadline;
+        let conn = a.conn;
+        let mut running: Vec<AttemptId> = a.running.iter().copied().collect();
+        running.sort();
+        if let Some(deadline) = deadline {
+            for attempt in &running {
+                self.send(agent, conn, drain_eviction(*attempt, deadline, now_ms));
+            }
+        }
+        self.refresh_accepting(agent);
+        Some(running.len())
+    }
+
+    /// Counts a blob served to an agent.
+    pub fn handle_blob_served(&mut self, agent: &str, bytes: u64) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.blobs_served += 1;
+            a.bytes_served += bytes;
+        }
+    }
+
+    /// A change asked for with [`Command::Persist`] was persisted, or failed.
+    pub fn handle_persisted(&mut self, now: Instant, op: OpId, outcome: Persisted) {
+        let Some(op) = self.ops.remove(&op) else {
+            tracing::error!(op = op.0, "an unknown change was persisted");
+            return;
+        };
+        match op {
+            Op::Start => {
+                if let Persisted::Failed(e) = outcome {
+                    tracing::warn!(error = %e, "could not record a start");
+                }
+            }
+            Op::Assign { task, agent } => self.assigned(now, task, &agent, outcome),
+            Op::Result {
+                attempt,
+                agent,
+                evicted,
+            } => self.result_recorded(now, attempt, &agent, evicted, outcome),
+            Op::Lost {
+                attempt,
+                agent,
+                loss,
+            } => self.loss_recorded(now, attempt, &agent, loss, outcome),
+        }
+    }
+
+    // ----- Outputs -----
+
+    /// The next thing to do. When nothing else is, pending tasks are placed on agents with
+    /// room: each placement reserves its slot and asks for a [`Change::Assign`].
+    pub fn poll_command(&mut self) -> Option<Command> {
+        if self.commands.is_empty() {
+            self.place();
+        }
+        self.commands.pop_front()
+    }
+
+    /// When [`Dispatch::handle_timeout`] has something to do: the next lease to run out or
+    /// backoff to end.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let backoff = self.delayed.peek().map(|Reverse((due, _))| *due);
+        match (self.leases.poll_timeout(), backoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- Queries -----
+
+    /// The connected agents.
+    pub fn agents(&self) -> impl Iterator<Item = (&str, &Agent)> {
+        self.agents.iter().map(|(id, a)| (id.as_str(), a))
+    }
+
+    /// A connected agent.
+    pub fn agent(&self, id: &str) -> Option<&Agent> {
+        self.agents.get(id)
+    }
+
+    /// A job the core knows.
+    pub fn job(&self, id: u64) -> Option<&Arc<JobSpec>> {
+        self.jobs.get(&id)
+    }
+
+    /// Whether the core knows a job.
+    pub fn knows_job(&self, id: u64) -> bool {
+        self.jobs.contains_key(&id)
+    }
+
+    /// Whether a job is known to be cancelled.
+    pub fn is_cancelled(&self, job: u64) -> bool {
+        self.cancelled.contains(&job)
+    }
+
+    /// Whether `agent` holds the lease of `attempt`.
+    pub fn holds(&self, agent: &str, attempt: AttemptId) -> bool {
+        self.leases.holder(&attempt) == Some(agent)
+    }
+
+    /// Who holds the lease of `attempt`.
+    pub fn holder(&self, attempt: AttemptId) -> Option<&str> {
+        self.leases.holder(&attempt)
+    }
+
+    /// Whether `agent` may download the blob `digest`: only the modules, inputs and restored
+    /// checkpoints of the attempts assigned to it.
+    pub fn may_fetch(&self, agent: &str, digest: &Digest) -> bool {
+        let Some(a) = self.agents.get(agent) else {
+            return false;
+        };
+        a.running.iter().any(|attempt| {
+            self.live
+                .get(attempt)
+                .is_some_and(|l| l.restoring.as_ref() == Some(digest))
+                || self
+                    .jobs
+                    .get(&attempt.task.job)
+                    .is_some_and(|job| job.blobs().any(|(d, _)| d == *digest))
+        })
+    }
+
+    /// The progress an attempt's guest reported last, if it runs here and reported any.
+    pub fn progress(&self, attempt: AttemptId) -> Option<f64> {
+        self.live.get(&attempt).and_then(|l| l.progress)
+    }
+
+    /// The progress of each job's running attempts, added up.
+    pub fn running_progress(&self) -> HashMap<u64, f64> {
+        let mut sums: HashMap<u64, f64> = HashMap::new();
+        for (attempt, live) in &self.live {
+            if let Some(p) = live.progress {
+                *sums.entry(attempt.task.job).or_default() += p;
+            }
+        }
+        sums
+    }
+
+    /// Why an attempt assigned here waits on its agent, if it does.
+    pub fn waiting(&self, attempt: AttemptId) -> Option<&str> {
+        self.live.get(&attempt).and_then(|l| l.waiting.as_deref())
+    }
+
+    /// The jobs with attempts running on agents connected here that are not known to be
+    /// cancelled: what another coordinator's cancel could concern.
+    pub fn running_jobs(&self) -> Vec<u64> {
+        let mut jobs: Vec<u64> = self
+            .agents
+            .values()
+            .flat_map(|a| a.running.iter().map(|at| at.task.job))
+            .filter(|j| !self.cancelled.contains(j))
+            .collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        jobs
+    }
+
+    /// How many tasks wait for placement or a backoff, and how many changes are in flight.
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.queued.len(), self.ops.len())
+    }
+
+    /// Why a job's pending tasks are waiting, in words for `lull status`.
+    pub fn waiting_reason(&self, spec: &JobSpec) -> String {
+        let agents: Vec<&Agent> = self
+            .agents
+            .values()
+            .filter(|a| a.cluster == spec.cluster)
+            .collect();
+        if agents.is_empty() {
+            return if spec.cluster == lull_protocol::job::DEFAULT_CLUSTER {
+                "no agent is connected".into()
+            } else {
+                format!("no agent of cluster {} is connected", spec.cluster)
+            };
+        }
+        let largest = agents
+            .iter()
+            .map(|a| a.capacity.max_task_memory)
+            .max()
+            .unwrap_or(0);
+        let constraints =
+            lull_protocol::constraint::parse_all(&spec.placement.constraints).unwrap_or_default();
+        if !agents
+            .iter()
+            .any(|a| constraints.iter().all(|c| c.holds(&a.capacity)))
+        {
+            return format!(
+                "no connected agent satisfies the constraints ({})",
+                spec.placement.constraints.join(", ")
+            );
+        }
+        if largest < spec.resources.memory {
+            return format!(
+                "no connected agent accepts tasks of {} (the largest cap is {})",
+                units::format_size(spec.resources.memory),
+                units::format_size(largest)
+            );
+        }
+        if !agents.iter().any(|a| a.accepting()) {
+            let mut why: Vec<String> = agents
+                .iter()
+                .map(|a| match a.draining {
+                    Some(_) => format!("{} draining", a.name),
+                    None => format!("{} {} ({})", a.name, a.status.state, a.status.reason),
+                })
+                .collect();
+            why.sort();
+            return format!("no agent is accepting work now: {}", why.join("; "));
+        }
+        "waiting for a free slot".into()
+    }
+
+    // ----- Inside -----
+
+    fn send(&mut self, agent: &str, conn: Conn, message: CoordinatorMessage) {
+        self.commands.push_back(Command::Send {
+            agent: agent.to_owned(),
+            conn,
+            message,
+        });
+    }
+
+    /// Sends to an agent if it is connected here.
+    fn send_to(&mut self, agent: &str, message: CoordinatorMessage) {
+        if let Some(conn) = self.agents.get(agent).map(|a| a.conn) {
+            self.send(agent, conn, message);
+        }
+    }
+
+    fn persist(&mut self, op: Op, change: Change) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        self.ops.insert(id, op);
+        self.commands.push_back(Command::Persist { op: id, change });
+        id
+    }
+
+    /// Places pending tasks on agents with room, each asking for its assignment.
+    fn place(&mut self) {
+        while let Some(p) = self.schedulers.poll_placement() {
+            self.queued.remove(&p.task);
+            self.persist(
+                Op::Assign {
+                    task: p.task,
+                    agent: p.agent.clone(),
+                },
+                Change::Assign {
+                    task: p.task,
+                    agent: p.agent,
+                },
+            );
+        }
+    }
+
+    fn assigned(&mut self, now: Instant, task: TaskId, agent: &str, outcome: Persisted) {
+        let (attempt, checkpoint) = match outcome {
+            Persisted::Assigned {
+                attempt,
+                checkpoint,
+            } => (attempt, checkpoint),
+            Persisted::Failed(e) => {
+                tracing::error!(%task, error = %e, "could not assign; will retry");
+                self.task_ended_in_scheduler(task);
+                self.queue_after(now + ASSIGN_RETRY, task);
+                return;
+            }
+            _ => {
+                // No longer pending (cancelled, or claimed elsewhere): the reservation goes back.
+                self.task_ended_in_scheduler(task);
+                return;
+            }
+        };
+        self.leases.grant(now, attempt, agent);
+        if self.cancelled.contains(&task.job) {
+            // Cancelled while the assignment was written: it never reaches the agent. The lease
+            // stays until that is recorded, so that a failure to record it is tried again.
+            self.lose(attempt, agent, Loss::CancelledBeforeStart);
+            return;
+        }
+        let Some(job) = self.jobs.get(&task.job).cloned() else {
+            tracing::error!(%attempt, "assigned a task of a job the core does not know");
+            return;
+        };
+        let Some(a) = self.agents.get_mut(agent) else {
+            // Gone since the placement; the lease runs out and requeues it.
+            tracing::debug!(%attempt, %agent, "agent left before assignment");
+            return;
+        };
+        a.running.insert(attempt);
+        let conn = a.conn;
+        self.live.insert(
+            attempt,
+            Live {
+                restoring: checkpoint.as_ref().map(|c| c.digest),
+                ..Live::default()
+            },
+        );
+        tracing::debug!(%attempt, %agent, "assigned");
+        self.send(
+            agent,
+            conn,
+            CoordinatorMessage::Assign(Box::new(Assignment {
+                attempt,
+                job: (*job).clone(),
+                checkpoint,
+            })),
+        );
+    }
+
+    fn result_recorded(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        agent: &str,
+        evicted: bool,
+        outcome: Persisted,
+    ) {
+        match outcome {
+            Persisted::Ended(state) => {
+                tracing::info!(%agent, %attempt, state = state.as_str(), "result recorded");
+                if state == TaskState::Pending && !evicted {
+                    // It failed and has attempts left: elsewhere, after a backoff.
+                    let wait = retry_backoff(self.config.retry_backoff, attempt.attempt);
+                    tracing::info!(%attempt, wait_ms = wait.as_millis() as u64, "task failed; retrying after a backoff");
+                    self.failed_on
+                        .entry(attempt.task)
+                        .or_default()
+                        .push(agent.to_owned());
+                    self.end_attempt(attempt, agent, state, Some(now + wait));
+                } else {
+                    self.end_attempt(attempt, agent, state, None);
+                }
+            }
+            Persisted::Failed(e) => {
+                tracing::error!(%attempt, error = %e, "could not record result; the agent resends it when it reconnects");
+                return;
+            }
+            _ => tracing::info!(%agent, %attempt, "late or duplicate result ignored"),
+        }
+        self.send_to(agent, CoordinatorMessage::ResultAck { attempt });
+    }
+
+    fn loss_recorded(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        agent: &str,
+        loss: Loss,
+        outcome: Persisted,
+    ) {
+        let state = match outcome {
+            Persisted::Ended(state) => state,
+            Persisted::Failed(e) => {
+                if loss == Loss::Expired {
+                    // The store did not take the loss (disk full, database restarting): the
+                    // lease comes back for a moment, so the loss is recorded as soon as the
+                    // store answers and the task does not stay running for good.
+                    tracing::error!(%attempt, error = %e, "could not requeue a lost attempt; trying again shortly");
+                    self.leases.grant_for(now, attempt, agent, LOST_RETRY);
+                } else {
+                    // The store still says what it said; the next look tries again.
+                    tracing::error!(%attempt, error = %e, "could not record a lost attempt");
+                }
+                return;
+            }
+            _ => return,
+        };
+        if matches!(loss, Loss::Expired | Loss::ExpiredElsewhere) {
+            if let Some(a) = self.agents.get_mut(agent) {
+                // An agent that let a lease run out is silent, maybe gone with its connection
+                // not yet timed out: no new work until it reports again.
+                a.silent = true;
+                let conn = a.conn;
+                self.send(
+                    agent,
+                    conn,
+                    CoordinatorMessage::Cancel {
+                        attempt,
+                        reason: "its lease expired".into(),
+                    },
+                );
+            }
+            self.refresh_accepting(agent);
+            // The retry goes elsewhere when it can.
+            self.failed_on
+                .entry(attempt.task)
+                .or_default()
+                .push(agent.to_owned());
+        }
+        self.end_attempt(attempt, agent, state, None);
+    }
+
+    /// Asks for an attempt to be ended as lost.
+    fn lose(&mut self, attempt: AttemptId, agent: &str, loss: Loss) {
+        let next =
+            if loss == Loss::CancelledBeforeStart || self.cancelled.contains(&attempt.task.job) {
+                TaskState::Cancelled
+            } else {
+                match self.jobs.get(&attempt.task.job) {
+                    Some(job) if attempt.attempt >= job.max_attempts => TaskState::Failed,
+                    // A job this coordinator does not know (submitted through another one) is
+                    // given another attempt; its next placement loads it.
+                    _ => TaskState::Pending,
+                }
+            };
+        self.persist(
+            Op::Lost {
+                attempt,
+                agent: agent.to_owned(),
+                loss,
+            },
+            Change::End(Ending {
+                attempt,
+                holder: None,
+                outcome: loss.outcome().to_owned(),
+                result: None,
+                next,
+            }),
+        );
+    }
+
+    /// Ends an attempt in the live state; a task back to pending is queued at once, or at
+    /// `retry_at`.
+    fn end_attempt(
+        &mut self,
+        attempt: AttemptId,
+        agent: &str,
+        state: TaskState,
+        retry_at: Option<Instant>,
+    ) {
+        self.leases.release(&attempt);
+        self.live.remove(&attempt);
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.running.remove(&attempt);
+        }
+        self.task_ended_in_scheduler(attempt.task);
+        match (state, retry_at) {
+            (TaskState::Pending, Some(at)) => self.queue_after(at, attempt.task),
+            (TaskState::Pending, None) => self.queue(attempt.task),
+            _ => {
+                self.failed_on.remove(&attempt.task);
+            }
+        }
+    }
+
+    fn task_ended_in_scheduler(&mut self, task: TaskId) {
+        if let Some(s) = self.job_scheduler(task.job) {
+            s.task_ended(task);
+        }
+    }
+
+    /// Queues a task at `at`; counted as queued while it waits, so that nothing queues it
+    /// sooner.
+    fn queue_after(&mut self, at: Instant, task: TaskId) {
+        if self.queued.insert(task) {
+            self.delayed.push(Reverse((at, task)));
+        }
+    }
+
+    /// Queues a task for placement, away from the agents it failed on.
+    fn queue(&mut self, task: TaskId) {
+        if self.cancelled.contains(&task.job) || !self.queued.insert(task) {
+            return;
+        }
+        if self.ensure_job(task.job) {
+            let avoid = self.failed_on.get(&task).cloned();
+            if let Some(s) = self.job_scheduler(task.job) {
+                s.task_queued(task);
+                if let Some(agents) = avoid {
+                    s.avoid(task, agents);
+                }
+            }
+        } else {
+            self.queued.remove(&task);
+        }
+    }
+
+    /// Makes sure the scheduler knows the job (it forgets jobs with nothing waiting or
+    /// running); `false` when the core does not know it either.
+    fn ensure_job(&mut self, job: u64) -> bool {
+        let Some(spec) = self.jobs.get(&job).cloned() else {
+            return false;
+        };
+        let scheduler = self.schedulers.get(&spec.cluster);
+        if scheduler.has_job(job) {
+            return true;
+        }
+        match JobPlacement::of(&spec) {
+            Ok(placement) => {
+                scheduler.add_job(job, placement, spec.modules.len());
+                true
+            }
+            Err(e) => {
+                tracing::error!(job, error = %e, "the job's placement cannot be read; its tasks wait");
+                false
+            }
+        }
+    }
+
+    fn job_scheduler(&mut self, job: u64) -> Option<&mut Scheduler> {
+        let cluster = self.jobs.get(&job)?.cluster.clone();
+        Some(self.schedulers.get(&cluster))
+    }
+
+    /// Tells the agent's cluster scheduler whether the agent takes work now.
+    fn refresh_accepting(&mut self, agent: &str) {
+        if let Some(a) = self.agents.get(agent) {
+            let accepting = a.accepting();
+            self.schedulers
+                .get(&a.cluster)
+                .agent_accepting(agent, accepting);
+        }
+    }
+}
+
+/// How long a task waits before its next attempt after its `attempt`-th failed: `base`,
+/// doubling with each failure, at most [`MAX_BACKOFF`].
+pub fn retry_backoff(base: Duration, attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// The eviction of a drained agent's attempt, with what is left of the drain's deadline at
+/// `now_ms`.
+fn drain_eviction(attempt: AttemptId, deadline_ms: i64, now_ms: i64) -> CoordinatorMessage {
+    CoordinatorMessage::Evict {
+        attempt,
+        reason: "the agent is being drained".into(),
+        grace_ms: u64::try_from(deadline_ms.saturating_sub(now_ms)).unwrap_or(0),
+    }
+}
+
+fn not_assigned(attempt: AttemptId) -> CoordinatorMessage {
+    CoordinatorMessage::Cancel {
+        attempt,
+        reason: "the attempt is no longer assigned to this agent".into(),
+    }
+}
+
+/// The first evicted module's reason in a result, if any module was evicted.
+pub fn eviction_reason(result: &TaskResult) -> Option<&str> {
+    result.modules.iter().find_map(|m| match &m.outcome {
+        Outcome::Evicted { reason } => Some(reason.as_str()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_backoff_doubles_up_to_a_minute() {
+        let base = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=8).map(|a| retry_backoff(base, a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(retry_backoff(base, 0), base);
+        assert_eq!(retry_backoff(base, u32::MAX), Duration::from_secs(60));
+        assert_eq!(retry_backoff(Duration::ZERO, 5), Duration::ZERO);
+    }
+}

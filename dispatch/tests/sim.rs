@@ -1,0 +1,979 @@
+//! The dispatch core driven by simulation: a store with the real store's rules, agents that run
+//! tasks for a while, report, fail, go silent, reconnect and send results twice, and time that
+//! passes only when the simulation says so. Thousands of agents and tasks run in simulated
+//! minutes, in milliseconds of real time.
+#![allow(clippy::disallowed_methods)] // The simulation's start is the one real clock reading.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lull_dispatch::{
+    Change, Command, Config, Conn, Dispatch, Ending, Hello, OpId, Persisted, Report, TaskState,
+};
+use lull_protocol::Digest;
+use lull_protocol::job::{JobSpec, ModuleSpec, Placement, Resources};
+use lull_protocol::message::{
+    AgentStatus, AttemptId, Capacity, CoordinatorMessage, ModuleResult, Outcome, TaskId, TaskResult,
+};
+
+const LEASE: Duration = Duration::from_secs(30);
+const REPORT: Duration = Duration::from_secs(1);
+const BACKOFF: Duration = Duration::from_secs(1);
+/// The time the simulation advances in one step.
+const STEP: Duration = Duration::from_millis(50);
+
+/// A task's row in the simulated store.
+#[derive(Debug, Clone)]
+struct Row {
+    state: TaskState,
+    attempt: u32,
+    agent: Option<String>,
+    /// Every attempt's outcome, in order.
+    outcomes: Vec<String>,
+}
+
+/// A store with the rules of the real one: an assignment only of a pending task, an ending only
+/// of the current attempt (from its holder, when one is named), a late success taken while the
+/// task waits, and a cancelled job's task never back to pending.
+#[derive(Debug, Default)]
+struct Store {
+    tasks: BTreeMap<TaskId, Row>,
+    cancelled: HashSet<u64>,
+    /// While set, every change fails.
+    failing: bool,
+    /// Changes persisted.
+    writes: u64,
+}
+
+impl Store {
+    fn apply(&mut self, change: &Change) -> Persisted {
+        if self.failing {
+            return Persisted::Failed("the disk is full".into());
+        }
+        self.writes += 1;
+        match change {
+            Change::Assign { task, agent } => {
+                let row = self.tasks.get_mut(task).expect("a stored task");
+                if row.state != TaskState::Pending {
+                    return Persisted::NotPending;
+                }
+                row.state = TaskState::Running;
+                row.attempt += 1;
+                row.agent = Some(agent.clone());
+                Persisted::Assigned {
+                    attempt: AttemptId {
+                        task: *task,
+                        attempt: row.attempt,
+                    },
+                    checkpoint: None,
+                }
+            }
+            Change::Start { .. } => Persisted::Done,
+            Change::End(Ending {
+                attempt,
+                holder,
+                outcome,
+                result,
+                next,
+            }) => {
+                let cancelled = self.cancelled.contains(&attempt.task.job);
+                let row = self.tasks.get_mut(&attempt.task).expect("a stored task");
+                let late_success = result.is_some() && *next == TaskState::Succeeded;
+                let current = row.attempt == attempt.attempt
+                    && (row.state == TaskState::Running
+                        || (row.state == TaskState::Pending && late_success));
+                if !current
+                    || holder
+                        .as_ref()
+                        .is_some_and(|h| row.agent.as_ref() != Some(h))
+                {
+                    return Persisted::Stale;
+                }
+                row.state = match next {
+                    TaskState::Pending if cancelled => TaskState::Cancelled,
+                    next => *next,
+                };
+                row.outcomes.push(outcome.clone());
+                Persisted::Ended(row.state)
+            }
+        }
+    }
+
+    fn count(&self, state: TaskState) -> usize {
+        self.tasks.values().filter(|r| r.state == state).count()
+    }
+}
+
+/// How a simulated agent behaves.
+#[derive(Debug, Clone)]
+struct Behaviour {
+    /// How long its tasks take.
+    task_time: Duration,
+    /// Whether its tasks fail (exit 1).
+    fails: bool,
+    /// Whether it sends each result twice.
+    duplicates: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            task_time: Duration::from_secs(2),
+            fails: false,
+            duplicates: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Agent {
+    conn: Option<Conn>,
+    slots: u32,
+    behaviour: Behaviour,
+    /// Attempts it runs: when they end, and whether they are evicted then.
+    running: BTreeMap<AttemptId, (Instant, bool)>,
+    /// Whether it says nothing (frozen, or cut off by the network) while staying connected.
+    silent: bool,
+    next_report: Instant,
+    /// Every message it was sent.
+    inbox: Vec<CoordinatorMessage>,
+}
+
+/// The simulation.
+struct Sim {
+    core: Dispatch,
+    store: Store,
+    agents: BTreeMap<String, Agent>,
+    jobs: HashMap<u64, Arc<JobSpec>>,
+    start: Instant,
+    now: Instant,
+    /// Changes waiting to be persisted, each with when its write completes.
+    persisting: VecDeque<(Instant, OpId, Change)>,
+    /// How long a write takes.
+    write_time: Duration,
+    next_job: u64,
+    /// Attempts assigned, in order.
+    assigned: Vec<(AttemptId, String)>,
+}
+
+fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
+    JobSpec {
+        cluster: "default".into(),
+        name: "sim".into(),
+        count,
+        modules: vec![ModuleSpec {
+            name: "m".into(),
+            digest: Digest::of(b"m"),
+            size: 1,
+            signature: None,
+            args: vec![],
+            env: Default::default(),
+            stdin: None,
+            inputs: vec![],
+        }],
+        resources: Resources {
+            memory: 1 << 20,
+            timeout_ms: 60_000,
+            cpu_millis: 1000,
+        },
+        placement: Placement::default(),
+        max_attempts,
+    }
+}
+
+fn result(attempt: AttemptId, outcome: Outcome) -> TaskResult {
+    TaskResult {
+        attempt,
+        modules: vec![ModuleResult {
+            name: "m".into(),
+            outcome,
+            stdout: None,
+            stderr: None,
+        }],
+        outputs: vec![],
+        elapsed_ms: 1,
+        outputs_truncated: false,
+    }
+}
+
+impl Sim {
+    fn new() -> Self {
+        let start = Instant::now();
+        Self {
+            core: Dispatch::new(Config {
+                lease: LEASE,
+                report_interval: REPORT,
+                retry_backoff: BACKOFF,
+                seed: 7,
+            }),
+            store: Store::default(),
+            agents: BTreeMap::new(),
+            jobs: HashMap::new(),
+            start,
+            now: start,
+            persisting: VecDeque::new(),
+            write_time: Duration::from_millis(5),
+            next_job: 1,
+            assigned: Vec::new(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn capacity(slots: u32) -> Capacity {
+        Capacity {
+            cores: slots,
+            memory_total: 16 << 30,
+            memory_available: 8 << 30,
+            slots,
+            max_task_memory: 1 << 30,
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            ..Capacity::default()
+        }
+    }
+
+    /// Connects an agent (again, if it was): its hello lists what it runs.
+    fn connect(&mut self, id: &str, slots: u32, behaviour: Behaviour) {
+        let running = self
+            .agents
+            .get(id)
+            .map(|a| a.running.keys().copied().collect())
+            .unwrap_or_default();
+        let conn = self.core.handle_hello(
+            self.now,
+            0,
+            Hello {
+                agent: id.into(),
+                name: id.into(),
+                capacity: Self::capacity(slots),
+                status: AgentStatus::default(),
+                running,
+                compiled: vec![],
+                cluster: "default".into(),
+                draining: None,
+            },
+        );
+        let now = self.now;
+        let agent = self.agents.entry(id.to_owned()).or_insert_with(|| Agent {
+            conn: None,
+            slots,
+            behaviour: behaviour.clone(),
+            running: BTreeMap::new(),
+            silent: false,
+            next_report: now,
+            inbox: Vec::new(),
+        });
+        agent.conn = Some(conn);
+        agent.silent = false;
+        agent.behaviour = behaviour;
+        agent.next_report = now + REPORT;
+        self.drive();
+    }
+
+    fn disconnect(&mut self, id: &str) {
+        let conn = self.agents.get_mut(id).and_then(|a| a.conn.take());
+        if let Some(conn) = conn {
+            self.core.handle_disconnected(id, conn);
+        }
+        self.drive();
+    }
+
+    fn submit(&mut self, count: u32, max_attempts: u32) -> u64 {
+        let job = self.next_job;
+        self.next_job += 1;
+        for index in 0..count {
+            self.store.tasks.insert(
+                TaskId { job, index },
+                Row {
+                    state: TaskState::Pending,
+                    attempt: 0,
+                    agent: None,
+                    outcomes: vec![],
+                },
+            );
+        }
+        let spec = Arc::new(job_spec(count, max_attempts));
+        self.jobs.insert(job, spec.clone());
+        self.core.handle_submitted(job, spec);
+        self.drive();
+        job
+    }
+
+    fn cancel(&mut self, job: u64) {
+        self.store.cancelled.insert(job);
+        for (t, row) in self.store.tasks.iter_mut() {
+            if t.job == job && row.state == TaskState::Pending {
+                row.state = TaskState::Cancelled;
+            }
+        }
+        self.core.handle_cancelled(job);
+        self.drive();
+    }
+
+    /// Carries out the core's commands.
+    fn drive(&mut self) {
+        while let Some(command) = self.core.poll_command() {
+            match command {
+                Command::Send {
+                    agent,
+                    conn,
+                    message,
+                } => {
+                    let a = self.agents.get_mut(&agent).expect("a known agent");
+                    if a.conn != Some(conn) {
+                        continue;
+                    }
+                    match &message {
+                        CoordinatorMessage::Assign(assignment) => {
+                            let done = self.now + a.behaviour.task_time;
+                            a.running.insert(assignment.attempt, (done, false));
+                            self.assigned.push((assignment.attempt, agent.clone()));
+                        }
+                        CoordinatorMessage::Cancel { attempt, .. } => {
+                            a.running.remove(attempt);
+                        }
+                        CoordinatorMessage::Evict {
+                            attempt, grace_ms, ..
+                        } => {
+                            let by = self.now + Duration::from_millis(*grace_ms);
+                            if let Some((done, evicted)) = a.running.get_mut(attempt)
+                                && by < *done
+                            {
+                                *done = by;
+                                *evicted = true;
+                            }
+                        }
+                        _ => {}
+                    }
+                    a.inbox.push(message);
+                }
+                Command::Close { agent, conn } => {
+                    let a = self.agents.get_mut(&agent).expect("a known agent");
+                    if a.conn == Some(conn) {
+                        a.conn = None;
+                    }
+                }
+                Command::Persist { op, change } => {
+                    self.persisting
+                        .push_back((self.now + self.write_time, op, change));
+                }
+            }
+        }
+    }
+
+    /// Advances time by `d`, in steps.
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Runs until `done` holds, at most `limit` of simulated time; panics past it.
+    fn run_until(&mut self, limit: Duration, what: &str, done: impl Fn(&Sim) -> bool) {
+        let end = self.now + limit;
+        while !done(self) {
+            assert!(
+                self.now < end,
+                "{what}: not done after {:?} (store: {} pending, {} running, {} succeeded, {} failed)",
+                limit,
+                self.store.count(TaskState::Pending),
+                self.store.count(TaskState::Running),
+                self.store.count(TaskState::Succeeded),
+                self.store.count(TaskState::Failed),
+            );
+            self.step();
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += STEP;
+        let now = self.now;
+        // Writes that completed.
+        while self.persisting.front().is_some_and(|(at, _, _)| *at <= now) {
+            let (_, op, change) = self.persisting.pop_front().expect("a write");
+            let outcome = self.store.apply(&change);
+            self.core.handle_persisted(now, op, outcome);
+            self.drive();
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+            self.drive();
+        }
+        let ids: Vec<String> = self.agents.keys().cloned().collect();
+        for id in ids {
+            let a = self.agents.get_mut(&id).expect("agent");
+            if a.conn.is_none() || a.silent {
+                continue;
+            }
+            let finished: Vec<(AttemptId, bool)> = a
+                .running
+                .iter()
+                .filter(|(_, (done, _))| *done <= now)
+                .map(|(at, (_, evicted))| (*at, *evicted))
+                .collect();
+            let behaviour = a.behaviour.clone();
+            for (attempt, evicted) in finished {
+                self.agents
+                    .get_mut(&id)
+                    .expect("agent")
+                    .running
+                    .remove(&attempt);
+                let outcome = if evicted {
+                    Outcome::Evicted {
+                        reason: "the agent is being drained".into(),
+                    }
+                } else {
+                    Outcome::Exited {
+                        code: i32::from(behaviour.fails),
+                    }
+                };
+                let r = result(attempt, outcome);
+                let job = self.jobs[&attempt.task.job].clone();
+                self.core.handle_result(&id, r.clone(), &job);
+                if behaviour.duplicates {
+                    self.core.handle_result(&id, r, &job);
+                }
+                self.drive();
+            }
+            let a = self.agents.get_mut(&id).expect("agent");
+            if a.next_report <= now {
+                a.next_report = now + REPORT;
+                let report = Report {
+                    capacity: Self::capacity(a.slots),
+                    running: a.running.keys().copied().collect(),
+                    status: AgentStatus::default(),
+                    progress: vec![],
+                };
+                self.core.handle_report(now, &id, report);
+                self.drive();
+            }
+        }
+    }
+
+    fn row(&self, task: TaskId) -> &Row {
+        &self.store.tasks[&task]
+    }
+
+    fn job_done(&self, job: u64) -> bool {
+        self.store
+            .tasks
+            .iter()
+            .filter(|(t, _)| t.job == job)
+            .all(|(_, r)| r.state.is_final())
+    }
+
+    /// No attempt is held by two agents, and each agent's running attempts fit its slots.
+    fn check_invariants(&self) {
+        for (id, a) in &self.agents {
+            assert!(
+                a.running.len() <= a.slots as usize,
+                "agent {id} runs {} attempts in {} slots",
+                a.running.len(),
+                a.slots
+            );
+        }
+        let mut seen = HashMap::new();
+        for (id, a) in &self.agents {
+            for attempt in a.running.keys() {
+                if let Some(other) = seen.insert(attempt.task, id) {
+                    let row = self.row(attempt.task);
+                    // A task runs twice only while one of the two was lost and not yet told.
+                    assert!(
+                        row.outcomes.iter().any(|o| o.starts_with("lost")),
+                        "task {} runs on {other} and {id}",
+                        attempt.task
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn fast(task_time: Duration) -> Behaviour {
+    Behaviour {
+        task_time,
+        ..Behaviour::default()
+    }
+}
+
+#[test]
+fn thousands_of_agents_run_tens_of_thousands_of_tasks_each_once() {
+    let started = Instant::now();
+    let mut sim = Sim::new();
+    for i in 0..2_000 {
+        sim.connect(&format!("agent-{i:04}"), 4, fast(Duration::from_secs(3)));
+    }
+    let jobs: Vec<u64> = (0..4).map(|_| sim.submit(10_000, 3)).collect();
+    sim.run_until(Duration::from_secs(120), "every task done", |s| {
+        jobs.iter().all(|j| s.job_done(*j))
+    });
+    sim.check_invariants();
+    assert_eq!(sim.store.count(TaskState::Succeeded), 40_000);
+    // Each task ran once: one assignment each, no loss, no retry.
+    assert_eq!(sim.assigned.len(), 40_000);
+    assert!(sim.store.tasks.values().all(|r| r.attempt == 1));
+    // 40,000 tasks on 8,000 slots of 3 s each: five rounds, with the writes in between.
+    assert!(
+        sim.elapsed() < Duration::from_secs(30),
+        "took {:?} of simulated time",
+        sim.elapsed()
+    );
+    assert_eq!(sim.core.backlog(), (0, 0), "nothing queued or in flight");
+    eprintln!(
+        "40,000 tasks on 2,000 agents: {:?} simulated in {:?}",
+        sim.elapsed(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_silent_agent_loses_its_attempt_after_the_lease_and_gets_no_new_work() {
+    let mut sim = Sim::new();
+    sim.connect("frozen", 1, fast(Duration::from_secs(100)));
+    let job = sim.submit(1, 3);
+    let task = TaskId { job, index: 0 };
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.row(task).state, TaskState::Running);
+    sim.connect("spare", 1, fast(Duration::from_secs(1)));
+    sim.agents.get_mut("frozen").unwrap().silent = true;
+    // Within the lease nothing happens...
+    sim.run_for(LEASE - Duration::from_secs(2));
+    assert_eq!(sim.row(task).attempt, 1);
+    // ...past it the attempt is lost and the task runs elsewhere, and succeeds.
+    sim.run_until(Duration::from_secs(10), "the task to succeed", |s| {
+        s.row(task).state == TaskState::Succeeded
+    });
+    let row = sim.row(task);
+    assert_eq!(row.attempt, 2);
+    assert_eq!(row.outcomes[0], "lost: the agent stopped reporting");
+    assert_eq!(row.agent.as_deref(), Some("spare"));
+    // The frozen agent was told, and gets nothing new until it reports again.
+    let told = sim.agents["frozen"].inbox.iter().any(
+        |m| matches!(m, CoordinatorMessage::Cancel { reason, .. } if reason == "its lease expired"),
+    );
+    assert!(told);
+    let job2 = sim.submit(3, 3);
+    sim.run_until(Duration::from_secs(20), "the second job", |s| {
+        s.job_done(job2)
+    });
+    assert!(
+        sim.assigned
+            .iter()
+            .filter(|(a, _)| a.task.job == job2)
+            .all(|(_, agent)| agent == "spare"),
+        "a silent agent gets no work"
+    );
+}
+
+#[test]
+fn a_late_success_of_a_lost_attempt_counts_but_a_late_failure_does_not() {
+    let mut sim = Sim::new();
+    sim.connect("slow", 1, fast(Duration::from_secs(40)));
+    let job = sim.submit(2, 3);
+    let (t0, t1) = (TaskId { job, index: 0 }, TaskId { job, index: 1 });
+    sim.run_for(Duration::from_secs(1));
+    let first = sim.assigned[0].0;
+    // The agent freezes past its lease; nobody else can take the task meanwhile.
+    sim.agents.get_mut("slow").unwrap().silent = true;
+    sim.run_for(LEASE + Duration::from_secs(2));
+    assert_eq!(sim.row(first.task).state, TaskState::Pending);
+    // It thaws and sends its success: the work is done, taken while the task waits.
+    let spec = sim.jobs[&job].clone();
+    sim.core
+        .handle_result("slow", result(first, Outcome::Exited { code: 0 }), &spec);
+    sim.drive();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.row(first.task).state, TaskState::Succeeded);
+    // A late failure of a lost attempt is not taken: the task still has its retry.
+    let other = if first.task == t0 { t1 } else { t0 };
+    sim.agents.get_mut("slow").unwrap().silent = false;
+    sim.agents.get_mut("slow").unwrap().running.clear();
+    sim.run_until(Duration::from_secs(5), "the other task to start", |s| {
+        s.row(other).state == TaskState::Running
+    });
+    let attempt = AttemptId {
+        task: other,
+        attempt: sim.row(other).attempt,
+    };
+    sim.agents.get_mut("slow").unwrap().silent = true;
+    sim.run_for(LEASE + Duration::from_secs(2));
+    assert_eq!(sim.row(other).state, TaskState::Pending);
+    sim.core
+        .handle_result("slow", result(attempt, Outcome::Exited { code: 1 }), &spec);
+    sim.drive();
+    sim.run_for(Duration::from_millis(100));
+    let row = sim.row(other);
+    assert_eq!(row.state, TaskState::Pending, "{row:?}");
+    assert_eq!(row.outcomes, ["lost: the agent stopped reporting"]);
+    // Both results were acknowledged: the agent stops resending them.
+    let acks = sim.agents["slow"]
+        .inbox
+        .iter()
+        .filter(|m| matches!(m, CoordinatorMessage::ResultAck { .. }))
+        .count();
+    assert_eq!(acks, 2);
+}
+
+#[test]
+fn duplicate_results_are_recorded_once_and_each_acknowledged() {
+    let mut sim = Sim::new();
+    sim.connect(
+        "echo",
+        2,
+        Behaviour {
+            duplicates: true,
+            ..fast(Duration::from_secs(1))
+        },
+    );
+    let job = sim.submit(10, 3);
+    sim.run_until(Duration::from_secs(30), "the job", |s| s.job_done(job));
+    assert_eq!(sim.store.count(TaskState::Succeeded), 10);
+    assert!(
+        sim.store
+            .tasks
+            .values()
+            .all(|r| r.outcomes == ["succeeded"])
+    );
+    let acks = sim.agents["echo"]
+        .inbox
+        .iter()
+        .filter(|m| matches!(m, CoordinatorMessage::ResultAck { .. }))
+        .count();
+    assert_eq!(acks, 20);
+}
+
+#[test]
+fn an_agent_that_reconnects_within_its_lease_keeps_its_attempts_and_one_that_is_late_does_not() {
+    let mut sim = Sim::new();
+    sim.connect("roamer", 2, fast(Duration::from_secs(60)));
+    let job = sim.submit(2, 3);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.store.count(TaskState::Running), 2);
+    // Away for less than a lease: it says what it runs, and keeps it.
+    sim.disconnect("roamer");
+    sim.run_for(Duration::from_secs(10));
+    sim.connect("roamer", 2, fast(Duration::from_secs(60)));
+    sim.run_for(LEASE);
+    assert!(
+        sim.store
+            .tasks
+            .values()
+            .all(|r| r.attempt == 1 && r.state == TaskState::Running)
+    );
+    // Away for longer: its attempts are lost, and when it comes back it is told to stop them.
+    sim.disconnect("roamer");
+    sim.run_for(LEASE + Duration::from_secs(2));
+    assert_eq!(
+        sim.store.count(TaskState::Pending),
+        2,
+        "requeued, with no agent to run them"
+    );
+    let before = sim.agents["roamer"].inbox.len();
+    let stale: Vec<AttemptId> = sim.agents["roamer"].running.keys().copied().collect();
+    sim.connect("roamer", 2, fast(Duration::from_secs(1)));
+    let told: Vec<AttemptId> = sim.agents["roamer"].inbox[before..]
+        .iter()
+        .filter_map(|m| match m {
+            CoordinatorMessage::Cancel { attempt, reason } if reason.contains("no longer") => {
+                Some(*attempt)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, stale);
+    sim.run_until(Duration::from_secs(30), "the job", |s| s.job_done(job));
+    assert!(sim.store.tasks.values().all(|r| r.attempt == 2
+        && r.outcomes[0] == "lost: the agent stopped reporting"
+        && r.state == TaskState::Succeeded));
+}
+
+#[test]
+fn a_drained_agent_is_evicted_at_the_deadline_and_its_tasks_run_elsewhere_at_no_cost() {
+    let mut sim = Sim::new();
+    sim.connect("leaving", 2, fast(Duration::from_secs(600)));
+    // One attempt only: an eviction must not spend it.
+    let job = sim.submit(2, 1);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.store.count(TaskState::Running), 2);
+    sim.connect("staying", 2, fast(Duration::from_secs(5)));
+    let deadline_ms = 20_000;
+    assert_eq!(
+        sim.core.handle_drain(0, "leaving", Some(deadline_ms)),
+        Some(2)
+    );
+    sim.drive();
+    let graces: Vec<u64> = sim.agents["leaving"]
+        .inbox
+        .iter()
+        .filter_map(|m| match m {
+            CoordinatorMessage::Evict { grace_ms, .. } => Some(*grace_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(graces, [20_000, 20_000]);
+    // Evicted at the deadline, requeued at once onto the other agent, and done there.
+    sim.run_until(Duration::from_secs(40), "the job", |s| s.job_done(job));
+    assert!(
+        sim.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        sim.elapsed()
+    );
+    for row in sim.store.tasks.values() {
+        assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+        assert_eq!(row.agent.as_deref(), Some("staying"));
+        assert_eq!(
+            row.outcomes[0],
+            "module m: evicted: the agent is being drained"
+        );
+    }
+    // Drained, it takes nothing new; undrained, it does.
+    let job2 = sim.submit(4, 1);
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        sim.assigned
+            .iter()
+            .all(|(a, agent)| a.task.job != job2 || agent == "staying")
+    );
+    sim.core.handle_drain(0, "leaving", None);
+    sim.drive();
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        sim.assigned
+            .iter()
+            .any(|(a, agent)| a.task.job == job2 && agent == "leaving")
+    );
+}
+
+#[test]
+fn a_failing_task_retries_after_growing_backoffs_on_other_agents_until_its_attempts_run_out() {
+    let mut sim = Sim::new();
+    let failing = Behaviour {
+        fails: true,
+        ..fast(Duration::from_secs(1))
+    };
+    for id in ["a", "b", "c", "d"] {
+        sim.connect(id, 1, failing.clone());
+    }
+    let job = sim.submit(1, 4);
+    let task = TaskId { job, index: 0 };
+    sim.run_until(Duration::from_secs(60), "the task to fail", |s| {
+        s.row(task).state == TaskState::Failed
+    });
+    let starts: Vec<&String> = sim
+        .assigned
+        .iter()
+        .filter(|(attempt, _)| attempt.task == task)
+        .map(|(_, agent)| agent)
+        .collect();
+    assert_eq!(starts.len(), 4, "four attempts: {starts:?}");
+    let distinct: HashSet<&&String> = starts.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "each retry avoids the agents it failed on: {starts:?}"
+    );
+    let row = sim.row(task);
+    assert_eq!(row.outcomes.len(), 4);
+    assert!(
+        row.outcomes
+            .iter()
+            .all(|o| o == "module m: exited with code 1")
+    );
+    // 1 s runs, then 1 s, 2 s and 4 s of backoff between them, and the writes.
+    let took = sim.elapsed();
+    assert!(
+        took >= Duration::from_secs(11) && took < Duration::from_secs(13),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn a_job_cancelled_while_its_assignment_is_written_never_reaches_the_agent() {
+    let mut sim = Sim::new();
+    sim.write_time = Duration::from_millis(500);
+    sim.connect("a", 1, fast(Duration::from_secs(5)));
+    let job = sim.submit(1, 3);
+    // The assignment is being written...
+    assert_eq!(sim.persisting.len(), 1);
+    sim.run_for(Duration::from_millis(100));
+    // ...when the job is cancelled: the store's cancel runs first, and the assignment then
+    // finds the task no longer pending.
+    sim.cancel(job);
+    sim.run_for(Duration::from_secs(2));
+    assert!(
+        !sim.agents["a"]
+            .inbox
+            .iter()
+            .any(|m| matches!(m, CoordinatorMessage::Assign(_)))
+    );
+    assert_eq!(
+        sim.row(TaskId { job, index: 0 }).state,
+        TaskState::Cancelled
+    );
+    assert!(sim.row(TaskId { job, index: 0 }).outcomes.is_empty());
+
+    // The other order: the assignment is written first, then the cancel, which reaches the
+    // core before the assignment's outcome does.
+    let job = sim.submit(1, 3);
+    let task = TaskId { job, index: 0 };
+    let (_, op, change) = sim
+        .persisting
+        .pop_front()
+        .expect("the assignment being written");
+    let outcome = sim.store.apply(&change);
+    assert!(matches!(outcome, Persisted::Assigned { .. }));
+    sim.cancel(job);
+    sim.core.handle_persisted(sim.now, op, outcome);
+    sim.drive();
+    sim.run_for(Duration::from_secs(2));
+    assert!(
+        !sim.agents["a"]
+            .inbox
+            .iter()
+            .any(|m| matches!(m, CoordinatorMessage::Assign(a) if a.attempt.task == task)),
+        "a cancelled job's assignment is not sent"
+    );
+    let row = sim.row(task);
+    assert_eq!(row.state, TaskState::Cancelled, "{row:?}");
+    assert_eq!(row.outcomes, ["cancelled before it started"]);
+}
+
+#[test]
+fn a_cancel_stops_running_attempts_and_nothing_of_the_job_runs_again() {
+    let mut sim = Sim::new();
+    for i in 0..3 {
+        sim.connect(&format!("a{i}"), 2, fast(Duration::from_secs(10)));
+    }
+    let job = sim.submit(20, 3);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.store.count(TaskState::Running), 6);
+    sim.cancel(job);
+    let stops: usize = sim
+        .agents
+        .values()
+        .map(|a| {
+            a.inbox
+                .iter()
+                .filter(|m| matches!(m, CoordinatorMessage::Cancel { reason, .. } if reason == "the job was cancelled"))
+                .count()
+        })
+        .sum();
+    assert_eq!(stops, 6);
+    // The agents stop them and say so with a cancelled result.
+    for a in sim.agents.values_mut() {
+        a.running.clear();
+    }
+    let running: Vec<AttemptId> = sim.assigned.iter().map(|(a, _)| *a).collect();
+    let spec = sim.jobs[&job].clone();
+    for (attempt, agent) in sim.assigned.clone() {
+        sim.core.handle_result(
+            &agent,
+            result(
+                attempt,
+                Outcome::Cancelled {
+                    reason: "the job was cancelled".into(),
+                },
+            ),
+            &spec,
+        );
+    }
+    sim.drive();
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(
+        sim.assigned.len(),
+        running.len(),
+        "nothing of it is assigned again"
+    );
+    assert_eq!(sim.store.count(TaskState::Cancelled), 20);
+    assert_eq!(sim.core.backlog(), (0, 0));
+}
+
+#[test]
+fn a_loss_the_store_cannot_record_is_tried_again_until_it_can() {
+    let mut sim = Sim::new();
+    sim.connect("gone", 1, fast(Duration::from_secs(100)));
+    let job = sim.submit(1, 3);
+    let task = TaskId { job, index: 0 };
+    sim.run_for(Duration::from_secs(1));
+    sim.agents.get_mut("gone").unwrap().silent = true;
+    sim.store.failing = true;
+    sim.run_for(LEASE + Duration::from_secs(5));
+    // Still running in the store; the lease is back, so the loss is tried every second.
+    assert_eq!(sim.row(task).state, TaskState::Running);
+    let attempt = AttemptId { task, attempt: 1 };
+    assert_eq!(sim.core.holder(attempt), Some("gone"));
+    sim.store.failing = false;
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        sim.row(task).outcomes,
+        ["lost: the agent stopped reporting"]
+    );
+    assert_eq!(sim.core.holder(attempt), None);
+}
+
+#[test]
+fn a_revoked_agent_is_refused_and_its_attempts_go_back_to_pending() {
+    let mut sim = Sim::new();
+    sim.connect("doomed", 2, fast(Duration::from_secs(100)));
+    let job = sim.submit(2, 3);
+    sim.run_for(Duration::from_secs(1));
+    sim.connect("spare", 2, fast(Duration::from_secs(1)));
+    assert_eq!(sim.core.handle_revoked("doomed"), 2);
+    sim.drive();
+    let inbox = &sim.agents["doomed"].inbox;
+    assert!(matches!(
+        inbox.last(),
+        Some(CoordinatorMessage::Refused { reason }) if reason == "agent doomed was revoked"
+    ));
+    assert_eq!(sim.agents["doomed"].conn, None, "its connection is closed");
+    sim.run_until(Duration::from_secs(10), "the job", |s| s.job_done(job));
+    for row in sim.store.tasks.values() {
+        assert_eq!(row.outcomes, ["lost: its agent was revoked", "succeeded"]);
+        assert_eq!(row.agent.as_deref(), Some("spare"));
+    }
+}
+
+#[test]
+fn many_agents_coming_and_going_lose_no_task_and_finish_every_job() {
+    let mut sim = Sim::new();
+    for i in 0..200 {
+        sim.connect(&format!("a{i:03}"), 2, fast(Duration::from_secs(4)));
+    }
+    let jobs: Vec<u64> = (0..5).map(|_| sim.submit(1_000, 10)).collect();
+    // Every 5 s, ten agents leave (some for good, some to come back within the lease, some
+    // after it) and a few freeze.
+    let mut round = 0u64;
+    while !jobs.iter().all(|j| sim.job_done(*j)) {
+        assert!(sim.elapsed() < Duration::from_secs(600), "not done in time");
+        for k in 0..10 {
+            let id = format!("a{:03}", (round * 37 + k * 11) % 200);
+            match (round + k) % 4 {
+                0 => sim.disconnect(&id),
+                1 => {
+                    sim.disconnect(&id);
+                    sim.connect(&id, 2, fast(Duration::from_secs(4)));
+                }
+                2 => sim.agents.get_mut(&id).unwrap().silent = true,
+                _ => {
+                    if sim.agents[&id].conn.is_none() || sim.agents[&id].silent {
+                        sim.connect(&id, 2, fast(Duration::from_secs(4)));
+                    }
+                }
+            }
+        }
+        sim.run_for(Duration::from_secs(5));
+        sim.check_invariants();
+        round += 1;
+    }
+    assert_eq!(sim.store.count(TaskState::Succeeded), 5_000);
+    for row in sim.store.tasks.values() {
+        assert_eq!(row.outcomes.last().map(String::as_str), Some("succeeded"));
+        // Losses do not count against a task beyond its attempts: ten were plenty.
+        assert!(row.attempt <= 10, "{row:?}");
+    }
+}
