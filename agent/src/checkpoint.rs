@@ -26,6 +26,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::cache::BlobCache;
 use crate::sandbox::GuestHooks;
+use lull_protocol::sync::lock;
 
 /// A checkpoint kept in the cache, for the daemon to report.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +52,7 @@ pub struct Pending {
 
 impl Pending {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptId, usize>> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.counts)
     }
 
     /// One more checkpoint of `attempt` to report.
@@ -101,7 +102,7 @@ pub struct ProgressBoard(Mutex<HashMap<AttemptId, f64>>);
 
 impl ProgressBoard {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptId, f64>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     /// Records `attempt`'s progress.
@@ -182,7 +183,7 @@ impl AttemptHooks {
     }
 
     fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
-        self.pace.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pace)
     }
 
     /// Writes `state` to the cache and hands it to the daemon.
@@ -210,7 +211,7 @@ impl AttemptHooks {
 
     /// The progress the guest reported last.
     pub fn last_progress(&self) -> Option<f64> {
-        *self.progress.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.progress)
     }
 }
 
@@ -224,7 +225,7 @@ impl GuestHooks for AttemptHooks {
     }
 
     fn progress(&self, fraction: f64) {
-        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(fraction);
+        *lock(&self.progress) = Some(fraction);
         if let Some(sink) = &self.sink {
             sink.progress.set(self.attempt, fraction);
         }

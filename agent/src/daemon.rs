@@ -27,6 +27,7 @@ use crate::runner::{self, Runner};
 use crate::sampler::Sampler;
 use crate::sandbox::{Sandbox, SandboxConfig, TaskControl};
 use crate::scavenger::{self, Events, ScavengerConfig, Shared};
+use lull_protocol::sync::lock;
 
 /// How long an agent the coordinator refused waits before asking again.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
@@ -92,10 +93,6 @@ pub struct Agent {
     lease: Mutex<Option<Duration>>,
     events: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
     outbox_ready: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Agent {
@@ -982,24 +979,7 @@ async fn unless_stopped<T>(
     }
 }
 
-/// Waits for ctrl-c (SIGINT) or SIGTERM, the ways people and service managers stop a process.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM"),
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
+pub use lull_protocol::process::shutdown_signal;
 
 /// The scavenger's line to the agent (weak: the agent may be going away).
 struct ToAgent(std::sync::Weak<Agent>);

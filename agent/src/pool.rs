@@ -18,6 +18,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use lull_protocol::sync::lock;
 use lull_protocol::units::format_size;
 use serde::{Deserialize, Serialize};
 
@@ -235,7 +236,7 @@ impl Pools {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// What `guests` guests of `memory` bytes each would need: the classes that can ever take

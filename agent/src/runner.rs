@@ -18,6 +18,7 @@ use lull_protocol::units::format_size;
 use crate::cache::BlobCache;
 use crate::cache::compiled::{CompiledCache, Miss};
 use crate::sandbox::{Program, RunOutput, RunSpec, Sandbox, SandboxError, TaskControl};
+use lull_protocol::sync::lock;
 
 /// Stack of a guest's thread: wasm's own stack (`max_wasm_stack`) plus room for the host.
 const GUEST_THREAD_STACK: usize = 8 << 20;
@@ -109,7 +110,7 @@ struct LoadedState {
 
 impl Loaded {
     fn get(&self, key: &ModuleKey) -> Option<Program> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         s.clock += 1;
         let now = s.clock;
         s.programs.get_mut(key).map(|(used, p)| {
@@ -119,7 +120,7 @@ impl Loaded {
     }
 
     fn insert(&self, key: ModuleKey, program: Program) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         s.clock += 1;
         if s.programs.len() >= LOADED_KEPT
             && let Some(oldest) = s
@@ -237,25 +238,17 @@ impl Runner {
         if let Some(p) = self.loaded.get(&key) {
             return Ok((p, Preparation::Loaded));
         }
-        let one = self
-            .loaded
-            .preparing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let one = lock(&self.loaded.preparing)
             .entry(key.clone())
             .or_default()
             .clone();
-        let _preparing = one.lock().unwrap_or_else(|p| p.into_inner());
+        let _preparing = lock(&one);
         // Another task may have prepared it while this one waited.
         if let Some(p) = self.loaded.get(&key) {
             return Ok((p, Preparation::Loaded));
         }
         let result = self.prepare_now(m, key.clone());
-        self.loaded
-            .preparing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        lock(&self.loaded.preparing).remove(&key);
         result
     }
 

@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use lull_protocol::message::Outcome;
+use lull_protocol::sync::lock;
 use wasmtime::component::{self, Component, ResourceTable};
 use wasmtime::{
     Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
@@ -894,7 +895,7 @@ impl Ticker {
         let thread = thread::Builder::new()
             .name("lull-epoch".to_string())
             .spawn(move || {
-                let mut state = lock_ignoring_poison(&theirs.state);
+                let mut state = lock(&theirs.state);
                 loop {
                     while state.active == 0 && !state.stop {
                         state = theirs.wake.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -959,7 +960,7 @@ impl Sleeper for TickerHold {
     fn asleep(&mut self) {
         if self.awake {
             self.awake = false;
-            let mut state = lock_ignoring_poison(&self.shared.state);
+            let mut state = lock(&self.shared.state);
             state.active = state.active.saturating_sub(1);
         }
     }
@@ -967,14 +968,14 @@ impl Sleeper for TickerHold {
     fn awake(&mut self) {
         if !self.awake {
             self.awake = true;
-            lock_ignoring_poison(&self.shared.state).active += 1;
+            lock(&self.shared.state).active += 1;
             self.shared.wake.notify_all();
         }
     }
 
     fn duty_cycled(&mut self, share: Option<f64>) {
         if self.share != share {
-            let mut state = lock_ignoring_poison(&self.shared.state);
+            let mut state = lock(&self.shared.state);
             if let Some(old) = self.share
                 && let Some(at) = state.shares.iter().position(|s| *s == old)
             {
@@ -996,14 +997,9 @@ impl Drop for TickerHold {
     }
 }
 
-fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The ticker's state is two plain fields that no code leaves half-updated.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Drop for Ticker {
     fn drop(&mut self) {
-        lock_ignoring_poison(&self.shared.state).stop = true;
+        lock(&self.shared.state).stop = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             // The ticker only sleeps and increments a counter; a panic there is not ours to

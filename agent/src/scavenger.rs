@@ -17,6 +17,7 @@ use lull_protocol::message::{AgentStatus, AttemptId};
 use crate::policy::{Action, LoadSample, OwnerCommand, Policy, PolicyConfig, State};
 use crate::sampler::{Load, LoadSampler};
 use crate::sandbox::TaskControl;
+use lull_protocol::sync::lock;
 
 /// What every task's guests must do now; applied to tasks as they start.
 #[derive(Debug, Clone)]
@@ -66,10 +67,6 @@ pub struct Shared {
     pub gate: Mutex<Gate>,
     /// The status the agent reports.
     pub status: Mutex<AgentStatus>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where the scavenger sends what the coordinator and the agent must hear.

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use lull_protocol::Digest;
+use lull_protocol::api::{ErrorBody, StartUpload, UploadState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,13 +19,9 @@ pub struct Uploaded {
     pub resumed_from: u64,
 }
 
-/// Where an upload stands, as the coordinator says.
-#[derive(Debug, serde::Deserialize)]
-struct UploadState {
-    offset: u64,
-    complete: bool,
-    max_chunk: u64,
-}
+/// The body of a POST to a route that takes none: an empty JSON object.
+#[derive(Debug, Serialize)]
+struct NoBody {}
 
 /// Where the coordinator is when nothing says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7080";
@@ -88,10 +85,9 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        match body["error"]["message"].as_str() {
-            Some(m) => bail!("{m}"),
-            None => bail!("the coordinator answered {status}"),
+        match resp.json::<ErrorBody>().await {
+            Ok(body) => bail!("{}", body.error.message),
+            Err(_) => bail!("the coordinator answered {status}"),
         }
     }
 
@@ -129,6 +125,12 @@ impl Client {
             .context("reading the coordinator's answer")
     }
 
+    /// POST to a route that takes no body (an empty JSON object is sent), returning the JSON
+    /// answer.
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.post(path, &NoBody {}).await
+    }
+
     /// Uploads a file as the blob `digest` in chunks of at most `chunk` bytes, each with its
     /// own sha256, continuing an earlier upload of the same blob where it stopped. A chunk
     /// that fails to arrive is sent again (up to a few times), from where the coordinator says
@@ -145,10 +147,7 @@ impl Client {
             .with_context(|| format!("reading {}", file.display()))?
             .len();
         let mut state: UploadState = self
-            .post(
-                "/api/v1/uploads",
-                &serde_json::json!({ "digest": digest, "size": size }),
-            )
+            .post("/api/v1/uploads", &StartUpload { digest, size })
             .await?;
         let resumed_from = state.offset;
         let mut sent = 0u64;

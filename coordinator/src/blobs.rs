@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use lull_protocol::Digest;
 use lull_protocol::digest::Hasher;
+use lull_protocol::sync::lock;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Why a blob was not stored.
@@ -123,10 +124,7 @@ struct BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.digest);
+        lock(&self.busy).remove(&self.digest);
     }
 }
 
@@ -186,12 +184,7 @@ impl BlobStore {
     }
 
     fn claim(&self, digest: Digest) -> Result<BusyGuard, BlobError> {
-        if !self
-            .busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest)
-        {
+        if !lock(&self.busy).insert(digest) {
             return Err(BlobError::Busy);
         }
         Ok(BusyGuard {
@@ -558,10 +551,7 @@ fn collect_blocking(
             continue;
         };
         let Ok(meta) = e.metadata() else { continue };
-        let in_progress = busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&digest);
+        let in_progress = lock(busy).contains(&digest);
         if !in_progress && age(&meta) >= grace {
             let _ = std::fs::remove_file(&path);
             if path.extension().is_some_and(|x| x == "part") {

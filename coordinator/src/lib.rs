@@ -4,7 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`server`] | QUIC for agents, HTTP for people, and the live state between them (`hub`) |
-//! | [`store`] | jobs, tasks, attempts and agents in SQLite (WAL, full sync) |
+//! | [`store`] | jobs, tasks, attempts, checkpoints and agents in SQLite (WAL, full sync) or PostgreSQL; persists what the dispatch core decides |
 //! | `lull_scheduler` (a crate) | placement of pending tasks on agents: strategies, constraints, reservations; pure |
 //! | `lull_dispatch` (a crate) | the task state machine: assignments, leases, retries and backoff, drains, cancels; pure, time comes in |
 //! | [`clock`] | the one reading of the wall clock |

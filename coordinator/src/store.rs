@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use lull_protocol::Digest;
 use lull_protocol::job::JobSpec;
 use lull_protocol::message::{AttemptId, CheckpointRef, TaskId, TaskResult};
-use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
@@ -70,6 +69,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 use lull_dispatch::Ending;
 pub use lull_dispatch::TaskState;
+pub use lull_protocol::api::{AgentEvent, Attempt as AttemptRow, Counts, Task as TaskRow};
 
 impl From<lull_dispatch::UnknownTaskState> for StoreError {
     fn from(e: lull_dispatch::UnknownTaskState) -> Self {
@@ -103,89 +103,6 @@ pub struct JobHeader {
     pub cancelled: bool,
     /// Its tasks by state.
     pub counts: Counts,
-}
-
-/// A task as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskRow {
-    /// The task.
-    #[serde(flatten)]
-    pub id: TaskId,
-    /// Its state.
-    pub state: TaskState,
-    /// The current or last attempt (0 before the first).
-    pub attempt: u32,
-    /// The agent of the current or last attempt.
-    pub agent: Option<String>,
-    /// Why it failed or was cancelled.
-    pub cause: Option<String>,
-}
-
-/// One attempt as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRow {
-    /// The attempt number.
-    pub attempt: u32,
-    /// The agent it ran on.
-    pub agent: String,
-    /// When it was assigned.
-    pub assigned_ms: i64,
-    /// When its guest started.
-    pub started_ms: Option<i64>,
-    /// Microseconds from the assignment reaching the agent to its guest running.
-    pub setup_us: Option<i64>,
-    /// When it ended.
-    pub finished_ms: Option<i64>,
-    /// How it ended, in words (`succeeded`, `lost`, a cause...).
-    pub outcome: Option<String>,
-    /// Its result, when the agent sent one.
-    pub result: Option<TaskResult>,
-}
-
-/// Task counts by state.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct Counts {
-    /// Waiting for an agent.
-    pub pending: u64,
-    /// On an agent.
-    pub running: u64,
-    /// Done well.
-    pub succeeded: u64,
-    /// Done badly.
-    pub failed: u64,
-    /// Cancelled.
-    pub cancelled: u64,
-}
-
-impl Counts {
-    fn add(&mut self, state: TaskState, n: u64) {
-        match state {
-            TaskState::Pending => self.pending += n,
-            TaskState::Running => self.running += n,
-            TaskState::Succeeded => self.succeeded += n,
-            TaskState::Failed => self.failed += n,
-            TaskState::Cancelled => self.cancelled += n,
-        }
-    }
-    /// All tasks.
-    pub fn total(&self) -> u64 {
-        self.pending + self.running + self.succeeded + self.failed + self.cancelled
-    }
-}
-
-/// A change of an agent's scavenging state.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AgentEvent {
-    /// When the coordinator heard of it (ms since the Unix epoch).
-    pub at_ms: i64,
-    /// The state left.
-    pub from: String,
-    /// The state entered.
-    pub to: String,
-    /// Why.
-    pub reason: String,
-    /// The attempts running or paused on the agent then.
-    pub attempts: Vec<AttemptId>,
 }
 
 /// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
@@ -708,11 +625,15 @@ pub(crate) mod tests {
     }
 
     async fn agent_state_changes_are_kept_newest_first(s: Store) {
-        for (i, to) in ["paused", "running"].iter().enumerate() {
+        use lull_protocol::message::AgentState;
+        for (i, to) in [AgentState::Paused, AgentState::Running]
+            .into_iter()
+            .enumerate()
+        {
             let e = AgentEvent {
                 at_ms: i as i64,
-                from: "x".into(),
-                to: to.to_string(),
+                from: AgentState::WaitingForIdle,
+                to,
                 reason: "because".into(),
                 attempts: vec![],
             };
@@ -720,7 +641,7 @@ pub(crate) mod tests {
         }
         let events = s.agent_events("a", 10).await.unwrap();
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0].to, "running");
+        assert_eq!(events[0].to, AgentState::Running);
         assert!(s.agent_events("b", 10).await.unwrap().is_empty());
     }
 

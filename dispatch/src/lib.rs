@@ -41,7 +41,6 @@
 //! agents lost mid-task, drains, backoffs, and thousands of agents and tasks in simulated time.
 
 pub mod leases;
-mod task_state;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -57,7 +56,7 @@ use lull_protocol::{Digest, PROTOCOL_VERSION, units};
 use lull_scheduler::{JobPlacement, Scheduler};
 
 pub use leases::Leases;
-pub use task_state::{TaskState, UnknownTaskState};
+pub use lull_protocol::api::{TaskState, UnknownTaskState};
 
 /// How soon the loss of an attempt is tried again when the store could not record it.
 pub const LOST_RETRY: Duration = Duration::from_secs(1);

@@ -62,10 +62,15 @@ impl fmt::Display for Attribute {
     }
 }
 
-impl FromStr for Attribute {
-    type Err = String;
+/// A name that is not an attribute of agents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown attribute {0:?} (known: os, arch, cores, memory, wasmtime, label.KEY)")]
+pub struct UnknownAttribute(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Attribute {
+    type Err = UnknownAttribute;
+
+    fn from_str(s: &str) -> Result<Self, UnknownAttribute> {
         Ok(match s {
             "os" => Attribute::Os,
             "arch" => Attribute::Arch,
@@ -75,9 +80,7 @@ impl FromStr for Attribute {
             _ => match s.strip_prefix("label.") {
                 Some(key) if !key.is_empty() => Attribute::Label(key.to_owned()),
                 _ => {
-                    return Err(format!(
-                        "unknown attribute {s:?} (known: os, arch, cores, memory, wasmtime, label.KEY)"
-                    ));
+                    return Err(UnknownAttribute(s.to_owned()));
                 }
             },
         })
@@ -212,7 +215,10 @@ impl FromStr for Constraint {
                     .into(),
             ));
         };
-        let attribute: Attribute = text[..at].trim().parse().map_err(fail)?;
+        let attribute: Attribute = text[..at]
+            .trim()
+            .parse()
+            .map_err(|e: UnknownAttribute| fail(e.to_string()))?;
         let value = text[at + len..].trim();
         if value.is_empty() {
             return Err(fail("the value is missing".into()));

@@ -75,10 +75,10 @@ pub enum JobError {
     },
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> JobError {
+fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> JobError {
     JobError::Invalid {
         field: field.into(),
-        reason: reason.into(),
+        reason: reason.to_string(),
     }
 }
 
@@ -121,7 +121,7 @@ fn default_cluster() -> String {
 
 /// Checks a cluster's ID: 1 to 63 lower-case letters, digits and `-`, starting with a letter
 /// or digit.
-pub fn check_cluster_id(id: &str) -> Result<(), String> {
+pub fn check_cluster_id(id: &str) -> Result<(), NameError> {
     let ok = (1..=63).contains(&id.len())
         && id
             .bytes()
@@ -130,9 +130,7 @@ pub fn check_cluster_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{id:?} is not a cluster ID: 1 to 63 lower-case letters, digits and -, not starting with -"
-        ))
+        Err(NameError::ClusterId(id.to_owned()))
     }
 }
 
@@ -401,7 +399,7 @@ fn check_invocation(
 /// Checks a module's name, which names its log files on the submitter's disk: 1 to
 /// [`MAX_MODULE_NAME`] ASCII letters, digits, `.`, `_` and `-`, not starting with `.` (so never
 /// `.` or `..`, and never a path).
-pub fn check_module_name(name: &str) -> Result<(), String> {
+pub fn check_module_name(name: &str) -> Result<(), NameError> {
     let ok = (1..=MAX_MODULE_NAME).contains(&name.len())
         && name
             .bytes()
@@ -410,9 +408,7 @@ pub fn check_module_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a module name: 1 to {MAX_MODULE_NAME} ASCII letters, digits, ., _ and -, not starting with ."
-        ))
+        Err(NameError::ModuleName(name.to_owned()))
     }
 }
 
@@ -722,25 +718,57 @@ pub fn json_len<T: Serialize>(value: &T) -> usize {
 
 /// Checks that a file path stays inside its folder (`/input`, `/output`): relative, at most
 /// [`MAX_PATH`] bytes, no `..`, no empty parts, no NUL or control characters.
-pub fn check_input_path(path: &str) -> Result<(), String> {
+pub fn check_input_path(path: &str) -> Result<(), NameError> {
     if path.is_empty() {
-        return Err("is empty".into());
+        return Err(NameError::EmptyPath);
     }
     if path.len() > MAX_PATH {
-        return Err(format!("is {} bytes; the most is {MAX_PATH}", path.len()));
+        return Err(NameError::PathTooLong(path.len()));
     }
     if path.starts_with('/') || path.contains('\\') {
-        return Err("must be a relative path with / separators".into());
+        return Err(NameError::NotRelative);
     }
     if path.chars().any(char::is_control) {
-        return Err("must not contain NUL or control characters".into());
+        return Err(NameError::ControlCharacter);
     }
-    for part in path.split('/') {
-        if part.is_empty() || part == "." || part == ".." {
-            return Err("must not contain empty, '.' or '..' parts".into());
-        }
+    if path
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(NameError::ClimbingPart);
     }
     Ok(())
+}
+
+/// Why a name or a path from outside (a job file, a result, an agent) is refused. A path's
+/// reasons read after the path: `"../etc" must not contain empty, '.' or '..' parts`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Not a cluster ID.
+    #[error(
+        "{0:?} is not a cluster ID: 1 to 63 lower-case letters, digits and -, not starting with -"
+    )]
+    ClusterId(String),
+    /// Not a module name.
+    #[error(
+        "{0:?} is not a module name: 1 to {MAX_MODULE_NAME} ASCII letters, digits, ., _ and -, not starting with ."
+    )]
+    ModuleName(String),
+    /// An empty path.
+    #[error("is empty")]
+    EmptyPath,
+    /// A path longer than [`MAX_PATH`] bytes.
+    #[error("is {0} bytes; the most is {MAX_PATH}")]
+    PathTooLong(usize),
+    /// An absolute path, or one with `\` separators.
+    #[error("must be a relative path with / separators")]
+    NotRelative,
+    /// A path with NUL or control characters.
+    #[error("must not contain NUL or control characters")]
+    ControlCharacter,
+    /// A path with empty, `.` or `..` parts, which could climb out of its folder.
+    #[error("must not contain empty, '.' or '..' parts")]
+    ClimbingPart,
 }
 
 /// Replaces `{index}` in each argument with the task index.

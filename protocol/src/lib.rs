@@ -7,14 +7,18 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`api`] | the documents of the coordinator's HTTP API, which `lull` reads, and task states |
 //! | [`digest`] | content digests (`sha256:<hex>`) that name every blob |
 //! | [`frame`] | length-prefixed, size-capped framing of messages on a QUIC stream |
 //! | [`message`] | the messages between agent and coordinator, and the protocol version |
 //! | [`job`] | the job file (`job.toml`) and the resolved job definition a coordinator stores |
 //! | [`module_check`] | checks that bytes are WebAssembly Lull can run, naming any import it does not provide |
 //! | [`signature`] | SSHSIG signatures (namespace `lull-workload`) and `allowed_signers` trust lists |
+//! | [`sync`] | the one way both ends take a lock |
+//! | `process` (`tokio` feature) | waiting for the signals that stop a process |
 //! | [`units`] | human sizes (`256MiB`) and durations (`30m`) used in job and config files |
 
+pub mod api;
 pub mod constraint;
 pub mod digest;
 pub mod frame;
@@ -23,7 +27,11 @@ pub mod identity;
 pub mod job;
 pub mod message;
 pub mod module_check;
+#[cfg(feature = "tokio")]
+pub mod process;
 pub mod signature;
+pub mod sync;
+mod task_state;
 pub mod units;
 
 pub use digest::Digest;

@@ -123,6 +123,11 @@ impl AgentState {
         }
     }
 
+    /// The state with this name on the wire, if one has it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// Whether an agent in this state runs guests and takes new work.
     pub fn takes_work(self) -> bool {
         matches!(self, AgentState::Running | AgentState::Throttled)
@@ -674,43 +679,38 @@ impl TaskResult {
     /// Checks a result an agent sent for an attempt of `job`: one module result per module of
     /// the job, by name and in order; at most [`MAX_OUTPUT_FILES`] outputs, each a path that
     /// stays inside `/output`, none twice; outcome messages within [`MAX_OUTCOME_MESSAGE`].
-    pub fn check(&self, job: &JobSpec) -> Result<(), String> {
+    pub fn check(&self, job: &JobSpec) -> Result<(), InvalidResult> {
         if self.modules.len() != job.modules.len() {
-            return Err(format!(
-                "it has {} module result(s); the job has {} module(s)",
-                self.modules.len(),
-                job.modules.len()
-            ));
+            return Err(InvalidResult::ModuleCount {
+                results: self.modules.len(),
+                modules: job.modules.len(),
+            });
         }
         for (m, spec) in self.modules.iter().zip(&job.modules) {
             if m.name != spec.name {
-                return Err(format!(
-                    "module result {:?} where the job has module {:?}",
-                    m.name, spec.name
-                ));
+                return Err(InvalidResult::ModuleName {
+                    result: m.name.clone(),
+                    module: spec.name.clone(),
+                });
             }
             if let Some(message) = m.outcome.message()
                 && message.len() > MAX_OUTCOME_MESSAGE
             {
-                return Err(format!(
-                    "module {}: its outcome's message is {} bytes; the most is {MAX_OUTCOME_MESSAGE}",
-                    m.name,
-                    message.len()
-                ));
+                return Err(InvalidResult::MessageTooLong {
+                    module: m.name.clone(),
+                    bytes: message.len(),
+                });
             }
         }
         if self.outputs.len() > MAX_OUTPUT_FILES {
-            return Err(format!(
-                "it lists {} output files; the most is {MAX_OUTPUT_FILES}",
-                self.outputs.len()
-            ));
+            return Err(InvalidResult::TooManyOutputs(self.outputs.len()));
         }
         let mut paths = std::collections::BTreeSet::new();
         for o in &self.outputs {
             crate::job::check_input_path(&o.path)
-                .map_err(|e| format!("output file {:?} {e}", o.path))?;
+                .map_err(|e| InvalidResult::OutputPath(o.path.clone(), e))?;
             if !paths.insert(o.path.as_str()) {
-                return Err(format!("output file {:?} is listed twice", o.path));
+                return Err(InvalidResult::DuplicateOutput(o.path.clone()));
             }
         }
         Ok(())
@@ -754,6 +754,47 @@ impl TaskResult {
         }
         out
     }
+}
+
+/// Why a result an agent sent does not fit its job: it is not kept, and the attempt fails with
+/// the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidResult {
+    /// Not one module result per module.
+    #[error("it has {results} module result(s); the job has {modules} module(s)")]
+    ModuleCount {
+        /// Module results sent.
+        results: usize,
+        /// Modules in the job.
+        modules: usize,
+    },
+    /// A module result out of order or misnamed.
+    #[error("module result {result:?} where the job has module {module:?}")]
+    ModuleName {
+        /// The name in the result.
+        result: String,
+        /// The name in the job.
+        module: String,
+    },
+    /// An outcome's message over [`MAX_OUTCOME_MESSAGE`] bytes.
+    #[error(
+        "module {module}: its outcome's message is {bytes} bytes; the most is {MAX_OUTCOME_MESSAGE}"
+    )]
+    MessageTooLong {
+        /// The module.
+        module: String,
+        /// The message's length.
+        bytes: usize,
+    },
+    /// More than [`MAX_OUTPUT_FILES`] output files.
+    #[error("it lists {0} output files; the most is {MAX_OUTPUT_FILES}")]
+    TooManyOutputs(usize),
+    /// An output file's path that could reach out of its folder.
+    #[error("output file {0:?} {1}")]
+    OutputPath(String, crate::job::NameError),
+    /// An output file listed twice.
+    #[error("output file {0:?} is listed twice")]
+    DuplicateOutput(String),
 }
 
 #[cfg(test)]
@@ -866,25 +907,34 @@ mod tests {
         }))
         .unwrap();
         assert!(result_of(&["a", "b"], 3).check(&job).is_ok());
-        let err = result_of(&["a"], 0).check(&job).unwrap_err();
+        let err = result_of(&["a"], 0).check(&job).unwrap_err().to_string();
         assert_eq!(err, "it has 1 module result(s); the job has 2 module(s)");
-        let err = result_of(&["a", "../b"], 0).check(&job).unwrap_err();
+        let err = result_of(&["a", "../b"], 0)
+            .check(&job)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("where the job has module \"b\""), "{err}");
         let mut r = result_of(&["a", "b"], 1);
         r.outputs[0].path = "../../escape".into();
         assert!(
             r.check(&job)
                 .unwrap_err()
+                .to_string()
                 .starts_with("output file \"../../escape\"")
         );
         r.outputs[0].path = "same".into();
         r.outputs.push(r.outputs[0].clone());
         assert_eq!(
-            r.check(&job).unwrap_err(),
+            r.check(&job).unwrap_err().to_string(),
             "output file \"same\" is listed twice"
         );
         let r = result_of(&["a", "b"], MAX_OUTPUT_FILES + 1);
-        assert!(r.check(&job).unwrap_err().contains("the most is 4096"));
+        assert!(
+            r.check(&job)
+                .unwrap_err()
+                .to_string()
+                .contains("the most is 4096")
+        );
         let mut r = result_of(&["a", "b"], 0);
         r.modules[1].outcome = Outcome::Refused {
             reason: "r".repeat(MAX_OUTCOME_MESSAGE + 1),
@@ -892,6 +942,7 @@ mod tests {
         assert!(
             r.check(&job)
                 .unwrap_err()
+                .to_string()
                 .starts_with("module b: its outcome's message")
         );
         r.modules[1].outcome.bound();

@@ -64,9 +64,8 @@ pub struct JobPlacement {
 
 impl JobPlacement {
     /// The placement of a checked job. Fails only on constraints a checked job cannot have.
-    pub fn of(spec: &JobSpec) -> Result<Self, String> {
-        let constraints = lull_protocol::constraint::parse_all(&spec.placement.constraints)
-            .map_err(|e| e.to_string())?;
+    pub fn of(spec: &JobSpec) -> Result<Self, PlacementError> {
+        let constraints = lull_protocol::constraint::parse_all(&spec.placement.constraints)?;
         let spread = spec
             .placement
             .spread
@@ -90,6 +89,17 @@ impl JobPlacement {
     fn per_module_memory(&self, modules: u64) -> u64 {
         self.memory / modules.max(1)
     }
+}
+
+/// Why a job's placement cannot be read (a job checked at submission has none of these).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// A constraint that does not parse.
+    #[error(transparent)]
+    Constraint(#[from] lull_protocol::constraint::ConstraintError),
+    /// A spread over an attribute agents do not have.
+    #[error("spread: {0}")]
+    Spread(#[from] lull_protocol::constraint::UnknownAttribute),
 }
 
 /// A decision: run `task` on `agent`.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lull_protocol::Digest;
+use lull_protocol::sync::lock;
 use lull_protocol::units::format_size;
 
 /// Something the budget counts.
@@ -84,7 +85,7 @@ impl Lru {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Sets what may not be evicted: the blobs `f` returns when an eviction runs (called

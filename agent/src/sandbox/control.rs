@@ -45,6 +45,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::priority::{self, ThreadId};
+use lull_protocol::sync::lock;
 
 /// The period of the duty cycle that [`TaskControl::set_cpu_share`] sets up: a capped guest runs
 /// `share` of each period and sleeps the rest. Short enough that the machine's own programs
@@ -457,10 +458,7 @@ impl TaskControl {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is a plain value that no code can leave half-updated, so a poisoned lock is
         // still consistent.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner.state)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use lull_protocol::api::{Agent, Revoked};
 use lull_protocol::units::format_size;
 
 use crate::client::Client;
@@ -32,19 +33,16 @@ enum AgentsCommand {
 /// Lists the connected agents, or revokes one.
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(AgentsCommand::Revoke { id }) = args.command {
-        let v: serde_json::Value = client
-            .post(
-                &format!("/api/v1/agents/{id}/revoke"),
-                &serde_json::json!({}),
-            )
+        let revoked: Revoked = client
+            .post_empty(&format!("/api/v1/agents/{id}/revoke"))
             .await?;
         println!(
             "agent {id} revoked; {} task(s) it was running went back to the queue",
-            v["requeued"]
+            revoked.requeued
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let agents: Vec<serde_json::Value> = client.get("/api/v1/agents").await?;
+    let agents: Vec<Agent> = client.get("/api/v1/agents").await?;
     if args.json {
         super::print_json(&agents)?;
         return Ok(ExitCode::SUCCESS);
@@ -66,27 +64,23 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         ("WHY", Align::Left),
     ]);
     for a in agents {
-        let c = &a["capacity"];
-        let st = &a["status"];
+        let c = &a.capacity;
+        let state = if a.draining_until_ms.is_some() {
+            "draining".to_owned()
+        } else {
+            a.status.state.name().to_owned()
+        };
         table.row(vec![
-            a["id"].as_str().unwrap_or("?").to_owned(),
-            a["name"].as_str().unwrap_or("?").to_owned(),
-            a["cluster"].as_str().unwrap_or("?").to_owned(),
-            if a["draining_until_ms"].is_i64() {
-                "draining".to_owned()
-            } else {
-                st["state"].as_str().unwrap_or("?").to_owned()
-            },
-            c["cores"].to_string(),
-            format!("{}/{}", a["running"], c["slots"]),
-            format_size(c["memory_available"].as_u64().unwrap_or(0)),
-            format_size(c["max_task_memory"].as_u64().unwrap_or(0)),
-            format!(
-                "{}/{}",
-                c["os"].as_str().unwrap_or("?"),
-                c["arch"].as_str().unwrap_or("?")
-            ),
-            st["reason"].as_str().unwrap_or("").to_owned(),
+            a.id,
+            a.name,
+            a.cluster,
+            state,
+            c.cores.to_string(),
+            format!("{}/{}", a.running, c.slots),
+            format_size(c.memory_available),
+            format_size(c.max_task_memory),
+            format!("{}/{}", c.os, c.arch),
+            a.status.reason,
         ]);
     }
     table.print();

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use lull_protocol::api::Cancelled;
+
 use crate::client::Client;
 
 /// `lull cancel`.
@@ -16,19 +18,16 @@ pub struct Args {
 
 /// Cancels a job.
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
-    let v: serde_json::Value = client
-        .post(
-            &format!("/api/v1/jobs/{}/cancel", args.job),
-            &serde_json::json!({}),
-        )
+    let cancelled: Cancelled = client
+        .post_empty(&format!("/api/v1/jobs/{}/cancel", args.job))
         .await?;
     if args.json {
-        super::print_json(&v)?;
+        super::print_json(&cancelled)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "job {} cancelled; {} running task(s) are being stopped",
-        args.job, v["stopping"]
+        args.job, cancelled.stopping
     );
     Ok(ExitCode::SUCCESS)
 }

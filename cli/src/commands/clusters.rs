@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use lull_protocol::api::{Cluster, ClusterCreated, NewCluster};
+
 use crate::client::Client;
 use crate::table::{Align, Table};
 
@@ -29,7 +31,7 @@ pub enum Command {
 pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::List { json } => {
-            let clusters: Vec<serde_json::Value> = client.get("/api/v1/clusters").await?;
+            let clusters: Vec<Cluster> = client.get("/api/v1/clusters").await?;
             if json {
                 super::print_json(&clusters)?;
                 return Ok(ExitCode::SUCCESS);
@@ -42,19 +44,22 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> 
             ]);
             for c in clusters {
                 table.row(vec![
-                    c["id"].as_str().unwrap_or("?").to_owned(),
-                    c["agents_connected"].to_string(),
-                    c["agents_enrolled"].to_string(),
-                    c["description"].as_str().unwrap_or("").to_owned(),
+                    c.id,
+                    c.agents_connected.to_string(),
+                    c.agents_enrolled.to_string(),
+                    c.description,
                 ]);
             }
             table.print();
         }
         Command::Create { id, description } => {
-            let _: serde_json::Value = client
+            let _: ClusterCreated = client
                 .post(
                     "/api/v1/clusters",
-                    &serde_json::json!({ "id": id, "description": description }),
+                    &NewCluster {
+                        id: id.clone(),
+                        description,
+                    },
                 )
                 .await?;
             println!(

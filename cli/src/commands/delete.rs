@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use lull_protocol::api::Deleted;
+
 use crate::client::Client;
 
 /// `lull delete`.
@@ -16,9 +18,9 @@ pub struct Args {
 
 /// Deletes a finished job with its results.
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
-    let v: serde_json::Value = client.delete(&format!("/api/v1/jobs/{}", args.job)).await?;
+    let deleted: Deleted = client.delete(&format!("/api/v1/jobs/{}", args.job)).await?;
     if args.json {
-        super::print_json(&v)?;
+        super::print_json(&deleted)?;
     } else {
         println!(
             "job {} deleted with its results; the coordinator frees its files once no other job uses them",

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use lull_protocol::api::{Drain, DrainRequest};
+
 use crate::client::Client;
 
 /// `lull drain`.
@@ -25,25 +27,27 @@ pub struct Args {
 /// Drains an agent, or stops draining it.
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/drain", args.agent);
-    let v: serde_json::Value = if args.off {
+    let drain: Drain = if args.off {
         client.delete(&path).await?
     } else {
         client
             .post(
                 &path,
-                &serde_json::json!({ "deadline_ms": args.deadline.as_millis() as u64 }),
+                &DrainRequest {
+                    deadline_ms: Some(args.deadline.as_millis() as u64),
+                },
             )
             .await?
     };
     if args.json {
-        super::print_json(&v)?;
+        super::print_json(&drain)?;
     } else if args.off {
         println!("agent {} takes work again", args.agent);
     } else {
         println!(
             "agent {} is draining: no new work; its {} running task(s) have until {} from now, then move to other agents",
             args.agent,
-            v["running"],
+            drain.running.unwrap_or(0),
             humantime::format_duration(args.deadline)
         );
     }

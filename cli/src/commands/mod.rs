@@ -11,9 +11,6 @@ pub mod results;
 pub mod status;
 pub mod submit;
 
-/// A job's detail as the coordinator returns it.
-pub type JobDetail = serde_json::Value;
-
 /// Prints a value as pretty JSON.
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

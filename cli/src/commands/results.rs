@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use lull_protocol::api::JobDetail;
 use lull_protocol::message::TaskResult;
 
-use super::JobDetail;
 use crate::client::Client;
 
 /// `lull results`.
@@ -35,21 +35,23 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let mut statuses = Vec::new();
     // Names from the coordinator become file names here: every one is checked before any file
     // is opened, so none reaches out of its task's folder.
-    let mut read = Vec::new();
-    for t in d["tasks"].as_array().into_iter().flatten() {
-        let index = t["index"].as_u64().unwrap_or(0);
-        let result: Option<TaskResult> = serde_json::from_value(t["result"].clone()).ok();
-        if let Some(r) = &result {
+    for t in &d.tasks {
+        if let Some(r) = &t.result {
             check_names(r).with_context(|| {
-                format!("task {index}: the coordinator sent a result that is not safe to write")
+                format!(
+                    "task {}: the coordinator sent a result that is not safe to write",
+                    t.task.id.index
+                )
             })?;
         }
-        read.push((t, index, result));
     }
-    for (t, index, result) in read {
+    for t in &d.tasks {
+        let task = &t.task;
+        let index = task.id.index;
+        let result = t.result.as_ref();
         let dir = out.join(index.to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        if let Some(r) = &result {
+        if let Some(r) = result {
             for f in &r.outputs {
                 client
                     .download(
@@ -83,17 +85,17 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         let status = serde_json::json!({
             "job": args.job,
             "index": index,
-            "state": t["state"],
-            "attempt": t["attempt"],
-            "agent": t["agent"],
-            "cause": t["cause"],
-            "succeeded": result.as_ref().map(|r| r.succeeded()),
-            "modules": result.as_ref().map(|r| &r.modules),
-            "outputs": result.as_ref().map(|r| &r.outputs),
-            "elapsed_ms": result.as_ref().map(|r| r.elapsed_ms),
-            "outputs_truncated": result.as_ref().map(|r| r.outputs_truncated),
+            "state": task.state,
+            "attempt": task.attempt,
+            "agent": task.agent,
+            "cause": task.cause,
+            "succeeded": result.map(|r| r.succeeded()),
+            "modules": result.map(|r| &r.modules),
+            "outputs": result.map(|r| &r.outputs),
+            "elapsed_ms": result.map(|r| r.elapsed_ms),
+            "outputs_truncated": result.map(|r| r.outputs_truncated),
         });
-        if result.as_ref().is_some_and(|r| r.outputs_truncated) {
+        if result.is_some_and(|r| r.outputs_truncated) {
             eprintln!(
                 "warning: task {index} wrote more to /output than its agent keeps; some files were dropped"
             );
@@ -107,7 +109,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         super::print_json(&serde_json::json!({
             "job": args.job,
-            "state": d["state"],
+            "state": d.job.state,
             "dir": out,
             "output_files": files,
             "tasks": statuses,
@@ -117,7 +119,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     println!(
         "job {} ({}): {tasks} task(s), {files} output file(s) written under {}",
         args.job,
-        d["state"].as_str().unwrap_or("?"),
+        d.job.state,
         out.display()
     );
     Ok(ExitCode::SUCCESS)

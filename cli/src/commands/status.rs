@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use lull_protocol::api::{JobDetail, JobState, JobSummary, TaskState};
 
-use super::JobDetail;
 use crate::client::Client;
 use crate::table::{Align, Table};
 
@@ -27,7 +27,7 @@ pub struct Args {
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     match args.job {
         None => {
-            let jobs: Vec<serde_json::Value> = client.get("/api/v1/jobs").await?;
+            let jobs: Vec<JobSummary> = client.get("/api/v1/jobs").await?;
             if args.json {
                 super::print_json(&jobs)?;
             } else if jobs.is_empty() {
@@ -43,15 +43,15 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
                     ("FAILED", Align::Right),
                 ]);
                 for j in jobs {
-                    let c = &j["counts"];
+                    let c = &j.counts;
                     table.row(vec![
-                        j["id"].to_string(),
-                        j["name"].as_str().unwrap_or("").to_owned(),
-                        j["state"].as_str().unwrap_or("?").to_owned(),
-                        j["count"].to_string(),
-                        c["succeeded"].to_string(),
-                        c["running"].to_string(),
-                        c["failed"].to_string(),
+                        j.id.to_string(),
+                        j.name,
+                        j.state.to_string(),
+                        j.count.to_string(),
+                        c.succeeded.to_string(),
+                        c.running.to_string(),
+                        c.failed.to_string(),
                     ]);
                 }
                 table.print();
@@ -77,21 +77,21 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn print_job(d: &JobDetail) {
-    let c = &d["counts"];
+    let c = &d.job.counts;
     println!(
         "job {}: {} — {} ({} task{}: {} succeeded, {} running, {} pending, {} failed, {} cancelled)",
-        d["id"],
-        d["name"].as_str().unwrap_or(""),
-        d["state"].as_str().unwrap_or("?"),
-        d["count"],
-        if d["count"] == 1 { "" } else { "s" },
-        c["succeeded"],
-        c["running"],
-        c["pending"],
-        c["failed"],
-        c["cancelled"]
+        d.job.id,
+        d.job.name,
+        d.job.state,
+        d.job.count,
+        if d.job.count == 1 { "" } else { "s" },
+        c.succeeded,
+        c.running,
+        c.pending,
+        c.failed,
+        c.cancelled
     );
-    if let Some(w) = d["waiting_reason"].as_str() {
+    if let Some(w) = &d.waiting_reason {
         println!("pending tasks: {w}");
     }
     let mut table = Table::new(&[
@@ -101,25 +101,28 @@ fn print_job(d: &JobDetail) {
         ("AGENT", Align::Left),
         ("CAUSE", Align::Left),
     ]);
-    for t in d["tasks"].as_array().into_iter().flatten() {
+    for t in &d.tasks {
+        let task = &t.task;
         // An assigned task that waits on its agent (for a memory or task slot) says so.
-        let (state, cause) = match t["waiting"].as_str() {
-            Some(why) => ("waiting".to_string(), why),
+        let (state, cause) = match &t.waiting {
+            Some(why) => ("waiting".to_string(), why.as_str()),
             None => {
-                let state = t["state"].as_str().unwrap_or("?");
+                let state = task.state;
                 // A guest that reports progress (or kept a checkpoint) shows how far it got.
-                let state = match t["progress"].as_f64() {
-                    Some(p) if state != "succeeded" => format!("{state} {:.0}%", p * 100.0),
+                let state = match t.progress {
+                    Some(p) if state != TaskState::Succeeded => {
+                        format!("{state} {:.0}%", p * 100.0)
+                    }
                     _ => state.to_string(),
                 };
-                (state, t["cause"].as_str().unwrap_or(""))
+                (state, task.cause.as_deref().unwrap_or(""))
             }
         };
         table.row(vec![
-            t["index"].to_string(),
+            task.id.index.to_string(),
             state,
-            t["attempt"].to_string(),
-            t["agent"].as_str().unwrap_or("-").to_owned(),
+            task.attempt.to_string(),
+            task.agent.as_deref().unwrap_or("-").to_owned(),
             cause.to_owned(),
         ]);
     }
@@ -128,16 +131,11 @@ fn print_job(d: &JobDetail) {
 
 /// 0 when the job succeeded, [`crate::EXIT_JOB_FAILED`] otherwise.
 pub fn exit_code(d: &JobDetail) -> ExitCode {
-    if d["state"] == "succeeded" {
+    if d.job.state == JobState::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(crate::EXIT_JOB_FAILED)
     }
-}
-
-/// Whether a job state is final.
-pub fn is_final(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled")
 }
 
 /// Follows a job until it ends, drawing a progress bar when `show`; returns its final detail.
@@ -174,39 +172,35 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
             }
             Err(e) => return Err(e),
         };
-        let c = &d["counts"];
-        let n = |k: &str| c[k].as_u64().unwrap_or(0);
-        bar.set_length(d["count"].as_u64().unwrap_or(0));
-        bar.set_position(n("succeeded") + n("failed") + n("cancelled"));
+        let c = d.job.counts;
+        bar.set_length(u64::from(d.job.count));
+        bar.set_position(c.succeeded + c.failed + c.cancelled);
         let mut msg = format!(
             "done {} · running {} · failed {}",
-            n("succeeded"),
-            n("running"),
-            n("failed")
+            c.succeeded, c.running, c.failed
         );
-        if let Some(w) = d["waiting_reason"].as_str()
-            && n("running") == 0
+        if let Some(w) = &d.waiting_reason
+            && c.running == 0
         {
             msg.push_str(&format!(" · waiting: {w}"));
         }
         bar.set_message(msg);
-        let state = d["state"].as_str().unwrap_or("").to_owned();
-        if is_final(&state) {
+        let state = d.job.state;
+        if state.is_final() {
             bar.finish_and_clear();
             if show {
                 eprintln!(
                     "job {job} {state}: {} succeeded, {} failed, {} cancelled",
-                    n("succeeded"),
-                    n("failed"),
-                    n("cancelled")
+                    c.succeeded, c.failed, c.cancelled
                 );
-                for t in d["tasks"].as_array().into_iter().flatten() {
-                    if t["state"] == "failed" {
+                for t in &d.tasks {
+                    let task = &t.task;
+                    if task.state == TaskState::Failed {
                         eprintln!(
                             "  task {} failed after {} attempt(s): {}",
-                            t["index"],
-                            t["attempt"],
-                            t["cause"].as_str().unwrap_or("?")
+                            task.id.index,
+                            task.attempt,
+                            task.cause.as_deref().unwrap_or("?")
                         );
                     }
                 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use lull_protocol::Digest;
+use lull_protocol::api::{Info, Missing, MissingRequest, Submitted};
 use lull_protocol::job::{FileRef, JobFile, JobSpec, ModuleSpec, Resources};
 use serde_json::json;
 
@@ -76,21 +77,25 @@ pub async fn run(
             })?;
         }
     }
-    let info: serde_json::Value = client.get("/api/v1/info").await?;
+    let info: Info = client.get("/api/v1/info").await?;
     // A development cluster's key lives at a fixed local path written by `lull dev`; the
     // coordinator only says that it is one, it never names a file to sign with.
     let key_path = args.key.clone().or(configured_key).or_else(|| {
         let dev_key = super::dev::key_path();
-        (info["dev"] == true && dev_key.exists()).then_some(dev_key)
+        (info.dev && dev_key.exists()).then_some(dev_key)
     });
     let (spec, files) = resolve(&args.job, key_path.as_deref())?;
 
     let digests: BTreeSet<Digest> = files.iter().map(|f| f.digest).collect();
-    let answer: serde_json::Value = client
-        .post("/api/v1/blobs/missing", &json!({ "digests": digests }))
+    let answer: Missing = client
+        .post(
+            "/api/v1/blobs/missing",
+            &MissingRequest {
+                digests: digests.iter().copied().collect(),
+            },
+        )
         .await?;
-    let missing: BTreeSet<Digest> = serde_json::from_value(answer["missing"].clone())
-        .context("reading the coordinator's list of missing blobs")?;
+    let missing: BTreeSet<Digest> = answer.missing.into_iter().collect();
     let mut uploaded = BTreeSet::new();
     let mut report = UploadReport {
         files: digests.len(),
@@ -110,10 +115,7 @@ pub async fn run(
             }
         }
     }
-    let answer: serde_json::Value = client.post("/api/v1/jobs", &spec).await?;
-    let job = answer["job"]
-        .as_u64()
-        .context("the coordinator returned no job number")?;
+    let Submitted { job } = client.post("/api/v1/jobs", &spec).await?;
     if !args.watch {
         if args.json {
             super::print_json(&json!({ "job": job, "upload": report }))?;

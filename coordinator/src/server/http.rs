@@ -19,13 +19,13 @@ use lull_protocol::Digest;
 use lull_protocol::job::JobSpec;
 use lull_protocol::message::{AttemptId, TaskId};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::dashboard;
 use super::history::{Minute, Sample};
-use super::hub::{AgentView, Hub, HubError};
+use super::hub::{Hub, HubError};
 use crate::blobs::BlobError;
 use crate::store::{Counts, StoreError, TaskState, TokenKind};
+use lull_protocol::api::{self, JobDetail, JobState, JobSummary};
 
 /// The routes.
 pub fn router(hub: Arc<Hub>) -> Router {
@@ -187,7 +187,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = api::ErrorBody {
+            error: api::ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -226,24 +231,19 @@ fn parse_digest(s: &str) -> ApiResult<Digest> {
     })
 }
 
-async fn info(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "protocol_version": lull_protocol::PROTOCOL_VERSION,
-        "dev": hub.config().dev,
-        "requires_signatures": hub.config().trust.is_some(),
-    }))
-}
-
-#[derive(Deserialize)]
-struct MissingRequest {
-    digests: Vec<Digest>,
+async fn info(State(hub): State<Arc<Hub>>) -> Json<api::Info> {
+    Json(api::Info {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol_version: lull_protocol::PROTOCOL_VERSION,
+        dev: hub.config().dev,
+        requires_signatures: hub.config().trust.is_some(),
+    })
 }
 
 async fn missing(
     State(hub): State<Arc<Hub>>,
-    Json(req): Json<MissingRequest>,
-) -> Json<serde_json::Value> {
+    Json(req): Json<api::MissingRequest>,
+) -> Json<api::Missing> {
     let mut missing = Vec::new();
     for d in req.digests {
         if hub.blobs().contains(&d) {
@@ -253,7 +253,7 @@ async fn missing(
             missing.push(d);
         }
     }
-    Json(json!({ "missing": missing }))
+    Json(api::Missing { missing })
 }
 
 /// The largest chunk of a resumable upload.
@@ -263,20 +263,14 @@ pub const OFFSET_HEADER: &str = "upload-offset";
 /// The header carrying a chunk's own sha256.
 pub const CHUNK_DIGEST_HEADER: &str = "chunk-digest";
 
-#[derive(Deserialize)]
-struct StartUpload {
-    digest: Digest,
-    size: u64,
-}
-
-fn upload_answer(state: crate::blobs::UploadState) -> Json<serde_json::Value> {
-    Json(json!({
-        "digest": state.digest,
-        "size": state.size,
-        "offset": state.offset,
-        "complete": state.complete,
-        "max_chunk": MAX_CHUNK,
-    }))
+fn upload_answer(state: crate::blobs::UploadState) -> Json<api::UploadState> {
+    Json(api::UploadState {
+        digest: state.digest,
+        size: state.size,
+        offset: state.offset,
+        complete: state.complete,
+        max_chunk: MAX_CHUNK,
+    })
 }
 
 fn blob_error(digest: &Digest, e: BlobError) -> ApiError {
@@ -300,8 +294,8 @@ fn blob_error(digest: &Digest, e: BlobError) -> ApiError {
 /// Starts (or finds) the resumable upload of a blob: answers where to continue from.
 async fn start_upload(
     State(hub): State<Arc<Hub>>,
-    Json(req): Json<StartUpload>,
-) -> ApiResult<Json<serde_json::Value>> {
+    Json(req): Json<api::StartUpload>,
+) -> ApiResult<Json<api::UploadState>> {
     let state = hub
         .blobs()
         .start_upload(req.digest, req.size, hub.config().max_blob)
@@ -313,7 +307,7 @@ async fn start_upload(
 async fn upload_state(
     State(hub): State<Arc<Hub>>,
     Path(digest): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::UploadState>> {
     let digest = parse_digest(&digest)?;
     match hub.blobs().upload_state(&digest).await {
         Ok(Some(state)) => Ok(upload_answer(state)),
@@ -329,7 +323,7 @@ async fn append_chunk(
     Path(digest): Path<String>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::UploadState>> {
     let digest = parse_digest(&digest)?;
     let header = |name: &str| {
         headers
@@ -376,7 +370,7 @@ async fn put_blob(
     State(hub): State<Arc<Hub>>,
     Path(digest): Path<String>,
     body: Body,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::BlobStored>> {
     let digest = parse_digest(&digest)?;
     let stream = body
         .into_data_stream()
@@ -387,7 +381,7 @@ async fn put_blob(
         .put(digest, None, hub.config().max_blob, reader)
         .await
     {
-        Ok(size) => Ok(Json(json!({"digest": digest, "size": size}))),
+        Ok(size) => Ok(Json(api::BlobStored { digest, size })),
         Err(e) => Err(blob_error(&digest, e)),
     }
 }
@@ -410,61 +404,35 @@ async fn get_blob(State(hub): State<Arc<Hub>>, Path(digest): Path<String>) -> Ap
 async fn submit(
     State(hub): State<Arc<Hub>>,
     Json(spec): Json<JobSpec>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let id = hub.submit(spec).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "job": id }))))
+) -> ApiResult<(StatusCode, Json<api::Submitted>)> {
+    let job = hub.submit(spec).await?;
+    Ok((StatusCode::CREATED, Json(api::Submitted { job })))
 }
 
-/// A job's overall state, derived from its tasks.
-fn job_state(c: &Counts, cancelled: bool) -> &'static str {
-    if c.running > 0 {
-        if cancelled { "cancelling" } else { "running" }
-    } else if c.pending > 0 {
-        "pending"
-    } else if c.cancelled > 0 {
-        "cancelled"
-    } else if c.failed > 0 {
-        "failed"
-    } else {
-        "succeeded"
-    }
-}
-
-#[derive(Serialize)]
-struct JobSummary {
-    id: u64,
-    name: String,
-    state: &'static str,
-    count: u32,
-    counts: Counts,
-    created_ms: i64,
-}
-
-impl From<crate::store::JobHeader> for JobSummary {
-    fn from(j: crate::store::JobHeader) -> Self {
-        let c = j.counts;
-        JobSummary {
-            id: j.id,
-            name: j.name,
-            state: job_state(&c, j.cancelled),
-            // Every task is stored when the job is.
-            count: (c.pending + c.running + c.succeeded + c.failed + c.cancelled) as u32,
-            counts: c,
-            created_ms: j.created_ms,
-        }
+/// A job of the list, from its row.
+fn job_summary(j: crate::store::JobHeader) -> JobSummary {
+    let c = j.counts;
+    JobSummary {
+        id: j.id,
+        name: j.name,
+        state: JobState::of(&c, j.cancelled),
+        // Every task is stored when the job is.
+        count: u32::try_from(c.total()).unwrap_or(u32::MAX),
+        counts: c,
+        created_ms: j.created_ms,
     }
 }
 
 async fn jobs(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<JobSummary>>> {
     let jobs = hub.store().newest_jobs(None).await?;
-    Ok(Json(jobs.into_iter().map(JobSummary::from).collect()))
+    Ok(Json(jobs.into_iter().map(job_summary).collect()))
 }
 
 /// An agent on the dashboard: as `/api/v1/agents` lists it, with its recent reports.
 #[derive(Serialize)]
 struct PoolAgent {
     #[serde(flatten)]
-    agent: AgentView,
+    agent: api::Agent,
     history: Vec<Sample>,
 }
 
@@ -520,7 +488,7 @@ async fn pool_document(hub: &Hub, since_ms: i64, now_ms: i64) -> ApiResult<Pool>
         .await?
         .into_iter()
         .map(|j| {
-            let summary = JobSummary::from(j);
+            let summary = job_summary(j);
             let c = &summary.counts;
             let ended = (c.succeeded + c.failed + c.cancelled) as f64;
             let live = running
@@ -683,29 +651,24 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn job(
-    State(hub): State<Arc<Hub>>,
-    Path(id): Path<u64>,
-) -> ApiResult<Json<serde_json::Value>> {
+async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<u64>) -> ApiResult<Json<JobDetail>> {
     let job = hub.store().job(id).await?;
     let counts = hub.store().job_counts(id).await?;
     let tasks = hub.store().tasks(id).await?;
     let mut results = hub.store().last_results(id).await?;
     let checkpointed = hub.store().checkpoint_progress(id).await?;
-    let tasks: Vec<serde_json::Value> = tasks
+    let tasks = tasks
         .into_iter()
         .map(|t| {
-            let mut v = serde_json::to_value(&t).unwrap_or_default();
-            v["result"] = serde_json::to_value(results.remove(&t.id.index)).unwrap_or_default();
             let attempt = AttemptId {
                 task: t.id,
                 attempt: t.attempt,
             };
-            if t.state == TaskState::Running
-                && let Some(why) = hub.attempt_waiting(attempt)
-            {
-                v["waiting"] = why.into();
-            }
+            let waiting = if t.state == TaskState::Running {
+                hub.attempt_waiting(attempt)
+            } else {
+                None
+            };
             // How far the guest got: as it reports now, and never less than its latest
             // checkpoint holds (that much is kept whatever happens to the attempt).
             let kept = checkpointed.get(&t.id.index).copied();
@@ -717,22 +680,29 @@ async fn job(
                 },
                 _ => kept,
             };
-            v["progress"] = progress.into();
-            v
+            api::TaskView {
+                result: results.remove(&t.id.index),
+                task: t,
+                waiting,
+                progress,
+            }
         })
         .collect();
-    let waiting = (counts.pending > 0 && !job.cancelled).then(|| hub.waiting_reason(&job.spec));
-    Ok(Json(json!({
-        "id": job.id,
-        "name": job.spec.name,
-        "state": job_state(&counts, job.cancelled),
-        "count": job.spec.count,
-        "counts": counts,
-        "created_ms": job.created_ms,
-        "waiting_reason": waiting,
-        "spec": job.spec,
-        "tasks": tasks,
-    })))
+    let waiting_reason =
+        (counts.pending > 0 && !job.cancelled).then(|| hub.waiting_reason(&job.spec));
+    Ok(Json(JobDetail {
+        job: JobSummary {
+            id: job.id,
+            name: job.spec.name.clone(),
+            state: JobState::of(&counts, job.cancelled),
+            count: job.spec.count,
+            counts,
+            created_ms: job.created_ms,
+        },
+        waiting_reason,
+        spec: job.spec,
+        tasks,
+    }))
 }
 
 /// Prometheus' text format.
@@ -751,9 +721,12 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
 async fn delete_job(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<u64>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::Deleted>> {
     hub.delete_job(id).await?;
-    Ok(Json(json!({ "job": id, "deleted": true })))
+    Ok(Json(api::Deleted {
+        job: id,
+        deleted: true,
+    }))
 }
 
 async fn manifest(
@@ -766,7 +739,7 @@ async fn manifest(
 async fn task(
     State(hub): State<Arc<Hub>>,
     Path((id, index)): Path<(u64, u32)>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::TaskDetail>> {
     let tasks = hub.store().tasks(id).await?;
     let t = tasks
         .into_iter()
@@ -782,96 +755,90 @@ async fn task(
     let attempts = hub.store().attempts(task).await?;
     let checkpoint = hub.store().checkpoint(task).await?;
     let checkpoint_progress = hub.store().checkpoint_progress(id).await?.remove(&index);
-    let checkpoint = checkpoint.map(|c| {
-        json!({
-            "digest": c.digest,
-            "size": c.size,
-            "attempt": c.attempt,
-            "progress": checkpoint_progress,
-        })
+    let checkpoint = checkpoint.map(|c| api::Checkpoint {
+        digest: c.digest,
+        size: c.size,
+        attempt: c.attempt,
+        progress: checkpoint_progress,
     });
-    Ok(Json(
-        json!({ "task": t, "attempts": attempts, "checkpoint": checkpoint }),
-    ))
+    Ok(Json(api::TaskDetail {
+        task: t,
+        attempts,
+        checkpoint,
+    }))
 }
 
 async fn cancel(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<u64>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let running = hub.cancel(id).await?;
-    Ok(Json(json!({ "job": id, "stopping": running })))
+) -> ApiResult<Json<api::Cancelled>> {
+    let stopping = hub.cancel(id).await?;
+    Ok(Json(api::Cancelled { job: id, stopping }))
 }
 
-async fn agents(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(hub.agents()).unwrap_or_default())
+async fn agents(State(hub): State<Arc<Hub>>) -> Json<Vec<api::Agent>> {
+    Json(hub.agents())
 }
 
 async fn agent_events(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::AgentEvents>> {
     let events = hub.store().agent_events(&id, 200).await?;
-    Ok(Json(json!({ "agent": id, "events": events })))
+    Ok(Json(api::AgentEvents { agent: id, events }))
 }
 
 async fn revoke_agent(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::Revoked>> {
     let requeued = hub.revoke(&id).await?;
-    Ok(Json(
-        json!({ "agent": id, "revoked": true, "requeued": requeued }),
-    ))
-}
-
-/// The body of `POST /api/v1/agents/{id}/drain`.
-#[derive(Debug, Deserialize)]
-struct DrainRequest {
-    /// How long running attempts may still run, in milliseconds [default: one hour].
-    #[serde(default)]
-    deadline_ms: Option<u64>,
+    Ok(Json(api::Revoked {
+        agent: id,
+        revoked: true,
+        requeued,
+    }))
 }
 
 async fn drain_agent(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
-    Json(req): Json<DrainRequest>,
-) -> ApiResult<Json<serde_json::Value>> {
+    Json(req): Json<api::DrainRequest>,
+) -> ApiResult<Json<api::Drain>> {
     let deadline = std::time::Duration::from_millis(req.deadline_ms.unwrap_or(3_600_000));
     let running = hub.drain(&id, deadline).await?;
-    Ok(Json(json!({
-        "agent": id,
-        "draining": true,
-        "running": running,
-        "deadline_ms": deadline.as_millis() as u64,
-    })))
+    Ok(Json(api::Drain {
+        agent: id,
+        draining: true,
+        running: Some(running),
+        deadline_ms: Some(deadline.as_millis() as u64),
+    }))
 }
 
 async fn undrain_agent(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::Drain>> {
     hub.undrain(&id).await?;
-    Ok(Json(json!({ "agent": id, "draining": false })))
+    Ok(Json(api::Drain {
+        agent: id,
+        draining: false,
+        running: None,
+        deadline_ms: None,
+    }))
 }
 
-async fn clusters(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(serde_json::Value::Array(hub.clusters().await?)))
-}
-
-/// The body of `POST /api/v1/clusters`.
-#[derive(Debug, Deserialize)]
-struct NewCluster {
-    id: String,
-    #[serde(default)]
-    description: String,
+async fn clusters(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<api::Cluster>>> {
+    Ok(Json(hub.clusters().await?))
 }
 
 async fn create_cluster(
     State(hub): State<Arc<Hub>>,
-    Json(req): Json<NewCluster>,
-) -> ApiResult<Json<serde_json::Value>> {
+    Json(req): Json<api::NewCluster>,
+) -> ApiResult<Json<api::ClusterCreated>> {
     hub.create_cluster(&req.id, &req.description).await?;
-    Ok(Json(json!({ "id": req.id, "created": true })))
+    Ok(Json(api::ClusterCreated {
+        id: req.id,
+        created: true,
+    }))
 }

@@ -4,6 +4,7 @@
 //! Counters and the dispatch histogram live in memory ([`Metrics`], fed by the hub as agents
 //! report) and start from zero when the coordinator starts; gauges are read when scraped.
 
+use lull_protocol::sync::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -53,7 +54,7 @@ pub fn reason_kind(reason: &str) -> String {
 
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     /// An assignment reached its guest running after `seconds`.

@@ -18,7 +18,7 @@ use anyhow::Context;
 use crate::blobs::BlobStore;
 use crate::store::Store;
 use crate::tls;
-pub use hub::{Hub, HubConfig};
+pub use hub::{Hub, HubConfig, Refusal};
 pub use quic::QuicLimits;
 
 /// Where and how a coordinator serves.
@@ -65,24 +65,7 @@ impl Running {
     }
 }
 
-/// Waits for ctrl-c (SIGINT) or SIGTERM, the ways people and service managers stop a process.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM"),
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
+pub use lull_protocol::process::shutdown_signal;
 
 /// A database URL without its password, for messages.
 pub fn redact(url: &str) -> String {

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::hub::Hub;
 
 use lull_protocol::frame::stream::{read as read_frame, write as write_frame};
+use lull_protocol::sync::lock;
 
 /// The bounds on agents' QUIC connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +122,6 @@ impl PerAddress {
         *lock(&self.0).entry(ip).or_default() += 1;
         AddressCounted(self.clone(), ip)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct AddressCounted(PerAddress, IpAddr);
@@ -409,7 +406,7 @@ async fn control(
         Ok(c) => c,
         Err(reason) => {
             tracing::warn!(agent = %agent_id, %reason, "agent refused");
-            refuse(&mut send, conn, reason).await;
+            refuse(&mut send, conn, reason.to_string()).await;
             return Ok(());
         }
     };

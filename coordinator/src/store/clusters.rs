@@ -24,8 +24,8 @@ pub struct ClusterInfo {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterRefusal {
     /// The ID is not acceptable.
-    #[error("{0}")]
-    BadId(String),
+    #[error(transparent)]
+    BadId(lull_protocol::job::NameError),
     /// There is one already.
     #[error("cluster {0} exists already")]
     Exists(String),

@@ -1,5 +1,7 @@
 //! Agents' state changes, kept for `lull agents events`.
 
+use lull_protocol::message::AgentState;
+
 use super::*;
 
 impl Store {
@@ -10,8 +12,8 @@ impl Store {
         )
         .bind(agent)
         .bind(event.at_ms)
-        .bind(&event.from)
-        .bind(&event.to)
+        .bind(event.from.name())
+        .bind(event.to.name())
         .bind(&event.reason)
         .bind(serde_json::to_string(&event.attempts)?)
         .execute(&self.pool)
@@ -32,10 +34,18 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let attempts: String = r.get(4);
+                let state = |i: usize| {
+                    let name: String = r.get(i);
+                    AgentState::from_name(&name).ok_or_else(|| {
+                        StoreError::Corrupt(serde::de::Error::custom(format!(
+                            "unknown agent state {name:?}"
+                        )))
+                    })
+                };
                 Ok(AgentEvent {
                     at_ms: r.get(0),
-                    from: r.get(1),
-                    to: r.get(2),
+                    from: state(1)?,
+                    to: state(2)?,
                     reason: r.get(3),
                     attempts: serde_json::from_str(&attempts)?,
                 })

@@ -21,7 +21,7 @@ impl Hub {
         hello: &AgentMessage,
         key: Option<Digest>,
         tx: mpsc::UnboundedSender<CoordinatorMessage>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Refusal> {
         let AgentMessage::Hello {
             protocol_version,
             agent_id,
@@ -32,19 +32,17 @@ impl Hub {
             compiled,
         } = hello
         else {
-            return Err("the first message on a control stream must be hello".into());
+            return Err(Refusal::NotHello);
         };
         if *protocol_version != PROTOCOL_VERSION {
-            return Err(format!(
-                "this coordinator speaks protocol version {PROTOCOL_VERSION}, the agent speaks {protocol_version}: upgrade the older of the two"
-            ));
+            return Err(Refusal::Version(*protocol_version));
         }
         check_agent_id(agent_id)?;
         let record = match self.store.agent_record(agent_id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "could not look up the agent");
-                return Err("the coordinator could not check the agent's key".into());
+                return Err(Refusal::Store("check the agent's key"));
             }
         };
         admission(agent_id, record, key, !self.config.dev)?;
@@ -52,7 +50,7 @@ impl Hub {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "could not look up the agent's cluster");
-                return Err("the coordinator could not look up the agent's cluster".into());
+                return Err(Refusal::Store("look up the agent's cluster"));
             }
         };
         if let Err(e) = self
@@ -61,13 +59,13 @@ impl Hub {
             .await
         {
             tracing::error!(error = %e, "could not record agent");
-            return Err("the coordinator could not record the agent".into());
+            return Err(Refusal::Store("record the agent"));
         }
         if let Some(key) = key
             && let Err(e) = self.store.bind_agent_key(agent_id, key).await
         {
             tracing::error!(error = %e, "could not record the agent's key");
-            return Err("the coordinator could not record the agent's key".into());
+            return Err(Refusal::Store("record the agent's key"));
         }
         let hello = Hello {
             agent: agent_id.clone(),
@@ -110,7 +108,7 @@ impl Hub {
             return refused("the connection presented no client key to enroll".into());
         };
         if let Err(reason) = check_agent_id(agent_id) {
-            return refused(reason);
+            return refused(reason.to_string());
         }
         match self
             .store
@@ -228,8 +226,8 @@ impl Hub {
                 self.with_core(|core| core.handle_state_changed(agent, to, &reason));
                 let event = crate::store::AgentEvent {
                     at_ms: self.store.now_ms(),
-                    from: from.name().to_owned(),
-                    to: to.name().to_owned(),
+                    from,
+                    to,
                     reason,
                     attempts,
                 };
@@ -408,47 +406,85 @@ impl Hub {
     }
 }
 
+/// How to enroll an agent, said to one that is not.
+const ENROLL: &str = "enroll it with a join token from `lull-coordinator token create` \
+                      (`lull-agent install --token T`, or `lull-agent run --join-token T`)";
+
+/// Why an agent's hello is refused; sent to the agent, which says it in its log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The control stream did not start with a hello.
+    #[error("the first message on a control stream must be hello")]
+    NotHello,
+    /// The agent speaks another protocol version.
+    #[error(
+        "this coordinator speaks protocol version {PROTOCOL_VERSION}, the agent speaks {0}: upgrade the older of the two"
+    )]
+    Version(u32),
+    /// The ID is empty or too long.
+    #[error("agent ID must be 1 to 128 characters")]
+    BadId,
+    /// The agent was revoked (at this time, ms since the Unix epoch).
+    #[error("agent {0} was revoked (at {1} ms since the epoch); it is not admitted again")]
+    Revoked(String, i64),
+    /// The ID is bound to another key than the connection's.
+    #[error("agent ID {id} belongs to another key ({bound}); {}", presented(.key))]
+    OtherKey {
+        /// The agent's ID.
+        id: String,
+        /// The key bound to it.
+        bound: Digest,
+        /// The connection's key, if it presented one.
+        key: Option<Digest>,
+    },
+    /// Enrollment is required and the agent's key is not enrolled under its ID.
+    #[error("agent {0} is not enrolled with this coordinator: {ENROLL}")]
+    NotEnrolled(String),
+    /// The store failed while the coordinator was doing this.
+    #[error("the coordinator could not {0}")]
+    Store(&'static str),
+}
+
+/// What key a connection presented, in words.
+fn presented(key: &Option<Digest>) -> String {
+    match key {
+        Some(k) => format!("this connection's key is {k}"),
+        None => "this connection presented none".to_owned(),
+    }
+}
+
 /// Whether an agent ID is acceptable at all.
-fn check_agent_id(id: &str) -> Result<(), String> {
+fn check_agent_id(id: &str) -> Result<(), Refusal> {
     if id.is_empty() || id.len() > 128 {
-        return Err("agent ID must be 1 to 128 characters".into());
+        return Err(Refusal::BadId);
     }
     Ok(())
 }
 
 /// Whether an agent saying hello as `agent_id` with the connection's `key` is admitted, given
-/// what the store holds of that ID; the error says why not. Where enrollment is required only
-/// the key enrolled under the ID is admitted; elsewhere an ID belongs to the first key it came
-/// with. A revoked agent is never admitted.
+/// what the store holds of that ID. Where enrollment is required only the key enrolled under
+/// the ID is admitted; elsewhere an ID belongs to the first key it came with. A revoked agent
+/// is never admitted.
 fn admission(
     agent_id: &str,
     record: Option<AgentRecord>,
     key: Option<Digest>,
     require_enrollment: bool,
-) -> Result<(), String> {
-    const ENROLL: &str = "enroll it with a join token from `lull-coordinator token create` \
-                          (`lull-agent install --token T`, or `lull-agent run --join-token T`)";
+) -> Result<(), Refusal> {
     if let Some(at) = record.and_then(|r| r.revoked_ms) {
-        return Err(format!(
-            "agent {agent_id} was revoked (at {} ms since the epoch); it is not admitted again",
-            at
-        ));
+        return Err(Refusal::Revoked(agent_id.to_owned(), at));
     }
     if let Some(bound) = record.and_then(|r| r.key)
         && key != Some(bound)
     {
-        return Err(format!(
-            "agent ID {agent_id} belongs to another key ({bound}); {}",
-            match key {
-                Some(k) => format!("this connection's key is {k}"),
-                None => "this connection presented none".to_owned(),
-            }
-        ));
+        return Err(Refusal::OtherKey {
+            id: agent_id.to_owned(),
+            bound,
+            key,
+        });
     }
     if require_enrollment && !record.is_some_and(|r| r.admits(key)) {
-        return Err(format!(
-            "agent {agent_id} is not enrolled with this coordinator: {ENROLL}"
-        ));
+        return Err(Refusal::NotEnrolled(agent_id.to_owned()));
     }
     Ok(())
 }
@@ -472,16 +508,21 @@ mod tests {
         let other = Some(Digest::of(&[2]));
         let enrolled = Some(record(Some(1), true, false));
         assert!(admission("a", enrolled, mine, true).is_ok());
-        let err = admission("a", enrolled, other, true).unwrap_err();
+        let err = admission("a", enrolled, other, true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("belongs to another key"), "{err}");
-        let err = admission("a", enrolled, None, true).unwrap_err();
+        let err = admission("a", enrolled, None, true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("presented none"), "{err}");
-        let err = admission("a", None, mine, true).unwrap_err();
+        let err = admission("a", None, mine, true).unwrap_err().to_string();
         assert!(err.contains("not enrolled"), "{err}");
         let bound = Some(record(Some(1), false, false));
         assert!(
             admission("a", bound, mine, true)
                 .unwrap_err()
+                .to_string()
                 .contains("not enrolled")
         );
         // A development cluster: the first key binds the ID.
@@ -491,7 +532,9 @@ mod tests {
         // Revoked is revoked, everywhere.
         let revoked = Some(record(Some(1), true, true));
         for enrollment in [true, false] {
-            let err = admission("a", revoked, mine, enrollment).unwrap_err();
+            let err = admission("a", revoked, mine, enrollment)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("was revoked"), "{err}");
         }
     }

@@ -102,21 +102,21 @@ impl Hub {
     }
 
     /// The clusters, with how many of their agents are connected.
-    pub async fn clusters(&self) -> Result<Vec<serde_json::Value>, HubError> {
+    pub async fn clusters(&self) -> Result<Vec<lull_protocol::api::Cluster>, HubError> {
         let stored = self.store.clusters().await?;
         let connected: Vec<String> =
             self.read_core(|core| core.agents().map(|(_, a)| a.cluster.clone()).collect());
         Ok(stored
             .into_iter()
             .map(|c| {
-                let agents_connected = connected.iter().filter(|id| **id == c.id).count();
-                serde_json::json!({
-                    "id": c.id,
-                    "description": c.description,
-                    "created_ms": c.created_ms,
-                    "agents_enrolled": c.agents,
-                    "agents_connected": agents_connected,
-                })
+                let agents_connected = connected.iter().filter(|id| **id == c.id).count() as u64;
+                lull_protocol::api::Cluster {
+                    id: c.id,
+                    description: c.description,
+                    created_ms: c.created_ms,
+                    agents_enrolled: u64::try_from(c.agents).unwrap_or(0),
+                    agents_connected,
+                }
             })
             .collect())
     }

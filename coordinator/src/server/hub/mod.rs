@@ -16,23 +16,25 @@
 //! | `collect.rs` | collection of blobs nothing refers to |
 
 mod agents;
+
+pub use agents::Refusal;
 mod collect;
 mod jobs;
 mod shared;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lull_dispatch::{Change, Command, Config, Conn, Dispatch, OpId, Persisted};
 use lull_protocol::Digest;
-use lull_protocol::message::{AgentStatus, AttemptId, Capacity, CoordinatorMessage};
+use lull_protocol::message::{AttemptId, CoordinatorMessage};
 use lull_protocol::signature::TrustList;
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::blobs::BlobStore;
 use crate::store::{Backend, Recorded, Store, StoreError, TaskState};
+use lull_protocol::sync::lock;
 
 /// Settings of the hub.
 #[derive(Debug, Clone)]
@@ -97,29 +99,7 @@ pub enum HubError {
 }
 
 /// What `lull agents` shows of one agent.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentView {
-    /// Its ID.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// What it offers.
-    pub capacity: Capacity,
-    /// Its policy's view: accepting work or not, and why.
-    pub status: AgentStatus,
-    /// Attempts running on it.
-    pub running: usize,
-    /// When it connected (ms since the Unix epoch).
-    pub connected_ms: i64,
-    /// While it is being drained: when its running attempts are evicted.
-    pub draining_until_ms: Option<i64>,
-    /// The cluster it belongs to.
-    pub cluster: String,
-    /// Blobs it downloaded on this connection, and their bytes.
-    pub blobs_served: u64,
-    /// The bytes of those blobs.
-    pub bytes_served: u64,
-}
+pub use lull_protocol::api::Agent as AgentView;
 
 /// The core and what carries out its commands, under one lock.
 #[derive(Debug)]
@@ -164,12 +144,6 @@ const RESULT_TRIES: u32 = 5;
 
 /// The longest the driver loop sleeps with nothing to do.
 const IDLE_TICK: Duration = Duration::from_millis(500);
-
-/// Takes a lock whose holder panicked as it is: the state under it is kept consistent by
-/// every step that holds it, and one panic must not stop the coordinator.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Hub {
     /// A hub over a store and blob store.

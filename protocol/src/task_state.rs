@@ -1,9 +1,9 @@
-//! A task's state, as stored and as shown.
+//! A task's state, as the coordinator stores it and the API shows it.
 
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A task's state.
 ///
@@ -20,7 +20,7 @@ use serde::Serialize;
 ///   │  evicted, or failed with attempts left        ├── failed (no attempts left)
 ///   └───────────────────────────────────────────────┘
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Waiting for an agent.

@@ -1,0 +1,476 @@
+//! The coordinator's HTTP API (`/api/v1`): the documents its routes take and answer with,
+//! shared by the coordinator, which writes them, and `lull`, which reads them. The routes and
+//! their errors are described in `docs/api.md` and served as OpenAPI at
+//! `/api/v1/openapi.json`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+use crate::job::JobSpec;
+use crate::message::{AgentState, AgentStatus, AttemptId, Capacity, TaskId, TaskResult};
+
+pub use crate::task_state::{TaskState, UnknownTaskState};
+
+/// `GET /api/v1/info`: what the coordinator is and asks of submitters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// Its version.
+    pub version: String,
+    /// The agent protocol version it speaks.
+    pub protocol_version: u32,
+    /// Whether it is a development cluster (`lull dev`).
+    pub dev: bool,
+    /// Whether modules must be signed by a trusted key.
+    pub requires_signatures: bool,
+}
+
+/// An error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable code (`not_found`, `bad_request`, ...).
+    pub code: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+/// `POST /api/v1/blobs/missing`: which of these blobs the coordinator lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingRequest {
+    /// The blobs a job will refer to.
+    pub digests: Vec<Digest>,
+}
+
+/// The answer to [`MissingRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missing {
+    /// The blobs to upload.
+    pub missing: Vec<Digest>,
+}
+
+/// `POST /api/v1/uploads`: starts (or finds) the resumable upload of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartUpload {
+    /// The blob.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadState {
+    /// The blob.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The bytes received so far: where the next chunk starts.
+    pub offset: u64,
+    /// Whether the blob is whole and checked.
+    pub complete: bool,
+    /// The largest chunk the coordinator takes.
+    pub max_chunk: u64,
+}
+
+/// `PUT /api/v1/blobs/{digest}`: a blob stored whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStored {
+    /// The blob.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// `POST /api/v1/jobs`: the job's number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The job.
+    pub job: u64,
+}
+
+/// Task counts by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Waiting for an agent.
+    pub pending: u64,
+    /// On an agent.
+    pub running: u64,
+    /// Done well.
+    pub succeeded: u64,
+    /// Done badly.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl Counts {
+    /// Counts `n` more tasks in `state`.
+    pub fn add(&mut self, state: TaskState, n: u64) {
+        match state {
+            TaskState::Pending => self.pending += n,
+            TaskState::Running => self.running += n,
+            TaskState::Succeeded => self.succeeded += n,
+            TaskState::Failed => self.failed += n,
+            TaskState::Cancelled => self.cancelled += n,
+        }
+    }
+
+    /// All tasks.
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.succeeded + self.failed + self.cancelled
+    }
+}
+
+/// A job's overall state, from its tasks'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Tasks wait, none runs.
+    Pending,
+    /// Tasks run.
+    Running,
+    /// Cancelled, with tasks still stopping.
+    Cancelling,
+    /// Every task succeeded.
+    Succeeded,
+    /// Ended, with a task failed.
+    Failed,
+    /// Ended, with a task cancelled.
+    Cancelled,
+}
+
+impl JobState {
+    /// The state of a job with these counts: running while any task runs (cancelling if the
+    /// job was cancelled), else pending while any task waits, else cancelled if any task was
+    /// cancelled, else failed if any failed, else succeeded.
+    pub fn of(c: &Counts, cancelled: bool) -> Self {
+        if c.running > 0 {
+            if cancelled {
+                JobState::Cancelling
+            } else {
+                JobState::Running
+            }
+        } else if c.pending > 0 {
+            JobState::Pending
+        } else if c.cancelled > 0 {
+            JobState::Cancelled
+        } else if c.failed > 0 {
+            JobState::Failed
+        } else {
+            JobState::Succeeded
+        }
+    }
+
+    /// Its name, e.g. `cancelling`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Cancelling => "cancelling",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job has ended: nothing of it waits or runs.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /api/v1/jobs`: one job of the list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// Its number.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: JobState,
+    /// How many tasks it has.
+    pub count: u32,
+    /// Its tasks by state.
+    pub counts: Counts,
+    /// When it was submitted (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// The task.
+    #[serde(flatten)]
+    pub id: TaskId,
+    /// Its state.
+    pub state: TaskState,
+    /// The current or last attempt (0 before the first).
+    pub attempt: u32,
+    /// The agent of the current or last attempt.
+    pub agent: Option<String>,
+    /// Why it failed or was cancelled.
+    pub cause: Option<String>,
+}
+
+/// A task of [`JobDetail`]: as stored, with its last result and how far it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task.
+    #[serde(flatten)]
+    pub task: Task,
+    /// The last result its agents sent.
+    pub result: Option<TaskResult>,
+    /// While it runs but waits on its agent (for a slot, or memory): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// How far its guest got (0..=1): as reported now, never less than its latest checkpoint.
+    pub progress: Option<f64>,
+}
+
+/// `GET /api/v1/jobs/{id}`: a job with its definition and every task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// What the list of jobs shows of it.
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// While tasks wait: why, in words.
+    pub waiting_reason: Option<String>,
+    /// Its definition.
+    pub spec: JobSpec,
+    /// Its tasks.
+    pub tasks: Vec<TaskView>,
+}
+
+/// One attempt of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The attempt number.
+    pub attempt: u32,
+    /// The agent it ran on.
+    pub agent: String,
+    /// When it was assigned.
+    pub assigned_ms: i64,
+    /// When its guest started.
+    pub started_ms: Option<i64>,
+    /// Microseconds from the assignment reaching the agent to its guest running.
+    pub setup_us: Option<i64>,
+    /// When it ended.
+    pub finished_ms: Option<i64>,
+    /// How it ended, in words (`succeeded`, `lost: ...`, a cause...).
+    pub outcome: Option<String>,
+    /// Its result, when the agent sent one.
+    pub result: Option<TaskResult>,
+}
+
+/// The latest checkpoint a task kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Its state blob.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The attempt that kept it.
+    pub attempt: u32,
+    /// The progress its guest reported with it.
+    pub progress: Option<f64>,
+}
+
+/// `GET /api/v1/jobs/{id}/tasks/{index}`: a task with every attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    /// The task.
+    pub task: Task,
+    /// Its attempts, first first.
+    pub attempts: Vec<Attempt>,
+    /// Its latest checkpoint.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// `DELETE /api/v1/jobs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The job.
+    pub job: u64,
+    /// Always true.
+    pub deleted: bool,
+}
+
+/// `POST /api/v1/jobs/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// The job.
+    pub job: u64,
+    /// How many of its tasks were running and are being stopped.
+    pub stopping: usize,
+}
+
+/// `GET /api/v1/agents`: one connected agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Its ID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// Its policy's view: accepting work or not, and why.
+    pub status: AgentStatus,
+    /// Attempts running on it.
+    pub running: usize,
+    /// When it connected (ms since the Unix epoch).
+    pub connected_ms: i64,
+    /// While it is being drained: when its running attempts are evicted.
+    pub draining_until_ms: Option<i64>,
+    /// The cluster it belongs to.
+    pub cluster: String,
+    /// Blobs it downloaded on this connection.
+    pub blobs_served: u64,
+    /// The bytes of those blobs.
+    pub bytes_served: u64,
+}
+
+/// A change of an agent's scavenging state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    /// When the coordinator heard of it (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// The state left.
+    pub from: AgentState,
+    /// The state entered.
+    pub to: AgentState,
+    /// Why.
+    pub reason: String,
+    /// The attempts running or paused on the agent then.
+    pub attempts: Vec<AttemptId>,
+}
+
+/// `GET /api/v1/agents/{id}/events`: an agent's state changes, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvents {
+    /// The agent.
+    pub agent: String,
+    /// Its state changes.
+    pub events: Vec<AgentEvent>,
+}
+
+/// `POST /api/v1/agents/{id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The agent.
+    pub agent: String,
+    /// Always true.
+    pub revoked: bool,
+    /// How many of its tasks went back to pending.
+    pub requeued: usize,
+}
+
+/// `POST /api/v1/agents/{id}/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DrainRequest {
+    /// How long running attempts may still run, in milliseconds [default: one hour].
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// `POST` and `DELETE /api/v1/agents/{id}/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// The agent.
+    pub agent: String,
+    /// Whether it is being drained now.
+    pub draining: bool,
+    /// When a drain started: how many attempts it was running (0 when not connected here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<usize>,
+    /// When a drain started: how long they may still run, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// `GET /api/v1/clusters`: one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Its ID.
+    pub id: String,
+    /// What it is, in words.
+    pub description: String,
+    /// When it was made (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// Agents enrolled in it.
+    pub agents_enrolled: u64,
+    /// Of those, connected to this coordinator now.
+    pub agents_connected: u64,
+}
+
+/// `POST /api/v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCluster {
+    /// Its ID.
+    pub id: String,
+    /// What it is, in words.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The answer to [`NewCluster`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCreated {
+    /// Its ID.
+    pub id: String,
+    /// Always true.
+    pub created: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_state_follows_its_tasks() {
+        let c = |pending, running, failed, cancelled| Counts {
+            pending,
+            running,
+            succeeded: 1,
+            failed,
+            cancelled,
+        };
+        assert_eq!(JobState::of(&c(1, 1, 0, 0), false), JobState::Running);
+        assert_eq!(JobState::of(&c(1, 1, 0, 0), true), JobState::Cancelling);
+        assert_eq!(JobState::of(&c(1, 0, 1, 0), false), JobState::Pending);
+        assert_eq!(JobState::of(&c(0, 0, 1, 1), false), JobState::Cancelled);
+        assert_eq!(JobState::of(&c(0, 0, 1, 0), false), JobState::Failed);
+        assert_eq!(JobState::of(&c(0, 0, 0, 0), false), JobState::Succeeded);
+        assert!(JobState::Failed.is_final() && !JobState::Cancelling.is_final());
+    }
+
+    #[test]
+    fn a_drain_answer_says_only_what_applies() {
+        let undrained = Drain {
+            agent: "a".into(),
+            draining: false,
+            running: None,
+            deadline_ms: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&undrained).unwrap(),
+            r#"{"agent":"a","draining":false}"#
+        );
+    }
+}
