@@ -67,6 +67,10 @@ pub const ASSIGN_RETRY: Duration = Duration::from_millis(200);
 /// The longest backoff between attempts of a failing task.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How often the jobs with nothing left to do here are forgotten (a late result of one is
+/// checked against the store's copy).
+pub const FORGET_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Settings of the core.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -277,7 +281,9 @@ enum Op {
         task: TaskId,
         agent: String,
     },
-    Start,
+    Start {
+        attempt: AttemptId,
+    },
     Result {
         attempt: AttemptId,
         agent: String,
@@ -356,6 +362,8 @@ pub struct Dispatch {
     next_op: u64,
     next_conn: Conn,
     commands: VecDeque<Command>,
+    /// When the jobs with nothing left here are next forgotten.
+    next_forget: Option<Instant>,
 }
 
 impl Dispatch {
@@ -379,6 +387,7 @@ impl Dispatch {
             next_op: 1,
             next_conn: 1,
             commands: VecDeque::new(),
+            next_forget: None,
             config,
         }
     }
@@ -409,10 +418,12 @@ impl Dispatch {
         for (attempt, agent) in running {
             self.leases.grant_for(now, attempt, &agent, grace);
         }
+        self.forget_later(now);
     }
 
     /// A job was stored: its tasks are queued.
-    pub fn handle_submitted(&mut self, job: u64, spec: Arc<JobSpec>) {
+    pub fn handle_submitted(&mut self, now: Instant, job: u64, spec: Arc<JobSpec>) {
+        self.forget_later(now);
         let count = spec.count;
         self.jobs.insert(job, spec);
         for index in 0..count {
@@ -423,9 +434,11 @@ impl Dispatch {
     /// Jobs and pending tasks found in a database shared with other coordinators.
     pub fn handle_found_pending(
         &mut self,
+        now: Instant,
         jobs: impl IntoIterator<Item = (u64, Arc<JobSpec>)>,
         tasks: impl IntoIterator<Item = TaskId>,
     ) {
+        self.forget_later(now);
         for (id, spec) in jobs {
             self.jobs.entry(id).or_insert(spec);
         }
@@ -630,7 +643,7 @@ impl Dispatch {
         if let Some(live) = self.live.get_mut(&attempt) {
             live.waiting = None;
         }
-        self.persist(Op::Start, Change::Start { attempt, setup_us });
+        self.persist(Op::Start { attempt }, Change::Start { attempt, setup_us });
         true
     }
 
@@ -685,9 +698,17 @@ impl Dispatch {
         )
     }
 
-    /// Time passed: failed tasks whose backoff is over are queued again, and attempts whose
-    /// leases ran out are ended as lost.
+    /// Time passed: failed tasks whose backoff is over are queued again, attempts whose
+    /// leases ran out are ended as lost, and, every [`FORGET_INTERVAL`], jobs with nothing
+    /// left here are forgotten.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_forget.is_some_and(|t| t <= now) {
+            self.next_forget = None;
+            self.forget_idle_jobs();
+            if !self.jobs.is_empty() {
+                self.forget_later(now);
+            }
+        }
         while let Some(Reverse((due, task))) = self.delayed.peek().copied() {
             if due > now {
                 break;
@@ -781,9 +802,9 @@ impl Dispatch {
             return;
         };
         match op {
-            Op::Start => {
+            Op::Start { attempt } => {
                 if let Persisted::Failed(e) = outcome {
-                    tracing::warn!(error = %e, "could not record a start");
+                    tracing::warn!(%attempt, error = %e, "could not record a start");
                 }
             }
             Op::Assign { task, agent } => self.assigned(now, task, &agent, outcome),
@@ -811,14 +832,14 @@ impl Dispatch {
         self.commands.pop_front()
     }
 
-    /// When [`Dispatch::handle_timeout`] has something to do: the next lease to run out or
-    /// backoff to end.
+    /// When [`Dispatch::handle_timeout`] has something to do: the next lease to run out,
+    /// backoff to end, or look for jobs to forget.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let backoff = self.delayed.peek().map(|Reverse((due, _))| *due);
-        match (self.leases.poll_timeout(), backoff) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.leases.poll_timeout(), backoff, self.next_forget]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ----- Queries -----
@@ -915,6 +936,11 @@ impl Dispatch {
         (self.queued.len(), self.ops.len())
     }
 
+    /// How many jobs the core holds.
+    pub fn jobs_held(&self) -> usize {
+        self.jobs.len()
+    }
+
     /// Why a job's pending tasks are waiting, in words for `lull status`.
     pub fn waiting_reason(&self, spec: &JobSpec) -> String {
         let agents: Vec<&Agent> = self
@@ -967,6 +993,38 @@ impl Dispatch {
     }
 
     // ----- Inside -----
+
+    /// Makes sure the jobs with nothing left are looked for in a while.
+    fn forget_later(&mut self, now: Instant) {
+        self.next_forget.get_or_insert(now + FORGET_INTERVAL);
+    }
+
+    /// Forgets the jobs of which nothing is queued, leased, being persisted or running here:
+    /// their tasks have ended, or run elsewhere.
+    fn forget_idle_jobs(&mut self) {
+        let mut busy: HashSet<u64> = self.queued.iter().map(|t| t.job).collect();
+        busy.extend(self.leases.attempts().map(|a| a.task.job));
+        busy.extend(self.live.keys().map(|a| a.task.job));
+        for a in self.agents.values() {
+            busy.extend(a.running.iter().map(|at| at.task.job));
+        }
+        busy.extend(self.ops.values().map(|op| match op {
+            Op::Assign { task, .. } => task.job,
+            Op::Start { attempt } | Op::Result { attempt, .. } | Op::Lost { attempt, .. } => {
+                attempt.task.job
+            }
+        }));
+        let before = self.jobs.len();
+        self.jobs.retain(|job, _| busy.contains(job));
+        self.cancelled.retain(|job| busy.contains(job));
+        if self.jobs.len() < before {
+            tracing::debug!(
+                forgotten = before - self.jobs.len(),
+                kept = self.jobs.len(),
+                "forgot jobs with nothing left here"
+            );
+        }
+    }
 
     fn send(&mut self, agent: &str, conn: Conn, message: CoordinatorMessage) {
         self.commands.push_back(Command::Send {

@@ -298,7 +298,7 @@ impl Sim {
         }
         let spec = Arc::new(job_spec(count, max_attempts));
         self.jobs.insert(job, spec.clone());
-        self.core.handle_submitted(job, spec);
+        self.core.handle_submitted(self.now, job, spec);
         self.drive();
         job
     }
@@ -976,4 +976,62 @@ fn many_agents_coming_and_going_lose_no_task_and_finish_every_job() {
         // Losses do not count against a task beyond its attempts: ten were plenty.
         assert!(row.attempt <= 10, "{row:?}");
     }
+}
+
+#[test]
+fn finished_jobs_are_forgotten_and_a_late_result_of_one_is_still_handled() {
+    let mut sim = Sim::new();
+    // A long task on the only agent: its job is held while the attempt is leased.
+    sim.connect("slow", 1, fast(Duration::from_secs(500)));
+    let long = sim.submit(1, 3);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.store.count(TaskState::Running), 1);
+    // Another job runs on another agent and finishes; a minute later it is forgotten.
+    sim.connect("a", 2, fast(Duration::from_secs(1)));
+    let other = sim.submit(2, 3);
+    sim.run_until(Duration::from_secs(20), "the other job", |s| {
+        s.job_done(other)
+    });
+    sim.run_for(lull_dispatch::FORGET_INTERVAL + Duration::from_secs(1));
+    assert!(!sim.core.knows_job(other), "a finished job is forgotten");
+    assert!(
+        sim.core.knows_job(long),
+        "a job is held while anything of it runs"
+    );
+    // A late duplicate of one of the forgotten job's results is still answered: the driver
+    // reads the job from the store, the store says the result is stale, the agent is told.
+    let first = sim
+        .assigned
+        .iter()
+        .find(|(a, agent)| a.task.job == other && agent == "a")
+        .map(|(a, _)| *a)
+        .expect("an attempt of the other job on a");
+    let spec = sim.jobs[&other].clone();
+    let acks_before = sim.agents["a"]
+        .inbox
+        .iter()
+        .filter(|m| matches!(m, CoordinatorMessage::ResultAck { .. }))
+        .count();
+    sim.core
+        .handle_result("a", result(first, Outcome::Exited { code: 0 }), &spec);
+    sim.drive();
+    sim.run_for(Duration::from_millis(100));
+    let acks = sim.agents["a"]
+        .inbox
+        .iter()
+        .filter(|m| matches!(m, CoordinatorMessage::ResultAck { .. }))
+        .count();
+    assert_eq!(acks, acks_before + 1);
+    assert_eq!(sim.row(first.task).outcomes, ["succeeded"], "recorded once");
+    assert!(!sim.core.knows_job(other), "and it stays forgotten");
+    // Nothing is held once everything ends.
+    sim.agents.get_mut("slow").unwrap().running.clear();
+    sim.agents.get_mut("slow").unwrap().silent = true;
+    sim.run_until(
+        Duration::from_secs(120),
+        "the long task to go elsewhere",
+        |s| s.job_done(long),
+    );
+    sim.run_for(lull_dispatch::FORGET_INTERVAL + Duration::from_secs(1));
+    assert_eq!(sim.core.jobs_held(), 0);
 }

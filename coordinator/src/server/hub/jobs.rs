@@ -53,7 +53,7 @@ impl Hub {
         let id = self.store.insert_job(&spec, self.store.now_ms()).await?;
         let spec = Arc::new(spec);
         tracing::info!(job = id, name = %spec.name, tasks = spec.count, "job submitted");
-        self.with_core(|core| core.handle_submitted(id, spec));
+        self.with_core(|core| core.handle_submitted(std::time::Instant::now(), id, spec));
         Ok(id)
     }
 

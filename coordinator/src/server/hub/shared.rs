@@ -101,7 +101,9 @@ impl Hub {
                 Err(e) => tracing::warn!(job, error = %e, "could not load a job"),
             }
         }
-        self.with_core(|core| core.handle_found_pending(loaded, found.iter().map(|(t, _)| *t)));
+        self.with_core(|core| {
+            core.handle_found_pending(Instant::now(), loaded, found.iter().map(|(t, _)| *t))
+        });
         lock(&self.shared).cursor = last;
         Ok(())
     }
