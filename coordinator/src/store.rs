@@ -105,6 +105,20 @@ pub struct JobHeader {
     pub counts: Counts,
 }
 
+/// An attempt and its agent from a row of `job_id, idx, attempt, agent_id`.
+fn attempt_and_agent(r: &AnyRow) -> (AttemptId, String) {
+    (
+        AttemptId {
+            task: TaskId {
+                job: r.get::<i64, _>(0) as u64,
+                index: r.get::<i64, _>(1) as u32,
+            },
+            attempt: r.get::<i64, _>(2) as u32,
+        },
+        r.get::<Option<String>, _>(3).unwrap_or_default(),
+    )
+}
+
 /// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)

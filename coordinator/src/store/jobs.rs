@@ -216,27 +216,13 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let rows = sqlx::query(
-            "SELECT idx, attempt, agent_id FROM tasks WHERE job_id = $1 AND state = 'running'",
+            "SELECT job_id, idx, attempt, agent_id FROM tasks WHERE job_id = $1 AND state = 'running'",
         )
         .bind(job as i64)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    AttemptId {
-                        task: TaskId {
-                            job,
-                            index: r.get::<i64, _>(0) as u32,
-                        },
-                        attempt: r.get::<i64, _>(1) as u32,
-                    },
-                    r.get::<Option<String>, _>(2).unwrap_or_default(),
-                )
-            })
-            .collect())
+        Ok(rows.iter().map(attempt_and_agent).collect())
     }
 
     /// Which of these jobs are cancelled.

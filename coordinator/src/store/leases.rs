@@ -54,21 +54,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    AttemptId {
-                        task: TaskId {
-                            job: r.get::<i64, _>(0) as u64,
-                            index: r.get::<i64, _>(1) as u32,
-                        },
-                        attempt: r.get::<i64, _>(2) as u32,
-                    },
-                    r.get::<Option<String>, _>(3).unwrap_or_default(),
-                )
-            })
-            .collect())
+        Ok(rows.iter().map(attempt_and_agent).collect())
     }
 
     /// Pending tasks after `after` in the order (time they became pending, job, index), at
