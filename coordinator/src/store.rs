@@ -342,6 +342,7 @@ pub(crate) mod tests {
         an_ended_attempt_moves_its_task_where_it_is_told_with_its_cause,
         a_lost_attempt_is_requeued_and_its_late_success_still_counts,
         a_task_of_a_job_cancelled_meanwhile_is_cancelled_not_requeued,
+        a_batch_of_changes_is_written_in_order_in_one_transaction,
         agent_state_changes_are_kept_newest_first,
         cancel_stops_pending_tasks_and_lists_running_ones,
         leases_in_the_database_expire_unless_renewed_and_pending_tasks_are_found_by_time,
@@ -636,6 +637,92 @@ pub(crate) mod tests {
             "{tasks:?}"
         );
         assert_eq!(tasks[0].cause.as_deref(), Some("cancelled"));
+    }
+
+    async fn a_batch_of_changes_is_written_in_order_in_one_transaction(s: Store) {
+        use lull_dispatch::{Change, Persisted};
+        let job = s.insert_job(&spec(3, 3), 0).await.unwrap();
+        let task = |index| TaskId { job, index };
+        let assign = |index, agent: &str| Change::Assign {
+            task: task(index),
+            agent: agent.into(),
+        };
+        let outcomes = s
+            .persist(&[assign(0, "a"), assign(1, "b"), assign(0, "c")], 1)
+            .await
+            .unwrap();
+        let a0 = AttemptId {
+            task: task(0),
+            attempt: 1,
+        };
+        assert!(matches!(outcomes[0], Persisted::Assigned { attempt, .. } if attempt == a0));
+        assert!(matches!(outcomes[1], Persisted::Assigned { .. }));
+        // Later changes see the earlier ones: the task is no longer pending.
+        assert!(matches!(outcomes[2], Persisted::NotPending));
+        // A start, a result and a duplicate of it, and an assignment of the third task.
+        let ending = Ending {
+            attempt: a0,
+            holder: Some("a".into()),
+            outcome: "succeeded".into(),
+            result: Some(Box::new(result(a0, 0))),
+            next: TaskState::Succeeded,
+        };
+        let outcomes = s
+            .persist(
+                &[
+                    Change::Start {
+                        attempt: a0,
+                        setup_us: 7,
+                    },
+                    Change::End(ending.clone()),
+                    Change::End(ending),
+                    assign(2, "a"),
+                ],
+                2,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(outcomes[0], Persisted::Done));
+        assert!(matches!(
+            outcomes[1],
+            Persisted::Ended(TaskState::Succeeded)
+        ));
+        assert!(matches!(outcomes[2], Persisted::Stale));
+        assert!(matches!(outcomes[3], Persisted::Assigned { .. }));
+        let attempts = s.attempts(task(0)).await.unwrap();
+        assert_eq!(attempts[0].setup_us, Some(7));
+        let states: Vec<TaskState> = s
+            .tasks(job)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.state)
+            .collect();
+        assert_eq!(
+            states,
+            [TaskState::Succeeded, TaskState::Running, TaskState::Running]
+        );
+        // A loss, and an assignment of a task that does not exist: not an error, just not
+        // pending; the loss is written.
+        let missing = TaskId { job: 999, index: 0 };
+        let lost = Change::End(Ending {
+            attempt: AttemptId {
+                task: task(1),
+                attempt: 1,
+            },
+            holder: None,
+            outcome: "lost".into(),
+            result: None,
+            next: TaskState::Pending,
+        });
+        let nobody = Change::Assign {
+            task: missing,
+            agent: "a".into(),
+        };
+        let outcomes = s.persist(&[lost, nobody], 3).await.unwrap();
+        assert!(matches!(outcomes[0], Persisted::Ended(TaskState::Pending)));
+        assert!(matches!(outcomes[1], Persisted::NotPending));
+        assert_eq!(s.tasks(job).await.unwrap()[1].state, TaskState::Pending);
     }
 
     async fn agent_state_changes_are_kept_newest_first(s: Store) {

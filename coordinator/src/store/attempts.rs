@@ -1,5 +1,7 @@
 //! Tasks and their attempts: assigned, started and ended as the dispatch core decides.
 
+use lull_dispatch::{Change, Persisted};
+
 use super::*;
 
 impl Store {
@@ -82,6 +84,19 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<AttemptId>> {
         let mut tx = self.begin_write().await?;
+        let assigned = self.assign_in(&mut tx, task, agent, now_ms).await?;
+        tx.commit().await?;
+        Ok(assigned)
+    }
+
+    /// [`Store::assign`] within a write transaction.
+    async fn assign_in(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        task: TaskId,
+        agent: &str,
+        now_ms: i64,
+    ) -> Result<Option<AttemptId>> {
         let row = sqlx::query(
             "UPDATE tasks SET state = 'running', attempt = attempt + 1, agent_id = $1, updated_ms = $2, \
              lease_until_ms = $5 WHERE job_id = $3 AND idx = $4 AND state = 'pending' RETURNING attempt",
@@ -107,12 +122,24 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(Some(AttemptId { task, attempt }))
     }
 
     /// Records that an attempt's guest started.
     pub async fn mark_started(&self, attempt: AttemptId, setup_us: u64, now_ms: i64) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        self.mark_started_in(&mut conn, attempt, setup_us, now_ms)
+            .await
+    }
+
+    /// [`Store::mark_started`] on a connection (or within a transaction).
+    async fn mark_started_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        attempt: AttemptId,
+        setup_us: u64,
+        now_ms: i64,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE attempts SET started_ms = $1, setup_us = $2 WHERE job_id = $3 AND idx = $4 AND attempt = $5 AND started_ms IS NULL",
         )
@@ -121,7 +148,7 @@ impl Store {
         .bind(attempt.task.job as i64)
         .bind(attempt.task.index as i64)
         .bind(attempt.attempt as i64)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -133,13 +160,25 @@ impl Store {
     /// given), or, for a success that arrives after its lease ran out, while the task waits for
     /// its next attempt: then the work is done and nothing is gained by running it again.
     pub async fn end_attempt(&self, ending: &Ending, now_ms: i64) -> Result<Recorded> {
+        let mut tx = self.begin_write().await?;
+        let recorded = self.end_attempt_in(&mut tx, ending, now_ms).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// [`Store::end_attempt`] within a write transaction.
+    async fn end_attempt_in(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        ending: &Ending,
+        now_ms: i64,
+    ) -> Result<Recorded> {
         let attempt = ending.attempt;
         let result = ending
             .result
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
-        let mut tx = self.begin_write().await?;
         let late_success_ok = result.is_some() && ending.next == TaskState::Succeeded;
         // On PostgreSQL the job's row is read under a share lock: a cancel waits for this
         // transaction, or this one sees the cancel (SQLite's write transactions are exclusive).
@@ -199,8 +238,43 @@ impl Store {
         .bind(attempt.task.index as i64)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(Recorded::Stored(state))
+    }
+
+    /// Persists a batch of the dispatch core's changes in one transaction (one fsync), and
+    /// says what became of each, in order. Either all are written or, on an error, none.
+    pub async fn persist(&self, changes: &[Change], now_ms: i64) -> Result<Vec<Persisted>> {
+        let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            outcomes.push(match change {
+                Change::Assign { task, agent } => {
+                    match self.assign_in(&mut tx, *task, agent, now_ms).await? {
+                        Some(attempt) => Persisted::Assigned {
+                            attempt,
+                            // A retried task starts from its latest checkpoint, if it kept one.
+                            checkpoint: if attempt.attempt > 1 {
+                                self.checkpoint_in(&mut tx, *task).await?
+                            } else {
+                                None
+                            },
+                        },
+                        None => Persisted::NotPending,
+                    }
+                }
+                Change::Start { attempt, setup_us } => {
+                    self.mark_started_in(&mut tx, *attempt, *setup_us, now_ms)
+                        .await?;
+                    Persisted::Done
+                }
+                Change::End(ending) => match self.end_attempt_in(&mut tx, ending, now_ms).await? {
+                    Recorded::Stored(state) => Persisted::Ended(state),
+                    Recorded::Stale => Persisted::Stale,
+                },
+            });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 }
 

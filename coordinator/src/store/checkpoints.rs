@@ -97,12 +97,22 @@ impl Store {
 
     /// The latest checkpoint kept for a task.
     pub async fn checkpoint(&self, task: TaskId) -> Result<Option<CheckpointRef>> {
+        let mut conn = self.pool.acquire().await?;
+        self.checkpoint_in(&mut conn, task).await
+    }
+
+    /// [`Store::checkpoint`] on a connection (or within a transaction).
+    pub(super) async fn checkpoint_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        task: TaskId,
+    ) -> Result<Option<CheckpointRef>> {
         let row = sqlx::query(
             "SELECT digest, size, attempt FROM checkpoints WHERE job_id = $1 AND idx = $2",
         )
         .bind(task.job as i64)
         .bind(task.index as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
         row.map(|r| {
             let digest: String = r.get(0);

@@ -142,6 +142,9 @@ const RECONNECT_ALLOWANCE: Duration = Duration::from_secs(10);
 /// resend it.
 const RESULT_TRIES: u32 = 5;
 
+/// The most changes written in one transaction.
+const MAX_BATCH: usize = 512;
+
 /// The longest the driver loop sleeps with nothing to do.
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -282,13 +285,20 @@ impl Hub {
             if self.store.backend() == Backend::Postgres {
                 self.sync_shared().await;
             }
-            let next = lock(&self.live).to_persist.pop_front();
-            if let Some((op, change)) = next {
-                let outcome = self.persist(&change).await;
+            let batch: Vec<(OpId, Change)> = {
+                let live = &mut *lock(&self.live);
+                let n = live.to_persist.len().min(MAX_BATCH);
+                live.to_persist.drain(..n).collect()
+            };
+            if !batch.is_empty() {
+                let outcomes = self.persist_batch(&batch).await;
                 self.with_live(|live| {
-                    live.core.handle_persisted(Instant::now(), op, outcome);
-                    if let Some(done) = live.waiters.remove(&op) {
-                        let _ = done.send(());
+                    let now = Instant::now();
+                    for ((op, _), outcome) in batch.into_iter().zip(outcomes) {
+                        live.core.handle_persisted(now, op, outcome);
+                        if let Some(done) = live.waiters.remove(&op) {
+                            let _ = done.send(());
+                        }
                     }
                 });
                 continue;
@@ -301,6 +311,43 @@ impl Hub {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Writes a batch of changes in one transaction. When that fails, each is written on its
+    /// own, so that one change the store refuses does not fail the others, and a result gets
+    /// its retries.
+    async fn persist_batch(&self, batch: &[(OpId, Change)]) -> Vec<Persisted> {
+        let changes: Vec<Change> = batch.iter().map(|(_, c)| c.clone()).collect();
+        match self.store.persist(&changes, self.store.now_ms()).await {
+            Ok(outcomes) => {
+                for (change, outcome) in changes.iter().zip(&outcomes) {
+                    self.count_eviction(change, outcome);
+                }
+                outcomes
+            }
+            Err(e) => {
+                if changes.len() > 1 {
+                    tracing::warn!(changes = changes.len(), error = %e, "could not persist a batch; writing its changes one by one");
+                }
+                let mut outcomes = Vec::with_capacity(changes.len());
+                for change in &changes {
+                    outcomes.push(self.persist(change).await);
+                }
+                outcomes
+            }
+        }
+    }
+
+    /// Counts an eviction for `/metrics` once its result is stored.
+    fn count_eviction(&self, change: &Change, outcome: &Persisted) {
+        if let (Change::End(ending), Persisted::Ended(_)) = (change, outcome)
+            && let Some(reason) = ending
+                .result
+                .as_deref()
+                .and_then(lull_dispatch::eviction_reason)
+        {
+            self.metrics.evicted(reason);
         }
     }
 
@@ -350,14 +397,9 @@ impl Hub {
                     tried += 1;
                     match self.store.end_attempt(ending, self.store.now_ms()).await {
                         Ok(Recorded::Stored(state)) => {
-                            if let Some(reason) = ending
-                                .result
-                                .as_deref()
-                                .and_then(lull_dispatch::eviction_reason)
-                            {
-                                self.metrics.evicted(reason);
-                            }
-                            return Persisted::Ended(state);
+                            let outcome = Persisted::Ended(state);
+                            self.count_eviction(change, &outcome);
+                            return outcome;
                         }
                         Ok(Recorded::Stale) => return Persisted::Stale,
                         Err(e) if tried < tries => {
