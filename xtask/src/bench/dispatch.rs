@@ -15,12 +15,22 @@ const TRIVIAL: &str = r#"(module
 
 /// Many tasks of a trivial guest through `lull dev` on loopback: how long from an assignment
 /// reaching the agent to its guest running (`setup_us`, measured by the agent), and how many
-/// tasks per second the whole loop completes.
+/// tasks per second the whole loop completes. `--tasks N` (2000), `--agents N` (2) and
+/// `--slots N` (2 per agent) change the load.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let tasks: u32 = match args.iter().position(|a| a == "--tasks") {
-        Some(i) => args.get(i + 1).context("--tasks needs a number")?.parse()?,
-        None => 2000,
+    let option = |name: &str, default: u32| -> anyhow::Result<u32> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => Ok(args
+                .get(i + 1)
+                .with_context(|| format!("{name} needs a number"))?
+                .parse()
+                .with_context(|| format!("{name} needs a number"))?),
+            None => Ok(default),
+        }
     };
+    let tasks = option("--tasks", 2000)?;
+    let agents = option("--agents", 2)?;
+    let slots = option("--slots", 2)?;
     util::cargo(&["build", "--release", "-p", "lull", "--bins"])?;
     let dir = tempfile_dir()?;
     std::fs::write(dir.join("trivial.wasm"), wat::parse_str(TRIVIAL)?)?;
@@ -30,7 +40,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "name = \"dispatch-bench\"\ncount = {tasks}\n[[module]]\npath = \"trivial.wasm\"\n[resources]\nmemory = \"1MiB\"\n"
         ),
     )?;
-    let dev = Dev::start_release(2, 2)?;
+    let dev = Dev::start_release(agents as usize, slots)?;
     let job_file = dir.join("job.toml");
     let started = Instant::now();
     let out = dev.output(&["submit", &job_file.to_string_lossy(), "--json", "--watch"])?;
@@ -53,6 +63,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let pct = |p: f64| setup_us[((setup_us.len() as f64 - 1.0) * p).round() as usize] / 1000.0;
     let figures = serde_json::json!({
         "tasks": tasks,
+        "agents": agents,
+        "slots_per_agent": slots,
         "dispatch_p50_ms": round3(pct(0.50)),
         "dispatch_p99_ms": round3(pct(0.99)),
         "tasks_per_s": round3(tasks as f64 / elapsed.as_secs_f64()),
