@@ -38,11 +38,6 @@ impl Leases {
         }
     }
 
-    /// How long a lease lasts.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Grants (or re-grants) a lease on `attempt` to `agent`.
     pub fn grant(&mut self, now: Instant, attempt: AttemptId, agent: &str) {
         self.grant_for(now, attempt, agent, self.ttl);
@@ -124,13 +119,9 @@ impl Leases {
     }
 
     /// How many leases are held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.leases.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.leases.is_empty()
     }
 }
 

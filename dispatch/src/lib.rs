@@ -392,11 +392,6 @@ impl Dispatch {
         }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     // ----- Inputs -----
 
     /// The state read from the store at a start: unfinished jobs, pending tasks, and running
@@ -443,9 +438,7 @@ impl Dispatch {
             self.jobs.entry(id).or_insert(spec);
         }
         for task in tasks {
-            if !self.cancelled.contains(&task.job) {
-                self.queue(task);
-            }
+            self.queue(task);
         }
     }
 
@@ -577,9 +570,10 @@ impl Dispatch {
 
     /// An agent reported: its leases are renewed, attempts it runs that are not its are
     /// cancelled, and its capacity and policy's view replace the old.
-    pub fn handle_report(&mut self, now: Instant, agent: &str, report: Report) {
+    /// Returns whether the agent is connected here (a report on a replaced connection is not).
+    pub fn handle_report(&mut self, now: Instant, agent: &str, report: Report) -> bool {
         let Some(a) = self.agents.get_mut(agent) else {
-            return;
+            return false;
         };
         for (attempt, fraction) in report.progress {
             if a.running.contains(&attempt) && fraction.is_finite() {
@@ -597,13 +591,13 @@ impl Dispatch {
         a.status = report.status;
         a.silent = false;
         let accepting = a.accepting();
-        let cluster = a.cluster.clone();
         self.schedulers
-            .get(&cluster)
-            .agent_up(agent, &self.agents[agent].capacity, accepting);
+            .get(&a.cluster)
+            .agent_up(agent, &a.capacity, accepting);
         for attempt in stale {
             self.send(agent, conn, not_assigned(attempt));
         }
+        true
     }
 
     /// An agent's heartbeat: the leases of what it runs are renewed.
@@ -787,6 +781,11 @@ impl Dispatch {
         Some(running.len())
     }
 
+    /// Sends a message to an agent on its current connection, if it is connected here.
+    pub fn tell(&mut self, agent: &str, message: CoordinatorMessage) {
+        self.send_to(agent, message);
+    }
+
     /// Counts a blob served to an agent.
     pub fn handle_blob_served(&mut self, agent: &str, bytes: u64) {
         if let Some(a) = self.agents.get_mut(agent) {
@@ -862,11 +861,6 @@ impl Dispatch {
     /// Whether the core knows a job.
     pub fn knows_job(&self, id: u64) -> bool {
         self.jobs.contains_key(&id)
-    }
-
-    /// Whether a job is known to be cancelled.
-    pub fn is_cancelled(&self, job: u64) -> bool {
-        self.cancelled.contains(&job)
     }
 
     /// Whether `agent` holds the lease of `attempt`.

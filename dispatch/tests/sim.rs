@@ -1,7 +1,7 @@
 //! The dispatch core driven by simulation: a store with the real store's rules, agents that run
 //! tasks for a while, report, fail, go silent, reconnect and send results twice, and time that
 //! passes only when the simulation says so. Thousands of agents and tasks run in simulated
-//! minutes, in milliseconds of real time.
+//! minutes, in about a second of real time.
 #![allow(clippy::disallowed_methods)] // The simulation's start is the one real clock reading.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

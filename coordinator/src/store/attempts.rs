@@ -77,6 +77,7 @@ impl Store {
 
     /// Assigns a pending task to an agent, starting its next attempt. Returns the attempt, or
     /// `None` when the task was no longer pending.
+    #[cfg(test)]
     pub async fn assign(
         &self,
         task: TaskId,
@@ -126,13 +127,6 @@ impl Store {
     }
 
     /// Records that an attempt's guest started.
-    pub async fn mark_started(&self, attempt: AttemptId, setup_us: u64, now_ms: i64) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        self.mark_started_in(&mut conn, attempt, setup_us, now_ms)
-            .await
-    }
-
-    /// [`Store::mark_started`] on a connection (or within a transaction).
     async fn mark_started_in(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -159,6 +153,7 @@ impl Store {
     /// the attempt is its task's current one and running (and held by `ending.holder`, when
     /// given), or, for a success that arrives after its lease ran out, while the task waits for
     /// its next attempt: then the work is done and nothing is gained by running it again.
+    #[cfg(test)]
     pub async fn end_attempt(&self, ending: &Ending, now_ms: i64) -> Result<Recorded> {
         let mut tx = self.begin_write().await?;
         let recorded = self.end_attempt_in(&mut tx, ending, now_ms).await?;

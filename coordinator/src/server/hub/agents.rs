@@ -182,14 +182,16 @@ impl Hub {
                 status,
                 progress,
             } => {
-                self.record_report(agent, &capacity, &status);
+                let sample = (capacity.clone(), status.clone());
                 let report = Report {
                     capacity,
                     running,
                     status,
                     progress,
                 };
-                self.with_core(|core| core.handle_report(Instant::now(), agent, report));
+                if self.with_core(|core| core.handle_report(Instant::now(), agent, report)) {
+                    self.record_report(agent, &sample.0, &sample.1);
+                }
             }
             AgentMessage::Heartbeat => {
                 self.with_core(|core| core.handle_heartbeat(Instant::now(), agent));
@@ -246,9 +248,6 @@ impl Hub {
         capacity: &lull_protocol::message::Capacity,
         status: &lull_protocol::message::AgentStatus,
     ) {
-        if self.read_core(|core| core.agent(agent).is_none()) {
-            return;
-        }
         // The guests' share of the machine over the last report interval.
         let harvested = status.guest_cpu
             * f64::from(capacity.cores)
@@ -295,13 +294,7 @@ impl Hub {
         };
         let Some(job) = job else {
             tracing::warn!(%agent, %attempt, "result for a job that does not exist; acknowledged and dropped");
-            self.with_live(|live| {
-                if let Some(a) = live.core.agent(agent)
-                    && let Some(tx) = live.senders.get(&a.conn)
-                {
-                    let _ = tx.send(CoordinatorMessage::ResultAck { attempt });
-                }
-            });
+            self.with_core(|core| core.tell(agent, CoordinatorMessage::ResultAck { attempt }));
             return;
         };
         // A result whose names would reach out of their folders, or that does not match its
@@ -390,17 +383,12 @@ impl Hub {
             None => tracing::info!(%agent, %attempt, seq, %digest, size, "checkpoint kept"),
             Some(reason) => {
                 tracing::warn!(%agent, %attempt, seq, %reason, "checkpoint refused");
-                self.with_live(|live| {
-                    if let Some(a) = live.core.agent(agent)
-                        && let Some(tx) = live.senders.get(&a.conn)
-                    {
-                        let _ = tx.send(CoordinatorMessage::CheckpointRefused {
-                            attempt,
-                            seq,
-                            reason,
-                        });
-                    }
-                });
+                let refused = CoordinatorMessage::CheckpointRefused {
+                    attempt,
+                    seq,
+                    reason,
+                };
+                self.with_core(|core| core.tell(agent, refused));
             }
         }
     }

@@ -33,7 +33,7 @@ use lull_protocol::signature::TrustList;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::blobs::BlobStore;
-use crate::store::{Backend, Recorded, Store, StoreError, TaskState};
+use crate::store::{Backend, Store, StoreError, TaskState};
 use lull_protocol::sync::lock;
 
 /// Settings of the hub.
@@ -97,9 +97,6 @@ pub enum HubError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-/// What `lull agents` shows of one agent.
-pub use lull_protocol::api::Agent as AgentView;
 
 /// The core and what carries out its commands, under one lock.
 #[derive(Debug)]
@@ -285,16 +282,16 @@ impl Hub {
             if self.store.backend() == Backend::Postgres {
                 self.sync_shared().await;
             }
-            let batch: Vec<(OpId, Change)> = {
+            let (ops, changes): (Vec<OpId>, Vec<Change>) = {
                 let live = &mut *lock(&self.live);
                 let n = live.to_persist.len().min(MAX_BATCH);
-                live.to_persist.drain(..n).collect()
+                live.to_persist.drain(..n).unzip()
             };
-            if !batch.is_empty() {
-                let outcomes = self.persist_batch(&batch).await;
+            if !changes.is_empty() {
+                let outcomes = self.persist_batch(&changes).await;
                 self.with_live(|live| {
                     let now = Instant::now();
-                    for ((op, _), outcome) in batch.into_iter().zip(outcomes) {
+                    for (op, outcome) in ops.into_iter().zip(outcomes) {
                         live.core.handle_persisted(now, op, outcome);
                         if let Some(done) = live.waiters.remove(&op) {
                             let _ = done.send(());
@@ -317,9 +314,8 @@ impl Hub {
     /// Writes a batch of changes in one transaction. When that fails, each is written on its
     /// own, so that one change the store refuses does not fail the others, and a result gets
     /// its retries.
-    async fn persist_batch(&self, batch: &[(OpId, Change)]) -> Vec<Persisted> {
-        let changes: Vec<Change> = batch.iter().map(|(_, c)| c.clone()).collect();
-        match self.store.persist(&changes, self.store.now_ms()).await {
+    async fn persist_batch(&self, changes: &[Change]) -> Vec<Persisted> {
+        match self.store.persist(changes, self.store.now_ms()).await {
             Ok(outcomes) => {
                 for (change, outcome) in changes.iter().zip(&outcomes) {
                     self.count_eviction(change, outcome);
@@ -331,7 +327,7 @@ impl Hub {
                     tracing::warn!(changes = changes.len(), error = %e, "could not persist a batch; writing its changes one by one");
                 }
                 let mut outcomes = Vec::with_capacity(changes.len());
-                for change in &changes {
+                for change in changes {
                     outcomes.push(self.persist(change).await);
                 }
                 outcomes
@@ -351,73 +347,40 @@ impl Hub {
         }
     }
 
-    /// Writes one change to the store.
+    /// Writes one change to the store, in a transaction of its own. A result is tried a few
+    /// times: its agent resends it only when it reconnects.
     async fn persist(&self, change: &Change) -> Persisted {
-        match change {
-            Change::Assign { task, agent } => {
-                match self.store.assign(*task, agent, self.store.now_ms()).await {
-                    Ok(Some(attempt)) => {
-                        // A retried task starts from its latest checkpoint, if it kept one.
-                        let checkpoint = if attempt.attempt > 1 {
-                            self.store.checkpoint(*task).await.unwrap_or_else(|e| {
-                                tracing::error!(%task, error = %e, "could not look up the task's checkpoint; it starts afresh");
-                                None
-                            })
-                        } else {
-                            None
-                        };
-                        Persisted::Assigned {
-                            attempt,
-                            checkpoint,
-                        }
-                    }
-                    Ok(None) => Persisted::NotPending,
-                    Err(e) => Persisted::Failed(e.to_string()),
+        let tries = match change {
+            Change::End(ending) if ending.result.is_some() => RESULT_TRIES,
+            _ => 1,
+        };
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            match self
+                .store
+                .persist(std::slice::from_ref(change), self.store.now_ms())
+                .await
+            {
+                Ok(mut outcomes) => {
+                    let outcome = outcomes.pop().unwrap_or(Persisted::Stale);
+                    self.count_eviction(change, &outcome);
+                    return outcome;
                 }
-            }
-            Change::Start { attempt, setup_us } => {
-                match self
-                    .store
-                    .mark_started(*attempt, *setup_us, self.store.now_ms())
-                    .await
-                {
-                    Ok(()) => Persisted::Done,
-                    Err(e) => Persisted::Failed(e.to_string()),
+                Err(e) if tried < tries => {
+                    tracing::warn!(error = %e, "could not record result; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << tried)).await;
                 }
-            }
-            Change::End(ending) => {
-                // A result is tried a few times: its agent resends it only when it reconnects.
-                let tries = if ending.result.is_some() {
-                    RESULT_TRIES
-                } else {
-                    1
-                };
-                let mut tried = 0;
-                loop {
-                    tried += 1;
-                    match self.store.end_attempt(ending, self.store.now_ms()).await {
-                        Ok(Recorded::Stored(state)) => {
-                            let outcome = Persisted::Ended(state);
-                            self.count_eviction(change, &outcome);
-                            return outcome;
-                        }
-                        Ok(Recorded::Stale) => return Persisted::Stale,
-                        Err(e) if tried < tries => {
-                            tracing::warn!(attempt = %ending.attempt, error = %e, "could not record result; retrying");
-                            tokio::time::sleep(Duration::from_millis(100 << tried)).await;
-                        }
-                        Err(e) => return Persisted::Failed(e.to_string()),
-                    }
-                }
+                Err(e) => return Persisted::Failed(e.to_string()),
             }
         }
     }
 
     /// The connected agents.
-    pub fn agents(&self) -> Vec<AgentView> {
-        let mut v: Vec<AgentView> = self.read_core(|core| {
+    pub fn agents(&self) -> Vec<lull_protocol::api::Agent> {
+        let mut v: Vec<lull_protocol::api::Agent> = self.read_core(|core| {
             core.agents()
-                .map(|(id, a)| AgentView {
+                .map(|(id, a)| lull_protocol::api::Agent {
                     id: id.to_owned(),
                     name: a.name.clone(),
                     capacity: a.capacity.clone(),
