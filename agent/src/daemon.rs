@@ -2,7 +2,7 @@
 //! capacity, run assignments on their own threads, and deliver every result — results finished
 //! while disconnected wait on disk in the outbox and are sent on reconnect.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::cache::compiled::CompiledCache;
 use crate::cache::{BlobCache, DigestMismatch, Lru};
 use crate::config::AgentConfig;
 use crate::link::{self, Dialer};
+use crate::outbox::Outbox;
 use crate::owner::{self, OwnerRequest};
 use crate::policy::{OwnerCommand, State};
 use crate::pool::{PoolConfig, Pools};
@@ -33,6 +34,8 @@ use lull_protocol::sync::lock;
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// How long a result sent may go unacknowledged before it is sent again.
 const RESEND_UNACKNOWLEDGED: Duration = Duration::from_secs(10);
+/// Messages to the coordinator written together at most, when they queue up.
+const WRITE_BATCH: usize = 256;
 
 /// How long an agent stopped by its owner waits for its last results and checkpoints to reach
 /// the coordinator before it exits.
@@ -57,7 +60,8 @@ pub struct Agent {
     labels: std::collections::BTreeMap<String, String>,
     runner: Arc<Runner>,
     cache: BlobCache,
-    outbox: PathBuf,
+    /// Results not yet acknowledged (their blobs are never evicted meanwhile).
+    outbox: Outbox,
     sampler: Mutex<Sampler>,
     /// Running tasks' controls, the gate new tasks pass, the reported status: shared with the
     /// scavenger thread.
@@ -70,29 +74,22 @@ pub struct Agent {
     /// Memory slots for guests.
     pools: Arc<Pools>,
     /// The blobs each assignment on the agent needs (never evicted from the cache meanwhile).
-    pinned: Mutex<std::collections::HashMap<AttemptId, Vec<Digest>>>,
+    pinned: Mutex<HashMap<AttemptId, Vec<Digest>>>,
     /// Checkpoints kept and not yet reported, per attempt (results wait for theirs).
     pending_checkpoints: Arc<crate::checkpoint::Pending>,
     /// The guests' checkpoints, from the task threads to the reporter.
     checkpoints: Mutex<Option<mpsc::UnboundedReceiver<crate::checkpoint::Kept>>>,
     /// The progress guests reported, for the coordinator.
     progress: Arc<crate::checkpoint::ProgressBoard>,
-    /// Each result in the outbox, with its blobs (never evicted until acknowledged): kept in
-    /// memory so that neither an eviction nor a stop need read the outbox.
-    outbox_blobs: Mutex<std::collections::HashMap<AttemptId, Vec<Digest>>>,
-    /// Results that could not be written to the outbox (its disk full): sent from memory all
-    /// the same, and lost only if the agent stops before they are acknowledged.
-    unstored: Mutex<std::collections::HashMap<AttemptId, TaskResult>>,
     /// Checkpoint states not yet reported (never evicted meanwhile).
     unreported: Mutex<HashSet<Digest>>,
     /// Blobs being fetched: tasks needing the same blob wait for one download.
-    fetching: Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     conn: watch::Sender<Option<quinn::Connection>>,
     /// The coordinator's lease, from its welcome: out of its reach for longer, the agent's
     /// attempts have been given to other agents.
     lease: Mutex<Option<Duration>>,
     events: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
-    outbox_ready: Notify,
 }
 
 impl Agent {
@@ -147,8 +144,7 @@ impl Agent {
         }
         let lru = Lru::new(cache_size);
         let cache = BlobCache::open(&data.join("blobs"), lru.clone())?;
-        let outbox = data.join("outbox");
-        std::fs::create_dir_all(&outbox)?;
+        let outbox = Outbox::open(&data.join("outbox"))?;
         let work_root = data.join("work");
         // Directories of tasks that were running when the agent last stopped are stale.
         let _ = std::fs::remove_dir_all(&work_root);
@@ -177,8 +173,6 @@ impl Agent {
             pinned: Mutex::default(),
             fetching: Mutex::default(),
             unreported: Mutex::default(),
-            outbox_blobs: Mutex::default(),
-            unstored: Mutex::default(),
             progress: progress.clone(),
             pending_checkpoints: pending_checkpoints.clone(),
             checkpoints: Mutex::new(Some(checkpoint_rx)),
@@ -226,15 +220,7 @@ impl Agent {
             conn: watch::channel(None).0,
             lease: Mutex::new(None),
             events: Mutex::new(None),
-            outbox_ready: Notify::new(),
         });
-        // Results left in the outbox by an earlier run keep their blobs too.
-        let waiting: std::collections::HashMap<AttemptId, Vec<Digest>> = agent
-            .outbox_entries()
-            .into_iter()
-            .map(|r| (r.attempt, r.blobs()))
-            .collect();
-        *lock(&agent.outbox_blobs) = waiting;
         let weak = Arc::downgrade(&agent);
         agent.cache.lru().protect_with(move || {
             weak.upgrade()
@@ -249,7 +235,7 @@ impl Agent {
     fn protected_blobs(&self) -> HashSet<Digest> {
         let mut keep: HashSet<Digest> = lock(&self.pinned).values().flatten().copied().collect();
         keep.extend(lock(&self.unreported).iter().copied());
-        keep.extend(lock(&self.outbox_blobs).values().flatten().copied());
+        keep.extend(self.outbox.blobs());
         keep
     }
 
@@ -314,7 +300,7 @@ impl Agent {
                         if r.is_err() {
                             tracing::warn!("stopping with results or checkpoints not yet handed back; results are sent at the next start");
                         }
-                        let lost = lock(&self.unstored).len();
+                        let lost = self.outbox.only_in_memory();
                         if lost > 0 {
                             tracing::warn!(results = lost, "results that were never on disk are lost; their tasks run again when their leases run out");
                         }
@@ -327,7 +313,7 @@ impl Agent {
 
     /// Whether every result is acknowledged and every checkpoint reported.
     fn handed_back(&self) -> bool {
-        lock(&self.outbox_blobs).is_empty() && self.pending_checkpoints.is_empty()
+        self.outbox.is_empty() && self.pending_checkpoints.is_empty()
     }
 
     /// Answers `lull-agent pause|resume|stop|status`.
@@ -446,7 +432,7 @@ impl Agent {
     /// so that finished work is not taken for lost and run again.
     fn held(&self) -> Vec<AttemptId> {
         let mut held = self.running();
-        held.extend(lock(&self.outbox_blobs).keys().copied());
+        held.extend(self.outbox.attempts());
         held.sort_unstable();
         held.dedup();
         held
@@ -494,10 +480,13 @@ impl Agent {
         let (tx, mut rx) = mpsc::unbounded_channel();
         *lock(&self.events) = Some(tx);
         self.conn.send_replace(Some(conn.clone()));
-        let mut sent: HashSet<AttemptId> = HashSet::new();
-        self.outbox_ready.notify_one();
+        // Results sent on this connection and not yet acknowledged, with when they went.
+        let mut sent: HashMap<AttemptId, Instant> = HashMap::new();
+        self.outbox.ready().notify_one();
         let mut report = tokio::time::interval(report_every);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resend = tokio::time::interval(RESEND_UNACKNOWLEDGED / 2);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = link::read_frame::<CoordinatorMessage>(&mut recv) => {
@@ -509,7 +498,20 @@ impl Agent {
                         None => return Ok(()),
                     }
                 }
-                Some(ev) = rx.recv() => link::write_frame(&mut send, &ev).await?,
+                Some(ev) = rx.recv() => {
+                    // What queued up meanwhile (results and starts come in bursts) goes in the
+                    // same write.
+                    let mut batch = vec![ev];
+                    while batch.len() < WRITE_BATCH
+                        && let Ok(ev) = rx.try_recv()
+                    {
+                        batch.push(ev);
+                    }
+                    lull_protocol::frame::stream::write_batch(&mut send, &batch, |_, e| {
+                        tracing::error!(error = %e, "a message to the coordinator could not be framed; dropped");
+                    })
+                    .await?;
+                }
                 _ = report.tick() => {
                     let msg = AgentMessage::Report { capacity: self.capacity(), running: self.held(), status: self.status(), progress: self.progress.snapshot() };
                     link::write_frame(&mut send, &msg).await?;
@@ -518,20 +520,31 @@ impl Agent {
                         link::write_frame(&mut send, &AgentMessage::Holds { compiled, dropped }).await?;
                     }
                 }
-                _ = self.outbox_ready.notified() => {
-                    for result in self.outbox_entries() {
-                        if sent.insert(result.attempt) {
-                            let agent = self.clone();
-                            let conn = conn.clone();
-                            tokio::spawn(async move { agent.deliver(conn, result).await });
-                        }
+                _ = self.outbox.ready().notified() => {
+                    let now = Instant::now();
+                    for result in self.outbox.to_send(|a| sent.contains_key(a)) {
+                        sent.insert(result.attempt, now);
+                        let agent = self.clone();
+                        let conn = conn.clone();
+                        tokio::spawn(async move { agent.deliver(conn, result).await });
+                    }
+                }
+                _ = resend.tick() => {
+                    // The coordinator may have failed to keep a result (its disk full, its
+                    // database restarting), or an upload may have failed: unacknowledged for
+                    // long, it goes again (copies are acknowledged without counting twice).
+                    let before = sent.len();
+                    sent.retain(|_, at| at.elapsed() < RESEND_UNACKNOWLEDGED);
+                    if sent.len() < before {
+                        tracing::info!(results = before - sent.len(), "results not acknowledged yet; sending them again");
+                        self.outbox.ready().notify_one();
                     }
                 }
             }
         }
     }
 
-    fn handle(self: &Arc<Self>, msg: CoordinatorMessage, sent: &mut HashSet<AttemptId>) {
+    fn handle(self: &Arc<Self>, msg: CoordinatorMessage, sent: &mut HashMap<AttemptId, Instant>) {
         match msg {
             CoordinatorMessage::Assign(a) => {
                 let attempt = a.attempt;
@@ -574,9 +587,7 @@ impl Agent {
             }
             CoordinatorMessage::ResultAck { attempt } => {
                 sent.remove(&attempt);
-                let _ = std::fs::remove_file(self.outbox_path(attempt));
-                lock(&self.unstored).remove(&attempt);
-                lock(&self.outbox_blobs).remove(&attempt);
+                self.outbox.acknowledged(attempt);
                 tracing::debug!(%attempt, "result acknowledged");
             }
             CoordinatorMessage::Welcome { .. } | CoordinatorMessage::Refused { .. } => {
@@ -601,9 +612,9 @@ impl Agent {
             return;
         };
         tracing::info!(%attempt, succeeded = result.succeeded(), cause = ?result.cause(), "attempt ended");
-        self.store_result(result);
+        // Into the outbox before it leaves the running: reported as held throughout.
+        self.outbox.put(result);
         lock(&self.shared.running).remove(&attempt);
-        self.outbox_ready.notify_one();
     }
 
     /// Fetches an attempt's blobs, waits for a task slot and memory slots, and runs it on a
@@ -738,67 +749,6 @@ impl Agent {
         }
     }
 
-    fn outbox_path(&self, attempt: AttemptId) -> PathBuf {
-        self.outbox.join(format!(
-            "{}.{}.{}.json",
-            attempt.task.job, attempt.task.index, attempt.attempt
-        ))
-    }
-
-    /// Puts a result in the outbox, or, when the disk will not take it, in memory: either way
-    /// it is sent until acknowledged, and its blobs are spared meanwhile.
-    fn store_result(&self, result: TaskResult) {
-        lock(&self.outbox_blobs).insert(result.attempt, result.blobs());
-        if let Err(e) = self.write_result(&result) {
-            tracing::error!(
-                attempt = %result.attempt,
-                error = %format!("{e:#}"),
-                "could not keep a result on disk; sending it from memory (it is lost if the agent stops before the coordinator has it)"
-            );
-            lock(&self.unstored).insert(result.attempt, result);
-        }
-    }
-
-    /// Writes a result into the outbox whole (a temporary file, synced, then renamed), or not
-    /// at all.
-    fn write_result(&self, result: &TaskResult) -> anyhow::Result<()> {
-        let path = self.outbox_path(result.attempt);
-        let tmp = path.with_extension("tmp");
-        let json = serde_json::to_vec(result)?;
-        let written = (|| -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.with_context(|| format!("writing {}", path.display()))
-    }
-
-    /// The results waiting for acknowledgement: those in the outbox and those only in memory.
-    fn outbox_entries(&self) -> Vec<TaskResult> {
-        let mut out: Vec<TaskResult> = lock(&self.unstored).values().cloned().collect();
-        let Ok(entries) = std::fs::read_dir(&self.outbox) else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.extension().is_some_and(|x| x == "json") {
-                match std::fs::read(&path).map(|b| serde_json::from_slice::<TaskResult>(&b)) {
-                    Ok(Ok(r)) => out.push(r),
-                    _ => {
-                        tracing::error!(file = %path.display(), "unreadable result in the outbox; removing it");
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
-            }
-        }
-        out
-    }
-
     /// Reports the guests' checkpoints in the order they were kept: uploads each state, seals
     /// it with the agent's key (bound to its attempt) and sends it.
     async fn report_checkpoints(
@@ -922,41 +872,23 @@ impl Agent {
         }
     }
 
-    /// Uploads a result's blobs, then sends it. The coordinator acknowledges it.
-    ///
-    /// Until it is acknowledged, it goes again every [`RESEND_UNACKNOWLEDGED`] while the
-    /// connection lasts (the next connection sends it anew): the coordinator may have failed to
-    /// keep it (its disk full, its database restarting), or an upload may have failed. The
-    /// coordinator acknowledges copies without counting them twice.
+    /// Uploads a result's blobs (its attempt's last checkpoints first), then sends it. The
+    /// coordinator acknowledges it; until then the session sends it again every
+    /// [`RESEND_UNACKNOWLEDGED`], and the next connection anew.
     async fn deliver(self: Arc<Self>, conn: quinn::Connection, result: TaskResult) {
         let attempt = result.attempt;
         // The attempt's last checkpoints go first: the next attempt starts from them.
         self.pending_checkpoints
             .flushed(attempt, Duration::from_secs(60))
             .await;
-        loop {
-            let mut uploaded = Ok(());
-            for digest in result.blobs() {
-                uploaded = link::upload_blob(&conn, &self.cache, digest).await;
-                if uploaded.is_err() {
-                    break;
-                }
+        for digest in result.blobs() {
+            if let Err(e) = link::upload_blob(&conn, &self.cache, digest).await {
+                tracing::warn!(%attempt, error = %format!("{e:#}"), "could not upload a result blob; trying again later");
+                return;
             }
-            match uploaded {
-                Ok(()) => self.send_event(AgentMessage::Result(result.clone())),
-                Err(e) => {
-                    tracing::warn!(%attempt, error = %format!("{e:#}"), "could not upload a result blob; trying again")
-                }
-            }
-            let deadline = Instant::now() + RESEND_UNACKNOWLEDGED;
-            while Instant::now() < deadline {
-                if !lock(&self.outbox_blobs).contains_key(&attempt) || conn.close_reason().is_some()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            tracing::info!(%attempt, "the result is not acknowledged yet; sending it again");
+        }
+        if self.outbox.contains(attempt) {
+            self.send_event(AgentMessage::Result(result));
         }
     }
 }

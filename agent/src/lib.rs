@@ -4,7 +4,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | `agent.toml`, the owner's settings |
-//! | [`daemon`] | the main loop: connection, reports, assignments, the outbox of results |
+//! | [`daemon`] | the main loop: connection, reports, assignments, results sent until acknowledged |
+//! | [`outbox`] | results kept on disk in groups (one sync for many) until acknowledged |
 //! | [`link`] | the QUIC link: pinned coordinator key, framing, blob download and upload |
 //! | [`cache`] | blobs by digest and compiled modules on disk, checked, under one LRU size budget |
 //! | [`pool`] | memory slots for guests: fixed size classes (pooled, warm) and a variable pool |
@@ -25,6 +26,7 @@ pub mod disk;
 pub mod enroll;
 pub mod install;
 pub mod link;
+pub mod outbox;
 pub mod owner;
 pub mod policy;
 pub mod pool;

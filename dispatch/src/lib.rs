@@ -346,6 +346,8 @@ pub struct Dispatch {
     agents: HashMap<String, Agent>,
     /// Jobs with work to do, or with attempts running here.
     jobs: HashMap<u64, Arc<JobSpec>>,
+    /// When each job submitted here was accepted (for its submit-to-start latency).
+    accepted: HashMap<u64, Instant>,
     /// Jobs known to be cancelled.
     cancelled: HashSet<u64>,
     /// Tasks queued in a scheduler and not yet placed, or waiting out a backoff: a task is
@@ -378,6 +380,7 @@ impl Dispatch {
             leases: Leases::new(config.lease),
             agents: HashMap::new(),
             jobs: HashMap::new(),
+            accepted: HashMap::new(),
             cancelled: HashSet::new(),
             queued: HashSet::new(),
             delayed: BinaryHeap::new(),
@@ -421,6 +424,7 @@ impl Dispatch {
         self.forget_later(now);
         let count = spec.count;
         self.jobs.insert(job, spec);
+        self.accepted.insert(job, now);
         for index in 0..count {
             self.queue(TaskId { job, index });
         }
@@ -476,6 +480,7 @@ impl Dispatch {
     /// A finished job was deleted.
     pub fn handle_deleted(&mut self, job: u64) {
         self.jobs.remove(&job);
+        self.accepted.remove(&job);
         self.cancelled.remove(&job);
     }
 
@@ -858,6 +863,12 @@ impl Dispatch {
         self.jobs.get(&id)
     }
 
+    /// When a job submitted to this core was accepted (`None` for jobs recovered from the
+    /// store or found in a shared one).
+    pub fn accepted(&self, id: u64) -> Option<Instant> {
+        self.accepted.get(&id).copied()
+    }
+
     /// Whether the core knows a job.
     pub fn knows_job(&self, id: u64) -> bool {
         self.jobs.contains_key(&id)
@@ -1010,6 +1021,7 @@ impl Dispatch {
         }));
         let before = self.jobs.len();
         self.jobs.retain(|job, _| busy.contains(job));
+        self.accepted.retain(|job, _| busy.contains(job));
         self.cancelled.retain(|job| busy.contains(job));
         if self.jobs.len() < before {
             tracing::debug!(

@@ -988,12 +988,19 @@ fn finished_jobs_are_forgotten_and_a_late_result_of_one_is_still_handled() {
     assert_eq!(sim.store.count(TaskState::Running), 1);
     // Another job runs on another agent and finishes; a minute later it is forgotten.
     sim.connect("a", 2, fast(Duration::from_secs(1)));
+    let submitted = sim.now;
     let other = sim.submit(2, 3);
+    assert_eq!(
+        sim.core.accepted(other),
+        Some(submitted),
+        "when a job was accepted is known while the job is"
+    );
     sim.run_until(Duration::from_secs(20), "the other job", |s| {
         s.job_done(other)
     });
     sim.run_for(lull_dispatch::FORGET_INTERVAL + Duration::from_secs(1));
     assert!(!sim.core.knows_job(other), "a finished job is forgotten");
+    assert_eq!(sim.core.accepted(other), None, "with when it was accepted");
     assert!(
         sim.core.knows_job(long),
         "a job is held while anything of it runs"

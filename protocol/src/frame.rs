@@ -177,6 +177,23 @@ pub mod stream {
         Ok(Some(super::parse_body(&body)?))
     }
 
+    /// Writes the frames of several messages with one write: a burst of small messages costs
+    /// one write, not one each. A message that cannot be framed is left out and given to
+    /// `dropped` with the reason; the others still go.
+    pub async fn write_batch<T: Serialize>(
+        send: &mut (impl AsyncWrite + Unpin),
+        msgs: &[T],
+        mut dropped: impl FnMut(&T, FrameError),
+    ) -> Result<(), std::io::Error> {
+        let mut buf = bytes::BytesMut::new();
+        for msg in msgs {
+            if let Err(e) = super::encode(msg, DEFAULT_MAX_FRAME, &mut buf) {
+                dropped(msg, e);
+            }
+        }
+        send.write_all(&buf).await
+    }
+
     /// Writes one frame.
     pub async fn write<T: Serialize>(
         send: &mut (impl AsyncWrite + Unpin),

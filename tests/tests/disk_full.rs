@@ -142,7 +142,7 @@ fn an_agent_whose_disk_fills_while_tasks_run_reports_why_and_loses_no_result() {
     }
     let log = cluster.agent_log("small");
     assert!(
-        log.contains("could not keep a result on disk; sending it from memory"),
+        log.contains("could not keep results on disk; sending them from memory"),
         "{log}"
     );
     std::thread::sleep(Duration::from_secs(2));

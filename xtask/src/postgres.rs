@@ -60,8 +60,15 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Server {
-    /// Installs PostgreSQL when missing and starts a fresh server.
+    /// Installs PostgreSQL when missing and starts a fresh server for the tests (without
+    /// fsync: the tests check behaviour, not durability against power loss).
     pub fn start() -> anyhow::Result<Server> {
+        Self::start_in("postgres-tests", false)
+    }
+
+    /// Installs PostgreSQL when missing and starts a fresh server whose data lives in `name`
+    /// under the target directory; `fsync` as a production server has it.
+    pub fn start_in(name: &str, fsync: bool) -> anyhow::Result<Server> {
         let bin = match find_bin() {
             Some(bin) => bin,
             None => {
@@ -71,7 +78,7 @@ impl Server {
                 )?
             }
         };
-        let dir = util::target_dir().join("postgres-tests");
+        let dir = util::target_dir().join(name);
         let data = dir.join("data");
         if data.exists() {
             // A server left running by an interrupted run.
@@ -101,8 +108,9 @@ impl Server {
         quiet(&mut initdb, "initdb")?;
         let port = free_port()?;
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400",
-            dir.display()
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=400",
+            dir.display(),
+            if fsync { "on" } else { "off" }
         );
         let mut start = program(&bin, "pg_ctl");
         start
@@ -113,7 +121,10 @@ impl Server {
             .args(["-o", &options, "-w", "start"]);
         quiet(&mut start, "pg_ctl start")?;
         let url = format!("postgres://lull@127.0.0.1:{port}/postgres");
-        eprintln!("xtask: PostgreSQL for the tests at {url}");
+        eprintln!(
+            "xtask: PostgreSQL at {url} (fsync {})",
+            if fsync { "on" } else { "off" }
+        );
         Ok(Server {
             bin,
             data,

@@ -302,20 +302,25 @@ impl Dev {
     /// loopback ports of the system's choosing, and waits until they are connected.
     #[cfg(feature = "bench")]
     pub fn start_release(agents: usize, slots: u32) -> anyhow::Result<Self> {
-        Self::start_with(
-            target_dir().join("release").join("lull"),
-            &[
-                "--agents",
-                &agents.to_string(),
-                "--slots",
-                &slots.to_string(),
-                "--http-listen",
-                "127.0.0.1:0",
-                "--quic-listen",
-                "127.0.0.1:0",
-            ],
-            agents,
-        )
+        Self::start_release_with(agents, slots, &[])
+    }
+
+    /// [`Dev::start_release`] with more arguments for `lull dev`.
+    #[cfg(feature = "bench")]
+    pub fn start_release_with(agents: usize, slots: u32, more: &[&str]) -> anyhow::Result<Self> {
+        let (agents_arg, slots_arg) = (agents.to_string(), slots.to_string());
+        let mut args = vec![
+            "--agents",
+            &agents_arg,
+            "--slots",
+            &slots_arg,
+            "--http-listen",
+            "127.0.0.1:0",
+            "--quic-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(more);
+        Self::start_with(target_dir().join("release").join("lull"), &args, agents)
     }
 
     /// Starts `bin dev ARGS`.
@@ -383,6 +388,11 @@ impl Dev {
 
     /// GETs a JSON document from the cluster's HTTP API.
     pub fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.get(path)?)?)
+    }
+
+    /// GETs a document from the cluster's HTTP API, as text.
+    pub fn get(&self, path: &str) -> anyhow::Result<String> {
         use std::io::{Read, Write};
         let host = self.url.trim_start_matches("http://");
         let mut stream =
@@ -400,7 +410,12 @@ impl Dev {
         if !head.starts_with("HTTP/1.1 200") {
             bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
         }
-        Ok(serde_json::from_str(body)?)
+        Ok(body.to_owned())
+    }
+
+    /// The process ID of `lull dev` (coordinator and agents in one process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

@@ -32,6 +32,10 @@ pub struct Args {
     /// instead of lending the machine whole. Guests start at once either way.
     #[arg(long)]
     scavenge: bool,
+    /// Keep the coordinator's state in this PostgreSQL database (a `postgres://` URL) instead
+    /// of a SQLite file in the data directory.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
 }
 
 /// Where `lull dev` keeps its signing key, which `lull submit` uses against a development
@@ -61,7 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let running = server::start(ServeConfig {
         data_dir: data.join("coordinator"),
-        database: None,
+        database: args.database.clone(),
         quic_addr: args.quic_listen,
         http_addr: args.http_listen,
         hub: HubConfig {

@@ -1,7 +1,7 @@
 //! `/metrics`: the coordinator's figures in Prometheus' text format, every series prefixed
 //! `lull_`.
 //!
-//! Counters and the dispatch histogram live in memory ([`Metrics`], fed by the hub as agents
+//! Counters and the latency histograms live in memory ([`Metrics`], fed by the hub as agents
 //! report) and start from zero when the coordinator starts; gauges are read when scraped.
 
 use lull_protocol::sync::lock;
@@ -9,10 +9,51 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-/// Upper bounds of the dispatch latency histogram's buckets, in seconds.
-const DISPATCH_BUCKETS: &[f64] = &[
-    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+/// Upper bounds of the latency histograms' buckets, in seconds: each about twice the last,
+/// from 100 µs, so that a quantile read from them is within a factor of two.
+const BUCKETS: &[f64] = &[
+    0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+    10.0, 30.0,
 ];
+
+/// A histogram of durations over [`BUCKETS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Observations per bucket (not cumulative), then above the last.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len() + 1];
+        }
+        let i = BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    /// The family `lull_{name}` in the text format, buckets cumulative.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        family(out, name, "histogram", help);
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "lull_{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "lull_{name}_bucket{{le=\"+Inf\"}} {}\nlull_{name}_sum {}\nlull_{name}_count {}",
+            self.count, self.sum, self.count
+        );
+    }
+}
 
 /// What the hub counts as things happen.
 #[derive(Debug, Default)]
@@ -20,10 +61,12 @@ pub struct Metrics(Mutex<Counters>);
 
 #[derive(Debug, Default)]
 struct Counters {
-    /// Observations per bucket of [`DISPATCH_BUCKETS`] (not cumulative), then above the last.
-    dispatch: Vec<u64>,
-    dispatch_sum: f64,
-    dispatch_count: u64,
+    /// From an assignment reaching its agent to its guest running.
+    dispatch: Histogram,
+    /// From a job accepted to its tasks' first attempts running.
+    submit_to_start: Histogram,
+    /// From a result read off its agent's connection to it being stored.
+    result_durable: Histogram,
     /// Agents' pauses, by the kind of reason.
     pauses: BTreeMap<String, u64>,
     /// Evicted attempts, by the kind of reason.
@@ -59,17 +102,17 @@ impl Metrics {
 
     /// An assignment reached its guest running after `seconds`.
     pub fn dispatched(&self, seconds: f64) {
-        let mut c = self.lock();
-        if c.dispatch.is_empty() {
-            c.dispatch = vec![0; DISPATCH_BUCKETS.len() + 1];
-        }
-        let i = DISPATCH_BUCKETS
-            .iter()
-            .position(|&b| seconds <= b)
-            .unwrap_or(DISPATCH_BUCKETS.len());
-        c.dispatch[i] += 1;
-        c.dispatch_sum += seconds;
-        c.dispatch_count += 1;
+        self.lock().dispatch.observe(seconds);
+    }
+
+    /// A task's first attempt started running this long after its job was accepted.
+    pub fn submitted_to_started(&self, seconds: f64) {
+        self.lock().submit_to_start.observe(seconds);
+    }
+
+    /// A result was stored this long after it was read from its agent.
+    pub fn result_stored(&self, seconds: f64) {
+        self.lock().result_durable.observe(seconds);
     }
 
     /// An agent paused its guests for `reason`.
@@ -122,24 +165,20 @@ impl Metrics {
             "Bytes of blobs stored.",
         );
         let _ = writeln!(out, "lull_blob_store_bytes {}", gauges.blob_bytes);
-        family(
+        c.dispatch.render(
             &mut out,
             "dispatch_latency_seconds",
-            "histogram",
             "From an assignment reaching its agent to its guest running.",
         );
-        let mut cumulative = 0;
-        for (i, bound) in DISPATCH_BUCKETS.iter().enumerate() {
-            cumulative += c.dispatch.get(i).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "lull_dispatch_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "lull_dispatch_latency_seconds_bucket{{le=\"+Inf\"}} {}\nlull_dispatch_latency_seconds_sum {}\nlull_dispatch_latency_seconds_count {}",
-            c.dispatch_count, c.dispatch_sum, c.dispatch_count
+        c.submit_to_start.render(
+            &mut out,
+            "submit_to_start_seconds",
+            "From a job accepted to each of its tasks' first attempts running (jobs accepted since the coordinator started).",
+        );
+        c.result_durable.render(
+            &mut out,
+            "result_durable_seconds",
+            "From a result read off its agent's connection to it being stored (and acknowledged).",
         );
         for (name, help, by_reason) in [
             (
@@ -224,6 +263,8 @@ mod tests {
         m.evicted("the agent is being drained");
         m.paused("incumbent CPU 90 % > 50 %");
         m.harvested(1.5);
+        m.submitted_to_started(0.05);
+        m.result_stored(0.000_05);
         let mut gauges = Gauges::default();
         gauges.agents.insert("running".into(), 2);
         gauges.tasks.insert("succeeded".into(), 7);
@@ -233,7 +274,8 @@ mod tests {
             "lull_agents{state=\"running\"} 2",
             "lull_tasks{state=\"succeeded\"} 7",
             "lull_blob_store_bytes 1234",
-            "lull_dispatch_latency_seconds_bucket{le=\"0.0005\"} 1",
+            "lull_dispatch_latency_seconds_bucket{le=\"0.0002\"} 1",
+            "lull_dispatch_latency_seconds_bucket{le=\"0.002\"} 1",
             "lull_dispatch_latency_seconds_bucket{le=\"0.005\"} 2",
             "lull_dispatch_latency_seconds_bucket{le=\"30\"} 2",
             "lull_dispatch_latency_seconds_bucket{le=\"+Inf\"} 3",
@@ -242,6 +284,10 @@ mod tests {
             "lull_pauses_total{reason=\"incumbent CPU\"} 1",
             "lull_harvested_core_seconds_total 1.5",
             "# TYPE lull_dispatch_latency_seconds histogram",
+            "lull_submit_to_start_seconds_bucket{le=\"0.02\"} 0",
+            "lull_submit_to_start_seconds_bucket{le=\"0.05\"} 1",
+            "lull_result_durable_seconds_bucket{le=\"0.0001\"} 1",
+            "lull_result_durable_seconds_count 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

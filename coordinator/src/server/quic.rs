@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::hub::Hub;
 
-use lull_protocol::frame::stream::{read as read_frame, write as write_frame};
+use lull_protocol::frame::stream::{read as read_frame, write as write_frame, write_batch};
 use lull_protocol::sync::lock;
 
 /// The bounds on agents' QUIC connections.
@@ -414,19 +414,36 @@ async fn control(
     let writer_conn = conn.clone();
     let writer_agent = agent_id.clone();
     let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
         while let Some(msg) = rx.recv().await {
-            if let CoordinatorMessage::Refused { reason } = msg {
+            // What queued up meanwhile (assignments and acknowledgements come in bursts) goes
+            // in the same write.
+            batch.push(msg);
+            while batch.len() < WRITE_BATCH
+                && let Ok(msg) = rx.try_recv()
+            {
+                batch.push(msg);
+            }
+            let refused = match batch
+                .iter()
+                .position(|m| matches!(m, CoordinatorMessage::Refused { .. }))
+            {
+                Some(i) => batch.drain(i..).next(),
+                None => None,
+            };
+            // One message that cannot be framed is dropped, not the ones beside it.
+            let written = write_batch(&mut send, &batch, |_, e| {
+                tracing::error!(agent = %writer_agent, error = %e, "a message to the agent could not be framed; dropped");
+            })
+            .await;
+            batch.clear();
+            if let Some(CoordinatorMessage::Refused { reason }) = refused {
                 // The hub cut this agent off (revoked): say why, then close.
                 refuse(&mut send, &writer_conn, reason).await;
                 break;
             }
-            match write_frame(&mut send, &msg).await {
-                Ok(()) => {}
-                // One message that cannot be framed is dropped, not the ones behind it.
-                Err(lull_protocol::frame::stream::StreamError::Frame(e)) => {
-                    tracing::error!(agent = %writer_agent, error = %e, "a message to the agent could not be framed; dropped");
-                }
-                Err(_) => break,
+            if written.is_err() {
+                break;
             }
         }
     });
@@ -450,8 +467,23 @@ async fn control(
         drop(queue);
         anyhow::Ok(())
     };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(RESULTS_IN_FLIGHT));
     let handler = async {
         while let Some(msg) = queued.recv().await {
+            if let AgentMessage::Result(result) = msg {
+                // Not waited for: the next results join the same write. Past the bound, the
+                // connection waits for the oldest to be written.
+                let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                if let Some(recorded) = hub.agent_result(&agent_id, result).await {
+                    tokio::spawn(async move {
+                        let _ = recorded.await;
+                        drop(slot);
+                    });
+                }
+                continue;
+            }
             if let AgentMessage::Checkpoint {
                 attempt,
                 digest,
@@ -482,6 +514,14 @@ async fn control(
 /// Messages of one agent read and waiting to be handled (a result waiting on the store, and
 /// what came after it); past it the connection is read no further until one is handled.
 const HANDLER_QUEUE: usize = 1024;
+
+/// Messages to one agent written together at most, when they queue up.
+const WRITE_BATCH: usize = 256;
+
+/// Results of one agent handed to the core and not yet written: past it, the connection's
+/// messages wait for the oldest to be written. Many in flight share a transaction; the bound
+/// keeps an agent from queueing unbounded work on a slow store.
+const RESULTS_IN_FLIGHT: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -197,8 +197,19 @@ impl Hub {
                 self.with_core(|core| core.handle_heartbeat(Instant::now(), agent));
             }
             AgentMessage::Started { attempt, setup_us } => {
-                if self.with_core(|core| core.handle_started(agent, attempt, setup_us)) {
+                let now = Instant::now();
+                let (started, accepted) = self.with_core(|core| {
+                    (
+                        core.handle_started(agent, attempt, setup_us),
+                        core.accepted(attempt.task.job),
+                    )
+                });
+                if started {
                     self.metrics.dispatched(setup_us as f64 / 1e6);
+                    if let Some(accepted) = accepted.filter(|_| attempt.attempt == 1) {
+                        self.metrics
+                            .submitted_to_started((now - accepted).as_secs_f64());
+                    }
                 } else {
                     tracing::warn!(%agent, %attempt, "start reported for an attempt not assigned to this agent; ignored");
                 }
@@ -214,7 +225,11 @@ impl Hub {
             AgentMessage::Holds { compiled, dropped } => {
                 self.with_core(|core| core.handle_holds(agent, compiled, dropped));
             }
-            AgentMessage::Result(result) => self.agent_result(agent, result).await,
+            AgentMessage::Result(result) => {
+                if let Some(recorded) = self.agent_result(agent, result).await {
+                    let _ = recorded.await;
+                }
+            }
             AgentMessage::StateChanged {
                 from,
                 to,
@@ -277,9 +292,16 @@ impl Hub {
     }
 
     /// A result: checked against its job like anything else from outside, then given to the
-    /// core, which decides the task's next state. Returns once that is persisted (or failed),
-    /// so that a connection has one result in flight at a time.
-    async fn agent_result(&self, agent: &str, result: TaskResult) {
+    /// core, which decides the task's next state. Returns, when the result went to the core, a
+    /// receipt that fires once its write is done (the acknowledgement to the agent, if any,
+    /// sent): a connection keeps a bounded number of results in flight with these, so that
+    /// results from one agent share writes.
+    pub async fn agent_result(
+        &self,
+        agent: &str,
+        result: TaskResult,
+    ) -> Option<oneshot::Receiver<()>> {
+        let read = Instant::now();
         let attempt = result.attempt;
         let job = match self.read_core(|core| core.job(attempt.task.job).cloned()) {
             Some(j) => Some(j),
@@ -288,14 +310,14 @@ impl Hub {
                 Err(StoreError::NoJob(_)) => None,
                 Err(e) => {
                     tracing::warn!(%attempt, error = %e, "could not read the result's job; the agent resends it");
-                    return;
+                    return None;
                 }
             },
         };
         let Some(job) = job else {
             tracing::warn!(%agent, %attempt, "result for a job that does not exist; acknowledged and dropped");
             self.with_core(|core| core.tell(agent, CoordinatorMessage::ResultAck { attempt }));
-            return;
+            return None;
         };
         // A result whose names would reach out of their folders, or that does not match its
         // job, ends the attempt as failed with the reason, and nothing of it is kept.
@@ -310,15 +332,15 @@ impl Hub {
         };
         if let Some(missing) = result.blobs().into_iter().find(|d| !self.blobs.contains(d)) {
             tracing::warn!(%agent, %attempt, %missing, "result refers to a blob not uploaded; not acknowledged");
-            return;
+            return None;
         }
         tracing::debug!(%agent, %attempt, cause = ?result.cause(), "result received");
         let (done, recorded) = oneshot::channel();
         self.with_live(|live| {
             let op = live.core.handle_result(agent, result, &job);
-            live.waiters.insert(op, done);
+            live.waiters.insert(op, (done, read));
         });
-        let _ = recorded.await;
+        Some(recorded)
     }
 
     /// An agent reports a checkpoint of `attempt`, whose seal the connection layer checked

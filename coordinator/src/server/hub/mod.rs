@@ -106,9 +106,9 @@ struct Live {
     senders: HashMap<Conn, mpsc::UnboundedSender<CoordinatorMessage>>,
     /// Changes waiting to be persisted, in the order the core asked for them.
     to_persist: VecDeque<(OpId, Change)>,
-    /// Who waits for a change to be persisted (an agent's result, so that a connection has
-    /// one result in flight at a time).
-    waiters: HashMap<OpId, oneshot::Sender<()>>,
+    /// Who waits for a change to be persisted (an agent's result, so that a connection has a
+    /// bounded number in flight), and when the result was read.
+    waiters: HashMap<OpId, (oneshot::Sender<()>, Instant)>,
 }
 
 /// The coordinator's live state.
@@ -293,7 +293,8 @@ impl Hub {
                     let now = Instant::now();
                     for (op, outcome) in ops.into_iter().zip(outcomes) {
                         live.core.handle_persisted(now, op, outcome);
-                        if let Some(done) = live.waiters.remove(&op) {
+                        if let Some((done, read)) = live.waiters.remove(&op) {
+                            self.metrics.result_stored((now - read).as_secs_f64());
                             let _ = done.send(());
                         }
                     }
