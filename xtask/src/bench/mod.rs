@@ -2,6 +2,7 @@
 //! last line.
 //!
 //! - `dispatch`: many trivial tasks through `lull dev` on loopback.
+//! - `footprint`: a release `lull-agent` process's memory and CPU, idle and paused with guests.
 //! - `start`: warm instantiation (pooled and not), cold starts, and what a submit and a
 //!   1,000-task job send and fetch.
 //! - `schedule`: the scheduler alone, placing 1,000,000 tasks on 10,000 simulated agents with
@@ -10,6 +11,7 @@
 //!   child processes: pause latency, reaction, incumbent slowdown, harvest.
 
 mod dispatch;
+mod footprint;
 mod scavenge;
 mod schedule;
 mod start;
@@ -22,6 +24,7 @@ use crate::util;
 pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
     match name {
         Some("dispatch") => dispatch::run(args),
+        Some("footprint") => footprint::run(args),
         Some("scavenge") => scavenge::run(args),
         Some("schedule") => schedule::run(args),
         Some("start") => start::run(args),
