@@ -190,7 +190,7 @@ impl Agent {
                 sandbox: Arc::new(sandbox),
                 cache: cache.clone(),
                 trust: Arc::new(trust),
-                work_root,
+                work: crate::workdir::WorkDirs::new(work_root),
                 max_task_memory,
                 outputs_cap,
                 task_disk,
@@ -487,10 +487,23 @@ impl Agent {
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resend = tokio::time::interval(RESEND_UNACKNOWLEDGED / 2);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames are read by a task of their own: a read interrupted by the loop's other
+        // branches would lose the part of a frame already read and put the stream out of step.
+        let (frames_tx, mut frames) = mpsc::channel(64);
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = link::read_frame::<CoordinatorMessage>(&mut recv).await;
+                let last = !matches!(msg, Ok(Some(_)));
+                if frames_tx.send(msg).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        let _reader = AbortOnDrop(reader);
         loop {
             tokio::select! {
-                msg = link::read_frame::<CoordinatorMessage>(&mut recv) => {
-                    match msg? {
+                msg = frames.recv() => {
+                    match msg.transpose()?.flatten() {
                         Some(CoordinatorMessage::Refused { reason }) => {
                             return Err(link::Refused(reason).into());
                         }
@@ -932,6 +945,15 @@ impl Events for ToAgent {
         if let Some(agent) = self.0.upgrade() {
             agent.stop.notify_one();
         }
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
