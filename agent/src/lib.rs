@@ -34,6 +34,7 @@ pub mod runner;
 pub mod sampler;
 pub mod sandbox;
 pub mod scavenger;
+pub mod workdir;
 
 pub use config::AgentConfig;
 pub use daemon::Agent;

@@ -32,8 +32,8 @@ pub struct Runner {
     pub cache: BlobCache,
     /// The owner's trust list.
     pub trust: Arc<TrustList>,
-    /// Where task directories are made.
-    pub work_root: PathBuf,
+    /// Where task directories are made (and kept for the next task).
+    pub work: crate::workdir::WorkDirs,
     /// The most memory one module may have.
     pub max_task_memory: u64,
     /// The most bytes of `/output` kept per task.
@@ -212,7 +212,12 @@ impl Runner {
                 Err(reason) => return refused(a, &format!("module {}: {reason}", m.name)),
             }
         }
-        let dir = self.work_root.join(a.attempt.to_string().replace('#', "-"));
+        let dir = match self.work.take() {
+            Ok(dir) => dir,
+            Err(e) => {
+                return refused(a, &format!("could not prepare the task's directories: {e}"));
+            }
+        };
         let result = match self.layout(a, &dir, pooled) {
             Ok((specs, hooks)) => {
                 on_start();
@@ -225,9 +230,7 @@ impl Runner {
                 &format!("could not prepare the task's directories: {e:#}"),
             ),
         };
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a task directory");
-        }
+        self.work.give_back(dir);
         result
     }
 
@@ -295,7 +298,7 @@ impl Runner {
     fn layout(
         &self,
         a: &Assignment,
-        dir: &Path,
+        dir: &crate::workdir::TaskDir,
         pooled: bool,
     ) -> anyhow::Result<(Vec<RunSpec>, Arc<crate::checkpoint::AttemptHooks>)> {
         // One set of hooks for the task's modules, restoring the checkpoint it was given.
@@ -312,18 +315,14 @@ impl Runner {
             self.checkpoints.clone(),
         ));
         let hooks = crate::sandbox::Hooks(attempt_hooks.clone());
-        let output = dir.join("output");
-        let scratch = dir.join("scratch");
-        for d in [&output, &scratch] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
+        let (output, scratch) = (&dir.output, &dir.scratch);
         let index = a.attempt.task.index;
         let mut specs = Vec::new();
         for (i, m) in a.job.modules.iter().enumerate() {
             let input_dir = if m.inputs.is_empty() {
                 None
             } else {
-                let input = dir.join(format!("input-{i}"));
+                let input = dir.path.join(format!("input-{i}"));
                 for f in &m.inputs {
                     lull_protocol::job::check_input_path(&f.path)
                         .map_err(|r| anyhow::anyhow!("input {:?} {r}", f.path))?;

@@ -50,7 +50,7 @@ fn agent(data: &Path, sandbox: &Arc<Sandbox>, trust: &Arc<TrustList>, budget: u6
             sandbox: sandbox.clone(),
             cache,
             trust: trust.clone(),
-            work_root,
+            work: lull_agent::workdir::WorkDirs::new(work_root),
             max_task_memory: 1 << 30,
             outputs_cap: 1 << 20,
             task_disk: lull_agent::disk::DiskCap {

@@ -112,12 +112,10 @@ fn a_guest_that_fills_the_disk_is_stopped_at_its_cap_and_an_agent_short_of_disk_
         "disk_exceeded"
     );
     assert!(cluster.agent_is_running("capped"));
+    // The task's files are gone; its emptied folders are kept for the next task.
     let work = cluster.root().join("agents/capped/work");
-    assert_eq!(
-        std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0),
-        0,
-        "the task's files are gone"
-    );
+    let left = files_under(&work);
+    assert!(left.is_empty(), "the task's files are gone: {left:?}");
 
     // An agent that must keep more free than any disk has: listed, not taking work, saying why.
     cluster.start_agent(
@@ -150,4 +148,18 @@ fn a_guest_that_fills_the_disk_is_stopped_at_its_cap_and_an_agent_short_of_disk_
     std::thread::sleep(std::time::Duration::from_secs(3));
     let job = cluster.job(waiting);
     assert_eq!(job["state"], "pending", "{}", summarize(&job));
+}
+
+/// Everything but directories under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }

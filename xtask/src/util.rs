@@ -308,6 +308,22 @@ impl Dev {
     /// [`Dev::start_release`] with more arguments for `lull dev`.
     #[cfg(feature = "bench")]
     pub fn start_release_with(agents: usize, slots: u32, more: &[&str]) -> anyhow::Result<Self> {
+        Self::start_sized(
+            target_dir().join("release").join("lull"),
+            agents,
+            slots,
+            more,
+        )
+    }
+
+    /// Starts `bin dev` with `agents` agents of `slots` slots on ephemeral ports, and `more`.
+    #[cfg(feature = "bench")]
+    pub fn start_sized(
+        bin: PathBuf,
+        agents: usize,
+        slots: u32,
+        more: &[&str],
+    ) -> anyhow::Result<Self> {
         let (agents_arg, slots_arg) = (agents.to_string(), slots.to_string());
         let mut args = vec![
             "--agents",
@@ -320,7 +336,7 @@ impl Dev {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(more);
-        Self::start_with(target_dir().join("release").join("lull"), &args, agents)
+        Self::start_with(bin, &args, agents)
     }
 
     /// Starts `bin dev ARGS`.
@@ -414,6 +430,7 @@ impl Dev {
     }
 
     /// The process ID of `lull dev` (coordinator and agents in one process).
+    #[cfg(feature = "bench")]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

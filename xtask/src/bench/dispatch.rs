@@ -35,7 +35,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let agents = option("--agents", 2)?;
     let slots = option("--slots", 2)?;
     let postgres = args.iter().any(|a| a == "--postgres");
-    util::cargo(&["build", "--release", "-p", "lull", "--bins"])?;
+    // `--lull PATH`: another build of `lull` (an earlier commit's, to compare side by side).
+    let lull = match args.iter().position(|a| a == "--lull") {
+        Some(i) => Some(std::path::PathBuf::from(
+            args.get(i + 1)
+                .context("--lull needs the path of a lull binary")?,
+        )),
+        None => {
+            util::cargo(&["build", "--release", "-p", "lull", "--bins"])?;
+            None
+        }
+    };
     let server = if postgres {
         Some(crate::postgres::Server::start_in("postgres-bench", true)?)
     } else {
@@ -53,7 +63,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some(s) => vec!["--database", &s.url],
         None => vec![],
     };
-    let dev = Dev::start_release_with(agents as usize, slots, &database)?;
+    let dev = match &lull {
+        Some(bin) => Dev::start_sized(bin.clone(), agents as usize, slots, &database)?,
+        None => Dev::start_release_with(agents as usize, slots, &database)?,
+    };
     let job_file = dir.join("job.toml");
     let cpu_before = cpu_seconds(dev.pid())?;
     let started = Instant::now();
@@ -79,8 +92,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     setup_us.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| setup_us[((setup_us.len() as f64 - 1.0) * p).round() as usize] / 1000.0;
-    let quantile_ms = |name: &str, q: f64| -> anyhow::Result<f64> {
-        Ok(round3(histogram_quantile(&metrics, name, q)? * 1000.0))
+    // A histogram an earlier build does not have is `null`.
+    let quantile_ms = |name: &str, q: f64| -> anyhow::Result<serde_json::Value> {
+        if !metrics.contains(&format!("{name}_bucket")) {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(round3(histogram_quantile(&metrics, name, q)? * 1000.0).into())
     };
     let figures = serde_json::json!({
         "tasks": tasks,
