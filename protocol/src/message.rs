@@ -746,12 +746,15 @@ impl TaskResult {
         true
     }
 
-    /// Every blob this result refers to.
+    /// Every blob this result refers to, each once (a task's stdout and stderr are often
+    /// both empty: one blob).
     pub fn blobs(&self) -> Vec<Digest> {
         let mut out: Vec<Digest> = self.outputs.iter().map(|o| o.digest).collect();
         for m in &self.modules {
             out.extend(m.stdout.iter().chain(m.stderr.iter()).map(|c| c.digest));
         }
+        out.sort_unstable();
+        out.dedup();
         out
     }
 }
