@@ -29,6 +29,7 @@ mod leases;
 mod testing;
 mod tokens;
 pub use agents::{AgentRecord, EnrollRefusal, Enrolled};
+pub use attempts::{PagedTask, TaskPage};
 pub use clusters::{ClusterInfo, ClusterRefusal};
 pub use tokens::{Token, TokenInfo, TokenKind, TokenRefusal, TokenSpec};
 
@@ -349,6 +350,8 @@ pub(crate) mod tests {
         references_cover_jobs_and_results_until_the_job_is_deleted,
         only_the_running_attempt_keeps_checkpoints_and_the_newest_wins,
         the_newest_jobs_come_with_their_counts,
+        a_page_of_tasks_holds_its_tasks_with_their_results_and_where_the_next_starts,
+        a_jobs_counts_follow_every_change_of_its_tasks,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -527,10 +530,8 @@ pub(crate) mod tests {
         );
         let kept = s.checkpoint(task).await.unwrap().unwrap();
         assert_eq!((kept.digest, kept.size, kept.attempt), (d2, 3, 1));
-        assert_eq!(
-            s.checkpoint_progress(job).await.unwrap().get(&0),
-            Some(&0.5)
-        );
+        let page = s.task_page(job, 0, 1, None).await.unwrap();
+        assert_eq!(page.tasks[0].checkpoint_progress, Some(0.5));
         assert!(s.referenced_blobs().await.unwrap().contains(&d2));
 
         // The attempt ends (evicted): it keeps no more; the next one restores d2, then keeps
@@ -834,6 +835,169 @@ pub(crate) mod tests {
         assert_eq!(s.newest_jobs(None).await.unwrap().len(), 3);
         let all = s.total_counts().await.unwrap();
         assert_eq!((all.pending, all.running), (5, 1));
+    }
+
+    async fn a_page_of_tasks_holds_its_tasks_with_their_results_and_where_the_next_starts(
+        s: Store,
+    ) {
+        let job = s.insert_job(&spec(10, 1), 0).await.unwrap();
+        let other = s.insert_job(&spec(3, 1), 0).await.unwrap();
+        let task = |index| TaskId { job, index };
+        // Tasks 1, 4 and 7 fail, 2 succeeds after a first attempt lost; 3 runs with a
+        // checkpoint; the other job's tasks never show.
+        for index in [1, 4, 7] {
+            let a = s.assign(task(index), "a", 1).await.unwrap().unwrap();
+            record(&s, "a", &result(a, 1), TaskState::Failed, 2)
+                .await
+                .unwrap();
+        }
+        let lost = s.assign(task(2), "a", 1).await.unwrap().unwrap();
+        lose(&s, lost, TaskState::Pending, 2).await.unwrap();
+        let second = s.assign(task(2), "b", 3).await.unwrap().unwrap();
+        record(&s, "b", &result(second, 0), TaskState::Succeeded, 4)
+            .await
+            .unwrap();
+        let running = s.assign(task(3), "a", 1).await.unwrap().unwrap();
+        s.record_checkpoint("a", running, &Digest::of(b"c"), 1, 1, Some(0.5), 2)
+            .await
+            .unwrap();
+        s.assign(
+            TaskId {
+                job: other,
+                index: 0,
+            },
+            "a",
+            1,
+        )
+        .await
+        .unwrap();
+
+        let indexes = |p: &crate::store::TaskPage| -> Vec<u32> {
+            p.tasks.iter().map(|t| t.task.id.index).collect()
+        };
+        let first = s.task_page(job, 0, 4, None).await.unwrap();
+        assert_eq!(indexes(&first), [0, 1, 2, 3]);
+        assert_eq!(first.next, Some(4));
+        assert!(first.tasks.iter().all(|t| t.task.id.job == job));
+        assert_eq!(first.tasks[0].result, None);
+        let failed_first = AttemptId {
+            task: task(1),
+            attempt: 1,
+        };
+        assert_eq!(first.tasks[1].result, Some(result(failed_first, 1)));
+        // The last attempt's result, not the lost one's (which has none).
+        assert_eq!(first.tasks[2].result, Some(result(second, 0)));
+        assert_eq!(first.tasks[2].task.attempt, 2);
+        assert_eq!(first.tasks[3].checkpoint_progress, Some(0.5));
+        assert_eq!(first.tasks[3].task.state, TaskState::Running);
+        assert!(
+            first.tasks[..3]
+                .iter()
+                .all(|t| t.checkpoint_progress.is_none())
+        );
+        let last = s.task_page(job, 8, 4, None).await.unwrap();
+        assert_eq!((indexes(&last), last.next), (vec![8, 9], None));
+        // A page that ends with the job's last task has no next.
+        let exact = s.task_page(job, 6, 4, None).await.unwrap();
+        assert_eq!((indexes(&exact), exact.next), (vec![6, 7, 8, 9], None));
+        let past = s.task_page(job, 10, 4, None).await.unwrap();
+        assert_eq!((past.tasks.len(), past.next), (0, None));
+        // No task, but whether any follows.
+        let none = s.task_page(job, 3, 0, None).await.unwrap();
+        assert_eq!((none.tasks.len(), none.next), (0, Some(3)));
+
+        // Only the failed ones, two at a time: the next page starts at the next failed one.
+        let failed = Some(TaskState::Failed);
+        let page = s.task_page(job, 0, 2, failed).await.unwrap();
+        assert_eq!((indexes(&page), page.next), (vec![1, 4], Some(7)));
+        let page = s.task_page(job, 7, 2, failed).await.unwrap();
+        assert_eq!((indexes(&page), page.next), (vec![7], None));
+        let page = s.task_page(job, 5, 0, failed).await.unwrap();
+        assert_eq!((page.tasks.len(), page.next), (0, Some(7)));
+        let page = s
+            .task_page(job, 0, 10, Some(TaskState::Cancelled))
+            .await
+            .unwrap();
+        assert_eq!((page.tasks.len(), page.next), (0, None));
+        let pending = s
+            .task_page(job, 0, 10, Some(TaskState::Pending))
+            .await
+            .unwrap();
+        assert_eq!(indexes(&pending), [0, 5, 6, 8, 9]);
+        let page = s.task_page(999, 0, 10, None).await.unwrap();
+        assert_eq!((page.tasks.len(), page.next), (0, None));
+    }
+
+    /// Checks that a job's kept counts are those of its tasks.
+    async fn assert_counts_follow_tasks(s: &Store, job: u64) -> Counts {
+        let mut counted = Counts::default();
+        for t in s.tasks(job).await.unwrap() {
+            counted.add(t.state, 1);
+        }
+        let kept = s.job_counts(job).await.unwrap();
+        assert_eq!(kept, counted, "job {job}'s counts");
+        kept
+    }
+
+    async fn a_jobs_counts_follow_every_change_of_its_tasks(s: Store) {
+        let job = s.insert_job(&spec(6, 2), 0).await.unwrap();
+        let other = s.insert_job(&spec(2, 1), 0).await.unwrap();
+        let task = |index| TaskId { job, index };
+        assert_eq!(assert_counts_follow_tasks(&s, job).await.pending, 6);
+        // Succeeds; fails for good; fails once and waits for its second attempt; is lost and
+        // requeued, then its late success counts; runs when the job is cancelled.
+        let a0 = s.assign(task(0), "a", 1).await.unwrap().unwrap();
+        assert_eq!(assert_counts_follow_tasks(&s, job).await.running, 1);
+        record(&s, "a", &result(a0, 0), TaskState::Succeeded, 2)
+            .await
+            .unwrap();
+        let a1 = s.assign(task(1), "a", 1).await.unwrap().unwrap();
+        record(&s, "a", &result(a1, 1), TaskState::Pending, 2)
+            .await
+            .unwrap();
+        let again = s.assign(task(1), "a", 3).await.unwrap().unwrap();
+        record(&s, "a", &result(again, 1), TaskState::Failed, 4)
+            .await
+            .unwrap();
+        let a2 = s.assign(task(2), "a", 1).await.unwrap().unwrap();
+        record(&s, "a", &result(a2, 1), TaskState::Pending, 2)
+            .await
+            .unwrap();
+        let a3 = s.assign(task(3), "b", 1).await.unwrap().unwrap();
+        lose(&s, a3, TaskState::Pending, 2).await.unwrap();
+        record(&s, "b", &result(a3, 0), TaskState::Succeeded, 3)
+            .await
+            .unwrap();
+        // Stale endings change nothing.
+        assert_eq!(
+            record(&s, "a", &result(a0, 1), TaskState::Failed, 5)
+                .await
+                .unwrap(),
+            Recorded::Stale
+        );
+        assert_eq!(s.assign(task(0), "a", 5).await.unwrap(), None);
+        s.assign(task(4), "a", 5).await.unwrap().unwrap();
+        let c = assert_counts_follow_tasks(&s, job).await;
+        assert_eq!(
+            (c.pending, c.running, c.succeeded, c.failed),
+            (2, 1, 2, 1),
+            "{c:?}"
+        );
+        s.cancel_job(job, 6).await.unwrap();
+        let c = assert_counts_follow_tasks(&s, job).await;
+        assert_eq!((c.pending, c.running, c.cancelled), (0, 1, 2), "{c:?}");
+        assert_eq!(assert_counts_follow_tasks(&s, other).await.pending, 2);
+        let all = s.total_counts().await.unwrap();
+        assert_eq!((all.pending, all.running, all.total()), (2, 1, 8));
+        let by_state = s.task_state_counts().await.unwrap();
+        assert_eq!(by_state.get("cancelled"), Some(&2));
+        assert_eq!(by_state.get("failed"), Some(&1));
+        assert_eq!(
+            by_state.len(),
+            5,
+            "every state, with 0 when none: {by_state:?}"
+        );
+        assert_eq!(s.job_counts(999).await.unwrap(), Counts::default());
     }
 
     #[tokio::test]

@@ -423,10 +423,21 @@ impl Dispatch {
     pub fn handle_submitted(&mut self, now: Instant, job: u64, spec: Arc<JobSpec>) {
         self.forget_later(now);
         let count = spec.count;
+        let cluster = spec.cluster.clone();
         self.jobs.insert(job, spec);
         self.accepted.insert(job, now);
+        if self.cancelled.contains(&job) || !self.ensure_job(job) {
+            return;
+        }
+        // What `queue` does for each task, with the lookups made once: a job may have a
+        // million tasks, none of which failed anywhere yet.
+        self.queued.reserve(count as usize);
+        let scheduler = self.schedulers.get(&cluster);
         for index in 0..count {
-            self.queue(TaskId { job, index });
+            let task = TaskId { job, index };
+            if self.queued.insert(task) {
+                scheduler.task_queued(task);
+            }
         }
     }
 

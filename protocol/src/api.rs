@@ -244,7 +244,8 @@ pub struct TaskView {
     pub progress: Option<f64>,
 }
 
-/// `GET /api/v1/jobs/{id}`: a job with its definition and every task.
+/// `GET /api/v1/jobs/{id}`: a job with its definition and a page of its tasks (see
+/// [`TaskQuery`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobDetail {
     /// What the list of jobs shows of it.
@@ -254,8 +255,123 @@ pub struct JobDetail {
     pub waiting_reason: Option<String>,
     /// Its definition.
     pub spec: JobSpec,
-    /// Its tasks.
+    /// The page of its tasks asked for, by index.
     pub tasks: Vec<TaskView>,
+    /// When tasks asked for follow this page: the index of the next one, which is the `offset`
+    /// of the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u32>,
+}
+
+/// The query of `GET /api/v1/jobs/{id}`: which of the job's tasks its detail holds. The tasks
+/// whose index is at least `offset`, in index order, only those in `state` when it is given,
+/// at most `limit` of them (0 for none: the job's summary, definition and counts alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// The first task index to look at.
+    pub offset: u32,
+    /// The most tasks to answer with, at most [`TaskQuery::MAX_LIMIT`].
+    pub limit: u32,
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+}
+
+impl Default for TaskQuery {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            limit: Self::DEFAULT_LIMIT,
+            state: None,
+        }
+    }
+}
+
+/// A query parameter of [`TaskQuery`] that cannot be taken; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadTaskQuery {
+    /// `offset` or `limit` is not a number of the right size.
+    #[error("{name}: {value:?} is not a number from 0 to {max}")]
+    NotANumber {
+        /// The parameter.
+        name: &'static str,
+        /// What it was given.
+        value: String,
+        /// The largest it may be.
+        max: u32,
+    },
+    /// `state` is not a task state.
+    #[error("state: {0:?} is not a task state (pending, running, succeeded, failed or cancelled)")]
+    State(String),
+    /// A parameter given twice.
+    #[error("{0}: given twice")]
+    Repeated(String),
+    /// A parameter the route does not take.
+    #[error("{0}: not a parameter of this route (it takes offset, limit and state)")]
+    Unknown(String),
+}
+
+impl TaskQuery {
+    /// How many tasks a page holds when `limit` is not given.
+    pub const DEFAULT_LIMIT: u32 = 1_000;
+    /// The most tasks a page holds.
+    pub const MAX_LIMIT: u32 = 10_000;
+
+    /// Reads the query's parameters, decoded, in the order given.
+    pub fn parse<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, BadTaskQuery> {
+        let mut q = Self::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for (name, value) in pairs {
+            if seen.contains(&name) {
+                return Err(BadTaskQuery::Repeated(name.to_owned()));
+            }
+            seen.push(name);
+            let number = |name: &'static str, max: u32| {
+                value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| BadTaskQuery::NotANumber {
+                        name,
+                        value: value.to_owned(),
+                        max,
+                    })
+            };
+            match name {
+                "offset" => q.offset = number("offset", u32::MAX)?,
+                "limit" => q.limit = number("limit", Self::MAX_LIMIT)?,
+                "state" => {
+                    q.state = Some(
+                        value
+                            .parse()
+                            .map_err(|_| BadTaskQuery::State(value.to_owned()))?,
+                    )
+                }
+                other => return Err(BadTaskQuery::Unknown(other.to_owned())),
+            }
+        }
+        Ok(q)
+    }
+
+    /// The query string that asks for this, `?` included; empty for the default.
+    pub fn to_query_string(&self) -> String {
+        let mut parts = Vec::new();
+        if self.offset != 0 {
+            parts.push(format!("offset={}", self.offset));
+        }
+        if self.limit != Self::DEFAULT_LIMIT {
+            parts.push(format!("limit={}", self.limit));
+        }
+        if let Some(state) = self.state {
+            parts.push(format!("state={state}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
 }
 
 /// One attempt of a task.
@@ -458,6 +574,69 @@ mod tests {
         assert_eq!(JobState::of(&c(0, 0, 1, 0), false), JobState::Failed);
         assert_eq!(JobState::of(&c(0, 0, 0, 0), false), JobState::Succeeded);
         assert!(JobState::Failed.is_final() && !JobState::Cancelling.is_final());
+    }
+
+    #[test]
+    fn a_task_query_reads_its_parameters_and_names_a_bad_one() {
+        let q = |s: &str| {
+            TaskQuery::parse(
+                s.split('&')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.split_once('=').unwrap_or((p, ""))),
+            )
+        };
+        assert_eq!(q(""), Ok(TaskQuery::default()));
+        let page = TaskQuery {
+            offset: 20,
+            limit: 0,
+            state: Some(TaskState::Failed),
+        };
+        assert_eq!(q("offset=20&limit=0&state=failed"), Ok(page));
+        assert_eq!(q(&page.to_query_string()[1..]), Ok(page));
+        assert_eq!(TaskQuery::default().to_query_string(), "");
+        assert_eq!(q("limit=10000").map(|p| p.limit), Ok(TaskQuery::MAX_LIMIT));
+        for (query, named) in [
+            ("limit=10001", "limit: \"10001\""),
+            ("limit=-1", "limit: \"-1\""),
+            ("offset=x", "offset: \"x\""),
+            ("offset=4294967296", "offset: "),
+            ("state=done", "state: \"done\""),
+            ("limit=1&limit=2", "limit: given twice"),
+            ("page=2", "page: not a parameter"),
+        ] {
+            let e = q(query).unwrap_err().to_string();
+            assert!(e.starts_with(named), "{query}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_detail_names_the_next_offset_only_when_there_is_one() {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "t", "count": 1, "modules": [],
+            "resources": {"memory": 1, "timeout_ms": 1},
+            "max_attempts": 1
+        }))
+        .unwrap();
+        let mut d = JobDetail {
+            job: JobSummary {
+                id: 1,
+                name: "t".into(),
+                state: JobState::Pending,
+                count: 1,
+                counts: Counts::default(),
+                created_ms: 0,
+            },
+            waiting_reason: None,
+            spec,
+            tasks: vec![],
+            next_offset: None,
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(v.get("next_offset").is_none(), "{v}");
+        d.next_offset = Some(7);
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["next_offset"], 7, "{v}");
+        assert_eq!(serde_json::from_value::<JobDetail>(v).unwrap(), d);
     }
 
     #[test]

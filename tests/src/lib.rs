@@ -1704,6 +1704,28 @@ pub mod guests {
       (then (call $proc_exit (i32.const 1))))))
 "#;
 
+    /// Takes one argument, a number: exits 1 when it is odd, 0 when it is even (with
+    /// `args = ["{index}"]`, the odd tasks of a job fail).
+    pub fn odd_fails() -> Vec<u8> {
+        compile(
+            r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  ;; 100 argc, 104 argv buffer size, 200 argv pointers, 1024.. argv buffer
+  (func (export "_start")
+    (if (call $args_sizes_get (i32.const 100) (i32.const 104)) (then (call $proc_exit (i32.const 2))))
+    (if (call $args_get (i32.const 200) (i32.const 1024)) (then (call $proc_exit (i32.const 2))))
+    ;; The last argument's last digit is just before the buffer's final NUL; an ASCII digit
+    ;; is odd when the digit is.
+    (call $proc_exit
+      (i32.and
+        (i32.load8_u (i32.sub (i32.add (i32.const 1024) (i32.load (i32.const 104))) (i32.const 2)))
+        (i32.const 1)))))"#,
+        )
+    }
+
     /// Loops forever: only a timeout or a cancellation stops it.
     pub fn forever() -> Vec<u8> {
         compile(

@@ -292,6 +292,62 @@ fn the_dashboard_shows_the_pool_and_follows_a_running_job() {
 }
 
 #[test]
+fn a_job_of_many_tasks_opens_on_a_page_of_them_with_next_and_previous() {
+    let dev = Dev::start();
+    // 150 tasks that no agent can take: they stay pending, and the page has them all.
+    let job = dev.write_job("waits", 150, &guests::hello(0));
+    let text = std::fs::read_to_string(&job).expect("reading job.toml");
+    std::fs::write(
+        &job,
+        format!("{text}\n[placement]\nconstraints = [\"label.site == nowhere\"]\n"),
+    )
+    .expect("writing job.toml");
+    let id = dev.submit(&job);
+    let mut browser = Browser::open(&dev.url, 1280, 860);
+    browser.wait_until(
+        "the job listed",
+        &format!("document.querySelector('#jobs tr[data-job=\"{id}\"]') !== null"),
+        Duration::from_secs(60),
+    );
+    let shown = |browser: &mut Browser, rows: usize, first: u32, text: &str| {
+        browser.wait_until(
+            &format!("{rows} tasks from task {first}: {text}"),
+            &format!(
+                "document.querySelectorAll('#detail-body tr[data-task]').length === {rows} \
+                 && document.querySelector('#detail-body tr[data-task]')?.dataset.task === '{first}' \
+                 && document.getElementById('tasks-shown').textContent === '{text}'"
+            ),
+            Duration::from_secs(10),
+        );
+    };
+    open_job(&mut browser, id, 100);
+    shown(&mut browser, 100, 0, "Tasks 0 to 99: 100 of 150 tasks");
+    assert_eq!(
+        browser.eval("document.getElementById('tasks-previous').disabled"),
+        true
+    );
+    browser.eval("document.getElementById('tasks-next').click()");
+    shown(&mut browser, 50, 100, "Tasks 100 to 149: 50 of 150 tasks");
+    assert_eq!(
+        browser.eval("document.getElementById('tasks-next').disabled"),
+        true
+    );
+    browser.eval("document.getElementById('tasks-previous').click()");
+    shown(&mut browser, 100, 0, "Tasks 0 to 99: 100 of 150 tasks");
+    // Only the tasks in a state: none runs.
+    browser.eval(
+        "{ const s = document.getElementById('task-state'); s.value = 'running'; \
+         s.dispatchEvent(new Event('change')) }",
+    );
+    browser.wait_until(
+        "no running task",
+        "document.getElementById('tasks-shown').textContent === 'No running task' \
+         && document.querySelectorAll('#detail-body tr[data-task]').length === 0",
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
 fn the_dashboard_asks_for_a_token_where_the_coordinator_wants_one() {
     let mut cluster = Cluster::start();
     cluster.start_agent("lender", AgentOptions::slots(1));

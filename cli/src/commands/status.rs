@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lull_protocol::api::{JobDetail, JobState, JobSummary, TaskState};
+use lull_protocol::api::{JobDetail, JobState, JobSummary, TaskQuery, TaskState};
 
 use crate::client::Client;
 use crate::table::{Align, Table};
@@ -21,7 +21,25 @@ pub struct Args {
     /// succeeded.
     #[arg(long, requires = "job")]
     watch: bool,
+    /// Show the job's tasks from this index on [default: 0].
+    #[arg(long, requires = "job", conflicts_with = "watch")]
+    offset: Option<u32>,
+    /// Show at most this many of the job's tasks, up to 10000 [default: 1000].
+    #[arg(long, requires = "job", conflicts_with_all = ["watch", "all"],
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(TaskQuery::MAX_LIMIT)))]
+    limit: Option<u32>,
+    /// Show only the job's tasks in this state: pending, running, succeeded, failed or
+    /// cancelled.
+    #[arg(long, requires = "job", conflicts_with = "watch")]
+    state: Option<TaskState>,
+    /// Show every one of the job's tasks (from --offset), however many: without it, a job's
+    /// first 1,000 are shown.
+    #[arg(long, requires = "job", conflicts_with = "watch")]
+    all: bool,
 }
+
+/// How many failed tasks the end of a watch prints (and fetches).
+const FAILED_SHOWN: u32 = 20;
 
 /// Shows jobs or one job.
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
@@ -65,18 +83,42 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             return Ok(exit_code(&d));
         }
         Some(job) => {
-            let d: JobDetail = client.get(&format!("/api/v1/jobs/{job}")).await?;
+            let mut query = TaskQuery {
+                offset: args.offset.unwrap_or(0),
+                limit: match args.limit {
+                    _ if args.all => TaskQuery::MAX_LIMIT,
+                    Some(limit) => limit,
+                    None => TaskQuery::DEFAULT_LIMIT,
+                },
+                state: args.state,
+            };
+            let mut d: JobDetail = client.get(&job_path(job, &query)).await?;
+            // Every page, one after the other, into one detail.
+            while args.all
+                && let Some(next) = d.next_offset
+            {
+                query.offset = next;
+                let page: JobDetail = client.get(&job_path(job, &query)).await?;
+                d.tasks.extend(page.tasks);
+                d.next_offset = page.next_offset;
+            }
             if args.json {
                 super::print_json(&d)?;
             } else {
-                print_job(&d);
+                print_job(&d, &query);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_job(d: &JobDetail) {
+/// The path of a job's detail with the tasks `query` asks for.
+pub fn job_path(job: u64, query: &TaskQuery) -> String {
+    format!("/api/v1/jobs/{job}{}", query.to_query_string())
+}
+
+/// Prints a job and the page of its tasks `query` asked for, and how to see the next page.
+fn print_job(d: &JobDetail, query: &TaskQuery) {
     let c = &d.job.counts;
     println!(
         "job {}: {} — {} ({} task{}: {} succeeded, {} running, {} pending, {} failed, {} cancelled)",
@@ -126,7 +168,30 @@ fn print_job(d: &JobDetail) {
             cause.to_owned(),
         ]);
     }
-    table.print();
+    let shown = d.tasks.len();
+    if shown > 0 {
+        table.print();
+    }
+    let which = query.state.map_or(String::new(), |s| format!("{s} "));
+    match (d.tasks.first(), d.tasks.last(), d.next_offset) {
+        (Some(first), Some(last), Some(next)) => {
+            let filter = query
+                .state
+                .map_or(String::new(), |s| format!(" --state {s}"));
+            println!(
+                "{shown} {which}task(s) shown, {} to {}; more from {next}: \
+                 lull status {id}{filter} --offset {next} (or --all for every one)",
+                first.task.id.index,
+                last.task.id.index,
+                id = d.job.id,
+            );
+        }
+        (None, _, None) if query.offset > 0 => {
+            println!("no {which}task from index {}", query.offset)
+        }
+        (None, _, None) => println!("no {which}task"),
+        _ => {}
+    }
 }
 
 /// 0 when the job succeeded, [`crate::EXIT_JOB_FAILED`] otherwise.
@@ -138,8 +203,18 @@ pub fn exit_code(d: &JobDetail) -> ExitCode {
     }
 }
 
-/// Follows a job until it ends, drawing a progress bar when `show`; returns its final detail.
+/// Follows a job until it ends, drawing a progress bar when `show`; returns its final detail,
+/// with its first [`FAILED_SHOWN`] failed tasks (and `next_offset` where more start). Each poll
+/// asks for the job's counts alone, however many tasks it has; the failed tasks are fetched
+/// once, at the end.
 pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobDetail> {
+    let counts_only = job_path(
+        job,
+        &TaskQuery {
+            limit: 0,
+            ..TaskQuery::default()
+        },
+    );
     let bar = if show {
         ProgressBar::new(0)
     } else {
@@ -155,7 +230,7 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let d: JobDetail = match client.get(&format!("/api/v1/jobs/{job}")).await {
+        let mut d: JobDetail = match client.get(&counts_only).await {
             Ok(d) => {
                 unreachable_since = None;
                 d
@@ -188,6 +263,17 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
         let state = d.job.state;
         if state.is_final() {
             bar.finish_and_clear();
+            d.next_offset = None;
+            if c.failed > 0 {
+                let failed = TaskQuery {
+                    limit: FAILED_SHOWN,
+                    state: Some(TaskState::Failed),
+                    ..TaskQuery::default()
+                };
+                let page: JobDetail = client.get(&job_path(job, &failed)).await?;
+                d.tasks = page.tasks;
+                d.next_offset = page.next_offset;
+            }
             if show {
                 eprintln!(
                     "job {job} {state}: {} succeeded, {} failed, {} cancelled",
@@ -195,14 +281,18 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
                 );
                 for t in &d.tasks {
                     let task = &t.task;
-                    if task.state == TaskState::Failed {
-                        eprintln!(
-                            "  task {} failed after {} attempt(s): {}",
-                            task.id.index,
-                            task.attempt,
-                            task.cause.as_deref().unwrap_or("?")
-                        );
-                    }
+                    eprintln!(
+                        "  task {} failed after {} attempt(s): {}",
+                        task.id.index,
+                        task.attempt,
+                        task.cause.as_deref().unwrap_or("?")
+                    );
+                }
+                let more = c.failed.saturating_sub(d.tasks.len() as u64);
+                if more > 0 {
+                    eprintln!(
+                        "  and {more} more failed task(s): lull status {job} --state failed --all"
+                    );
                 }
             }
             return Ok(d);

@@ -651,15 +651,26 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<u64>) -> ApiResult<Json<JobDetail>> {
+/// `GET /api/v1/jobs/{id}`: the job, its counts and a page of its tasks (`?offset=N&limit=M
+/// &state=S`, see [`api::TaskQuery`]), read from the store page by page, never the whole job.
+async fn job(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<u64>,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> ApiResult<Json<JobDetail>> {
+    let query = api::TaskQuery::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
     let job = hub.store().job(id).await?;
     let counts = hub.store().job_counts(id).await?;
-    let tasks = hub.store().tasks(id).await?;
-    let mut results = hub.store().last_results(id).await?;
-    let checkpointed = hub.store().checkpoint_progress(id).await?;
-    let tasks = tasks
+    let page = hub
+        .store()
+        .task_page(id, query.offset, query.limit, query.state)
+        .await?;
+    let tasks = page
+        .tasks
         .into_iter()
-        .map(|t| {
+        .map(|p| {
+            let t = p.task;
             let attempt = AttemptId {
                 task: t.id,
                 attempt: t.attempt,
@@ -671,7 +682,7 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<u64>) -> ApiResult<Json
             };
             // How far the guest got: as it reports now, and never less than its latest
             // checkpoint holds (that much is kept whatever happens to the attempt).
-            let kept = checkpointed.get(&t.id.index).copied();
+            let kept = p.checkpoint_progress;
             let progress = match t.state {
                 TaskState::Succeeded => Some(1.0),
                 TaskState::Running => match (hub.attempt_progress(attempt), kept) {
@@ -681,7 +692,7 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<u64>) -> ApiResult<Json
                 _ => kept,
             };
             api::TaskView {
-                result: results.remove(&t.id.index),
+                result: p.result,
                 task: t,
                 waiting,
                 progress,
@@ -702,6 +713,7 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<u64>) -> ApiResult<Json
         waiting_reason,
         spec: job.spec,
         tasks,
+        next_offset: page.next,
     }))
 }
 
@@ -740,10 +752,14 @@ async fn task(
     State(hub): State<Arc<Hub>>,
     Path((id, index)): Path<(u64, u32)>,
 ) -> ApiResult<Json<api::TaskDetail>> {
-    let tasks = hub.store().tasks(id).await?;
-    let t = tasks
-        .into_iter()
-        .find(|t| t.id.index == index)
+    // The page of one task that starts at it.
+    let found = hub
+        .store()
+        .task_page(id, index, 1, None)
+        .await?
+        .tasks
+        .pop()
+        .filter(|p| p.task.id.index == index)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -754,15 +770,14 @@ async fn task(
     let task = TaskId { job: id, index };
     let attempts = hub.store().attempts(task).await?;
     let checkpoint = hub.store().checkpoint(task).await?;
-    let checkpoint_progress = hub.store().checkpoint_progress(id).await?.remove(&index);
     let checkpoint = checkpoint.map(|c| api::Checkpoint {
         digest: c.digest,
         size: c.size,
         attempt: c.attempt,
-        progress: checkpoint_progress,
+        progress: found.checkpoint_progress,
     });
     Ok(Json(api::TaskDetail {
-        task: t,
+        task: found.task,
         attempts,
         checkpoint,
     }))

@@ -6,6 +6,7 @@ use super::*;
 
 impl Store {
     /// The tasks of a job, by index.
+    #[cfg(test)]
     pub async fn tasks(&self, job: u64) -> Result<Vec<TaskRow>> {
         let rows = sqlx::query(
             "SELECT job_id, idx, state, attempt, agent_id, cause FROM tasks WHERE job_id = $1 ORDER BY idx",
@@ -14,6 +15,57 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(task_row).collect()
+    }
+
+    /// A page of a job's tasks: those whose index is at least `from` (and whose state is
+    /// `state`, when given), by index, at most `limit` of them, each with its last recorded
+    /// result and its checkpoint's progress. One query, which reads only the page's rows (and
+    /// the next task's index) through the tables' primary keys and `tasks_by_job_and_state`.
+    pub async fn task_page(
+        &self,
+        job: u64,
+        from: u32,
+        limit: u32,
+        state: Option<TaskState>,
+    ) -> Result<TaskPage> {
+        let sql = format!(
+            "SELECT t.job_id, t.idx, t.state, t.attempt, t.agent_id, t.cause, \
+             (SELECT a.result FROM attempts a WHERE a.job_id = t.job_id AND a.idx = t.idx \
+              AND a.result IS NOT NULL ORDER BY a.attempt DESC LIMIT 1), \
+             (SELECT c.progress FROM checkpoints c WHERE c.job_id = t.job_id AND c.idx = t.idx) \
+             FROM tasks t WHERE t.job_id = $1 AND t.idx >= $2{} ORDER BY t.idx LIMIT $3",
+            if state.is_some() {
+                " AND t.state = $4"
+            } else {
+                ""
+            }
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(job as i64)
+            .bind(i64::from(from))
+            // One more than asked for: whether more follow, and where.
+            .bind(i64::from(limit) + 1);
+        if let Some(state) = state {
+            query = query.bind(state.as_str());
+        }
+        let mut rows = query.fetch_all(&self.pool).await?;
+        let next = if rows.len() > limit as usize {
+            rows.pop().map(|r| r.get::<i64, _>(1) as u32)
+        } else {
+            None
+        };
+        let tasks = rows
+            .iter()
+            .map(|r| {
+                let result: Option<String> = r.get(6);
+                Ok(PagedTask {
+                    task: task_row(r)?,
+                    result: result.map(|s| serde_json::from_str(&s)).transpose()?,
+                    checkpoint_progress: r.get(7),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(TaskPage { tasks, next })
     }
 
     /// Every task in a state, oldest job first.
@@ -54,27 +106,6 @@ impl Store {
             .collect()
     }
 
-    /// The recorded result of the task's last attempt that has one.
-    pub async fn last_results(
-        &self,
-        job: u64,
-    ) -> Result<std::collections::HashMap<u32, TaskResult>> {
-        let rows = sqlx::query(
-            "SELECT a.idx, a.result FROM attempts a JOIN tasks t ON t.job_id = a.job_id AND t.idx = a.idx \
-             WHERE a.job_id = $1 AND a.result IS NOT NULL ORDER BY a.idx, a.attempt",
-        )
-        .bind(job as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = std::collections::HashMap::new();
-        for r in rows {
-            let idx: i64 = r.get(0);
-            let text: String = r.get(1);
-            out.insert(idx as u32, serde_json::from_str(&text)?);
-        }
-        Ok(out)
-    }
-
     /// Assigns a pending task to an agent, starting its next attempt. Returns the attempt, or
     /// `None` when the task was no longer pending.
     #[cfg(test)]
@@ -113,6 +144,8 @@ impl Store {
             return Ok(None);
         };
         let attempt = row.get::<i64, _>(0) as u32;
+        self.recount(tx, task.job, TaskState::Pending, TaskState::Running, 1)
+            .await?;
         sqlx::query(
             "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -182,7 +215,7 @@ impl Store {
             Backend::Sqlite => "",
         };
         let current = sqlx::query(&format!(
-            "SELECT t.agent_id, j.cancelled FROM tasks t JOIN jobs j ON j.id = t.job_id \
+            "SELECT t.agent_id, j.cancelled, t.state FROM tasks t JOIN jobs j ON j.id = t.job_id \
              WHERE t.job_id = $1 AND t.idx = $2 AND t.attempt = $3 \
              AND (t.state = 'running' OR (t.state = 'pending' AND $4)){lock}"
         ))
@@ -202,6 +235,7 @@ impl Store {
             }
         }
         let cancelled = current.get::<i64, _>(1) != 0;
+        let was: TaskState = current.get::<String, _>(2).parse()?;
         let state = match ending.next {
             TaskState::Pending | TaskState::Running if cancelled => TaskState::Cancelled,
             next => next,
@@ -233,6 +267,7 @@ impl Store {
         .bind(attempt.task.index as i64)
         .execute(&mut *tx)
         .await?;
+        self.recount(tx, attempt.task.job, was, state, 1).await?;
         Ok(Recorded::Stored(state))
     }
 
@@ -271,6 +306,26 @@ impl Store {
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// A page of a job's tasks ([`Store::task_page`]).
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    /// The tasks, by index.
+    pub tasks: Vec<PagedTask>,
+    /// The index of the next task asked for, when more follow.
+    pub next: Option<u32>,
+}
+
+/// A task of a [`TaskPage`].
+#[derive(Debug, Clone)]
+pub struct PagedTask {
+    /// The task.
+    pub task: TaskRow,
+    /// The result of its last attempt that recorded one.
+    pub result: Option<TaskResult>,
+    /// The progress its latest checkpoint recorded.
+    pub checkpoint_progress: Option<f64>,
 }
 
 fn task_row(r: &AnyRow) -> Result<TaskRow> {

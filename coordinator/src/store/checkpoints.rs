@@ -78,23 +78,6 @@ impl Store {
         Ok(CheckpointRecorded::Kept { superseded })
     }
 
-    /// The progress the latest checkpoint of each of a job's tasks recorded, by task index.
-    pub async fn checkpoint_progress(
-        &self,
-        job: u64,
-    ) -> Result<std::collections::HashMap<u32, f64>> {
-        let rows = sqlx::query(
-            "SELECT idx, progress FROM checkpoints WHERE job_id = $1 AND progress IS NOT NULL",
-        )
-        .bind(job as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<i64, _>(0) as u32, r.get::<f64, _>(1)))
-            .collect())
-    }
-
     /// The latest checkpoint kept for a task.
     pub async fn checkpoint(&self, task: TaskId) -> Result<Option<CheckpointRef>> {
         let mut conn = self.pool.acquire().await?;

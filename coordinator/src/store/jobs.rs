@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Jobs of this many tasks or more have PostgreSQL update its statistics of the tasks when
+/// they are stored: with fewer, a query planned on stale statistics reads no more than a
+/// page's worth of tasks too many.
+const ANALYZE_FROM: u32 = 10_000;
+
 impl Store {
     /// Stores a job and its tasks (all pending); returns its number.
     pub async fn insert_job(&self, spec: &JobSpec, now_ms: i64) -> Result<u64> {
@@ -15,27 +20,41 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .get(0);
-        // Tasks in chunks of rows sharing the job, state and time: `($1, idx, 'pending', 0,
-        // $2)`, with the indexes written into the SQL (they are numbers we made).
-        const CHUNK: u32 = 1000;
-        let mut start = 0u32;
-        while start < spec.count {
-            let end = (start + CHUNK).min(spec.count);
-            let rows: Vec<String> = (start..end)
-                .map(|idx| format!("($1, {idx}, 'pending', 0, $2)"))
-                .collect();
-            let sql = format!(
-                "INSERT INTO tasks (job_id, idx, state, attempt, updated_ms) VALUES {}",
-                rows.join(", ")
-            );
-            sqlx::query(&sql)
-                .bind(id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-            start = end;
-        }
+        // Every task in one statement, numbered by the database: nothing per task travels or
+        // is parsed. PostgreSQL counts with `generate_series`; SQLite, which has no such
+        // function built in, with a recursive common table expression.
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "INSERT INTO tasks (job_id, idx, state, attempt, updated_ms) \
+                 SELECT $1, i, 'pending', 0, $2 FROM generate_series(0, $3 - 1) AS n(i)"
+            }
+            Backend::Sqlite => {
+                "WITH RECURSIVE n(i) AS (SELECT 0 WHERE 0 < $3 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $3) \
+                 INSERT INTO tasks (job_id, idx, state, attempt, updated_ms) \
+                 SELECT $1, i, 'pending', 0, $2 FROM n"
+            }
+        };
+        sqlx::query(sql)
+            .bind(id)
+            .bind(now_ms)
+            .bind(i64::from(spec.count))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO job_counts (job_id, pending) VALUES ($1, $2)")
+            .bind(id)
+            .bind(i64::from(spec.count))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
+        // PostgreSQL plans a query by what it knows of the tables, and a job of many tasks
+        // changes that at once: it learns it now rather than at its next automatic look, so
+        // that the first pages of the job are read through the index, not by sorting the job.
+        if self.backend == Backend::Postgres
+            && spec.count >= ANALYZE_FROM
+            && let Err(e) = sqlx::query("ANALYZE tasks").execute(&self.pool).await
+        {
+            tracing::warn!(job = id, error = %e, "could not update the statistics of the tasks");
+        }
         Ok(id as u64)
     }
 
@@ -60,44 +79,35 @@ impl Store {
     /// The newest jobs (all of them, or the newest `limit`), newest first, with their task
     /// counts but not their definitions: cheap enough to read every second.
     pub async fn newest_jobs(&self, limit: Option<u32>) -> Result<Vec<JobHeader>> {
-        let rows = sqlx::query(
-            "SELECT id, name, created_ms, cancelled FROM jobs ORDER BY id DESC LIMIT $1",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT j.id, j.name, j.created_ms, j.cancelled, {COUNTS} FROM jobs j \
+             LEFT JOIN job_counts c ON c.job_id = j.id ORDER BY j.id DESC LIMIT $1"
+        ))
         .bind(limit.map_or(i64::MAX, i64::from))
         .fetch_all(&self.pool)
         .await?;
-        let mut jobs: Vec<JobHeader> = rows
+        Ok(rows
             .iter()
             .map(|r| JobHeader {
                 id: r.get::<i64, _>(0) as u64,
                 name: r.get(1),
                 created_ms: r.get(2),
                 cancelled: r.get::<i64, _>(3) != 0,
-                counts: Counts::default(),
+                counts: counts_from(r, 4),
             })
-            .collect();
-        let Some(oldest) = jobs.last().map(|j| j.id) else {
-            return Ok(jobs);
-        };
-        let rows = sqlx::query(
-            "SELECT job_id, state, COUNT(*) FROM tasks WHERE job_id >= $1 GROUP BY job_id, state",
-        )
-        .bind(oldest as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut counts = job_state_counts(&rows)?;
-        for j in &mut jobs {
-            j.counts = counts.remove(&j.id).unwrap_or_default();
-        }
-        Ok(jobs)
+            .collect())
     }
 
     /// Task counts by state over every job.
     pub async fn total_counts(&self) -> Result<Counts> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        state_counts(&rows)
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT), CAST(COALESCE(SUM(running), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(succeeded), 0) AS BIGINT), CAST(COALESCE(SUM(failed), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(cancelled), 0) AS BIGINT) FROM job_counts",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(counts_from(&row, 0))
     }
 
     /// Jobs that still have pending or running tasks.
@@ -161,7 +171,7 @@ impl Store {
         if unfinished > 0 {
             return Ok(false);
         }
-        for table in ["checkpoints", "attempts", "tasks"] {
+        for table in ["checkpoints", "attempts", "tasks", "job_counts"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                 .bind(id as i64)
                 .execute(&mut *tx)
@@ -177,23 +187,53 @@ impl Store {
 
     /// Every task's count, by state (for `/metrics`).
     pub async fn task_state_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
-            .collect())
+        let c = self.total_counts().await?;
+        Ok([
+            (TaskState::Pending, c.pending),
+            (TaskState::Running, c.running),
+            (TaskState::Succeeded, c.succeeded),
+            (TaskState::Failed, c.failed),
+            (TaskState::Cancelled, c.cancelled),
+        ]
+        .into_iter()
+        .map(|(state, n)| (state.as_str().to_owned(), n))
+        .collect())
     }
 
-    /// Task counts of one job.
+    /// Task counts of one job (none for a job that does not exist).
     pub async fn job_counts(&self, job: u64) -> Result<Counts> {
-        let rows =
-            sqlx::query("SELECT state, COUNT(*) FROM tasks WHERE job_id = $1 GROUP BY state")
-                .bind(job as i64)
-                .fetch_all(&self.pool)
-                .await?;
-        state_counts(&rows)
+        let row = sqlx::query(&format!(
+            "SELECT {COUNTS} FROM job_counts c WHERE c.job_id = $1"
+        ))
+        .bind(job as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| counts_from(&r, 0)).unwrap_or_default())
+    }
+
+    /// Moves `n` of a job's tasks from one state's count to another's, in the transaction that
+    /// moves the tasks.
+    pub(super) async fn recount(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        job: u64,
+        from: TaskState,
+        to: TaskState,
+        n: u64,
+    ) -> Result<()> {
+        if from == to || n == 0 {
+            return Ok(());
+        }
+        // The columns are named after the states.
+        let (from, to) = (from.as_str(), to.as_str());
+        sqlx::query(&format!(
+            "UPDATE job_counts SET {from} = {from} - $1, {to} = {to} + $1 WHERE job_id = $2"
+        ))
+        .bind(n as i64)
+        .bind(job as i64)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 
     /// Cancels a job: pending tasks become cancelled at once; returns the running attempts and
@@ -207,13 +247,21 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NoJob(job));
         }
-        sqlx::query(
+        let stopped = sqlx::query(
             "UPDATE tasks SET state = 'cancelled', cause = 'cancelled before it started', updated_ms = $1 \
              WHERE job_id = $2 AND state = 'pending'",
         )
         .bind(now_ms)
         .bind(job as i64)
         .execute(&mut *tx)
+        .await?;
+        self.recount(
+            &mut tx,
+            job,
+            TaskState::Pending,
+            TaskState::Cancelled,
+            stopped.rows_affected(),
+        )
         .await?;
         let rows = sqlx::query(
             "SELECT job_id, idx, attempt, agent_id FROM tasks WHERE job_id = $1 AND state = 'running'",
@@ -245,26 +293,20 @@ impl Store {
     }
 }
 
-/// Rows of `(state, count)` added up.
-fn state_counts(rows: &[AnyRow]) -> Result<Counts> {
-    let mut c = Counts::default();
-    for r in rows {
-        let state: String = r.get(0);
-        c.add(state.parse()?, r.get::<i64, _>(1) as u64);
-    }
-    Ok(c)
-}
+/// The columns of `job_counts c` that [`counts_from`] reads, none of them NULL.
+const COUNTS: &str = "COALESCE(c.pending, 0), COALESCE(c.running, 0), COALESCE(c.succeeded, 0), \
+                      COALESCE(c.failed, 0), COALESCE(c.cancelled, 0)";
 
-/// Rows of `(job, state, count)` added up per job.
-fn job_state_counts(rows: &[AnyRow]) -> Result<std::collections::HashMap<u64, Counts>> {
-    let mut out = std::collections::HashMap::<u64, Counts>::new();
-    for r in rows {
-        let state: String = r.get(1);
-        out.entry(r.get::<i64, _>(0) as u64)
-            .or_default()
-            .add(state.parse()?, r.get::<i64, _>(2) as u64);
+/// Counts from the five columns of a row from `first` on, in the order of [`COUNTS`].
+fn counts_from(r: &AnyRow, first: usize) -> Counts {
+    let n = |i: usize| u64::try_from(r.get::<i64, _>(first + i)).unwrap_or(0);
+    Counts {
+        pending: n(0),
+        running: n(1),
+        succeeded: n(2),
+        failed: n(3),
+        cancelled: n(4),
     }
-    Ok(out)
 }
 
 fn job_row(r: &AnyRow) -> Result<JobRow> {

@@ -68,8 +68,7 @@ impl Store {
         let (at, task) = after;
         let rows = sqlx::query(
             "SELECT job_id, idx, updated_ms FROM tasks WHERE state = 'pending' \
-             AND (updated_ms > $1 OR (updated_ms = $1 AND (job_id > $2 OR (job_id = $2 AND idx > $3)))) \
-             ORDER BY updated_ms, job_id, idx LIMIT $4",
+             AND (updated_ms, job_id, idx) > ($1, $2, $3) ORDER BY updated_ms, job_id, idx LIMIT $4",
         )
         .bind(at)
         .bind(task.job as i64)

@@ -239,7 +239,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .collect();
     let agents_used = fetches.iter().filter(|&&n| n > 0).count();
     let warm_runs = {
-        let detail = dev.get_json(&format!("/api/v1/jobs/{second_id}"))?;
+        // The counts alone, not the job's tasks.
+        let detail = dev.get_json(&format!("/api/v1/jobs/{second_id}?limit=0"))?;
         detail["counts"]["succeeded"].as_u64().unwrap_or(0)
     };
     drop(dev);

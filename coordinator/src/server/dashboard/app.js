@@ -1,6 +1,6 @@
 // Lull's dashboard: reads /api/v1/pool, then applies the server-sent events of
-// /api/v1/stream. Details (a job's tasks, a task's attempts and logs, an agent's pauses and
-// evictions) are fetched when opened. Plain script, no build step.
+// /api/v1/stream. Details (a job's tasks, a page at a time; a task's attempts and logs; an
+// agent's pauses and evictions) are fetched when opened. Plain script, no build step.
 "use strict";
 
 const AGENT_WINDOW_MS = 10 * 60 * 1000;
@@ -8,7 +8,12 @@ const LOG_LIMIT = 64 * 1024;
 const POOL_JOBS = 100;
 
 // The pool as last heard, with each agent's history kept here between events.
-const view = { pool: null, history: new Map(), minutes: [], span: "hour", updates: 0, lastEventMs: 0 };
+// taskPage is the page of a job's tasks on show: the job, the state they are filtered by ("" for
+// all), where the page starts, and where the pages before it started (for "previous").
+const view = {
+  pool: null, history: new Map(), minutes: [], span: "hour", updates: 0, lastEventMs: 0,
+  taskPage: { job: null, state: "", offset: 0, before: [] },
+};
 
 // ---- the API -------------------------------------------------------------------------------
 
@@ -353,8 +358,20 @@ async function agentDetail(id) {
       : h("p", { class: "empty" }, "No state change recorded yet: the agent has not paused or evicted anything."));
 }
 
+// A job's tasks are shown this many at a time.
+const TASK_PAGE = 100;
+const TASK_STATES = ["pending", "running", "succeeded", "failed", "cancelled"];
+
+function showTasks(job, state, offset, before) {
+  view.taskPage = { job, state, offset, before };
+  showDetail();
+}
+
 async function jobDetail(id) {
-  const job = await json("/api/v1/jobs/" + encodeURIComponent(id));
+  let page = view.taskPage;
+  if (page.job !== id) page = view.taskPage = { job: id, state: "", offset: 0, before: [] };
+  const query = "?limit=" + TASK_PAGE + "&offset=" + page.offset + (page.state ? "&state=" + page.state : "");
+  const job = await json("/api/v1/jobs/" + encodeURIComponent(id) + query);
   const rows = job.tasks.map((t) => h("tr", { class: "clickable", "data-task": t.index, onclick: () => go(`#/jobs/${job.id}/tasks/${t.index}`) },
     h("td", {}, String(t.index)),
     h("td", {}, stateBadge(t.state), t.waiting ? h("div", { class: "muted small" }, t.waiting) : null),
@@ -362,10 +379,24 @@ async function jobDetail(id) {
     h("td", {}, String(t.attempt)),
     h("td", { class: "muted small" }, t.agent || "–"),
     h("td", { class: "small" }, t.cause || "")));
+  const of = page.state ? job.counts[page.state] : job.count;
+  const which = page.state ? page.state + " " : "";
+  const shown = job.tasks.length
+    ? `Tasks ${job.tasks[0].index} to ${job.tasks[job.tasks.length - 1].index}: ${job.tasks.length} of ${of} ${which}task${of === 1 ? "" : "s"}`
+    : `No ${which}task` + (page.offset > 0 ? " from task " + page.offset : "");
+  const filter = h("select", { id: "task-state", "aria-label": "tasks in state",
+    onchange: (e) => showTasks(id, e.target.value, 0, []) },
+    h("option", { value: "" }, "every state"),
+    TASK_STATES.map((st) => h("option", { value: st, selected: st === page.state }, st + " (" + job.counts[st] + ")")));
+  const previous = h("button", { type: "button", id: "tasks-previous", disabled: page.before.length === 0,
+    onclick: () => showTasks(id, page.state, page.before[page.before.length - 1], page.before.slice(0, -1)) }, "← previous");
+  const next = h("button", { type: "button", id: "tasks-next", disabled: job.next_offset === undefined || job.next_offset === null,
+    onclick: () => showTasks(id, page.state, job.next_offset, page.before.concat([page.offset])) }, "next →");
   return h("div", {},
     h("h2", {}, job.name, " ", h("span", { class: "muted" }, "#" + job.id)),
     h("p", {}, stateBadge(job.state), " ", job.count + " task" + (job.count === 1 ? "" : "s"), job.waiting_reason ? h("span", { class: "muted" }, " · waiting: " + job.waiting_reason) : null),
-    h("table", {}, h("thead", {}, h("tr", {}, ...["Task", "State", "Progress", "Attempt", "Agent", "Cause"].map((x) => h("th", {}, x)))), h("tbody", {}, rows)));
+    h("div", { class: "pager" }, filter, previous, next, h("span", { id: "tasks-shown", class: "muted small" }, shown)),
+    rows.length ? h("table", {}, h("thead", {}, h("tr", {}, ...["Task", "State", "Progress", "Attempt", "Agent", "Cause"].map((x) => h("th", {}, x)))), h("tbody", {}, rows)) : null);
 }
 
 // A blob's text, at most LOG_LIMIT bytes of it.
