@@ -62,7 +62,14 @@ fn main() -> ExitCode {
 }
 
 /// The benchmarks `cargo xtask bench` runs.
-const BENCHES: &[&str] = &["dispatch", "footprint", "scavenge", "schedule", "start"];
+const BENCHES: &[&str] = &[
+    "dispatch",
+    "fleet",
+    "footprint",
+    "scavenge",
+    "schedule",
+    "start",
+];
 
 /// Everything CI runs.
 fn test() -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! last line.
 //!
 //! - `dispatch`: many trivial tasks through `lull dev` on loopback.
+//! - `fleet`: thousands of simulated agents over QUIC against one coordinator process.
 //! - `footprint`: a release `lull-agent` process's memory and CPU, idle and paused with guests.
 //! - `start`: warm instantiation (pooled and not), cold starts, and what a submit and a
 //!   1,000-task job send and fetch.
@@ -11,6 +12,7 @@
 //!   child processes: pause latency, reaction, incumbent slowdown, harvest.
 
 mod dispatch;
+mod fleet;
 mod footprint;
 mod scavenge;
 mod schedule;
@@ -24,6 +26,7 @@ use crate::util;
 pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
     match name {
         Some("dispatch") => dispatch::run(args),
+        Some("fleet") => fleet::run(args),
         Some("footprint") => footprint::run(args),
         Some("scavenge") => scavenge::run(args),
         Some("schedule") => schedule::run(args),
