@@ -387,19 +387,10 @@ impl Dev {
 
     /// Runs `lull ARGS` against this cluster and returns its stdout, failing with its stderr.
     pub fn output(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .command()
-            .args(args)
-            .output()
-            .with_context(|| format!("running lull {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "lull {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
+        stdout_of(
+            self.command().args(args),
+            &format!("lull {}", args.join(" ")),
+        )
     }
 
     /// GETs a JSON document from the cluster's HTTP API.
@@ -451,4 +442,13 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `cmd` (`what`, for errors) to its end and returns its stdout, failing with its stderr.
+pub fn stdout_of(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }

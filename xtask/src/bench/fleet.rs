@@ -473,19 +473,12 @@ async fn run_job(
             coordinator.token.clone(),
         );
         tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            let out = std::process::Command::new(&lull)
-                .args(["--coordinator", &url, "--token", &token])
-                .args(&args)
-                .output()
-                .with_context(|| format!("running lull {}", args.join(" ")))?;
-            if !out.status.success() {
-                bail!(
-                    "lull {} failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(String::from_utf8(out.stdout)?)
+            util::stdout_of(
+                std::process::Command::new(&lull)
+                    .args(["--coordinator", &url, "--token", &token])
+                    .args(&args),
+                &format!("lull {}", args.join(" ")),
+            )
         })
     };
     lull_run(vec![
