@@ -68,11 +68,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None => Dev::start_release_with(agents as usize, slots, &database)?,
     };
     let job_file = dir.join("job.toml");
-    let cpu_before = cpu_seconds(dev.pid())?;
+    let cpu_before = super::procfs::process_cpu_s(dev.pid())?;
     let started = Instant::now();
     let out = dev.output(&["submit", &job_file.to_string_lossy(), "--json", "--watch"])?;
     let elapsed = started.elapsed();
-    let cpu = cpu_seconds(dev.pid())? - cpu_before;
+    let cpu = super::procfs::process_cpu_s(dev.pid())? - cpu_before;
     let metrics = dev.get("/metrics")?;
     let detail: serde_json::Value = serde_json::from_str(&out)?;
     if detail["state"] != "succeeded" {
@@ -118,19 +118,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     println!("{figures}");
     Ok(())
-}
-
-/// CPU seconds (user and system) a process has used, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command's closing parenthesis; utime and stime are the 14th and
-    // 15th of the whole line, in clock ticks.
-    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
 }
 
 /// The `q` quantile of a Prometheus histogram `name` in `text`, interpolated linearly within

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use self::coordinator::{Coordinator, cpu_seconds, machine_cpu, release_bin, rss_kb};
+use self::coordinator::{Coordinator, release_bin};
 use self::sim::{Fleet, Target, is_fleet_id};
+use super::procfs::{machine_cpu_s, process_cpu_s};
 use super::{round3, tempfile_dir};
 use crate::util;
 
@@ -201,10 +202,10 @@ async fn bench(options: &Options, dir: &std::path::Path) -> anyhow::Result<Value
     // Idle: the coordinator with no agent.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_cpu = {
-        let c0 = cpu_seconds(pid)?;
+        let c0 = process_cpu_s(pid)?;
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        100.0 * (cpu_seconds(pid)? - c0) / t0.elapsed().as_secs_f64()
+        100.0 * (process_cpu_s(pid)? - c0) / t0.elapsed().as_secs_f64()
     };
     let idle_rss = rss_kb(pid)?;
     eprintln!(
@@ -366,11 +367,11 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(2 * interval_ms) + Duration::from_secs(1)).await;
     c.reset_window();
     let (t0_ms, t0) = (now_ms(), Instant::now());
-    let (cpu0, mine0, machine0) = (cpu_seconds(pid)?, cpu_seconds(me)?, machine_cpu()?);
+    let (cpu0, mine0, machine0) = (process_cpu_s(pid)?, process_cpu_s(me)?, machine_cpu_s()?);
     let drops0 = coordinator::udp_receive_drops().unwrap_or(0);
     let rss0 = rss_kb(pid)?;
     tokio::time::sleep(hold).await;
-    let (cpu1, mine1, machine1) = (cpu_seconds(pid)?, cpu_seconds(me)?, machine_cpu()?);
+    let (cpu1, mine1, machine1) = (process_cpu_s(pid)?, process_cpu_s(me)?, machine_cpu_s()?);
     let drops1 = coordinator::udp_receive_drops().unwrap_or(0);
     let (t1_ms, wall) = (now_ms(), t0.elapsed().as_secs_f64());
     let rss = rss_kb(pid)?;
@@ -391,10 +392,11 @@ async fn measure(
     // The coordinator's side, read after the window so that making the document is not in it.
     // What the dashboard's feed costs: the coordinator's CPU while it makes the first event
     // (the shared tick's document and this client's own), less what the reports take.
-    let (asked, cpu_asked) = (Instant::now(), cpu_seconds(pid)?);
+    let (asked, cpu_asked) = (Instant::now(), process_cpu_s(pid)?);
     let pool = coordinator.pool_since(t0_ms).await?;
     let took = asked.elapsed().as_secs_f64();
-    step.pool_cpu_ms = 1000.0 * ((cpu_seconds(pid)? - cpu_asked) - step.cpu_percent / 100.0 * took);
+    step.pool_cpu_ms =
+        1000.0 * ((process_cpu_s(pid)? - cpu_asked) - step.cpu_percent / 100.0 * took);
     let mut seen: HashMap<&str, Vec<i64>> = HashMap::new();
     for a in pool["agents"].as_array().into_iter().flatten() {
         let Some(id) = a["id"].as_str().filter(|id| is_fleet_id(id)) else {
@@ -492,7 +494,7 @@ async fn run_job(
     c.reset_dispatch();
     let agents = c.connected.load(Ordering::Relaxed);
     eprintln!("fleet: submitting {tasks} tasks to {agents} agents");
-    let cpu0 = cpu_seconds(pid)?;
+    let cpu0 = process_cpu_s(pid)?;
     let submitted_at = Instant::now();
     let submitted_us = c.epoch.elapsed().as_micros() as u64;
     let out = lull_run(vec![
@@ -527,7 +529,7 @@ async fn run_job(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu1 = cpu_seconds(pid)?;
+    let cpu1 = process_cpu_s(pid)?;
     let last_ack_us = c.last_ack_us.load(Ordering::Relaxed);
     let first_assign_us = c.first_assign_us.load(Ordering::Relaxed);
     let total_s = (last_ack_us.saturating_sub(submitted_us)) as f64 / 1e6;
@@ -604,4 +606,9 @@ fn local_ports() -> usize {
             Some(it.next()??..=it.next()??)
         })
         .map_or(28_000, |r| r.count())
+}
+
+/// A process's resident memory in KiB.
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    super::procfs::status_kb(pid, "VmRSS")
 }

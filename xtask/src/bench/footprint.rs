@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::procfs::{machine_ticks, process_cpu_s, status_kb};
 use super::{round3, tempfile_dir};
 use crate::util::{self, Dev};
 
@@ -341,18 +342,13 @@ impl AgentProcess {
 
     /// What the agent tells its owner: `lull-agent status --json` over its control socket.
     fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(&self.bin)
-            .args(["status", "--json", "--config"])
-            .arg(&self.config)
-            .output()
-            .context("running lull-agent status")?;
-        if !out.status.success() {
-            bail!(
-                "lull-agent status failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        let out = util::stdout_of(
+            Command::new(&self.bin)
+                .args(["status", "--json", "--config"])
+                .arg(&self.config),
+            "lull-agent status",
+        )?;
+        Ok(serde_json::from_str(&out)?)
     }
 }
 
@@ -542,47 +538,6 @@ impl Window {
     }
 }
 
-/// A field of `/proc/PID/status` (the number before any unit).
-fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .strip_prefix(':')?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no {field} in {path}"))
-}
-
-/// `utime + stime` of `/proc/PID/stat`, in seconds: every thread's, living and gone.
-fn process_cpu_s(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // After the command name (which may hold spaces) in parentheses: state is field 3, utime
-    // field 14, stime field 15.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("{path}: {text:?}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("{path}: {text:?}"))
-    };
-    // SAFETY: no pointers.
-    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    Ok((ticks(11)? + ticks(12)?) as f64 / hz)
-}
-
 /// Each thread's name and CPU time (ns, from its schedstat), by thread ID.
 fn thread_times(pid: u32) -> anyhow::Result<BTreeMap<u32, (String, u64)>> {
     let mut out = BTreeMap::new();
@@ -684,19 +639,4 @@ impl Mappings {
             referenced_kb,
         })
     }
-}
-
-/// The machine's busy and total CPU time in clock ticks, from the first line of `/proc/stat`.
-fn machine_ticks() -> anyhow::Result<(u64, u64)> {
-    let text = fs::read_to_string("/proc/stat")?;
-    let line = text.lines().next().context("/proc/stat is empty")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is inside user and nice).
-    anyhow::ensure!(v.len() >= 8, "/proc/stat: {line:?}");
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    Ok((busy, busy + v[3] + v[4]))
 }

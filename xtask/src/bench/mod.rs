@@ -14,6 +14,7 @@
 mod dispatch;
 mod fleet;
 mod footprint;
+mod procfs;
 mod scavenge;
 mod schedule;
 mod start;

@@ -28,27 +28,22 @@ pub struct Coordinator {
 
 /// Makes a token on the data directory with `lull-coordinator token create ARGS`.
 fn make_token(bin: &Path, data: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin)
-        .args([
-            "token",
-            "create",
-            "--ttl",
-            "0",
-            "--description",
-            "fleet bench",
-        ])
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .context("running lull-coordinator token create")?;
-    if !out.status.success() {
-        bail!(
-            "lull-coordinator token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    let out = crate::util::stdout_of(
+        Command::new(bin)
+            .args([
+                "token",
+                "create",
+                "--ttl",
+                "0",
+                "--description",
+                "fleet bench",
+            ])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data),
+        "lull-coordinator token create",
+    )?;
+    Ok(out.trim().to_owned())
 }
 
 impl Coordinator {
@@ -212,47 +207,6 @@ impl Drop for Coordinator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A process's CPU time (user and system, all threads) in seconds, from `/proc/PID/stat`.
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').context("malformed /proc/PID/stat")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here (0-based 11, 12).
-    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((utime + stime) / hz)
-}
-
-/// A process's resident memory in KiB (`VmRSS` in `/proc/PID/status`).
-pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")
-}
-
-/// The machine's busy and total CPU time in seconds since boot, over all cores (`/proc/stat`).
-pub fn machine_cpu() -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("empty /proc/stat")?;
-    let ticks: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().unwrap_or(0.0))
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is within user).
-    let total: f64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(((total - idle) / hz, total / hz))
 }
 
 /// UDP datagrams the kernel dropped for want of receive buffer space, since boot
