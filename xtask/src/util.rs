@@ -251,7 +251,7 @@ pub fn ensure_packages(why: &str, packages: &[&str]) -> anyhow::Result<()> {
 pub fn build_examples() -> anyhow::Result<()> {
     let dir = root().join("examples");
     for (target, packages) in [
-        ("wasm32-wasip1", &["mandelbrot"][..]),
+        ("wasm32-wasip1", &["mandelbrot", "crunch"][..]),
         ("wasm32-wasip2", &["montecarlo", "wordcount", "primes"][..]),
     ] {
         let mut cmd = Command::new(cargo_bin());
