@@ -66,6 +66,7 @@ const BENCHES: &[&str] = &[
     "dispatch",
     "fleet",
     "footprint",
+    "guest",
     "scavenge",
     "schedule",
     "start",

@@ -4,6 +4,7 @@
 //! - `dispatch`: many trivial tasks through `lull dev` on loopback.
 //! - `fleet`: thousands of simulated agents over QUIC against one coordinator process.
 //! - `footprint`: a release `lull-agent` process's memory and CPU, idle and paused with guests.
+//! - `guest`: a CPU-bound guest under Lull against its native build and the wasmtime CLI.
 //! - `start`: warm instantiation (pooled and not), cold starts, and what a submit and a
 //!   1,000-task job send and fetch.
 //! - `schedule`: the scheduler alone, placing 1,000,000 tasks on 10,000 simulated agents with
@@ -14,6 +15,7 @@
 mod dispatch;
 mod fleet;
 mod footprint;
+mod guest;
 mod procfs;
 mod scavenge;
 mod schedule;
@@ -29,6 +31,7 @@ pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
         Some("dispatch") => dispatch::run(args),
         Some("fleet") => fleet::run(args),
         Some("footprint") => footprint::run(args),
+        Some("guest") => guest::run(args),
         Some("scavenge") => scavenge::run(args),
         Some("schedule") => schedule::run(args),
         Some("start") => start::run(args),
