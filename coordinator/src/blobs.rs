@@ -129,15 +129,24 @@ impl Drop for BusyGuard {
 }
 
 impl BlobStore {
-    /// Opens (creating) a store under `root`.
+    /// Opens (creating) a store under `root`. The store always holds the empty blob
+    /// ([`Digest::EMPTY`]): agents never upload it, and collection never deletes it.
     pub fn open(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join("sha256"))?;
         std::fs::create_dir_all(root.join("tmp"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
-        Ok(Self {
+        let store = Self {
             root: root.to_owned(),
             busy: Arc::default(),
-        })
+        };
+        let empty = store.path(&Digest::EMPTY);
+        if std::fs::metadata(&empty).ok().map(|m| m.len()) != Some(0) {
+            let shard = empty.parent().expect("a blob's path has a shard folder");
+            std::fs::create_dir_all(shard)?;
+            // Nothing to lose if this is not yet on disk: it is made again on the next open.
+            std::fs::File::create(&empty)?;
+        }
+        Ok(store)
     }
 
     /// Bytes of all the blobs stored (read from the disk: a walk of the store).
@@ -385,6 +394,9 @@ impl BlobStore {
         tokio::task::spawn_blocking(move || {
             let mut done = (0, 0);
             for digest in candidates.difference(&referenced) {
+                if *digest == Digest::EMPTY {
+                    continue;
+                }
                 let path = store.path(digest);
                 let Ok(meta) = std::fs::metadata(&path) else {
                     continue;
@@ -540,6 +552,9 @@ fn collect_blocking(
             else {
                 continue;
             };
+            if digest == Digest::EMPTY {
+                continue;
+            }
             let Ok(meta) = e.metadata() else { continue };
             if referenced.contains(&digest) {
                 done.referenced += 1;
@@ -755,6 +770,36 @@ mod tests {
             "{done:?}"
         );
         assert!(store.contains(&kept) && store.contains(&recent) && !store.contains(&old));
+    }
+
+    #[tokio::test]
+    async fn the_empty_blob_is_always_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(store.size(&Digest::EMPTY), Some(0));
+        assert_eq!(store.read(&Digest::EMPTY).await.unwrap(), b"");
+        // Neither collection nor dropping superseded states deletes it, however old.
+        std::fs::File::options()
+            .write(true)
+            .open(store.path(&Digest::EMPTY))
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        let done = store
+            .collect(&HashSet::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(done.blobs, 0, "{done:?}");
+        let later = SystemTime::now() + Duration::from_secs(1);
+        let dropped = store
+            .drop_superseded(HashSet::from([Digest::EMPTY]), &HashSet::new(), later)
+            .await;
+        assert_eq!(dropped, (0, 0));
+        assert!(store.contains(&Digest::EMPTY));
+        // A damaged copy (not empty) is made right on the next open.
+        std::fs::write(store.path(&Digest::EMPTY), b"junk").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(store.size(&Digest::EMPTY), Some(0));
     }
 
     #[tokio::test]

@@ -22,6 +22,14 @@ pub enum DigestError {
 }
 
 impl Digest {
+    /// The digest of no bytes at all. Every coordinator holds the empty blob from the start, so
+    /// an agent never uploads it (a guest that printed nothing has this as its log).
+    pub const EMPTY: Digest = Digest([
+        0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9,
+        0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52,
+        0xb8, 0x55,
+    ]);
+
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Self(Sha256::digest(bytes).into())
@@ -119,6 +127,12 @@ impl<'de> Deserialize<'de> for Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_is_the_digest_of_no_bytes() {
+        assert_eq!(Digest::EMPTY, Digest::of(b""));
+        assert_eq!(Digest::EMPTY, Hasher::new().finish());
+    }
 
     #[test]
     fn known_digest_round_trips() {
