@@ -670,11 +670,20 @@ impl Dispatch {
     /// An agent sent a result, checked by the driver against its job (`job`). The task's next
     /// state is decided here and persisted; the agent hears back once it is. Returns the
     /// change's number.
+    ///
+    /// The attempt's slot on its agent is free from now on (the agent sends a result once its
+    /// guests are gone), so the next placement there is written in the same batch as this
+    /// result rather than after it. The attempt keeps its lease until the result is stored.
     pub fn handle_result(&mut self, agent: &str, result: TaskResult, job: &JobSpec) -> OpId {
         let attempt = result.attempt;
         if let Some(live) = self.live.get_mut(&attempt) {
             live.waiting = None;
             live.progress = None;
+        }
+        if self.holds(agent, attempt) {
+            // Only the holder's result: a late one must not free the slot of the task's
+            // current attempt on another agent.
+            self.task_ended_in_scheduler(attempt.task);
         }
         let next = if result.succeeded() {
             TaskState::Succeeded

@@ -1042,3 +1042,69 @@ fn finished_jobs_are_forgotten_and_a_late_result_of_one_is_still_handled() {
     sim.run_for(lull_dispatch::FORGET_INTERVAL + Duration::from_secs(1));
     assert_eq!(sim.core.jobs_held(), 0);
 }
+
+#[test]
+fn a_slot_is_filled_again_in_the_batch_that_stores_its_result() {
+    let mut sim = Sim::new();
+    sim.write_time = Duration::from_millis(200);
+    sim.connect("one", 1, fast(Duration::from_millis(100)));
+    let job = sim.submit(3, 3);
+    sim.run_until(Duration::from_secs(5), "the first result", |s| {
+        s.persisting
+            .iter()
+            .any(|(_, _, c)| matches!(c, Change::End(_)))
+    });
+    // The result is not stored yet, and the next task's assignment is already written with it.
+    assert!(
+        sim.persisting
+            .iter()
+            .any(|(_, _, c)| matches!(c, Change::Assign { agent, .. } if agent == "one")),
+        "{:?}",
+        sim.persisting
+    );
+    let started = sim.elapsed();
+    sim.run_until(Duration::from_secs(5), "the job", |s| s.job_done(job));
+    sim.check_invariants();
+    assert_eq!(sim.store.count(TaskState::Succeeded), 3);
+    // Two more tasks after the first result: one write and a run each, not two writes.
+    assert!(
+        sim.elapsed() - started < Duration::from_millis(2 * (200 + 100 + 2 * 50) + 50),
+        "{:?}",
+        sim.elapsed() - started
+    );
+}
+
+#[test]
+fn a_late_result_does_not_free_the_slot_of_the_tasks_next_attempt() {
+    let mut sim = Sim::new();
+    sim.connect("lost", 1, fast(Duration::from_secs(300)));
+    let job = sim.submit(1, 3);
+    sim.run_for(Duration::from_secs(1));
+    let first = sim.assigned[0].0;
+    sim.agents.get_mut("lost").unwrap().silent = true;
+    sim.run_for(LEASE + Duration::from_secs(2));
+    // The task runs again on an agent of one slot; a second job waits for that slot.
+    sim.connect("busy", 1, fast(Duration::from_secs(30)));
+    sim.run_until(Duration::from_secs(5), "the task's second attempt", |s| {
+        s.assigned.iter().any(|(_, a)| a == "busy")
+    });
+    let other = sim.submit(1, 3);
+    sim.run_for(Duration::from_secs(1));
+    // The lost attempt's late failure arrives: the slot on "busy" is still taken.
+    let spec = sim.jobs[&job].clone();
+    sim.core
+        .handle_result("lost", result(first, Outcome::Exited { code: 1 }), &spec);
+    sim.drive();
+    sim.run_for(Duration::from_secs(1));
+    sim.check_invariants();
+    let on_busy: Vec<_> = sim.assigned.iter().filter(|(_, a)| a == "busy").collect();
+    assert_eq!(on_busy.len(), 1, "{on_busy:?}");
+    assert_eq!(
+        sim.row(TaskId {
+            job: other,
+            index: 0
+        })
+        .state,
+        TaskState::Pending
+    );
+}
