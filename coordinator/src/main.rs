@@ -150,6 +150,19 @@ struct ServeArgs {
     /// 10s; one that says nothing in time is closed.
     #[arg(long, default_value = "10s", value_parser = lull_protocol::units::parse_duration)]
     agent_hello_timeout: std::time::Duration,
+    /// The QUIC socket's receive and send buffers, e.g. 8MiB: for thousands of agents. The
+    /// kernel grants at most `net.core.rmem_max` (Linux); a smaller grant is logged at start.
+    #[arg(long, default_value = "8MiB", value_parser = parse_buffer)]
+    udp_buffer: usize,
+}
+
+/// A socket buffer size: 64 KiB to 1 GiB.
+fn parse_buffer(s: &str) -> Result<usize, String> {
+    let n = lull_protocol::units::parse_size(s).map_err(|e| e.to_string())?;
+    if !(64 << 10..=1 << 30).contains(&n) {
+        return Err(format!("{s} is not between 64KiB and 1GiB"));
+    }
+    Ok(n as usize)
 }
 
 /// A token's lifetime: a duration, or `0` for ever.
@@ -390,6 +403,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: args.agent_idle_timeout,
             hello_timeout: args.agent_hello_timeout,
             max_per_address: args.max_agent_connections_per_address,
+            udp_buffer: args.udp_buffer,
         },
     };
     let running = server::start(config).await?;

@@ -101,6 +101,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 
     let socket = std::net::UdpSocket::bind(config.quic_addr)
         .with_context(|| format!("binding QUIC (UDP) on {}", config.quic_addr))?;
+    quic::size_buffers(&socket, config.quic_limits.udp_buffer);
     let endpoint = quinn::Endpoint::new(
         tls::endpoint_config(&identity),
         Some(tls::quic_server_config(&identity, &config.quic_limits)?),

@@ -44,6 +44,12 @@ pub struct QuicLimits {
     /// Open connections from one IP address, handshakes included. Agents behind one NAT share
     /// an address: raise it for a larger site. Default 256.
     pub max_per_address: usize,
+    /// The receive and send buffers asked for the QUIC socket, in bytes. Every agent's packets
+    /// arrive on that one socket: a short stall of the coordinator with a buffer too small for
+    /// thousands of agents drops datagrams (handshakes time out, reports arrive late). The
+    /// kernel grants at most `net.core.rmem_max` / `wmem_max`; a smaller grant is logged.
+    /// Default 8 MiB.
+    pub udp_buffer: usize,
 }
 
 impl Default for QuicLimits {
@@ -55,6 +61,7 @@ impl Default for QuicLimits {
             idle_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(10),
             max_per_address: 256,
+            udp_buffer: 8 << 20,
         }
     }
 }
@@ -136,6 +143,41 @@ impl Drop for AddressCounted {
             }
         }
     }
+}
+
+/// Asks the kernel for receive and send buffers of `want` bytes on the QUIC socket, and
+/// returns what it granted (receive, send). A smaller grant is logged with what to change;
+/// it does not stop the coordinator.
+pub fn size_buffers(socket: &std::net::UdpSocket, want: usize) -> (usize, usize) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(want);
+    let _ = sock.set_send_buffer_size(want);
+    // Linux reports twice the size set (half of it is for its own bookkeeping).
+    let granted = |size: std::io::Result<usize>| {
+        let size = size.unwrap_or(0);
+        if cfg!(target_os = "linux") {
+            size / 2
+        } else {
+            size
+        }
+    };
+    let recv = granted(sock.recv_buffer_size());
+    let send = granted(sock.send_buffer_size());
+    if recv < want || send < want {
+        // Not a warning: most systems' limits are below the default, and a few hundred
+        // agents never need more.
+        tracing::info!(
+            asked = want,
+            receive = recv,
+            send,
+            "the QUIC socket got smaller buffers than asked for: with thousands of agents, \
+             datagrams may be dropped; raise the system's limits (on Linux: sysctl -w \
+             net.core.rmem_max={want} net.core.wmem_max={want})"
+        );
+    } else {
+        tracing::debug!(receive = recv, send, "QUIC socket buffers");
+    }
+    (recv, send)
 }
 
 /// Accepts agent connections until the endpoint closes.
@@ -551,5 +593,23 @@ mod tests {
         };
         assert_eq!(admit(&limits, 5, 4, 0, true, false), Admission::Refuse);
         assert_eq!(admit(&limits, 5, 3, 0, true, false), Admission::Accept);
+    }
+
+    #[test]
+    fn the_socket_gets_the_buffers_asked_for_within_the_systems_limits() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        // Below every default limit (Linux allows 208 KiB unless told more): granted whole.
+        let (recv, send) = size_buffers(&socket, 160 << 10);
+        assert!(recv >= 160 << 10 && send >= 160 << 10, "{recv} {send}");
+        // Far above any limit: the kernel grants what it allows, and the socket stays usable.
+        let (recv, _) = size_buffers(&socket, 1 << 30);
+        assert!(
+            (160 << 10..1 << 30).contains(&recv),
+            "{recv} (was {before})"
+        );
+        socket.send_to(b"x", socket.local_addr().unwrap()).unwrap();
+        let mut buf = [0; 4];
+        assert_eq!(socket.recv(&mut buf).unwrap(), 1);
     }
 }
