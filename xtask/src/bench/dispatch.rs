@@ -21,16 +21,7 @@ const TRIVIAL: &str = r#"(module
 /// change the load; `--postgres` keeps the state in a fresh PostgreSQL server (fsync on)
 /// instead of SQLite.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let option = |name: &str, default: u32| -> anyhow::Result<u32> {
-        match args.iter().position(|a| a == name) {
-            Some(i) => Ok(args
-                .get(i + 1)
-                .with_context(|| format!("{name} needs a number"))?
-                .parse()
-                .with_context(|| format!("{name} needs a number"))?),
-            None => Ok(default),
-        }
-    };
+    let option = |name: &str, default: u32| super::number_option(args, name, default);
     let tasks = option("--tasks", 2000)?;
     let agents = option("--agents", 2)?;
     let slots = option("--slots", 2)?;

@@ -76,16 +76,7 @@ struct Run {
 /// Runs the bench: `--rounds N` (5), `--scale N` (the program's work), `--cli-epoch` (a fourth
 /// way: the CLI with epoch interruption, to tell its cost apart).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let option = |name: &str, default: u32| -> anyhow::Result<u32> {
-        match args.iter().position(|a| a == name) {
-            Some(i) => Ok(args
-                .get(i + 1)
-                .with_context(|| format!("{name} needs a number"))?
-                .parse()
-                .with_context(|| format!("{name} needs a number"))?),
-            None => Ok(default),
-        }
-    };
+    let option = |name: &str, default: u32| super::number_option(args, name, default);
     let rounds = option("--rounds", 5)?.max(1);
     let scale = option("--scale", DEFAULT_SCALE)?;
     let mut ways = vec![Way::Native, Way::Cli, Way::Lull];

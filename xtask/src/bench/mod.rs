@@ -46,6 +46,18 @@ pub fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<()> {
     }
 }
 
+/// The number after `name` in `args` (`--tasks 6000`), or `default` when `name` is absent.
+fn number_option(args: &[String], name: &str, default: u32) -> anyhow::Result<u32> {
+    use anyhow::Context;
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} needs a number")),
+        None => Ok(default),
+    }
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
