@@ -677,7 +677,8 @@ impl Cluster {
             .join(hex)
     }
 
-    /// Every blob file the coordinator holds.
+    /// Every blob file the coordinator holds, but the empty blob (which every coordinator holds
+    /// from the start, so that agents never upload it).
     pub fn stored_blobs(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             for e in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -691,6 +692,8 @@ impl Cluster {
         }
         let mut out = Vec::new();
         walk(&self.coordinator_data().join("blobs/sha256"), &mut out);
+        let empty = self.blob_path(&lull_protocol::Digest::EMPTY.to_string());
+        out.retain(|p| *p != empty);
         out
     }
 
