@@ -703,6 +703,9 @@ pub(crate) mod tests {
             states,
             [TaskState::Succeeded, TaskState::Running, TaskState::Running]
         );
+        // The job's counts, written once at the end of each batch, follow every change in it.
+        let c = assert_counts_follow_tasks(&s, job).await;
+        assert_eq!((c.pending, c.running, c.succeeded), (0, 2, 1), "{c:?}");
         // A loss, and an assignment of a task that does not exist: not an error, just not
         // pending; the loss is written.
         let missing = TaskId { job: 999, index: 0 };
@@ -724,6 +727,8 @@ pub(crate) mod tests {
         assert!(matches!(outcomes[0], Persisted::Ended(TaskState::Pending)));
         assert!(matches!(outcomes[1], Persisted::NotPending));
         assert_eq!(s.tasks(job).await.unwrap()[1].state, TaskState::Pending);
+        let c = assert_counts_follow_tasks(&s, job).await;
+        assert_eq!((c.pending, c.running, c.succeeded), (1, 1, 1), "{c:?}");
     }
 
     async fn agent_state_changes_are_kept_newest_first(s: Store) {

@@ -2,6 +2,8 @@
 
 use lull_dispatch::{Change, Persisted};
 
+use super::jobs::Recounts;
+
 use super::*;
 
 impl Store {
@@ -116,7 +118,11 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<AttemptId>> {
         let mut tx = self.begin_write().await?;
-        let assigned = self.assign_in(&mut tx, task, agent, now_ms).await?;
+        let mut recounts = Recounts::default();
+        let assigned = self
+            .assign_in(&mut tx, &mut recounts, task, agent, now_ms)
+            .await?;
+        self.apply_recounts(&mut tx, recounts).await?;
         tx.commit().await?;
         Ok(assigned)
     }
@@ -125,6 +131,7 @@ impl Store {
     async fn assign_in(
         &self,
         tx: &mut sqlx::AnyConnection,
+        recounts: &mut Recounts,
         task: TaskId,
         agent: &str,
         now_ms: i64,
@@ -144,8 +151,7 @@ impl Store {
             return Ok(None);
         };
         let attempt = row.get::<i64, _>(0) as u32;
-        self.recount(tx, task.job, TaskState::Pending, TaskState::Running, 1)
-            .await?;
+        recounts.moved(task.job, TaskState::Pending, TaskState::Running);
         sqlx::query(
             "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -189,7 +195,11 @@ impl Store {
     #[cfg(test)]
     pub async fn end_attempt(&self, ending: &Ending, now_ms: i64) -> Result<Recorded> {
         let mut tx = self.begin_write().await?;
-        let recorded = self.end_attempt_in(&mut tx, ending, now_ms).await?;
+        let mut recounts = Recounts::default();
+        let recorded = self
+            .end_attempt_in(&mut tx, &mut recounts, ending, now_ms)
+            .await?;
+        self.apply_recounts(&mut tx, recounts).await?;
         tx.commit().await?;
         Ok(recorded)
     }
@@ -198,6 +208,7 @@ impl Store {
     async fn end_attempt_in(
         &self,
         tx: &mut sqlx::AnyConnection,
+        recounts: &mut Recounts,
         ending: &Ending,
         now_ms: i64,
     ) -> Result<Recorded> {
@@ -267,7 +278,7 @@ impl Store {
         .bind(attempt.task.index as i64)
         .execute(&mut *tx)
         .await?;
-        self.recount(tx, attempt.task.job, was, state, 1).await?;
+        recounts.moved(attempt.task.job, was, state);
         Ok(Recorded::Stored(state))
     }
 
@@ -275,11 +286,15 @@ impl Store {
     /// says what became of each, in order. Either all are written or, on an error, none.
     pub async fn persist(&self, changes: &[Change], now_ms: i64) -> Result<Vec<Persisted>> {
         let mut tx = self.begin_write().await?;
+        let mut recounts = Recounts::default();
         let mut outcomes = Vec::with_capacity(changes.len());
         for change in changes {
             outcomes.push(match change {
                 Change::Assign { task, agent } => {
-                    match self.assign_in(&mut tx, *task, agent, now_ms).await? {
+                    match self
+                        .assign_in(&mut tx, &mut recounts, *task, agent, now_ms)
+                        .await?
+                    {
                         Some(attempt) => Persisted::Assigned {
                             attempt,
                             // A retried task starts from its latest checkpoint, if it kept one.
@@ -297,12 +312,16 @@ impl Store {
                         .await?;
                     Persisted::Done
                 }
-                Change::End(ending) => match self.end_attempt_in(&mut tx, ending, now_ms).await? {
+                Change::End(ending) => match self
+                    .end_attempt_in(&mut tx, &mut recounts, ending, now_ms)
+                    .await?
+                {
                     Recorded::Stored(state) => Persisted::Ended(state),
                     Recorded::Stale => Persisted::Stale,
                 },
             });
         }
+        self.apply_recounts(&mut tx, recounts).await?;
         tx.commit().await?;
         Ok(outcomes)
     }

@@ -211,6 +211,37 @@ impl Store {
         Ok(row.map(|r| counts_from(&r, 0)).unwrap_or_default())
     }
 
+    /// Writes the count changes a transaction gathered: one statement per job.
+    pub(super) async fn apply_recounts(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        recounts: Recounts,
+    ) -> Result<()> {
+        for (job, deltas) in recounts.0 {
+            let moved: Vec<(&str, i64)> = deltas.into_iter().filter(|(_, d)| *d != 0).collect();
+            if moved.is_empty() {
+                continue;
+            }
+            // The columns are named after the states.
+            let set: Vec<String> = moved
+                .iter()
+                .enumerate()
+                .map(|(i, (state, _))| format!("{state} = {state} + ${}", i + 1))
+                .collect();
+            let sql = format!(
+                "UPDATE job_counts SET {} WHERE job_id = ${}",
+                set.join(", "),
+                moved.len() + 1
+            );
+            let mut query = sqlx::query(&sql);
+            for (_, delta) in &moved {
+                query = query.bind(*delta);
+            }
+            query.bind(job as i64).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
     /// Moves `n` of a job's tasks from one state's count to another's, in the transaction that
     /// moves the tasks.
     pub(super) async fn recount(
@@ -317,4 +348,24 @@ fn job_row(r: &AnyRow) -> Result<JobRow> {
         created_ms: r.get(2),
         cancelled: r.get::<i64, _>(3) != 0,
     })
+}
+
+/// Changes to the task counts of jobs (`job_counts`) gathered while a transaction moves tasks,
+/// written together before it commits ([`Store::apply_recounts`]): one statement per job
+/// instead of one per task moved.
+#[derive(Debug, Default)]
+pub(super) struct Recounts(
+    std::collections::BTreeMap<u64, std::collections::BTreeMap<&'static str, i64>>,
+);
+
+impl Recounts {
+    /// One task of `job` moved from `from` to `to`.
+    pub(super) fn moved(&mut self, job: u64, from: TaskState, to: TaskState) {
+        if from == to {
+            return;
+        }
+        let deltas = self.0.entry(job).or_default();
+        *deltas.entry(from.as_str()).or_default() -= 1;
+        *deltas.entry(to.as_str()).or_default() += 1;
+    }
 }
