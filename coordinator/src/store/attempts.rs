@@ -151,7 +151,7 @@ impl Store {
             return Ok(None);
         };
         let attempt = row.get::<i64, _>(0) as u32;
-        recounts.moved(task.job, TaskState::Pending, TaskState::Running);
+        recounts.moved(task.job, TaskState::Pending, TaskState::Running, 1);
         sqlx::query(
             "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -278,7 +278,7 @@ impl Store {
         .bind(attempt.task.index as i64)
         .execute(&mut *tx)
         .await?;
-        recounts.moved(attempt.task.job, was, state);
+        recounts.moved(attempt.task.job, was, state, 1);
         Ok(Recorded::Stored(state))
     }
 

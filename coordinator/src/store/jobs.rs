@@ -211,7 +211,8 @@ impl Store {
         Ok(row.map(|r| counts_from(&r, 0)).unwrap_or_default())
     }
 
-    /// Writes the count changes a transaction gathered: one statement per job.
+    /// Writes the count changes a transaction gathered, in that transaction: one statement per
+    /// job.
     pub(super) async fn apply_recounts(
         &self,
         tx: &mut sqlx::AnyConnection,
@@ -242,31 +243,6 @@ impl Store {
         Ok(())
     }
 
-    /// Moves `n` of a job's tasks from one state's count to another's, in the transaction that
-    /// moves the tasks.
-    pub(super) async fn recount(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        job: u64,
-        from: TaskState,
-        to: TaskState,
-        n: u64,
-    ) -> Result<()> {
-        if from == to || n == 0 {
-            return Ok(());
-        }
-        // The columns are named after the states.
-        let (from, to) = (from.as_str(), to.as_str());
-        sqlx::query(&format!(
-            "UPDATE job_counts SET {from} = {from} - $1, {to} = {to} + $1 WHERE job_id = $2"
-        ))
-        .bind(n as i64)
-        .bind(job as i64)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
-    }
-
     /// Cancels a job: pending tasks become cancelled at once; returns the running attempts and
     /// their agents, which the caller asks to stop.
     pub async fn cancel_job(&self, job: u64, now_ms: i64) -> Result<Vec<(AttemptId, String)>> {
@@ -286,14 +262,14 @@ impl Store {
         .bind(job as i64)
         .execute(&mut *tx)
         .await?;
-        self.recount(
-            &mut tx,
+        let mut recounts = Recounts::default();
+        recounts.moved(
             job,
             TaskState::Pending,
             TaskState::Cancelled,
             stopped.rows_affected(),
-        )
-        .await?;
+        );
+        self.apply_recounts(&mut tx, recounts).await?;
         let rows = sqlx::query(
             "SELECT job_id, idx, attempt, agent_id FROM tasks WHERE job_id = $1 AND state = 'running'",
         )
@@ -352,20 +328,21 @@ fn job_row(r: &AnyRow) -> Result<JobRow> {
 
 /// Changes to the task counts of jobs (`job_counts`) gathered while a transaction moves tasks,
 /// written together before it commits ([`Store::apply_recounts`]): one statement per job
-/// instead of one per task moved.
+/// however many tasks moved. Every change of `job_counts` goes through it.
 #[derive(Debug, Default)]
 pub(super) struct Recounts(
     std::collections::BTreeMap<u64, std::collections::BTreeMap<&'static str, i64>>,
 );
 
 impl Recounts {
-    /// One task of `job` moved from `from` to `to`.
-    pub(super) fn moved(&mut self, job: u64, from: TaskState, to: TaskState) {
-        if from == to {
+    /// `n` tasks of `job` moved from `from` to `to`.
+    pub(super) fn moved(&mut self, job: u64, from: TaskState, to: TaskState, n: u64) {
+        if from == to || n == 0 {
             return;
         }
+        let n = n as i64;
         let deltas = self.0.entry(job).or_default();
-        *deltas.entry(from.as_str()).or_default() -= 1;
-        *deltas.entry(to.as_str()).or_default() += 1;
+        *deltas.entry(from.as_str()).or_default() -= n;
+        *deltas.entry(to.as_str()).or_default() += n;
     }
 }
