@@ -30,7 +30,7 @@ use anyhow::{Context, bail, ensure};
 use lull_agent::sandbox::WASMTIME_VERSION;
 
 use super::procfs::{machine_cpu_s, process_cpu_s};
-use super::{round3, tempfile_dir};
+use super::{median, round3, tempfile_dir};
 use crate::util::{self, Dev};
 
 /// `--scale` of the runs unless the bench is told otherwise: a few seconds natively here.
@@ -186,7 +186,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
 
     let median_of = |way: Way, f: &dyn Fn(&Run) -> f64| -> f64 {
-        median(runs.iter().filter(|r| r.way == way).map(f).collect())
+        median(
+            &mut runs
+                .iter()
+                .filter(|r| r.way == way)
+                .map(f)
+                .collect::<Vec<_>>(),
+        )
     };
     let secs = |way: Way| median_of(way, &|r| r.secs);
     let cpu = |way: Way| median_of(way, &|r| r.cpu);
@@ -208,7 +214,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "lull_vs_wasmtime_cli_cpu": round3(cpu(Way::Lull) / cpu(Way::Cli)),
         "wasmtime_cli_compile_s": round3(compile_s),
         "lull_first_setup_s": round3(first_setup_s.unwrap_or(0.0)),
-        "others_cores_median": round3(median(runs.iter().map(|r| r.others).collect())),
+        "others_cores_median": round3(median(&mut runs.iter().map(|r| r.others).collect::<Vec<_>>())),
         "others_cores_max": round3(runs.iter().map(|r| r.others).fold(0.0, f64::max)),
         "outputs_agree": true,
     });
@@ -395,15 +401,6 @@ fn kernel_times(stderr: &str) -> Vec<(String, f64)> {
             Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
         })
         .collect()
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => xs[n / 2],
-        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
 }
 
 /// User and system CPU seconds of the children this process has waited for.

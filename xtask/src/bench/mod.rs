@@ -58,6 +58,14 @@ fn number_option(args: &[String], name: &str, default: u32) -> anyhow::Result<u3
     }
 }
 
+/// The median of a sample by nearest rank (sorts it); NaN when empty.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0) * 0.5).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

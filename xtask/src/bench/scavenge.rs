@@ -67,7 +67,7 @@ use lull_agent::sandbox::{Program, RunOutput, RunSpec, Sandbox, SandboxConfig, T
 use lull_agent::scavenger::{self, Events, ScavengerConfig, Shared};
 use lull_protocol::message::{AttemptId, Outcome, TaskId};
 
-use super::{round3, tempfile_dir};
+use super::{median, round3, tempfile_dir};
 use crate::util;
 
 /// Names of this bench's helper processes start with this (`xtask bench __scavenge-...`).
@@ -1452,10 +1452,6 @@ impl Percentiles {
             max: at(1.0),
         }
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    Percentiles::of(v).p50
 }
 
 /// How much larger `with` is than `alone`, in percent.
