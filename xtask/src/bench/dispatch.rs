@@ -43,6 +43,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None
     };
     let dir = tempfile_dir()?;
+    // What one durable write costs here, for reading the latencies below.
+    let sync_ms = super::procfs::sync_ms(&dir, 50)?;
     std::fs::write(dir.join("trivial.wasm"), wat::parse_str(TRIVIAL)?)?;
     std::fs::write(
         dir.join("job.toml"),
@@ -103,6 +105,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "result_to_durable_p99_ms": quantile_ms("lull_result_durable_seconds", 0.99)?,
         "cpu_ms_per_task": round3(cpu * 1000.0 / f64::from(tasks)),
         "tasks_per_s": round3(tasks as f64 / elapsed.as_secs_f64()),
+        "file_sync_p50_ms": round3(sync_ms),
     });
     drop(dev);
     drop(server);

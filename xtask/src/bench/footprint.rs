@@ -21,6 +21,10 @@
 //! files, the heaps, the anonymous mappings by size) and the CPU by thread (each thread's
 //! `/proc/PID/task/TID/schedstat`, in nanoseconds), printed before the JSON line.
 //!
+//! Apart from the agent, the bench also times what a sampler tick costs this machine: a thread
+//! waking from a 20 ms sleep (250 times, nothing else done) and one read of each source the
+//! sampler reads or could read (`tick_*_us`, µs of CPU each).
+//!
 //! `--quick` makes the windows 10 s instead of 60 s; `--window SECONDS` sets them; `--agent
 //! PATH` measures another `lull-agent` binary (another commit's, say) with the same coordinator.
 //! Linux only (it reads `/proc`).
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::procfs::{machine_ticks, process_cpu_s, status_kb};
+use super::procfs::{machine_ticks, process_cpu_s, status_kb, tick_costs};
 use super::{round3, tempfile_dir};
 use crate::util::{self, Dev};
 
@@ -226,6 +230,21 @@ fn bench(
     drop(agent);
     drop(dev);
 
+    // What a tick of the sampler costs this machine, apart from the agent: the wake-up alone
+    // and each source it could read.
+    let ticks = tick_costs(
+        SAMPLE_INTERVAL,
+        250,
+        &[
+            "/proc/stat",
+            "/proc/self/stat",
+            "/proc/uptime",
+            "/proc/schedstat",
+        ],
+    )?;
+    for (what, us) in &ticks {
+        eprintln!("xtask: tick cost here: {what}: {us:.1} µs of CPU");
+    }
     let met = |w: &Window| w.rss_max_mb() <= GOAL_RSS_MB && w.cpu_percent() <= GOAL_CPU_PERCENT;
     let mut figures = serde_json::json!({
         "sample_hz": round3(1.0 / SAMPLE_INTERVAL.as_secs_f64()),
@@ -243,6 +262,12 @@ fn bench(
     for (name, w) in [("idle", &idle), ("paused", &paused)] {
         if let Some(all) = figures.as_object_mut() {
             all.extend(w.figures(name));
+        }
+    }
+    if let Some(all) = figures.as_object_mut() {
+        for (what, us) in ticks {
+            let name = what.trim_start_matches("/proc/").replace('/', "_");
+            all.insert(format!("tick_{name}_us"), round3(us).into());
         }
     }
     Ok(figures)

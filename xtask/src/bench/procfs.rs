@@ -70,3 +70,71 @@ fn ticks_per_s() -> f64 {
         _ => 100.0,
     }
 }
+
+/// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in seconds.
+fn thread_cpu_s() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// What a sampler's tick costs on this machine, in µs of this thread's CPU: waking from a
+/// `period` sleep (`n` times, at a fixed rate, nothing else done), and reading each of `files`
+/// from its start (`n` times back to back, one `pread` each, as the agent's sampler reads).
+/// Files that do not exist are left out.
+pub fn tick_costs(
+    period: std::time::Duration,
+    n: u32,
+    files: &[&str],
+) -> anyhow::Result<Vec<(String, f64)>> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    let started = thread_cpu_s();
+    let mut next = std::time::Instant::now();
+    for _ in 0..n {
+        next += period;
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    out.push((
+        "wake_up".to_owned(),
+        (thread_cpu_s() - started) * 1e6 / f64::from(n),
+    ));
+    let mut buf = vec![0u8; 4096];
+    for path in files {
+        let Ok(file) = fs::File::open(path) else {
+            continue;
+        };
+        let started = thread_cpu_s();
+        for _ in 0..n {
+            file.read_at(&mut buf, 0)
+                .with_context(|| format!("reading {path}"))?;
+        }
+        out.push((
+            path.to_string(),
+            (thread_cpu_s() - started) * 1e6 / f64::from(n),
+        ));
+    }
+    Ok(out)
+}
+
+/// The median time, in ms, to write a few hundred bytes to a file in `dir` and sync it, over
+/// `n` syncs: what one durable write costs the disk under the benches.
+pub fn sync_ms(dir: &std::path::Path, n: u32) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("sync-probe");
+    let mut file = fs::File::create(&path)?;
+    let mut times = Vec::new();
+    for _ in 0..n {
+        file.write_all(&[b'x'; 300])?;
+        let started = std::time::Instant::now();
+        file.sync_all()?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(file);
+    fs::remove_file(&path)?;
+    Ok(super::median(&mut times))
+}
