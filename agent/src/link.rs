@@ -8,11 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use lull_protocol::Digest;
 use lull_protocol::frame;
-use lull_protocol::identity::Identity;
+use lull_protocol::identity::{Identity, PinnedKey};
 use lull_protocol::message::{AgentMessage, BlobReply, EnrollReply};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
@@ -34,73 +31,6 @@ pub async fn write_frame<T: Serialize>(
     Ok(frame::stream::write(send, msg).await?)
 }
 
-/// Accepts the coordinator's certificate when its public key hashes to the pinned digest, or
-/// any certificate when nothing is pinned.
-#[derive(Debug)]
-struct PinnedKey {
-    pin: Option<Digest>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedKey {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(pin) = self.pin else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| rustls::Error::General(format!("coordinator certificate: {e}")))?;
-        let got = Digest::of(cert.subject_public_key_info().as_ref());
-        if got == pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the coordinator's key is {got}, not the pinned {pin}"
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// A QUIC client endpoint for reaching one coordinator.
 #[derive(Debug, Clone)]
 pub struct Dialer {
@@ -113,10 +43,10 @@ impl Dialer {
     /// `identity` as its client certificate when given.
     pub fn new(pin: Option<Digest>, identity: Option<&Identity>) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedKey { pin, provider }));
+            .with_custom_certificate_verifier(Arc::new(PinnedKey::new(pin)));
         let mut tls = match identity {
             Some(id) => builder
                 .with_client_auth_cert(vec![id.cert.clone()], id.private_key())

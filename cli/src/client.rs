@@ -8,6 +8,19 @@ use lull_protocol::api::{ErrorBody, StartUpload, UploadState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// A TLS client configuration trusting the public certificate authorities (Mozilla's list,
+/// built in), for a coordinator serving an operator's certificate.
+fn public_roots() -> anyhow::Result<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// What [`Client::upload`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Uploaded {
@@ -26,6 +39,11 @@ struct NoBody {}
 /// Where the coordinator is when nothing says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7080";
 
+/// How to find the key to pin, for messages.
+const PIN_HINT: &str = "pin the coordinator's key with --coordinator-key sha256:HEX (or \
+    LULL_COORDINATOR_KEY, or coordinator_key in your settings): `lull-coordinator serve` prints \
+    it at start, `lull-coordinator token create --user NAME` with each token";
+
 /// The coordinator did not answer at all (as opposed to answering with an error).
 #[derive(Debug)]
 pub struct Unreachable(String);
@@ -43,17 +61,25 @@ impl std::error::Error for Unreachable {}
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Whether a key is pinned (for messages).
+    pinned: bool,
 }
 
 impl Client {
-    /// A client for `base` (`http://host:port`; a bare `host:port` gets `http://`), sending
-    /// `token` (a submitter's token) with every request when given.
-    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    /// A client for `base` (`https://host:port`; a bare `host:port` gets `https://`), sending
+    /// `token` (a person's token) with every request when given. With `pin` (`sha256:HEX`),
+    /// only the server whose key hashes to it is trusted, whatever its certificate says (the
+    /// coordinator's own certificate is self-signed); without, an HTTPS server needs a
+    /// certificate from a public authority for its name.
+    pub fn new(base: &str, token: Option<&str>, pin: Option<&str>) -> anyhow::Result<Self> {
         let base = if base.contains("://") {
             base.trim_end_matches('/').to_owned()
         } else {
-            format!("http://{}", base.trim_end_matches('/'))
+            format!("https://{}", base.trim_end_matches('/'))
         };
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            bail!("the coordinator's address {base} is neither https:// nor http://");
+        }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             let mut value =
@@ -62,11 +88,27 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        let pin = pin
+            .map(|p| {
+                p.trim().parse::<Digest>().map_err(|e| {
+                    anyhow::anyhow!("--coordinator-key {p:?}: {e} (expected sha256:HEX, as the coordinator prints it)")
+                })
+            })
+            .transpose()?;
+        let tls = match pin {
+            Some(pin) => lull_protocol::identity::PinnedKey::client_config(pin)?,
+            None => public_roots()?,
+        };
         let http = reqwest::Client::builder()
             .default_headers(headers)
+            .use_preconfigured_tls(tls)
             .build()
             .context("setting up the HTTP client")?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            pinned: pin.is_some(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -77,10 +119,7 @@ impl Client {
         &self,
         resp: Result<reqwest::Response, reqwest::Error>,
     ) -> anyhow::Result<reqwest::Response> {
-        let resp = resp.map_err(|e| Unreachable(format!(
-            "cannot reach the coordinator at {}: {e}\n  start one with `lull dev`, or point at yours with --coordinator URL or LULL_COORDINATOR",
-            self.base
-        )))?;
+        let resp = resp.map_err(|e| Unreachable(self.unreachable(&e)))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -89,6 +128,36 @@ impl Client {
             Ok(body) => bail!("{}", body.error.message),
             Err(_) => bail!("the coordinator answered {status}"),
         }
+    }
+
+    /// Why the coordinator could not be reached, with what to do about it.
+    fn unreachable(&self, e: &reqwest::Error) -> String {
+        // reqwest's own text is "error sending request"; the cause says what went wrong.
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        let hint = if self.base.starts_with("http://") {
+            "start one with `lull dev`, or point at yours with --coordinator https://HOST:PORT \
+             or LULL_COORDINATOR (a coordinator outside `lull dev` speaks HTTPS)"
+                .to_owned()
+        } else if cause.contains("not the pinned") {
+            "this is not the coordinator whose key you pinned (or its key changed): check \
+             --coordinator and --coordinator-key"
+                .to_owned()
+        } else if !self.pinned && cause.to_ascii_lowercase().contains("certificate") {
+            PIN_HINT.to_owned()
+        } else {
+            "is it running, and is the address right? point at it with --coordinator \
+             https://HOST:PORT or LULL_COORDINATOR"
+                .to_owned()
+        };
+        format!(
+            "cannot reach the coordinator at {}: {cause}\n  {hint}",
+            self.base
+        )
     }
 
     /// GET a JSON document.
@@ -111,18 +180,52 @@ impl Client {
             .context("reading the coordinator's answer")
     }
 
+    /// Sends a JSON document with `method`, returning the JSON answer.
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .check(
+                self.http
+                    .request(method, self.url(path))
+                    .json(body)
+                    .send()
+                    .await,
+            )
+            .await?;
+        resp.json()
+            .await
+            .context("reading the coordinator's answer")
+    }
+
     /// POST a JSON document, returning the JSON answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .check(self.http.post(self.url(path)).json(body).send().await)
-            .await?;
-        resp.json()
-            .await
-            .context("reading the coordinator's answer")
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    /// PUT a JSON document, returning the JSON answer.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send_json(reqwest::Method::PUT, path, body).await
+    }
+
+    /// PATCH with a JSON document, returning the JSON answer.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send_json(reqwest::Method::PATCH, path, body).await
     }
 
     /// POST to a route that takes no body (an empty JSON object is sent), returning the JSON

@@ -2,13 +2,15 @@
 //! `~/.config/lull/config.toml`), or the file named by `--config` / `LULL_CONFIG`.
 //!
 //! ```toml
-//! coordinator = "http://lull.lab.example.org:7080"
-//! token = "lull_..."            # a submitter's token (keep the file private: chmod 600)
+//! coordinator = "https://lull.lab.example.org:7080"
+//! coordinator_key = "sha256:..." # the coordinator's HTTPS key, which `lull` then pins
+//! token = "lull_..."            # your token (keep the file private: chmod 600)
 //! key = "keys/me"               # the signing key for `lull submit`, relative to this file
 //! ```
 //!
-//! Flags and environment variables (`--coordinator`/`LULL_COORDINATOR`, `--token`/`LULL_TOKEN`,
-//! `--key`/`LULL_KEY`) win over the file. Every field may be left out; unknown fields are an
+//! Flags and environment variables (`--coordinator`/`LULL_COORDINATOR`,
+//! `--coordinator-key`/`LULL_COORDINATOR_KEY`, `--token`/`LULL_TOKEN`, `--key`/`LULL_KEY`) win
+//! over the file. Every field may be left out; unknown fields are an
 //! error, so a typo does not go unnoticed.
 
 use std::path::{Path, PathBuf};
@@ -20,9 +22,11 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
-    /// The coordinator's HTTP address.
+    /// The coordinator's address.
     pub coordinator: Option<String>,
-    /// A submitter's token.
+    /// The sha256 of the coordinator's HTTPS key, to pin.
+    pub coordinator_key: Option<String>,
+    /// The user's token.
     pub token: Option<String>,
     /// The signing key for `lull submit` (relative paths are relative to the file).
     pub key: Option<PathBuf>,

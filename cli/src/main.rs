@@ -17,11 +17,22 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(version, propagate_version = true)]
 struct Cli {
-    /// The coordinator's HTTP address [default: $LULL_COORDINATOR, else http://127.0.0.1:7080]
+    /// The coordinator's address, https://HOST:PORT [default: $LULL_COORDINATOR, else
+    /// http://127.0.0.1:7080, where `lull dev` listens]
     #[arg(long, global = true, env = "LULL_COORDINATOR")]
     coordinator: Option<String>,
-    /// A submitter's token for the coordinator (from `lull-coordinator token create
-    /// --submitter`); not needed with `lull dev`.
+    /// The sha256 of the coordinator's HTTPS key, sha256:HEX, as `lull-coordinator serve` and
+    /// `token create --user` print it: only that coordinator is trusted. Without it, an
+    /// https:// coordinator needs a certificate from a public authority.
+    #[arg(
+        long,
+        global = true,
+        env = "LULL_COORDINATOR_KEY",
+        value_name = "SHA256"
+    )]
+    coordinator_key: Option<String>,
+    /// Your token for the coordinator (from `lull-coordinator token create --user NAME`); not
+    /// needed with `lull dev`.
     #[arg(long, global = true, env = "LULL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Your settings file: coordinator, token, key [default: $LULL_CONFIG, else
@@ -46,6 +57,12 @@ enum Command {
     Clusters {
         #[command(subcommand)]
         command: commands::clusters::Command,
+    },
+    /// List, make or delete the coordinator's tokens (needs an operate token for every
+    /// cluster).
+    Tokens {
+        #[command(subcommand)]
+        command: commands::tokens::Command,
     },
     /// Show the connected agents, or revoke one.
     Agents(commands::agents::Args),
@@ -111,9 +128,11 @@ fn main() -> ExitCode {
     };
     let coordinator = cli.coordinator.or(settings.coordinator);
     let token = cli.token.or(settings.token);
+    let pin = cli.coordinator_key.or(settings.coordinator_key);
     let client = match client::Client::new(
         coordinator.as_deref().unwrap_or(client::DEFAULT_URL),
         token.as_deref(),
+        pin.as_deref(),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -129,6 +148,7 @@ fn main() -> ExitCode {
             Command::Results(a) => commands::results::run(&client, a).await,
             Command::Agents(a) => commands::agents::run(&client, a).await,
             Command::Clusters { command } => commands::clusters::run(&client, command).await,
+            Command::Tokens { command } => commands::tokens::run(&client, command).await,
             Command::Cancel(a) => commands::cancel::run(&client, a).await,
             Command::Delete(a) => commands::delete::run(&client, a).await,
             Command::Drain(a) => commands::drain::run(&client, a).await,

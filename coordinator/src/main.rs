@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lull_coordinator::server::{self, HubConfig, QuicLimits, ServeConfig};
-use lull_coordinator::store::{Store, TokenKind, TokenSpec};
+use lull_coordinator::server::{self, HttpTls, HubConfig, QuicLimits, ServeConfig};
+use lull_coordinator::store::{Store, TokenKind};
 
 /// Lull's coordinator: keeps jobs, places tasks on agents, collects results.
 #[derive(Parser, Debug)]
@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve agents (QUIC) and people (HTTP) until interrupted.
+    /// Serve agents (QUIC) and people (HTTPS) until interrupted.
     Serve(ServeArgs),
     /// Copy the data directory (database, blobs, key) into DIR, consistently, while the
     /// coordinator runs; again into the same DIR, it copies only what is new.
@@ -68,24 +68,11 @@ struct DataDirArg {
 
 #[derive(clap::Args, Debug)]
 struct TokenCreateArgs {
-    /// A submitter's token, for the HTTP API (`lull --token`, or LULL_TOKEN), instead of an
-    /// agent's join token.
+    #[command(flatten)]
+    token: lull_coordinator::token_args::NewTokenArgs,
+    /// A person's token (needs --user).
     #[arg(long)]
     submitter: bool,
-    /// How long it works, e.g. 1h, 7d [default: 24h for an agent's token, 90d for a
-    /// submitter's]; 0 for ever.
-    #[arg(long, value_parser = parse_ttl)]
-    ttl: Option<std::time::Duration>,
-    /// How many times it may be used [default: 1 for an agent's token, unlimited for a
-    /// submitter's]; 0 for unlimited.
-    #[arg(long)]
-    uses: Option<u32>,
-    /// A note for people: whom or what the token is for.
-    #[arg(long, default_value = "")]
-    description: String,
-    /// The cluster an agent's join token enrolls into (`lull clusters create` makes clusters).
-    #[arg(long, default_value = lull_protocol::job::DEFAULT_CLUSTER)]
-    cluster: String,
     /// The address agents reach this coordinator's QUIC port at, for the join command printed
     /// with an agent's token [default: this machine's host name, port 7443].
     #[arg(long, value_name = "HOST:PORT")]
@@ -106,9 +93,20 @@ struct ServeArgs {
     /// UDP address agents connect to (QUIC).
     #[arg(long, default_value = "127.0.0.1:7443")]
     quic_listen: SocketAddr,
-    /// TCP address people and the CLI connect to (HTTP).
+    /// TCP address people and the CLI connect to (HTTPS; HTTP with --plain-http).
     #[arg(long, default_value = "127.0.0.1:7080")]
     http_listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first) instead of the coordinator's
+    /// own self-signed certificate; read at start (restart to renew).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve the people's API as plain HTTP, without TLS: only behind a proxy that terminates
+    /// TLS, or where no one else can listen (tokens travel in the clear).
+    #[arg(long, conflicts_with = "tls_cert")]
+    plain_http: bool,
     /// How long an assignment survives without a report from its agent, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = lull_protocol::units::parse_duration)]
     lease: std::time::Duration,
@@ -116,6 +114,17 @@ struct ServeArgs {
     /// failure, up to a minute.
     #[arg(long, default_value = "1s", value_parser = lull_protocol::units::parse_duration)]
     retry_backoff: std::time::Duration,
+    /// The half-life of users' recent usage, which fair share goes by, e.g. 1d: a user who ran
+    /// much longer ago than this counts as new.
+    #[arg(long, default_value = "1d", value_parser = lull_protocol::units::parse_duration)]
+    fair_share_half_life: std::time::Duration,
+    /// In clusters that allow preemption (`lull clusters set ID --preempt on`): how long a task
+    /// runs before waiting work may evict it, e.g. 1m.
+    #[arg(long, default_value = "1m", value_parser = lull_protocol::units::parse_duration)]
+    preempt_after: std::time::Duration,
+    /// The time a task evicted for waiting work has to checkpoint and stop, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = lull_protocol::units::parse_duration)]
+    preempt_grace: std::time::Duration,
     /// How long a blob that no job refers to is kept after its last use, e.g. 1h; then it is
     /// collected. Also how long an unfinished upload waits to be resumed.
     #[arg(long, default_value = "1h", value_parser = lull_protocol::units::parse_duration)]
@@ -163,14 +172,6 @@ fn parse_buffer(s: &str) -> Result<usize, String> {
         return Err(format!("{s} is not between 64KiB and 1GiB"));
     }
     Ok(n as usize)
-}
-
-/// A token's lifetime: a duration, or `0` for ever.
-fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
-    if s.trim() == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    lull_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn default_data_dir() -> PathBuf {
@@ -259,58 +260,50 @@ fn when(ms: i64) -> String {
 async fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create(args) => {
+            if args.submitter && args.token.user.is_none() {
+                anyhow::bail!(
+                    "a person's token belongs to a user: add --user NAME (and --role read or \
+                     --role operate for more than submitting and watching NAME's own jobs)"
+                );
+            }
             let (dir, store) = open_store(&args.data).await?;
-            let kind = if args.submitter {
+            let (token, info) = store
+                .issue_token(&args.token.request(), store.now_ms())
+                .await?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let kind = if info.is_persons() {
                 TokenKind::Submitter
             } else {
                 TokenKind::Agent
             };
-            let (default_ttl, default_uses) = match kind {
-                TokenKind::Agent => (std::time::Duration::from_secs(24 * 3600), Some(1)),
-                TokenKind::Submitter => (std::time::Duration::from_secs(90 * 24 * 3600), None),
-            };
-            let now = store.now_ms();
-            let ttl = args.ttl.unwrap_or(default_ttl);
-            let expires_ms = (!ttl.is_zero())
-                .then(|| now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
-            let uses = match args.uses {
-                Some(0) => None,
-                Some(n) => Some(n),
-                None => default_uses,
-            };
-            if !store.cluster_exists(&args.cluster).await? {
-                anyhow::bail!(
-                    "--cluster {}: no such cluster (make it with `lull clusters create {}`)",
-                    args.cluster,
-                    args.cluster
-                );
-            }
-            let spec = TokenSpec {
-                kind,
-                expires_ms,
-                uses,
-                description: args.description,
-                cluster: args.cluster.clone(),
-            };
-            let token = store.create_token(&spec, now).await?;
             let identity = lull_coordinator::tls::load_or_create(&dir.join("tls"))?;
             println!("{}", token.as_str());
             eprintln!(
                 "{}, {}, {}",
-                match kind {
-                    TokenKind::Agent =>
-                        format!("an agent's join token for cluster {}", args.cluster),
-                    TokenKind::Submitter => "a submitter's token".to_owned(),
+                info.describe(),
+                info.expires_ms
+                    .map_or("never expires".to_owned(), |ms| format!(
+                        "expires {}",
+                        when(ms)
+                    )),
+                match (info.uses_left, kind) {
+                    (None, _) => "any number of uses".to_owned(),
+                    (Some(n), TokenKind::Agent) => format!("{n} use(s)"),
+                    (Some(n), TokenKind::Submitter) => format!("{n} submission(s)"),
                 },
-                expires_ms.map_or("never expires".to_owned(), |ms| format!(
-                    "expires {}",
-                    when(ms)
-                )),
-                uses.map_or("any number of uses".to_owned(), |n| format!("{n} use(s)")),
             );
             match kind {
                 TokenKind::Submitter => {
-                    eprintln!("submitters use it with `lull --token TOKEN ...` or LULL_TOKEN=TOKEN")
+                    let host = sysinfo::System::host_name().unwrap_or_else(|| "HOST".into());
+                    eprintln!(
+                        "submitters use it with:\n  \
+                         lull --coordinator https://{host}:{} --coordinator-key {} --token TOKEN ...\n\
+                         or put coordinator, coordinator_key and token in ~/.config/lull/config.toml \
+                         (the key is the coordinator's own; with `serve --tls-cert`, give the \
+                         certificate's key hash, or none for a certificate from a public authority)",
+                        lull_protocol::DEFAULT_HTTP_PORT,
+                        identity.public_key_hash,
+                    )
                 }
                 TokenKind::Agent => {
                     let address = args.address.unwrap_or_else(|| {
@@ -339,19 +332,21 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<12}  {:<9}  {:<12}  {:<20}  {:<20}  {:<9}  description",
-                "id", "kind", "cluster", "created", "expires", "uses left"
+                "{:<12}  {:<9}  {:<12}  {:<8}  {:<12}  {:<20}  {:<20}  {:<9}  description",
+                "id", "kind", "user", "role", "cluster(s)", "created", "expires", "uses left"
             );
             for t in tokens {
                 println!(
-                    "{:<12}  {:<9}  {:<12}  {:<20}  {:<20}  {:<9}  {}",
+                    "{:<12}  {:<9}  {:<12}  {:<8}  {:<12}  {:<20}  {:<20}  {:<9}  {}",
                     t.id,
                     t.kind,
-                    if t.kind == "agent" {
-                        t.cluster.as_str()
-                    } else {
+                    if t.user.is_empty() {
                         "-"
+                    } else {
+                        t.user.as_str()
                     },
+                    if t.is_persons() { t.role.as_str() } else { "-" },
+                    t.reach(),
                     when(t.created_ms),
                     t.expires_ms.map_or("never".to_owned(), when),
                     t.uses_left
@@ -388,9 +383,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database: args.database,
         quic_addr: args.quic_listen,
         http_addr: args.http_listen,
+        http_tls: match (args.tls_cert, args.tls_key) {
+            _ if args.plain_http => HttpTls::Plain,
+            (Some(cert), Some(key)) => HttpTls::Provided { cert, key },
+            _ => HttpTls::OwnKey,
+        },
         hub: HubConfig {
             lease: args.lease,
             retry_backoff: args.retry_backoff,
+            fair_share_half_life: args.fair_share_half_life,
+            preempt_min_runtime: args.preempt_after,
+            preempt_grace: args.preempt_grace,
             blob_grace: args.blob_grace,
             gc_interval: args.gc_interval,
             trust,
@@ -407,9 +410,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let running = server::start(config).await?;
+    let people = match running.http_key_hash {
+        Some(key) => format!("{} (key {key})", running.http_url()),
+        None => running.http_url(),
+    };
     println!(
-        "lull-coordinator: agents on quic://{} (key {}), people on http://{}",
-        running.quic_addr, running.public_key_hash, running.http_addr
+        "lull-coordinator: agents on quic://{} (key {}), people on {people}",
+        running.quic_addr, running.public_key_hash
     );
     server::shutdown_signal().await;
     running.shutdown().await;

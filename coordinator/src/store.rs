@@ -25,13 +25,17 @@ mod clusters;
 mod events;
 mod jobs;
 mod leases;
+mod quotas;
 #[cfg(test)]
 mod testing;
 mod tokens;
+mod usage;
 pub use agents::{AgentRecord, EnrollRefusal, Enrolled};
 pub use attempts::{PagedTask, TaskPage};
 pub use clusters::{ClusterInfo, ClusterRefusal};
-pub use tokens::{Token, TokenInfo, TokenKind, TokenRefusal, TokenSpec};
+pub use quotas::QuotaRow;
+pub use tokens::{Grant, Token, TokenInfo, TokenKind, TokenRefusal, TokenSpec};
+pub use usage::UsageKind;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,8 @@ pub struct JobHeader {
     pub cancelled: bool,
     /// Its tasks by state.
     pub counts: Counts,
+    /// The user who submitted it.
+    pub owner: String,
 }
 
 /// An attempt and its agent from a row of `job_id, idx, attempt, agent_id`.
@@ -350,6 +356,7 @@ pub(crate) mod tests {
         references_cover_jobs_and_results_until_the_job_is_deleted,
         only_the_running_attempt_keeps_checkpoints_and_the_newest_wins,
         the_newest_jobs_come_with_their_counts,
+        each_user_lists_the_jobs_their_filter_admits,
         a_page_of_tasks_holds_its_tasks_with_their_results_and_where_the_next_starts,
         a_jobs_counts_follow_every_change_of_its_tasks,
     );
@@ -380,6 +387,8 @@ pub(crate) mod tests {
             },
             placement: Placement::default(),
             max_attempts,
+            priority: 0,
+            owner: String::new(),
         }
     }
 
@@ -818,8 +827,79 @@ pub(crate) mod tests {
         assert_eq!(s.cancelled_among(&[]).await.unwrap(), Vec::<u64>::new());
     }
 
+    fn all_jobs() -> crate::access::JobFilter {
+        crate::access::JobFilter::default()
+    }
+
+    async fn each_user_lists_the_jobs_their_filter_admits(s: Store) {
+        use crate::access::JobFilter;
+        let mut lab = spec(1, 1);
+        lab.cluster = "lab".into();
+        let mut lab2 = spec(1, 1);
+        lab2.cluster = "lab2".into();
+        let a = s
+            .insert_job_of(&spec(1, 1), "alice", None, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = s
+            .insert_job_of(&lab, "bob", None, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let c = s
+            .insert_job_of(&lab2, "alice", None, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let ids = |filter: JobFilter| {
+            let s = s.clone();
+            async move {
+                s.newest_jobs(None, &filter)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|j| (j.id, j.owner.clone()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let (alice, bob) = ("alice".to_owned(), "bob".to_owned());
+        assert_eq!(
+            ids(JobFilter::default()).await,
+            vec![(c, alice.clone()), (b, bob.clone()), (a, alice.clone())]
+        );
+        let mine = JobFilter {
+            owner: Some(alice.clone()),
+            clusters: None,
+        };
+        assert_eq!(
+            ids(mine).await,
+            vec![(c, alice.clone()), (a, alice.clone())]
+        );
+        // `lab` is not `lab2`: clusters match whole.
+        let in_lab = JobFilter {
+            owner: None,
+            clusters: Some(vec!["lab".into(), "default".into()]),
+        };
+        assert_eq!(ids(in_lab).await, vec![(b, bob), (a, alice.clone())]);
+        assert_eq!(s.job(b).await.unwrap().spec.owner, "bob");
+        assert_eq!(
+            s.job_owner(b).await.unwrap(),
+            ("bob".to_owned(), "lab".to_owned())
+        );
+        assert!(matches!(
+            s.job_owner(999).await,
+            Err(StoreError::NoJob(999))
+        ));
+    }
+
     async fn the_newest_jobs_come_with_their_counts(s: Store) {
-        assert!(s.newest_jobs(Some(10)).await.unwrap().is_empty());
+        assert!(
+            s.newest_jobs(Some(10), &all_jobs())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let old = s.insert_job(&spec(1, 1), 0).await.unwrap();
         let middle = s.insert_job(&spec(2, 1), 1).await.unwrap();
         let new = s.insert_job(&spec(3, 1), 2).await.unwrap();
@@ -827,17 +907,22 @@ pub(crate) mod tests {
             .await
             .unwrap()
             .unwrap();
-        let jobs = s.newest_jobs(Some(2)).await.unwrap();
+        let jobs = s.newest_jobs(Some(2), &all_jobs()).await.unwrap();
         let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![new, middle]);
         assert_eq!((jobs[0].counts.pending, jobs[0].counts.running), (2, 1));
         assert_eq!(jobs[1].counts.pending, 2);
         assert_eq!((jobs[1].name.as_str(), jobs[1].created_ms), ("t", 1));
         assert_eq!(
-            s.newest_jobs(Some(10)).await.unwrap().last().unwrap().id,
+            s.newest_jobs(Some(10), &all_jobs())
+                .await
+                .unwrap()
+                .last()
+                .unwrap()
+                .id,
             old
         );
-        assert_eq!(s.newest_jobs(None).await.unwrap().len(), 3);
+        assert_eq!(s.newest_jobs(None, &all_jobs()).await.unwrap().len(), 3);
         let all = s.total_counts().await.unwrap();
         assert_eq!((all.pending, all.running), (5, 1));
     }

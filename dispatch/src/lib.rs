@@ -82,7 +82,18 @@ pub struct Config {
     pub retry_backoff: Duration,
     /// The seed of the schedulers' random choices.
     pub seed: u64,
+    /// The half-life of users' recent usage, which fair share goes by.
+    pub fair_share_half_life: Duration,
+    /// In clusters that allow preemption: how long an attempt runs before it may be evicted
+    /// for waiting work, so that it gets something done (and evictions cannot churn).
+    pub preempt_min_runtime: Duration,
+    /// The time an attempt evicted for waiting work has to checkpoint and stop.
+    pub preempt_grace: Duration,
 }
+
+/// How often each cluster that allows preemption is looked at for work to evict (at most one
+/// attempt each time).
+pub const PREEMPT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A connection's number: an agent that reconnects gets a new one.
 pub type Conn = u64;
@@ -200,12 +211,17 @@ pub struct Agent {
     pub draining: Option<i64>,
     /// The cluster it belongs to.
     pub cluster: String,
+    /// Whose machine it is (its lender); empty when no one is named.
+    pub owner: String,
     /// Blobs downloaded on this connection.
     pub blobs_served: u64,
     /// The bytes of those blobs.
     pub bytes_served: u64,
     /// Whether a lease of its ran out since it last reported.
     pub silent: bool,
+    /// The attempts that ran on it since the CPU it reported was last credited (those
+    /// running, and those that ended in between).
+    pub ran_since_credit: HashSet<AttemptId>,
 }
 
 impl Agent {
@@ -235,6 +251,8 @@ pub struct Hello {
     pub cluster: String,
     /// Its drain's deadline, from the store.
     pub draining: Option<i64>,
+    /// Whose machine it is (its lender), from the store; empty when no one is named.
+    pub owner: String,
 }
 
 /// An agent's report.
@@ -299,6 +317,10 @@ enum Op {
 /// What the core keeps of an attempt assigned here while it runs.
 #[derive(Debug, Default)]
 struct Live {
+    /// When it was assigned.
+    assigned_at: Option<Instant>,
+    /// Whether it is being evicted for waiting work.
+    preempted: bool,
     /// Why it waits on its agent before starting.
     waiting: Option<String>,
     /// The checkpoint it restores (its agent may fetch it).
@@ -312,16 +334,37 @@ struct Live {
 struct Schedulers {
     by_cluster: BTreeMap<String, Scheduler>,
     seed: u64,
+    half_life: Duration,
+    /// Each cluster's users' quotas, kept for schedulers made later.
+    quotas: BTreeMap<String, HashMap<String, lull_scheduler::Quota>>,
     /// Where the next round of polling starts, so that no cluster goes first every time.
     next: usize,
 }
 
 impl Schedulers {
     fn get(&mut self, cluster: &str) -> &mut Scheduler {
-        let seed = self.seed;
+        let (seed, half_life) = (self.seed, self.half_life);
+        let quotas = self.quotas.get(cluster).cloned().unwrap_or_default();
         self.by_cluster
             .entry(cluster.to_owned())
-            .or_insert_with(|| Scheduler::new(seed))
+            .or_insert_with(|| {
+                let mut s = Scheduler::new(seed);
+                s.set_half_life(half_life);
+                s.set_quotas(quotas);
+                s
+            })
+    }
+
+    /// A cluster's scheduler, if it has one.
+    fn peek(&self, cluster: &str) -> Option<&Scheduler> {
+        self.by_cluster.get(cluster)
+    }
+
+    /// Brings every cluster's fair share up to `now`.
+    fn advance(&mut self, now: Instant) {
+        for s in self.by_cluster.values_mut() {
+            s.advance(now);
+        }
     }
 
     /// The next placement in any cluster, taking the clusters in turn.
@@ -366,6 +409,21 @@ pub struct Dispatch {
     commands: VecDeque<Command>,
     /// When the jobs with nothing left here are next forgotten.
     next_forget: Option<Instant>,
+    /// The latest time an input carried.
+    clock: Option<Instant>,
+    /// The clusters that allow preemption, each with when it is next looked at and the
+    /// attempt it is evicting, if any.
+    preempting: BTreeMap<String, Preempting>,
+}
+
+/// Where preemption stands in one cluster.
+#[derive(Debug, Default, Clone, Copy)]
+struct Preempting {
+    /// When the cluster is next looked at.
+    next: Option<Instant>,
+    /// The attempt being evicted for waiting work: until it has stopped, its room is already
+    /// promised and nothing more is evicted in the cluster.
+    evicting: Option<AttemptId>,
 }
 
 impl Dispatch {
@@ -375,6 +433,8 @@ impl Dispatch {
             schedulers: Schedulers {
                 by_cluster: BTreeMap::new(),
                 seed: config.seed,
+                half_life: config.fair_share_half_life,
+                quotas: BTreeMap::new(),
                 next: 0,
             },
             leases: Leases::new(config.lease),
@@ -391,6 +451,8 @@ impl Dispatch {
             next_conn: 1,
             commands: VecDeque::new(),
             next_forget: None,
+            clock: None,
+            preempting: BTreeMap::new(),
             config,
         }
     }
@@ -421,6 +483,7 @@ impl Dispatch {
 
     /// A job was stored: its tasks are queued.
     pub fn handle_submitted(&mut self, now: Instant, job: u64, spec: Arc<JobSpec>) {
+        self.tick(now);
         self.forget_later(now);
         let count = spec.count;
         let cluster = spec.cluster.clone();
@@ -539,17 +602,22 @@ impl Dispatch {
             {
                 s.task_running(&agent, attempt.task);
             }
-            self.live.entry(*attempt).or_default();
+            self.live.entry(*attempt).or_insert_with(|| Live {
+                assigned_at: Some(now),
+                ..Live::default()
+            });
         }
         let new = Agent {
             conn,
             name: hello.name.clone(),
             capacity: hello.capacity,
             status: hello.status,
+            ran_since_credit: mine.clone(),
             running: mine,
             connected_ms: now_ms,
             draining: hello.draining,
             cluster: hello.cluster,
+            owner: hello.owner,
             blobs_served: 0,
             bytes_served: 0,
             silent: false,
@@ -588,6 +656,7 @@ impl Dispatch {
     /// cancelled, and its capacity and policy's view replace the old.
     /// Returns whether the agent is connected here (a report on a replaced connection is not).
     pub fn handle_report(&mut self, now: Instant, agent: &str, report: Report) -> bool {
+        self.tick(now);
         let Some(a) = self.agents.get_mut(agent) else {
             return false;
         };
@@ -618,6 +687,7 @@ impl Dispatch {
 
     /// An agent's heartbeat: the leases of what it runs are renewed.
     pub fn handle_heartbeat(&mut self, now: Instant, agent: &str) {
+        self.tick(now);
         if let Some(a) = self.agents.get(agent) {
             for attempt in &a.running {
                 self.leases.renew(now, *attempt, agent);
@@ -674,7 +744,14 @@ impl Dispatch {
     /// The attempt's slot on its agent is free from now on (the agent sends a result once its
     /// guests are gone), so the next placement there is written in the same batch as this
     /// result rather than after it. The attempt keeps its lease until the result is stored.
-    pub fn handle_result(&mut self, agent: &str, result: TaskResult, job: &JobSpec) -> OpId {
+    pub fn handle_result(
+        &mut self,
+        now: Instant,
+        agent: &str,
+        result: TaskResult,
+        job: &JobSpec,
+    ) -> OpId {
+        self.tick(now);
         let attempt = result.attempt;
         if let Some(live) = self.live.get_mut(&attempt) {
             live.waiting = None;
@@ -721,6 +798,7 @@ impl Dispatch {
     /// leases ran out are ended as lost, and, every [`FORGET_INTERVAL`], jobs with nothing
     /// left here are forgotten.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
         if self.next_forget.is_some_and(|t| t <= now) {
             self.next_forget = None;
             self.forget_idle_jobs();
@@ -821,6 +899,7 @@ impl Dispatch {
 
     /// A change asked for with [`Command::Persist`] was persisted, or failed.
     pub fn handle_persisted(&mut self, now: Instant, op: OpId, outcome: Persisted) {
+        self.tick(now);
         let Some(op) = self.ops.remove(&op) else {
             tracing::error!(op = op.0, "an unknown change was persisted");
             return;
@@ -1014,7 +1093,101 @@ impl Dispatch {
             why.sort();
             return format!("no agent is accepting work now: {}", why.join("; "));
         }
+        if let Some(why) = self
+            .schedulers
+            .peek(&spec.cluster)
+            .and_then(|s| s.quota_reason(&spec.owner, spec.resources.cpu_millis))
+        {
+            return format!("{why} in cluster {}", spec.cluster);
+        }
+        let shares = self
+            .schedulers
+            .peek(&spec.cluster)
+            .map(Scheduler::shares)
+            .unwrap_or_default();
+        let mine = shares.iter().find(|s| s.user == spec.owner);
+        let ahead: Vec<&lull_scheduler::Share> = shares
+            .iter()
+            .filter(|s| s.user != spec.owner && s.waiting > 0)
+            .filter(|s| mine.is_none_or(|m| s.rank() < m.rank()))
+            .collect();
+        if let (Some(mine), false) = (mine, ahead.is_empty()) {
+            let others: Vec<String> = ahead
+                .iter()
+                .map(|s| format!("{} {:.1}", s.user, s.recent_cores))
+                .collect();
+            return format!(
+                "waiting for a free slot; fair share serves {} first (cores held recently: {} \
+                 {:.1}, {})",
+                ahead
+                    .iter()
+                    .map(|s| s.user.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mine.user,
+                mine.recent_cores,
+                others.join(", ")
+            );
+        }
         "waiting for a free slot".into()
+    }
+
+    /// Credits `core_seconds` of guest CPU that `agent` reported (over its last report
+    /// interval) to the owners of the jobs whose attempts ran on it in that interval, by the
+    /// CPU each reserves, and starts the next interval. Returns the agent's lender (empty when
+    /// no one is named) and each user's part; nothing when the agent is unknown or ran nothing
+    /// (its guests' CPU then belongs to no one here).
+    pub fn handle_harvest(
+        &mut self,
+        agent: &str,
+        core_seconds: f64,
+    ) -> Option<(String, Vec<(String, f64)>)> {
+        let a = self.agents.get_mut(agent)?;
+        let ran = std::mem::replace(&mut a.ran_since_credit, a.running.clone());
+        if !(core_seconds.is_finite() && core_seconds > 0.0) {
+            return None;
+        }
+        let a = self.agents.get(agent)?;
+        let mut weights: BTreeMap<&str, f64> = BTreeMap::new();
+        for attempt in &ran {
+            if let Some(job) = self.jobs.get(&attempt.task.job) {
+                *weights.entry(job.owner.as_str()).or_default() +=
+                    f64::from(job.resources.cpu_millis.max(1));
+            }
+        }
+        let total: f64 = weights.values().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let parts = weights
+            .into_iter()
+            .map(|(user, w)| (user.to_owned(), core_seconds * w / total))
+            .collect();
+        Some((a.owner.clone(), parts))
+    }
+
+    /// Sets the quotas of `cluster`'s users (`lull_scheduler::EVERY_USER` for everyone without
+    /// their own), replacing the earlier ones.
+    pub fn set_quotas(&mut self, cluster: &str, quotas: HashMap<String, lull_scheduler::Quota>) {
+        if quotas.is_empty() {
+            self.schedulers.quotas.remove(cluster);
+        } else {
+            self.schedulers
+                .quotas
+                .insert(cluster.to_owned(), quotas.clone());
+        }
+        if let Some(s) = self.schedulers.by_cluster.get_mut(cluster) {
+            s.set_quotas(quotas);
+        }
+    }
+
+    /// Every user's fair share, by cluster.
+    pub fn shares(&self) -> Vec<(String, lull_scheduler::Share)> {
+        self.schedulers
+            .by_cluster
+            .iter()
+            .flat_map(|(cluster, s)| s.shares().into_iter().map(|sh| (cluster.clone(), sh)))
+            .collect()
     }
 
     // ----- Inside -----
@@ -1090,6 +1263,100 @@ impl Dispatch {
                 },
             );
         }
+        self.preempt();
+    }
+
+    /// Brings time-dependent state up to `now`: fair share.
+    fn tick(&mut self, now: Instant) {
+        self.clock = Some(now);
+        self.schedulers.advance(now);
+    }
+
+    /// In each cluster that allows preemption, when waiting work fits nowhere and running work
+    /// of a user served after it (or of its own user's lower priorities) stands in the way:
+    /// evicts one such attempt that has run long enough, through the eviction notice (the
+    /// agent checkpoints, the task goes back to the queue at no cost). Each cluster is looked
+    /// at, and so evicts, at most once every [`PREEMPT_INTERVAL`], and not while an attempt it
+    /// evicted is still stopping (the waiting work would otherwise take a second victim for
+    /// the room the first is about to leave).
+    fn preempt(&mut self) {
+        let Some(now) = self.clock else {
+            return;
+        };
+        let live = &self.live;
+        let clusters: Vec<String> = self
+            .preempting
+            .iter()
+            .filter(|(_, p)| {
+                p.next.is_none_or(|t| t <= now) && p.evicting.is_none_or(|a| !live.contains_key(&a))
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        for cluster in clusters {
+            // Looking walks the running tasks: once a second per cluster, whatever it finds, not
+            // at every placement round.
+            let state = self.preempting.entry(cluster.clone()).or_default();
+            state.next = Some(now + PREEMPT_INTERVAL);
+            state.evicting = None;
+            let Some((waiting, victims)) = self
+                .schedulers
+                .by_cluster
+                .get_mut(&cluster)
+                .and_then(Scheduler::preemption)
+            else {
+                continue;
+            };
+            let min_runtime = self.config.preempt_min_runtime;
+            // Each victim's current attempt, found with one pass over the live attempts.
+            let wanted: HashSet<TaskId> = victims.iter().copied().collect();
+            let evictable: HashMap<TaskId, AttemptId> = self
+                .live
+                .iter()
+                .filter(|(attempt, live)| {
+                    wanted.contains(&attempt.task)
+                        && !live.preempted
+                        && live
+                            .assigned_at
+                            .is_some_and(|at| now.saturating_duration_since(at) >= min_runtime)
+                })
+                .map(|(attempt, _)| (attempt.task, *attempt))
+                .collect();
+            let chosen = victims.iter().find_map(|t| evictable.get(t).copied());
+            let Some(attempt) = chosen else {
+                continue;
+            };
+            let Some(agent) = self.leases.holder(&attempt).map(str::to_owned) else {
+                continue;
+            };
+            if let Some(live) = self.live.get_mut(&attempt) {
+                live.preempted = true;
+            }
+            self.preempting.entry(cluster.clone()).or_default().evicting = Some(attempt);
+            let for_whom = self
+                .jobs
+                .get(&waiting.job)
+                .map(|j| j.owner.clone())
+                .unwrap_or_default();
+            tracing::info!(%attempt, %agent, for_task = %waiting, "preempting");
+            self.send_to(
+                &agent,
+                CoordinatorMessage::Evict {
+                    attempt,
+                    reason: format!("preempted for waiting work of {for_whom}"),
+                    grace_ms: u64::try_from(self.config.preempt_grace.as_millis())
+                        .unwrap_or(u64::MAX),
+                },
+            );
+        }
+    }
+
+    /// Whether waiting work in `cluster` may evict running work that stands in its way.
+    pub fn set_preemption(&mut self, cluster: &str, allowed: bool) {
+        if allowed {
+            self.preempting.entry(cluster.to_owned()).or_default();
+        } else {
+            self.preempting.remove(cluster);
+        }
     }
 
     fn assigned(&mut self, now: Instant, task: TaskId, agent: &str, outcome: Persisted) {
@@ -1127,10 +1394,12 @@ impl Dispatch {
             return;
         };
         a.running.insert(attempt);
+        a.ran_since_credit.insert(attempt);
         let conn = a.conn;
         self.live.insert(
             attempt,
             Live {
+                assigned_at: Some(now),
                 restoring: checkpoint.as_ref().map(|c| c.digest),
                 ..Live::default()
             },

@@ -20,6 +20,8 @@ use lull_protocol::message::{
 const LEASE: Duration = Duration::from_secs(30);
 const REPORT: Duration = Duration::from_secs(1);
 const BACKOFF: Duration = Duration::from_secs(1);
+/// The half-life of users' recent usage: short, so that fair share settles within a test.
+const HALF_LIFE: Duration = Duration::from_secs(10);
 /// The time the simulation advances in one step.
 const STEP: Duration = Duration::from_millis(50);
 
@@ -155,6 +157,8 @@ struct Sim {
     next_job: u64,
     /// Attempts assigned, in order.
     assigned: Vec<(AttemptId, String)>,
+    /// When each attempt was assigned (time since the start), in order.
+    assigned_at: Vec<(Duration, AttemptId)>,
 }
 
 fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
@@ -179,6 +183,8 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         },
         placement: Placement::default(),
         max_attempts,
+        priority: 0,
+        owner: String::new(),
     }
 }
 
@@ -206,6 +212,9 @@ impl Sim {
                 report_interval: REPORT,
                 retry_backoff: BACKOFF,
                 seed: 7,
+                fair_share_half_life: HALF_LIFE,
+                preempt_min_runtime: Duration::from_secs(5),
+                preempt_grace: Duration::from_secs(3),
             }),
             store: Store::default(),
             agents: BTreeMap::new(),
@@ -216,6 +225,7 @@ impl Sim {
             write_time: Duration::from_millis(5),
             next_job: 1,
             assigned: Vec::new(),
+            assigned_at: Vec::new(),
         }
     }
 
@@ -255,6 +265,7 @@ impl Sim {
                 compiled: vec![],
                 cluster: "default".into(),
                 draining: None,
+                owner: "lab".into(),
             },
         );
         let now = self.now;
@@ -283,6 +294,11 @@ impl Sim {
     }
 
     fn submit(&mut self, count: u32, max_attempts: u32) -> u64 {
+        self.submit_as("alice", 0, count, max_attempts)
+    }
+
+    /// Submits a job of `owner` with `priority`.
+    fn submit_as(&mut self, owner: &str, priority: i32, count: u32, max_attempts: u32) -> u64 {
         let job = self.next_job;
         self.next_job += 1;
         for index in 0..count {
@@ -296,7 +312,10 @@ impl Sim {
                 },
             );
         }
-        let spec = Arc::new(job_spec(count, max_attempts));
+        let mut spec = job_spec(count, max_attempts);
+        spec.owner = owner.to_owned();
+        spec.priority = priority;
+        let spec = Arc::new(spec);
         self.jobs.insert(job, spec.clone());
         self.core.handle_submitted(self.now, job, spec);
         self.drive();
@@ -332,6 +351,8 @@ impl Sim {
                             let done = self.now + a.behaviour.task_time;
                             a.running.insert(assignment.attempt, (done, false));
                             self.assigned.push((assignment.attempt, agent.clone()));
+                            self.assigned_at
+                                .push((self.now - self.start, assignment.attempt));
                         }
                         CoordinatorMessage::Cancel { attempt, .. } => {
                             a.running.remove(attempt);
@@ -434,9 +455,9 @@ impl Sim {
                 };
                 let r = result(attempt, outcome);
                 let job = self.jobs[&attempt.task.job].clone();
-                self.core.handle_result(&id, r.clone(), &job);
+                self.core.handle_result(now, &id, r.clone(), &job);
                 if behaviour.duplicates {
-                    self.core.handle_result(&id, r, &job);
+                    self.core.handle_result(now, &id, r, &job);
                 }
                 self.drive();
             }
@@ -584,8 +605,13 @@ fn a_late_success_of_a_lost_attempt_counts_but_a_late_failure_does_not() {
     assert_eq!(sim.row(first.task).state, TaskState::Pending);
     // It thaws and sends its success: the work is done, taken while the task waits.
     let spec = sim.jobs[&job].clone();
-    sim.core
-        .handle_result("slow", result(first, Outcome::Exited { code: 0 }), &spec);
+    let now = sim.now;
+    sim.core.handle_result(
+        now,
+        "slow",
+        result(first, Outcome::Exited { code: 0 }),
+        &spec,
+    );
     sim.drive();
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.row(first.task).state, TaskState::Succeeded);
@@ -603,8 +629,13 @@ fn a_late_success_of_a_lost_attempt_counts_but_a_late_failure_does_not() {
     sim.agents.get_mut("slow").unwrap().silent = true;
     sim.run_for(LEASE + Duration::from_secs(2));
     assert_eq!(sim.row(other).state, TaskState::Pending);
-    sim.core
-        .handle_result("slow", result(attempt, Outcome::Exited { code: 1 }), &spec);
+    let now = sim.now;
+    sim.core.handle_result(
+        now,
+        "slow",
+        result(attempt, Outcome::Exited { code: 1 }),
+        &spec,
+    );
     sim.drive();
     sim.run_for(Duration::from_millis(100));
     let row = sim.row(other);
@@ -872,6 +903,7 @@ fn a_cancel_stops_running_attempts_and_nothing_of_the_job_runs_again() {
     let spec = sim.jobs[&job].clone();
     for (attempt, agent) in sim.assigned.clone() {
         sim.core.handle_result(
+            sim.now,
             &agent,
             result(
                 attempt,
@@ -1019,8 +1051,9 @@ fn finished_jobs_are_forgotten_and_a_late_result_of_one_is_still_handled() {
         .iter()
         .filter(|m| matches!(m, CoordinatorMessage::ResultAck { .. }))
         .count();
+    let now = sim.now;
     sim.core
-        .handle_result("a", result(first, Outcome::Exited { code: 0 }), &spec);
+        .handle_result(now, "a", result(first, Outcome::Exited { code: 0 }), &spec);
     sim.drive();
     sim.run_for(Duration::from_millis(100));
     let acks = sim.agents["a"]
@@ -1092,8 +1125,13 @@ fn a_late_result_does_not_free_the_slot_of_the_tasks_next_attempt() {
     sim.run_for(Duration::from_secs(1));
     // The lost attempt's late failure arrives: the slot on "busy" is still taken.
     let spec = sim.jobs[&job].clone();
-    sim.core
-        .handle_result("lost", result(first, Outcome::Exited { code: 1 }), &spec);
+    let now = sim.now;
+    sim.core.handle_result(
+        now,
+        "lost",
+        result(first, Outcome::Exited { code: 1 }),
+        &spec,
+    );
     sim.drive();
     sim.run_for(Duration::from_secs(1));
     sim.check_invariants();
@@ -1107,4 +1145,302 @@ fn a_late_result_does_not_free_the_slot_of_the_tasks_next_attempt() {
         .state,
         TaskState::Pending
     );
+}
+
+/// The attempts of each job's owner assigned from `from` (time since the start) up to `to`.
+fn assignments_by_owner(sim: &Sim, from: Duration, to: Duration) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for (at, attempt) in &sim.assigned_at {
+        if *at >= from && *at < to {
+            *by.entry(sim.jobs[&attempt.task.job].owner.clone())
+                .or_default() += 1;
+        }
+    }
+    by
+}
+
+#[test]
+fn two_users_arriving_at_different_times_share_the_contended_pool_equally() {
+    let mut sim = Sim::new();
+    for i in 0..4 {
+        sim.connect(&format!("agent-{i}"), 4, fast(Duration::from_secs(2)));
+    }
+    // Alice has the pool to herself for 40 s (four half-lives)...
+    let alice = sim.submit_as("alice", 0, 1_000, 1);
+    sim.run_for(Duration::from_secs(40));
+    let alone = assignments_by_owner(&sim, Duration::ZERO, sim.elapsed());
+    assert!(alone["alice"] >= 300, "{alone:?}");
+    // ...then Bob submits as many.
+    let contended_from = sim.elapsed();
+    let bob = sim.submit_as("bob", 0, 1_000, 1);
+    let why = sim.core.waiting_reason(&sim.jobs[&alice]);
+    assert!(
+        why.starts_with(
+            "waiting for a free slot; fair share serves bob first (cores held recently: alice 1"
+        ),
+        "{why}"
+    );
+    let shares = sim.core.shares();
+    assert_eq!(
+        shares
+            .iter()
+            .map(|(c, s)| (c.as_str(), s.user.as_str()))
+            .collect::<Vec<_>>(),
+        [("default", "alice"), ("default", "bob")],
+        "{shares:?}"
+    );
+    assert_eq!(shares[1].1.waiting, 1_000);
+    let pending = |sim: &Sim, job: u64| {
+        sim.store
+            .tasks
+            .iter()
+            .any(|(t, r)| t.job == job && r.state == TaskState::Pending)
+    };
+    sim.run_until(
+        Duration::from_secs(600),
+        "one of them has nothing left waiting",
+        |s| !pending(s, alice) || !pending(s, bob),
+    );
+    let contended_to = sim.elapsed();
+    let shares = assignments_by_owner(&sim, contended_from, contended_to);
+    let (a, b) = (shares["alice"] as f64, shares["bob"] as f64);
+    let bob_share = b / (a + b);
+    eprintln!(
+        "contended for {:?}: alice {a}, bob {b} tasks (bob's share {bob_share:.3})",
+        contended_to - contended_from
+    );
+    assert!(
+        (0.45..=0.55).contains(&bob_share),
+        "shares not within 10 % of equal over the contended period: alice {a}, bob {b}"
+    );
+    // Bob, who had used nothing, is served first at once: the first slots freed go to him.
+    let first: Vec<String> = sim
+        .assigned_at
+        .iter()
+        .filter(|(at, _)| *at >= contended_from)
+        .take(8)
+        .map(|(_, attempt)| sim.jobs[&attempt.task.job].owner.clone())
+        .collect();
+    assert!(first.iter().all(|o| o == "bob"), "{first:?}");
+    sim.run_until(Duration::from_secs(600), "both jobs done", |s| {
+        s.job_done(alice) && s.job_done(bob)
+    });
+    sim.check_invariants();
+}
+
+#[test]
+fn a_high_priority_job_overtakes_its_owners_earlier_jobs_but_not_other_users() {
+    let mut sim = Sim::new();
+    for i in 0..2 {
+        sim.connect(&format!("agent-{i}"), 4, fast(Duration::from_secs(2)));
+    }
+    let low = sim.submit_as("alice", 0, 200, 1);
+    sim.run_for(Duration::from_secs(5));
+    let urgent_from = sim.elapsed();
+    let urgent = sim.submit_as("alice", 10, 12, 1);
+    sim.run_until(Duration::from_secs(60), "the urgent job done", |s| {
+        s.job_done(urgent)
+    });
+    // From its submission on, every slot freed went to the urgent job until it had none left.
+    let after: Vec<u64> = sim
+        .assigned_at
+        .iter()
+        .filter(|(at, _)| *at >= urgent_from)
+        .map(|(_, a)| a.task.job)
+        .collect();
+    assert_eq!(
+        after[..12],
+        [urgent; 12],
+        "the first assignments after it: {after:?}"
+    );
+    assert!(!sim.job_done(low), "the low job still has work");
+
+    // Bob's ordinary job is not held up by Alice's priorities: priority orders only her own.
+    let bob_from = sim.elapsed();
+    let bob = sim.submit_as("bob", 0, 8, 1);
+    let also_urgent = sim.submit_as("alice", 100, 50, 1);
+    sim.run_until(Duration::from_secs(60), "Bob's job done", |s| {
+        s.job_done(bob)
+    });
+    let shares = assignments_by_owner(&sim, bob_from, sim.elapsed());
+    assert!(
+        shares["bob"] == 8 && shares.get("alice").copied().unwrap_or(0) <= 8,
+        "Bob ran his 8 tasks while Alice's urgent job waited its turn: {shares:?}"
+    );
+    sim.run_until(Duration::from_secs(300), "everything done", |s| {
+        s.job_done(low) && s.job_done(also_urgent)
+    });
+    sim.check_invariants();
+}
+
+#[test]
+fn an_agents_harvest_is_split_among_the_users_whose_tasks_it_runs() {
+    let mut sim = Sim::new();
+    sim.connect("agent-0", 4, fast(Duration::from_secs(30)));
+    assert_eq!(
+        sim.core.handle_harvest("agent-0", 4.0),
+        None,
+        "an idle agent's guest CPU is no one's"
+    );
+    sim.submit_as("alice", 0, 3, 1);
+    sim.submit_as("bob", 0, 1, 1);
+    sim.run_for(Duration::from_secs(2));
+    let (lender, parts) = sim
+        .core
+        .handle_harvest("agent-0", 4.0)
+        .expect("four tasks run");
+    assert_eq!(lender, "lab");
+    assert_eq!(
+        parts,
+        vec![("alice".to_owned(), 3.0), ("bob".to_owned(), 1.0)],
+        "by the CPU each user's tasks reserve"
+    );
+    assert_eq!(sim.core.handle_harvest("nobody", 4.0), None);
+    assert_eq!(sim.core.handle_harvest("agent-0", f64::NAN), None);
+    // Tasks that ended since the last credit still get their part of the next one.
+    sim.run_for(Duration::from_secs(30));
+    let (_, parts) = sim
+        .core
+        .handle_harvest("agent-0", 2.0)
+        .expect("the tasks that ended in the interval");
+    assert_eq!(
+        parts,
+        vec![("alice".to_owned(), 1.5), ("bob".to_owned(), 0.5)]
+    );
+    assert_eq!(
+        sim.core.handle_harvest("agent-0", 2.0),
+        None,
+        "then nothing ran"
+    );
+}
+
+#[test]
+fn a_user_at_their_quota_waits_while_others_use_the_rest_of_the_pool() {
+    let mut sim = Sim::new();
+    for i in 0..4 {
+        sim.connect(&format!("agent-{i}"), 4, fast(Duration::from_secs(2)));
+    }
+    let quota = |tasks: Option<u32>, millis: Option<u64>| lull_scheduler::Quota {
+        max_tasks: tasks,
+        max_cpu_millis: millis,
+    };
+    sim.core.set_quotas(
+        "default",
+        HashMap::from([
+            ("alice".to_owned(), quota(Some(4), None)),
+            (
+                lull_scheduler::EVERY_USER.to_owned(),
+                quota(None, Some(6_000)),
+            ),
+        ]),
+    );
+    let alice = sim.submit_as("alice", 0, 100, 1);
+    let bob = sim.submit_as("bob", 0, 100, 1);
+    let running = |sim: &Sim, job: u64| {
+        sim.store
+            .tasks
+            .iter()
+            .filter(|(t, r)| t.job == job && r.state == TaskState::Running)
+            .count()
+    };
+    for _ in 0..100 {
+        sim.step();
+        assert!(running(&sim, alice) <= 4, "alice over her 4 tasks");
+        assert!(running(&sim, bob) <= 6, "bob over everyone's 6 cores");
+    }
+    assert_eq!((running(&sim, alice), running(&sim, bob)), (4, 6));
+    let why = sim.core.waiting_reason(&sim.jobs[&alice]);
+    assert_eq!(
+        why,
+        "alice is at their quota: 4 of 4 task(s) running in cluster default"
+    );
+    let why = sim.core.waiting_reason(&sim.jobs[&bob]);
+    assert_eq!(
+        why,
+        "bob is at their quota: 6.0 of 6.0 core(s) reserved in cluster default"
+    );
+    // Lifted: the whole pool is used again.
+    sim.core.set_quotas("default", HashMap::new());
+    sim.drive();
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(running(&sim, alice) + running(&sim, bob), 16);
+    sim.run_until(Duration::from_secs(120), "both done", |s| {
+        s.job_done(alice) && s.job_done(bob)
+    });
+    sim.check_invariants();
+}
+
+/// The attempts `sim`'s agents were told to evict, with the reasons.
+fn evictions(sim: &Sim) -> Vec<(AttemptId, String)> {
+    sim.agents
+        .values()
+        .flat_map(|a| &a.inbox)
+        .filter_map(|m| match m {
+            CoordinatorMessage::Evict {
+                attempt, reason, ..
+            } => Some((*attempt, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn where_preemption_is_allowed_a_newcomer_evicts_a_heavy_users_work_at_no_cost() {
+    for allowed in [false, true] {
+        let mut sim = Sim::new();
+        sim.connect("agent-0", 4, fast(Duration::from_secs(60)));
+        sim.core.set_preemption("default", allowed);
+        let alice = sim.submit_as("alice", 0, 6, 1);
+        sim.run_for(Duration::from_secs(20));
+        let bob = sim.submit_as("bob", 0, 2, 1);
+        sim.run_for(Duration::from_secs(10));
+        let bob_running = sim
+            .store
+            .tasks
+            .iter()
+            .filter(|(t, r)| t.job == bob && r.state == TaskState::Running)
+            .count();
+        let evicted = evictions(&sim);
+        if !allowed {
+            assert!(evicted.is_empty(), "{evicted:?}");
+            assert_eq!(bob_running, 0, "without preemption Bob waits");
+            continue;
+        }
+        // Two of Alice's four evicted, one a second, for Bob's two tasks; then no more.
+        assert_eq!(evicted.len(), 2, "{evicted:?}");
+        assert!(
+            evicted
+                .iter()
+                .all(|(a, why)| a.task.job == alice && why == "preempted for waiting work of bob"),
+            "{evicted:?}"
+        );
+        assert_eq!(bob_running, 2);
+        sim.run_until(Duration::from_secs(600), "everything done", |s| {
+            s.job_done(alice) && s.job_done(bob)
+        });
+        sim.check_invariants();
+        // The evicted tasks ran again and succeeded; an eviction costs no attempt.
+        assert_eq!(sim.store.count(TaskState::Succeeded), 8);
+        for (attempt, _) in &evicted {
+            assert_eq!(sim.row(attempt.task).state, TaskState::Succeeded);
+        }
+    }
+}
+
+#[test]
+fn preemption_serves_a_users_urgent_job_before_their_running_low_one() {
+    let mut sim = Sim::new();
+    sim.connect("agent-0", 2, fast(Duration::from_secs(60)));
+    sim.core.set_preemption("default", true);
+    let low = sim.submit_as("alice", -5, 2, 1);
+    sim.run_for(Duration::from_secs(10));
+    let urgent = sim.submit_as("alice", 5, 1, 1);
+    sim.run_for(Duration::from_secs(5));
+    let evicted = evictions(&sim);
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert_eq!(evicted[0].0.task.job, low);
+    sim.run_until(Duration::from_secs(300), "everything done", |s| {
+        s.job_done(low) && s.job_done(urgent)
+    });
+    sim.check_invariants();
 }

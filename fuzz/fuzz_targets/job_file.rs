@@ -99,6 +99,8 @@ fn job_file(text: &str) {
         },
         placement: file.placement.clone(),
         max_attempts: attempts,
+        priority: file.priority,
+        owner: String::new(),
     };
     if let Err(e) = spec.check() {
         panic!("a job file that parses resolves to a job the coordinator refuses: {e}\n{text}");

@@ -26,6 +26,258 @@ pub struct Info {
     pub requires_signatures: bool,
 }
 
+/// What a person's token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Submit jobs; see, cancel, delete and download only one's own.
+    Submit,
+    /// See everything; change nothing.
+    Read,
+    /// Everything: every job, agents (drain, revoke), clusters, tokens.
+    Operate,
+}
+
+impl Role {
+    /// Every role, weakest first.
+    pub const ALL: [Role; 3] = [Role::Submit, Role::Read, Role::Operate];
+
+    /// Its name, as tokens store it and people write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submit => "submit",
+            Role::Read => "read",
+            Role::Operate => "operate",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a role: submit, read or operate"))
+    }
+}
+
+/// The longest user name.
+pub const MAX_USER_NAME: usize = 64;
+
+/// Checks a user's name: 1 to [`MAX_USER_NAME`] letters, digits and `.`, `_`, `-`, `@`,
+/// starting with a letter or digit (it appears in lists, metrics labels and logs).
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_USER_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a user name: 1 to {MAX_USER_NAME} letters, digits, '.', '_', '-' \
+             and '@', starting with a letter or digit"
+        ))
+    }
+}
+
+/// `GET /api/v1/me`: whom the request's token belongs to and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    /// The user's name.
+    pub user: String,
+    /// The token's role.
+    pub role: Role,
+    /// The clusters the token is limited to; `None`: every cluster.
+    pub clusters: Option<Vec<String>>,
+}
+
+/// `GET /api/v1/shares`: one user's standing in one cluster's fair share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    /// The cluster.
+    pub cluster: String,
+    /// The user.
+    pub user: String,
+    /// Cores their running tasks reserve now.
+    pub running_cores: f64,
+    /// Cores held recently (smoothed with the coordinator's half-life): the lower, the sooner
+    /// served.
+    pub recent_cores: f64,
+    /// Core-seconds used, decayed with the half-life.
+    pub usage_core_seconds: f64,
+    /// Tasks waiting.
+    pub waiting: u64,
+}
+
+/// `GET /api/v1/accounting`: core-seconds of guest CPU harvested, per user whose tasks used
+/// them and per lender whose agents gave them, largest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accounting {
+    /// Per user.
+    pub users: Vec<Usage>,
+    /// Per lender (the owner an agent's join token named).
+    pub lenders: Vec<Usage>,
+}
+
+/// One total of [`Accounting`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The user or lender.
+    pub name: String,
+    /// Core-seconds of guest CPU.
+    pub core_seconds: f64,
+}
+
+/// `GET /api/v1/clusters/{id}/quotas`: what one user (or `*`, everyone without their own) may
+/// run at once in the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quota {
+    /// The user, or `*`.
+    pub user: String,
+    /// Tasks running at once; `None`: no limit.
+    pub max_tasks: Option<u32>,
+    /// Cores reserved at once (the tasks' `cpu`); `None`: no limit.
+    pub max_cores: Option<f64>,
+}
+
+/// `PUT /api/v1/clusters/{id}/quotas/{user}`: the limits to set (both `None` removes the quota).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuota {
+    /// Tasks running at once.
+    #[serde(default)]
+    pub max_tasks: Option<u32>,
+    /// Cores reserved at once.
+    #[serde(default)]
+    pub max_cores: Option<f64>,
+}
+
+/// `POST /api/v1/tokens`: a token to make. With `user`, a person's token of that user with
+/// `role` (default `submit`), perhaps limited to `clusters`; without, an agent's join token into
+/// `cluster` (default `default`) for machines lent by `owner`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// A person's token: whose.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A person's token: what it may do [default: submit].
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// A person's token: the clusters it is limited to [default: every cluster].
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// An agent's join token: whose machines it enrolls.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// An agent's join token: the cluster it enrolls into [default: default].
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// How long it works, in ms; 0 for ever [default: 24 h for an agent's token, 90 days for a
+    /// person's].
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// How many enrollments (an agent's) or submissions (a person's) it allows; 0 for any
+    /// number [default: 1 for an agent's token, any number for a person's].
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// A note for people.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A token as listed: never the secret itself (`GET /api/v1/tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The first 12 hex digits of the token's sha256, to tell tokens apart.
+    pub id: String,
+    /// `agent` or `submitter` (a person's).
+    pub kind: String,
+    /// When it was made (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// When it stops working.
+    pub expires_ms: Option<i64>,
+    /// Uses left; `None`: unlimited.
+    pub uses_left: Option<i64>,
+    /// The note given when it was made.
+    pub description: String,
+    /// The cluster an agent's join token enrolls into.
+    pub cluster: String,
+    /// A person's token: whose; an agent's: the lender of the machines it enrolls.
+    pub user: String,
+    /// A person's token: its role.
+    pub role: String,
+    /// A person's token: the clusters it is limited to (empty: every cluster).
+    pub clusters: Vec<String>,
+}
+
+impl TokenInfo {
+    /// Whether it is a person's token (not an agent's join token).
+    pub fn is_persons(&self) -> bool {
+        self.kind != "agent"
+    }
+
+    /// Where it reaches, for lists: an agent's token its cluster, a person's its clusters or
+    /// `all`.
+    pub fn reach(&self) -> String {
+        match (self.is_persons(), self.clusters.is_empty()) {
+            (false, _) => self.cluster.clone(),
+            (true, true) => "all".to_owned(),
+            (true, false) => self.clusters.join(","),
+        }
+    }
+
+    /// What it is, in words: `a token of alice with the role read, limited to cluster(s) lab`
+    /// or `an agent's join token for cluster gpu, for machines lent by carol`.
+    pub fn describe(&self) -> String {
+        if self.is_persons() {
+            let limit = if self.clusters.is_empty() {
+                String::new()
+            } else {
+                format!(", limited to cluster(s) {}", self.clusters.join(", "))
+            };
+            format!(
+                "a token of {} with the role {}{limit}",
+                self.user, self.role
+            )
+        } else if self.user.is_empty() {
+            format!("an agent's join token for cluster {}", self.cluster)
+        } else {
+            format!(
+                "an agent's join token for cluster {}, for machines lent by {}",
+                self.cluster, self.user
+            )
+        }
+    }
+}
+
+/// The answer to `DELETE /api/v1/tokens/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensDeleted {
+    /// How many tokens were deleted.
+    pub deleted: u64,
+}
+
+/// The answer to [`NewToken`]: the token, shown this once, and how it is listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The token itself.
+    pub token: String,
+    /// The token as `GET /api/v1/tokens` lists it.
+    pub info: TokenInfo,
+}
+
 /// An error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -211,6 +463,9 @@ pub struct JobSummary {
     pub counts: Counts,
     /// When it was submitted (ms since the Unix epoch).
     pub created_ms: i64,
+    /// The user who submitted it (empty from coordinators older than users).
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// A task as stored.
@@ -533,6 +788,19 @@ pub struct Cluster {
     pub agents_enrolled: u64,
     /// Of those, connected to this coordinator now.
     pub agents_connected: u64,
+    /// Whether waiting work may evict running work that stands in its way (fair share, or a
+    /// user's own lower priorities).
+    #[serde(default)]
+    pub preempt: bool,
+}
+
+/// `PATCH /api/v1/clusters/{id}`: settings to change (those left out stay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Whether waiting work may evict running work that stands in its way.
+    #[serde(default)]
+    pub preempt: Option<bool>,
 }
 
 /// `POST /api/v1/clusters`.
@@ -625,6 +893,7 @@ mod tests {
                 count: 1,
                 counts: Counts::default(),
                 created_ms: 0,
+                owner: "alice".into(),
             },
             waiting_reason: None,
             spec,
@@ -651,5 +920,26 @@ mod tests {
             serde_json::to_string(&undrained).unwrap(),
             r#"{"agent":"a","draining":false}"#
         );
+    }
+
+    #[test]
+    fn roles_and_user_names_are_read_as_written() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(serde_json::to_string(&role).unwrap(), format!("\"{role}\""));
+        }
+        assert!(
+            "admin"
+                .parse::<Role>()
+                .unwrap_err()
+                .contains("submit, read or operate")
+        );
+        for good in ["alice", "ci-bot", "j.doe@lab", "0day_1"] {
+            assert!(check_user_name(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(MAX_USER_NAME + 1);
+        for bad in ["", "-x", "a b", "a/b", "ä", long.as_str(), "a,b"] {
+            assert!(check_user_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

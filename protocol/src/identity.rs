@@ -7,8 +7,11 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::Digest;
 
@@ -87,6 +90,104 @@ impl Identity {
     /// The private key's PKCS#8 bytes, to derive other secrets from.
     pub fn secret_pkcs8_der(&self) -> &[u8] {
         self.key.secret_pkcs8_der()
+    }
+}
+
+/// sha256 of the public key (SubjectPublicKeyInfo DER) of a certificate: what peers pin.
+pub fn key_hash(cert: &CertificateDer<'_>) -> Result<Digest, IdentityError> {
+    let cert = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| IdentityError(format!("not a certificate: {e}")))?;
+    Ok(Digest::of(cert.subject_public_key_info().as_ref()))
+}
+
+/// Accepts a server's certificate when its public key hashes to the pinned digest (any
+/// certificate when nothing is pinned), whatever its names, issuer or dates: the key is the
+/// server's identity, as SSH's known hosts are. The handshake still proves the server holds
+/// the key.
+#[derive(Debug)]
+pub struct PinnedKey {
+    pin: Option<Digest>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PinnedKey {
+    /// A verifier pinning `pin`, or trusting any key when `None`.
+    pub fn new(pin: Option<Digest>) -> Self {
+        Self {
+            pin,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+    }
+
+    /// A TLS client configuration (TLS 1.3 and 1.2, no client certificate) that trusts only
+    /// the server whose key hashes to `pin`.
+    pub fn client_config(pin: Digest) -> Result<rustls::ClientConfig, IdentityError> {
+        let verifier = Arc::new(Self::new(Some(pin)));
+        Ok(
+            rustls::ClientConfig::builder_with_provider(verifier.provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| IdentityError(format!("setting up TLS: {e}")))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+impl ServerCertVerifier for PinnedKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let got = key_hash(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if got == pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the coordinator's key is {got}, not the pinned {pin}"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

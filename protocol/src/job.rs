@@ -106,6 +106,27 @@ pub struct JobFile {
     /// What happens when a task fails.
     #[serde(default)]
     pub retry: RetryFile,
+    /// Among the submitter's own jobs, higher goes first [default: 0, from -1000 to 1000].
+    /// Between users, fair share decides.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// The highest job priority (and, negated, the lowest).
+pub const MAX_PRIORITY: i32 = 1000;
+
+fn check_priority(priority: i32) -> Result<(), JobError> {
+    if priority.abs() > MAX_PRIORITY {
+        return Err(invalid(
+            "priority",
+            format!("must be from -{MAX_PRIORITY} to {MAX_PRIORITY}"),
+        ));
+    }
+    Ok(())
 }
 
 fn one() -> u32 {
@@ -238,6 +259,7 @@ impl JobFile {
     pub fn check(&self) -> Result<(), JobError> {
         check_job_name(&self.name)?;
         check_count(self.count)?;
+        check_priority(self.priority)?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid(
@@ -543,6 +565,13 @@ pub struct JobSpec {
     pub placement: Placement,
     /// Attempts per task, including the first.
     pub max_attempts: u32,
+    /// Among its owner's jobs, higher goes first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// The user who submitted it: set by the coordinator from the submitter's token (whatever
+    /// a client sends is replaced); empty until then.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 impl JobSpec {
@@ -551,6 +580,7 @@ impl JobSpec {
     pub fn check(&self) -> Result<(), JobError> {
         check_job_name(&self.name)?;
         check_count(self.count)?;
+        check_priority(self.priority)?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid("modules", "a job needs at least one module"));
@@ -1001,6 +1031,8 @@ max_attempts = 3
             },
             placement: Placement::default(),
             max_attempts: 1,
+            priority: 0,
+            owner: String::new(),
         }
     }
 

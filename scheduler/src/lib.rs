@@ -22,8 +22,17 @@
 //! 3. **Ties** (`binpack`, `spread`) go to agents that already hold the job's first module
 //!    compiled (they start it without compiling), then to the agent that joined first.
 //!
-//! Jobs are served first come, first served; a job none of whose tasks fits anywhere does not
-//! hold up the jobs behind it.
+//! # Whose task goes first
+//!
+//! Between users, **fair share**, as HTCondor does it: each user has a *recent usage*, the
+//! cores their tasks hold, smoothed with a half-life ([`Scheduler::set_half_life`], a day by
+//! default, advanced by [`Scheduler::advance`]). The pool is shared in inverse proportion to
+//! recent usage: the next free slot goes to the waiting user whose `(cores running + 1) x
+//! max(recent usage, 0.5)` is smallest (on a tie, the one who used less). Two users who have
+//! used the pool alike get equal
+//! parts of it; one who used it heavily gives way to one who did not until their recent
+//! usages meet. Within a user's jobs, the higher `priority` first, then the older. A job none
+//! of whose tasks fits anywhere does not hold up the jobs behind it.
 //!
 //! # Cost
 //!
@@ -35,7 +44,8 @@
 //! ones it is the best of a random sample, as Nomad's scheduler does, and costs microseconds
 //! whatever the cluster's size (`cargo xtask bench schedule`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use lull_protocol::Digest;
 use lull_protocol::constraint::{Attribute, Constraint};
@@ -60,6 +70,10 @@ pub struct JobPlacement {
     pub constraints: Vec<Constraint>,
     /// The job's first module (agents holding it compiled win ties).
     pub module: Option<Digest>,
+    /// The user it belongs to: fair share is between users.
+    pub owner: String,
+    /// Among its owner's jobs, higher goes first.
+    pub priority: i32,
 }
 
 impl JobPlacement {
@@ -82,7 +96,14 @@ impl JobPlacement {
             spread,
             constraints,
             module: spec.modules.first().map(|m| m.digest),
+            owner: spec.owner.clone(),
+            priority: spec.priority,
         })
+    }
+
+    /// Where job `job` of this placement stands among its owner's: higher priority, then older.
+    fn serving_rank(&self, job: u64) -> (i64, u64) {
+        (-i64::from(self.priority), job)
     }
 
     /// Memory per module, the figure an agent's `max_task_memory` is compared with.
@@ -162,6 +183,102 @@ struct Job {
     on_value: HashMap<String, u32>,
 }
 
+/// The recent usage below which every user counts alike (half a core, as HTCondor's lowest
+/// user priority), so that new users share among themselves by what they run now.
+pub const MIN_RECENT_USAGE: f64 = 0.5;
+
+/// The half-life of recent usage when nothing sets it: a day.
+pub const DEFAULT_HALF_LIFE: Duration = Duration::from_secs(24 * 3600);
+
+/// How many waiting jobs, first in serving order, [`Scheduler::preemption`] looks for room for.
+pub const PREEMPTION_JOBS: usize = 8;
+
+/// A limit on what one user may run at once in a cluster. `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Tasks running at once.
+    pub max_tasks: Option<u32>,
+    /// CPU reserved at once, in thousandths of a core.
+    pub max_cpu_millis: Option<u64>,
+}
+
+/// The limit of a [`Quota`] that a user has reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuotaBlock {
+    /// Tasks running.
+    Tasks { running: u32, max: u32 },
+    /// CPU reserved, in thousandths of a core.
+    Cpu { reserved: u64, max: u64 },
+}
+
+/// The quota that applies to every user without one of their own.
+pub const EVERY_USER: &str = "*";
+
+/// A user's standing in the fair share.
+#[derive(Debug, Default)]
+struct User {
+    /// Their registered jobs, in the order they are served: higher priority, then older.
+    jobs: BTreeSet<(i64, u64)>,
+    /// Thousandths of a core their running tasks reserve.
+    running_millis: u64,
+    /// Their tasks running.
+    running_tasks: u32,
+    /// Cores held, smoothed with the half-life.
+    recent: f64,
+    /// Core-seconds used, decayed with the half-life.
+    usage: f64,
+}
+
+impl User {
+    /// Counts a task of `placement` starting (`starts`) or ending.
+    fn count(&mut self, placement: &JobPlacement, starts: bool) {
+        let cpu = u64::from(placement.cpu_millis);
+        if starts {
+            self.running_millis += cpu;
+            self.running_tasks += 1;
+        } else {
+            self.running_millis = self.running_millis.saturating_sub(cpu);
+            self.running_tasks = self.running_tasks.saturating_sub(1);
+        }
+    }
+
+    fn running_cores(&self) -> f64 {
+        self.running_millis as f64 / 1000.0
+    }
+
+    fn key(&self) -> f64 {
+        fair_share_rank(self.running_cores(), self.recent)
+    }
+}
+
+/// Where a user holding `running_cores` now, and `recent_cores` recently, stands in the fair
+/// share: the waiting user with the smallest is served first.
+pub fn fair_share_rank(running_cores: f64, recent_cores: f64) -> f64 {
+    (running_cores + 1.0) * recent_cores.max(MIN_RECENT_USAGE)
+}
+
+/// A user's share of one scheduler's pool, for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    /// The user.
+    pub user: String,
+    /// Cores their running tasks reserve now.
+    pub running_cores: f64,
+    /// Cores held recently (smoothed with the half-life): the lower, the sooner served.
+    pub recent_cores: f64,
+    /// Core-seconds used, decayed with the half-life.
+    pub usage_core_seconds: f64,
+    /// Tasks waiting.
+    pub waiting: usize,
+}
+
+impl Share {
+    /// Where the user stands: the waiting user with the smallest is served first.
+    pub fn rank(&self) -> f64 {
+        fair_share_rank(self.running_cores, self.recent_cores)
+    }
+}
+
 /// The scheduler's state: agents and their reservations, jobs and their waiting tasks.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -176,8 +293,16 @@ pub struct Scheduler {
     /// Bumped when agents join, leave or change attributes: jobs rebuild their eligible lists.
     generation: u64,
     jobs: HashMap<u64, Job>,
-    /// Jobs in arrival order (with waiting tasks or not; pruned as they empty).
-    order: VecDeque<u64>,
+    /// The users with jobs here, or whose recent usage has not yet decayed away.
+    users: HashMap<String, User>,
+    /// The half-life of users' recent usage.
+    half_life: Duration,
+    /// When usage was last brought up to date.
+    clock: Option<Instant>,
+    /// Scratch space for the order of jobs, kept to avoid allocating per decision.
+    job_order: Vec<u64>,
+    /// Users' quotas ([`EVERY_USER`]: everyone without their own).
+    quotas: HashMap<String, Quota>,
     /// Where each placed task runs, to release its reservation when it ends.
     running: HashMap<TaskId, u32>,
     rng: u64,
@@ -200,13 +325,121 @@ impl Scheduler {
             roomy_at: Vec::new(),
             generation: 1,
             jobs: HashMap::new(),
-            order: VecDeque::new(),
+            users: HashMap::new(),
+            half_life: DEFAULT_HALF_LIFE,
+            clock: None,
+            job_order: Vec::new(),
+            quotas: HashMap::new(),
             running: HashMap::new(),
             rng: seed | 1,
             scratch: Vec::new(),
             warm: HashMap::new(),
             avoid: HashMap::new(),
         }
+    }
+
+    /// Sets the half-life of users' recent usage (zero: only what they run now counts).
+    pub fn set_half_life(&mut self, half_life: Duration) {
+        self.half_life = half_life;
+    }
+
+    /// Sets every user's quota ([`EVERY_USER`] for everyone without their own), replacing the
+    /// earlier ones. Running tasks over a new quota run on; no new task starts until the user
+    /// is below it.
+    pub fn set_quotas(&mut self, quotas: HashMap<String, Quota>) {
+        self.quotas = quotas;
+    }
+
+    /// What stops `owner` from starting a task reserving `cpu_millis` now, when a quota does:
+    /// the limit reached, with what runs and the limit. No allocation: placements ask it.
+    fn quota_block(&self, owner: &str, cpu_millis: u32) -> Option<QuotaBlock> {
+        let quota = self
+            .quotas
+            .get(owner)
+            .or_else(|| self.quotas.get(EVERY_USER))?;
+        let (tasks, millis) = self
+            .users
+            .get(owner)
+            .map_or((0, 0), |u| (u.running_tasks, u.running_millis));
+        if let Some(max) = quota.max_tasks
+            && tasks >= max
+        {
+            return Some(QuotaBlock::Tasks {
+                running: tasks,
+                max,
+            });
+        }
+        match quota.max_cpu_millis {
+            Some(max) if millis + u64::from(cpu_millis) > max => Some(QuotaBlock::Cpu {
+                reserved: millis,
+                max,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Why `owner` may not start a task reserving `cpu_millis` now, when a quota stops them.
+    pub fn quota_reason(&self, owner: &str, cpu_millis: u32) -> Option<String> {
+        Some(match self.quota_block(owner, cpu_millis)? {
+            QuotaBlock::Tasks { running, max } => {
+                format!("{owner} is at their quota: {running} of {max} task(s) running")
+            }
+            QuotaBlock::Cpu { reserved, max } => format!(
+                "{owner} is at their quota: {:.1} of {:.1} core(s) reserved",
+                reserved as f64 / 1000.0,
+                max as f64 / 1000.0
+            ),
+        })
+    }
+
+    /// Brings users' recent usage up to `now`: what they held since the last call, decayed.
+    /// Call it as time passes (each report will do); placements use the usage as of the last
+    /// call.
+    pub fn advance(&mut self, now: Instant) {
+        let Some(then) = self.clock.replace(now) else {
+            return;
+        };
+        let dt = now.saturating_duration_since(then).as_secs_f64();
+        if dt <= 0.0 {
+            return;
+        }
+        let keep = if self.half_life.is_zero() {
+            0.0
+        } else {
+            0.5f64.powf(dt / self.half_life.as_secs_f64())
+        };
+        self.users.retain(|_, u| {
+            let cores = u.running_cores();
+            u.recent = u.recent * keep + (1.0 - keep) * cores;
+            u.usage = u.usage * keep + cores * dt;
+            !(u.jobs.is_empty() && u.running_millis == 0 && u.recent < 1e-3 && u.usage < 1e-3)
+        });
+    }
+
+    /// Every user's share, most recent usage first.
+    pub fn shares(&self) -> Vec<Share> {
+        let mut shares: Vec<Share> = self
+            .users
+            .iter()
+            .map(|(name, u)| Share {
+                user: name.clone(),
+                running_cores: u.running_cores(),
+                recent_cores: u.recent,
+                usage_core_seconds: u.usage,
+                waiting: u
+                    .jobs
+                    .iter()
+                    .filter_map(|(_, j)| self.jobs.get(j))
+                    .map(|j| j.queue.len())
+                    .sum(),
+            })
+            .collect();
+        shares.sort_by(|a, b| {
+            b.recent_cores
+                .total_cmp(&a.recent_cores)
+                .then_with(|| a.user.cmp(&b.user))
+        });
+        shares
     }
 
     /// An agent connected, or reported again: its attributes and limits are `capacity`; it
@@ -309,6 +542,9 @@ impl Scheduler {
         for t in gone {
             self.running.remove(&t);
             if let Some(job) = self.jobs.get_mut(&t.job) {
+                if let Some(u) = self.users.get_mut(&job.placement.owner) {
+                    u.count(&job.placement, false);
+                }
                 let value = spread_value(job, gone_agent.as_ref());
                 forget_one(job, i, value.as_deref());
             }
@@ -326,13 +562,28 @@ impl Scheduler {
     /// tasks. A job is forgotten by itself once it has no task waiting or running here.
     pub fn add_job(&mut self, job: u64, placement: JobPlacement, modules: usize) {
         let module_memory = placement.per_module_memory(modules as u64);
+        let rank = placement.serving_rank(job);
         match self.jobs.get_mut(&job) {
             Some(j) => {
+                let old = j.placement.serving_rank(job);
+                if let Some(u) = self.users.get_mut(&j.placement.owner) {
+                    u.jobs.remove(&old);
+                }
+                self.users
+                    .entry(placement.owner.clone())
+                    .or_default()
+                    .jobs
+                    .insert(rank);
                 j.placement = placement;
                 j.module_memory = module_memory;
                 j.eligible_gen = 0;
             }
             None => {
+                self.users
+                    .entry(placement.owner.clone())
+                    .or_default()
+                    .jobs
+                    .insert(rank);
                 self.jobs.insert(
                     job,
                     Job {
@@ -346,7 +597,6 @@ impl Scheduler {
                         on_value: HashMap::new(),
                     },
                 );
-                self.order.push_back(job);
             }
         }
     }
@@ -368,9 +618,10 @@ impl Scheduler {
             .jobs
             .get(&job)
             .is_some_and(|j| j.queue.is_empty() && j.on_agent.is_empty())
+            && let Some(j) = self.jobs.remove(&job)
+            && let Some(u) = self.users.get_mut(&j.placement.owner)
         {
-            self.jobs.remove(&job);
-            self.order.retain(|j| *j != job);
+            u.jobs.remove(&j.placement.serving_rank(job));
         }
     }
 
@@ -412,6 +663,9 @@ impl Scheduler {
             return;
         };
         let (memory, cpu) = (job.placement.memory, u64::from(job.placement.cpu_millis));
+        if let Some(u) = self.users.get_mut(&job.placement.owner) {
+            u.count(&job.placement, false);
+        }
         let value = spread_value(job, self.agents[i as usize].as_ref());
         forget_one(job, i, value.as_deref());
         if let Some(a) = self.agents[i as usize].as_mut() {
@@ -440,18 +694,131 @@ impl Scheduler {
         if self.roomy.is_empty() {
             return None;
         }
-        let mut n = 0;
-        while n < self.order.len() {
-            let job_id = self.order[n];
-            n += 1;
-            let Some(task) = self
-                .jobs
-                .get(&job_id)
-                .and_then(|j| j.queue.front().copied())
-            else {
+        let mut order = std::mem::take(&mut self.job_order);
+        self.serving_order(&mut order);
+        let placed = self.place_first(&order);
+        self.job_order = order;
+        placed
+    }
+
+    /// The registered jobs in the order they are served: users by fair share, each user's
+    /// jobs by priority and age.
+    fn serving_order(&self, order: &mut Vec<u64>) {
+        let mut users: Vec<&User> = self.users.values().filter(|u| !u.jobs.is_empty()).collect();
+        // Ties (users below the floor of recent usage) go to the one who used less, then to
+        // the one whose first job is the more urgent or older.
+        users.sort_by(|a, b| {
+            a.key()
+                .total_cmp(&b.key())
+                .then_with(|| a.recent.total_cmp(&b.recent))
+                .then_with(|| a.usage.total_cmp(&b.usage))
+                .then_with(|| a.jobs.first().cmp(&b.jobs.first()))
+        });
+        order.clear();
+        order.extend(users.iter().flat_map(|u| u.jobs.iter().map(|(_, j)| *j)));
+    }
+
+    /// When nothing waiting fits anywhere: the first waiting task (in serving order) that
+    /// running work stands in the way of, and the running tasks that could make room for it,
+    /// the first the most deserving of eviction. A running task qualifies when it runs on an
+    /// agent the waiting task may use and leaves room for it there once gone, and either
+    /// belongs to another user who would still be served after the waiting one without it
+    /// (fair share: evicting it cannot be undone by the same rule), or is of a lower-priority
+    /// job of the waiting task's own user. Other users' tasks come first, the worst-served
+    /// user's first; then the lowest priority. `None` when nothing waits or nothing qualifies.
+    pub fn preemption(&mut self) -> Option<(TaskId, Vec<TaskId>)> {
+        let mut order = Vec::new();
+        self.serving_order(&mut order);
+        // Each job looked at walks every running task: only the first few waiting ones are.
+        let waiting = order
+            .into_iter()
+            .filter(|j| self.jobs.get(j).is_some_and(|j| !j.queue.is_empty()))
+            .take(PREEMPTION_JOBS);
+        let order: Vec<u64> = waiting.collect();
+        for job_id in order {
+            let Some(waiting) = self.next_waiting(job_id) else {
                 continue;
             };
-            self.refresh_eligible(job_id);
+            let job = &self.jobs[&job_id];
+            let Some(me) = self.users.get(&job.placement.owner) else {
+                continue;
+            };
+            let my_rank = fair_share_rank(
+                me.running_cores() + f64::from(job.placement.cpu_millis) / 1000.0,
+                me.recent,
+            );
+            // (class: 0 another user's, 1 a lower priority of mine; then the order within it)
+            let mut found: Vec<((u8, f64), TaskId)> = Vec::new();
+            for (task, &i) in &self.running {
+                if !job.is_eligible.get(i as usize).copied().unwrap_or(false) {
+                    continue;
+                }
+                let (Some(victim), Some(agent)) =
+                    (self.jobs.get(&task.job), self.agents[i as usize].as_ref())
+                else {
+                    continue;
+                };
+                let freed_memory = agent.memory_used.saturating_sub(victim.placement.memory);
+                let freed_cpu = agent
+                    .cpu_used
+                    .saturating_sub(u64::from(victim.placement.cpu_millis));
+                if freed_memory.saturating_add(job.placement.memory) > agent.capacity.memory_total
+                    || freed_cpu + u64::from(job.placement.cpu_millis) > agent.cpu_total()
+                {
+                    continue;
+                }
+                if victim.placement.owner == job.placement.owner {
+                    if victim.placement.priority < job.placement.priority {
+                        found.push(((1, f64::from(victim.placement.priority)), *task));
+                    }
+                    continue;
+                }
+                let Some(them) = self.users.get(&victim.placement.owner) else {
+                    continue;
+                };
+                let their_rank = fair_share_rank(
+                    them.running_cores() - f64::from(victim.placement.cpu_millis) / 1000.0,
+                    them.recent,
+                );
+                if their_rank > my_rank {
+                    found.push(((0, -their_rank), *task));
+                }
+            }
+            if found.is_empty() {
+                continue;
+            }
+            found.sort_by(|(a, ta), (b, tb)| {
+                a.0.cmp(&b.0)
+                    .then_with(|| a.1.total_cmp(&b.1))
+                    .then_with(|| tb.cmp(ta))
+            });
+            return Some((waiting, found.into_iter().map(|(_, t)| t).collect()));
+        }
+        None
+    }
+
+    /// The next waiting task of a job whose owner is below their quota, its list of eligible
+    /// agents brought up to date; `None` when nothing of it may start.
+    fn next_waiting(&mut self, job_id: u64) -> Option<TaskId> {
+        let job = self.jobs.get(&job_id)?;
+        let task = job.queue.front().copied()?;
+        if !self.quotas.is_empty()
+            && self
+                .quota_block(&job.placement.owner, job.placement.cpu_millis)
+                .is_some()
+        {
+            return None;
+        }
+        self.refresh_eligible(job_id);
+        Some(task)
+    }
+
+    /// The placement of the first task of the first of `order`'s jobs that fits somewhere.
+    fn place_first(&mut self, order: &[u64]) -> Option<Placement> {
+        for &job_id in order {
+            let Some(task) = self.next_waiting(job_id) else {
+                continue;
+            };
             let Some(agent) = self.choose(job_id, task) else {
                 continue;
             };
@@ -500,6 +867,9 @@ impl Scheduler {
         a.busy += 1;
         a.memory_used = a.memory_used.saturating_add(job.placement.memory);
         a.cpu_used += u64::from(job.placement.cpu_millis);
+        if let Some(u) = self.users.get_mut(&job.placement.owner) {
+            u.count(&job.placement, true);
+        }
         *job.on_agent.entry(i).or_default() += 1;
         if let Some(v) = job
             .placement

@@ -59,6 +59,8 @@ fn placement(job: &JobDef) -> JobPlacement {
         spread: None,
         constraints: job.constraints.iter().map(|c| c.parse().unwrap()).collect(),
         module: Some(Digest::of(job.memory.to_string().as_bytes())),
+        owner: String::new(),
+        priority: 0,
     }
 }
 
@@ -517,4 +519,60 @@ fn a_task_avoids_the_agents_it_failed_on_unless_nobody_else_can_take_it() {
     s.task_queued(task);
     s.avoid(task, vec!["first".into(), "second".into(), "third".into()]);
     assert!(s.poll_placement().is_some());
+}
+
+/// A one-core task placement of `owner`'s job.
+fn owned(owner: &str, priority: i32) -> JobPlacement {
+    JobPlacement {
+        owner: owner.into(),
+        priority,
+        ..placement(&JobDef {
+            count: 1,
+            memory: MIB,
+            cpu_millis: 1000,
+            strategy: Kind::Binpack,
+            constraints: vec![],
+        })
+    }
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // The test's start is its one real clock reading.
+fn recent_usage_rises_and_decays_with_the_half_life_and_orders_the_users() {
+    let start = std::time::Instant::now();
+    let mut s = Scheduler::new(1);
+    s.set_half_life(std::time::Duration::from_secs(10));
+    s.advance(start);
+    s.agent_up("a", &capacity(4, 4, 8 * GIB, "linux", None), true);
+    s.add_job(1, owned("alice", 0), 1);
+    for index in 0..4 {
+        s.task_queued(TaskId { job: 1, index });
+    }
+    for _ in 0..4 {
+        assert!(s.poll_placement().is_some());
+    }
+    // Four cores for one half-life: half of the way to 4.
+    s.advance(start + std::time::Duration::from_secs(10));
+    let alice = &s.shares()[0];
+    assert_eq!(alice.user, "alice");
+    assert!((alice.recent_cores - 2.0).abs() < 1e-9, "{alice:?}");
+    assert!((alice.usage_core_seconds - 40.0).abs() < 1e-9, "{alice:?}");
+    // Her tasks end; another half-life halves it.
+    for index in 0..4 {
+        s.task_ended(TaskId { job: 1, index });
+    }
+    s.advance(start + std::time::Duration::from_secs(20));
+    let alice = &s.shares()[0];
+    assert!((alice.recent_cores - 1.0).abs() < 1e-9, "{alice:?}");
+    assert_eq!(alice.running_cores, 0.0);
+
+    // Bob, new, goes before her; her higher-priority job does not change that.
+    s.add_job(2, owned("alice", 100), 1);
+    s.add_job(3, owned("bob", 0), 1);
+    s.task_queued(TaskId { job: 2, index: 0 });
+    s.task_queued(TaskId { job: 3, index: 0 });
+    assert_eq!(s.poll_placement().unwrap().task.job, 3);
+    assert_eq!(s.poll_placement().unwrap().task.job, 2);
+    let users: Vec<String> = s.shares().into_iter().map(|sh| sh.user).collect();
+    assert_eq!(users, ["alice", "bob"], "most recent usage first");
 }

@@ -464,21 +464,59 @@ struct Announced {
     quic: SocketAddr,
     key: String,
     http: SocketAddr,
+    /// The HTTPS key's hash; `None` when the API is plain HTTP.
+    http_key: Option<String>,
 }
 
-/// Parses `lull-coordinator: agents on quic://ADDR (key sha256:HEX), people on http://ADDR`.
+/// Parses `lull-coordinator: agents on quic://ADDR (key sha256:HEX), people on
+/// https://ADDR (key sha256:HEX)` (or `people on http://ADDR`).
 fn parse_announcement(text: &str) -> Option<Announced> {
     let line = text
         .lines()
         .find(|l| l.starts_with("lull-coordinator: agents on quic://"))?;
     let rest = line.strip_prefix("lull-coordinator: agents on quic://")?;
     let (quic, rest) = rest.split_once(" (key ")?;
-    let (key, rest) = rest.split_once("), people on http://")?;
+    let (key, people) = rest.split_once("), people on ")?;
+    let (http, http_key) = match people.trim().strip_prefix("https://") {
+        Some(rest) => {
+            let (addr, key) = rest.split_once(" (key ")?;
+            (addr, Some(key.strip_suffix(')')?.to_owned()))
+        }
+        None => (people.trim().strip_prefix("http://")?, None),
+    };
     Some(Announced {
         quic: quic.parse().ok()?,
         key: key.to_owned(),
-        http: rest.trim().parse().ok()?,
+        http: http.parse().ok()?,
+        http_key,
     })
+}
+
+/// An HTTP client for the coordinator's API: trusting only the HTTPS key `pin` (any TLS
+/// otherwise, for plain HTTP), sending `token` when given.
+pub fn api_client(pin: Option<&str>, token: Option<&str>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder();
+    if let Some(pin) = pin {
+        let pin = pin
+            .parse()
+            .expect("the coordinator announces its key as sha256:HEX");
+        builder = builder.use_preconfigured_tls(
+            lull_protocol::identity::PinnedKey::client_config(pin).expect("a TLS configuration"),
+        );
+    }
+    if let Some(token) = token {
+        builder = builder.default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}")
+                    .parse()
+                    .expect("a token is a header value"),
+            )]
+            .into_iter()
+            .collect(),
+        );
+    }
+    builder.build().expect("an HTTP client")
 }
 
 /// One agent process.
@@ -578,6 +616,7 @@ impl Cluster {
             "keys-generate",
             None,
             None,
+            None,
             &["keys", "generate", "--out", path_str(&key)],
         );
         assert!(out.success(), "`lull keys generate` failed:\n{out}");
@@ -593,7 +632,14 @@ impl Cluster {
         let token = create_token(
             &root,
             database.as_deref(),
-            &["--submitter", "--description", "tests"],
+            &[
+                "--user",
+                "tester",
+                "--role",
+                "operate",
+                "--description",
+                "tests",
+            ],
         );
         let join_token = create_token(
             &root,
@@ -607,6 +653,7 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("starting a tokio runtime");
+        let http = api_client(announced.http_key.as_deref(), Some(&token));
         Cluster {
             dir: Some(dir),
             root,
@@ -625,19 +672,7 @@ impl Cluster {
             finished: Vec::new(),
             runs: AtomicU32::new(0),
             runtime,
-            http: reqwest::Client::builder()
-                .default_headers(
-                    [(
-                        reqwest::header::AUTHORIZATION,
-                        format!("Bearer {token}")
-                            .parse()
-                            .expect("a token is a header value"),
-                    )]
-                    .into_iter()
-                    .collect(),
-                )
-                .build()
-                .expect("an HTTP client"),
+            http,
         }
     }
 
@@ -705,6 +740,32 @@ impl Cluster {
     /// The coordinator's HTTP address (for people and the CLI).
     pub fn http_addr(&self) -> SocketAddr {
         self.announced.http
+    }
+
+    /// The coordinator's API URL: `https://ADDR` (`http://ADDR` when it serves plain HTTP).
+    pub fn api_url(&self) -> String {
+        self.url_of(self.announced.http)
+    }
+
+    /// The URL of the API at `addr` (this coordinator's or a peer's).
+    fn url_of(&self, addr: SocketAddr) -> String {
+        let scheme = if self.announced.http_key.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    }
+
+    /// The hash of the coordinator's HTTPS key (`sha256:<hex>`) that `lull` pins; `None` when
+    /// it serves plain HTTP.
+    pub fn http_key(&self) -> Option<&str> {
+        self.announced.http_key.as_deref()
+    }
+
+    /// An HTTP client for the API, pinning its key, sending `token` when given.
+    pub fn api_client(&self, token: Option<&str>) -> reqwest::Client {
+        api_client(self.http_key(), token)
     }
 
     /// The hash of the coordinator's public key that agents pin (`sha256:<hex>`).
@@ -1008,8 +1069,8 @@ impl Cluster {
         );
     }
 
-    /// Runs `lull --coordinator http://ADDR ARGS...` to its end (at most [`WAIT`]), with the
-    /// cluster's submitter token in `LULL_TOKEN`.
+    /// Runs `lull --coordinator https://ADDR ARGS...` to its end (at most [`WAIT`]), with the
+    /// cluster's submitter token in `LULL_TOKEN` and its HTTPS key in `LULL_COORDINATOR_KEY`.
     pub fn lull(&self, args: &[&str]) -> CliOutput {
         self.lull_with_token(Some(&self.token), args)
     }
@@ -1026,9 +1087,31 @@ impl Cluster {
 
     fn lull_on(&self, http: SocketAddr, token: Option<&str>, args: &[&str]) -> CliOutput {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
-        let url = format!("http://{http}");
+        let url = self.url_of(http);
         let label = format!("lull-{n}-{}", args.first().copied().unwrap_or("none"));
-        run_lull(&self.root.join("logs"), &label, Some(&url), token, args)
+        run_lull(
+            &self.root.join("logs"),
+            &label,
+            Some(&url),
+            self.http_key(),
+            token,
+            args,
+        )
+    }
+
+    /// Runs `lull` with the cluster's token, but `--coordinator url` and `pin` in
+    /// `LULL_COORDINATOR_KEY` as given (none when `None`): to try wrong addresses and keys.
+    pub fn lull_reaching(&self, url: &str, pin: Option<&str>, args: &[&str]) -> CliOutput {
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        let label = format!("lull-{n}-{}", args.first().copied().unwrap_or("none"));
+        run_lull(
+            &self.root.join("logs"),
+            &label,
+            Some(url),
+            pin,
+            Some(&self.token),
+            args,
+        )
     }
 
     /// The agents' join token (unlimited uses, no expiry) that agents enroll with by default.
@@ -1036,7 +1119,15 @@ impl Cluster {
         &self.join_token
     }
 
-    /// The submitter's token the cluster's own requests use.
+    /// Makes a person's token for `user` with `role` (`submit`, `read`, `operate`) and the
+    /// further `token create` arguments `extra` (say, `--clusters a,b`); returns it.
+    pub fn user_token(&self, user: &str, role: &str, extra: &[&str]) -> String {
+        let mut args = vec!["--user", user, "--role", role];
+        args.extend_from_slice(extra);
+        create_token(&self.root, self.database.as_deref(), &args)
+    }
+
+    /// The `operate` token of the user `tester` that the cluster's own requests use.
     pub fn token(&self) -> &str {
         &self.token
     }
@@ -1082,15 +1173,23 @@ impl Cluster {
     /// Submits a job as [`Cluster::submit`] does; returns what `lull submit --json` printed
     /// (the job number and what was uploaded).
     pub fn submit_json(&self, job: &Path) -> Value {
-        let out = self.lull(&[
-            "submit",
-            path_str(job),
-            "--key",
-            path_str(&self.key),
-            "--json",
-        ]);
+        let out = self.submit_with_token(&self.token, job);
         out.assert_success();
         out.json()
+    }
+
+    /// `lull submit JOB --key K --json` as the holder of `token`, to its end.
+    pub fn submit_with_token(&self, token: &str, job: &Path) -> CliOutput {
+        self.lull_with_token(
+            Some(token),
+            &[
+                "submit",
+                path_str(job),
+                "--key",
+                path_str(&self.key),
+                "--json",
+            ],
+        )
     }
 
     /// Sends a request to the coordinator's API with the submitter's token: `build` makes it
@@ -1100,7 +1199,7 @@ impl Cluster {
         path: &str,
         build: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
     ) -> (u16, Value) {
-        let url = format!("http://{}{path}", self.announced.http);
+        let url = format!("{}{path}", self.api_url());
         let request = build(&self.http, url.clone()).timeout(Duration::from_secs(30));
         self.runtime.block_on(async {
             let resp = request
@@ -1262,11 +1361,11 @@ impl Cluster {
 
     /// GETs `path` without a token; panics when no answer comes.
     fn send_anonymous(&self, path: &str) -> reqwest::Response {
-        let url = format!("http://{}{path}", self.announced.http);
+        let url = format!("{}{path}", self.api_url());
         // The request is made inside the runtime: its timeout needs the runtime's timer.
         self.runtime
             .block_on(async {
-                reqwest::Client::new()
+                self.api_client(None)
                     .get(&url)
                     .timeout(Duration::from_secs(10))
                     .send()
@@ -1278,7 +1377,7 @@ impl Cluster {
     /// Reads the first `n` server-sent events of `path` (with the token): each event's name
     /// and its data as JSON. Gives up after a minute.
     pub fn read_events(&self, path: &str, n: usize) -> Vec<(String, Value)> {
-        let url = format!("http://{}{path}", self.announced.http);
+        let url = format!("{}{path}", self.api_url());
         self.runtime.block_on(async {
             let mut resp = self
                 .http
@@ -1327,7 +1426,7 @@ impl Cluster {
 
     /// GETs a JSON document from the coordinator's API.
     pub fn try_get(&self, path: &str) -> Result<Value, String> {
-        let url = format!("http://{}{path}", self.announced.http);
+        let url = format!("{}{path}", self.api_url());
         self.runtime.block_on(async {
             let resp = self
                 .http
@@ -1473,6 +1572,7 @@ fn run_lull(
     logs: &Path,
     label: &str,
     coordinator: Option<&str>,
+    pin: Option<&str>,
     token: Option<&str>,
     args: &[&str],
 ) -> CliOutput {
@@ -1481,9 +1581,14 @@ fn run_lull(
         cmd.args(["--coordinator", url]);
     }
     // Tables are whole, whatever the terminal the tests run in.
-    cmd.env_remove("LULL_TOKEN").env_remove("COLUMNS");
+    cmd.env_remove("LULL_TOKEN")
+        .env_remove("LULL_COORDINATOR_KEY")
+        .env_remove("COLUMNS");
     if let Some(token) = token {
         cmd.env("LULL_TOKEN", token);
+    }
+    if let Some(pin) = pin {
+        cmd.env("LULL_COORDINATOR_KEY", pin);
     }
     cmd.args(args);
     run_program(logs, label, cmd, format!("lull {}", args.join(" ")))
@@ -1972,12 +2077,19 @@ mod tests {
     #[test]
     fn the_coordinator_announcement_parses() {
         let a = parse_announcement(
-            "lull-coordinator: agents on quic://127.0.0.1:4433 (key sha256:abcd), people on http://127.0.0.1:8080\n",
+            "lull-coordinator: agents on quic://127.0.0.1:4433 (key sha256:abcd), people on https://127.0.0.1:8080 (key sha256:ef01)\n",
         )
         .unwrap();
         assert_eq!(a.quic, "127.0.0.1:4433".parse().unwrap());
         assert_eq!(a.key, "sha256:abcd");
         assert_eq!(a.http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(a.http_key.as_deref(), Some("sha256:ef01"));
+        let plain = parse_announcement(
+            "lull-coordinator: agents on quic://127.0.0.1:4433 (key sha256:abcd), people on http://127.0.0.1:8080\n",
+        )
+        .unwrap();
+        assert_eq!(plain.http, a.http);
+        assert_eq!(plain.http_key, None);
         assert_eq!(parse_announcement("lull-coordinator: starting\n"), None);
     }
 

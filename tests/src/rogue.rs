@@ -28,7 +28,8 @@ pub struct Facts {
     pin: Digest,
     addr: String,
     join_token: String,
-    http: std::net::SocketAddr,
+    api: String,
+    http_key: Option<String>,
     key: std::path::PathBuf,
     submitter: String,
 }
@@ -43,7 +44,8 @@ impl Facts {
                 .expect("the coordinator's key"),
             addr: cluster.quic_addr().to_string(),
             join_token: cluster.join_token().to_owned(),
-            http: cluster.http_addr(),
+            api: cluster.api_url(),
+            http_key: cluster.http_key().map(str::to_owned),
             key: cluster.key().to_owned(),
             submitter: cluster.token().to_owned(),
         }
@@ -98,11 +100,17 @@ impl Rogue {
     /// Submits `job` (which should ask for `label.role == rogue`) with `lull submit` and returns
     /// the assignment this agent gets for it.
     pub async fn take(&mut self, facts: &Facts, job: &std::path::Path) -> Assignment {
-        let (http, key, submitter) = (facts.http, facts.key.clone(), facts.submitter.clone());
+        let (api, http_key, key, submitter) = (
+            facts.api.clone(),
+            facts.http_key.clone().unwrap_or_default(),
+            facts.key.clone(),
+            facts.submitter.clone(),
+        );
         let job = job.to_owned();
         let submitted = tokio::task::spawn_blocking(move || {
             std::process::Command::new(crate::binary("lull"))
-                .args(["--coordinator", &format!("http://{http}")])
+                .args(["--coordinator", &api])
+                .env("LULL_COORDINATOR_KEY", http_key)
                 .args([
                     "submit",
                     job.to_str().unwrap(),

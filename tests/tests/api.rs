@@ -80,7 +80,7 @@ fn every_error_is_json_with_a_code() {
         cluster.get_anonymous("/api/v1/pool"),
         401,
         "unauthorized",
-        "token create --submitter",
+        "token create --user NAME",
     );
 }
 

@@ -14,7 +14,7 @@ fn refused(cluster: &Cluster, token: Option<&str>, why: &str) {
     assert!(out.stderr.contains(why), "expected {why:?} in:\n{out}");
     assert!(
         out.stderr
-            .contains("lull-coordinator token create --submitter"),
+            .contains("lull-coordinator token create --user NAME"),
         "the error says how to get a token:\n{out}"
     );
     assert!(
@@ -30,7 +30,7 @@ fn the_api_needs_a_valid_submitters_token() {
     // The cluster's own token works.
     cluster.lull(&["status"]).assert_success();
 
-    refused(&cluster, None, "this coordinator needs a submitter's token");
+    refused(&cluster, None, "this coordinator needs a person's token");
     refused(
         &cluster,
         Some("lull_0123456789abcdef0123456789abcdef01234567"),
@@ -41,13 +41,13 @@ fn the_api_needs_a_valid_submitters_token() {
     assert!(join.success(), "{join}");
     refused(&cluster, Some(join.stdout.trim()), "another use (agent)");
 
-    let brief = cluster.coordinator_token(&["create", "--submitter", "--ttl", "1ms"]);
+    let brief = cluster.coordinator_token(&["create", "--user", "brief", "--ttl", "1ms"]);
     assert!(brief.success(), "{brief}");
     std::thread::sleep(Duration::from_millis(20));
     refused(&cluster, Some(brief.stdout.trim()), "expired");
 
     // Tokens are listed by id, never in full; deleting one cuts it off at once.
-    let spare = cluster.coordinator_token(&["create", "--submitter", "--description", "spare"]);
+    let spare = cluster.coordinator_token(&["create", "--user", "spare", "--description", "spare"]);
     assert!(spare.success(), "{spare}");
     let spare = spare.stdout.trim().to_owned();
     cluster
@@ -95,8 +95,9 @@ fn the_api_needs_a_valid_submitters_token() {
     assert_eq!(body.1["error"]["code"], "unauthorized", "{:?}", body.1);
     // Uploads too: no blob is taken from someone without a token.
     for path in ["/api/v1/uploads", "/api/v1/blobs/missing"] {
+        let anonymous = cluster.api_client(None);
         let (status, body) = cluster.request(path, |_, url| {
-            reqwest::Client::new()
+            anonymous
                 .post(url)
                 .json(&serde_json::json!({ "digest": format!("sha256:{}", "0".repeat(64)), "size": 1, "digests": [] }))
         });

@@ -19,8 +19,9 @@ fn the_settings_file_gives_coordinator_token_and_key() {
     fs::write(
         &settings,
         format!(
-            "coordinator = \"http://{}\"\ntoken = \"{}\"\nkey = \"{}\"\n",
-            cluster.http_addr(),
+            "coordinator = \"{}\"\ncoordinator_key = \"{}\"\ntoken = \"{}\"\nkey = \"{}\"\n",
+            cluster.api_url(),
+            cluster.http_key().expect("the coordinator serves HTTPS"),
             cluster.token(),
             cluster.key().display()
         ),

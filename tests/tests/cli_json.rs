@@ -139,9 +139,13 @@ fn tables_fit_the_terminal_and_piped_tables_are_whole() {
     cluster.wait_for_agents(&["a-workstation-with-a-long-name"]);
     let agents = |columns: Option<&str>| {
         let mut cmd = Command::new(lull_tests::binary("lull"));
-        cmd.args(["--coordinator", &format!("http://{}", cluster.http_addr())])
+        cmd.args(["--coordinator", &cluster.api_url()])
             .arg("agents")
             .env("LULL_TOKEN", cluster.token())
+            .env(
+                "LULL_COORDINATOR_KEY",
+                cluster.http_key().unwrap_or_default(),
+            )
             .env_remove("COLUMNS");
         if let Some(c) = columns {
             cmd.env("COLUMNS", c);

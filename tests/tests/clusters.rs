@@ -31,7 +31,7 @@ fn a_job_runs_only_on_the_agents_of_its_cluster() {
     let nowhere = cluster.coordinator_token(&["create", "--cluster", "nope"]);
     assert!(!nowhere.success());
     assert!(
-        nowhere.stderr.contains("--cluster nope: no such cluster"),
+        nowhere.stderr.contains("cluster: no cluster nope"),
         "{nowhere}"
     );
 

@@ -352,8 +352,10 @@ fn the_dashboard_asks_for_a_token_where_the_coordinator_wants_one() {
     let mut cluster = Cluster::start();
     cluster.start_agent("lender", AgentOptions::slots(1));
     cluster.wait_for_agents(&["lender"]);
-    let url = format!("http://{}/", cluster.http_addr());
-    let mut browser = Browser::open(&url, 1280, 800);
+    // Over HTTPS, the browser pinning the coordinator's key as `lull` does.
+    let url = format!("{}/", cluster.api_url());
+    assert!(url.starts_with("https://"), "{url}");
+    let mut browser = Browser::open_pinned(&url, 1280, 800, cluster.http_key());
     browser.wait_until(
         "the token form",
         "!document.getElementById('login').hidden",
@@ -370,15 +372,40 @@ fn the_dashboard_asks_for_a_token_where_the_coordinator_wants_one() {
          && document.getElementById('login-why').textContent.includes('refused')",
         Duration::from_secs(30),
     );
+    // Alice's token: the page shows whose it is, only her job, and both users' shares.
+    let alice = cluster.user_token("alice", "submit", &[]);
+    let bob = cluster.user_token("bob", "submit", &[]);
+    for (user, token) in [("alice", &alice), ("bob", &bob)] {
+        let job = cluster.many_tasks(&format!("{user}s"), 1, 50);
+        let out = cluster.submit_with_token(token, &job);
+        out.assert_success();
+        let id = out.json()["job"].as_u64().unwrap();
+        cluster.wait_for_job_end(id);
+    }
     browser.eval(&format!(
-        "document.getElementById('login-token').value = '{}';\
-         document.getElementById('login-form').requestSubmit()",
-        cluster.token()
+        "document.getElementById('login-token').value = '{alice}';\
+         document.getElementById('login-form').requestSubmit()"
     ));
     browser.wait_until(
         "the agent, with the right token",
         "document.getElementById('login').hidden \
          && document.querySelectorAll('#agents tbody tr[data-agent]').length === 1",
+        Duration::from_secs(30),
+    );
+    browser.wait_until(
+        "alice's view: her name, her job only, both users' shares",
+        "document.getElementById('who').textContent === 'alice (submit)' \
+         && document.querySelectorAll('#jobs tbody tr[data-job]').length === 1 \
+         && document.querySelector('#jobs tbody td.owner').textContent === 'alice' \
+         && !document.getElementById('shares-panel').hidden \
+         && document.querySelectorAll('#shares tbody tr[data-user]').length === 2",
+        Duration::from_secs(30),
+    );
+    browser.wait_until(
+        "the accounting, alice and bob among its users",
+        "!document.getElementById('accounting-panel').hidden \
+         && document.querySelector('#accounting-users tr[data-name=\"alice\"]') !== null \
+         && document.querySelector('#accounting-users tr[data-name=\"bob\"]') !== null",
         Duration::from_secs(30),
     );
     browser.wait_until(

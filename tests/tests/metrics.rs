@@ -42,10 +42,11 @@ fn metrics_count_agents_tasks_dispatches_and_bytes() {
     let done = cluster.wait_for_job_end(id);
     assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
 
-    let url = format!("http://{}/metrics", cluster.http_addr());
+    let url = format!("{}/metrics", cluster.api_url());
+    let client = cluster.api_client(None);
     let token = cluster.token().to_owned();
     let (status, kind, text) = cluster.block_on(async move {
-        let resp = reqwest::Client::new()
+        let resp = client
             .get(&url)
             .bearer_auth(token)
             .timeout(Duration::from_secs(10))

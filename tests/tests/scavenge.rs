@@ -291,14 +291,28 @@ fn a_busy_incumbent_pauses_the_guest_and_the_result_is_unchanged() {
 
     let events = cluster.agent_events("scavenger");
     eprintln!("the agent's state changes:{}", show(&events));
+    // The pause in force while the incumbents ran: one that began during their run, or one
+    // that began before it (the machine's other programs, on a busy test machine) and had not
+    // ended when they started.
+    let ended_after_start = |i: usize| {
+        events
+            .iter()
+            .skip(i + 1)
+            .find(|e| e["from"] == "paused")
+            .is_none_or(|e| e["at_ms"].as_i64() >= Some(burn.0))
+    };
     let (paused_at, paused) = events
         .iter()
         .enumerate()
-        .find(|(_, e)| e["to"] == "paused" && e["at_ms"].as_i64() >= Some(burn.0))
+        .rev()
+        .find(|(i, e)| {
+            e["to"] == "paused" && e["at_ms"].as_i64() <= Some(burn.1) && ended_after_start(*i)
+        })
         .unwrap_or_else(|| {
             panic!(
-                "no pause after the incumbents started at {}: {}",
+                "no pause while the incumbents ran from {} to {}: {}",
                 burn.0,
+                burn.1,
                 show(&events)
             )
         });

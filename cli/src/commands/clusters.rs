@@ -1,8 +1,9 @@
-//! `lull clusters list`, `lull clusters create ID`.
+//! `lull clusters list`, `lull clusters create ID`, `lull clusters quotas ID`,
+//! `lull clusters quota ID USER ...`.
 
 use std::process::ExitCode;
 
-use lull_protocol::api::{Cluster, ClusterCreated, NewCluster};
+use lull_protocol::api::{Cluster, ClusterCreated, ClusterSettings, NewCluster, Quota, SetQuota};
 
 use crate::client::Client;
 use crate::table::{Align, Table};
@@ -25,6 +26,63 @@ pub enum Command {
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// Change a cluster's settings (needs an operate token).
+    Set {
+        /// The cluster.
+        id: String,
+        /// Whether waiting work may evict running work that stands in its way (a user fair
+        /// share serves after it, or a lower priority of its own user): on or off.
+        #[arg(long, value_parser = parse_on_off, value_name = "on|off")]
+        preempt: Option<bool>,
+    },
+    /// List a cluster's quotas: what each user may run at once.
+    Quotas {
+        /// The cluster.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set or remove a user's quota in a cluster (needs an operate token): past it, their tasks
+    /// wait while others' run.
+    #[command(
+        after_help = "Examples:\n  lull clusters quota default alice --max-tasks 8\n  lull clusters quota default '*' --max-cores 16   (everyone without a quota of their own)\n  lull clusters quota default alice --remove"
+    )]
+    Quota {
+        /// The cluster.
+        id: String,
+        /// The user, or '*' for everyone without a quota of their own.
+        user: String,
+        /// Tasks running at once.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_tasks: Option<u32>,
+        /// Cores reserved at once (the tasks' `cpu`), e.g. 16 or 2.5.
+        #[arg(long)]
+        max_cores: Option<f64>,
+        /// Remove the quota.
+        #[arg(long, conflicts_with_all = ["max_tasks", "max_cores"])]
+        remove: bool,
+    },
+}
+
+fn print_quotas(id: &str, quotas: &[Quota]) {
+    if quotas.is_empty() {
+        println!("cluster {id} has no quotas: every user may use all of it");
+        return;
+    }
+    let mut table = Table::new(&[
+        ("USER", Align::Left),
+        ("MAX TASKS", Align::Right),
+        ("MAX CORES", Align::Right),
+    ]);
+    for q in quotas {
+        table.row(vec![
+            q.user.clone(),
+            q.max_tasks.map_or("-".to_owned(), |n| n.to_string()),
+            q.max_cores.map_or("-".to_owned(), |c| format!("{c}")),
+        ]);
+    }
+    table.print();
 }
 
 /// Runs `lull clusters ...`.
@@ -40,6 +98,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> 
                 ("CLUSTER", Align::Left),
                 ("CONNECTED", Align::Right),
                 ("ENROLLED", Align::Right),
+                ("PREEMPT", Align::Left),
                 ("DESCRIPTION", Align::Left),
             ]);
             for c in clusters {
@@ -47,6 +106,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> 
                     c.id,
                     c.agents_connected.to_string(),
                     c.agents_enrolled.to_string(),
+                    if c.preempt { "on" } else { "off" }.to_owned(),
                     c.description,
                 ]);
             }
@@ -66,6 +126,70 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> 
                 "cluster {id} created\n  enroll agents into it: lull-coordinator token create --cluster {id}\n  run jobs on it:        cluster = \"{id}\" in the job file"
             );
         }
+        Command::Set { id, preempt } => {
+            if preempt.is_none() {
+                anyhow::bail!("nothing to change: give --preempt on|off");
+            }
+            let c: Cluster = client
+                .patch(
+                    &format!("/api/v1/clusters/{id}"),
+                    &ClusterSettings { preempt },
+                )
+                .await?;
+            println!(
+                "cluster {}: preemption {}",
+                c.id,
+                if c.preempt { "on" } else { "off" }
+            );
+        }
+        Command::Quotas { id, json } => {
+            let quotas: Vec<Quota> = client.get(&format!("/api/v1/clusters/{id}/quotas")).await?;
+            if json {
+                super::print_json(&quotas)?;
+            } else {
+                print_quotas(&id, &quotas);
+            }
+        }
+        Command::Quota {
+            id,
+            user,
+            max_tasks,
+            max_cores,
+            remove,
+        } => {
+            if !remove && max_tasks.is_none() && max_cores.is_none() {
+                anyhow::bail!("give --max-tasks N and/or --max-cores C, or --remove");
+            }
+            let path = format!("/api/v1/clusters/{id}/quotas/{}", encode_user(&user));
+            let quotas: Vec<Quota> = if remove {
+                client.delete(&path).await?
+            } else {
+                client
+                    .put(
+                        &path,
+                        &SetQuota {
+                            max_tasks,
+                            max_cores,
+                        },
+                    )
+                    .await?
+            };
+            print_quotas(&id, &quotas);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A user's name in a path: `*` is written `%2A` (user names hold nothing else to escape).
+fn encode_user(user: &str) -> String {
+    user.replace('*', "%2A")
+}
+
+/// `on` or `off`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?} is neither on nor off")),
+    }
 }

@@ -68,6 +68,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         database: args.database.clone(),
         quic_addr: args.quic_listen,
         http_addr: args.http_listen,
+        // Loopback by default, and no tokens: nothing for TLS to protect.
+        http_tls: server::HttpTls::Plain,
         hub: HubConfig {
             trust: Some(trust.clone()),
             dev: true,

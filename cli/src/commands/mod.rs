@@ -10,6 +10,7 @@ pub mod keys;
 pub mod results;
 pub mod status;
 pub mod submit;
+pub mod tokens;
 
 /// Prints a value as pretty JSON.
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {

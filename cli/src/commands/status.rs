@@ -54,6 +54,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
                 let mut table = Table::new(&[
                     ("JOB", Align::Right),
                     ("NAME", Align::Left),
+                    ("OWNER", Align::Left),
                     ("STATE", Align::Left),
                     ("TASKS", Align::Right),
                     ("DONE", Align::Right),
@@ -65,6 +66,11 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
                     table.row(vec![
                         j.id.to_string(),
                         j.name,
+                        if j.owner.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            j.owner
+                        },
                         j.state.to_string(),
                         j.count.to_string(),
                         c.succeeded.to_string(),
@@ -73,6 +79,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
                     ]);
                 }
                 table.print();
+                print_shares(client).await?;
             }
         }
         Some(job) if args.watch => {
@@ -299,4 +306,43 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The fair share of the clusters with more than one user, after the list of jobs: who is
+/// served first when slots free up.
+async fn print_shares(client: &Client) -> anyhow::Result<()> {
+    let shares: Vec<lull_protocol::api::Share> = client.get("/api/v1/shares").await?;
+    let mut users_of: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in &shares {
+        *users_of.entry(s.cluster.as_str()).or_default() += 1;
+    }
+    let shown: Vec<&lull_protocol::api::Share> = shares
+        .iter()
+        .filter(|s| users_of[s.cluster.as_str()] > 1)
+        .collect();
+    if shown.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!("Fair share (the lower RECENT, the sooner a user's tasks are served):");
+    let mut table = Table::new(&[
+        ("CLUSTER", Align::Left),
+        ("USER", Align::Left),
+        ("RUNNING", Align::Right),
+        ("RECENT", Align::Right),
+        ("CORE-HOURS", Align::Right),
+        ("WAITING", Align::Right),
+    ]);
+    for s in shown {
+        table.row(vec![
+            s.cluster.clone(),
+            s.user.clone(),
+            format!("{:.1}", s.running_cores),
+            format!("{:.1}", s.recent_cores),
+            format!("{:.2}", s.usage_core_seconds / 3600.0),
+            s.waiting.to_string(),
+        ]);
+    }
+    table.print();
+    Ok(())
 }

@@ -289,6 +289,8 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         },
         placement: file.placement.clone(),
         max_attempts: file.max_attempts()?,
+        priority: file.priority,
+        owner: String::new(),
     };
     spec.check()?;
     Ok((spec, files))

@@ -2,8 +2,10 @@
 //!
 //! Errors are JSON bodies `{"error": {"code": "...", "message": "..."}}` with a fitting status.
 //!
-//! Every request needs a submitter's token (`Authorization: Bearer lull_...`, made with
-//! `lull-coordinator token create --submitter`), except in a development cluster (`lull dev`).
+//! Every request needs a person's token (`Authorization: Bearer lull_...`, made with
+//! `lull-coordinator token create --user NAME`), except in a development cluster (`lull dev`).
+//! The token's user, role and clusters decide what the request may see and do
+//! ([`crate::access`]); a refusal is 403 with the reason.
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::dashboard;
 use super::history::{Minute, Sample};
 use super::hub::{Hub, HubError};
+use crate::access::{Denied, Principal};
 use crate::blobs::BlobError;
 use crate::store::{Counts, StoreError, TaskState, TokenKind};
 use lull_protocol::api::{self, JobDetail, JobState, JobSummary};
@@ -32,6 +35,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     let authenticated = axum::middleware::from_fn_with_state(hub.clone(), require_token);
     Router::new()
         .route("/api/v1/info", get(info))
+        .route("/api/v1/me", get(me))
         .route("/metrics", get(metrics))
         .route("/api/v1/blobs/missing", post(missing))
         .route("/api/v1/blobs/{digest}", get(get_blob).put(put_blob))
@@ -47,6 +51,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/clusters", get(clusters).post(create_cluster))
+        .route("/api/v1/clusters/{id}", axum::routing::patch(set_cluster))
+        .route("/api/v1/clusters/{id}/quotas", get(quotas))
+        .route(
+            "/api/v1/clusters/{id}/quotas/{user}",
+            axum::routing::put(set_quota).delete(remove_quota),
+        )
         .route("/api/v1/agents/{id}/events", get(agent_events))
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
         .route(
@@ -54,6 +64,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(drain_agent).delete(undrain_agent),
         )
         .route("/api/v1/pool", get(pool))
+        .route("/api/v1/shares", get(shares))
+        .route("/api/v1/tokens", get(tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(delete_token))
+        .route("/api/v1/accounting", get(accounting))
         .route("/api/v1/stream", get(stream))
         .layer(authenticated)
         // No token for what holds no data: the dashboard's files (the page asks for a token
@@ -128,17 +142,30 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Lets a request through only with a valid submitter's token, outside development clusters.
+/// The one a request comes from: who, and the token they came with (a job they submit takes
+/// one of its uses).
+#[derive(Debug, Clone)]
+struct Caller {
+    principal: Principal,
+    token: Option<String>,
+}
+
+/// Lets a request through only with a valid person's token, outside development clusters, and
+/// hands the routes its [`Caller`].
 async fn require_token(
     State(hub): State<Arc<Hub>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     if hub.config().dev {
+        request.extensions_mut().insert(Caller {
+            principal: Principal::dev(),
+            token: None,
+        });
         return next.run(request).await;
     }
     const HOW: &str = "make one on the coordinator with `lull-coordinator token create \
-                       --submitter` and pass it with `lull --token TOKEN` or LULL_TOKEN";
+                       --user NAME` and pass it with `lull --token TOKEN` or LULL_TOKEN";
     let header = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -147,20 +174,35 @@ async fn require_token(
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            format!("this coordinator needs a submitter's token: {HOW}"),
+            format!("this coordinator needs a person's token: {HOW}"),
         )
         .into_response();
     };
+    let token = token.trim().to_owned();
     match hub
         .store()
-        .use_token(token, TokenKind::Submitter, false, hub.store().now_ms())
+        .use_token(&token, TokenKind::Submitter, false, hub.store().now_ms())
         .await
     {
-        Ok(Ok(())) => next.run(request).await,
+        Ok(Ok(grant)) => {
+            let Some(role) = grant.role else {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", HOW)
+                    .into_response();
+            };
+            request.extensions_mut().insert(Caller {
+                principal: Principal {
+                    user: grant.user,
+                    role,
+                    clusters: grant.clusters,
+                },
+                token: Some(token),
+            });
+            next.run(request).await
+        }
         Ok(Err(refusal)) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            format!("the submitter's token was refused: {refusal}; {HOW}"),
+            format!("the token was refused: {refusal}; {HOW}"),
         )
         .into_response(),
         Err(e) => ApiError::from(e).into_response(),
@@ -185,6 +227,12 @@ impl ApiError {
     }
 }
 
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.0)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = api::ErrorBody {
@@ -203,6 +251,7 @@ impl From<HubError> for ApiError {
             HubError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
             HubError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             HubError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            HubError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             HubError::Io(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
             HubError::Store(e) => e.into(),
         }
@@ -240,10 +289,22 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<api::Info> {
     })
 }
 
+/// Whom the token belongs to and what it may do.
+async fn me(axum::Extension(caller): axum::Extension<Caller>) -> Json<api::Me> {
+    let p = caller.principal;
+    Json(api::Me {
+        user: p.user,
+        role: p.role,
+        clusters: p.clusters,
+    })
+}
+
 async fn missing(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Json(req): Json<api::MissingRequest>,
-) -> Json<api::Missing> {
+) -> ApiResult<Json<api::Missing>> {
+    caller.principal.may_submit(None)?;
     let mut missing = Vec::new();
     for d in req.digests {
         if hub.blobs().contains(&d) {
@@ -253,7 +314,7 @@ async fn missing(
             missing.push(d);
         }
     }
-    Json(api::Missing { missing })
+    Ok(Json(api::Missing { missing }))
 }
 
 /// The largest chunk of a resumable upload.
@@ -294,8 +355,10 @@ fn blob_error(digest: &Digest, e: BlobError) -> ApiError {
 /// Starts (or finds) the resumable upload of a blob: answers where to continue from.
 async fn start_upload(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Json(req): Json<api::StartUpload>,
 ) -> ApiResult<Json<api::UploadState>> {
+    caller.principal.may_submit(None)?;
     let state = hub
         .blobs()
         .start_upload(req.digest, req.size, hub.config().max_blob)
@@ -320,10 +383,12 @@ async fn upload_state(
 /// bytes hash to.
 async fn append_chunk(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(digest): Path<String>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<api::UploadState>> {
+    caller.principal.may_submit(None)?;
     let digest = parse_digest(&digest)?;
     let header = |name: &str| {
         headers
@@ -368,9 +433,11 @@ async fn append_chunk(
 
 async fn put_blob(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(digest): Path<String>,
     body: Body,
 ) -> ApiResult<Json<api::BlobStored>> {
+    caller.principal.may_submit(None)?;
     let digest = parse_digest(&digest)?;
     let stream = body
         .into_data_stream()
@@ -403,9 +470,13 @@ async fn get_blob(State(hub): State<Arc<Hub>>, Path(digest): Path<String>) -> Ap
 
 async fn submit(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Json(spec): Json<JobSpec>,
 ) -> ApiResult<(StatusCode, Json<api::Submitted>)> {
-    let job = hub.submit(spec).await?;
+    caller.principal.may_submit(Some(&spec.cluster))?;
+    let job = hub
+        .submit(spec, &caller.principal.user, caller.token.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(api::Submitted { job })))
 }
 
@@ -420,11 +491,18 @@ fn job_summary(j: crate::store::JobHeader) -> JobSummary {
         count: u32::try_from(c.total()).unwrap_or(u32::MAX),
         counts: c,
         created_ms: j.created_ms,
+        owner: j.owner,
     }
 }
 
-async fn jobs(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<JobSummary>>> {
-    let jobs = hub.store().newest_jobs(None).await?;
+async fn jobs(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<JobSummary>>> {
+    let jobs = hub
+        .store()
+        .newest_jobs(None, &caller.principal.job_filter())
+        .await?;
     Ok(Json(jobs.into_iter().map(job_summary).collect()))
 }
 
@@ -467,14 +545,18 @@ struct Pool {
     /// Tasks by state over all jobs.
     tasks: Counts,
     harvest: Harvest,
+    /// Each user's standing in the fair share of the clusters the token reaches.
+    shares: Vec<api::Share>,
 }
 
-/// The pool as it stands, with the history recorded after `since_ms` and up to `now_ms`.
-async fn pool_document(hub: &Hub, since_ms: i64, now_ms: i64) -> ApiResult<Pool> {
+/// The pool as `who` may see it, with the history recorded after `since_ms` and up to
+/// `now_ms`: the agents of the clusters the token reaches, and the jobs it may see.
+async fn pool_document(hub: &Hub, who: &Principal, since_ms: i64, now_ms: i64) -> ApiResult<Pool> {
     let mut samples = hub.agent_samples(since_ms, now_ms);
     let agents = hub
         .agents()
         .into_iter()
+        .filter(|agent| who.reaches(&agent.cluster))
         .map(|agent| PoolAgent {
             history: samples.remove(&agent.id).unwrap_or_default(),
             agent,
@@ -484,7 +566,7 @@ async fn pool_document(hub: &Hub, since_ms: i64, now_ms: i64) -> ApiResult<Pool>
     let tasks = hub.store().total_counts().await?;
     let jobs = hub
         .store()
-        .newest_jobs(Some(POOL_JOBS))
+        .newest_jobs(Some(POOL_JOBS), &who.job_filter())
         .await?
         .into_iter()
         .map(|j| {
@@ -501,6 +583,8 @@ async fn pool_document(hub: &Hub, since_ms: i64, now_ms: i64) -> ApiResult<Pool>
         })
         .collect();
     let (core_seconds, minutes) = hub.harvest(since_ms);
+    let mut shares = hub.shares();
+    shares.retain(|s| who.reaches(&s.cluster));
     Ok(Pool {
         now_ms,
         agents,
@@ -510,11 +594,17 @@ async fn pool_document(hub: &Hub, since_ms: i64, now_ms: i64) -> ApiResult<Pool>
             core_seconds,
             minutes,
         },
+        shares,
     })
 }
 
-async fn pool(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Pool>> {
-    Ok(Json(pool_document(&hub, i64::MIN, history_end()).await?))
+async fn pool(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Pool>> {
+    Ok(Json(
+        pool_document(&hub, &caller.principal, i64::MIN, history_end()).await?,
+    ))
 }
 
 /// Where history read now ends: a millisecond ago, so that no report recorded later can carry
@@ -582,7 +672,7 @@ impl PoolFeed {
                     }
                 }
                 let now = history_end();
-                let json = match pool_document(&hub, since, now).await {
+                let json = match pool_document(&hub, &Principal::everything(), since, now).await {
                     Ok(pool) => serde_json::to_string(&pool).map_err(|e| e.to_string()),
                     Err(e) => Err(e.message),
                 };
@@ -605,11 +695,13 @@ struct StreamQuery {
 }
 
 /// The pool once a second as server-sent events named `pool`, each with the history recorded
-/// since the one before (the first: since `since_ms`, or now). Every client is sent the same
-/// shared tick; one whose history does not end where the tick's starts (the first event, or a
-/// client that fell behind) gets its own document for the gap instead.
+/// since the one before (the first: since `since_ms`, or now). Every client that sees
+/// everything is sent the same shared tick; one whose history does not end where the tick's
+/// starts (the first event, or a client that fell behind), or who sees only part of the pool
+/// (their own jobs, some clusters), gets its own document instead.
 async fn stream(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     axum::Extension(feed): axum::Extension<Arc<PoolFeed>>,
     axum::extract::Query(query): axum::extract::Query<StreamQuery>,
 ) -> axum::response::sse::Sse<
@@ -618,14 +710,16 @@ async fn stream(
     use axum::response::sse::{Event, Sse};
     let since = query.since_ms.unwrap_or_else(history_end);
     let rx = feed.subscribe(&hub);
-    let events = futures::stream::unfold((hub, rx, since), |(hub, mut rx, since)| async move {
+    let who = Arc::new(caller.principal);
+    let state = (hub, who, rx, since);
+    let events = futures::stream::unfold(state, |(hub, who, mut rx, since)| async move {
         rx.changed().await.ok()?;
         let tick = rx.borrow_and_update().clone()?;
         let (event, next) = match &tick.json {
-            Ok(json) if tick.since == since => {
+            Ok(json) if tick.since == since && who.sees_everything() => {
                 (Event::default().event("pool").data(json), tick.now)
             }
-            Ok(_) => match pool_document(&hub, since, tick.now).await {
+            Ok(_) => match pool_document(&hub, &who, since, tick.now).await {
                 Ok(pool) => (
                     Event::default()
                         .event("pool")
@@ -638,7 +732,7 @@ async fn stream(
             // The client keeps its view and hears again in a second.
             Err(message) => (Event::default().event("error").data(message), since),
         };
-        Some((Ok(event), (hub, rx, next)))
+        Some((Ok(event), (hub, who, rx, next)))
     });
     Sse::new(events)
 }
@@ -651,16 +745,48 @@ async fn openapi() -> Response {
         .into_response()
 }
 
+/// Whether the caller may see job `id` of `owner` in `cluster`, or (with `change`:
+/// "cancelling", "deleting") change it.
+fn judge_job(
+    caller: &Caller,
+    id: u64,
+    owner: &str,
+    cluster: &str,
+    change: Option<&str>,
+) -> ApiResult<()> {
+    let who = &caller.principal;
+    match change {
+        None => who.may_see_job(id, owner, cluster)?,
+        Some(doing) => who.may_change_job(doing, id, owner, cluster)?,
+    }
+    Ok(())
+}
+
+/// Checks access to job `id` by its owner and cluster alone (two columns, not its
+/// definition). A job that does not exist is 404 whoever asks.
+async fn check_job(hub: &Hub, caller: &Caller, id: u64, change: Option<&str>) -> ApiResult<()> {
+    let (owner, cluster) = hub.store().job_owner(id).await?;
+    judge_job(caller, id, &owner, &cluster, change)
+}
+
+/// Job `id` with its definition, when the caller may see it.
+async fn job_for(hub: &Hub, caller: &Caller, id: u64) -> ApiResult<crate::store::JobRow> {
+    let job = hub.store().job(id).await?;
+    judge_job(caller, id, &job.spec.owner, &job.spec.cluster, None)?;
+    Ok(job)
+}
+
 /// `GET /api/v1/jobs/{id}`: the job, its counts and a page of its tasks (`?offset=N&limit=M
 /// &state=S`, see [`api::TaskQuery`]), read from the store page by page, never the whole job.
 async fn job(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<JobDetail>> {
     let query = api::TaskQuery::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
-    let job = hub.store().job(id).await?;
+    let job = job_for(&hub, &caller, id).await?;
     let counts = hub.store().job_counts(id).await?;
     let page = hub
         .store()
@@ -709,6 +835,7 @@ async fn job(
             count: job.spec.count,
             counts,
             created_ms: job.created_ms,
+            owner: job.spec.owner.clone(),
         },
         waiting_reason,
         spec: job.spec,
@@ -718,7 +845,11 @@ async fn job(
 }
 
 /// Prometheus' text format.
-async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
+async fn metrics(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Response> {
+    caller.principal.may_read_everything("reading /metrics")?;
     let text = hub.metrics().await?;
     Ok((
         [(
@@ -732,8 +863,10 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
 
 async fn delete_job(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
 ) -> ApiResult<Json<api::Deleted>> {
+    check_job(&hub, &caller, id, Some("deleting")).await?;
     hub.delete_job(id).await?;
     Ok(Json(api::Deleted {
         job: id,
@@ -743,15 +876,18 @@ async fn delete_job(
 
 async fn manifest(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
 ) -> ApiResult<Json<lull_protocol::job::Manifest>> {
-    Ok(Json(hub.store().job(id).await?.spec.manifest()))
+    Ok(Json(job_for(&hub, &caller, id).await?.spec.manifest()))
 }
 
 async fn task(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path((id, index)): Path<(u64, u32)>,
 ) -> ApiResult<Json<api::TaskDetail>> {
+    check_job(&hub, &caller, id, None).await?;
     // The page of one task that starts at it.
     let found = hub
         .store()
@@ -785,28 +921,51 @@ async fn task(
 
 async fn cancel(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<u64>,
 ) -> ApiResult<Json<api::Cancelled>> {
+    check_job(&hub, &caller, id, Some("cancelling")).await?;
     let stopping = hub.cancel(id).await?;
     Ok(Json(api::Cancelled { job: id, stopping }))
 }
 
-async fn agents(State(hub): State<Arc<Hub>>) -> Json<Vec<api::Agent>> {
-    Json(hub.agents())
+async fn agents(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Json<Vec<api::Agent>> {
+    let mut agents = hub.agents();
+    agents.retain(|a| caller.principal.reaches(&a.cluster));
+    Json(agents)
+}
+
+/// Checks that the caller's token reaches agent `id`'s cluster and, with `doing` ("draining
+/// agent X"), may act on it.
+async fn agent_access(hub: &Hub, caller: &Caller, id: &str, doing: Option<&str>) -> ApiResult<()> {
+    let cluster = hub.store().agent_cluster(id).await?;
+    let who = &caller.principal;
+    match doing {
+        Some(doing) => who.may_operate(doing, &cluster)?,
+        None => who.may_reach(&format!("agent {id}"), &cluster)?,
+    }
+    Ok(())
 }
 
 async fn agent_events(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::AgentEvents>> {
+    agent_access(&hub, &caller, &id, None).await?;
     let events = hub.store().agent_events(&id, 200).await?;
     Ok(Json(api::AgentEvents { agent: id, events }))
 }
 
 async fn revoke_agent(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Revoked>> {
+    agent_access(&hub, &caller, &id, Some(&format!("revoking agent {id}"))).await?;
     let requeued = hub.revoke(&id).await?;
     Ok(Json(api::Revoked {
         agent: id,
@@ -817,9 +976,11 @@ async fn revoke_agent(
 
 async fn drain_agent(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
     Json(req): Json<api::DrainRequest>,
 ) -> ApiResult<Json<api::Drain>> {
+    agent_access(&hub, &caller, &id, Some(&format!("draining agent {id}"))).await?;
     let deadline = std::time::Duration::from_millis(req.deadline_ms.unwrap_or(3_600_000));
     let running = hub.drain(&id, deadline).await?;
     Ok(Json(api::Drain {
@@ -832,8 +993,16 @@ async fn drain_agent(
 
 async fn undrain_agent(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Drain>> {
+    agent_access(
+        &hub,
+        &caller,
+        &id,
+        Some(&format!("ending the drain of agent {id}")),
+    )
+    .await?;
     hub.undrain(&id).await?;
     Ok(Json(api::Drain {
         agent: id,
@@ -843,14 +1012,152 @@ async fn undrain_agent(
     }))
 }
 
-async fn clusters(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Vec<api::Cluster>>> {
-    Ok(Json(hub.clusters().await?))
+/// Every token, without secrets: for operators of every cluster.
+async fn tokens(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<api::TokenInfo>>> {
+    caller.principal.may_administer("listing tokens")?;
+    Ok(Json(hub.store().tokens().await?))
+}
+
+/// Makes a token: the answer holds it, this once.
+async fn create_token(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Json(req): Json<api::NewToken>,
+) -> ApiResult<(StatusCode, Json<api::TokenCreated>)> {
+    caller.principal.may_administer("making tokens")?;
+    let (token, info) = hub
+        .store()
+        .issue_token(&req, hub.store().now_ms())
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.0))?;
+    tracing::info!(by = %caller.principal.user, id = %info.id, kind = %info.kind, user = %info.user, "token made");
+    Ok((
+        StatusCode::CREATED,
+        Json(api::TokenCreated {
+            token: token.as_str().to_owned(),
+            info,
+        }),
+    ))
+}
+
+/// Deletes the tokens whose id starts with `id` (at least 6 hex digits).
+async fn delete_token(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::TokensDeleted>> {
+    caller.principal.may_administer("deleting tokens")?;
+    let deleted = hub.store().delete_tokens(&id).await?;
+    if deleted == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no token has an id starting with {id:?} (give at least 6 hex digits of an id from the list)"
+            ),
+        ));
+    }
+    tracing::info!(by = %caller.principal.user, %id, deleted, "tokens deleted");
+    Ok(Json(api::TokensDeleted { deleted }))
+}
+
+/// Core-seconds harvested per user and per lender.
+async fn accounting(State(hub): State<Arc<Hub>>) -> ApiResult<Json<api::Accounting>> {
+    Ok(Json(hub.accounting().await?))
+}
+
+/// Every user's standing in the fair share of the clusters the token reaches.
+async fn shares(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Json<Vec<api::Share>> {
+    let mut shares = hub.shares();
+    shares.retain(|s| caller.principal.reaches(&s.cluster));
+    Json(shares)
+}
+
+async fn clusters(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<api::Cluster>>> {
+    let mut clusters = hub.clusters().await?;
+    clusters.retain(|c| caller.principal.reaches(&c.id));
+    Ok(Json(clusters))
+}
+
+async fn set_cluster(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    Json(settings): Json<api::ClusterSettings>,
+) -> ApiResult<Json<api::Cluster>> {
+    caller
+        .principal
+        .may_operate(&format!("changing cluster {id}"), &id)?;
+    hub.set_cluster(&id, &settings).await?;
+    hub.clusters()
+        .await?
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no cluster {id}"),
+            )
+        })
+}
+
+async fn quotas(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<api::Quota>>> {
+    caller.principal.may_reach(&format!("cluster {id}"), &id)?;
+    Ok(Json(hub.quotas(&id).await?))
+}
+
+async fn set_quota(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((id, user)): Path<(String, String)>,
+    Json(limits): Json<api::SetQuota>,
+) -> ApiResult<Json<Vec<api::Quota>>> {
+    caller
+        .principal
+        .may_operate(&format!("setting quotas in cluster {id}"), &id)?;
+    hub.set_quota(&id, &user, &limits).await?;
+    Ok(Json(hub.quotas(&id).await?))
+}
+
+async fn remove_quota(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((id, user)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<api::Quota>>> {
+    caller
+        .principal
+        .may_operate(&format!("removing quotas in cluster {id}"), &id)?;
+    let none = api::SetQuota {
+        max_tasks: None,
+        max_cores: None,
+    };
+    hub.set_quota(&id, &user, &none).await?;
+    Ok(Json(hub.quotas(&id).await?))
 }
 
 async fn create_cluster(
     State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Json(req): Json<api::NewCluster>,
 ) -> ApiResult<Json<api::ClusterCreated>> {
+    caller
+        .principal
+        .may_administer(&format!("making cluster {}", req.id))?;
     hub.create_cluster(&req.id, &req.description).await?;
     Ok(Json(api::ClusterCreated {
         id: req.id,

@@ -208,6 +208,32 @@ impl Metrics {
             "lull_harvested_core_seconds_total {}",
             c.harvested_core_seconds
         );
+        if let Some(accounting) = &gauges.accounting {
+            for (name, label, help, totals) in [
+                (
+                    "user_core_seconds_total",
+                    "user",
+                    "Core-seconds of guest CPU the user's tasks used (kept across restarts).",
+                    &accounting.users,
+                ),
+                (
+                    "lender_core_seconds_total",
+                    "lender",
+                    "Core-seconds of guest CPU the lender's agents gave (kept across restarts).",
+                    &accounting.lenders,
+                ),
+            ] {
+                family(&mut out, name, "counter", help);
+                for u in totals {
+                    let _ = writeln!(
+                        out,
+                        "lull_{name}{{{label}=\"{}\"}} {}",
+                        escape(&u.name),
+                        u.core_seconds
+                    );
+                }
+            }
+        }
         out
     }
 }
@@ -234,6 +260,8 @@ pub struct Gauges {
     pub tasks: BTreeMap<String, u64>,
     /// Bytes of blobs stored.
     pub blob_bytes: u64,
+    /// Core-seconds harvested per user and per lender (totals kept in the store).
+    pub accounting: Option<lull_protocol::api::Accounting>,
 }
 
 #[cfg(test)]

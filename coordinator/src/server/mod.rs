@@ -4,6 +4,7 @@
 pub mod dashboard;
 pub mod history;
 pub mod http;
+pub mod https;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
@@ -18,6 +19,7 @@ use anyhow::Context;
 use crate::blobs::BlobStore;
 use crate::store::Store;
 use crate::tls;
+pub use https::HttpTls;
 pub use hub::{Hub, HubConfig, Refusal};
 pub use quic::QuicLimits;
 
@@ -31,8 +33,10 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// UDP address for agents (QUIC).
     pub quic_addr: SocketAddr,
-    /// TCP address for people (HTTP).
+    /// TCP address for people (HTTPS, or HTTP with [`HttpTls::Plain`]).
     pub http_addr: SocketAddr,
+    /// How people's connections are secured.
+    pub http_tls: HttpTls,
     /// Hub settings.
     pub hub: HubConfig,
     /// Bounds on agents' QUIC connections.
@@ -50,13 +54,29 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// sha256 of the coordinator's public key, which agents pin.
     pub public_key_hash: lull_protocol::Digest,
+    /// sha256 of the HTTPS certificate's public key, which `lull` pins: the coordinator's own
+    /// key unless the operator provided a certificate; `None` for plain HTTP.
+    pub http_key_hash: Option<lull_protocol::Digest>,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops serving.
+    /// The people's URL: `https://ADDR`, or `http://ADDR` for plain HTTP.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.http_key_hash.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http_addr)
+    }
+
+    /// Stops serving, keeping the usage gathered since the last flush.
     pub async fn shutdown(self) {
+        if let Err(e) = self.hub.flush_usage().await {
+            tracing::warn!(error = %e, "could not record the last usage");
+        }
         self.endpoint.close(0u32.into(), b"shutting down");
         for t in self.tasks {
             t.abort();
@@ -96,6 +116,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))
         .with_context(|| format!("opening the blob store in {}", config.data_dir.display()))?;
     let identity = tls::load_or_create(&config.data_dir.join("tls"))?;
+    let certified = match &config.http_tls {
+        HttpTls::OwnKey => Some(https::Certified::own(&identity)),
+        HttpTls::Provided { cert, key } => Some(https::Certified::from_pem_files(cert, key)?),
+        HttpTls::Plain => None,
+    };
     let hub = Hub::new(store, blobs, config.hub.clone(), rand::random());
     hub.recover().await.context("recovering state")?;
 
@@ -115,26 +140,40 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let http_addr = listener.local_addr()?;
 
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(hub.clone().run()));
-    tasks.push(tokio::spawn(hub.clone().collect_blobs_periodically()));
-    tasks.push(tokio::spawn(quic::serve(
-        endpoint.clone(),
-        hub.clone(),
-        config.quic_limits,
-    )));
+    let mut tasks = vec![
+        tokio::spawn(hub.clone().run()),
+        tokio::spawn(hub.clone().collect_blobs_periodically()),
+        tokio::spawn(hub.clone().flush_usage_periodically()),
+        tokio::spawn(quic::serve(
+            endpoint.clone(),
+            hub.clone(),
+            config.quic_limits,
+        )),
+    ];
     let app = http::router(hub.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
+    let http_key_hash = certified.as_ref().map(|c| c.key_hash);
+    match certified {
+        Some(certified) => {
+            let listener = https::TlsListener::new(listener, certified.server_config()?)?;
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTPS server stopped");
+                }
+            }));
         }
-    }));
+        None => tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        })),
+    }
     tracing::info!(%quic_addr, %http_addr, key = %identity.public_key_hash, "coordinator serving");
     Ok(Running {
         hub,
         quic_addr,
         http_addr,
         public_key_hash: identity.public_key_hash,
+        http_key_hash,
         endpoint,
         tasks,
     })

@@ -13,7 +13,7 @@ use super::tokens::{TokenKind, TokenRefusal, take_token};
 use super::{Result, Store};
 
 /// What the store holds of an agent's standing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
     /// The key its ID is bound to, if any.
     pub key: Option<Digest>,
@@ -23,6 +23,8 @@ pub struct AgentRecord {
     pub revoked_ms: Option<i64>,
     /// While it is being drained: when its running attempts are evicted.
     pub drain_deadline_ms: Option<i64>,
+    /// Whose machine it is (the user its join token named; empty when none did).
+    pub owner: String,
 }
 
 /// An agent's cluster, when the store knows the agent.
@@ -65,7 +67,7 @@ impl Store {
     /// The standing of the agent with this ID; `None` when the store has never seen it.
     pub async fn agent_record(&self, id: &str) -> Result<Option<AgentRecord>> {
         let row = sqlx::query(
-            "SELECT key_hash, enrolled_ms, revoked_ms, drain_deadline_ms FROM agents WHERE id = $1",
+            "SELECT key_hash, enrolled_ms, revoked_ms, drain_deadline_ms, owner FROM agents WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -77,6 +79,7 @@ impl Store {
             enrolled_ms: r.get(1),
             revoked_ms: r.get(2),
             drain_deadline_ms: r.get(3),
+            owner: r.get(4),
         }))
     }
 
@@ -164,15 +167,15 @@ impl Store {
         if let Some(other) = other {
             return Ok(Err(EnrollRefusal::KeyTaken(other.get(0))));
         }
-        let cluster = match take_token(&mut tx, token, TokenKind::Agent, now_ms).await? {
-            Ok(cluster) => cluster,
+        let grant = match take_token(&mut tx, token, TokenKind::Agent, now_ms).await? {
+            Ok(grant) => grant,
             Err(refusal) => return Ok(Err(EnrollRefusal::Token(refusal))),
         };
         sqlx::query(
-            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms, key_hash, enrolled_ms, cluster) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO agents (id, name, capacity, first_seen_ms, last_seen_ms, key_hash, enrolled_ms, cluster, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT(id) DO UPDATE SET key_hash = excluded.key_hash, enrolled_ms = excluded.enrolled_ms, \
-             cluster = excluded.cluster",
+             cluster = excluded.cluster, owner = excluded.owner",
         )
         .bind(id)
         .bind(name)
@@ -181,7 +184,8 @@ impl Store {
         .bind(now_ms)
         .bind(key.to_string())
         .bind(now_ms)
-        .bind(&cluster)
+        .bind(&grant.cluster)
+        .bind(&grant.user)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -299,6 +303,9 @@ mod tests {
             uses,
             description: String::new(),
             cluster: "default".into(),
+            user: String::new(),
+            role: None,
+            clusters: Vec::new(),
         };
         store
             .create_token(&spec, 0)

@@ -18,6 +18,8 @@ pub struct ClusterInfo {
     pub description: String,
     /// Agents enrolled into it and not revoked.
     pub agents: i64,
+    /// Whether waiting work may evict running work that stands in its way.
+    pub preempt: bool,
 }
 
 /// Why a cluster could not be made.
@@ -69,7 +71,7 @@ impl Store {
     pub async fn clusters(&self) -> Result<Vec<ClusterInfo>> {
         let rows = sqlx::query(
             "SELECT c.id, c.created_ms, c.description, \
-             (SELECT COUNT(*) FROM agents a WHERE a.cluster = c.id AND a.revoked_ms IS NULL) \
+             (SELECT COUNT(*) FROM agents a WHERE a.cluster = c.id AND a.revoked_ms IS NULL), c.preempt \
              FROM clusters c ORDER BY c.created_ms, c.id",
         )
         .fetch_all(&self.pool)
@@ -81,8 +83,20 @@ impl Store {
                 created_ms: r.get(1),
                 description: r.get(2),
                 agents: r.get(3),
+                preempt: r.get::<i64, _>(4) != 0,
             })
             .collect())
+    }
+
+    /// Sets whether waiting work in cluster `id` may evict running work; `false` when there is
+    /// no such cluster.
+    pub async fn set_preemption(&self, id: &str, preempt: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE clusters SET preempt = $1 WHERE id = $2")
+            .bind(i64::from(preempt))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 }
 
@@ -121,5 +135,9 @@ mod tests {
         assert_eq!(listed[0].agents, 1);
         assert_eq!(listed[1].agents, 0);
         assert_eq!(listed[1].description, "the GPU room");
+        assert!(!listed[1].preempt, "off unless turned on");
+        assert!(store.set_preemption("gpu", true).await.unwrap());
+        assert!(!store.set_preemption("nowhere", true).await.unwrap());
+        assert!(store.clusters().await.unwrap()[1].preempt);
     }
 }

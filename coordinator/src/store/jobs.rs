@@ -8,15 +8,42 @@ use super::*;
 const ANALYZE_FROM: u32 = 10_000;
 
 impl Store {
-    /// Stores a job and its tasks (all pending); returns its number.
+    /// Stores a job of the user `admin` (as jobs stored before users were); returns its number.
+    #[cfg(test)]
     pub async fn insert_job(&self, spec: &JobSpec, now_ms: i64) -> Result<u64> {
+        Ok(self
+            .insert_job_of(spec, "admin", None, now_ms)
+            .await?
+            .expect("no token to refuse"))
+    }
+
+    /// Stores a job of `owner` and its tasks (all pending); returns its number. With `token`,
+    /// the submission takes one use of that person's token in the same transaction: a token
+    /// used up refuses it, and nothing is stored.
+    pub async fn insert_job_of(
+        &self,
+        spec: &JobSpec,
+        owner: &str,
+        token: Option<&str>,
+        now_ms: i64,
+    ) -> Result<std::result::Result<u64, super::tokens::TokenRefusal>> {
         let mut tx = self.begin_write().await?;
+        if let Some(token) = token
+            && let Err(refusal) =
+                super::tokens::take_token(&mut tx, token, super::TokenKind::Submitter, now_ms)
+                    .await?
+        {
+            return Ok(Err(refusal));
+        }
         let id: i64 = sqlx::query(
-            "INSERT INTO jobs (name, spec, created_ms) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO jobs (name, spec, created_ms, owner, cluster) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id",
         )
         .bind(&spec.name)
         .bind(serde_json::to_string(spec)?)
         .bind(now_ms)
+        .bind(owner)
+        .bind(&spec.cluster)
         .fetch_one(&mut *tx)
         .await?
         .get(0);
@@ -55,35 +82,61 @@ impl Store {
         {
             tracing::warn!(job = id, error = %e, "could not update the statistics of the tasks");
         }
-        Ok(id as u64)
+        Ok(Ok(id as u64))
     }
 
     /// A job by number.
     pub async fn job(&self, id: u64) -> Result<JobRow> {
-        let row = sqlx::query("SELECT id, spec, created_ms, cancelled FROM jobs WHERE id = $1")
+        let row =
+            sqlx::query("SELECT id, spec, created_ms, cancelled, owner FROM jobs WHERE id = $1")
+                .bind(id as i64)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NoJob(id))?;
+        job_row(&row)
+    }
+
+    /// A job's owner and cluster, without reading its definition: what access is decided by.
+    pub async fn job_owner(&self, id: u64) -> Result<(String, String)> {
+        let row = sqlx::query("SELECT owner, cluster FROM jobs WHERE id = $1")
             .bind(id as i64)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NoJob(id))?;
-        job_row(&row)
+        Ok((row.get(0), row.get(1)))
     }
 
     /// All jobs, newest first.
     pub async fn jobs(&self) -> Result<Vec<JobRow>> {
-        let rows = sqlx::query("SELECT id, spec, created_ms, cancelled FROM jobs ORDER BY id DESC")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, spec, created_ms, cancelled, owner FROM jobs ORDER BY id DESC")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(job_row).collect()
     }
 
-    /// The newest jobs (all of them, or the newest `limit`), newest first, with their task
-    /// counts but not their definitions: cheap enough to read every second.
-    pub async fn newest_jobs(&self, limit: Option<u32>) -> Result<Vec<JobHeader>> {
+    /// The newest jobs that `filter` admits (all of them, or the newest `limit`), newest
+    /// first, with their task counts but not their definitions: cheap enough to read every
+    /// second.
+    pub async fn newest_jobs(
+        &self,
+        limit: Option<u32>,
+        filter: &crate::access::JobFilter,
+    ) -> Result<Vec<JobHeader>> {
+        // Cluster IDs hold no commas, `%` or `_`: the list is matched as text.
+        let clusters = filter
+            .clusters
+            .as_ref()
+            .map(|cs| format!(",{},", cs.join(",")));
         let rows = sqlx::query(&format!(
-            "SELECT j.id, j.name, j.created_ms, j.cancelled, {COUNTS} FROM jobs j \
-             LEFT JOIN job_counts c ON c.job_id = j.id ORDER BY j.id DESC LIMIT $1"
+            "SELECT j.id, j.name, j.created_ms, j.cancelled, {COUNTS}, j.owner FROM jobs j \
+             LEFT JOIN job_counts c ON c.job_id = j.id \
+             WHERE ($2 = '' OR j.owner = $2) AND ($3 = '' OR $3 LIKE ('%,' || j.cluster || ',%')) \
+             ORDER BY j.id DESC LIMIT $1"
         ))
         .bind(limit.map_or(i64::MAX, i64::from))
+        .bind(filter.owner.clone().unwrap_or_default())
+        .bind(clusters.unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -94,6 +147,7 @@ impl Store {
                 created_ms: r.get(2),
                 cancelled: r.get::<i64, _>(3) != 0,
                 counts: counts_from(r, 4),
+                owner: r.get(9),
             })
             .collect())
     }
@@ -113,7 +167,7 @@ impl Store {
     /// Jobs that still have pending or running tasks.
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRow>> {
         let rows = sqlx::query(
-            "SELECT id, spec, created_ms, cancelled FROM jobs WHERE id IN \
+            "SELECT id, spec, created_ms, cancelled, owner FROM jobs WHERE id IN \
              (SELECT DISTINCT job_id FROM tasks WHERE state IN ('pending', 'running'))",
         )
         .fetch_all(&self.pool)
@@ -318,9 +372,13 @@ fn counts_from(r: &AnyRow, first: usize) -> Counts {
 
 fn job_row(r: &AnyRow) -> Result<JobRow> {
     let spec: String = r.get(1);
+    let mut spec: JobSpec = serde_json::from_str(&spec)?;
+    // The column is the owner of record: jobs stored before owners were kept in the
+    // definition have theirs there only.
+    spec.owner = r.get(4);
     Ok(JobRow {
         id: r.get::<i64, _>(0) as u64,
-        spec: serde_json::from_str(&spec)?,
+        spec,
         created_ms: r.get(2),
         cancelled: r.get::<i64, _>(3) != 0,
     })

@@ -1,10 +1,14 @@
 //! Tokens: secrets that let an agent enroll (`agent`, usually single-use and short-lived) or a
-//! submitter use the HTTP API (`submitter`). Only a token's sha256 is stored; the token itself
-//! is shown once, when it is made.
+//! person use the HTTP API (`submitter`: a user's, with a role, perhaps limited to clusters).
+//! Only a token's sha256 is stored; the token itself is shown once, when it is made.
+//!
+//! A person's token with a number of uses counts submissions: each accepted job takes one, and
+//! a used-up token still lets its holder watch and download.
 
 use std::fmt;
 
 use lull_protocol::Digest;
+use lull_protocol::api::Role;
 use rand::RngCore;
 use sqlx::Row;
 
@@ -42,6 +46,25 @@ pub struct TokenSpec {
     pub description: String,
     /// For an agent's join token: the cluster it enrolls agents into.
     pub cluster: String,
+    /// For a person's token: whose it is.
+    pub user: String,
+    /// For a person's token: what it may do (`None` for an agent's).
+    pub role: Option<Role>,
+    /// For a person's token: the clusters it is limited to (empty: every cluster).
+    pub clusters: Vec<String>,
+}
+
+/// What an accepted token is: whose, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// An agent's join token: the cluster it enrolls into.
+    pub cluster: String,
+    /// A person's token: the user.
+    pub user: String,
+    /// A person's token: the role (tokens of a newer coordinator's roles are refused).
+    pub role: Option<Role>,
+    /// A person's token: the clusters it is limited to; `None`: every cluster.
+    pub clusters: Option<Vec<String>>,
 }
 
 /// Why a token was not accepted. The messages say what happened without echoing the token.
@@ -59,26 +82,12 @@ pub enum TokenRefusal {
     /// Used as many times as it allowed.
     #[error("the token has been used up")]
     UsedUp,
+    /// A person's token whose role this coordinator does not know.
+    #[error("the token has a role this coordinator does not know ({0:?})")]
+    UnknownRole(String),
 }
 
-/// A token as listed: never the secret itself.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TokenInfo {
-    /// The first 12 hex digits of the token's sha256, to tell tokens apart.
-    pub id: String,
-    /// What it is for.
-    pub kind: String,
-    /// When it was made (ms since the Unix epoch).
-    pub created_ms: i64,
-    /// When it stops working.
-    pub expires_ms: Option<i64>,
-    /// Uses left; `None`: unlimited.
-    pub uses_left: Option<i64>,
-    /// The note given when it was made.
-    pub description: String,
-    /// The cluster an agent's join token enrolls into.
-    pub cluster: String,
-}
+pub use lull_protocol::api::TokenInfo;
 
 /// A token's secret text: `lull_` and 40 hex digits (160 random bits).
 #[derive(Clone, PartialEq, Eq)]
@@ -104,6 +113,15 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Why a token could not be made: the field and the reason, for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenSpecError(pub String);
+
+/// How long a token works when nothing says: a day for an agent's, 90 days for a person's.
+const AGENT_TTL_MS: u64 = 24 * 3600 * 1000;
+const PERSON_TTL_MS: u64 = 90 * 24 * 3600 * 1000;
+
 /// How a token is stored and looked up.
 fn token_hash(token: &str) -> String {
     Digest::of(token.trim().as_bytes()).to_string()
@@ -114,8 +132,8 @@ impl Store {
     pub async fn create_token(&self, spec: &TokenSpec, now_ms: i64) -> Result<Token> {
         let token = Token::generate();
         sqlx::query(
-            "INSERT INTO tokens (hash, kind, created_ms, expires_ms, uses_left, description, cluster) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tokens (hash, kind, created_ms, expires_ms, uses_left, description, cluster, \
+             user_name, role, clusters) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(token_hash(token.as_str()))
         .bind(spec.kind.as_str())
@@ -124,6 +142,9 @@ impl Store {
         .bind(spec.uses.map(i64::from))
         .bind(&spec.description)
         .bind(&spec.cluster)
+        .bind(&spec.user)
+        .bind(spec.role.map_or("", Role::as_str))
+        .bind(spec.clusters.join(","))
         .execute(&self.pool)
         .await?;
         Ok(token)
@@ -132,6 +153,7 @@ impl Store {
     /// Checks `token` for `kind` at `now_ms` and, when `consume`, counts one use of it (in one
     /// write transaction, so a single-use token admits exactly one of two racing holders; a
     /// check alone is a plain read, taking no write lock, as every API request makes one).
+    /// A check alone of a person's token does not look at its uses: they count submissions.
     /// The outer error is the database's; the inner one why the token was refused.
     pub async fn use_token(
         &self,
@@ -139,25 +161,113 @@ impl Store {
         kind: TokenKind,
         consume: bool,
         now_ms: i64,
-    ) -> Result<std::result::Result<(), TokenRefusal>> {
+    ) -> Result<std::result::Result<Grant, TokenRefusal>> {
         if !consume {
             let row = sqlx::query(FIND_TOKEN)
                 .bind(token_hash(token))
                 .fetch_optional(&self.pool)
                 .await?;
-            return Ok(judge(row.as_ref(), kind, now_ms));
+            let uses_count = kind == TokenKind::Agent;
+            return Ok(judge(row.as_ref(), kind, now_ms, uses_count));
         }
         let mut tx = self.begin_write().await?;
         let verdict = take_token(&mut tx, token, kind, now_ms).await?;
         tx.commit().await?;
-        Ok(verdict.map(|_cluster| ()))
+        Ok(verdict)
+    }
+
+    /// Makes a token from a request, with its defaults, after checking it: names, clusters
+    /// that exist. Returns the token (shown once) and how it is listed.
+    pub async fn issue_token(
+        &self,
+        req: &lull_protocol::api::NewToken,
+        now_ms: i64,
+    ) -> Result<std::result::Result<(Token, TokenInfo), TokenSpecError>> {
+        use lull_protocol::api::check_user_name;
+        let fail = |m: String| Ok(Err(TokenSpecError(m)));
+        let kind = if req.user.is_some() {
+            TokenKind::Submitter
+        } else {
+            TokenKind::Agent
+        };
+        match (&req.user, &req.owner) {
+            (Some(_), Some(_)) => {
+                return fail("user and owner: a token is either a person's (user) or an agent's join token (owner)".into());
+            }
+            (Some(name), None) | (None, Some(name)) => {
+                if let Err(e) = check_user_name(name) {
+                    let field = if req.user.is_some() { "user" } else { "owner" };
+                    return fail(format!("{field}: {e}"));
+                }
+            }
+            (None, None) => {}
+        }
+        if kind == TokenKind::Agent && (req.role.is_some() || !req.clusters.is_empty()) {
+            return fail("role and clusters belong to a person's token: give its user".into());
+        }
+        let cluster = req
+            .cluster
+            .clone()
+            .unwrap_or_else(|| lull_protocol::job::DEFAULT_CLUSTER.to_owned());
+        if kind == TokenKind::Submitter && req.cluster.is_some() {
+            return fail("cluster belongs to an agent's join token; a person's token is limited with clusters".into());
+        }
+        let named = std::iter::once(("cluster", &cluster))
+            .chain(req.clusters.iter().map(|c| ("clusters", c)));
+        for (field, c) in named {
+            if !self.cluster_exists(c).await? {
+                return fail(format!(
+                    "{field}: no cluster {c} (make it with `lull clusters create {c}`)"
+                ));
+            }
+        }
+        let ttl_ms = req.ttl_ms.unwrap_or(match kind {
+            TokenKind::Agent => AGENT_TTL_MS,
+            TokenKind::Submitter => PERSON_TTL_MS,
+        });
+        let expires_ms =
+            (ttl_ms != 0).then(|| now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)));
+        let uses = match (req.uses, kind) {
+            (Some(0), _) => None,
+            (Some(n), _) => Some(n),
+            (None, TokenKind::Agent) => Some(1),
+            (None, TokenKind::Submitter) => None,
+        };
+        let spec = TokenSpec {
+            kind,
+            expires_ms,
+            uses,
+            description: req.description.clone(),
+            cluster,
+            user: req
+                .user
+                .clone()
+                .or_else(|| req.owner.clone())
+                .unwrap_or_default(),
+            role: (kind == TokenKind::Submitter).then(|| req.role.unwrap_or(Role::Submit)),
+            clusters: req.clusters.clone(),
+        };
+        let token = self.create_token(&spec, now_ms).await?;
+        let info = TokenInfo {
+            id: token_id(&token_hash(token.as_str())),
+            kind: kind.as_str().to_owned(),
+            created_ms: now_ms,
+            expires_ms,
+            uses_left: uses.map(i64::from),
+            description: spec.description,
+            cluster: spec.cluster,
+            user: spec.user,
+            role: spec.role.map_or(String::new(), |r| r.as_str().to_owned()),
+            clusters: spec.clusters,
+        };
+        Ok(Ok((token, info)))
     }
 
     /// Every token, newest first (without secrets).
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(
-            "SELECT hash, kind, created_ms, expires_ms, uses_left, description, cluster FROM tokens \
-             ORDER BY created_ms DESC",
+            "SELECT hash, kind, created_ms, expires_ms, uses_left, description, cluster, user_name, \
+             role, clusters FROM tokens ORDER BY created_ms DESC",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -173,6 +283,9 @@ impl Store {
                     uses_left: r.get(4),
                     description: r.get(5),
                     cluster: r.get(6),
+                    user: r.get(7),
+                    role: r.get(8),
+                    clusters: split_clusters(&r.get::<String, _>(9)),
                 }
             })
             .collect())
@@ -193,41 +306,52 @@ impl Store {
     }
 }
 
-const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left, cluster FROM tokens WHERE hash = $1";
+const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left, cluster, user_name, role, clusters \
+                          FROM tokens WHERE hash = $1";
+
+/// A stored list of clusters: comma-separated, empty for none.
+fn split_clusters(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
 
 /// Checks `token` for `kind` at `now_ms` and counts one use of it, inside the caller's write
-/// transaction (which commits the use together with whatever the token admits). Returns the
-/// token's cluster.
+/// transaction (which commits the use together with whatever the token admits).
 pub(super) async fn take_token(
     tx: &mut sqlx::AnyConnection,
     token: &str,
     kind: TokenKind,
     now_ms: i64,
-) -> Result<std::result::Result<String, TokenRefusal>> {
+) -> Result<std::result::Result<Grant, TokenRefusal>> {
     let hash = token_hash(token);
     let row = sqlx::query(FIND_TOKEN)
         .bind(&hash)
         .fetch_optional(&mut *tx)
         .await?;
-    if let Err(refusal) = judge(row.as_ref(), kind, now_ms) {
-        return Ok(Err(refusal));
-    }
+    let grant = match judge(row.as_ref(), kind, now_ms, true) {
+        Ok(grant) => grant,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
     sqlx::query(
         "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = $1 AND uses_left IS NOT NULL",
     )
     .bind(&hash)
     .execute(&mut *tx)
     .await?;
-    Ok(Ok(row.map(|r| r.get(3)).unwrap_or_default()))
+    Ok(Ok(grant))
 }
 
-/// Whether a stored token (`row`: kind, expires_ms, uses_left; `None` when there is none) may
-/// be used for `kind` at `now_ms`.
+/// Whether a stored token (`row`: kind, expires_ms, uses_left, cluster, user_name, role,
+/// clusters; `None` when there is none) may be used for `kind` at `now_ms`; `uses_count`: a
+/// used-up token is refused.
 fn judge(
     row: Option<&sqlx::any::AnyRow>,
     kind: TokenKind,
     now_ms: i64,
-) -> std::result::Result<(), TokenRefusal> {
+    uses_count: bool,
+) -> std::result::Result<Grant, TokenRefusal> {
     let row = row.ok_or(TokenRefusal::Unknown)?;
     let stored: String = row.get(0);
     if stored != kind.as_str() {
@@ -242,10 +366,24 @@ fn judge(
         return Err(TokenRefusal::Expired);
     }
     let uses_left: Option<i64> = row.get(2);
-    if uses_left.is_some_and(|n| n <= 0) {
+    if uses_count && uses_left.is_some_and(|n| n <= 0) {
         return Err(TokenRefusal::UsedUp);
     }
-    Ok(())
+    let role: String = row.get(5);
+    let role = match kind {
+        TokenKind::Agent => None,
+        TokenKind::Submitter => Some(
+            role.parse::<Role>()
+                .map_err(|_| TokenRefusal::UnknownRole(role))?,
+        ),
+    };
+    let clusters = split_clusters(&row.get::<String, _>(6));
+    Ok(Grant {
+        cluster: row.get(3),
+        user: row.get(4),
+        role,
+        clusters: (!clusters.is_empty()).then_some(clusters),
+    })
 }
 
 /// The short id of a stored hash (`sha256:<hex>`): its first 12 hex digits.
@@ -265,15 +403,67 @@ mod tests {
         a_single_use_token_admits_once,
         expired_unknown_and_wrong_kind_tokens_are_refused,
         tokens_are_listed_without_secrets_and_deleted_by_id,
+        a_persons_token_counts_submissions_and_keeps_its_user_role_and_clusters,
     );
 
+    async fn a_persons_token_counts_submissions_and_keeps_its_user_role_and_clusters(store: Store) {
+        let mut spec = spec(TokenKind::Submitter, None, Some(1));
+        spec.user = "ci".into();
+        spec.role = Some(Role::Operate);
+        spec.clusters = vec!["lab".into(), "gpu".into()];
+        let token = store.create_token(&spec, 0).await.unwrap();
+        let t = token.as_str();
+        let expected = Grant {
+            cluster: "default".into(),
+            user: "ci".into(),
+            role: Some(Role::Operate),
+            clusters: Some(vec!["lab".into(), "gpu".into()]),
+        };
+        // One submission...
+        assert_eq!(
+            store
+                .use_token(t, TokenKind::Submitter, true, 1)
+                .await
+                .unwrap(),
+            Ok(expected.clone())
+        );
+        // ...and no second, while looking goes on.
+        assert_eq!(
+            store
+                .use_token(t, TokenKind::Submitter, true, 2)
+                .await
+                .unwrap(),
+            Err(TokenRefusal::UsedUp)
+        );
+        assert_eq!(
+            store
+                .use_token(t, TokenKind::Submitter, false, 3)
+                .await
+                .unwrap(),
+            Ok(expected)
+        );
+        let listed = &store.tokens().await.unwrap()[0];
+        assert_eq!(
+            (listed.user.as_str(), listed.role.as_str(), &listed.clusters),
+            ("ci", "operate", &vec!["lab".to_owned(), "gpu".to_owned()])
+        );
+    }
+
     fn spec(kind: TokenKind, expires_ms: Option<i64>, uses: Option<u32>) -> TokenSpec {
+        let person = kind == TokenKind::Submitter;
         TokenSpec {
             kind,
             expires_ms,
             uses,
             description: "test".into(),
             cluster: "default".into(),
+            user: if person {
+                "alice".into()
+            } else {
+                String::new()
+            },
+            role: person.then_some(Role::Submit),
+            clusters: Vec::new(),
         }
     }
 
@@ -285,16 +475,19 @@ mod tests {
         assert!(token.as_str().starts_with("lull_") && token.as_str().len() == 45);
         let t = token.as_str();
         // Checking without consuming leaves it alone.
-        assert_eq!(
+        assert!(
             store
                 .use_token(t, TokenKind::Agent, false, 1)
                 .await
-                .unwrap(),
-            Ok(())
+                .unwrap()
+                .is_ok()
         );
-        assert_eq!(
-            store.use_token(t, TokenKind::Agent, true, 2).await.unwrap(),
-            Ok(())
+        assert!(
+            store
+                .use_token(t, TokenKind::Agent, true, 2)
+                .await
+                .unwrap()
+                .is_ok()
         );
         assert_eq!(
             store.use_token(t, TokenKind::Agent, true, 3).await.unwrap(),
@@ -309,13 +502,14 @@ mod tests {
             .unwrap();
         let t = token.as_str();
         for _ in 0..3 {
+            let grant = store
+                .use_token(t, TokenKind::Submitter, true, 999)
+                .await
+                .unwrap()
+                .expect("unlimited uses");
             assert_eq!(
-                store
-                    .use_token(t, TokenKind::Submitter, true, 999)
-                    .await
-                    .unwrap(),
-                Ok(()),
-                "unlimited uses"
+                (grant.user.as_str(), grant.role, grant.clusters),
+                ("alice", Some(Role::Submit), None)
             );
         }
         assert_eq!(

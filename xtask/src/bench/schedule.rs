@@ -84,6 +84,8 @@ fn job(rng: &mut Rng, strategy: Strategy, n: u64) -> JobPlacement {
             .map(|c| c.parse().expect("a constraint"))
             .collect(),
         module: Some(Digest::of(format!("module {n}").as_bytes())),
+        owner: String::new(),
+        priority: 0,
     }
 }
 

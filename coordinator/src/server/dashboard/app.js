@@ -148,7 +148,42 @@ function render() {
   renderTiles(pool);
   renderHarvest(pool.now_ms);
   renderAgents(pool);
+  renderShares(pool);
   renderJobs(pool);
+}
+
+// Accounting: the ten largest users and lenders, read every ten seconds.
+async function refreshAccounting() {
+  try {
+    const acc = await json("/api/v1/accounting");
+    const rows = (list) => list.slice(0, 10).map((u) =>
+      h("tr", { "data-name": u.name },
+        h("td", {}, h("span", { class: "name" }, u.name)),
+        h("td", {}, (u.core_seconds / 3600).toFixed(3))));
+    document.querySelector("#accounting-users tbody").replaceChildren(...rows(acc.users));
+    document.querySelector("#accounting-lenders tbody").replaceChildren(...rows(acc.lenders));
+    document.getElementById("accounting-lenders").hidden = acc.lenders.length === 0;
+    document.getElementById("accounting-panel").hidden = acc.users.length + acc.lenders.length === 0;
+  } catch (e) {
+    if (!(e instanceof NeedsToken)) console.warn("accounting:", e);
+  }
+}
+
+// The fair share of the clusters where more than one user has a standing.
+function renderShares(pool) {
+  const shares = pool.shares || [];
+  const users = {};
+  for (const s of shares) users[s.cluster] = (users[s.cluster] || 0) + 1;
+  const shown = shares.filter((s) => users[s.cluster] > 1);
+  document.getElementById("shares-panel").hidden = shown.length === 0;
+  document.querySelector("#shares tbody").replaceChildren(...shown.map((s) =>
+    h("tr", { "data-user": s.user },
+      h("td", {}, s.cluster),
+      h("td", {}, h("span", { class: "name" }, s.user)),
+      h("td", {}, s.running_cores.toFixed(1) + " cores"),
+      h("td", {}, s.recent_cores.toFixed(1) + " cores"),
+      h("td", {}, (s.usage_core_seconds / 3600).toFixed(2)),
+      h("td", {}, String(s.waiting)))));
 }
 
 function renderTiles(pool) {
@@ -300,6 +335,7 @@ function renderJobs(pool) {
     if (c.cancelled) parts.push(c.cancelled + " cancelled");
     return h("tr", { "data-job": j.id, class: "clickable", onclick: () => go("#/jobs/" + j.id) },
       h("td", {}, h("span", { class: "name" }, j.name), h("span", { class: "muted" }, " #" + j.id)),
+      h("td", { class: "owner" }, j.owner || "–"),
       h("td", {}, stateBadge(j.state)),
       h("td", {}, progressBar(j.progress)),
       h("td", {}, j.count + " task" + (j.count === 1 ? "" : "s"), h("div", { class: "muted small" }, parts.join(", "))),
@@ -501,6 +537,10 @@ async function follow() {
     try {
       const pool = await json("/api/v1/pool");
       applyPool(pool, true);
+      refreshAccounting();
+      const me = await json("/api/v1/me");
+      document.getElementById("who").textContent =
+        me.user + " (" + me.role + (me.clusters ? ", " + me.clusters.join(", ") : "") + ")";
       const res = await api("/api/v1/stream?since_ms=" + pool.now_ms, { headers: { Accept: "text/event-stream" } });
       setLive(true, "live");
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -560,6 +600,7 @@ async function start() {
   }
   showDetail();
   follow();
+  setInterval(refreshAccounting, 10000);
 }
 
 start();

@@ -45,7 +45,7 @@ impl Hub {
                 return Err(Refusal::Store("check the agent's key"));
             }
         };
-        admission(agent_id, record, key, !self.config.dev)?;
+        admission(agent_id, record.as_ref(), key, !self.config.dev)?;
         let cluster = match self.store.agent_cluster(agent_id).await {
             Ok(c) => c,
             Err(e) => {
@@ -75,7 +75,8 @@ impl Hub {
             running: running.clone(),
             compiled: compiled.clone(),
             cluster,
-            draining: record.and_then(|r| r.drain_deadline_ms),
+            draining: record.as_ref().and_then(|r| r.drain_deadline_ms),
+            owner: record.map(|r| r.owner).unwrap_or_default(),
         };
         let now_ms = self.store.now_ms();
         let conn = self.with_live(|live| {
@@ -182,6 +183,7 @@ impl Hub {
                 status,
                 progress,
             } => {
+                let harvested = self.harvested(&capacity, &status);
                 let sample = (capacity.clone(), status.clone());
                 let report = Report {
                     capacity,
@@ -189,8 +191,14 @@ impl Hub {
                     status,
                     progress,
                 };
-                if self.with_core(|core| core.handle_report(Instant::now(), agent, report)) {
-                    self.record_report(agent, &sample.0, &sample.1);
+                // The report and the credit of its CPU under one lock of the core.
+                let (known, credit) = self.with_core(|core| {
+                    let known = core.handle_report(Instant::now(), agent, report);
+                    (known, known.then(|| core.handle_harvest(agent, harvested)))
+                });
+                if known {
+                    self.credit(credit.flatten(), harvested);
+                    self.record_report(agent, &sample.0, &sample.1, harvested);
                 }
             }
             AgentMessage::Heartbeat => {
@@ -256,22 +264,31 @@ impl Hub {
         }
     }
 
+    /// The core-seconds a report says its guests used: their share of the machine over the
+    /// last report interval.
+    fn harvested(
+        &self,
+        capacity: &lull_protocol::message::Capacity,
+        status: &lull_protocol::message::AgentStatus,
+    ) -> f64 {
+        let harvested = status.guest_cpu
+            * f64::from(capacity.cores)
+            * self.config.report_interval.as_secs_f64();
+        if harvested.is_finite() {
+            harvested.max(0.0)
+        } else {
+            0.0
+        }
+    }
+
     /// Keeps a report for the dashboard and counts the CPU its guests harvested.
     fn record_report(
         &self,
         agent: &str,
         capacity: &lull_protocol::message::Capacity,
         status: &lull_protocol::message::AgentStatus,
+        harvested: f64,
     ) {
-        // The guests' share of the machine over the last report interval.
-        let harvested = status.guest_cpu
-            * f64::from(capacity.cores)
-            * self.config.report_interval.as_secs_f64();
-        let harvested = if harvested.is_finite() {
-            harvested.max(0.0)
-        } else {
-            0.0
-        };
         self.metrics.harvested(harvested);
         let memory_used = if capacity.memory_total > 0 {
             1.0 - capacity.memory_available as f64 / capacity.memory_total as f64
@@ -337,7 +354,7 @@ impl Hub {
         tracing::debug!(%agent, %attempt, cause = ?result.cause(), "result received");
         let (done, recorded) = oneshot::channel();
         self.with_live(|live| {
-            let op = live.core.handle_result(agent, result, &job);
+            let op = live.core.handle_result(read, agent, result, &job);
             live.waiters.insert(op, (done, read));
         });
         Some(recorded)
@@ -477,7 +494,7 @@ fn check_agent_id(id: &str) -> Result<(), Refusal> {
 /// is never admitted.
 fn admission(
     agent_id: &str,
-    record: Option<AgentRecord>,
+    record: Option<&AgentRecord>,
     key: Option<Digest>,
     require_enrollment: bool,
 ) -> Result<(), Refusal> {
@@ -509,6 +526,7 @@ mod tests {
             enrolled_ms: enrolled.then_some(1),
             revoked_ms: revoked.then_some(2),
             drain_deadline_ms: None,
+            owner: String::new(),
         }
     }
 
@@ -517,12 +535,12 @@ mod tests {
         let mine = Some(Digest::of(&[1]));
         let other = Some(Digest::of(&[2]));
         let enrolled = Some(record(Some(1), true, false));
-        assert!(admission("a", enrolled, mine, true).is_ok());
-        let err = admission("a", enrolled, other, true)
+        assert!(admission("a", enrolled.as_ref(), mine, true).is_ok());
+        let err = admission("a", enrolled.as_ref(), other, true)
             .unwrap_err()
             .to_string();
         assert!(err.contains("belongs to another key"), "{err}");
-        let err = admission("a", enrolled, None, true)
+        let err = admission("a", enrolled.as_ref(), None, true)
             .unwrap_err()
             .to_string();
         assert!(err.contains("presented none"), "{err}");
@@ -530,19 +548,19 @@ mod tests {
         assert!(err.contains("not enrolled"), "{err}");
         let bound = Some(record(Some(1), false, false));
         assert!(
-            admission("a", bound, mine, true)
+            admission("a", bound.as_ref(), mine, true)
                 .unwrap_err()
                 .to_string()
                 .contains("not enrolled")
         );
         // A development cluster: the first key binds the ID.
         assert!(admission("a", None, mine, false).is_ok());
-        assert!(admission("a", bound, mine, false).is_ok());
-        assert!(admission("a", bound, other, false).is_err());
+        assert!(admission("a", bound.as_ref(), mine, false).is_ok());
+        assert!(admission("a", bound.as_ref(), other, false).is_err());
         // Revoked is revoked, everywhere.
         let revoked = Some(record(Some(1), true, true));
         for enrollment in [true, false] {
-            let err = admission("a", revoked, mine, enrollment)
+            let err = admission("a", revoked.as_ref(), mine, enrollment)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("was revoked"), "{err}");

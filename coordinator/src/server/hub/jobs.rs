@@ -8,9 +8,16 @@ use super::{Hub, HubError};
 use crate::store::StoreError;
 
 impl Hub {
-    /// Accepts a job: checks it, checks that every blob is here and every signature trusted,
-    /// stores it and queues its tasks. Returns its number.
-    pub async fn submit(&self, spec: JobSpec) -> Result<u64, HubError> {
+    /// Accepts a job of `owner`: checks it, checks that every blob is here and every signature
+    /// trusted, stores it and queues its tasks. With `token` (the submitter's), the job takes
+    /// one of its uses. Returns its number.
+    pub async fn submit(
+        &self,
+        mut spec: JobSpec,
+        owner: &str,
+        token: Option<&str>,
+    ) -> Result<u64, HubError> {
+        owner.clone_into(&mut spec.owner);
         spec.check()
             .map_err(|e| HubError::BadRequest(e.to_string()))?;
         if !self.store.cluster_exists(&spec.cluster).await? {
@@ -50,9 +57,13 @@ impl Hub {
                     .map_err(|e| HubError::BadRequest(format!("module {}: {e}", m.name)))?;
             }
         }
-        let id = self.store.insert_job(&spec, self.store.now_ms()).await?;
+        let id = self
+            .store
+            .insert_job_of(&spec, owner, token, self.store.now_ms())
+            .await?
+            .map_err(|refusal| HubError::Forbidden(format!("submitting: {refusal}")))?;
         let spec = Arc::new(spec);
-        tracing::info!(job = id, name = %spec.name, tasks = spec.count, "job submitted");
+        tracing::info!(job = id, name = %spec.name, tasks = spec.count, %owner, "job submitted");
         self.with_core(|core| core.handle_submitted(std::time::Instant::now(), id, spec));
         Ok(id)
     }
@@ -91,6 +102,115 @@ impl Hub {
         self.read_core(|core| core.waiting_reason(spec))
     }
 
+    /// Gives the core every cluster's quotas and preemption setting as the store holds them (after a change here, at
+    /// start, and as other coordinators on the same database change them).
+    pub async fn load_cluster_settings(&self) -> Result<(), StoreError> {
+        let rows = self.store.quotas().await?;
+        let stored = self.store.clusters().await?;
+        let preempting: Vec<(String, bool)> =
+            stored.iter().map(|c| (c.id.clone(), c.preempt)).collect();
+        let clusters: Vec<String> = stored.into_iter().map(|c| c.id).collect();
+        let mut by_cluster: std::collections::BTreeMap<
+            String,
+            std::collections::HashMap<String, lull_scheduler::Quota>,
+        > = clusters
+            .into_iter()
+            .map(|c| (c, Default::default()))
+            .collect();
+        for r in rows {
+            by_cluster.entry(r.cluster).or_default().insert(
+                r.user,
+                lull_scheduler::Quota {
+                    max_tasks: r.max_tasks,
+                    max_cpu_millis: r.max_cpu_millis,
+                },
+            );
+        }
+        self.with_core(|core| {
+            for (cluster, quotas) in by_cluster {
+                core.set_quotas(&cluster, quotas);
+            }
+            for (cluster, preempt) in preempting {
+                core.set_preemption(&cluster, preempt);
+            }
+        });
+        Ok(())
+    }
+
+    /// Changes a cluster's settings.
+    pub async fn set_cluster(
+        &self,
+        id: &str,
+        settings: &lull_protocol::api::ClusterSettings,
+    ) -> Result<(), HubError> {
+        if let Some(preempt) = settings.preempt {
+            if !self.store.set_preemption(id, preempt).await? {
+                return Err(HubError::NotFound(format!("no cluster {id}")));
+            }
+            tracing::info!(cluster = %id, preempt, "preemption set");
+        } else if !self.store.cluster_exists(id).await? {
+            return Err(HubError::NotFound(format!("no cluster {id}")));
+        }
+        Ok(self.load_cluster_settings().await?)
+    }
+
+    /// A cluster's quotas.
+    pub async fn quotas(&self, cluster: &str) -> Result<Vec<lull_protocol::api::Quota>, HubError> {
+        Ok(self
+            .store
+            .quotas()
+            .await?
+            .into_iter()
+            .filter(|q| q.cluster == cluster)
+            .map(|q| lull_protocol::api::Quota {
+                user: q.user,
+                max_tasks: q.max_tasks,
+                max_cores: q.max_cpu_millis.map(|m| m as f64 / 1000.0),
+            })
+            .collect())
+    }
+
+    /// Sets (or, with no limit, removes) the quota of `user` (`*`: everyone without their own)
+    /// in `cluster`.
+    pub async fn set_quota(
+        &self,
+        cluster: &str,
+        user: &str,
+        limits: &lull_protocol::api::SetQuota,
+    ) -> Result<(), HubError> {
+        if !self.store.cluster_exists(cluster).await? {
+            return Err(HubError::NotFound(format!("no cluster {cluster}")));
+        }
+        if user != lull_scheduler::EVERY_USER {
+            lull_protocol::api::check_user_name(user)
+                .map_err(|e| HubError::BadRequest(format!("user: {e}")))?;
+        }
+        let max_cpu_millis = match limits.max_cores {
+            None => None,
+            Some(c) if c.is_finite() && c > 0.0 && c <= 1e6 => Some((c * 1000.0).round() as u64),
+            Some(c) => {
+                return Err(HubError::BadRequest(format!(
+                    "max_cores: {c} is not a number of cores above 0"
+                )));
+            }
+        };
+        if limits.max_tasks == Some(0) {
+            return Err(HubError::BadRequest(
+                "max_tasks: 0 would stop the user altogether; give at least 1, or none".into(),
+            ));
+        }
+        self.store
+            .set_quota(&crate::store::QuotaRow {
+                cluster: cluster.to_owned(),
+                user: user.to_owned(),
+                max_tasks: limits.max_tasks,
+                max_cpu_millis,
+            })
+            .await?;
+        tracing::info!(%cluster, %user, ?limits, "quota set");
+        Ok(self.load_cluster_settings().await?)
+    }
+
     /// Makes a cluster.
     pub async fn create_cluster(&self, id: &str, description: &str) -> Result<(), HubError> {
         self.store
@@ -116,6 +236,7 @@ impl Hub {
                     created_ms: c.created_ms,
                     agents_enrolled: u64::try_from(c.agents).unwrap_or(0),
                     agents_connected,
+                    preempt: c.preempt,
                 }
             })
             .collect())
@@ -125,6 +246,7 @@ impl Hub {
     pub async fn metrics(&self) -> Result<String, HubError> {
         let mut gauges = super::super::metrics::Gauges {
             tasks: self.store.task_state_counts().await?,
+            accounting: Some(self.accounting().await?),
             ..Default::default()
         };
         for a in self.agents() {

@@ -15,6 +15,7 @@
 //! | `shared.rs` | coordinators sharing a PostgreSQL database |
 //! | `collect.rs` | collection of blobs nothing refers to |
 
+mod accounting;
 mod agents;
 
 pub use agents::Refusal;
@@ -60,6 +61,13 @@ pub struct HubConfig {
     pub gc_interval: Duration,
     /// The largest checkpoint kept, in bytes.
     pub max_checkpoint: u64,
+    /// The half-life of users' recent usage, which fair share goes by.
+    pub fair_share_half_life: Duration,
+    /// In clusters that allow preemption: how long an attempt runs before waiting work may
+    /// evict it.
+    pub preempt_min_runtime: Duration,
+    /// The time an attempt evicted for waiting work has to checkpoint and stop.
+    pub preempt_grace: Duration,
 }
 
 impl Default for HubConfig {
@@ -74,6 +82,9 @@ impl Default for HubConfig {
             blob_grace: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(600),
             max_checkpoint: 64 << 20,
+            fair_share_half_life: lull_scheduler::DEFAULT_HALF_LIFE,
+            preempt_min_runtime: Duration::from_secs(60),
+            preempt_grace: Duration::from_secs(30),
         }
     }
 }
@@ -90,6 +101,9 @@ pub enum HubError {
     /// Not possible in the thing's present state; the message says what to do first.
     #[error("{0}")]
     Conflict(String),
+    /// Not allowed to the one who asked; the message says why.
+    #[error("{0}")]
+    Forbidden(String),
     /// The coordinator's disk failed.
     #[error("{0}")]
     Io(String),
@@ -128,6 +142,8 @@ pub struct Hub {
     shared: Mutex<shared::SharedSync>,
     /// Blob collection's state.
     collector: collect::Collector,
+    /// Usage gathered and not yet added to the store's totals.
+    usage: Mutex<accounting::Pending>,
 }
 
 /// How long an agent may take, beyond a lease, to come back to a restarted coordinator: to see
@@ -153,6 +169,9 @@ impl Hub {
             report_interval: config.report_interval,
             retry_backoff: config.retry_backoff,
             seed,
+            fair_share_half_life: config.fair_share_half_life,
+            preempt_min_runtime: config.preempt_min_runtime,
+            preempt_grace: config.preempt_grace,
         });
         Arc::new(Self {
             store: store.with_lease(config.lease),
@@ -169,6 +188,7 @@ impl Hub {
             metrics: Default::default(),
             shared: Default::default(),
             collector: Default::default(),
+            usage: Default::default(),
         })
     }
 
@@ -267,6 +287,7 @@ impl Hub {
             running = counts.2,
             "recovered state from the store"
         );
+        self.load_cluster_settings().await?;
         Ok(())
     }
 
@@ -408,6 +429,23 @@ impl Hub {
     /// Counts a blob served to an agent.
     pub fn blob_served(&self, agent: &str, bytes: u64) {
         self.with_core(|core| core.handle_blob_served(agent, bytes));
+    }
+
+    /// Every user's standing in each cluster's fair share.
+    pub fn shares(&self) -> Vec<lull_protocol::api::Share> {
+        self.read_core(|core| {
+            core.shares()
+                .into_iter()
+                .map(|(cluster, s)| lull_protocol::api::Share {
+                    cluster,
+                    user: s.user,
+                    running_cores: s.running_cores,
+                    recent_cores: s.recent_cores,
+                    usage_core_seconds: s.usage_core_seconds,
+                    waiting: s.waiting as u64,
+                })
+                .collect()
+        })
     }
 
     /// The progress of each job's running attempts, added up (a job with two running tasks

@@ -26,8 +26,8 @@ pub(super) struct SharedSync {
 impl Hub {
     /// About once a second: renews in the database the leases of the attempts this
     /// coordinator's agents run (every quarter lease); ends the attempts whose database lease
-    /// ran out (their coordinator died or lost them); follows the others' revocations, drains
-    /// and cancels; and queues the tasks that became pending anywhere. Claims stay safe without
+    /// ran out (their coordinator died or lost them); follows the others' revocations, drains,
+    /// cancels and quotas; and queues the tasks that became pending anywhere. Claims stay safe without
     /// it: assigning a task succeeds only while it is pending.
     pub(super) async fn sync_shared(&self) {
         let now = Instant::now();
@@ -71,6 +71,9 @@ impl Hub {
         }
         if let Err(e) = self.follow_shared_decisions().await {
             tracing::warn!(error = %e, "could not read other coordinators' decisions");
+        }
+        if let Err(e) = self.load_cluster_settings().await {
+            tracing::warn!(error = %e, "could not read the clusters' quotas and settings");
         }
         if let Err(e) = self.find_pending(cursor).await {
             tracing::warn!(error = %e, "could not look for pending tasks");

@@ -50,7 +50,7 @@ impl Coordinator {
     /// Makes a submitter's token and a join token on `data`, then starts serving with room
     /// for `max_agents` connections, all from one address, logging to `log`.
     pub fn start(bin: &Path, data: &Path, log: &Path, max_agents: usize) -> anyhow::Result<Self> {
-        let token = make_token(bin, data, &["--submitter"])?;
+        let token = make_token(bin, data, &["--user", "bench", "--role", "operate"])?;
         let join_token = make_token(bin, data, &["--uses", "0"])?;
         let max = max_agents.to_string();
         let mut child = Command::new(bin)
@@ -62,6 +62,8 @@ impl Coordinator {
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
+                // The bench reads the API with a few lines of plain HTTP on loopback.
+                "--plain-http",
             ])
             .args(["--max-agent-connections", &max])
             .args(["--max-agent-connections-per-address", &max])
