@@ -100,7 +100,8 @@ pub struct Loaded {
     preparing: std::sync::Mutex<std::collections::HashMap<ModuleKey, Arc<std::sync::Mutex<()>>>>,
 }
 
-type ModuleKey = (lull_protocol::Digest, Option<String>);
+/// A module by digest and signature, and whether it is loaded for deterministic runs.
+type ModuleKey = (lull_protocol::Digest, Option<String>, bool);
 
 #[derive(Debug, Default)]
 struct LoadedState {
@@ -204,7 +205,7 @@ impl Runner {
         let mut programs = Vec::new();
         for m in &a.job.modules {
             let started = Instant::now();
-            match self.prepare(m) {
+            match self.prepare_for(m, a.seed.is_some()) {
                 Ok((p, how)) => {
                     tracing::info!(attempt = %a.attempt, module = %m.name, how = how.as_str(), took_us = started.elapsed().as_micros() as u64, pooled, "module ready");
                     programs.push(p)
@@ -237,7 +238,17 @@ impl Runner {
     /// Makes a module runnable: from memory, else checked against the trust list and loaded
     /// from its compiled form on disk, else compiled (and the compiled form kept).
     pub fn prepare(&self, m: &ModuleSpec) -> Result<(Program, Preparation), String> {
-        let key = (m.digest, m.signature.clone());
+        self.prepare_for(m, false)
+    }
+
+    /// [`Runner::prepare`], or, with `deterministic`, for deterministic runs
+    /// ([`crate::sandbox::Sandbox::load_deterministic`]: compiled and kept in memory only).
+    pub fn prepare_for(
+        &self,
+        m: &ModuleSpec,
+        deterministic: bool,
+    ) -> Result<(Program, Preparation), String> {
+        let key = (m.digest, m.signature.clone(), deterministic);
         if let Some(p) = self.loaded.get(&key) {
             return Ok((p, Preparation::Loaded));
         }
@@ -267,6 +278,14 @@ impl Runner {
         self.trust
             .verify(&bytes, m.signature.as_deref())
             .map_err(|e| e.to_string())?;
+        if key.2 {
+            let program = self
+                .sandbox
+                .load_deterministic(&bytes)
+                .map_err(|e| e.to_string())?;
+            self.loaded.insert(key, program.clone());
+            return Ok((program, Preparation::Compiled));
+        }
         let kept = match self.compiled.get(&m.digest) {
             Ok(artifact) => match self.sandbox.load(&artifact) {
                 Ok(program) => Some(program),
@@ -347,7 +366,11 @@ impl Runner {
             env.push(("LULL_TASK_INDEX".into(), index.to_string()));
             env.push(("LULL_TASK_COUNT".into(), a.job.count.to_string()));
             env.push(("LULL_JOB".into(), a.attempt.task.job.to_string()));
-            env.push(("LULL_ATTEMPT".into(), a.attempt.attempt.to_string()));
+            match a.seed {
+                // What differs between the agents that run a verified task stays out of it.
+                Some(seed) => env.push(("LULL_SEED".into(), seed.to_string())),
+                None => env.push(("LULL_ATTEMPT".into(), a.attempt.attempt.to_string())),
+            }
             specs.push(RunSpec {
                 name: m.name.clone(),
                 args: expand_args(&m.args, index),
@@ -358,8 +381,9 @@ impl Runner {
                 scratch_dir: scratch.clone(),
                 memory_limit: a.job.resources.memory,
                 timeout: Duration::from_millis(a.job.resources.timeout_ms),
-                pooled,
+                pooled: pooled && a.seed.is_none(),
                 hooks: Some(hooks.clone()),
+                seed: a.seed,
             });
         }
         Ok((specs, attempt_hooks))

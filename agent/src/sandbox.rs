@@ -13,7 +13,8 @@
 //! - `/input` read-only (when the task has inputs), `/output` and `/scratch` read-write. For
 //!   preview 1 guests the preopened descriptors are numbered from 3 in that order (so without
 //!   inputs `/output` is 3);
-//! - host clocks and randomness; no sockets and no name lookups.
+//! - host clocks and randomness; no sockets and no name lookups. A run with a seed
+//!   ([`RunSpec::seed`]) is deterministic instead ([`Sandbox::load_deterministic`]).
 //!
 //! And these limits: linear memory ([`RunSpec::memory_limit`], all memories together), tables and
 //! instance counts, the wasm stack ([`SandboxConfig::max_wasm_stack`]) and wall time
@@ -52,6 +53,7 @@
 
 mod capture;
 mod control;
+mod determinism;
 mod guest;
 mod limits;
 mod outcome;
@@ -162,6 +164,10 @@ pub struct Sandbox {
     variable: Flavor,
     /// Guests in the pool.
     pooled: Option<Flavor>,
+    /// Guests that must run deterministically (tasks whose results agents must agree on):
+    /// NaN bit patterns made canonical, relaxed SIMD deterministic (and no threads, as in
+    /// every engine here).
+    deterministic: Flavor,
     ticker: Option<Ticker>,
 }
 
@@ -349,6 +355,14 @@ impl Sandbox {
             .wasm_component_model(true)
             .wasm_backtrace_details(WasmBacktraceDetails::Disable);
         let variable = Flavor::new(&wasm)?;
+        let deterministic = {
+            let mut wasm = wasm.clone();
+            // No threads either, in every engine: wasmtime is built without its `threads`
+            // feature, so modules with shared memory are refused.
+            wasm.cranelift_nan_canonicalization(true)
+                .relaxed_simd_deterministic(true);
+            Flavor::new(&wasm).context("the deterministic engine")?
+        };
         let pooled = if config.pooled_guests == 0 {
             None
         } else {
@@ -373,7 +387,7 @@ impl Sandbox {
         let ticker = if config.epoch_tick.is_zero() {
             None
         } else {
-            let mut engines = vec![variable.engine.clone()];
+            let mut engines = vec![variable.engine.clone(), deterministic.engine.clone()];
             engines.extend(pooled.as_ref().map(|f| f.engine.clone()));
             Some(Ticker::start(engines, config.epoch_tick)?)
         };
@@ -381,6 +395,7 @@ impl Sandbox {
             config,
             variable,
             pooled,
+            deterministic,
             ticker,
         })
     }
@@ -390,6 +405,7 @@ impl Sandbox {
     /// [`SandboxConfig::epoch_tick`]; with a zero tick, only calls to this do.
     pub fn increment_epoch(&self) {
         self.variable.engine.increment_epoch();
+        self.deterministic.engine.increment_epoch();
         if let Some(p) = &self.pooled {
             p.engine.increment_epoch();
         }
@@ -410,22 +426,42 @@ impl Sandbox {
     /// (on disk) and loaded later without compiling again. Checks that the bytes are valid
     /// WebAssembly, not what they import or export ([`Sandbox::load`] does).
     pub fn precompile(&self, bytes: &[u8]) -> Result<Artifact, SandboxError> {
-        let engine = &self.variable.engine;
-        let component = match binary_kind(bytes)? {
-            BinaryKind::Module => false,
-            BinaryKind::Component => true,
-        };
-        let compiled = if component {
-            engine.precompile_component(bytes)
-        } else {
-            engine.precompile_module(bytes)
-        };
-        let bytes = compiled.map_err(|e| SandboxError::Invalid {
-            message: format!("{e:#}"),
-        })?;
-        Ok(Artifact { component, bytes })
+        precompile_for(&self.variable.engine, bytes)
     }
 
+    /// Compiles and links a module or component for runs that must be deterministic (those
+    /// with a [`RunSpec::seed`]): in an engine that makes every NaN a float operation produces
+    /// the canonical one and runs relaxed SIMD the same on every CPU (shared memories, and so
+    /// threads, are refused in every engine). Its code differs from [`Sandbox::compile`]'s and is not kept on disk.
+    pub fn load_deterministic(&self, bytes: &[u8]) -> Result<Program, SandboxError> {
+        let flavor = &self.deterministic;
+        let artifact = precompile_for(&flavor.engine, bytes)?;
+        Ok(Program {
+            engine: flavor.engine.clone(),
+            kind: flavor.load(&artifact)?,
+            pooled: None,
+        })
+    }
+}
+
+/// Compiles a module or component for `engine`.
+fn precompile_for(engine: &Engine, bytes: &[u8]) -> Result<Artifact, SandboxError> {
+    let component = match binary_kind(bytes)? {
+        BinaryKind::Module => false,
+        BinaryKind::Component => true,
+    };
+    let compiled = if component {
+        engine.precompile_component(bytes)
+    } else {
+        engine.precompile_module(bytes)
+    };
+    let bytes = compiled.map_err(|e| SandboxError::Invalid {
+        message: format!("{e:#}"),
+    })?;
+    Ok(Artifact { component, bytes })
+}
+
+impl Sandbox {
     /// Loads a compiled artifact into the sandbox's engines and links it; see
     /// [`Sandbox::compile`]. A program whose shape exceeds what one pool slot holds (more
     /// memories, instances or tables) still loads, and runs outside the pool.
@@ -538,9 +574,15 @@ impl Sandbox {
             memory_denied: false,
             timeout: spec.timeout,
         };
-        if !Engine::same(&program.engine, &self.variable.engine) {
+        let deterministic = Engine::same(&program.engine, &self.deterministic.engine);
+        if !deterministic && !Engine::same(&program.engine, &self.variable.engine) {
             return Outcome::Refused {
                 reason: "the program was compiled by another sandbox".to_string(),
+            };
+        }
+        if deterministic != spec.seed.is_some() {
+            return Outcome::Refused {
+                reason: "a deterministic run needs a program loaded for it, and a seed".to_string(),
             };
         }
         // The ticker ticks while this guest runs, and sleeps while every guest is parked.
@@ -550,6 +592,7 @@ impl Sandbox {
             .map(|ticker| Box::new(ticker.hold()) as Box<dyn Sleeper>);
         // Requests act at once, except in a sandbox whose owner advances the epoch by hand.
         let (kind, flavor) = match (&program.pooled, &self.pooled) {
+            _ if deterministic => (&program.kind, &self.deterministic),
             (Some(kind), Some(flavor)) if spec.pooled => (kind, flavor),
             _ => (&program.kind, &self.variable),
         };
@@ -703,6 +746,11 @@ pub struct RunSpec {
     /// Where a component's progress and checkpoints go through `lull:guest/host`, and the
     /// checkpoint it restores; `None`: nowhere, and none.
     pub hooks: Option<Hooks>,
+    /// Run deterministically, with this seed (the program must come from
+    /// [`Sandbox::load_deterministic`]): the clocks start at fixed times and move on by a
+    /// fixed step at each reading, and the random streams come from the seed. `None`: the
+    /// host's clocks and randomness.
+    pub seed: Option<u64>,
 }
 
 /// How a run ended, and what the guest printed.
@@ -835,6 +883,9 @@ fn wasi_context(
     }
     preopen(&spec.output_dir, OUTPUT_DIR, FsPerms::ReadWrite)?;
     preopen(&spec.scratch_dir, SCRATCH_DIR, FsPerms::ReadWrite)?;
+    if let Some(seed) = spec.seed {
+        determinism::apply(&mut wasi, seed);
+    }
     Ok(wasi)
 }
 

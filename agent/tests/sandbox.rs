@@ -98,6 +98,7 @@ impl Dirs {
             timeout: Duration::from_secs(10),
             pooled: false,
             hooks: None,
+            seed: None,
         }
     }
 }

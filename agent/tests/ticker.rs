@@ -58,6 +58,7 @@ fn the_ticker_ticks_only_as_often_as_guests_need() {
         timeout: Duration::from_secs(60),
         pooled: false,
         hooks: None,
+        seed: None,
     };
     let control = TaskControl::new();
     let window = Duration::from_millis(300);

@@ -359,6 +359,7 @@ pub(crate) mod tests {
         each_user_lists_the_jobs_their_filter_admits,
         a_page_of_tasks_holds_its_tasks_with_their_results_and_where_the_next_starts,
         a_jobs_counts_follow_every_change_of_its_tasks,
+        verified_runs_keep_their_digests_and_an_outvoted_agent_is_counted,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -389,6 +390,7 @@ pub(crate) mod tests {
             max_attempts,
             priority: 0,
             owner: String::new(),
+            verify: 1,
         }
     }
 
@@ -425,11 +427,99 @@ pub(crate) mod tests {
             },
             result: Some(Box::new(r.clone())),
             next,
+            verified: None,
         };
         s.end_attempt(&ending, now_ms).await
     }
 
     /// Ends an attempt as lost, moving the task to `next`.
+    async fn verified_runs_keep_their_digests_and_an_outvoted_agent_is_counted(s: Store) {
+        let job = s.insert_job(&spec(2, 3), 0).await.unwrap();
+        for agent in ["liar", "a", "b"] {
+            s.upsert_agent(
+                agent,
+                agent,
+                &lull_protocol::message::Capacity::default(),
+                0,
+            )
+            .await
+            .unwrap();
+        }
+        let task = TaskId { job, index: 0 };
+        let (forged, honest) = (Digest::of(b"forged"), Digest::of(b"honest"));
+        let end = |attempt, agent: &str, next, digest, dissenters: Vec<(u32, String)>| Ending {
+            attempt,
+            holder: Some(agent.to_owned()),
+            outcome: "succeeded; 1 more agent must agree".into(),
+            result: Some(Box::new(result(attempt, 0))),
+            next,
+            verified: Some(lull_dispatch::Verified { digest, dissenters }),
+        };
+        let a1 = s.assign(task, "liar", 1).await.unwrap().unwrap();
+        let e1 = end(a1, "liar", TaskState::Pending, forged, vec![]);
+        assert_eq!(
+            s.end_attempt(&e1, 2).await.unwrap(),
+            Recorded::Stored(TaskState::Pending)
+        );
+        let a2 = s.assign(task, "a", 3).await.unwrap().unwrap();
+        let e2 = end(a2, "a", TaskState::Pending, honest, vec![]);
+        assert_eq!(
+            s.end_attempt(&e2, 4).await.unwrap(),
+            Recorded::Stored(TaskState::Pending)
+        );
+        // What a restarted coordinator reads to go on: both runs, with their agents.
+        let replicas = s.replicas(job).await.unwrap();
+        let seen: Vec<(u32, &str, Digest)> = replicas
+            .iter()
+            .map(|(t, r)| {
+                assert_eq!(*t, task);
+                (r.attempt, r.agent.as_str(), r.digest)
+            })
+            .collect();
+        assert_eq!(seen, [(1, "liar", forged), (2, "a", honest)]);
+        // The third settles it and outvotes the liar.
+        let a3 = s.assign(task, "b", 5).await.unwrap().unwrap();
+        let e3 = end(
+            a3,
+            "b",
+            TaskState::Succeeded,
+            honest,
+            vec![(1, "liar".into())],
+        );
+        assert_eq!(
+            s.end_attempt(&e3, 6).await.unwrap(),
+            Recorded::Stored(TaskState::Succeeded)
+        );
+        let attempts = s.attempts(task).await.unwrap();
+        assert_eq!(attempts[0].outcome.as_deref(), Some(attempts::DISAGREED));
+        assert_ne!(attempts[1].outcome.as_deref(), Some(attempts::DISAGREED));
+        let count = |agent: &'static str| {
+            let s = &s;
+            async move { s.agent_record(agent).await.unwrap().unwrap().disagreements }
+        };
+        assert_eq!(
+            (count("liar").await, count("a").await, count("b").await),
+            (1, 0, 0)
+        );
+        // A decided task needs no runs kept in memory.
+        assert!(s.replicas(job).await.unwrap().is_empty());
+        // A dissent naming an attempt its agent did not run changes nothing.
+        let a4 = s
+            .assign(TaskId { job, index: 1 }, "a", 7)
+            .await
+            .unwrap()
+            .unwrap();
+        let e4 = end(
+            a4,
+            "a",
+            TaskState::Succeeded,
+            honest,
+            vec![(1, "liar".into())],
+        );
+        s.end_attempt(&e4, 8).await.unwrap();
+        assert_eq!(count("liar").await, 1);
+    }
+
     async fn lose(s: &Store, attempt: AttemptId, next: TaskState, now_ms: i64) -> Result<Recorded> {
         let ending = Ending {
             attempt,
@@ -437,6 +527,7 @@ pub(crate) mod tests {
             outcome: "lost".into(),
             result: None,
             next,
+            verified: None,
         };
         s.end_attempt(&ending, now_ms).await
     }
@@ -676,6 +767,7 @@ pub(crate) mod tests {
             outcome: "succeeded".into(),
             result: Some(Box::new(result(a0, 0))),
             next: TaskState::Succeeded,
+            verified: None,
         };
         let outcomes = s
             .persist(
@@ -727,6 +819,7 @@ pub(crate) mod tests {
             outcome: "lost".into(),
             result: None,
             next: TaskState::Pending,
+            verified: None,
         });
         let nobody = Change::Assign {
             task: missing,

@@ -41,6 +41,7 @@
 //! agents lost mid-task, drains, backoffs, and thousands of agents and tasks in simulated time.
 
 pub mod leases;
+pub mod verify;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -57,6 +58,7 @@ use lull_scheduler::{JobPlacement, Scheduler};
 
 pub use leases::Leases;
 pub use lull_protocol::api::{TaskState, UnknownTaskState};
+pub use verify::{Replica, Verdict};
 
 /// How soon the loss of an attempt is tried again when the store could not record it.
 pub const LOST_RETRY: Duration = Duration::from_secs(1);
@@ -168,6 +170,18 @@ pub struct Ending {
     /// The task's state after it. A task of a job cancelled in the store meanwhile becomes
     /// cancelled instead of pending: the store checks that in the same transaction.
     pub next: TaskState,
+    /// For a successful result of a task of a verified job: what to keep of the comparison.
+    pub verified: Option<Verified>,
+}
+
+/// What is kept of a verified task's successful result ([`Ending::verified`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The result's digest, kept with the attempt: what later replicas are compared with.
+    pub digest: Digest,
+    /// Once agreement is reached: the earlier replicas whose results differ (attempt and
+    /// agent), each recorded against its agent.
+    pub dissenters: Vec<(u32, String)>,
 }
 
 /// What became of a change.
@@ -213,6 +227,8 @@ pub struct Agent {
     pub cluster: String,
     /// Whose machine it is (its lender); empty when no one is named.
     pub owner: String,
+    /// How many of its results differed from the one other agents agreed on.
+    pub disagreements: u64,
     /// Blobs downloaded on this connection.
     pub blobs_served: u64,
     /// The bytes of those blobs.
@@ -253,6 +269,8 @@ pub struct Hello {
     pub draining: Option<i64>,
     /// Whose machine it is (its lender), from the store; empty when no one is named.
     pub owner: String,
+    /// How many of its results differed from the one other agents agreed on, from the store.
+    pub disagreements: u64,
 }
 
 /// An agent's report.
@@ -306,6 +324,10 @@ enum Op {
         attempt: AttemptId,
         agent: String,
         evicted: bool,
+        /// A successful replica of a verified task, kept if it does not settle the task.
+        replica: Option<Replica>,
+        /// The agents whose replicas of the task the result outvoted.
+        dissenters: Vec<String>,
     },
     Lost {
         attempt: AttemptId,
@@ -400,6 +422,9 @@ pub struct Dispatch {
     delayed: BinaryHeap<Reverse<(Instant, TaskId)>>,
     /// The agents each retried task failed on, which its next attempts avoid.
     failed_on: HashMap<TaskId, Vec<String>>,
+    /// The successful runs of each undecided task of a verified job: their agents never run it
+    /// again, and agents of the same owners only when no other can.
+    replicas: HashMap<TaskId, Vec<Replica>>,
     /// Attempts assigned here, while they run.
     live: HashMap<AttemptId, Live>,
     /// Changes being persisted.
@@ -445,6 +470,7 @@ impl Dispatch {
             queued: HashSet::new(),
             delayed: BinaryHeap::new(),
             failed_on: HashMap::new(),
+            replicas: HashMap::new(),
             live: HashMap::new(),
             ops: HashMap::new(),
             next_op: 1,
@@ -479,6 +505,18 @@ impl Dispatch {
             self.leases.grant_for(now, attempt, &agent, grace);
         }
         self.forget_later(now);
+    }
+
+    /// The successful replicas of undecided tasks of verified jobs, read from the store (at a
+    /// start, or with tasks found in a shared database): given before the tasks are queued,
+    /// so that their placements avoid the agents that ran them.
+    pub fn handle_replicas(&mut self, replicas: impl IntoIterator<Item = (TaskId, Replica)>) {
+        for (task, replica) in replicas {
+            let known = self.replicas.entry(task).or_default();
+            if !known.iter().any(|r| r.attempt == replica.attempt) {
+                known.push(replica);
+            }
+        }
     }
 
     /// A job was stored: its tasks are queued.
@@ -532,6 +570,7 @@ impl Dispatch {
         self.delayed.retain(|Reverse((_, t))| t.job != job);
         self.queued.retain(|t| t.job != job);
         self.failed_on.retain(|t, _| t.job != job);
+        self.replicas.retain(|t, _| t.job != job);
         let mut stops = Vec::new();
         for (id, a) in &self.agents {
             for attempt in a.running.iter().filter(|at| at.task.job == job) {
@@ -618,6 +657,7 @@ impl Dispatch {
             draining: hello.draining,
             cluster: hello.cluster,
             owner: hello.owner,
+            disagreements: hello.disagreements,
             blobs_served: 0,
             bytes_served: 0,
             silent: false,
@@ -762,11 +802,15 @@ impl Dispatch {
             // current attempt on another agent.
             self.task_ended_in_scheduler(attempt.task);
         }
+        let cancelled = result.cancelled() || self.cancelled.contains(&attempt.task.job);
+        if job.verified() && result.succeeded() && !cancelled {
+            return self.verified_result(agent, result, job);
+        }
         let next = if result.succeeded() {
             TaskState::Succeeded
-        } else if result.cancelled() || self.cancelled.contains(&attempt.task.job) {
+        } else if cancelled {
             TaskState::Cancelled
-        } else if result.evicted() || attempt.attempt < job.max_attempts {
+        } else if result.evicted() || attempt.attempt < job.attempt_limit() {
             // An eviction is not the task's fault: it runs again, whatever its attempts.
             TaskState::Pending
         } else {
@@ -783,6 +827,8 @@ impl Dispatch {
                 attempt,
                 agent: agent.to_owned(),
                 evicted,
+                replica: None,
+                dissenters: vec![],
             },
             Change::End(Ending {
                 attempt,
@@ -790,6 +836,88 @@ impl Dispatch {
                 outcome,
                 result: Some(Box::new(result)),
                 next,
+                verified: None,
+            }),
+        )
+    }
+
+    /// A successful result of a task of a verified job: compared with the task's earlier
+    /// replicas, it settles the task when enough distinct agents agree, and otherwise asks
+    /// for another agent's run (or, with no attempts left, fails the task).
+    fn verified_result(&mut self, agent: &str, result: TaskResult, job: &JobSpec) -> OpId {
+        let attempt = result.attempt;
+        let replica = Replica {
+            attempt: attempt.attempt,
+            agent: agent.to_owned(),
+            owner: self
+                .agents
+                .get(agent)
+                .map(|a| a.owner.clone())
+                .unwrap_or_default(),
+            digest: result.digest(),
+        };
+        let mut all: Vec<Replica> = self
+            .replicas
+            .get(&attempt.task)
+            .map(|known| {
+                known
+                    .iter()
+                    .filter(|r| r.attempt != attempt.attempt)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.push(replica.clone());
+        let (next, outcome, dissenters) = match verify::tally(job.verify, &all) {
+            Verdict::Agreed {
+                agents, dissenters, ..
+            } => {
+                if !dissenters.is_empty() {
+                    tracing::warn!(%attempt, ?dissenters, "agents sent results that differ from the agreed one");
+                }
+                let outcome = format!("succeeded: {agents} agents agree on its result");
+                (TaskState::Succeeded, outcome, dissenters)
+            }
+            Verdict::Short { best, results } => {
+                let need = job.verify as usize - best;
+                let differ = if results > 1 {
+                    format!(" ({results} different results so far)")
+                } else {
+                    String::new()
+                };
+                if attempt.attempt < job.attempt_limit() {
+                    let outcome = format!(
+                        "succeeded; {need} more agent{} must agree{differ}",
+                        if need == 1 { "" } else { "s" }
+                    );
+                    (TaskState::Pending, outcome, vec![])
+                } else {
+                    let outcome = format!(
+                        "no {} agents agreed on its result after {} attempts{differ}",
+                        job.verify, attempt.attempt
+                    );
+                    (TaskState::Failed, outcome, vec![])
+                }
+            }
+        };
+        self.persist(
+            Op::Result {
+                attempt,
+                agent: agent.to_owned(),
+                evicted: false,
+                replica: Some(replica.clone()),
+                dissenters: dissenters.iter().map(|(_, agent)| agent.clone()).collect(),
+            },
+            Change::End(Ending {
+                attempt,
+                holder: Some(agent.to_owned()),
+                outcome,
+                result: Some(Box::new(result)),
+                next,
+                verified: Some(Verified {
+                    digest: replica.digest,
+                    dissenters,
+                }),
             }),
         )
     }
@@ -915,7 +1043,18 @@ impl Dispatch {
                 attempt,
                 agent,
                 evicted,
-            } => self.result_recorded(now, attempt, &agent, evicted, outcome),
+                replica,
+                dissenters,
+            } => {
+                if matches!(outcome, Persisted::Ended(_)) {
+                    for dissenter in &dissenters {
+                        if let Some(a) = self.agents.get_mut(dissenter) {
+                            a.disagreements += 1;
+                        }
+                    }
+                }
+                self.result_recorded(now, attempt, &agent, evicted, replica, outcome)
+            }
             Op::Lost {
                 attempt,
                 agent,
@@ -1058,6 +1197,15 @@ impl Dispatch {
             } else {
                 format!("no agent of cluster {} is connected", spec.cluster)
             };
+        }
+        if spec.verified() && agents.len() < spec.verify as usize {
+            return format!(
+                "verify = {} needs that many distinct agents; {} of cluster {} {} connected",
+                spec.verify,
+                agents.len(),
+                spec.cluster,
+                if agents.len() == 1 { "is" } else { "are" }
+            );
         }
         let largest = agents
             .iter()
@@ -1388,6 +1536,13 @@ impl Dispatch {
             tracing::error!(%attempt, "assigned a task of a job the core does not know");
             return;
         };
+        // A verified task's runs must not build on one another's work: each starts afresh,
+        // with the task's seed.
+        let (checkpoint, seed) = if job.verified() {
+            (None, Some(verify::seed(task)))
+        } else {
+            (checkpoint, None)
+        };
         let Some(a) = self.agents.get_mut(agent) else {
             // Gone since the placement; the lease runs out and requeues it.
             tracing::debug!(%attempt, %agent, "agent left before assignment");
@@ -1412,6 +1567,7 @@ impl Dispatch {
                 attempt,
                 job: (*job).clone(),
                 checkpoint,
+                seed,
             })),
         );
     }
@@ -1422,12 +1578,17 @@ impl Dispatch {
         attempt: AttemptId,
         agent: &str,
         evicted: bool,
+        replica: Option<Replica>,
         outcome: Persisted,
     ) {
         match outcome {
             Persisted::Ended(state) => {
                 tracing::info!(%agent, %attempt, state = state.as_str(), "result recorded");
-                if state == TaskState::Pending && !evicted {
+                if let (TaskState::Pending, Some(replica)) = (state, replica) {
+                    // A replica that did not settle its task: another agent runs it, now.
+                    self.replicas.entry(attempt.task).or_default().push(replica);
+                    self.end_attempt(attempt, agent, state, None);
+                } else if state == TaskState::Pending && !evicted {
                     // It failed and has attempts left: elsewhere, after a backoff.
                     let wait = retry_backoff(self.config.retry_backoff, attempt.attempt);
                     tracing::info!(%attempt, wait_ms = wait.as_millis() as u64, "task failed; retrying after a backoff");
@@ -1506,7 +1667,7 @@ impl Dispatch {
                 TaskState::Cancelled
             } else {
                 match self.jobs.get(&attempt.task.job) {
-                    Some(job) if attempt.attempt >= job.max_attempts => TaskState::Failed,
+                    Some(job) if attempt.attempt >= job.attempt_limit() => TaskState::Failed,
                     // A job this coordinator does not know (submitted through another one) is
                     // given another attempt; its next placement loads it.
                     _ => TaskState::Pending,
@@ -1524,6 +1685,7 @@ impl Dispatch {
                 outcome: loss.outcome().to_owned(),
                 result: None,
                 next,
+                verified: None,
             }),
         );
     }
@@ -1548,6 +1710,7 @@ impl Dispatch {
             (TaskState::Pending, None) => self.queue(attempt.task),
             _ => {
                 self.failed_on.remove(&attempt.task);
+                self.replicas.remove(&attempt.task);
             }
         }
     }
@@ -1572,12 +1735,30 @@ impl Dispatch {
             return;
         }
         if self.ensure_job(task.job) {
-            let avoid = self.failed_on.get(&task).cloned();
+            let mut avoid = self.failed_on.get(&task).cloned().unwrap_or_default();
+            let mut exclude = Vec::new();
+            if let Some(replicas) = self.replicas.get(&task) {
+                // Agents that sent a replica never run the task again; other agents of their
+                // owners only when no one else can.
+                exclude.extend(replicas.iter().map(|r| r.agent.clone()));
+                let owners: HashSet<&str> = replicas
+                    .iter()
+                    .map(|r| r.owner.as_str())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                if !owners.is_empty() {
+                    avoid.extend(
+                        self.agents
+                            .iter()
+                            .filter(|(_, a)| owners.contains(a.owner.as_str()))
+                            .map(|(id, _)| id.clone()),
+                    );
+                }
+            }
             if let Some(s) = self.job_scheduler(task.job) {
                 s.task_queued(task);
-                if let Some(agents) = avoid {
-                    s.avoid(task, agents);
-                }
+                s.avoid(task, avoid);
+                s.exclude(task, exclude);
             }
         } else {
             self.queued.remove(&task);

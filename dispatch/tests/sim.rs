@@ -14,7 +14,8 @@ use lull_dispatch::{
 use lull_protocol::Digest;
 use lull_protocol::job::{JobSpec, ModuleSpec, Placement, Resources};
 use lull_protocol::message::{
-    AgentStatus, AttemptId, Capacity, CoordinatorMessage, ModuleResult, Outcome, TaskId, TaskResult,
+    AgentStatus, AttemptId, Capacity, Captured, CoordinatorMessage, ModuleResult, Outcome, TaskId,
+    TaskResult,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -46,6 +47,10 @@ struct Store {
     failing: bool,
     /// Changes persisted.
     writes: u64,
+    /// The replicas outvoted, as the real store marks them: task, attempt, agent.
+    disagreed: Vec<(TaskId, u32, String)>,
+    /// The result digest each verified task was accepted with.
+    accepted: BTreeMap<TaskId, Digest>,
 }
 
 impl Store {
@@ -78,6 +83,7 @@ impl Store {
                 outcome,
                 result,
                 next,
+                verified,
             }) => {
                 let cancelled = self.cancelled.contains(&attempt.task.job);
                 let row = self.tasks.get_mut(&attempt.task).expect("a stored task");
@@ -97,6 +103,14 @@ impl Store {
                     next => *next,
                 };
                 row.outcomes.push(outcome.clone());
+                if let Some(v) = verified {
+                    for (number, agent) in &v.dissenters {
+                        self.disagreed.push((attempt.task, *number, agent.clone()));
+                    }
+                    if row.state == TaskState::Succeeded {
+                        self.accepted.insert(attempt.task, v.digest);
+                    }
+                }
                 Persisted::Ended(row.state)
             }
         }
@@ -116,6 +130,9 @@ struct Behaviour {
     fails: bool,
     /// Whether it sends each result twice.
     duplicates: bool,
+    /// What it says its guests printed: nothing when `None` (what honest agents say), else
+    /// these bytes' digest, a forged result.
+    claims: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -124,6 +141,7 @@ impl Default for Behaviour {
             task_time: Duration::from_secs(2),
             fails: false,
             duplicates: false,
+            claims: None,
         }
     }
 }
@@ -185,6 +203,7 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         max_attempts,
         priority: 0,
         owner: String::new(),
+        verify: 1,
     }
 }
 
@@ -248,6 +267,11 @@ impl Sim {
 
     /// Connects an agent (again, if it was): its hello lists what it runs.
     fn connect(&mut self, id: &str, slots: u32, behaviour: Behaviour) {
+        self.connect_owned(id, slots, behaviour, "lab");
+    }
+
+    /// Connects an agent of a lender.
+    fn connect_owned(&mut self, id: &str, slots: u32, behaviour: Behaviour, owner: &str) {
         let running = self
             .agents
             .get(id)
@@ -265,7 +289,8 @@ impl Sim {
                 compiled: vec![],
                 cluster: "default".into(),
                 draining: None,
-                owner: "lab".into(),
+                owner: owner.into(),
+                disagreements: 0,
             },
         );
         let now = self.now;
@@ -299,6 +324,22 @@ impl Sim {
 
     /// Submits a job of `owner` with `priority`.
     fn submit_as(&mut self, owner: &str, priority: i32, count: u32, max_attempts: u32) -> u64 {
+        let mut spec = job_spec(count, max_attempts);
+        spec.owner = owner.to_owned();
+        spec.priority = priority;
+        self.submit_spec(spec)
+    }
+
+    /// Submits a job whose results `verify` agents must agree on.
+    fn submit_verified(&mut self, verify: u32, count: u32, max_attempts: u32) -> u64 {
+        let mut spec = job_spec(count, max_attempts);
+        spec.owner = "alice".into();
+        spec.verify = verify;
+        self.submit_spec(spec)
+    }
+
+    fn submit_spec(&mut self, spec: JobSpec) -> u64 {
+        let count = spec.count;
         let job = self.next_job;
         self.next_job += 1;
         for index in 0..count {
@@ -312,9 +353,6 @@ impl Sim {
                 },
             );
         }
-        let mut spec = job_spec(count, max_attempts);
-        spec.owner = owner.to_owned();
-        spec.priority = priority;
         let spec = Arc::new(spec);
         self.jobs.insert(job, spec.clone());
         self.core.handle_submitted(self.now, job, spec);
@@ -453,7 +491,14 @@ impl Sim {
                         code: i32::from(behaviour.fails),
                     }
                 };
-                let r = result(attempt, outcome);
+                let mut r = result(attempt, outcome);
+                if let Some(claim) = &behaviour.claims {
+                    r.modules[0].stdout = Some(Captured {
+                        digest: Digest::of(claim.as_bytes()),
+                        size: claim.len() as u64,
+                        truncated: false,
+                    });
+                }
                 let job = self.jobs[&attempt.task.job].clone();
                 self.core.handle_result(now, &id, r.clone(), &job);
                 if behaviour.duplicates {
@@ -1443,4 +1488,151 @@ fn preemption_serves_a_users_urgent_job_before_their_running_low_one() {
         s.job_done(low) && s.job_done(urgent)
     });
     sim.check_invariants();
+}
+
+fn liar(claim: &str) -> Behaviour {
+    Behaviour {
+        claims: Some(claim.into()),
+        ..fast(Duration::from_secs(2))
+    }
+}
+
+/// The agents that ran each task of `job`, in order.
+fn runners(sim: &Sim, job: u64) -> BTreeMap<u32, Vec<String>> {
+    let mut by_task: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for (attempt, agent) in &sim.assigned {
+        if attempt.task.job == job {
+            by_task
+                .entry(attempt.task.index)
+                .or_default()
+                .push(agent.clone());
+        }
+    }
+    by_task
+}
+
+#[test]
+fn verify_runs_each_task_on_distinct_agents_and_outvotes_a_lying_one() {
+    let mut sim = Sim::new();
+    sim.connect("honest-a", 1, fast(Duration::from_secs(2)));
+    sim.connect("honest-b", 1, fast(Duration::from_secs(3)));
+    sim.connect("liar", 1, liar("forged"));
+    let job = sim.submit_verified(2, 30, 3);
+    sim.run_until(Duration::from_secs(900), "the verified job", |s| {
+        s.job_done(job)
+    });
+    sim.check_invariants();
+    assert_eq!(sim.store.count(TaskState::Succeeded), 30);
+    let honest = result(
+        AttemptId {
+            task: TaskId { job, index: 0 },
+            attempt: 1,
+        },
+        Outcome::Exited { code: 0 },
+    )
+    .digest();
+    let runners = runners(&sim, job);
+    let mut caught = 0;
+    for (index, agents) in &runners {
+        let task = TaskId { job, index: *index };
+        // Nobody ran a task twice; the accepted result is the honest one.
+        let distinct: HashSet<&String> = agents.iter().collect();
+        assert_eq!(distinct.len(), agents.len(), "task {index}: {agents:?}");
+        assert_eq!(sim.store.accepted.get(&task), Some(&honest), "task {index}");
+        if agents.iter().any(|a| a == "liar") {
+            // The liar's run and both honest ones: the liar is outvoted and named.
+            assert_eq!(agents.len(), 3, "task {index}: {agents:?}");
+            assert!(
+                sim.store
+                    .disagreed
+                    .iter()
+                    .any(|(t, _, agent)| *t == task && agent == "liar"),
+                "task {index}: {:?}",
+                sim.store.disagreed
+            );
+            caught += 1;
+        } else {
+            assert_eq!(agents.len(), 2, "task {index}: {agents:?}");
+        }
+    }
+    assert!(caught > 0, "the liar ran some task: {runners:?}");
+    assert_eq!(sim.store.disagreed.len(), caught, "only the liar is named");
+    assert_eq!(
+        sim.core.agent("liar").map(|a| a.disagreements),
+        Some(caught as u64)
+    );
+    assert_eq!(sim.core.agent("honest-a").map(|a| a.disagreements), Some(0));
+}
+
+#[test]
+fn a_verified_task_waits_for_another_agent_rather_than_running_twice_on_one() {
+    let mut sim = Sim::new();
+    sim.connect("only", 2, fast(Duration::from_secs(1)));
+    let job = sim.submit_verified(2, 1, 3);
+    sim.run_for(Duration::from_secs(60));
+    let task = TaskId { job, index: 0 };
+    assert_eq!(sim.row(task).state, TaskState::Pending);
+    assert_eq!(sim.row(task).attempt, 1, "ran once, then waits");
+    let reason = sim.core.waiting_reason(&sim.jobs[&job]);
+    assert!(
+        reason.contains(
+            "verify = 2 needs that many distinct agents; 1 of cluster default is connected"
+        ),
+        "{reason}"
+    );
+    sim.connect("second", 1, fast(Duration::from_secs(1)));
+    sim.run_until(Duration::from_secs(60), "the second run", |s| {
+        s.job_done(job)
+    });
+    assert_eq!(sim.row(task).state, TaskState::Succeeded);
+    assert_eq!(runners(&sim, job)[&0], ["only", "second"]);
+    // No backoff for a run that succeeded: the second started as soon as it could.
+    assert!(
+        sim.row(task).outcomes[0].starts_with("succeeded; 1 more agent must agree"),
+        "{:?}",
+        sim.row(task).outcomes
+    );
+}
+
+#[test]
+fn a_verified_tasks_runs_go_to_other_owners_machines_where_they_can() {
+    let mut sim = Sim::new();
+    sim.connect_owned("lab-1", 1, fast(Duration::from_secs(1)), "lab");
+    sim.connect_owned("lab-2", 1, fast(Duration::from_secs(1)), "lab");
+    sim.connect_owned("lab-3", 1, fast(Duration::from_secs(1)), "lab");
+    sim.connect_owned("home-1", 1, fast(Duration::from_secs(1)), "home");
+    for _ in 0..12 {
+        let job = sim.submit_verified(2, 1, 1);
+        sim.run_until(Duration::from_secs(60), "the job", |s| s.job_done(job));
+        let agents = &runners(&sim, job)[&0];
+        assert_eq!(agents.len(), 2, "{agents:?}");
+        let owners: HashSet<&str> = agents
+            .iter()
+            .map(|a| a.split('-').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            owners.len(),
+            2,
+            "one run on each owner's machines: {agents:?}"
+        );
+    }
+}
+
+#[test]
+fn a_verified_task_whose_runs_never_agree_fails_saying_so() {
+    let mut sim = Sim::new();
+    sim.connect("a", 1, liar("one story"));
+    sim.connect("b", 1, liar("another"));
+    sim.connect("c", 1, liar("a third"));
+    // One attempt for failures, one more for the second agent: two runs, which differ.
+    let job = sim.submit_verified(2, 1, 1);
+    sim.run_until(Duration::from_secs(60), "the job", |s| s.job_done(job));
+    let row = sim.row(TaskId { job, index: 0 });
+    assert_eq!(row.state, TaskState::Failed);
+    assert_eq!(row.attempt, 2);
+    assert_eq!(
+        row.outcomes.last().map(String::as_str),
+        Some("no 2 agents agreed on its result after 2 attempts (2 different results so far)")
+    );
+    assert!(sim.store.disagreed.is_empty(), "no majority, nobody named");
 }

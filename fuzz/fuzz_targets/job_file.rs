@@ -101,6 +101,7 @@ fn job_file(text: &str) {
         max_attempts: attempts,
         priority: file.priority,
         owner: String::new(),
+        verify: file.verify,
     };
     if let Err(e) = spec.check() {
         panic!("a job file that parses resolves to a job the coordinator refuses: {e}\n{text}");

@@ -250,6 +250,7 @@ impl Fixture {
             timeout: Duration::from_secs(600),
             pooled: false,
             hooks: None,
+            seed: None,
         };
         Fixture {
             sandbox,

@@ -715,6 +715,13 @@ pub struct Agent {
     pub blobs_served: u64,
     /// The bytes of those blobs.
     pub bytes_served: u64,
+    /// Whose machine it is (its lender); empty when no one is named.
+    #[serde(default)]
+    pub owner: String,
+    /// How many of its results for jobs with `verify` differed from the one other agents
+    /// agreed on: more than a few suggests a faulty or dishonest machine.
+    #[serde(default)]
+    pub disagreements: u64,
 }
 
 /// A change of an agent's scavenging state.

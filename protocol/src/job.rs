@@ -110,10 +110,32 @@ pub struct JobFile {
     /// Between users, fair share decides.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Run each task on this many distinct agents (of different owners where possible) and
+    /// accept its result only when their results agree, bit for bit [default: 1, at most
+    /// [`MAX_VERIFY`]]. Such tasks run deterministically; see [`JobSpec::verify`].
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub verify: u32,
 }
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// The most agents a job may ask to agree on each task's result (`verify`).
+pub const MAX_VERIFY: u32 = 8;
+
+fn check_verify(verify: u32) -> Result<(), JobError> {
+    if !(1..=MAX_VERIFY).contains(&verify) {
+        return Err(invalid(
+            "verify",
+            format!("must be from 1 (run each task once) to {MAX_VERIFY}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The highest job priority (and, negated, the lowest).
@@ -260,6 +282,7 @@ impl JobFile {
         check_job_name(&self.name)?;
         check_count(self.count)?;
         check_priority(self.priority)?;
+        check_verify(self.verify)?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid(
@@ -572,15 +595,36 @@ pub struct JobSpec {
     /// a client sends is replaced); empty until then.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
+    /// How many distinct agents must agree on each task's result (1: any one result counts).
+    /// With more than one, each task runs on that many agents, one after another, of different
+    /// owners where possible; each run is deterministic (NaN bit patterns made canonical, fixed
+    /// clocks, randomness from a seed the coordinator gives, no checkpoint from another agent
+    /// restored), so honest agents agree bit for bit; an agent whose result differs from the
+    /// agreeing ones is recorded.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub verify: u32,
 }
 
 impl JobSpec {
+    /// The most attempts a task may make: [`JobSpec::max_attempts`] for failures, plus one
+    /// for each further agent that must agree ([`JobSpec::verify`]).
+    pub fn attempt_limit(&self) -> u32 {
+        self.max_attempts
+            .saturating_add(self.verify.saturating_sub(1))
+    }
+
+    /// Whether its tasks run deterministically, on several agents that must agree.
+    pub fn verified(&self) -> bool {
+        self.verify > 1
+    }
+
     /// Checks a definition received over the network (the CLI checks files; the coordinator
     /// checks again, since it cannot trust the sender).
     pub fn check(&self) -> Result<(), JobError> {
         check_job_name(&self.name)?;
         check_count(self.count)?;
         check_priority(self.priority)?;
+        check_verify(self.verify)?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid("modules", "a job needs at least one module"));
@@ -1033,6 +1077,7 @@ max_attempts = 3
             max_attempts: 1,
             priority: 0,
             owner: String::new(),
+            verify: 1,
         }
     }
 
@@ -1085,6 +1130,7 @@ max_attempts = 3
                 },
                 job: big,
                 checkpoint: None,
+                seed: Some(u64::MAX),
             }));
         assert!(crate::frame::to_bytes(&assign, crate::frame::DEFAULT_MAX_FRAME).is_ok());
     }

@@ -352,6 +352,10 @@ pub struct Assignment {
     /// The checkpoint an earlier attempt of the task kept, which this one restores.
     #[serde(default)]
     pub checkpoint: Option<CheckpointRef>,
+    /// For a task of a job with `verify` above 1: the seed of the guest's randomness, the same
+    /// for every agent that runs the task, which runs it deterministically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Assignment {
@@ -618,6 +622,30 @@ pub struct TaskResult {
 }
 
 impl TaskResult {
+    /// What agents that ran the task must agree on: each module's name, outcome and captured
+    /// streams, and the output files (by path) with their digests, as one digest. The attempt,
+    /// its times and anything else that differs between honest runs are left out.
+    pub fn digest(&self) -> Digest {
+        #[derive(Serialize)]
+        struct Agreed<'a> {
+            modules: &'a [ModuleResult],
+            outputs: Vec<&'a OutputFile>,
+            outputs_truncated: bool,
+        }
+        let mut outputs: Vec<&OutputFile> = self.outputs.iter().collect();
+        outputs.sort_by(|a, b| a.path.cmp(&b.path));
+        let agreed = Agreed {
+            modules: &self.modules,
+            outputs,
+            outputs_truncated: self.outputs_truncated,
+        };
+        let json = serde_json::to_vec(&agreed).expect("a result serializes");
+        let mut hasher = crate::digest::Hasher::new();
+        hasher.update(b"lull result v1\n");
+        hasher.update(&json);
+        hasher.finish()
+    }
+
     /// Whether every module exited cleanly with code 0.
     pub fn succeeded(&self) -> bool {
         !self.modules.is_empty() && self.modules.iter().all(|m| m.outcome.is_success())

@@ -312,6 +312,9 @@ pub struct Scheduler {
     warm: HashMap<Digest, Vec<u32>>,
     /// Agents a waiting task should not go to when another can take it (it failed there).
     avoid: HashMap<TaskId, Vec<String>>,
+    /// Agents a waiting task must not go to at all (they already ran it for a job whose
+    /// results distinct agents must agree on).
+    exclude: HashMap<TaskId, Vec<String>>,
 }
 
 impl Scheduler {
@@ -335,6 +338,7 @@ impl Scheduler {
             scratch: Vec::new(),
             warm: HashMap::new(),
             avoid: HashMap::new(),
+            exclude: HashMap::new(),
         }
     }
 
@@ -607,6 +611,7 @@ impl Scheduler {
         if let Some(j) = self.jobs.get_mut(&job) {
             for t in j.queue.drain(..) {
                 self.avoid.remove(&t);
+                self.exclude.remove(&t);
             }
         }
         self.prune(job);
@@ -639,6 +644,16 @@ impl Scheduler {
             self.avoid.remove(&task);
         } else {
             self.avoid.insert(task, agents);
+        }
+    }
+
+    /// The waiting `task` must not go to these agents, even when no other can take it: it
+    /// waits for another.
+    pub fn exclude(&mut self, task: TaskId, agents: Vec<String>) {
+        if agents.is_empty() {
+            self.exclude.remove(&task);
+        } else {
+            self.exclude.insert(task, agents);
         }
     }
 
@@ -823,6 +838,7 @@ impl Scheduler {
                 continue;
             };
             self.avoid.remove(&task);
+            self.exclude.remove(&task);
             if let Some(j) = self.jobs.get_mut(&job_id) {
                 j.queue.pop_front();
             }
@@ -945,6 +961,8 @@ impl Scheduler {
         }
         let mut candidates = std::mem::take(&mut self.scratch);
         candidates.clear();
+        let excluded: &[String] = self.exclude.get(&task).map_or(&[], Vec::as_slice);
+        let allowed = |a: &Agent| !excluded.contains(&a.id);
         // Walk the shorter of the two lists: the job's eligible agents, or the agents with
         // room; collect feasible ones.
         let (walk, check_eligible): (&[u32], bool) = if job.eligible.len() <= self.roomy.len() {
@@ -962,7 +980,7 @@ impl Scheduler {
             let Some(a) = self.agents[i as usize].as_ref() else {
                 continue;
             };
-            if a.fits(job) {
+            if a.fits(job) && allowed(a) {
                 candidates.push(i);
                 if candidates.len() >= CANDIDATES {
                     break;
@@ -987,6 +1005,7 @@ impl Scheduler {
                 if job.is_eligible.get(i as usize).copied().unwrap_or(false)
                     && a.warm.contains(&module)
                     && a.fits(job)
+                    && allowed(a)
                     && !candidates.contains(&i)
                 {
                     candidates.push(i);
@@ -1016,7 +1035,7 @@ impl Scheduler {
                     }
                     if self.agents[i as usize]
                         .as_ref()
-                        .is_some_and(|a| a.fits(job))
+                        .is_some_and(|a| a.fits(job) && allowed(a))
                     {
                         candidates.push(i);
                         if candidates.len() >= CANDIDATES {

@@ -521,6 +521,49 @@ fn a_task_avoids_the_agents_it_failed_on_unless_nobody_else_can_take_it() {
     assert!(s.poll_placement().is_some());
 }
 
+#[test]
+fn an_excluded_agent_never_takes_the_task_even_when_nobody_else_can() {
+    let mut s = Scheduler::new(5);
+    for id in ["first", "second"] {
+        s.agent_up(id, &capacity(2, 2, 8 * GIB, "linux", None), true);
+    }
+    let job = JobDef {
+        count: 2,
+        memory: 64 * MIB,
+        cpu_millis: 100,
+        strategy: Kind::Binpack,
+        constraints: vec![],
+    };
+    s.add_job(1, placement(&job), 1);
+    let (task, other) = (TaskId { job: 1, index: 0 }, TaskId { job: 1, index: 1 });
+    s.task_queued(task);
+    s.task_queued(other);
+    // Excluded from one, avoided on the other: the avoided one takes it.
+    s.exclude(task, vec!["first".into()]);
+    s.avoid(task, vec!["second".into()]);
+    let placed = s.poll_placement().unwrap();
+    assert_eq!((placed.task, placed.agent.as_str()), (task, "second"));
+    s.task_ended(task);
+    // Excluded from both: the job's other task goes, this one waits.
+    s.task_queued(task);
+    s.exclude(task, vec!["first".into(), "second".into()]);
+    let next = s.poll_placement();
+    assert!(
+        next.as_ref().is_none_or(|p| p.task != task),
+        "an excluded agent took the task: {next:?}"
+    );
+    // A new agent may take it.
+    s.agent_up("third", &capacity(2, 2, 8 * GIB, "linux", None), true);
+    let mut placed = Vec::new();
+    while let Some(p) = s.poll_placement() {
+        placed.push((p.task, p.agent));
+    }
+    assert!(
+        placed.contains(&(task, "third".to_string())),
+        "the task went to the newcomer: {placed:?}"
+    );
+}
+
 /// A one-core task placement of `owner`'s job.
 fn owned(owner: &str, priority: i32) -> JobPlacement {
     JobPlacement {

@@ -1768,6 +1768,36 @@ pub mod guests {
     (call $write (i32.const 2) (i32.const 32) (i32.const 1))))
 "#;
 
+    /// Prints (as 40 raw bytes on stdout) what differs between hosts and runs unless a run is
+    /// deterministic: the wall clock and the monotonic clock (8 bytes each, little-endian
+    /// nanoseconds), 16 bytes of `random_get`, and the bits of a float sum whose operand is a
+    /// NaN with a payload (8 bytes). Exits 0; a failing WASI call exits with 100 + its errno.
+    pub fn observer() -> Vec<u8> {
+        compile(OBSERVER)
+    }
+
+    const OBSERVER: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  ;; 0: a NaN whose payload is 1; 8: 0.0; 64..104: what is printed; 200: iovec; 300: written
+  (data (i32.const 0) "\01\00\00\00\00\00\f8\7f")
+  (func $check (param $errno i32)
+    (if (local.get $errno)
+      (then (call $proc_exit (i32.add (i32.const 100) (local.get $errno))))))
+  (func (export "_start")
+    (call $check (call $clock (i32.const 0) (i64.const 1) (i32.const 64)))
+    (call $check (call $clock (i32.const 1) (i64.const 1) (i32.const 72)))
+    (call $check (call $random (i32.const 80) (i32.const 16)))
+    (f64.store (i32.const 96) (f64.add (f64.load (i32.const 0)) (f64.load (i32.const 8))))
+    (i32.store (i32.const 200) (i32.const 64))
+    (i32.store (i32.const 204) (i32.const 40))
+    (call $check (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 300)))))
+"#;
+
     /// Pure computation: runs `iterations` steps of the xorshift64 generator (13, 7, 17) from a
     /// fixed seed, then writes the final state to stdout as 16 lowercase hex digits and a
     /// newline, and exits 0. The output depends only on `iterations`, never on timing, so a run

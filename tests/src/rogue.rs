@@ -5,7 +5,9 @@
 use lull_agent::link::{self, Dialer};
 use lull_protocol::Digest;
 use lull_protocol::identity::Identity;
-use lull_protocol::message::{AgentMessage, AgentStatus, Assignment, Capacity, CoordinatorMessage};
+use lull_protocol::message::{
+    AgentMessage, AgentStatus, Assignment, BlobReply, Capacity, CoordinatorMessage,
+};
 
 use crate::Cluster;
 
@@ -128,6 +130,26 @@ impl Rogue {
         let out = submitted.await.unwrap();
         assert!(out.status.success(), "{out:?}");
         assignment
+    }
+
+    /// Uploads `bytes` as a blob, as an agent uploads what its guests wrote; returns its
+    /// digest.
+    pub async fn put_blob(&self, bytes: &[u8]) -> Digest {
+        let digest = Digest::of(bytes);
+        let (mut send, mut recv) = self.conn.open_bi().await.expect("a blob stream");
+        let put = AgentMessage::PutBlob {
+            digest,
+            size: bytes.len() as u64,
+        };
+        link::write_frame(&mut send, &put)
+            .await
+            .expect("the blob's frame");
+        send.write_all(bytes).await.expect("the blob's bytes");
+        send.finish().expect("the blob's end");
+        match link::read_frame::<BlobReply>(&mut recv).await {
+            Ok(Some(BlobReply::Ok { .. })) => digest,
+            other => panic!("uploading a blob: {other:?}"),
+        }
     }
 
     /// Sends one message on the control stream.

@@ -51,7 +51,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         println!("no agent is connected (start one with `lull-agent run`, or try `lull dev`)");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&[
+    // Agents whose results for `verify` jobs were outvoted: a column only when there are some.
+    let disagreed = agents.iter().any(|a| a.disagreements > 0);
+    let mut columns = vec![
         ("ID", Align::Left),
         ("NAME", Align::Left),
         ("CLUSTER", Align::Left),
@@ -61,8 +63,12 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         ("MEMORY", Align::Right),
         ("TASK CAP", Align::Right),
         ("OS/ARCH", Align::Left),
-        ("WHY", Align::Left),
-    ]);
+    ];
+    if disagreed {
+        columns.push(("DISAGREED", Align::Right));
+    }
+    columns.push(("WHY", Align::Left));
+    let mut table = Table::new(&columns);
     for a in agents {
         let c = &a.capacity;
         let state = if a.draining_until_ms.is_some() {
@@ -70,7 +76,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         } else {
             a.status.state.name().to_owned()
         };
-        table.row(vec![
+        let mut row = vec![
             a.id,
             a.name,
             a.cluster,
@@ -80,8 +86,12 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             format_size(c.memory_available),
             format_size(c.max_task_memory),
             format!("{}/{}", c.os, c.arch),
-            a.status.reason,
-        ]);
+        ];
+        if disagreed {
+            row.push(a.disagreements.to_string());
+        }
+        row.push(a.status.reason);
+        table.row(row);
     }
     table.print();
     Ok(ExitCode::SUCCESS)

@@ -291,6 +291,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         max_attempts: file.max_attempts()?,
         priority: file.priority,
         owner: String::new(),
+        verify: file.verify,
     };
     spec.check()?;
     Ok((spec, files))

@@ -25,6 +25,8 @@ pub struct AgentRecord {
     pub drain_deadline_ms: Option<i64>,
     /// Whose machine it is (the user its join token named; empty when none did).
     pub owner: String,
+    /// How many of its results differed from the one other agents agreed on.
+    pub disagreements: u64,
 }
 
 /// An agent's cluster, when the store knows the agent.
@@ -67,7 +69,7 @@ impl Store {
     /// The standing of the agent with this ID; `None` when the store has never seen it.
     pub async fn agent_record(&self, id: &str) -> Result<Option<AgentRecord>> {
         let row = sqlx::query(
-            "SELECT key_hash, enrolled_ms, revoked_ms, drain_deadline_ms, owner FROM agents WHERE id = $1",
+            "SELECT key_hash, enrolled_ms, revoked_ms, drain_deadline_ms, owner, disagreements FROM agents WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -80,6 +82,7 @@ impl Store {
             revoked_ms: r.get(2),
             drain_deadline_ms: r.get(3),
             owner: r.get(4),
+            disagreements: r.get::<i64, _>(5).max(0) as u64,
         }))
     }
 

@@ -1,6 +1,6 @@
 //! Tasks and their attempts: assigned, started and ended as the dispatch core decides.
 
-use lull_dispatch::{Change, Persisted};
+use lull_dispatch::{Change, Persisted, Replica, Verified};
 
 use super::jobs::Recounts;
 
@@ -268,6 +268,9 @@ impl Store {
         .bind(attempt.attempt as i64)
         .execute(&mut *tx)
         .await?;
+        if let Some(verified) = &ending.verified {
+            self.record_verified_in(tx, attempt, verified).await?;
+        }
         sqlx::query(
             "UPDATE tasks SET state = $1, cause = $2, updated_ms = $3 WHERE job_id = $4 AND idx = $5",
         )
@@ -280,6 +283,82 @@ impl Store {
         .await?;
         recounts.moved(attempt.task.job, was, state, 1);
         Ok(Recorded::Stored(state))
+    }
+
+    /// Keeps a verified task's result digest with its attempt and, once agents agree, marks
+    /// the earlier attempts whose results differ and counts them against their agents.
+    async fn record_verified_in(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        attempt: AttemptId,
+        verified: &Verified,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE attempts SET digest = $1 WHERE job_id = $2 AND idx = $3 AND attempt = $4",
+        )
+        .bind(verified.digest.to_string())
+        .bind(attempt.task.job as i64)
+        .bind(attempt.task.index as i64)
+        .bind(attempt.attempt as i64)
+        .execute(&mut *tx)
+        .await?;
+        for (number, agent) in &verified.dissenters {
+            let marked = sqlx::query(
+                "UPDATE attempts SET disagreed = 1, outcome = $1 \
+                 WHERE job_id = $2 AND idx = $3 AND attempt = $4 AND agent_id = $5 AND disagreed = 0",
+            )
+            .bind(DISAGREED)
+            .bind(attempt.task.job as i64)
+            .bind(attempt.task.index as i64)
+            .bind(i64::from(*number))
+            .bind(agent)
+            .execute(&mut *tx)
+            .await?;
+            if marked.rows_affected() > 0 {
+                sqlx::query("UPDATE agents SET disagreements = disagreements + 1 WHERE id = $1")
+                    .bind(agent)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The successful runs of `job`'s undecided tasks (pending or running) whose results were
+    /// kept for comparison: what the dispatch core needs to go on verifying them after a
+    /// start, or when another coordinator's tasks reach this one.
+    pub async fn replicas(&self, job: u64) -> Result<Vec<(TaskId, Replica)>> {
+        let rows = sqlx::query(
+            "SELECT a.idx, a.attempt, a.agent_id, COALESCE(g.owner, ''), a.digest \
+             FROM attempts a JOIN tasks t ON t.job_id = a.job_id AND t.idx = a.idx \
+             LEFT JOIN agents g ON g.id = a.agent_id \
+             WHERE a.job_id = $1 AND a.digest IS NOT NULL AND t.state IN ('pending', 'running') \
+             ORDER BY a.idx, a.attempt",
+        )
+        .bind(job as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let digest: String = r.get(4);
+                Ok((
+                    TaskId {
+                        job,
+                        index: r.get::<i64, _>(0) as u32,
+                    },
+                    Replica {
+                        attempt: r.get::<i64, _>(1) as u32,
+                        agent: r.get(2),
+                        owner: r.get(3),
+                        digest: digest.parse().map_err(|e| {
+                            StoreError::Corrupt(serde::de::Error::custom(format!(
+                                "attempt digest {digest:?}: {e}"
+                            )))
+                        })?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Persists a batch of the dispatch core's changes in one transaction (one fsync), and
@@ -326,6 +405,10 @@ impl Store {
         Ok(outcomes)
     }
 }
+
+/// The outcome of an attempt whose successful result differs from the one other agents agreed
+/// on.
+pub const DISAGREED: &str = "disagreed: its result differs from the one the other agents agree on";
 
 /// A page of a job's tasks ([`Store::task_page`]).
 #[derive(Debug, Clone)]

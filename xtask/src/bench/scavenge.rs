@@ -760,6 +760,7 @@ impl Agent {
                 timeout: Duration::from_secs(3600),
                 pooled: false,
                 hooks: None,
+                seed: None,
             },
             shared: Arc::new(Shared::default()),
             changes: Changes::default(),

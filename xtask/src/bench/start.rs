@@ -77,6 +77,7 @@ fn instantiate_us(
         timeout: Duration::from_secs(60),
         pooled,
         hooks: None,
+        seed: None,
     };
     let mut times = Vec::with_capacity(n);
     for i in 0..n + n / 10 {

@@ -76,6 +76,7 @@ impl Hub {
             compiled: compiled.clone(),
             cluster,
             draining: record.as_ref().and_then(|r| r.drain_deadline_ms),
+            disagreements: record.as_ref().map_or(0, |r| r.disagreements),
             owner: record.map(|r| r.owner).unwrap_or_default(),
         };
         let now_ms = self.store.now_ms();
@@ -527,6 +528,7 @@ mod tests {
             revoked_ms: revoked.then_some(2),
             drain_deadline_ms: None,
             owner: String::new(),
+            disagreements: 0,
         }
     }
 

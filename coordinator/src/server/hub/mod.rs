@@ -266,7 +266,12 @@ impl Hub {
         let pending = self.store.tasks_in_state(TaskState::Pending).await?;
         let running = self.store.tasks_in_state(TaskState::Running).await?;
         let counts = (jobs.len(), pending.len(), running.len());
+        let mut replicas = Vec::new();
+        for job in jobs.iter().filter(|j| j.spec.verified()) {
+            replicas.extend(self.store.replicas(job.id).await?);
+        }
         self.with_core(|core| {
+            core.handle_replicas(replicas);
             core.handle_recovered(
                 Instant::now(),
                 jobs.into_iter().map(|j| (j.id, Arc::new(j.spec))),
@@ -413,6 +418,8 @@ impl Hub {
                     cluster: a.cluster.clone(),
                     blobs_served: a.blobs_served,
                     bytes_served: a.bytes_served,
+                    owner: a.owner.clone(),
+                    disagreements: a.disagreements,
                 })
                 .collect()
         });

@@ -104,7 +104,28 @@ impl Hub {
                 Err(e) => tracing::warn!(job, error = %e, "could not load a job"),
             }
         }
+        // Tasks of verified jobs go on from the runs other coordinators recorded.
+        let verified: HashSet<u64> = loaded
+            .iter()
+            .filter(|(_, spec)| spec.verified())
+            .map(|(id, _)| *id)
+            .chain(self.read_core(|core| {
+                found
+                    .iter()
+                    .map(|(t, _)| t.job)
+                    .filter(|j| core.job(*j).is_some_and(|spec| spec.verified()))
+                    .collect::<HashSet<u64>>()
+            }))
+            .collect();
+        let mut replicas = Vec::new();
+        for job in verified {
+            match self.store.replicas(job).await {
+                Ok(found) => replicas.extend(found),
+                Err(e) => tracing::warn!(job, error = %e, "could not load a verified job's runs"),
+            }
+        }
         self.with_core(|core| {
+            core.handle_replicas(replicas);
             core.handle_found_pending(Instant::now(), loaded, found.iter().map(|(t, _)| *t))
         });
         lock(&self.shared).cursor = last;
