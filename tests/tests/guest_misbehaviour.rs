@@ -127,6 +127,11 @@ fn a_guest_that_fills_the_disk_is_stopped_at_its_cap_and_an_agent_short_of_disk_
     );
     cluster.wait_for_agents(&["capped", "short"]);
     cluster.kill_agent("capped");
+    // Until the coordinator notices the killed agent's connection is gone, it may still give
+    // it the job: wait for that first.
+    lull_tests::wait_for("the killed agent to be gone", lull_tests::WAIT, || {
+        (!cluster.agents().iter().any(|a| a["name"] == "capped")).then_some(())
+    });
     let hello = cluster.write_job(
         "hello",
         "name = \"hello\"\n[[module]]\npath = \"hello.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
