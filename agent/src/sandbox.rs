@@ -166,8 +166,11 @@ pub struct Sandbox {
     pooled: Option<Flavor>,
     /// Guests that must run deterministically (tasks whose results agents must agree on):
     /// NaN bit patterns made canonical, relaxed SIMD deterministic (and no threads, as in
-    /// every engine here).
-    deterministic: Flavor,
+    /// every engine here). Made for the first such guest: an engine and its linkers take
+    /// about 1 MiB, which an idle agent does not spend.
+    deterministic: std::sync::OnceLock<Flavor>,
+    /// The configuration the deterministic engine is made with.
+    deterministic_config: Config,
     ticker: Option<Ticker>,
 }
 
@@ -355,13 +358,13 @@ impl Sandbox {
             .wasm_component_model(true)
             .wasm_backtrace_details(WasmBacktraceDetails::Disable);
         let variable = Flavor::new(&wasm)?;
-        let deterministic = {
+        let deterministic_config = {
             let mut wasm = wasm.clone();
             // No threads either, in every engine: wasmtime is built without its `threads`
             // feature, so modules with shared memory are refused.
             wasm.cranelift_nan_canonicalization(true)
                 .relaxed_simd_deterministic(true);
-            Flavor::new(&wasm).context("the deterministic engine")?
+            wasm
         };
         let pooled = if config.pooled_guests == 0 {
             None
@@ -387,7 +390,7 @@ impl Sandbox {
         let ticker = if config.epoch_tick.is_zero() {
             None
         } else {
-            let mut engines = vec![variable.engine.clone(), deterministic.engine.clone()];
+            let mut engines = vec![variable.engine.clone()];
             engines.extend(pooled.as_ref().map(|f| f.engine.clone()));
             Some(Ticker::start(engines, config.epoch_tick)?)
         };
@@ -395,7 +398,8 @@ impl Sandbox {
             config,
             variable,
             pooled,
-            deterministic,
+            deterministic: std::sync::OnceLock::new(),
+            deterministic_config,
             ticker,
         })
     }
@@ -405,7 +409,9 @@ impl Sandbox {
     /// [`SandboxConfig::epoch_tick`]; with a zero tick, only calls to this do.
     pub fn increment_epoch(&self) {
         self.variable.engine.increment_epoch();
-        self.deterministic.engine.increment_epoch();
+        if let Some(d) = self.deterministic.get() {
+            d.engine.increment_epoch();
+        }
         if let Some(p) = &self.pooled {
             p.engine.increment_epoch();
         }
@@ -434,13 +440,33 @@ impl Sandbox {
     /// the canonical one and runs relaxed SIMD the same on every CPU (shared memories, and so
     /// threads, are refused in every engine). Its code differs from [`Sandbox::compile`]'s and is not kept on disk.
     pub fn load_deterministic(&self, bytes: &[u8]) -> Result<Program, SandboxError> {
-        let flavor = &self.deterministic;
+        let flavor = self.deterministic_flavor()?;
         let artifact = precompile_for(&flavor.engine, bytes)?;
         Ok(Program {
             engine: flavor.engine.clone(),
             kind: flavor.load(&artifact)?,
             pooled: None,
         })
+    }
+}
+
+impl Sandbox {
+    /// The deterministic engine, made on first use (and then advanced by the ticker too).
+    fn deterministic_flavor(&self) -> Result<&Flavor, SandboxError> {
+        if let Some(flavor) = self.deterministic.get() {
+            return Ok(flavor);
+        }
+        let made = Flavor::new(&self.deterministic_config).map_err(|e| SandboxError::Link {
+            message: format!("making the deterministic engine: {e:#}"),
+        })?;
+        let engine = made.engine.clone();
+        // Another thread may have made one meanwhile: the first stays, and only it ticks.
+        if self.deterministic.set(made).is_ok()
+            && let Some(ticker) = &self.ticker
+        {
+            ticker.add_engine(engine);
+        }
+        Ok(self.deterministic.get().expect("set above"))
     }
 }
 
@@ -574,7 +600,10 @@ impl Sandbox {
             memory_denied: false,
             timeout: spec.timeout,
         };
-        let deterministic = Engine::same(&program.engine, &self.deterministic.engine);
+        let deterministic = self
+            .deterministic
+            .get()
+            .is_some_and(|d| Engine::same(&program.engine, &d.engine));
         if !deterministic && !Engine::same(&program.engine, &self.variable.engine) {
             return Outcome::Refused {
                 reason: "the program was compiled by another sandbox".to_string(),
@@ -592,7 +621,10 @@ impl Sandbox {
             .map(|ticker| Box::new(ticker.hold()) as Box<dyn Sleeper>);
         // Requests act at once, except in a sandbox whose owner advances the epoch by hand.
         let (kind, flavor) = match (&program.pooled, &self.pooled) {
-            _ if deterministic => (&program.kind, &self.deterministic),
+            _ if deterministic => (
+                &program.kind,
+                self.deterministic.get().expect("the program's engine"),
+            ),
             (Some(kind), Some(flavor)) if spec.pooled => (kind, flavor),
             _ => (&program.kind, &self.variable),
         };
@@ -929,6 +961,8 @@ struct TickerShared {
 
 #[derive(Default)]
 struct TickerState {
+    /// The engines whose epochs it advances.
+    engines: Vec<Engine>,
     active: usize,
     /// One entry per duty-cycled guest.
     shares: Vec<f64>,
@@ -942,6 +976,7 @@ impl Ticker {
         // A zero tick would spin a core; nothing needs finer than this.
         let tick = tick.max(Duration::from_micros(100));
         let shared = Arc::new(TickerShared::default());
+        lock(&shared.state).engines = engines;
         let theirs = shared.clone();
         let thread = thread::Builder::new()
             .name("lull-epoch".to_string())
@@ -973,7 +1008,7 @@ impl Ticker {
                         // The duty cycles changed: work out the next tick again.
                         continue;
                     }
-                    for engine in &engines {
+                    for engine in &state.engines {
                         engine.increment_epoch();
                     }
                 }
@@ -983,6 +1018,11 @@ impl Ticker {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// Advances `engine`'s epoch too from now on.
+    fn add_engine(&self, engine: Engine) {
+        lock(&self.shared.state).engines.push(engine);
     }
 
     /// A hold that keeps the ticker ticking while it lives and is awake (one per running guest).

@@ -822,13 +822,39 @@ impl Dispatch {
             result.cause().unwrap_or_else(|| "failed".into())
         };
         let evicted = result.evicted();
+        self.persist_result(agent, result, outcome, next, evicted, None)
+    }
+
+    /// Asks for an agent's result to be stored, ending its attempt with `outcome` and moving
+    /// the task to `next`; with `verified`, a verified task's run and the runs it outvoted.
+    fn persist_result(
+        &mut self,
+        agent: &str,
+        result: TaskResult,
+        outcome: String,
+        next: TaskState,
+        evicted: bool,
+        verified: Option<(Replica, Vec<(u32, String)>)>,
+    ) -> OpId {
+        let attempt = result.attempt;
+        let (replica, dissenters, verified) = match verified {
+            Some((replica, dissenters)) => (
+                Some(replica.clone()),
+                dissenters.iter().map(|(_, agent)| agent.clone()).collect(),
+                Some(Verified {
+                    digest: replica.digest,
+                    dissenters,
+                }),
+            ),
+            None => (None, Vec::new(), None),
+        };
         self.persist(
             Op::Result {
                 attempt,
                 agent: agent.to_owned(),
                 evicted,
-                replica: None,
-                dissenters: vec![],
+                replica,
+                dissenters,
             },
             Change::End(Ending {
                 attempt,
@@ -836,7 +862,7 @@ impl Dispatch {
                 outcome,
                 result: Some(Box::new(result)),
                 next,
-                verified: None,
+                verified,
             }),
         )
     }
@@ -900,25 +926,13 @@ impl Dispatch {
                 }
             }
         };
-        self.persist(
-            Op::Result {
-                attempt,
-                agent: agent.to_owned(),
-                evicted: false,
-                replica: Some(replica.clone()),
-                dissenters: dissenters.iter().map(|(_, agent)| agent.clone()).collect(),
-            },
-            Change::End(Ending {
-                attempt,
-                holder: Some(agent.to_owned()),
-                outcome,
-                result: Some(Box::new(result)),
-                next,
-                verified: Some(Verified {
-                    digest: replica.digest,
-                    dissenters,
-                }),
-            }),
+        self.persist_result(
+            agent,
+            result,
+            outcome,
+            next,
+            false,
+            Some((replica, dissenters)),
         )
     }
 
