@@ -154,6 +154,14 @@ fn forger_is_outvoted(restart: bool) {
         reason.contains("verify = 2 needs that many distinct agents"),
         "{reason}"
     );
+    let status = cluster.lull(&["status", &id.to_string()]);
+    status.assert_success();
+    for says in [
+        "results checked: each task succeeds when 2 distinct agents send the same result (verify)",
+        "pending tasks: verify = 2 needs that many distinct agents",
+    ] {
+        assert!(status.stdout.contains(says), "{status}");
+    }
     let rogue = if restart {
         drop(rogue);
         cluster.kill_coordinator();

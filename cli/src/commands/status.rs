@@ -140,6 +140,12 @@ fn print_job(d: &JobDetail, query: &TaskQuery) {
         c.failed,
         c.cancelled
     );
+    if d.spec.verified() {
+        println!(
+            "results checked: each task succeeds when {} distinct agents send the same result (verify)",
+            d.spec.verify
+        );
+    }
     if let Some(w) = &d.waiting_reason {
         println!("pending tasks: {w}");
     }
