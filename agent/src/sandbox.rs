@@ -167,7 +167,7 @@ pub struct Sandbox {
     /// Guests that must run deterministically (tasks whose results agents must agree on):
     /// NaN bit patterns made canonical, relaxed SIMD deterministic (and no threads, as in
     /// every engine here). Made for the first such guest: an engine and its linkers take
-    /// about 1 MiB, which an idle agent does not spend.
+    /// memory that an idle agent does not spend.
     deterministic: std::sync::OnceLock<Flavor>,
     /// The configuration the deterministic engine is made with.
     deterministic_config: Config,
