@@ -23,6 +23,8 @@ pub struct Principal {
     pub role: Role,
     /// The clusters the token is limited to; `None`: every cluster.
     pub clusters: Option<Vec<String>>,
+    /// The groups the user's jobs may be counted in (the first is the default).
+    pub groups: Vec<String>,
 }
 
 /// Why a request was refused, for people: said in the 403 answer.
@@ -60,6 +62,7 @@ impl Principal {
             user: DEV_USER.to_owned(),
             role: Role::Operate,
             clusters: None,
+            groups: Vec::new(),
         }
     }
 
@@ -75,6 +78,7 @@ impl Principal {
             user: String::new(),
             role: Role::Read,
             clusters: None,
+            groups: Vec::new(),
         }
     }
 
@@ -119,6 +123,29 @@ impl Principal {
             Some(cluster) => self.in_cluster(cluster, "submitting"),
             None => Ok(()),
         }
+    }
+
+    /// The group a job it submits is counted in, given the job's `group` (if any): one of the
+    /// token's groups, or any group for an `operate` token (operators submit for anyone); with
+    /// none asked for, the token's first group, if it has one.
+    pub fn job_group(&self, asked: Option<&str>) -> Result<Option<String>, Denied> {
+        let Some(group) = asked else {
+            return Ok(self.groups.first().cloned());
+        };
+        if self.role == Role::Operate || self.groups.iter().any(|g| g == group) {
+            return Ok(Some(group.to_owned()));
+        }
+        let has = if self.groups.is_empty() {
+            "is in no group".to_owned()
+        } else {
+            format!("is in group(s) {}", self.groups.join(", "))
+        };
+        Err(Denied(format!(
+            "group {group}: the token of {} {has} (an operator gives groups with `lull tokens \
+             create --user {} --groups ...`)",
+            self.who(),
+            self.user
+        )))
     }
 
     /// Which jobs this principal may see.
@@ -220,7 +247,30 @@ mod tests {
             user: user.to_owned(),
             role,
             clusters: clusters.map(|cs| cs.iter().map(|c| (*c).to_owned()).collect()),
+            groups: Vec::new(),
         }
+    }
+
+    #[test]
+    fn jobs_are_counted_in_the_tokens_groups_only() {
+        let mut alice = who("alice", Role::Submit, None);
+        assert_eq!(alice.job_group(None), Ok(None));
+        let refused = alice.job_group(Some("physics")).unwrap_err().0;
+        assert!(
+            refused.contains("group physics") && refused.contains("is in no group"),
+            "{refused}"
+        );
+        alice.groups = vec!["physics".into(), "chem".into()];
+        assert_eq!(alice.job_group(None), Ok(Some("physics".into())));
+        assert_eq!(alice.job_group(Some("chem")), Ok(Some("chem".into())));
+        let refused = alice.job_group(Some("bio")).unwrap_err().0;
+        assert!(
+            refused.contains("is in group(s) physics, chem"),
+            "{refused}"
+        );
+        let operator = who("root", Role::Operate, None);
+        assert_eq!(operator.job_group(Some("bio")), Ok(Some("bio".into())));
+        assert_eq!(operator.job_group(None), Ok(None));
     }
 
     #[test]

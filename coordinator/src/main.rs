@@ -332,12 +332,20 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<12}  {:<9}  {:<12}  {:<8}  {:<12}  {:<20}  {:<20}  {:<9}  description",
-                "id", "kind", "user", "role", "cluster(s)", "created", "expires", "uses left"
+                "{:<12}  {:<9}  {:<12}  {:<8}  {:<12}  {:<12}  {:<20}  {:<20}  {:<9}  description",
+                "id",
+                "kind",
+                "user",
+                "role",
+                "cluster(s)",
+                "groups",
+                "created",
+                "expires",
+                "uses left"
             );
             for t in tokens {
                 println!(
-                    "{:<12}  {:<9}  {:<12}  {:<8}  {:<12}  {:<20}  {:<20}  {:<9}  {}",
+                    "{:<12}  {:<9}  {:<12}  {:<8}  {:<12}  {:<12}  {:<20}  {:<20}  {:<9}  {}",
                     t.id,
                     t.kind,
                     if t.user.is_empty() {
@@ -347,6 +355,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     },
                     if t.is_persons() { t.role.as_str() } else { "-" },
                     t.reach(),
+                    t.groups_shown(),
                     when(t.created_ms),
                     t.expires_ms.map_or("never".to_owned(), when),
                     t.uses_left

@@ -391,6 +391,7 @@ pub(crate) mod tests {
             priority: 0,
             owner: String::new(),
             verify: 1,
+            group: None,
         }
     }
 

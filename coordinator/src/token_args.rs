@@ -28,6 +28,16 @@ pub struct NewTokenArgs {
         value_name = "CLUSTER,..."
     )]
     pub clusters: Vec<String>,
+    /// With --user: the groups NAME's jobs may be counted in, for group quotas
+    /// (comma-separated); a job names one with `group = "..."`, and one naming none is
+    /// counted in the first [default: none].
+    #[arg(
+        long,
+        requires = "user",
+        value_delimiter = ',',
+        value_name = "GROUP,..."
+    )]
+    pub groups: Vec<String>,
     /// For an agent's join token: whose machines it enrolls (their lender), credited in the
     /// accounting with the CPU they give.
     #[arg(long, conflicts_with = "user", value_name = "NAME")]
@@ -56,6 +66,7 @@ impl NewTokenArgs {
             user: self.user.clone(),
             role: self.role,
             clusters: self.clusters.clone(),
+            groups: self.groups.clone(),
             owner: self.owner.clone(),
             cluster: self.cluster.clone(),
             ttl_ms: self

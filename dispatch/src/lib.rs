@@ -1255,11 +1255,13 @@ impl Dispatch {
             why.sort();
             return format!("no agent is accepting work now: {}", why.join("; "));
         }
-        if let Some(why) = self
-            .schedulers
-            .peek(&spec.cluster)
-            .and_then(|s| s.quota_reason(&spec.owner, spec.resources.cpu_millis))
-        {
+        if let Some(why) = self.schedulers.peek(&spec.cluster).and_then(|s| {
+            s.quota_reason(
+                &spec.owner,
+                spec.group.as_deref(),
+                spec.resources.cpu_millis,
+            )
+        }) {
             return format!("{why} in cluster {}", spec.cluster);
         }
         let shares = self

@@ -204,6 +204,7 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         priority: 0,
         owner: String::new(),
         verify: 1,
+        group: None,
     }
 }
 
@@ -1411,6 +1412,86 @@ fn a_user_at_their_quota_waits_while_others_use_the_rest_of_the_pool() {
     assert_eq!(running(&sim, alice) + running(&sim, bob), 16);
     sim.run_until(Duration::from_secs(120), "both done", |s| {
         s.job_done(alice) && s.job_done(bob)
+    });
+    sim.check_invariants();
+}
+
+#[test]
+fn a_group_at_its_quota_holds_all_its_members_while_others_use_the_rest() {
+    let mut sim = Sim::new();
+    for i in 0..4 {
+        sim.connect(&format!("agent-{i}"), 4, fast(Duration::from_secs(2)));
+    }
+    let quota = |tasks: Option<u32>, millis: Option<u64>| lull_scheduler::Quota {
+        max_tasks: tasks,
+        max_cpu_millis: millis,
+    };
+    sim.core.set_quotas(
+        "default",
+        HashMap::from([
+            ("@physics".to_owned(), quota(Some(5), None)),
+            ("alice".to_owned(), quota(Some(3), None)),
+        ]),
+    );
+    let in_group = |sim: &mut Sim, owner: &str| {
+        let mut spec = job_spec(100, 1);
+        spec.owner = owner.to_owned();
+        spec.group = Some("physics".into());
+        sim.submit_spec(spec)
+    };
+    let alice = in_group(&mut sim, "alice");
+    let bob = in_group(&mut sim, "bob");
+    let carol = sim.submit_as("carol", 0, 100, 1);
+    let running = |sim: &Sim, job: u64| {
+        sim.store
+            .tasks
+            .iter()
+            .filter(|(t, r)| t.job == job && r.state == TaskState::Running)
+            .count()
+    };
+    let mut bob_seen = 0;
+    for _ in 0..100 {
+        sim.step();
+        assert!(running(&sim, alice) <= 3, "alice over her own 3 tasks");
+        assert!(
+            running(&sim, alice) + running(&sim, bob) <= 5,
+            "group physics over its 5 tasks"
+        );
+        bob_seen = bob_seen.max(running(&sim, bob));
+    }
+    assert_eq!(running(&sim, alice) + running(&sim, bob), 5);
+    assert!(bob_seen >= 2, "bob gets the group's room alice may not use");
+    assert_eq!(running(&sim, carol), 11, "carol, in no group, has the rest");
+    let alice_why = sim.core.waiting_reason(&sim.jobs[&alice]);
+    let bob_why = sim.core.waiting_reason(&sim.jobs[&bob]);
+    let expected = if running(&sim, alice) == 3 {
+        "alice is at their quota: 3 of 3 task(s) running in cluster default"
+    } else {
+        "group physics is at its quota: 5 of 5 task(s) running in cluster default"
+    };
+    assert_eq!(alice_why, expected);
+    assert_eq!(
+        bob_why,
+        "group physics is at its quota: 5 of 5 task(s) running in cluster default"
+    );
+    // A group's quota in cores.
+    sim.core.set_quotas(
+        "default",
+        HashMap::from([("@physics".to_owned(), quota(None, Some(2_000)))]),
+    );
+    for _ in 0..100 {
+        sim.step();
+    }
+    assert!(
+        sim.core
+            .waiting_reason(&sim.jobs[&bob])
+            .starts_with("group physics is at its quota: 2.0 of 2.0 core(s) reserved"),
+        "{}",
+        sim.core.waiting_reason(&sim.jobs[&bob])
+    );
+    assert_eq!(running(&sim, alice) + running(&sim, bob), 2);
+    sim.run_until(Duration::from_secs(600), "all done", |s| {
+        s.job_done(alice) && s.job_done(bob) && s.job_done(carol)
     });
     sim.check_invariants();
 }

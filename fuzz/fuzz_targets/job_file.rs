@@ -102,6 +102,7 @@ fn job_file(text: &str) {
         priority: file.priority,
         owner: String::new(),
         verify: file.verify,
+        group: file.group.clone(),
     };
     if let Err(e) = spec.check() {
         panic!("a job file that parses resolves to a job the coordinator refuses: {e}\n{text}");

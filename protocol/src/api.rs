@@ -75,6 +75,16 @@ pub const MAX_USER_NAME: usize = 64;
 /// Checks a user's name: 1 to [`MAX_USER_NAME`] letters, digits and `.`, `_`, `-`, `@`,
 /// starting with a letter or digit (it appears in lists, metrics labels and logs).
 pub fn check_user_name(name: &str) -> Result<(), String> {
+    check_name("user", name)
+}
+
+/// Checks a group's name: the same rule as a user's ([`check_user_name`]). In a quota a group
+/// is written `@name`, which no user's name can be.
+pub fn check_group_name(name: &str) -> Result<(), String> {
+    check_name("group", name)
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= MAX_USER_NAME
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -85,11 +95,14 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} is not a user name: 1 to {MAX_USER_NAME} letters, digits, '.', '_', '-' \
+            "{name:?} is not a {what} name: 1 to {MAX_USER_NAME} letters, digits, '.', '_', '-' \
              and '@', starting with a letter or digit"
         ))
     }
 }
+
+/// How a group is written where users are named too (quotas): `@name`.
+pub const GROUP_PREFIX: char = '@';
 
 /// `GET /api/v1/me`: whom the request's token belongs to and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +113,9 @@ pub struct Me {
     pub role: Role,
     /// The clusters the token is limited to; `None`: every cluster.
     pub clusters: Option<Vec<String>>,
+    /// The groups the user's jobs may be counted in (the first is the default).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// `GET /api/v1/shares`: one user's standing in one cluster's fair share.
@@ -139,11 +155,11 @@ pub struct Usage {
     pub core_seconds: f64,
 }
 
-/// `GET /api/v1/clusters/{id}/quotas`: what one user (or `*`, everyone without their own) may
-/// run at once in the cluster.
+/// `GET /api/v1/clusters/{id}/quotas`: what one user (or `*`, everyone without their own), or
+/// the jobs of one group (`@name`), may run at once in the cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quota {
-    /// The user, or `*`.
+    /// The user, `*`, or a group as `@name`.
     pub user: String,
     /// Tasks running at once; `None`: no limit.
     pub max_tasks: Option<u32>,
@@ -178,6 +194,10 @@ pub struct NewToken {
     /// A person's token: the clusters it is limited to [default: every cluster].
     #[serde(default)]
     pub clusters: Vec<String>,
+    /// A person's token: the groups its jobs may be counted in, for group quotas; the first
+    /// is the default of jobs that name none [default: none].
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// An agent's join token: whose machines it enrolls.
     #[serde(default)]
     pub owner: Option<String>,
@@ -220,6 +240,9 @@ pub struct TokenInfo {
     pub role: String,
     /// A person's token: the clusters it is limited to (empty: every cluster).
     pub clusters: Vec<String>,
+    /// A person's token: the groups its jobs may be counted in (the first is the default).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl TokenInfo {
@@ -238,6 +261,15 @@ impl TokenInfo {
         }
     }
 
+    /// Its groups, for lists: comma-separated, or `-`.
+    pub fn groups_shown(&self) -> String {
+        if self.groups.is_empty() {
+            "-".to_owned()
+        } else {
+            self.groups.join(",")
+        }
+    }
+
     /// What it is, in words: `a token of alice with the role read, limited to cluster(s) lab`
     /// or `an agent's join token for cluster gpu, for machines lent by carol`.
     pub fn describe(&self) -> String {
@@ -247,8 +279,13 @@ impl TokenInfo {
             } else {
                 format!(", limited to cluster(s) {}", self.clusters.join(", "))
             };
+            let groups = if self.groups.is_empty() {
+                String::new()
+            } else {
+                format!(", in group(s) {}", self.groups.join(", "))
+            };
             format!(
-                "a token of {} with the role {}{limit}",
+                "a token of {} with the role {}{limit}{groups}",
                 self.user, self.role
             )
         } else if self.user.is_empty() {

@@ -115,6 +115,10 @@ pub struct JobFile {
     /// [`MAX_VERIFY`]]. Such tasks run deterministically; see [`JobSpec::verify`].
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub verify: u32,
+    /// The group whose quota the job counts against (HTCondor's accounting group): one of the
+    /// groups of the submitter's token [default: the token's first group, if it has any].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -136,6 +140,13 @@ fn check_verify(verify: u32) -> Result<(), JobError> {
         ));
     }
     Ok(())
+}
+
+fn check_group(group: Option<&str>) -> Result<(), JobError> {
+    match group {
+        Some(g) => crate::api::check_group_name(g).map_err(|e| invalid("group", e)),
+        None => Ok(()),
+    }
 }
 
 /// The highest job priority (and, negated, the lowest).
@@ -283,6 +294,7 @@ impl JobFile {
         check_count(self.count)?;
         check_priority(self.priority)?;
         check_verify(self.verify)?;
+        check_group(self.group.as_deref())?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid(
@@ -603,6 +615,11 @@ pub struct JobSpec {
     /// agreeing ones is recorded.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub verify: u32,
+    /// The group whose quota it counts against: what the job file asks for, checked by the
+    /// coordinator against the submitter's token (which sets its first group when the file
+    /// names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl JobSpec {
@@ -625,6 +642,7 @@ impl JobSpec {
         check_count(self.count)?;
         check_priority(self.priority)?;
         check_verify(self.verify)?;
+        check_group(self.group.as_deref())?;
         check_cluster_id(&self.cluster).map_err(|e| invalid("cluster", e))?;
         if self.modules.is_empty() {
             return Err(invalid("modules", "a job needs at least one module"));
@@ -1078,6 +1096,7 @@ max_attempts = 3
             priority: 0,
             owner: String::new(),
             verify: 1,
+            group: None,
         }
     }
 

@@ -74,6 +74,8 @@ pub struct JobPlacement {
     pub owner: String,
     /// Among its owner's jobs, higher goes first.
     pub priority: i32,
+    /// The group whose quota it counts against, if any.
+    pub group: Option<String>,
 }
 
 impl JobPlacement {
@@ -98,6 +100,7 @@ impl JobPlacement {
             module: spec.modules.first().map(|m| m.digest),
             owner: spec.owner.clone(),
             priority: spec.priority,
+            group: spec.group.clone(),
         })
     }
 
@@ -193,7 +196,8 @@ pub const DEFAULT_HALF_LIFE: Duration = Duration::from_secs(24 * 3600);
 /// How many waiting jobs, first in serving order, [`Scheduler::preemption`] looks for room for.
 pub const PREEMPTION_JOBS: usize = 8;
 
-/// A limit on what one user may run at once in a cluster. `None`: no limit of that kind.
+/// A limit on what one user, or the jobs of one group, may run at once in a cluster. `None`:
+/// no limit of that kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
     /// Tasks running at once.
@@ -214,15 +218,87 @@ enum QuotaBlock {
 /// The quota that applies to every user without one of their own.
 pub const EVERY_USER: &str = "*";
 
+/// How a group's quota is keyed among users' ([`Scheduler::set_quotas`]): `@` and its name.
+pub use lull_protocol::api::GROUP_PREFIX;
+
+/// What runs at once for a user or a group: tasks, and the CPU they reserve.
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    /// Tasks running.
+    tasks: u32,
+    /// Thousandths of a core they reserve.
+    millis: u64,
+}
+
+impl Load {
+    /// Counts a task reserving `cpu_millis` starting (`starts`) or ending.
+    fn count(&mut self, cpu_millis: u32, starts: bool) {
+        let cpu = u64::from(cpu_millis);
+        if starts {
+            self.millis += cpu;
+            self.tasks += 1;
+        } else {
+            self.millis = self.millis.saturating_sub(cpu);
+            self.tasks = self.tasks.saturating_sub(1);
+        }
+    }
+
+    /// What in `quota` stops one more task reserving `cpu_millis` from starting.
+    fn block(&self, quota: &Quota, cpu_millis: u32) -> Option<QuotaBlock> {
+        if let Some(max) = quota.max_tasks
+            && self.tasks >= max
+        {
+            return Some(QuotaBlock::Tasks {
+                running: self.tasks,
+                max,
+            });
+        }
+        match quota.max_cpu_millis {
+            Some(max) if self.millis + u64::from(cpu_millis) > max => Some(QuotaBlock::Cpu {
+                reserved: self.millis,
+                max,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Counts a task of `placement` starting (`starts`) or ending, for its owner and its group.
+fn count_task(
+    users: &mut HashMap<String, User>,
+    groups: &mut HashMap<String, Load>,
+    placement: &JobPlacement,
+    starts: bool,
+) {
+    if let Some(u) = users.get_mut(&placement.owner) {
+        u.load.count(placement.cpu_millis, starts);
+    }
+    let Some(group) = placement.group.as_deref() else {
+        return;
+    };
+    match groups.get_mut(group) {
+        Some(load) => {
+            load.count(placement.cpu_millis, starts);
+            if load.tasks == 0 {
+                groups.remove(group);
+            }
+        }
+        None if starts => {
+            let mut load = Load::default();
+            load.count(placement.cpu_millis, true);
+            groups.insert(group.to_owned(), load);
+        }
+        None => {}
+    }
+}
+
 /// A user's standing in the fair share.
 #[derive(Debug, Default)]
 struct User {
     /// Their registered jobs, in the order they are served: higher priority, then older.
     jobs: BTreeSet<(i64, u64)>,
-    /// Thousandths of a core their running tasks reserve.
-    running_millis: u64,
-    /// Their tasks running.
-    running_tasks: u32,
+    /// What their tasks running reserve.
+    load: Load,
     /// Cores held, smoothed with the half-life.
     recent: f64,
     /// Core-seconds used, decayed with the half-life.
@@ -230,20 +306,8 @@ struct User {
 }
 
 impl User {
-    /// Counts a task of `placement` starting (`starts`) or ending.
-    fn count(&mut self, placement: &JobPlacement, starts: bool) {
-        let cpu = u64::from(placement.cpu_millis);
-        if starts {
-            self.running_millis += cpu;
-            self.running_tasks += 1;
-        } else {
-            self.running_millis = self.running_millis.saturating_sub(cpu);
-            self.running_tasks = self.running_tasks.saturating_sub(1);
-        }
-    }
-
     fn running_cores(&self) -> f64 {
-        self.running_millis as f64 / 1000.0
+        self.load.millis as f64 / 1000.0
     }
 
     fn key(&self) -> f64 {
@@ -303,6 +367,10 @@ pub struct Scheduler {
     job_order: Vec<u64>,
     /// Users' quotas ([`EVERY_USER`]: everyone without their own).
     quotas: HashMap<String, Quota>,
+    /// Groups' quotas, by the group's name.
+    group_quotas: HashMap<String, Quota>,
+    /// What the tasks of each group with some running reserve.
+    groups: HashMap<String, Load>,
     /// Where each placed task runs, to release its reservation when it ends.
     running: HashMap<TaskId, u32>,
     rng: u64,
@@ -333,6 +401,8 @@ impl Scheduler {
             clock: None,
             job_order: Vec::new(),
             quotas: HashMap::new(),
+            group_quotas: HashMap::new(),
+            groups: HashMap::new(),
             running: HashMap::new(),
             rng: seed | 1,
             scratch: Vec::new(),
@@ -347,49 +417,65 @@ impl Scheduler {
         self.half_life = half_life;
     }
 
-    /// Sets every user's quota ([`EVERY_USER`] for everyone without their own), replacing the
-    /// earlier ones. Running tasks over a new quota run on; no new task starts until the user
-    /// is below it.
+    /// Sets every user's quota ([`EVERY_USER`] for everyone without their own) and every
+    /// group's (keyed `@name`, [`GROUP_PREFIX`]), replacing the earlier ones. A task starts only
+    /// when neither its owner's quota nor its job's group's is reached; running tasks over a
+    /// new quota run on.
     pub fn set_quotas(&mut self, quotas: HashMap<String, Quota>) {
-        self.quotas = quotas;
+        let (groups, users): (HashMap<_, _>, HashMap<_, _>) = quotas
+            .into_iter()
+            .partition(|(who, _)| who.starts_with(GROUP_PREFIX));
+        self.quotas = users;
+        self.group_quotas = groups
+            .into_iter()
+            .map(|(g, q)| (g[GROUP_PREFIX.len_utf8()..].to_owned(), q))
+            .collect();
     }
 
-    /// What stops `owner` from starting a task reserving `cpu_millis` now, when a quota does:
-    /// the limit reached, with what runs and the limit. No allocation: placements ask it.
-    fn quota_block(&self, owner: &str, cpu_millis: u32) -> Option<QuotaBlock> {
-        let quota = self
+    /// What stops a task of `owner` in `group` reserving `cpu_millis` from starting now, when
+    /// a quota does: whose quota (the group's when `true`) and the limit reached. No
+    /// allocation: placements ask it.
+    fn quota_block(
+        &self,
+        owner: &str,
+        group: Option<&str>,
+        cpu_millis: u32,
+    ) -> Option<(bool, QuotaBlock)> {
+        let user_quota = self
             .quotas
             .get(owner)
-            .or_else(|| self.quotas.get(EVERY_USER))?;
-        let (tasks, millis) = self
-            .users
-            .get(owner)
-            .map_or((0, 0), |u| (u.running_tasks, u.running_millis));
-        if let Some(max) = quota.max_tasks
-            && tasks >= max
-        {
-            return Some(QuotaBlock::Tasks {
-                running: tasks,
-                max,
-            });
+            .or_else(|| self.quotas.get(EVERY_USER));
+        if let Some(quota) = user_quota {
+            let load = self.users.get(owner).map(|u| u.load).unwrap_or_default();
+            if let Some(block) = load.block(quota, cpu_millis) {
+                return Some((false, block));
+            }
         }
-        match quota.max_cpu_millis {
-            Some(max) if millis + u64::from(cpu_millis) > max => Some(QuotaBlock::Cpu {
-                reserved: millis,
-                max,
-            }),
-            _ => None,
-        }
+        let group = group?;
+        let quota = self.group_quotas.get(group)?;
+        let load = self.groups.get(group).copied().unwrap_or_default();
+        load.block(quota, cpu_millis).map(|b| (true, b))
     }
 
-    /// Why `owner` may not start a task reserving `cpu_millis` now, when a quota stops them.
-    pub fn quota_reason(&self, owner: &str, cpu_millis: u32) -> Option<String> {
-        Some(match self.quota_block(owner, cpu_millis)? {
+    /// Why a task of `owner` in `group` reserving `cpu_millis` may not start now, when a
+    /// quota stops it.
+    pub fn quota_reason(
+        &self,
+        owner: &str,
+        group: Option<&str>,
+        cpu_millis: u32,
+    ) -> Option<String> {
+        let (of_group, block) = self.quota_block(owner, group, cpu_millis)?;
+        let who = match (of_group, group) {
+            (true, Some(g)) => format!("group {g} is at its quota"),
+            _ => format!("{owner} is at their quota"),
+        };
+        Some(match block {
             QuotaBlock::Tasks { running, max } => {
-                format!("{owner} is at their quota: {running} of {max} task(s) running")
+                format!("{who}: {running} of {max} task(s) running")
             }
             QuotaBlock::Cpu { reserved, max } => format!(
-                "{owner} is at their quota: {:.1} of {:.1} core(s) reserved",
+                "{who}: {:.1} of {:.1} core(s) reserved",
                 reserved as f64 / 1000.0,
                 max as f64 / 1000.0
             ),
@@ -416,7 +502,7 @@ impl Scheduler {
             let cores = u.running_cores();
             u.recent = u.recent * keep + (1.0 - keep) * cores;
             u.usage = u.usage * keep + cores * dt;
-            !(u.jobs.is_empty() && u.running_millis == 0 && u.recent < 1e-3 && u.usage < 1e-3)
+            !(u.jobs.is_empty() && u.load.millis == 0 && u.recent < 1e-3 && u.usage < 1e-3)
         });
     }
 
@@ -546,9 +632,7 @@ impl Scheduler {
         for t in gone {
             self.running.remove(&t);
             if let Some(job) = self.jobs.get_mut(&t.job) {
-                if let Some(u) = self.users.get_mut(&job.placement.owner) {
-                    u.count(&job.placement, false);
-                }
+                count_task(&mut self.users, &mut self.groups, &job.placement, false);
                 let value = spread_value(job, gone_agent.as_ref());
                 forget_one(job, i, value.as_deref());
             }
@@ -678,9 +762,7 @@ impl Scheduler {
             return;
         };
         let (memory, cpu) = (job.placement.memory, u64::from(job.placement.cpu_millis));
-        if let Some(u) = self.users.get_mut(&job.placement.owner) {
-            u.count(&job.placement, false);
-        }
+        count_task(&mut self.users, &mut self.groups, &job.placement, false);
         let value = spread_value(job, self.agents[i as usize].as_ref());
         forget_one(job, i, value.as_deref());
         if let Some(a) = self.agents[i as usize].as_mut() {
@@ -812,14 +894,15 @@ impl Scheduler {
         None
     }
 
-    /// The next waiting task of a job whose owner is below their quota, its list of eligible
-    /// agents brought up to date; `None` when nothing of it may start.
+    /// The next waiting task of a job whose owner and group are below their quotas, its list
+    /// of eligible agents brought up to date; `None` when nothing of it may start.
     fn next_waiting(&mut self, job_id: u64) -> Option<TaskId> {
         let job = self.jobs.get(&job_id)?;
         let task = job.queue.front().copied()?;
-        if !self.quotas.is_empty()
+        let p = &job.placement;
+        if !(self.quotas.is_empty() && self.group_quotas.is_empty())
             && self
-                .quota_block(&job.placement.owner, job.placement.cpu_millis)
+                .quota_block(&p.owner, p.group.as_deref(), p.cpu_millis)
                 .is_some()
         {
             return None;
@@ -883,9 +966,7 @@ impl Scheduler {
         a.busy += 1;
         a.memory_used = a.memory_used.saturating_add(job.placement.memory);
         a.cpu_used += u64::from(job.placement.cpu_millis);
-        if let Some(u) = self.users.get_mut(&job.placement.owner) {
-            u.count(&job.placement, true);
-        }
+        count_task(&mut self.users, &mut self.groups, &job.placement, true);
         *job.on_agent.entry(i).or_default() += 1;
         if let Some(v) = job
             .placement

@@ -61,6 +61,7 @@ fn placement(job: &JobDef) -> JobPlacement {
         module: Some(Digest::of(job.memory.to_string().as_bytes())),
         owner: String::new(),
         priority: 0,
+        group: None,
     }
 }
 

@@ -141,7 +141,7 @@ fn each_submitter_sees_and_controls_only_their_own_jobs() {
     });
     assert_eq!(
         me,
-        serde_json::json!({"user": "bob", "role": "submit", "clusters": null})
+        serde_json::json!({"user": "bob", "role": "submit", "clusters": null, "groups": []})
     );
 }
 
@@ -511,23 +511,156 @@ fn a_quota_holds_a_user_to_their_tasks_at_once_and_only_operators_set_it() {
     let done = cluster.wait_for_job_end(job);
     assert_eq!(done["state"], "succeeded", "{done}");
     // One after the other: each started after the one before had ended.
-    let mut spans: Vec<(i64, i64)> = (0..3)
+    assert_one_at_a_time(spans(&cluster, job, 3));
+    cluster
+        .lull(&["clusters", "quota", "default", "alice", "--remove"])
+        .assert_success();
+}
+
+/// When each task of job `id` was first assigned and when that attempt ended (ms since the
+/// Unix epoch).
+fn spans(cluster: &Cluster, id: u64, count: u32) -> Vec<(i64, i64)> {
+    (0..count)
         .map(|i| {
-            let a = &cluster.task(job, i)["attempts"][0];
+            let a = &cluster.task(id, i)["attempts"][0];
             (
                 a["assigned_ms"].as_i64().unwrap(),
                 a["finished_ms"].as_i64().unwrap(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Each span started after the one before it had ended.
+#[track_caller]
+fn assert_one_at_a_time(mut spans: Vec<(i64, i64)>) {
     spans.sort();
     assert!(
         spans.windows(2).all(|w| w[1].0 >= w[0].1),
         "tasks overlapped: {spans:?}"
     );
+}
+
+/// A job of `count` tasks spinning `spin_ms` each, with `group = "..."` when given.
+fn grouped_job(
+    cluster: &Cluster,
+    name: &str,
+    count: u32,
+    spin_ms: u64,
+    group: Option<&str>,
+) -> std::path::PathBuf {
+    let group = group.map_or(String::new(), |g| format!("group = \"{g}\"\n"));
+    cluster.write_job(
+        name,
+        &format!(
+            "name = \"{name}\"\ncount = {count}\n{group}[[module]]\npath = \"t.wasm\"\nargs = [\"{{index}}\"]\n[resources]\nmemory = \"16MiB\"\n"
+        ),
+        &[("t.wasm", &guests::hello(spin_ms))],
+    )
+}
+
+#[test]
+fn a_group_quota_holds_the_jobs_of_all_its_members_together() {
+    let mut cluster = Cluster::start();
+    let alice = cluster.user_token("alice", "submit", &["--groups", "physics"]);
+    let bob = cluster.user_token("bob", "submit", &["--groups", "chem,physics"]);
+    let carol = cluster.user_token("carol", "submit", &[]);
+    let out = cluster.lull(&["tokens", "list"]);
+    out.assert_success();
+    assert!(out.stdout.contains("chem,physics"), "{out}");
     cluster
-        .lull(&["clusters", "quota", "default", "alice", "--remove"])
+        .lull(&[
+            "clusters",
+            "quota",
+            "default",
+            "@physics",
+            "--max-tasks",
+            "1",
+        ])
         .assert_success();
+    let out = cluster.lull(&["clusters", "quotas", "default", "--json"]);
+    out.assert_success();
+    assert_eq!(
+        out.json(),
+        serde_json::json!([{"user": "@physics", "max_tasks": 1, "max_cores": null}])
+    );
+    let out = cluster.lull(&[
+        "clusters",
+        "quota",
+        "default",
+        "@no way",
+        "--max-tasks",
+        "1",
+    ]);
+    assert!(
+        !out.success() && out.stderr.contains("is not a group name"),
+        "{out}"
+    );
+
+    // Only members put jobs in a group.
+    let physics_of_carol = grouped_job(&cluster, "carols", 1, 0, Some("physics"));
+    let out = submit_output(&cluster, &carol, &physics_of_carol);
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("group physics: the token of carol (submit) is in no group"),
+        "{out}"
+    );
+    let out = submit_output(
+        &cluster,
+        &alice,
+        &grouped_job(&cluster, "bio", 1, 0, Some("bio")),
+    );
+    assert!(
+        !out.success() && out.stderr.contains("is in group(s) physics"),
+        "{out}"
+    );
+
+    // alice's job is in her only group by default; bob names physics for one job, and his
+    // other job is in his first group, chem, which has no quota.
+    let a = submit_as(&cluster, &alice, &grouped_job(&cluster, "a", 3, 600, None));
+    let b = submit_as(
+        &cluster,
+        &bob,
+        &grouped_job(&cluster, "b", 2, 600, Some("physics")),
+    );
+    let c = submit_as(&cluster, &bob, &grouped_job(&cluster, "c", 2, 1500, None));
+    let out = cluster.lull_with_token(Some(&alice), &["status", &a.to_string()]);
+    out.assert_success();
+    assert!(out.stdout.contains("group: physics"), "{out}");
+    let out = cluster.lull_with_token(Some(&bob), &["status", &c.to_string(), "--json"]);
+    out.assert_success();
+    assert_eq!(out.json()["spec"]["group"], "chem", "{out}");
+
+    cluster.start_agent("lender", AgentOptions::slots(4));
+    cluster.wait_for_agents(&["lender"]);
+    cluster.wait_for_job(
+        b,
+        "one physics task running, the group's others held by its quota",
+        WAIT,
+        |j| {
+            j["waiting_reason"].as_str().is_some_and(|w| {
+                w.contains("group physics is at its quota: 1 of 1 task(s) running")
+            })
+        },
+    );
+    for job in [a, b, c] {
+        let done = cluster.wait_for_job_end(job);
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    // The group's five tasks ran one at a time, both members' together; chem's ran beside them.
+    let physics: Vec<(i64, i64)> = spans(&cluster, a, 3)
+        .into_iter()
+        .chain(spans(&cluster, b, 2))
+        .collect();
+    assert_one_at_a_time(physics.clone());
+    let chem = spans(&cluster, c, 2);
+    assert!(
+        chem.iter()
+            .any(|&(start, end)| physics.iter().any(|&(s, e)| start < e && s < end)),
+        "chem's tasks never ran beside physics': {chem:?} {physics:?}"
+    );
 }
 
 /// A job of `count` tasks of one whole core each, spinning `spin_ms`.

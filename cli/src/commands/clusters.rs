@@ -43,15 +43,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Set or remove a user's quota in a cluster (needs an operate token): past it, their tasks
-    /// wait while others' run.
+    /// Set or remove a user's or a group's quota in a cluster (needs an operate token): past
+    /// it, their tasks wait while others' run.
     #[command(
-        after_help = "Examples:\n  lull clusters quota default alice --max-tasks 8\n  lull clusters quota default '*' --max-cores 16   (everyone without a quota of their own)\n  lull clusters quota default alice --remove"
+        after_help = "Examples:\n  lull clusters quota default alice --max-tasks 8\n  lull clusters quota default '*' --max-cores 16   (everyone without a quota of their own)\n  lull clusters quota default alice --remove\n  lull clusters quota default @physics --max-tasks 20   (the jobs of group physics, together)\n\nA job is in a group when it says `group = \"physics\"`, or by default when its\nsubmitter's token has groups (`lull tokens create --user NAME --groups physics`).\nA task starts only when neither its user's quota nor its group's is reached."
     )]
     Quota {
         /// The cluster.
         id: String,
-        /// The user, or '*' for everyone without a quota of their own.
+        /// The user, '*' for everyone without a quota of their own, or '@GROUP' for the jobs
+        /// of a group together.
         user: String,
         /// Tasks running at once.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -67,11 +68,11 @@ pub enum Command {
 
 fn print_quotas(id: &str, quotas: &[Quota]) {
     if quotas.is_empty() {
-        println!("cluster {id} has no quotas: every user may use all of it");
+        println!("cluster {id} has no quotas: every user and group may use all of it");
         return;
     }
     let mut table = Table::new(&[
-        ("USER", Align::Left),
+        ("USER/@GROUP", Align::Left),
         ("MAX TASKS", Align::Right),
         ("MAX CORES", Align::Right),
     ]);

@@ -146,6 +146,9 @@ fn print_job(d: &JobDetail, query: &TaskQuery) {
             d.spec.verify
         );
     }
+    if let Some(g) = &d.spec.group {
+        println!("group: {g} (its quota counts this job's tasks with the group's other jobs)");
+    }
     if let Some(w) = &d.waiting_reason {
         println!("pending tasks: {w}");
     }

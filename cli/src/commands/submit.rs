@@ -292,6 +292,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         priority: file.priority,
         owner: String::new(),
         verify: file.verify,
+        group: file.group.clone(),
     };
     spec.check()?;
     Ok((spec, files))

@@ -48,11 +48,13 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> 
                 ("USER", Align::Left),
                 ("ROLE", Align::Left),
                 ("CLUSTER(S)", Align::Left),
+                ("GROUPS", Align::Left),
                 ("USES LEFT", Align::Right),
                 ("DESCRIPTION", Align::Left),
             ]);
             for t in tokens {
                 let reach = t.reach();
+                let groups = t.groups_shown();
                 let role = if t.role.is_empty() {
                     "-".into()
                 } else {
@@ -68,6 +70,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<ExitCode> 
                     },
                     role,
                     reach,
+                    groups,
                     t.uses_left.map_or("unlimited".into(), |n| n.to_string()),
                     t.description,
                 ]);

@@ -194,6 +194,7 @@ async fn require_token(
                     user: grant.user,
                     role,
                     clusters: grant.clusters,
+                    groups: grant.groups,
                 },
                 token: Some(token),
             });
@@ -296,6 +297,7 @@ async fn me(axum::Extension(caller): axum::Extension<Caller>) -> Json<api::Me> {
         user: p.user,
         role: p.role,
         clusters: p.clusters,
+        groups: p.groups,
     })
 }
 
@@ -471,9 +473,14 @@ async fn get_blob(State(hub): State<Arc<Hub>>, Path(digest): Path<String>) -> Ap
 async fn submit(
     State(hub): State<Arc<Hub>>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Json(spec): Json<JobSpec>,
+    Json(mut spec): Json<JobSpec>,
 ) -> ApiResult<(StatusCode, Json<api::Submitted>)> {
     caller.principal.may_submit(Some(&spec.cluster))?;
+    if let Some(g) = spec.group.as_deref() {
+        lull_protocol::api::check_group_name(g)
+            .map_err(|e| HubError::BadRequest(format!("group: {e}")))?;
+    }
+    spec.group = caller.principal.job_group(spec.group.as_deref())?;
     let job = hub
         .submit(spec, &caller.principal.user, caller.token.as_deref())
         .await?;

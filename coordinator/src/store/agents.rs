@@ -309,6 +309,7 @@ mod tests {
             user: String::new(),
             role: None,
             clusters: Vec::new(),
+            groups: Vec::new(),
         };
         store
             .create_token(&spec, 0)

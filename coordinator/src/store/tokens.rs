@@ -52,6 +52,8 @@ pub struct TokenSpec {
     pub role: Option<Role>,
     /// For a person's token: the clusters it is limited to (empty: every cluster).
     pub clusters: Vec<String>,
+    /// For a person's token: the groups its jobs may be counted in (the first is the default).
+    pub groups: Vec<String>,
 }
 
 /// What an accepted token is: whose, and what it may do.
@@ -65,6 +67,8 @@ pub struct Grant {
     pub role: Option<Role>,
     /// A person's token: the clusters it is limited to; `None`: every cluster.
     pub clusters: Option<Vec<String>>,
+    /// A person's token: the groups its jobs may be counted in (the first is the default).
+    pub groups: Vec<String>,
 }
 
 /// Why a token was not accepted. The messages say what happened without echoing the token.
@@ -133,7 +137,7 @@ impl Store {
         let token = Token::generate();
         sqlx::query(
             "INSERT INTO tokens (hash, kind, created_ms, expires_ms, uses_left, description, cluster, \
-             user_name, role, clusters) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             user_name, role, clusters, groups) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(token_hash(token.as_str()))
         .bind(spec.kind.as_str())
@@ -145,6 +149,7 @@ impl Store {
         .bind(&spec.user)
         .bind(spec.role.map_or("", Role::as_str))
         .bind(spec.clusters.join(","))
+        .bind(spec.groups.join(","))
         .execute(&self.pool)
         .await?;
         Ok(token)
@@ -202,8 +207,26 @@ impl Store {
             }
             (None, None) => {}
         }
-        if kind == TokenKind::Agent && (req.role.is_some() || !req.clusters.is_empty()) {
-            return fail("role and clusters belong to a person's token: give its user".into());
+        if kind == TokenKind::Agent
+            && (req.role.is_some() || !req.clusters.is_empty() || !req.groups.is_empty())
+        {
+            return fail(
+                "role, clusters and groups belong to a person's token: give its user".into(),
+            );
+        }
+        if req.groups.len() > MAX_GROUPS {
+            return fail(format!(
+                "groups: {} given, at most {MAX_GROUPS}",
+                req.groups.len()
+            ));
+        }
+        for (i, g) in req.groups.iter().enumerate() {
+            if let Err(e) = lull_protocol::api::check_group_name(g) {
+                return fail(format!("groups: {e}"));
+            }
+            if req.groups[..i].contains(g) {
+                return fail(format!("groups: {g} is given twice"));
+            }
         }
         let cluster = req
             .cluster
@@ -246,6 +269,7 @@ impl Store {
                 .unwrap_or_default(),
             role: (kind == TokenKind::Submitter).then(|| req.role.unwrap_or(Role::Submit)),
             clusters: req.clusters.clone(),
+            groups: req.groups.clone(),
         };
         let token = self.create_token(&spec, now_ms).await?;
         let info = TokenInfo {
@@ -259,6 +283,7 @@ impl Store {
             user: spec.user,
             role: spec.role.map_or(String::new(), |r| r.as_str().to_owned()),
             clusters: spec.clusters,
+            groups: spec.groups,
         };
         Ok(Ok((token, info)))
     }
@@ -267,7 +292,7 @@ impl Store {
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(
             "SELECT hash, kind, created_ms, expires_ms, uses_left, description, cluster, user_name, \
-             role, clusters FROM tokens ORDER BY created_ms DESC",
+             role, clusters, groups FROM tokens ORDER BY created_ms DESC",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -285,7 +310,8 @@ impl Store {
                     cluster: r.get(6),
                     user: r.get(7),
                     role: r.get(8),
-                    clusters: split_clusters(&r.get::<String, _>(9)),
+                    clusters: split_list(&r.get::<String, _>(9)),
+                    groups: split_list(&r.get::<String, _>(10)),
                 }
             })
             .collect())
@@ -306,11 +332,14 @@ impl Store {
     }
 }
 
-const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left, cluster, user_name, role, clusters \
-                          FROM tokens WHERE hash = $1";
+const FIND_TOKEN: &str = "SELECT kind, expires_ms, uses_left, cluster, user_name, role, clusters, \
+                          groups FROM tokens WHERE hash = $1";
 
-/// A stored list of clusters: comma-separated, empty for none.
-fn split_clusters(list: &str) -> Vec<String> {
+/// The most groups a person's token may name.
+pub const MAX_GROUPS: usize = 32;
+
+/// A stored list of clusters or groups: comma-separated, empty for none.
+fn split_list(list: &str) -> Vec<String> {
     list.split(',')
         .filter(|c| !c.is_empty())
         .map(str::to_owned)
@@ -344,7 +373,7 @@ pub(super) async fn take_token(
 }
 
 /// Whether a stored token (`row`: kind, expires_ms, uses_left, cluster, user_name, role,
-/// clusters; `None` when there is none) may be used for `kind` at `now_ms`; `uses_count`: a
+/// clusters, groups; `None` when there is none) may be used for `kind` at `now_ms`; `uses_count`: a
 /// used-up token is refused.
 fn judge(
     row: Option<&sqlx::any::AnyRow>,
@@ -377,12 +406,13 @@ fn judge(
                 .map_err(|_| TokenRefusal::UnknownRole(role))?,
         ),
     };
-    let clusters = split_clusters(&row.get::<String, _>(6));
+    let clusters = split_list(&row.get::<String, _>(6));
     Ok(Grant {
         cluster: row.get(3),
         user: row.get(4),
         role,
         clusters: (!clusters.is_empty()).then_some(clusters),
+        groups: split_list(&row.get::<String, _>(7)),
     })
 }
 
@@ -411,6 +441,7 @@ mod tests {
         spec.user = "ci".into();
         spec.role = Some(Role::Operate);
         spec.clusters = vec!["lab".into(), "gpu".into()];
+        spec.groups = vec!["physics".into(), "chem".into()];
         let token = store.create_token(&spec, 0).await.unwrap();
         let t = token.as_str();
         let expected = Grant {
@@ -418,6 +449,7 @@ mod tests {
             user: "ci".into(),
             role: Some(Role::Operate),
             clusters: Some(vec!["lab".into(), "gpu".into()]),
+            groups: vec!["physics".into(), "chem".into()],
         };
         // One submission...
         assert_eq!(
@@ -447,6 +479,7 @@ mod tests {
             (listed.user.as_str(), listed.role.as_str(), &listed.clusters),
             ("ci", "operate", &vec!["lab".to_owned(), "gpu".to_owned()])
         );
+        assert_eq!(listed.groups, vec!["physics".to_owned(), "chem".to_owned()]);
     }
 
     fn spec(kind: TokenKind, expires_ms: Option<i64>, uses: Option<u32>) -> TokenSpec {
@@ -464,6 +497,7 @@ mod tests {
             },
             role: person.then_some(Role::Submit),
             clusters: Vec::new(),
+            groups: Vec::new(),
         }
     }
 

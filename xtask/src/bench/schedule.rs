@@ -86,6 +86,7 @@ fn job(rng: &mut Rng, strategy: Strategy, n: u64) -> JobPlacement {
         module: Some(Digest::of(format!("module {n}").as_bytes())),
         owner: String::new(),
         priority: 0,
+        group: None,
     }
 }
 

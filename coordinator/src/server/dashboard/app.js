@@ -540,7 +540,8 @@ async function follow() {
       refreshAccounting();
       const me = await json("/api/v1/me");
       document.getElementById("who").textContent =
-        me.user + " (" + me.role + (me.clusters ? ", " + me.clusters.join(", ") : "") + ")";
+        me.user + " (" + me.role + (me.clusters ? ", " + me.clusters.join(", ") : "") +
+        (me.groups && me.groups.length ? ", group " + me.groups.join(", ") : "") + ")";
       const res = await api("/api/v1/stream?since_ms=" + pool.now_ms, { headers: { Accept: "text/event-stream" } });
       setLive(true, "live");
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();

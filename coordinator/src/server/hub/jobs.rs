@@ -170,8 +170,8 @@ impl Hub {
             .collect())
     }
 
-    /// Sets (or, with no limit, removes) the quota of `user` (`*`: everyone without their own)
-    /// in `cluster`.
+    /// Sets (or, with no limit, removes) the quota of `user` (`*`: everyone without their own;
+    /// `@name`: the jobs of group `name`) in `cluster`.
     pub async fn set_quota(
         &self,
         cluster: &str,
@@ -181,7 +181,10 @@ impl Hub {
         if !self.store.cluster_exists(cluster).await? {
             return Err(HubError::NotFound(format!("no cluster {cluster}")));
         }
-        if user != lull_scheduler::EVERY_USER {
+        if let Some(group) = user.strip_prefix(lull_protocol::api::GROUP_PREFIX) {
+            lull_protocol::api::check_group_name(group)
+                .map_err(|e| HubError::BadRequest(format!("group: {e}")))?;
+        } else if user != lull_scheduler::EVERY_USER {
             lull_protocol::api::check_user_name(user)
                 .map_err(|e| HubError::BadRequest(format!("user: {e}")))?;
         }
