@@ -617,6 +617,7 @@ impl Agent {
 
     async fn execute(self: Arc<Self>, a: Assignment, control: TaskControl, received: Instant) {
         let attempt = a.attempt;
+        let job = a.job.clone();
         let result = self.clone().run_attempt(a, control, received).await;
         lock(&self.pinned).remove(&attempt);
         self.progress.forget(attempt);
@@ -624,7 +625,7 @@ impl Agent {
             lock(&self.shared.running).remove(&attempt);
             return;
         };
-        tracing::info!(%attempt, succeeded = result.succeeded(), cause = ?result.cause(), "attempt ended");
+        tracing::info!(%attempt, cause = ?result.cause(&job), "attempt ended");
         // Into the outbox before it leaves the running: reported as held throughout.
         self.outbox.put(result);
         lock(&self.shared.running).remove(&attempt);

@@ -223,7 +223,7 @@ impl Runner {
             Ok((specs, hooks)) => {
                 on_start();
                 let result = self.execute(a, &programs, specs, control);
-                hooks.finish(result.succeeded());
+                hooks.finish(result.succeeded(&a.job));
                 result
             }
             Err(e) => refused(
@@ -363,13 +363,15 @@ impl Runner {
             };
             let mut env: Vec<(String, String)> =
                 m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            env.push(("LULL_TASK_INDEX".into(), index.to_string()));
-            env.push(("LULL_TASK_COUNT".into(), a.job.count.to_string()));
-            env.push(("LULL_JOB".into(), a.attempt.task.job.to_string()));
-            match a.seed {
-                // What differs between the agents that run a verified task stays out of it.
-                Some(seed) => env.push(("LULL_SEED".into(), seed.to_string())),
-                None => env.push(("LULL_ATTEMPT".into(), a.attempt.attempt.to_string())),
+            if m.env_extra {
+                env.push(("LULL_TASK_INDEX".into(), index.to_string()));
+                env.push(("LULL_TASK_COUNT".into(), a.job.count.to_string()));
+                env.push(("LULL_JOB".into(), a.attempt.task.job.to_string()));
+                match a.seed {
+                    // What differs between the agents that run a verified task stays out of it.
+                    Some(seed) => env.push(("LULL_SEED".into(), seed.to_string())),
+                    None => env.push(("LULL_ATTEMPT".into(), a.attempt.attempt.to_string())),
+                }
             }
             specs.push(RunSpec {
                 name: m.name.clone(),
@@ -486,7 +488,11 @@ impl Runner {
             // no more work meanwhile). Not an eviction: a task whose own files fill the disk
             // would run for ever.
             tracing::error!(attempt = %a.attempt, %reason, "the task's output could not be kept");
-            for m in modules.iter_mut().filter(|m| m.outcome.is_success()) {
+            let succeeded = modules
+                .iter_mut()
+                .zip(&a.job.modules)
+                .filter(|(m, spec)| m.outcome.succeeds_with(&spec.success_exit_codes));
+            for (m, _) in succeeded {
                 m.outcome = Outcome::Unreportable {
                     reason: format!("the agent could not keep the task's output: {reason}"),
                 };
@@ -501,7 +507,7 @@ impl Runner {
             outputs_truncated,
         };
         if result.fit(lull_protocol::frame::DEFAULT_MAX_FRAME) {
-            tracing::warn!(attempt = %a.attempt, cause = ?result.cause(), "the result was too large for one message; cut down");
+            tracing::warn!(attempt = %a.attempt, cause = ?result.cause(&a.job), "the result was too large for one message; cut down");
         }
         result
     }

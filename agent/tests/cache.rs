@@ -84,6 +84,8 @@ fn signed_module(data: &Path, sandbox: &Arc<Sandbox>) -> (ModuleSpec, Arc<TrustL
         env: Default::default(),
         stdin: None,
         inputs: vec![],
+        success_exit_codes: vec![0],
+        env_extra: true,
     };
     (spec, trust)
 }

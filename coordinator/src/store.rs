@@ -380,6 +380,8 @@ pub(crate) mod tests {
                 env: Default::default(),
                 stdin: None,
                 inputs: vec![],
+                success_exit_codes: vec![0],
+                env_extra: true,
             }],
             resources: Resources {
                 memory: 1 << 20,
@@ -388,6 +390,7 @@ pub(crate) mod tests {
             },
             placement: Placement::default(),
             max_attempts,
+            retry_on: lull_protocol::job::Failure::ALL.to_vec(),
             priority: 0,
             owner: String::new(),
             verify: 1,
@@ -421,10 +424,10 @@ pub(crate) mod tests {
         let ending = Ending {
             attempt: r.attempt,
             holder: Some(agent.to_owned()),
-            outcome: if r.succeeded() {
+            outcome: if r.succeeded(&spec(1, 1)) {
                 "succeeded".into()
             } else {
-                r.cause().unwrap_or_else(|| "failed".into())
+                r.cause(&spec(1, 1)).unwrap_or_else(|| "failed".into())
             },
             result: Some(Box::new(r.clone())),
             next,

@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lull_protocol::job::JobSpec;
+use lull_protocol::job::{Failure, JobSpec};
 use lull_protocol::message::{
     AgentState, AgentStatus, Assignment, AttemptId, Capacity, CheckpointRef, CoordinatorMessage,
     Outcome, TaskId, TaskResult,
@@ -308,6 +308,12 @@ impl Loss {
             Loss::CancelledBeforeStart => "cancelled before it started",
         }
     }
+}
+
+/// What a failed task's outcome adds when it has attempts left but its kind of failure is not
+/// tried again.
+fn not_retried(failure: Failure) -> String {
+    format!(" (not tried again: retry.on leaves out {failure})")
 }
 
 /// A change in flight, and what to do once it is persisted.
@@ -803,25 +809,32 @@ impl Dispatch {
             self.task_ended_in_scheduler(attempt.task);
         }
         let cancelled = result.cancelled() || self.cancelled.contains(&attempt.task.job);
-        if job.verified() && result.succeeded() && !cancelled {
+        let succeeded = result.succeeded(job);
+        if job.verified() && succeeded && !cancelled {
             return self.verified_result(agent, result, job);
         }
-        let next = if result.succeeded() {
+        let evicted = result.evicted(job);
+        // What `retry.on` leaves out is not tried again (what has no kind always is).
+        let left_out = result.failure(job).filter(|f| !job.retries(*f));
+        let attempts_left = attempt.attempt < job.attempt_limit();
+        let next = if succeeded {
             TaskState::Succeeded
         } else if cancelled {
             TaskState::Cancelled
-        } else if result.evicted() || attempt.attempt < job.attempt_limit() {
+        } else if evicted || (attempts_left && left_out.is_none()) {
             // An eviction is not the task's fault: it runs again, whatever its attempts.
             TaskState::Pending
         } else {
             TaskState::Failed
         };
-        let outcome = if result.succeeded() {
+        let mut outcome = if succeeded {
             "succeeded".to_owned()
         } else {
-            result.cause().unwrap_or_else(|| "failed".into())
+            result.cause(job).unwrap_or_else(|| "failed".into())
         };
-        let evicted = result.evicted();
+        if let (TaskState::Failed, true, Some(f)) = (next, attempts_left, left_out) {
+            outcome.push_str(&not_retried(f));
+        }
         self.persist_result(agent, result, outcome, next, evicted, None)
     }
 
@@ -1678,12 +1691,17 @@ impl Dispatch {
 
     /// Asks for an attempt to be ended as lost.
     fn lose(&mut self, attempt: AttemptId, agent: &str, loss: Loss) {
+        let mut outcome = loss.outcome().to_owned();
         let next =
             if loss == Loss::CancelledBeforeStart || self.cancelled.contains(&attempt.task.job) {
                 TaskState::Cancelled
             } else {
                 match self.jobs.get(&attempt.task.job) {
                     Some(job) if attempt.attempt >= job.attempt_limit() => TaskState::Failed,
+                    Some(job) if !job.retries(Failure::Agent) => {
+                        outcome.push_str(&not_retried(Failure::Agent));
+                        TaskState::Failed
+                    }
                     // A job this coordinator does not know (submitted through another one) is
                     // given another attempt; its next placement loads it.
                     _ => TaskState::Pending,
@@ -1698,7 +1716,7 @@ impl Dispatch {
             Change::End(Ending {
                 attempt,
                 holder: None,
-                outcome: loss.outcome().to_owned(),
+                outcome,
                 result: None,
                 next,
                 verified: None,

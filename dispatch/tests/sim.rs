@@ -193,6 +193,8 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
             env: Default::default(),
             stdin: None,
             inputs: vec![],
+            success_exit_codes: vec![0],
+            env_extra: true,
         }],
         resources: Resources {
             memory: 1 << 20,
@@ -201,6 +203,8 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         },
         placement: Placement::default(),
         max_attempts,
+        // The simulations of retries fail tasks in every way.
+        retry_on: lull_protocol::job::Failure::ALL.to_vec(),
         priority: 0,
         owner: String::new(),
         verify: 1,
@@ -867,6 +871,75 @@ fn a_failing_task_retries_after_growing_backoffs_on_other_agents_until_its_attem
         took >= Duration::from_secs(11) && took < Duration::from_secs(13),
         "took {took:?}"
     );
+}
+
+#[test]
+fn by_default_a_programs_own_failure_ends_its_task_at_once_and_a_lost_agent_does_not() {
+    let mut sim = Sim::new();
+    let failing = Behaviour {
+        fails: true,
+        ..fast(Duration::from_secs(1))
+    };
+    sim.connect("failing", 1, failing);
+    let mut spec = job_spec(1, 3);
+    spec.owner = "alice".into();
+    spec.retry_on = lull_protocol::job::DEFAULT_RETRY_ON.to_vec();
+    let exits = sim.submit_spec(spec.clone());
+    let task = TaskId {
+        job: exits,
+        index: 0,
+    };
+    sim.run_until(Duration::from_secs(30), "the task to fail", |s| {
+        s.row(task).state == TaskState::Failed
+    });
+    let row = sim.row(task);
+    assert_eq!(
+        row.outcomes,
+        ["module m: exited with code 1 (not tried again: retry.on leaves out exit)"]
+    );
+    assert_eq!(row.attempt, 1, "one attempt of three");
+    sim.disconnect("failing");
+
+    // An agent that stops reporting is the agent's failure: tried again elsewhere...
+    sim.connect("frozen", 1, fast(Duration::from_secs(100)));
+    let lost = sim.submit_spec(spec.clone());
+    let task = TaskId {
+        job: lost,
+        index: 0,
+    };
+    sim.run_for(Duration::from_secs(1));
+    sim.agents.get_mut("frozen").unwrap().silent = true;
+    sim.connect("spare", 1, fast(Duration::from_secs(1)));
+    sim.run_until(
+        LEASE + Duration::from_secs(10),
+        "the task to succeed",
+        |s| s.row(task).state == TaskState::Succeeded,
+    );
+    assert_eq!(
+        sim.row(task).outcomes[0],
+        "lost: the agent stopped reporting"
+    );
+
+    // ...unless the job leaves `agent` out.
+    sim.disconnect("spare");
+    sim.connect("frozen-too", 1, fast(Duration::from_secs(100)));
+    spec.retry_on = vec![lull_protocol::job::Failure::Exit];
+    let strict = sim.submit_spec(spec);
+    let task = TaskId {
+        job: strict,
+        index: 0,
+    };
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.row(task).state, TaskState::Running);
+    sim.agents.get_mut("frozen-too").unwrap().silent = true;
+    sim.run_until(LEASE + Duration::from_secs(10), "the task to fail", |s| {
+        s.row(task).state == TaskState::Failed
+    });
+    assert_eq!(
+        sim.row(task).outcomes,
+        ["lost: the agent stopped reporting (not tried again: retry.on leaves out agent)"]
+    );
+    sim.check_invariants();
 }
 
 #[test]

@@ -90,6 +90,8 @@ fn job_file(text: &str) {
                 env: m.env.clone(),
                 stdin: None,
                 inputs: Vec::new(),
+                success_exit_codes: m.success_exit_codes.clone(),
+                env_extra: m.env_extra,
             })
             .collect(),
         resources: Resources {
@@ -99,6 +101,7 @@ fn job_file(text: &str) {
         },
         placement: file.placement.clone(),
         max_attempts: attempts,
+        retry_on: file.retry_on(),
         priority: file.priority,
         owner: String::new(),
         verify: file.verify,

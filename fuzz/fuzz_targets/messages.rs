@@ -9,6 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use lull_protocol::job::JobSpec;
 use lull_protocol::message::{
     AgentMessage, BlobReply, CoordinatorMessage, EnrollReply, TaskResult,
 };
@@ -38,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             if let Some(r) = round_trip::<TaskResult>(json) {
-                task_result(&r);
+                task_result(&r, &any_job());
             }
         }
     }
@@ -66,7 +67,7 @@ where
 
 fn agent_message(m: &AgentMessage) {
     match m {
-        AgentMessage::Result(r) => task_result(r),
+        AgentMessage::Result(r) => task_result(r, &any_job()),
         AgentMessage::Report { running, .. } | AgentMessage::Hello { running, .. } => {
             for a in running {
                 let _ = a.to_string();
@@ -101,16 +102,27 @@ fn coordinator_message(m: &CoordinatorMessage) {
     }
 }
 
-fn task_result(r: &TaskResult) {
+/// A job whose modules succeed with exit code 0 (a job without modules: each module of a result
+/// is judged by the default codes).
+fn any_job() -> JobSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": "j", "count": 1, "modules": [],
+        "resources": {"memory": 1048576, "timeout_ms": 1000},
+        "max_attempts": 1,
+    }))
+    .expect("a job")
+}
+
+fn task_result(r: &TaskResult, job: &JobSpec) {
     let _ = r.attempt.to_string();
-    let succeeded = r.succeeded();
-    let cause = r.cause();
+    let succeeded = r.succeeded(job);
+    let cause = r.cause(job);
     assert_eq!(
         succeeded,
         !r.modules.is_empty() && cause.is_none(),
         "success and cause disagree: {cause:?}"
     );
-    if r.evicted() {
+    if r.evicted(job) {
         assert!(!succeeded);
     }
     let stored = r

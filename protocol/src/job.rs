@@ -207,6 +207,22 @@ pub struct ModuleFile {
     /// Globs of files (relative to the job file) visible read-only under `/input`.
     #[serde(default)]
     pub inputs: Vec<String>,
+    /// Exit codes that mean success [default: `[0]`]: a solver exiting 10 for "sat" and 20 for
+    /// "unsat" lists `[0, 10, 20]`.
+    #[serde(default = "success_codes", skip_serializing_if = "is_default_success")]
+    pub success_exit_codes: Vec<i32>,
+    /// Whether the guest also sees the `LULL_*` variables (its task's index, the job's size,
+    /// ...) besides `env` [default: true]; `false` gives it exactly `env`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub env_extra: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `[resources]` of a job file.
@@ -227,6 +243,104 @@ pub struct ResourcesFile {
 pub struct RetryFile {
     /// Attempts per task, including the first.
     pub max_attempts: Option<u32>,
+    /// The failures that are tried again while attempts are left [default: `["timeout",
+    /// "disk", "agent"]`: those a different agent or time may not repeat].
+    pub on: Option<Vec<Failure>>,
+}
+
+/// A kind of failed attempt, for `retry.on`: whether trying again may help.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Failure {
+    /// A module exited with a code not in its `success_exit_codes`.
+    Exit,
+    /// A module trapped (a panic, `unreachable`, an out-of-bounds access, the stack).
+    Trap,
+    /// A module reached the job's memory cap.
+    Memory,
+    /// A module ran past the job's timeout.
+    Timeout,
+    /// The task's files outgrew its agent's disk cap (agents' caps differ).
+    Disk,
+    /// The agent: it refused the task, could not report its result, or stopped reporting.
+    Agent,
+}
+
+impl Failure {
+    /// Every kind, in the order they are listed.
+    pub const ALL: [Failure; 6] = [
+        Failure::Exit,
+        Failure::Trap,
+        Failure::Memory,
+        Failure::Timeout,
+        Failure::Disk,
+        Failure::Agent,
+    ];
+
+    /// Its name in job files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Exit => "exit",
+            Failure::Trap => "trap",
+            Failure::Memory => "memory",
+            Failure::Timeout => "timeout",
+            Failure::Disk => "disk",
+            Failure::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The failures tried again when a job does not say (`retry.on`): those another agent or
+/// another moment may not repeat. A program's own exit code, trap or memory use are the same
+/// on the same inputs, so they are not, unless the job lists them.
+pub const DEFAULT_RETRY_ON: [Failure; 3] = [Failure::Timeout, Failure::Disk, Failure::Agent];
+
+fn default_retry_on() -> Vec<Failure> {
+    DEFAULT_RETRY_ON.to_vec()
+}
+
+fn is_default_retry_on(on: &Vec<Failure>) -> bool {
+    *on == default_retry_on()
+}
+
+/// The exit codes that mean success when a module does not say.
+pub const DEFAULT_SUCCESS_EXIT_CODES: [i32; 1] = [0];
+
+/// The most exit codes one module may list as success.
+pub const MAX_SUCCESS_EXIT_CODES: usize = 64;
+
+fn success_codes() -> Vec<i32> {
+    DEFAULT_SUCCESS_EXIT_CODES.to_vec()
+}
+
+fn is_default_success(codes: &Vec<i32>) -> bool {
+    codes.as_slice() == DEFAULT_SUCCESS_EXIT_CODES
+}
+
+fn check_success_codes(field: &str, codes: &[i32]) -> Result<(), JobError> {
+    if codes.is_empty() {
+        return Err(invalid(
+            field,
+            "must list at least one exit code (the default is [0])",
+        ));
+    }
+    check_len(field, codes.len(), MAX_SUCCESS_EXIT_CODES)
+}
+
+fn check_retry_on(on: &[Failure]) -> Result<(), JobError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for f in on {
+        if !seen.insert(*f) {
+            return Err(invalid("retry.on", format!("{f} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 /// How the scheduler chooses among agents that fit.
@@ -310,6 +424,10 @@ impl JobFile {
         )?;
         for (i, m) in self.modules.iter().enumerate() {
             check_invocation(&format!("module[{i}]"), &m.args, &m.env)?;
+            check_success_codes(
+                &format!("module[{i}].success_exit_codes"),
+                &m.success_exit_codes,
+            )?;
             match (&m.path, &m.digest) {
                 (Some(_), Some(_)) => {
                     return Err(invalid(
@@ -327,8 +445,14 @@ impl JobFile {
         self.timeout()?;
         self.cpu_millis()?;
         self.max_attempts()?;
+        check_retry_on(&self.retry_on())?;
         self.placement.check()?;
         Ok(())
+    }
+
+    /// The failures tried again ([`DEFAULT_RETRY_ON`] unless `retry.on` says).
+    pub fn retry_on(&self) -> Vec<Failure> {
+        self.retry.on.clone().unwrap_or_else(default_retry_on)
     }
 
     /// The CPU reserved per task, in thousandths of a core.
@@ -563,6 +687,12 @@ pub struct ModuleSpec {
     /// Files under `/input`.
     #[serde(default)]
     pub inputs: Vec<FileRef>,
+    /// Exit codes that mean success.
+    #[serde(default = "success_codes", skip_serializing_if = "is_default_success")]
+    pub success_exit_codes: Vec<i32>,
+    /// Whether the guest also sees the `LULL_*` variables; `false`: exactly `env`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub env_extra: bool,
 }
 
 /// Resource limits of a resolved job.
@@ -600,6 +730,13 @@ pub struct JobSpec {
     pub placement: Placement,
     /// Attempts per task, including the first.
     pub max_attempts: u32,
+    /// The failures tried again while attempts are left (an eviction always is, at no cost;
+    /// a guest that leaves after a checkpoint always is, at the cost of an attempt).
+    #[serde(
+        default = "default_retry_on",
+        skip_serializing_if = "is_default_retry_on"
+    )]
+    pub retry_on: Vec<Failure>,
     /// Among its owner's jobs, higher goes first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
@@ -628,6 +765,11 @@ impl JobSpec {
     pub fn attempt_limit(&self) -> u32 {
         self.max_attempts
             .saturating_add(self.verify.saturating_sub(1))
+    }
+
+    /// Whether a failure of this kind is tried again (while attempts are left).
+    pub fn retries(&self, failure: Failure) -> bool {
+        self.retry_on.contains(&failure)
     }
 
     /// Whether its tasks run deterministically, on several agents that must agree.
@@ -673,10 +815,15 @@ impl JobSpec {
         if !(1..=100).contains(&self.max_attempts) {
             return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
         }
+        check_retry_on(&self.retry_on)?;
         self.check_names()?;
         for (i, m) in self.modules.iter().enumerate() {
             let field = format!("modules[{i}]");
             check_invocation(&field, &m.args, &m.env)?;
+            check_success_codes(
+                &format!("{field}.success_exit_codes"),
+                &m.success_exit_codes,
+            )?;
             check_len(&format!("{field}.inputs"), m.inputs.len(), MAX_INPUTS)?;
         }
         let bytes = json_len(self);
@@ -1085,6 +1232,8 @@ max_attempts = 3
                 env: BTreeMap::new(),
                 stdin: None,
                 inputs: vec![],
+                success_exit_codes: vec![0],
+                env_extra: true,
             }],
             resources: Resources {
                 memory: 1 << 20,
@@ -1093,6 +1242,7 @@ max_attempts = 3
             },
             placement: Placement::default(),
             max_attempts: 1,
+            retry_on: default_retry_on(),
             priority: 0,
             owner: String::new(),
             verify: 1,

@@ -22,7 +22,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::job::JobSpec;
+use crate::job::{DEFAULT_SUCCESS_EXIT_CODES, Failure, JobSpec};
 
 /// The version of this protocol. Peers refuse each other when it differs.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -521,9 +521,24 @@ impl Outcome {
         }
     }
 
-    /// Whether this is a clean exit with code 0.
-    pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Exited { code: 0 })
+    /// Whether this is an exit with one of `codes` (a module's `success_exit_codes`).
+    pub fn succeeds_with(&self, codes: &[i32]) -> bool {
+        matches!(self, Outcome::Exited { code } if codes.contains(code))
+    }
+
+    /// What kind of failure this is, for `retry.on`, when it is not a success: `None` for
+    /// what is tried again whatever the job says (an eviction, a guest that left after a
+    /// checkpoint) and for a cancellation.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Outcome::Exited { .. } => Some(Failure::Exit),
+            Outcome::Trapped { .. } => Some(Failure::Trap),
+            Outcome::MemoryExceeded { .. } => Some(Failure::Memory),
+            Outcome::TimedOut { .. } => Some(Failure::Timeout),
+            Outcome::DiskExceeded { .. } => Some(Failure::Disk),
+            Outcome::Refused { .. } | Outcome::Unreportable { .. } => Some(Failure::Agent),
+            Outcome::Cancelled { .. } | Outcome::Evicted { .. } | Outcome::Left { .. } => None,
+        }
     }
 }
 
@@ -646,22 +661,46 @@ impl TaskResult {
         hasher.finish()
     }
 
-    /// Whether every module exited cleanly with code 0.
-    pub fn succeeded(&self) -> bool {
-        !self.modules.is_empty() && self.modules.iter().all(|m| m.outcome.is_success())
+    /// Whether module `i` of the result succeeded: it exited with one of the codes the
+    /// job's module `i` lists as success.
+    fn module_succeeded(&self, job: &JobSpec, i: usize) -> bool {
+        let codes = job
+            .modules
+            .get(i)
+            .map_or(&DEFAULT_SUCCESS_EXIT_CODES[..], |m| &m.success_exit_codes);
+        self.modules
+            .get(i)
+            .is_some_and(|m| m.outcome.succeeds_with(codes))
+    }
+
+    /// The modules that did not succeed, with their indexes.
+    fn failed_modules<'a>(
+        &'a self,
+        job: &'a JobSpec,
+    ) -> impl Iterator<Item = &'a ModuleResult> + 'a {
+        self.modules
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| !self.module_succeeded(job, *i))
+            .map(|(_, m)| m)
+    }
+
+    /// Whether every module of `job` exited with one of its success codes.
+    pub fn succeeded(&self, job: &JobSpec) -> bool {
+        !self.modules.is_empty() && self.failed_modules(job).next().is_none()
     }
 
     /// Whether the attempt was evicted (and none of its modules failed on its own).
-    pub fn evicted(&self) -> bool {
-        self.modules
-            .iter()
-            .any(|m| matches!(m.outcome, Outcome::Evicted { .. }))
-            && self.modules.iter().all(|m| {
-                matches!(
-                    m.outcome,
-                    Outcome::Evicted { .. } | Outcome::Exited { code: 0 }
-                )
-            })
+    pub fn evicted(&self, job: &JobSpec) -> bool {
+        let mut failed = self.failed_modules(job).peekable();
+        failed.peek().is_some() && failed.all(|m| matches!(m.outcome, Outcome::Evicted { .. }))
+    }
+
+    /// The kind of the first failure (the one [`TaskResult::cause`] names), for `retry.on`;
+    /// `None` when the attempt succeeded, or when its failure is tried again whatever the
+    /// job says ([`Outcome::failure`]).
+    pub fn failure(&self, job: &JobSpec) -> Option<Failure> {
+        self.failed_modules(job).next()?.outcome.failure()
     }
 
     /// Whether the attempt was cancelled.
@@ -673,14 +712,11 @@ impl TaskResult {
 
     /// The first failure, in words: which module and how it ended. A refusal concerns the
     /// whole task and names its module itself.
-    pub fn cause(&self) -> Option<String> {
-        self.modules
-            .iter()
-            .find(|m| !m.outcome.is_success())
-            .map(|m| match &m.outcome {
-                Outcome::Refused { .. } => m.outcome.to_string(),
-                other => format!("module {}: {other}", m.name),
-            })
+    pub fn cause(&self, job: &JobSpec) -> Option<String> {
+        self.failed_modules(job).next().map(|m| match &m.outcome {
+            Outcome::Refused { .. } => m.outcome.to_string(),
+            other => format!("module {}: {other}", m.name),
+        })
     }
 
     /// A result of `attempt` in which every module of `job` ended with `outcome`, with no
@@ -862,11 +898,71 @@ mod tests {
             elapsed_ms: 5,
             outputs_truncated: false,
         };
-        assert!(r.succeeded());
-        assert_eq!(r.cause(), None);
+        let mut job = job_of(&["wc"]);
+        assert!(r.succeeded(&job));
+        assert_eq!((r.cause(&job), r.failure(&job)), (None, None));
         r.modules[0].outcome = Outcome::MemoryExceeded { limit: 1 << 20 };
-        assert!(!r.succeeded());
-        assert_eq!(r.cause().unwrap(), "module wc: memory cap of 1 MiB reached");
+        assert!(!r.succeeded(&job));
+        assert_eq!(
+            r.cause(&job).unwrap(),
+            "module wc: memory cap of 1 MiB reached"
+        );
+        assert_eq!(r.failure(&job), Some(Failure::Memory));
+        // Exit codes: 0 unless the module lists others.
+        r.modules[0].outcome = Outcome::Exited { code: 10 };
+        assert!(!r.succeeded(&job));
+        assert_eq!(r.cause(&job).unwrap(), "module wc: exited with code 10");
+        assert_eq!(r.failure(&job), Some(Failure::Exit));
+        job.modules[0].success_exit_codes = vec![0, 10, 20];
+        assert!(r.succeeded(&job));
+        assert_eq!(r.cause(&job), None);
+        r.modules[0].outcome = Outcome::Exited { code: 0 };
+        assert!(r.succeeded(&job));
+        r.modules[0].outcome = Outcome::Exited { code: 1 };
+        assert!(!r.succeeded(&job));
+    }
+
+    #[test]
+    fn an_eviction_is_one_when_every_other_module_succeeded_by_its_codes() {
+        let mut r = result_of(&["a", "b"], 0);
+        let mut job = job_of(&["a", "b"]);
+        r.modules[0].outcome = Outcome::Evicted {
+            reason: "the owner is back".into(),
+        };
+        r.modules[1].outcome = Outcome::Exited { code: 3 };
+        assert!(!r.evicted(&job), "b failed on its own");
+        assert_eq!(r.failure(&job), None, "the first failure is the eviction");
+        job.modules[1].success_exit_codes = vec![3];
+        assert!(r.evicted(&job));
+        r.modules[0].outcome = Outcome::Exited { code: 0 };
+        assert!(!r.evicted(&job) && r.succeeded(&job));
+        r.modules[0].outcome = Outcome::Refused {
+            reason: "untrusted".into(),
+        };
+        assert_eq!(r.failure(&job), Some(Failure::Agent));
+        r.modules[0].outcome = Outcome::Left {
+            reason: "left".into(),
+        };
+        assert_eq!(
+            r.failure(&job),
+            None,
+            "a guest that left is always run again"
+        );
+    }
+
+    /// A job of modules named `names`, each succeeding with exit code 0.
+    fn job_of(names: &[&str]) -> JobSpec {
+        let modules: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "digest": Digest::of(n.as_bytes()), "size": 1}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "name": "j", "count": 1,
+            "modules": modules,
+            "resources": {"memory": 1048576, "timeout_ms": 1000},
+            "max_attempts": 1,
+        }))
+        .unwrap()
     }
 
     fn result_of(modules: &[&str], outputs: usize) -> TaskResult {
@@ -906,15 +1002,15 @@ mod tests {
         let mut many = result_of(&["a"], 20_000);
         assert!(many.fit(max));
         assert!(many.outputs.is_empty() && many.outputs_truncated);
-        assert!(many.succeeded());
+        assert!(many.succeeded(&job_of(&["a"])));
         // Still too large without outputs: every module is unreportable, with the reason.
         let mut huge = result_of(&["a", "b"], 0);
         huge.modules[0].outcome = Outcome::Trapped {
             message: "x".repeat(max),
         };
         assert!(huge.fit(max));
-        assert!(!huge.succeeded());
-        let cause = huge.cause().unwrap();
+        assert!(!huge.succeeded(&job_of(&["a", "b"])));
+        let cause = huge.cause(&job_of(&["a", "b"])).unwrap();
         assert!(
             cause.starts_with("module a: its result could not be reported: it takes"),
             "{cause}"

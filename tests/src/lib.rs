@@ -1845,8 +1845,14 @@ pub mod guests {
     /// Takes one argument, a number: exits 1 when it is odd, 0 when it is even (with
     /// `args = ["{index}"]`, the odd tasks of a job fail).
     pub fn odd_fails() -> Vec<u8> {
+        exit_by_parity(0, 1)
+    }
+
+    /// Takes one argument, a number: exits `even` when it is even and `odd` when it is odd, as
+    /// a solver exits 10 for "sat" and 20 for "unsat". A wrong argument count exits 2.
+    pub fn exit_by_parity(even: i32, odd: i32) -> Vec<u8> {
         compile(
-            r#"(module
+            &r#"(module
   (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
@@ -1858,9 +1864,45 @@ pub mod guests {
     ;; The last argument's last digit is just before the buffer's final NUL; an ASCII digit
     ;; is odd when the digit is.
     (call $proc_exit
-      (i32.and
-        (i32.load8_u (i32.sub (i32.add (i32.const 1024) (i32.load (i32.const 104))) (i32.const 2)))
-        (i32.const 1)))))"#,
+      (select (i32.const ODD) (i32.const EVEN)
+        (i32.and
+          (i32.load8_u (i32.sub (i32.add (i32.const 1024) (i32.load (i32.const 104))) (i32.const 2)))
+          (i32.const 1))))))"#
+                .replace("EVEN", &even.to_string())
+                .replace("ODD", &odd.to_string()),
+        )
+    }
+
+    /// Writes its whole environment to stdout, one `NAME=value` per line, and exits 0; a
+    /// failing WASI call exits with 100 + its errno.
+    pub fn environment() -> Vec<u8> {
+        compile(
+            r#"(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  ;; 100 count, 104 buffer size, 200 iovec, 300 written, 1024.. pointers, 8192.. the strings
+  (func $check (param $errno i32)
+    (if (local.get $errno)
+      (then (call $proc_exit (i32.add (i32.const 100) (local.get $errno))))))
+  (func (export "_start") (local $i i32) (local $end i32)
+    (call $check (call $sizes (i32.const 100) (i32.const 104)))
+    (call $check (call $get (i32.const 1024) (i32.const 8192)))
+    ;; Each NUL that ends a string becomes a newline.
+    (local.set $i (i32.const 8192))
+    (local.set $end (i32.add (i32.const 8192) (i32.load (i32.const 104))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+        (if (i32.eqz (i32.load8_u (local.get $i)))
+          (then (i32.store8 (local.get $i) (i32.const 10))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (i32.store (i32.const 200) (i32.const 8192))
+    (i32.store (i32.const 204) (i32.load (i32.const 104)))
+    (call $check (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 300)))))"#,
         )
     }
 

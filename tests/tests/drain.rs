@@ -110,7 +110,7 @@ fn a_failed_task_is_retried_after_a_backoff_on_another_agent() {
     let cluster = Cluster::with_agents(&["one", "two"], 1);
     let job = cluster.write_job(
         "failing",
-        "name = \"failing\"\n[[module]]\npath = \"trap.wasm\"\n[resources]\nmemory = \"16MiB\"\n[retry]\nmax_attempts = 2\n",
+        "name = \"failing\"\n[[module]]\npath = \"trap.wasm\"\n[resources]\nmemory = \"16MiB\"\n[retry]\nmax_attempts = 2\non = [\"trap\"]\n",
         &[("trap.wasm", &guests::trap())],
     );
     let id = cluster.submit(&job);

@@ -147,7 +147,9 @@ async fn write_task(
         "attempt": task.attempt,
         "agent": task.agent,
         "cause": task.cause,
-        "succeeded": result.map(|r| r.succeeded()),
+        // The last result succeeded when the task did (by its modules' success exit codes and,
+        // with verify, agreement); a task still running or retried after it did not.
+        "succeeded": result.map(|_| task.state == lull_protocol::api::TaskState::Succeeded),
         "modules": result.map(|r| &r.modules),
         "outputs": result.map(|r| &r.outputs),
         "elapsed_ms": result.map(|r| r.elapsed_ms),

@@ -275,6 +275,8 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
             env: m.env.clone(),
             stdin,
             inputs,
+            success_exit_codes: m.success_exit_codes.clone(),
+            env_extra: m.env_extra,
         });
     }
     let spec = JobSpec {
@@ -289,6 +291,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         },
         placement: file.placement.clone(),
         max_attempts: file.max_attempts()?,
+        retry_on: file.retry_on(),
         priority: file.priority,
         owner: String::new(),
         verify: file.verify,

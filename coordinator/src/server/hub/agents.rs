@@ -352,7 +352,7 @@ impl Hub {
             tracing::warn!(%agent, %attempt, %missing, "result refers to a blob not uploaded; not acknowledged");
             return None;
         }
-        tracing::debug!(%agent, %attempt, cause = ?result.cause(), "result received");
+        tracing::debug!(%agent, %attempt, cause = ?result.cause(&job), "result received");
         let (done, recorded) = oneshot::channel();
         self.with_live(|live| {
             let op = live.core.handle_result(read, agent, result, &job);

@@ -1,0 +1,137 @@
+//! What real programs need from a job file: exit codes other than 0 that mean success, which
+//! failures are tried again (a program's own exit code is not, by default), and a guest that
+//! sees exactly the environment its job declares.
+
+use std::path::PathBuf;
+
+use lull_tests::{Cluster, guests};
+
+/// A job of `count` tasks of the parity program (exits 10 on even indexes and 20 on odd ones,
+/// as a solver answers "sat" or "unsat"), with `extra` lines in its module and after it.
+fn solver_job(cluster: &Cluster, name: &str, count: u32, module: &str, rest: &str) -> PathBuf {
+    cluster.write_job(
+        name,
+        &format!(
+            "name = \"{name}\"\ncount = {count}\n[[module]]\npath = \"solver.wasm\"\nargs = [\"{{index}}\"]\n{module}\n[resources]\nmemory = \"16MiB\"\n{rest}"
+        ),
+        &[("solver.wasm", &guests::exit_by_parity(10, 20))],
+    )
+}
+
+#[test]
+fn an_array_job_exiting_non_zero_by_design_succeeds_with_its_success_exit_codes() {
+    let cluster = Cluster::with_agents(&["a"], 4);
+    let job = cluster.submit(&solver_job(
+        &cluster,
+        "sat",
+        6,
+        "success_exit_codes = [0, 10, 20]",
+        "",
+    ));
+    let done = cluster.wait_for_job_end(job);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    for i in 0..6 {
+        let task = cluster.task(job, i);
+        let attempts = task["attempts"].as_array().expect("attempts");
+        assert_eq!(attempts.len(), 1, "{task}");
+        let code = if i % 2 == 0 { 10 } else { 20 };
+        assert_eq!(
+            attempts[0]["result"]["modules"][0]["outcome"],
+            serde_json::json!({"kind": "exited", "code": code}),
+            "{task}"
+        );
+    }
+    let dir = cluster.results(job);
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("1").join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["succeeded"], true, "{status}");
+}
+
+#[test]
+fn a_programs_own_failure_is_not_tried_again_unless_retry_on_says_so() {
+    let cluster = Cluster::with_agents(&["a", "b"], 2);
+    // By default an exit code that is not a success ends the task at once, attempts or not.
+    let plain = cluster.submit(&solver_job(
+        &cluster,
+        "plain",
+        2,
+        "",
+        "[retry]\nmax_attempts = 3\n",
+    ));
+    let done = cluster.wait_for_job_end(plain);
+    assert_eq!(done["state"], "failed", "{done}");
+    let task = cluster.task(plain, 0);
+    assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "{task}");
+    assert_eq!(
+        task["task"]["cause"],
+        "module solver: exited with code 10 (not tried again: retry.on leaves out exit)",
+        "{task}"
+    );
+    // Listed in retry.on, it is tried again, on the other agent, until the attempts run out.
+    let retried = cluster.submit(&solver_job(
+        &cluster,
+        "retried",
+        1,
+        "",
+        "[retry]\nmax_attempts = 2\non = [\"exit\", \"agent\"]\n",
+    ));
+    let done = cluster.wait_for_job_end(retried);
+    assert_eq!(done["state"], "failed", "{done}");
+    let task = cluster.task(retried, 0);
+    let attempts = task["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{task}");
+    assert_ne!(attempts[0]["agent"], attempts[1]["agent"], "{task}");
+    assert_eq!(task["task"]["cause"], "module solver: exited with code 10");
+    // A misspelt kind is refused before anything is sent, with its line and the kinds.
+    let out = cluster.lull(&[
+        "submit",
+        solver_job(&cluster, "typo", 1, "", "[retry]\non = [\"exits\"]\n")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        !out.success()
+            && out.stderr.contains("on = [\"exits\"]")
+            && out.stderr.contains("expected one of `exit`, `trap`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn with_env_extra_off_a_guest_sees_exactly_its_declared_environment() {
+    let cluster = Cluster::with_agents(&["a"], 2);
+    let job_with = |name: &str, extra: &str| {
+        cluster.write_job(
+            name,
+            &format!(
+                "name = \"{name}\"\n[[module]]\npath = \"env.wasm\"\nenv = {{ MODE = \"fast\" }}\n{extra}\n[resources]\nmemory = \"16MiB\"\n"
+            ),
+            &[("env.wasm", &guests::environment())],
+        )
+    };
+    let exact = cluster.submit(&job_with("exact", "env_extra = false"));
+    let usual = cluster.submit(&job_with("usual", ""));
+    for job in [exact, usual] {
+        let done = cluster.wait_for_job_end(job);
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    let stdout = |job: u64| std::fs::read_to_string(cluster.results(job).join("0").join("stdout"));
+    assert_eq!(stdout(exact).unwrap(), "MODE=fast\n");
+    let usual = stdout(usual).unwrap();
+    let mut names: Vec<&str> = usual
+        .lines()
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "LULL_ATTEMPT",
+            "LULL_JOB",
+            "LULL_TASK_COUNT",
+            "LULL_TASK_INDEX",
+            "MODE"
+        ],
+        "{usual}"
+    );
+}
