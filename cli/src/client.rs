@@ -302,11 +302,6 @@ impl Client {
 
     /// Downloads a blob to a file.
     pub async fn download(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
-        use futures::StreamExt;
-        use tokio::io::AsyncWriteExt;
-        let resp = self
-            .check(self.http.get(self.url(path)).send().await)
-            .await?;
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -315,13 +310,29 @@ impl Client {
         let mut f = tokio::fs::File::create(dest)
             .await
             .with_context(|| format!("creating {}", dest.display()))?;
+        self.copy_to(path, &mut f, &dest.display().to_string())
+            .await
+    }
+
+    /// Downloads a blob into `to` (`what`: where it goes, for messages), as it arrives.
+    pub async fn copy_to(
+        &self,
+        path: &str,
+        to: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
+        what: &str,
+    ) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let resp = self
+            .check(self.http.get(self.url(path)).send().await)
+            .await?;
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            f.write_all(&chunk.context("downloading")?)
+            to.write_all(&chunk.context("downloading")?)
                 .await
-                .with_context(|| format!("writing {}", dest.display()))?;
+                .with_context(|| format!("writing {what}"))?;
         }
-        f.flush().await?;
+        to.flush().await?;
         Ok(())
     }
 }

@@ -53,6 +53,8 @@ enum Command {
     Status(commands::status::Args),
     /// Download a job's results.
     Results(commands::results::Args),
+    /// Print what a task's modules wrote to stdout and stderr.
+    Logs(commands::logs::Args),
     /// List or make clusters (sets of agents that jobs name).
     Clusters {
         #[command(subcommand)]
@@ -146,6 +148,7 @@ fn main() -> ExitCode {
             Command::Submit(a) => commands::submit::run(&client, a, settings.key).await,
             Command::Status(a) => commands::status::run(&client, a).await,
             Command::Results(a) => commands::results::run(&client, a).await,
+            Command::Logs(a) => commands::logs::run(&client, a).await,
             Command::Agents(a) => commands::agents::run(&client, a).await,
             Command::Clusters { command } => commands::clusters::run(&client, command).await,
             Command::Tokens { command } => commands::tokens::run(&client, command).await,

@@ -19,6 +19,7 @@ fn completion_scripts_name_the_commands_and_bash_accepts_its_own() {
             "submit",
             "status",
             "results",
+            "logs",
             "delete",
             "drain",
             "completions",

@@ -135,3 +135,64 @@ fn with_env_extra_off_a_guest_sees_exactly_its_declared_environment() {
         "{usual}"
     );
 }
+
+#[test]
+fn lull_logs_prints_a_tasks_streams_and_says_when_there_are_none_yet() {
+    let mut cluster = Cluster::start();
+    let two = cluster.write_job(
+        "two",
+        "name = \"two\"\ncount = 2\n[[module]]\npath = \"hello.wasm\"\nargs = [\"{index}\"]\n[[module]]\npath = \"hello.wasm\"\nargs = [\"b{index}\"]\n[resources]\nmemory = \"16MiB\"\n",
+        &[("hello.wasm", &guests::hello(0))],
+    );
+    let two = cluster.submit(&two);
+    let out = cluster.lull(&["logs", &format!("{two}/1")]);
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains(&format!("task {two}/1 has not run yet")),
+        "{out}"
+    );
+    let out = cluster.lull(&["logs", &two.to_string()]);
+    assert!(
+        !out.success() && out.stderr.contains("has 2 tasks: name one"),
+        "{out}"
+    );
+    cluster.start_agent("a", lull_tests::AgentOptions::slots(2));
+    cluster.wait_for_agents(&["a"]);
+    let done = cluster.wait_for_job_end(two);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let out = cluster.lull(&["logs", &format!("{two}/1")]);
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        "==> hello <==\nhello from task 1\n==> hello-1 <==\nhello from task b1\n"
+    );
+    assert_eq!(
+        out.stderr,
+        "==> hello <==\ndone: task 1\n==> hello-1 <==\ndone: task b1\n"
+    );
+    let out = cluster.lull(&["logs", &format!("{two}.0"), "--stream", "stderr"]);
+    out.assert_success();
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("done: task b0"), "{out}");
+
+    // A running task's output is not there yet, and the command says where it runs.
+    let spinning = cluster.write_job(
+        "spinning",
+        "name = \"spinning\"\n[[module]]\npath = \"forever.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
+        &[("forever.wasm", &guests::forever())],
+    );
+    let spinning = cluster.submit(&spinning);
+    cluster.wait_for_job(spinning, "its task running", lull_tests::WAIT, |j| {
+        j["counts"]["running"] == 1
+    });
+    let out = cluster.lull(&["logs", &spinning.to_string()]);
+    assert!(
+        !out.success() && out.stderr.contains("is running on agent"),
+        "{out}"
+    );
+    cluster
+        .lull(&["cancel", &spinning.to_string()])
+        .assert_success();
+}

@@ -7,6 +7,7 @@ pub mod delete;
 pub mod dev;
 pub mod drain;
 pub mod keys;
+pub mod logs;
 pub mod results;
 pub mod status;
 pub mod submit;
