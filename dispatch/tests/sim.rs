@@ -1433,16 +1433,35 @@ fn an_agents_harvest_is_split_among_the_users_whose_tasks_it_runs() {
     );
 }
 
-#[test]
-fn a_user_at_their_quota_waits_while_others_use_the_rest_of_the_pool() {
+/// A simulation of four agents of four slots, whose tasks take 2 s.
+fn sixteen_slots() -> Sim {
     let mut sim = Sim::new();
     for i in 0..4 {
         sim.connect(&format!("agent-{i}"), 4, fast(Duration::from_secs(2)));
     }
-    let quota = |tasks: Option<u32>, millis: Option<u64>| lull_scheduler::Quota {
+    sim
+}
+
+/// A quota of `tasks` running and `millis` thousandths of a core reserved.
+fn quota(tasks: Option<u32>, millis: Option<u64>) -> lull_scheduler::Quota {
+    lull_scheduler::Quota {
         max_tasks: tasks,
         max_cpu_millis: millis,
-    };
+    }
+}
+
+/// The tasks of `job` running now.
+fn running(sim: &Sim, job: u64) -> usize {
+    sim.store
+        .tasks
+        .iter()
+        .filter(|(t, r)| t.job == job && r.state == TaskState::Running)
+        .count()
+}
+
+#[test]
+fn a_user_at_their_quota_waits_while_others_use_the_rest_of_the_pool() {
+    let mut sim = sixteen_slots();
     sim.core.set_quotas(
         "default",
         HashMap::from([
@@ -1455,13 +1474,6 @@ fn a_user_at_their_quota_waits_while_others_use_the_rest_of_the_pool() {
     );
     let alice = sim.submit_as("alice", 0, 100, 1);
     let bob = sim.submit_as("bob", 0, 100, 1);
-    let running = |sim: &Sim, job: u64| {
-        sim.store
-            .tasks
-            .iter()
-            .filter(|(t, r)| t.job == job && r.state == TaskState::Running)
-            .count()
-    };
     for _ in 0..100 {
         sim.step();
         assert!(running(&sim, alice) <= 4, "alice over her 4 tasks");
@@ -1491,14 +1503,7 @@ fn a_user_at_their_quota_waits_while_others_use_the_rest_of_the_pool() {
 
 #[test]
 fn a_group_at_its_quota_holds_all_its_members_while_others_use_the_rest() {
-    let mut sim = Sim::new();
-    for i in 0..4 {
-        sim.connect(&format!("agent-{i}"), 4, fast(Duration::from_secs(2)));
-    }
-    let quota = |tasks: Option<u32>, millis: Option<u64>| lull_scheduler::Quota {
-        max_tasks: tasks,
-        max_cpu_millis: millis,
-    };
+    let mut sim = sixteen_slots();
     sim.core.set_quotas(
         "default",
         HashMap::from([
@@ -1515,13 +1520,6 @@ fn a_group_at_its_quota_holds_all_its_members_while_others_use_the_rest() {
     let alice = in_group(&mut sim, "alice");
     let bob = in_group(&mut sim, "bob");
     let carol = sim.submit_as("carol", 0, 100, 1);
-    let running = |sim: &Sim, job: u64| {
-        sim.store
-            .tasks
-            .iter()
-            .filter(|(t, r)| t.job == job && r.state == TaskState::Running)
-            .count()
-    };
     let mut bob_seen = 0;
     for _ in 0..100 {
         sim.step();

@@ -47,6 +47,14 @@ fn an_array_job_exiting_non_zero_by_design_succeeds_with_its_success_exit_codes(
     assert_eq!(status["succeeded"], true, "{status}");
 }
 
+/// Waits for job `id` to end, which must be as failed; returns its task 0.
+#[track_caller]
+fn first_task_of_failed(cluster: &Cluster, id: u64) -> serde_json::Value {
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "failed", "{done}");
+    cluster.task(id, 0)
+}
+
 #[test]
 fn a_programs_own_failure_is_not_tried_again_unless_retry_on_says_so() {
     let cluster = Cluster::with_agents(&["a", "b"], 2);
@@ -58,9 +66,7 @@ fn a_programs_own_failure_is_not_tried_again_unless_retry_on_says_so() {
         "",
         "[retry]\nmax_attempts = 3\n",
     ));
-    let done = cluster.wait_for_job_end(plain);
-    assert_eq!(done["state"], "failed", "{done}");
-    let task = cluster.task(plain, 0);
+    let task = first_task_of_failed(&cluster, plain);
     assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "{task}");
     assert_eq!(
         task["task"]["cause"],
@@ -75,9 +81,7 @@ fn a_programs_own_failure_is_not_tried_again_unless_retry_on_says_so() {
         "",
         "[retry]\nmax_attempts = 2\non = [\"exit\", \"agent\"]\n",
     ));
-    let done = cluster.wait_for_job_end(retried);
-    assert_eq!(done["state"], "failed", "{done}");
-    let task = cluster.task(retried, 0);
+    let task = first_task_of_failed(&cluster, retried);
     let attempts = task["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{task}");
     assert_ne!(attempts[0]["agent"], attempts[1]["agent"], "{task}");
