@@ -95,6 +95,13 @@ pub struct JobRow {
     pub cancelled: bool,
 }
 
+impl JobRow {
+    /// How long ago it was submitted, at `now_ms` (zero for a clock that went back).
+    pub fn age(&self, now_ms: i64) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from(now_ms - self.created_ms).unwrap_or(0))
+    }
+}
+
 /// A job as lists show it, without its definition.
 #[derive(Debug, Clone)]
 pub struct JobHeader {
@@ -360,6 +367,7 @@ pub(crate) mod tests {
         a_page_of_tasks_holds_its_tasks_with_their_results_and_where_the_next_starts,
         a_jobs_counts_follow_every_change_of_its_tasks,
         verified_runs_keep_their_digests_and_an_outvoted_agent_is_counted,
+        tasks_that_ran_out_of_time_fail_only_while_pending,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -395,6 +403,8 @@ pub(crate) mod tests {
             owner: String::new(),
             verify: 1,
             group: None,
+            queue_timeout_ms: None,
+            deadline_ms: None,
         }
     }
 
@@ -742,6 +752,51 @@ pub(crate) mod tests {
             "{tasks:?}"
         );
         assert_eq!(tasks[0].cause.as_deref(), Some("cancelled"));
+    }
+
+    async fn tasks_that_ran_out_of_time_fail_only_while_pending(s: Store) {
+        use lull_dispatch::{Change, Persisted};
+        let job = s.insert_job(&spec(5, 3), 0).await.unwrap();
+        let task = |index| TaskId { job, index };
+        s.persist(
+            &[Change::Assign {
+                task: task(0),
+                agent: "a".into(),
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+        let expire = |tasks: Option<Vec<u32>>, cause: &str| Change::Expire {
+            job,
+            tasks,
+            cause: cause.into(),
+        };
+        // Named tasks: the running one and the others are left alone.
+        let outcomes = s
+            .persist(&[expire(Some(vec![0, 1]), "waited")], 2)
+            .await
+            .unwrap();
+        assert!(matches!(outcomes[0], Persisted::Done));
+        // Every pending one.
+        s.persist(&[expire(None, "deadline")], 3).await.unwrap();
+        let tasks = s.tasks(job).await.unwrap();
+        let seen: Vec<(TaskState, Option<&str>)> = tasks
+            .iter()
+            .map(|t| (t.state, t.cause.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (TaskState::Running, None),
+                (TaskState::Failed, Some("waited")),
+                (TaskState::Failed, Some("deadline")),
+                (TaskState::Failed, Some("deadline")),
+                (TaskState::Failed, Some("deadline")),
+            ]
+        );
+        let counts = s.job_counts(job).await.unwrap();
+        assert_eq!((counts.running, counts.failed, counts.pending), (1, 4, 0));
     }
 
     async fn a_batch_of_changes_is_written_in_order_in_one_transaction(s: Store) {

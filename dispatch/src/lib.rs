@@ -31,9 +31,13 @@
 //! - An attempt holds a lease while its agent reports; a lease that runs out ends the attempt
 //!   as lost (the agent is told, and gets no new work until it reports again). A loss the store
 //!   cannot record keeps the lease for [`LOST_RETRY`], to be tried again.
-//! - A failure with attempts left waits out a backoff (doubling from
-//!   [`Config::retry_backoff`], at most a minute) and avoids the agents it failed on; an
-//!   eviction is not the task's fault and is queued again at once, whatever its attempts.
+//! - A failure with attempts left, of a kind the job's `retry_on` lists, waits out a backoff
+//!   (doubling from [`Config::retry_backoff`], at most a minute) and avoids the agents it failed
+//!   on; another kind fails the task at once; an eviction is not the task's fault and is queued
+//!   again at once, whatever its attempts.
+//! - A job's `queue_timeout` fails a task pending that long (since the job was accepted, or its
+//!   last attempt ended) and its `deadline` every unfinished task, stopping running attempts,
+//!   both through [`Change::Expire`], which applies only to tasks still pending.
 //! - A drained agent takes no new work and its attempts are evicted at the drain's deadline; a
 //!   revoked agent is cut off and its attempts go back to pending.
 //!
@@ -153,6 +157,17 @@ pub enum Change {
     },
     /// End an attempt. Answered by [`Persisted::Ended`] or [`Persisted::Stale`].
     End(Ending),
+    /// Fail tasks of `job` that are still pending (not running, not ended), with `cause`: these
+    /// (`tasks`), or, with `None`, every one (its deadline passed). Answered by
+    /// [`Persisted::Done`].
+    Expire {
+        /// The job.
+        job: u64,
+        /// The indexes of its tasks; `None`: all its pending tasks.
+        tasks: Option<Vec<u32>>,
+        /// Why they failed.
+        cause: String,
+    },
 }
 
 /// How an attempt ends.
@@ -297,6 +312,8 @@ enum Loss {
     Revoked,
     /// Its job was cancelled while the assignment was being persisted.
     CancelledBeforeStart,
+    /// Its job's deadline passed while the assignment was being persisted.
+    ExpiredBeforeStart,
 }
 
 impl Loss {
@@ -306,6 +323,7 @@ impl Loss {
             Loss::ExpiredElsewhere => "lost: nobody renewed its lease",
             Loss::Revoked => "lost: its agent was revoked",
             Loss::CancelledBeforeStart => "cancelled before it started",
+            Loss::ExpiredBeforeStart => "not started: the job's deadline passed",
         }
     }
 }
@@ -340,6 +358,27 @@ enum Op {
         agent: String,
         loss: Loss,
     },
+    /// Pending tasks failed for waiting too long (`tasks`: those taken out of the queue here),
+    /// or, with `deadline`, every pending task of the job.
+    Expire {
+        job: u64,
+        tasks: Vec<TaskId>,
+        deadline: bool,
+    },
+}
+
+/// A limit in time on a job's tasks, due at some moment ([`JobSpec::deadline_ms`],
+/// [`JobSpec::queue_timeout_ms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiry {
+    /// The job's deadline.
+    Deadline(u64),
+    /// The queue timeout of the job's tasks waiting since it was accepted.
+    FirstWait(u64),
+    /// The queue timeout of a task waiting since its last attempt ended.
+    Wait(TaskId),
+    /// A task whose failing for waiting too long the store could not record: it fails now.
+    Overdue(TaskId),
 }
 
 /// What the core keeps of an attempt assigned here while it runs.
@@ -421,6 +460,13 @@ pub struct Dispatch {
     accepted: HashMap<u64, Instant>,
     /// Jobs known to be cancelled.
     cancelled: HashSet<u64>,
+    /// Jobs whose deadline passed, with the cause their unfinished tasks fail with.
+    expired: HashMap<u64, String>,
+    /// Deadlines and queue timeouts, by when they are due.
+    expiries: BinaryHeap<Reverse<(Instant, Expiry)>>,
+    /// Since when each task of a job with a queue timeout has waited, once it went back to
+    /// pending after an attempt (before that, since its job was accepted).
+    waiting_since: HashMap<TaskId, Instant>,
     /// Tasks queued in a scheduler and not yet placed, or waiting out a backoff: a task is
     /// queued once.
     queued: HashSet<TaskId>,
@@ -473,6 +519,9 @@ impl Dispatch {
             jobs: HashMap::new(),
             accepted: HashMap::new(),
             cancelled: HashSet::new(),
+            expired: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            waiting_since: HashMap::new(),
             queued: HashSet::new(),
             delayed: BinaryHeap::new(),
             failed_on: HashMap::new(),
@@ -491,17 +540,20 @@ impl Dispatch {
 
     // ----- Inputs -----
 
-    /// The state read from the store at a start: unfinished jobs, pending tasks, and running
-    /// attempts with their agents, which get `grace` to come back.
+    /// The state read from the store at a start: unfinished jobs (with how long ago each was
+    /// submitted, which its deadline and queue timeout count from), pending tasks, and running
+    /// attempts with their agents, which get `grace` to come back. A task that went back to
+    /// pending before the start counts its wait from the start.
     pub fn handle_recovered(
         &mut self,
         now: Instant,
-        jobs: impl IntoIterator<Item = (u64, Arc<JobSpec>)>,
+        jobs: impl IntoIterator<Item = (u64, Arc<JobSpec>, Duration)>,
         pending: impl IntoIterator<Item = TaskId>,
         running: impl IntoIterator<Item = (AttemptId, String)>,
         grace: Duration,
     ) {
-        for (id, spec) in jobs {
+        for (id, spec, age) in jobs {
+            self.arm(id, &spec, now.checked_sub(age).unwrap_or(now));
             self.jobs.insert(id, spec);
         }
         for task in pending {
@@ -531,6 +583,7 @@ impl Dispatch {
         self.forget_later(now);
         let count = spec.count;
         let cluster = spec.cluster.clone();
+        self.arm(job, &spec, now);
         self.jobs.insert(job, spec);
         self.accepted.insert(job, now);
         if self.cancelled.contains(&job) || !self.ensure_job(job) {
@@ -548,16 +601,20 @@ impl Dispatch {
         }
     }
 
-    /// Jobs and pending tasks found in a database shared with other coordinators.
+    /// Jobs (with how long ago each was submitted) and pending tasks found in a database
+    /// shared with other coordinators.
     pub fn handle_found_pending(
         &mut self,
         now: Instant,
-        jobs: impl IntoIterator<Item = (u64, Arc<JobSpec>)>,
+        jobs: impl IntoIterator<Item = (u64, Arc<JobSpec>, Duration)>,
         tasks: impl IntoIterator<Item = TaskId>,
     ) {
         self.forget_later(now);
-        for (id, spec) in jobs {
-            self.jobs.entry(id).or_insert(spec);
+        for (id, spec, age) in jobs {
+            if !self.jobs.contains_key(&id) {
+                self.arm(id, &spec, now.checked_sub(age).unwrap_or(now));
+                self.jobs.insert(id, spec);
+            }
         }
         for task in tasks {
             self.queue(task);
@@ -577,23 +634,8 @@ impl Dispatch {
         self.queued.retain(|t| t.job != job);
         self.failed_on.retain(|t, _| t.job != job);
         self.replicas.retain(|t, _| t.job != job);
-        let mut stops = Vec::new();
-        for (id, a) in &self.agents {
-            for attempt in a.running.iter().filter(|at| at.task.job == job) {
-                stops.push((id.clone(), a.conn, *attempt));
-            }
-        }
-        stops.sort();
-        for (agent, conn, attempt) in stops {
-            self.send(
-                &agent,
-                conn,
-                CoordinatorMessage::Cancel {
-                    attempt,
-                    reason: "the job was cancelled".into(),
-                },
-            );
-        }
+        self.waiting_since.retain(|t, _| t.job != job);
+        self.stop_running(job, "the job was cancelled");
     }
 
     /// A finished job was deleted.
@@ -835,6 +877,15 @@ impl Dispatch {
         if let (TaskState::Failed, true, Some(f)) = (next, attempts_left, left_out) {
             outcome.push_str(&not_retried(f));
         }
+        // Past its job's deadline, a task that did not succeed fails, whatever else holds (an
+        // attempt stopped at the deadline ends as cancelled).
+        let next = match self.expired.get(&attempt.task.job) {
+            Some(cause) if !succeeded && next != TaskState::Failed => {
+                outcome = cause.clone();
+                TaskState::Failed
+            }
+            _ => next,
+        };
         self.persist_result(agent, result, outcome, next, evicted, None)
     }
 
@@ -975,6 +1026,185 @@ impl Dispatch {
             tracing::warn!(%attempt, %agent, "lease expired: the agent stopped reporting");
             self.lose(attempt, &agent, Loss::Expired);
         }
+        while let Some(Reverse((due, expiry))) = self.expiries.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.expiries.pop();
+            match expiry {
+                Expiry::Deadline(job) => self.deadline_passed(job),
+                Expiry::FirstWait(job) => {
+                    // Those that went back to pending since wait from then, on their own.
+                    let tasks: Vec<TaskId> = self
+                        .queued
+                        .iter()
+                        .filter(|t| t.job == job && !self.waiting_since.contains_key(t))
+                        .copied()
+                        .collect();
+                    self.waited_too_long(job, tasks);
+                }
+                Expiry::Wait(task) => {
+                    let limit = self.jobs.get(&task.job).and_then(|j| j.queue_timeout_ms);
+                    let due_now = match (self.waiting_since.get(&task), limit) {
+                        (Some(since), Some(ms)) => *since + Duration::from_millis(ms) <= now,
+                        _ => false,
+                    };
+                    if due_now && self.queued.contains(&task) {
+                        self.waited_too_long(task.job, vec![task]);
+                    }
+                }
+                Expiry::Overdue(task) => {
+                    if self.queued.contains(&task) {
+                        self.waited_too_long(task.job, vec![task]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets the timers of a job's deadline and queue timeout, counted from `accepted`.
+    fn arm(&mut self, job: u64, spec: &JobSpec, accepted: Instant) {
+        if let Some(ms) = spec.deadline_ms {
+            let due = accepted + Duration::from_millis(ms);
+            self.expiries.push(Reverse((due, Expiry::Deadline(job))));
+        }
+        if let Some(ms) = spec.queue_timeout_ms {
+            let due = accepted + Duration::from_millis(ms);
+            self.expiries.push(Reverse((due, Expiry::FirstWait(job))));
+        }
+    }
+
+    /// A job's deadline passed: its pending tasks fail, here and in the store, and its
+    /// attempts running here are stopped (their endings fail their tasks).
+    fn deadline_passed(&mut self, job: u64) {
+        let Some(spec) = self.jobs.get(&job).cloned() else {
+            return;
+        };
+        if self.cancelled.contains(&job) || self.expired.contains_key(&job) {
+            return;
+        }
+        let after =
+            units::format_duration(Duration::from_millis(spec.deadline_ms.unwrap_or_default()));
+        let cause = format!("the job's deadline passed ({after} after it was submitted)");
+        tracing::info!(job, %cause, "deadline passed");
+        self.expired.insert(job, cause.clone());
+        let tasks = self.take_waiting(job, |_| true);
+        self.persist(
+            Op::Expire {
+                job,
+                tasks,
+                deadline: true,
+            },
+            Change::Expire {
+                job,
+                tasks: None,
+                cause,
+            },
+        );
+        self.stop_running(job, "the job's deadline passed");
+    }
+
+    /// Tasks of `job` waited longer than its queue timeout: they fail, saying why they waited.
+    fn waited_too_long(&mut self, job: u64, tasks: Vec<TaskId>) {
+        let Some(spec) = self.jobs.get(&job).cloned() else {
+            return;
+        };
+        if tasks.is_empty() || self.cancelled.contains(&job) || self.expired.contains_key(&job) {
+            return;
+        }
+        let why = self.waiting_reason(&spec);
+        let limit = units::format_duration(Duration::from_millis(
+            spec.queue_timeout_ms.unwrap_or_default(),
+        ));
+        let cause = format!("waited {limit} (queue_timeout) for an agent: {why}");
+        tracing::info!(job, tasks = tasks.len(), %cause, "tasks waited too long");
+        let wanted: HashSet<TaskId> = tasks.into_iter().collect();
+        let tasks = self.take_waiting(job, |t| wanted.contains(t));
+        let indexes = tasks.iter().map(|t| t.index).collect();
+        self.persist(
+            Op::Expire {
+                job,
+                tasks,
+                deadline: false,
+            },
+            Change::Expire {
+                job,
+                tasks: Some(indexes),
+                cause,
+            },
+        );
+    }
+
+    /// Takes the job's waiting tasks that `which` picks out of the queue (placed or waiting a
+    /// backoff), and returns them.
+    fn take_waiting(&mut self, job: u64, which: impl Fn(&TaskId) -> bool) -> Vec<TaskId> {
+        let mut taken: Vec<TaskId> = self
+            .queued
+            .iter()
+            .filter(|t| t.job == job && which(t))
+            .copied()
+            .collect();
+        taken.sort();
+        let set: HashSet<TaskId> = taken.iter().copied().collect();
+        self.queued.retain(|t| !set.contains(t));
+        self.delayed.retain(|Reverse((_, t))| !set.contains(t));
+        for t in &taken {
+            self.waiting_since.remove(t);
+            self.failed_on.remove(t);
+            self.replicas.remove(t);
+        }
+        if let Some(s) = self.job_scheduler(job) {
+            s.remove_waiting(job, &set);
+        }
+        taken
+    }
+
+    /// Tells the agents running attempts of `job` here to stop them, for `reason`.
+    fn stop_running(&mut self, job: u64, reason: &str) {
+        let mut stops = Vec::new();
+        for (id, a) in &self.agents {
+            for attempt in a.running.iter().filter(|at| at.task.job == job) {
+                stops.push((id.clone(), a.conn, *attempt));
+            }
+        }
+        stops.sort();
+        for (agent, conn, attempt) in stops {
+            self.send(
+                &agent,
+                conn,
+                CoordinatorMessage::Cancel {
+                    attempt,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// What became of failing tasks that waited too long: on a store error they wait again,
+    /// and fail at the next look, a second on.
+    fn expiry_recorded(
+        &mut self,
+        now: Instant,
+        job: u64,
+        tasks: Vec<TaskId>,
+        deadline: bool,
+        outcome: Persisted,
+    ) {
+        let Persisted::Failed(e) = outcome else {
+            return;
+        };
+        tracing::error!(job, error = %e, "could not fail tasks that ran out of time; trying again shortly");
+        let again = now + Duration::from_secs(1);
+        if deadline {
+            self.expired.remove(&job);
+            self.expiries.push(Reverse((again, Expiry::Deadline(job))));
+        }
+        for task in tasks {
+            if !deadline {
+                self.expiries.push(Reverse((again, Expiry::Overdue(task))));
+            }
+            self.queue(task);
+        }
     }
 
     /// An attempt's lease in the database shared with other coordinators ran out: nobody
@@ -1087,6 +1317,11 @@ impl Dispatch {
                 agent,
                 loss,
             } => self.loss_recorded(now, attempt, &agent, loss, outcome),
+            Op::Expire {
+                job,
+                tasks,
+                deadline,
+            } => self.expiry_recorded(now, job, tasks, deadline, outcome),
         }
     }
 
@@ -1102,13 +1337,19 @@ impl Dispatch {
     }
 
     /// When [`Dispatch::handle_timeout`] has something to do: the next lease to run out,
-    /// backoff to end, or look for jobs to forget.
+    /// backoff to end, deadline or queue timeout to pass, or look for jobs to forget.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let backoff = self.delayed.peek().map(|Reverse((due, _))| *due);
-        [self.leases.poll_timeout(), backoff, self.next_forget]
-            .into_iter()
-            .flatten()
-            .min()
+        let expiry = self.expiries.peek().map(|Reverse((due, _))| *due);
+        [
+            self.leases.poll_timeout(),
+            backoff,
+            expiry,
+            self.next_forget,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ----- Queries -----
@@ -1388,11 +1629,13 @@ impl Dispatch {
             Op::Start { attempt } | Op::Result { attempt, .. } | Op::Lost { attempt, .. } => {
                 attempt.task.job
             }
+            Op::Expire { job, .. } => *job,
         }));
         let before = self.jobs.len();
         self.jobs.retain(|job, _| busy.contains(job));
         self.accepted.retain(|job, _| busy.contains(job));
         self.cancelled.retain(|job| busy.contains(job));
+        self.expired.retain(|job, _| busy.contains(job));
         if self.jobs.len() < before {
             tracing::debug!(
                 forgotten = before - self.jobs.len(),
@@ -1555,10 +1798,16 @@ impl Dispatch {
             }
         };
         self.leases.grant(now, attempt, agent);
+        self.waiting_since.remove(&task);
         if self.cancelled.contains(&task.job) {
             // Cancelled while the assignment was written: it never reaches the agent. The lease
             // stays until that is recorded, so that a failure to record it is tried again.
             self.lose(attempt, agent, Loss::CancelledBeforeStart);
+            return;
+        }
+        if self.expired.contains_key(&task.job) {
+            // Its job's deadline passed while the assignment was written: likewise.
+            self.lose(attempt, agent, Loss::ExpiredBeforeStart);
             return;
         }
         let Some(job) = self.jobs.get(&task.job).cloned() else {
@@ -1692,9 +1941,15 @@ impl Dispatch {
     /// Asks for an attempt to be ended as lost.
     fn lose(&mut self, attempt: AttemptId, agent: &str, loss: Loss) {
         let mut outcome = loss.outcome().to_owned();
+        let expired = self.expired.get(&attempt.task.job);
         let next =
             if loss == Loss::CancelledBeforeStart || self.cancelled.contains(&attempt.task.job) {
                 TaskState::Cancelled
+            } else if let Some(cause) = expired {
+                if loss != Loss::ExpiredBeforeStart {
+                    outcome = format!("{outcome}; {cause}");
+                }
+                TaskState::Failed
             } else {
                 match self.jobs.get(&attempt.task.job) {
                     Some(job) if attempt.attempt >= job.attempt_limit() => TaskState::Failed,
@@ -1739,6 +1994,18 @@ impl Dispatch {
             a.running.remove(&attempt);
         }
         self.task_ended_in_scheduler(attempt.task);
+        if state == TaskState::Pending
+            && let Some(ms) = self
+                .jobs
+                .get(&attempt.task.job)
+                .and_then(|j| j.queue_timeout_ms)
+            && let Some(now) = self.clock
+        {
+            self.waiting_since.insert(attempt.task, now);
+            let due = now + Duration::from_millis(ms);
+            self.expiries
+                .push(Reverse((due, Expiry::Wait(attempt.task))));
+        }
         match (state, retry_at) {
             (TaskState::Pending, Some(at)) => self.queue_after(at, attempt.task),
             (TaskState::Pending, None) => self.queue(attempt.task),
@@ -1765,6 +2032,23 @@ impl Dispatch {
 
     /// Queues a task for placement, away from the agents it failed on.
     fn queue(&mut self, task: TaskId) {
+        if let Some(cause) = self.expired.get(&task.job).cloned() {
+            // Back to pending after its job's deadline passed (its attempt ended meanwhile):
+            // it fails too.
+            self.persist(
+                Op::Expire {
+                    job: task.job,
+                    tasks: Vec::new(),
+                    deadline: false,
+                },
+                Change::Expire {
+                    job: task.job,
+                    tasks: Some(vec![task.index]),
+                    cause,
+                },
+            );
+            return;
+        }
         if self.cancelled.contains(&task.job) || !self.queued.insert(task) {
             return;
         }

@@ -34,6 +34,8 @@ struct Row {
     agent: Option<String>,
     /// Every attempt's outcome, in order.
     outcomes: Vec<String>,
+    /// Why it failed without an attempt ending (it ran out of time waiting).
+    cause: Option<String>,
 }
 
 /// A store with the rules of the real one: an assignment only of a pending task, an ending only
@@ -112,6 +114,16 @@ impl Store {
                     }
                 }
                 Persisted::Ended(row.state)
+            }
+            Change::Expire { job, tasks, cause } => {
+                for (task, row) in self.tasks.iter_mut().filter(|(t, _)| t.job == *job) {
+                    let named = tasks.as_ref().is_none_or(|ts| ts.contains(&task.index));
+                    if named && row.state == TaskState::Pending {
+                        row.state = TaskState::Failed;
+                        row.cause = Some(cause.clone());
+                    }
+                }
+                Persisted::Done
             }
         }
     }
@@ -209,6 +221,8 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         owner: String::new(),
         verify: 1,
         group: None,
+        queue_timeout_ms: None,
+        deadline_ms: None,
     }
 }
 
@@ -355,6 +369,7 @@ impl Sim {
                     attempt: 0,
                     agent: None,
                     outcomes: vec![],
+                    cause: None,
                 },
             );
         }
@@ -938,6 +953,113 @@ fn by_default_a_programs_own_failure_ends_its_task_at_once_and_a_lost_agent_does
     assert_eq!(
         sim.row(task).outcomes,
         ["lost: the agent stopped reporting (not tried again: retry.on leaves out agent)"]
+    );
+    sim.check_invariants();
+}
+
+#[test]
+fn at_its_deadline_a_jobs_unfinished_tasks_fail_and_its_running_ones_are_stopped() {
+    let mut sim = Sim::new();
+    sim.connect("one", 1, fast(Duration::from_secs(10)));
+    let mut spec = job_spec(4, 3);
+    spec.owner = "alice".into();
+    spec.deadline_ms = Some(15_000);
+    let job = sim.submit_spec(spec);
+    let task = |index| TaskId { job, index };
+    sim.run_for(Duration::from_secs(14));
+    assert_eq!(sim.row(task(0)).state, TaskState::Succeeded);
+    assert_eq!(sim.row(task(1)).state, TaskState::Running);
+    sim.run_for(Duration::from_secs(2));
+    let cause = "the job's deadline passed (15s after it was submitted)";
+    for i in 2..4 {
+        let row = sim.row(task(i));
+        assert_eq!(row.state, TaskState::Failed, "task {i}");
+        assert_eq!(row.cause.as_deref(), Some(cause));
+        assert_eq!(row.attempt, 0, "never ran");
+    }
+    let stopped = sim.agents["one"].inbox.iter().any(|m| {
+        matches!(m, CoordinatorMessage::Cancel { attempt, reason }
+            if attempt.task == task(1) && reason == "the job's deadline passed")
+    });
+    assert!(stopped, "the running attempt is stopped");
+    // The stopped attempt's end (here its lease running out) fails its task, with the cause.
+    sim.run_until(LEASE + Duration::from_secs(5), "the job to end", |s| {
+        s.job_done(job)
+    });
+    let row = sim.row(task(1));
+    assert_eq!(row.state, TaskState::Failed);
+    assert!(row.outcomes[0].ends_with(cause), "{:?}", row.outcomes);
+    assert!(
+        sim.assigned.iter().all(|(a, _)| a.task.index < 2),
+        "nothing started after the deadline"
+    );
+    sim.check_invariants();
+}
+
+#[test]
+fn a_task_waiting_longer_than_its_queue_timeout_fails_saying_why_it_waited() {
+    let mut sim = Sim::new();
+    let mut spec = job_spec(4, 3);
+    spec.owner = "alice".into();
+    spec.queue_timeout_ms = Some(12_000);
+    spec.retry_on = lull_protocol::job::Failure::ALL.to_vec();
+    let job = sim.submit_spec(spec.clone());
+    let task = |job, index| TaskId { job, index };
+    // One slot from 5 s on, tasks of 5 s: tasks 0 and 1 start in time (at 5 s and 10 s), the
+    // others would wait past 12 s.
+    sim.run_for(Duration::from_secs(5));
+    sim.connect("one", 1, fast(Duration::from_secs(5)));
+    sim.run_for(Duration::from_secs(8));
+    assert_eq!(sim.row(task(job, 1)).state, TaskState::Running);
+    for i in 2..4 {
+        let row = sim.row(task(job, i));
+        assert_eq!(row.state, TaskState::Failed, "task {i}");
+        let cause = row.cause.as_deref().unwrap_or_default();
+        assert!(
+            cause.starts_with("waited 12s (queue_timeout) for an agent: "),
+            "{cause}"
+        );
+    }
+    sim.run_until(Duration::from_secs(10), "the job to end", |s| {
+        s.job_done(job)
+    });
+    for i in 0..2 {
+        assert_eq!(sim.row(task(job, i)).state, TaskState::Succeeded);
+    }
+    sim.disconnect("one");
+
+    // A task back to pending after an attempt waits from then: it outlives the job's first
+    // wait, and fails a queue timeout after its attempt ended.
+    let failing = Behaviour {
+        fails: true,
+        ..fast(Duration::from_secs(5))
+    };
+    sim.connect("flaky", 1, failing);
+    let mut one = spec;
+    one.count = 1;
+    let retried = sim.submit_spec(one);
+    sim.run_for(Duration::from_millis(5_500));
+    assert_eq!(
+        sim.row(task(retried, 0)).outcomes.len(),
+        1,
+        "one attempt failed"
+    );
+    sim.disconnect("flaky");
+    sim.run_for(Duration::from_secs(8));
+    assert_eq!(
+        sim.row(task(retried, 0)).state,
+        TaskState::Pending,
+        "13.5 s after submission, 8 s after its attempt: it waits on"
+    );
+    sim.run_for(Duration::from_secs(5));
+    let row = sim.row(task(retried, 0));
+    assert_eq!(row.state, TaskState::Failed);
+    assert!(
+        row.cause
+            .as_deref()
+            .is_some_and(|c| c.starts_with("waited 12s (queue_timeout) for an agent: no agent")),
+        "{:?}",
+        row.cause
     );
     sim.check_invariants();
 }

@@ -106,6 +106,11 @@ fn job_file(text: &str) {
         owner: String::new(),
         verify: file.verify,
         group: file.group.clone(),
+        queue_timeout_ms: file
+            .queue_timeout()
+            .expect("checked")
+            .map(|d| d.as_millis() as u64),
+        deadline_ms: file.deadline().expect("checked").map(|d| d.as_millis() as u64),
     };
     if let Err(e) = spec.check() {
         panic!("a job file that parses resolves to a job the coordinator refuses: {e}\n{text}");

@@ -119,6 +119,15 @@ pub struct JobFile {
     /// groups of the submitter's token [default: the token's first group, if it has any].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// How long a task may wait for an agent, e.g. `1h`: one still pending that long (since
+    /// the job was submitted, or since its last attempt ended) fails, saying why it waited
+    /// [default: no limit].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
+    /// How long after submission the whole job must be done, e.g. `12h`: then its unfinished
+    /// tasks fail, running ones stopped [default: no limit].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -140,6 +149,30 @@ fn check_verify(verify: u32) -> Result<(), JobError> {
         ));
     }
     Ok(())
+}
+
+/// A duration of a job file that may be left out: more than zero, at most [`MAX_TIMEOUT`].
+fn optional_limit(field: &str, text: Option<&str>) -> Result<Option<Duration>, JobError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let d = units::parse_duration(text).map_err(|reason| JobError::Unit {
+        field: field.into(),
+        reason,
+    })?;
+    check_limit_ms(field, Some(d.as_millis().try_into().unwrap_or(u64::MAX)))?;
+    Ok(Some(d))
+}
+
+fn check_limit_ms(field: &str, ms: Option<u64>) -> Result<(), JobError> {
+    match ms {
+        Some(0) => Err(invalid(field, "must be longer than zero")),
+        Some(ms) if u128::from(ms) > MAX_TIMEOUT.as_millis() => Err(invalid(
+            field,
+            format!("must be at most {} days", MAX_TIMEOUT.as_secs() / 86_400),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_group(group: Option<&str>) -> Result<(), JobError> {
@@ -445,9 +478,21 @@ impl JobFile {
         self.timeout()?;
         self.cpu_millis()?;
         self.max_attempts()?;
+        self.queue_timeout()?;
+        self.deadline()?;
         check_retry_on(&self.retry_on())?;
         self.placement.check()?;
         Ok(())
+    }
+
+    /// How long a task may wait for an agent, if the job limits it.
+    pub fn queue_timeout(&self) -> Result<Option<Duration>, JobError> {
+        optional_limit("queue_timeout", self.queue_timeout.as_deref())
+    }
+
+    /// How long after submission the job must be done, if it says.
+    pub fn deadline(&self) -> Result<Option<Duration>, JobError> {
+        optional_limit("deadline", self.deadline.as_deref())
     }
 
     /// The failures tried again ([`DEFAULT_RETRY_ON`] unless `retry.on` says).
@@ -757,6 +802,14 @@ pub struct JobSpec {
     /// names none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// How long a task may wait pending, in milliseconds (since the job was accepted, or since
+    /// its last attempt ended); then it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
+    /// How long after it was accepted the job must be done, in milliseconds; then its
+    /// unfinished tasks fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 impl JobSpec {
@@ -816,6 +869,8 @@ impl JobSpec {
             return Err(invalid("retry.max_attempts", "must be between 1 and 100"));
         }
         check_retry_on(&self.retry_on)?;
+        check_limit_ms("queue_timeout", self.queue_timeout_ms)?;
+        check_limit_ms("deadline", self.deadline_ms)?;
         self.check_names()?;
         for (i, m) in self.modules.iter().enumerate() {
             let field = format!("modules[{i}]");
@@ -1247,6 +1302,8 @@ max_attempts = 3
             owner: String::new(),
             verify: 1,
             group: None,
+            queue_timeout_ms: None,
+            deadline_ms: None,
         }
     }
 

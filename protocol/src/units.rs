@@ -79,6 +79,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     Ok(total)
 }
 
+/// Formats a duration as [`parse_duration`] reads it, to the millisecond: `1h30m`, `2s`,
+/// `250ms`, `1d2h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let parts = [
+        (ms / 86_400_000, "d"),
+        (ms / 3_600_000 % 24, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1000 % 60, "s"),
+        (ms % 1000, "ms"),
+    ];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect()
+}
+
 /// Formats a byte count with a binary unit, e.g. `256 MiB`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -123,5 +144,16 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("").is_err());
+        for (ms, text) in [
+            (5_400_000, "1h30m"),
+            (2_000, "2s"),
+            (250, "250ms"),
+            (93_600_000, "1d2h"),
+            (0, "0s"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d);
+        }
     }
 }

@@ -689,6 +689,18 @@ impl Scheduler {
         }
     }
 
+    /// Drops these waiting tasks of a job (they will not run: they waited too long).
+    pub fn remove_waiting(&mut self, job: u64, tasks: &HashSet<TaskId>) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.queue.retain(|t| !tasks.contains(t));
+        }
+        for t in tasks {
+            self.avoid.remove(t);
+            self.exclude.remove(t);
+        }
+        self.prune(job);
+    }
+
     /// Drops a job's waiting tasks (it was cancelled); the reservations of its running tasks
     /// stay until they end.
     pub fn remove_job(&mut self, job: u64) {

@@ -200,3 +200,60 @@ fn lull_logs_prints_a_tasks_streams_and_says_when_there_are_none_yet() {
         .lull(&["cancel", &spinning.to_string()])
         .assert_success();
 }
+
+#[test]
+fn a_deadline_fails_what_is_unfinished_and_stops_what_runs() {
+    let cluster = Cluster::with_agents(&["a"], 1);
+    let job = cluster.write_job(
+        "late",
+        "name = \"late\"\ncount = 3\ndeadline = \"3s\"\n[[module]]\npath = \"forever.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
+        &[("forever.wasm", &guests::forever())],
+    );
+    let job = cluster.submit(&job);
+    let done = cluster.wait_for_job_end(job);
+    assert_eq!(done["state"], "failed", "{done}");
+    let cause = "the job's deadline passed (3s after it was submitted)";
+    let first = cluster.task(job, 0);
+    assert_eq!(first["task"]["cause"], cause, "{first}");
+    assert_eq!(first["attempts"].as_array().unwrap().len(), 1, "{first}");
+    for i in 1..3 {
+        let task = cluster.task(job, i);
+        assert_eq!(task["task"]["cause"], cause, "{task}");
+        assert!(task["attempts"].as_array().unwrap().is_empty(), "{task}");
+    }
+    let out = cluster.lull(&["status", &job.to_string()]);
+    assert!(out.stdout.contains(cause), "{out}");
+}
+
+#[test]
+fn a_queue_timeout_fails_tasks_no_agent_takes_and_counts_from_submission_across_a_restart() {
+    let mut cluster = Cluster::with_agents(&["a"], 2);
+    let job = cluster.write_job(
+        "nowhere",
+        "name = \"nowhere\"\ncount = 2\nqueue_timeout = \"6s\"\n[[module]]\npath = \"hello.wasm\"\nargs = [\"{index}\"]\n[resources]\nmemory = \"16MiB\"\n[placement]\nconstraints = [\"label.site == mars\"]\n",
+        &[("hello.wasm", &guests::hello(0))],
+    );
+    let job = cluster.submit(&job);
+    // Down for 5 of the 6 seconds: counted from submission, the tasks fail soon after the
+    // restart; counted from the restart, 6 s after it.
+    cluster.kill_coordinator();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    cluster.restart_coordinator();
+    let restarted = std::time::Instant::now();
+    let done = cluster.wait_for_job_end(job);
+    let after = restarted.elapsed();
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        after < std::time::Duration::from_secs(4),
+        "the wait counted from the restart, not from submission: failed {after:?} after it"
+    );
+    for i in 0..2 {
+        let task = cluster.task(job, i);
+        let cause = task["task"]["cause"].as_str().unwrap_or_default();
+        // Why it waited follows: at the restart, its agent may not be back yet.
+        assert!(
+            cause.starts_with("waited 6s (queue_timeout) for an agent: "),
+            "{task}"
+        );
+    }
+}

@@ -296,6 +296,8 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         owner: String::new(),
         verify: file.verify,
         group: file.group.clone(),
+        queue_timeout_ms: file.queue_timeout()?.map(|d| d.as_millis() as u64),
+        deadline_ms: file.deadline()?.map(|d| d.as_millis() as u64),
     };
     spec.check()?;
     Ok((spec, files))

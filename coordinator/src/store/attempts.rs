@@ -398,12 +398,61 @@ impl Store {
                     Recorded::Stored(state) => Persisted::Ended(state),
                     Recorded::Stale => Persisted::Stale,
                 },
+                Change::Expire { job, tasks, cause } => {
+                    expire_in(
+                        &mut tx,
+                        &mut recounts,
+                        *job,
+                        tasks.as_deref(),
+                        cause,
+                        now_ms,
+                    )
+                    .await?;
+                    Persisted::Done
+                }
             });
         }
         self.apply_recounts(&mut tx, recounts).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// Fails the tasks of `job` that are still pending (these `tasks`, or every one) with `cause`.
+async fn expire_in(
+    tx: &mut sqlx::AnyConnection,
+    recounts: &mut Recounts,
+    job: u64,
+    tasks: Option<&[u32]>,
+    cause: &str,
+    now_ms: i64,
+) -> Result<()> {
+    const UPDATE: &str = "UPDATE tasks SET state = 'failed', cause = $1, updated_ms = $2 \
+                          WHERE job_id = $3 AND state = 'pending'";
+    let mut failed = 0;
+    match tasks {
+        None => {
+            failed += sqlx::query(UPDATE)
+                .bind(cause)
+                .bind(now_ms)
+                .bind(job as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        Some(tasks) => {
+            for chunk in tasks.chunks(500) {
+                let sql = format!("{UPDATE} AND idx IN ({})", placeholders(4, chunk.len()));
+                let mut q = sqlx::query(&sql).bind(cause).bind(now_ms).bind(job as i64);
+                for index in chunk {
+                    q = q.bind(i64::from(*index));
+                }
+                failed += q.execute(&mut *tx).await?.rows_affected();
+            }
+        }
+    }
+    recounts.moved(job, TaskState::Pending, TaskState::Failed, failed);
+    Ok(())
 }
 
 /// The outcome of an attempt whose successful result differs from the one other agents agreed

@@ -270,11 +270,15 @@ impl Hub {
         for job in jobs.iter().filter(|j| j.spec.verified()) {
             replicas.extend(self.store.replicas(job.id).await?);
         }
+        let now_ms = self.store.now_ms();
         self.with_core(|core| {
             core.handle_replicas(replicas);
             core.handle_recovered(
                 Instant::now(),
-                jobs.into_iter().map(|j| (j.id, Arc::new(j.spec))),
+                jobs.into_iter().map(|j| {
+                    let age = j.age(now_ms);
+                    (j.id, Arc::new(j.spec), age)
+                }),
                 pending.iter().map(|t| t.id),
                 running.iter().map(|t| {
                     let attempt = AttemptId {

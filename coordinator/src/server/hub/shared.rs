@@ -99,7 +99,10 @@ impl Hub {
         let mut loaded = Vec::new();
         for job in unknown {
             match self.store.job(job).await {
-                Ok(row) if !row.cancelled => loaded.push((job, Arc::new(row.spec))),
+                Ok(row) if !row.cancelled => {
+                    let age = row.age(self.store.now_ms());
+                    loaded.push((job, Arc::new(row.spec), age));
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(job, error = %e, "could not load a job"),
             }
@@ -107,8 +110,8 @@ impl Hub {
         // Tasks of verified jobs go on from the runs other coordinators recorded.
         let verified: HashSet<u64> = loaded
             .iter()
-            .filter(|(_, spec)| spec.verified())
-            .map(|(id, _)| *id)
+            .filter(|(_, spec, _)| spec.verified())
+            .map(|(id, _, _)| *id)
             .chain(self.read_core(|core| {
                 found
                     .iter()
