@@ -368,6 +368,7 @@ pub(crate) mod tests {
         a_jobs_counts_follow_every_change_of_its_tasks,
         verified_runs_keep_their_digests_and_an_outvoted_agent_is_counted,
         tasks_that_ran_out_of_time_fail_only_while_pending,
+        a_result_offered_under_a_key_is_taken_by_a_later_pending_task,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -405,6 +406,7 @@ pub(crate) mod tests {
             group: None,
             queue_timeout_ms: None,
             deadline_ms: None,
+            cache: false,
         }
     }
 
@@ -442,6 +444,7 @@ pub(crate) mod tests {
             result: Some(Box::new(r.clone())),
             next,
             verified: None,
+            cache_key: None,
         };
         s.end_attempt(&ending, now_ms).await
     }
@@ -468,6 +471,7 @@ pub(crate) mod tests {
             result: Some(Box::new(result(attempt, 0))),
             next,
             verified: Some(lull_dispatch::Verified { digest, dissenters }),
+            cache_key: None,
         };
         let a1 = s.assign(task, "liar", 1).await.unwrap().unwrap();
         let e1 = end(a1, "liar", TaskState::Pending, forged, vec![]);
@@ -542,6 +546,7 @@ pub(crate) mod tests {
             result: None,
             next,
             verified: None,
+            cache_key: None,
         };
         s.end_attempt(&ending, now_ms).await
     }
@@ -754,6 +759,69 @@ pub(crate) mod tests {
         assert_eq!(tasks[0].cause.as_deref(), Some("cancelled"));
     }
 
+    async fn a_result_offered_under_a_key_is_taken_by_a_later_pending_task(s: Store) {
+        use lull_dispatch::Change;
+        let first = s.insert_job(&spec(1, 1), 0).await.unwrap();
+        let key = Digest::of(b"key");
+        let attempt = |job, index| AttemptId {
+            task: TaskId { job, index },
+            attempt: 1,
+        };
+        s.persist(
+            &[Change::Assign {
+                task: TaskId {
+                    job: first,
+                    index: 0,
+                },
+                agent: "a".into(),
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+        let ending = Ending {
+            attempt: attempt(first, 0),
+            holder: Some("a".into()),
+            outcome: "succeeded".into(),
+            result: Some(Box::new(result(attempt(first, 0), 0))),
+            next: TaskState::Succeeded,
+            verified: None,
+            cache_key: Some(key),
+        };
+        s.persist(&[Change::End(ending)], 2).await.unwrap();
+        let second = s.insert_job(&spec(3, 1), 3).await.unwrap();
+        let other = Digest::of(b"other");
+        let taken = s
+            .take_cached(second, &[(0, other), (2, key)], 4)
+            .await
+            .unwrap();
+        assert_eq!(taken, [2]);
+        let tasks = s.tasks(second).await.unwrap();
+        assert_eq!(tasks[2].state, TaskState::Succeeded);
+        assert_eq!(
+            tasks[2].cause.as_deref(),
+            Some(format!("cached: the result of task {first}/0 (attempt 1)").as_str())
+        );
+        assert_eq!(tasks[0].state, TaskState::Pending);
+        let counts = s.job_counts(second).await.unwrap();
+        assert_eq!((counts.succeeded, counts.pending), (1, 2));
+        // Only while pending; and a deleted source offers nothing more.
+        assert!(
+            s.take_cached(second, &[(2, key)], 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(s.delete_job(first).await.unwrap());
+        let third = s.insert_job(&spec(1, 1), 6).await.unwrap();
+        assert!(
+            s.take_cached(third, &[(0, key)], 7)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     async fn tasks_that_ran_out_of_time_fail_only_while_pending(s: Store) {
         use lull_dispatch::{Change, Persisted};
         let job = s.insert_job(&spec(5, 3), 0).await.unwrap();
@@ -827,6 +895,7 @@ pub(crate) mod tests {
             result: Some(Box::new(result(a0, 0))),
             next: TaskState::Succeeded,
             verified: None,
+            cache_key: None,
         };
         let outcomes = s
             .persist(
@@ -879,6 +948,7 @@ pub(crate) mod tests {
             result: None,
             next: TaskState::Pending,
             verified: None,
+            cache_key: None,
         });
         let nobody = Change::Assign {
             task: missing,

@@ -187,6 +187,9 @@ pub struct Ending {
     pub next: TaskState,
     /// For a successful result of a task of a verified job: what to keep of the comparison.
     pub verified: Option<Verified>,
+    /// For a task that succeeds in a job that caches: its [`JobSpec::task_key`], under which
+    /// its result is offered to later tasks.
+    pub cache_key: Option<Digest>,
 }
 
 /// What is kept of a verified task's successful result ([`Ending::verified`]).
@@ -577,8 +580,9 @@ impl Dispatch {
         }
     }
 
-    /// A job was stored: its tasks are queued.
-    pub fn handle_submitted(&mut self, now: Instant, job: u64, spec: Arc<JobSpec>) {
+    /// A job was stored: its tasks are queued, but for those (`cached`, by index, ascending)
+    /// that took an earlier task's result when it was stored.
+    pub fn handle_submitted(&mut self, now: Instant, job: u64, spec: Arc<JobSpec>, cached: &[u32]) {
         self.tick(now);
         self.forget_later(now);
         let count = spec.count;
@@ -593,7 +597,11 @@ impl Dispatch {
         // million tasks, none of which failed anywhere yet.
         self.queued.reserve(count as usize);
         let scheduler = self.schedulers.get(&cluster);
+        let mut cached = cached.iter().copied().peekable();
         for index in 0..count {
+            if cached.next_if_eq(&index).is_some() {
+                continue;
+            }
             let task = TaskId { job, index };
             if self.queued.insert(task) {
                 scheduler.task_queued(task);
@@ -886,11 +894,12 @@ impl Dispatch {
             }
             _ => next,
         };
-        self.persist_result(agent, result, outcome, next, evicted, None)
+        self.persist_result(agent, result, outcome, next, evicted, None, job)
     }
 
     /// Asks for an agent's result to be stored, ending its attempt with `outcome` and moving
     /// the task to `next`; with `verified`, a verified task's run and the runs it outvoted.
+    #[allow(clippy::too_many_arguments)]
     fn persist_result(
         &mut self,
         agent: &str,
@@ -899,8 +908,11 @@ impl Dispatch {
         next: TaskState,
         evicted: bool,
         verified: Option<(Replica, Vec<(u32, String)>)>,
+        job: &JobSpec,
     ) -> OpId {
         let attempt = result.attempt;
+        let cache_key =
+            (job.cache && next == TaskState::Succeeded).then(|| job.task_key(attempt.task.index));
         let (replica, dissenters, verified) = match verified {
             Some((replica, dissenters)) => (
                 Some(replica.clone()),
@@ -927,6 +939,7 @@ impl Dispatch {
                 result: Some(Box::new(result)),
                 next,
                 verified,
+                cache_key,
             }),
         )
     }
@@ -997,6 +1010,7 @@ impl Dispatch {
             next,
             false,
             Some((replica, dissenters)),
+            job,
         )
     }
 
@@ -1975,6 +1989,7 @@ impl Dispatch {
                 result: None,
                 next,
                 verified: None,
+                cache_key: None,
             }),
         );
     }

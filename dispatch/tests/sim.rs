@@ -86,6 +86,7 @@ impl Store {
                 result,
                 next,
                 verified,
+                ..
             }) => {
                 let cancelled = self.cancelled.contains(&attempt.task.job);
                 let row = self.tasks.get_mut(&attempt.task).expect("a stored task");
@@ -223,6 +224,7 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         group: None,
         queue_timeout_ms: None,
         deadline_ms: None,
+        cache: false,
     }
 }
 
@@ -375,7 +377,7 @@ impl Sim {
         }
         let spec = Arc::new(spec);
         self.jobs.insert(job, spec.clone());
-        self.core.handle_submitted(self.now, job, spec);
+        self.core.handle_submitted(self.now, job, spec, &[]);
         self.drive();
         job
     }

@@ -111,6 +111,7 @@ fn job_file(text: &str) {
             .expect("checked")
             .map(|d| d.as_millis() as u64),
         deadline_ms: file.deadline().expect("checked").map(|d| d.as_millis() as u64),
+        cache: file.cache,
     };
     if let Err(e) = spec.check() {
         panic!("a job file that parses resolves to a job the coordinator refuses: {e}\n{text}");

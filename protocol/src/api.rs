@@ -517,7 +517,8 @@ pub struct Task {
     pub attempt: u32,
     /// The agent of the current or last attempt.
     pub agent: Option<String>,
-    /// Why it failed or was cancelled.
+    /// Why it failed or was cancelled; for a task that took a cached result, where from
+    /// (`cached: the result of task 12/3 (attempt 1)`).
     pub cause: Option<String>,
 }
 

@@ -128,6 +128,15 @@ pub struct JobFile {
     /// tasks fail, running ones stopped [default: no limit].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
+    /// Take a task's result from an earlier succeeded task with the same modules, arguments,
+    /// environment and input contents, instead of running it; and offer this job's results
+    /// to later jobs that cache [default: false].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -810,9 +819,67 @@ pub struct JobSpec {
     /// unfinished tasks fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Whether its tasks take the results of earlier succeeded tasks with the same
+    /// [`JobSpec::task_key`], and offer theirs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache: bool,
 }
 
 impl JobSpec {
+    /// What a task's result depends on, as one digest: each module's digest, arguments (with
+    /// `{index}` replaced), environment, standard input, input files by path and content, and
+    /// success exit codes, and the job's memory cap and `verify`. Two tasks with the same key
+    /// run the same programs on the same inputs. Left out: the job and attempt numbers (and the
+    /// `LULL_*` variables that carry them), times, and where it runs.
+    pub fn task_key(&self, index: u32) -> Digest {
+        #[derive(Serialize)]
+        struct Module<'a> {
+            digest: &'a Digest,
+            args: Vec<String>,
+            env: &'a BTreeMap<String, String>,
+            env_extra: bool,
+            stdin: Option<&'a Digest>,
+            inputs: Vec<(&'a str, &'a Digest)>,
+            success_exit_codes: &'a [i32],
+        }
+        #[derive(Serialize)]
+        struct Key<'a> {
+            modules: Vec<Module<'a>>,
+            memory: u64,
+            verify: u32,
+        }
+        let key = Key {
+            modules: self
+                .modules
+                .iter()
+                .map(|m| {
+                    let mut inputs: Vec<(&str, &Digest)> = m
+                        .inputs
+                        .iter()
+                        .map(|f| (f.path.as_str(), &f.digest))
+                        .collect();
+                    inputs.sort();
+                    Module {
+                        digest: &m.digest,
+                        args: expand_args(&m.args, index),
+                        env: &m.env,
+                        env_extra: m.env_extra,
+                        stdin: m.stdin.as_ref().map(|f| &f.digest),
+                        inputs,
+                        success_exit_codes: &m.success_exit_codes,
+                    }
+                })
+                .collect(),
+            memory: self.resources.memory,
+            verify: self.verify,
+        };
+        let json = serde_json::to_vec(&key).expect("a key serializes");
+        let mut hasher = crate::digest::Hasher::new();
+        hasher.update(b"lull task key v1\n");
+        hasher.update(&json);
+        hasher.finish()
+    }
+
     /// The most attempts a task may make: [`JobSpec::max_attempts`] for failures, plus one
     /// for each further agent that must agree ([`JobSpec::verify`]).
     pub fn attempt_limit(&self) -> u32 {
@@ -1304,7 +1371,47 @@ max_attempts = 3
             group: None,
             queue_timeout_ms: None,
             deadline_ms: None,
+            cache: false,
         }
+    }
+
+    #[test]
+    fn a_tasks_key_follows_what_it_runs_on_and_nothing_else() {
+        let mut a = spec();
+        a.modules[0].args = vec!["--tile".into(), "{index}".into()];
+        let key = a.task_key(3);
+        assert_ne!(key, a.task_key(4), "the index is in an argument");
+        let mut b = a.clone();
+        b.name = "another".into();
+        b.owner = "bob".into();
+        b.count = 10;
+        b.max_attempts = 3;
+        b.cache = true;
+        assert_eq!(
+            b.task_key(3),
+            key,
+            "names, owners, sizes and retries do not count"
+        );
+        b.modules[0].env.insert("MODE".into(), "fast".into());
+        assert_ne!(b.task_key(3), key);
+        let mut c = a.clone();
+        c.modules[0].inputs.push(FileRef {
+            path: "x.txt".into(),
+            digest: Digest::of(b"x"),
+            size: 1,
+        });
+        assert_ne!(c.task_key(3), key);
+        let mut d = c.clone();
+        d.modules[0].inputs[0].digest = Digest::of(b"y");
+        assert_ne!(d.task_key(3), c.task_key(3), "an input's content counts");
+        let mut e = a.clone();
+        e.modules[0].args = vec!["--tile".into(), "3".into()];
+        assert_eq!(e.task_key(3), key, "arguments count as the task sees them");
+        assert_ne!(e.task_key(3), {
+            let mut f = e.clone();
+            f.verify = 2;
+            f.task_key(3)
+        });
     }
 
     #[test]

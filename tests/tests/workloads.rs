@@ -257,3 +257,64 @@ fn a_queue_timeout_fails_tasks_no_agent_takes_and_counts_from_submission_across_
         );
     }
 }
+
+#[test]
+fn a_cached_resubmission_runs_nothing_and_says_where_its_results_came_from() {
+    let cluster = Cluster::with_agents(&["a"], 2);
+    let job_with = |name: &str, args: &str, cache: bool| {
+        cluster.write_job(
+            name,
+            &format!(
+                "name = \"{name}\"\ncount = 3\ncache = {cache}\n[[module]]\npath = \"hello.wasm\"\nargs = [{args}]\n[resources]\nmemory = \"16MiB\"\n"
+            ),
+            &[("hello.wasm", &guests::hello(0))],
+        )
+    };
+    let first = cluster.submit(&job_with("first", "\"{index}\"", true));
+    assert_eq!(cluster.wait_for_job_end(first)["state"], "succeeded");
+    let assigned_before = |cluster: &Cluster| {
+        (0..3)
+            .map(|i| cluster.task(first, i)["attempts"].as_array().unwrap().len())
+            .sum::<usize>()
+    };
+    let ran = assigned_before(&cluster);
+
+    let again = cluster.submit(&job_with("again", "\"{index}\"", true));
+    let done = cluster.wait_for_job_end(again);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    for i in 0..3 {
+        let task = cluster.task(again, i);
+        let attempts = task["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{task}");
+        let cause = format!("cached: the result of task {first}/{i} (attempt 1)");
+        assert_eq!(task["task"]["cause"], cause.as_str(), "{task}");
+        assert_eq!(attempts[0]["outcome"], cause.as_str(), "{task}");
+    }
+    assert_eq!(
+        assigned_before(&cluster),
+        ran,
+        "the first job ran nothing more"
+    );
+    let out = cluster.lull(&["status", &again.to_string()]);
+    assert!(out.stdout.contains("cached: the result of task"), "{out}");
+    // The results are the first job's, byte for byte.
+    let stdout = std::fs::read_to_string(cluster.results(again).join("2").join("stdout")).unwrap();
+    assert_eq!(stdout, "hello from task 2\n");
+    let out = cluster.lull(&["logs", &format!("{again}/1")]);
+    out.assert_success();
+    assert_eq!(out.stdout, "hello from task 1\n");
+
+    // Other arguments, or a job that does not cache, run.
+    let changed = cluster.submit(&job_with("changed", "\"x{index}\"", true));
+    let plain = cluster.submit(&job_with("plain", "\"{index}\"", false));
+    for job in [changed, plain] {
+        assert_eq!(cluster.wait_for_job_end(job)["state"], "succeeded");
+        let task = cluster.task(job, 0);
+        assert!(task["task"]["cause"].is_null(), "{task}");
+        assert_eq!(
+            task["attempts"][0]["agent"],
+            cluster.agent_id("a"),
+            "{task}"
+        );
+    }
+}

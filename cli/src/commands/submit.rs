@@ -298,6 +298,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         group: file.group.clone(),
         queue_timeout_ms: file.queue_timeout()?.map(|d| d.as_millis() as u64),
         deadline_ms: file.deadline()?.map(|d| d.as_millis() as u64),
+        cache: file.cache,
     };
     spec.check()?;
     Ok((spec, files))

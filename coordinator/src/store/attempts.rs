@@ -1,5 +1,7 @@
 //! Tasks and their attempts: assigned, started and ended as the dispatch core decides.
 
+use std::collections::HashMap;
+
 use lull_dispatch::{Change, Persisted, Replica, Verified};
 
 use super::jobs::Recounts;
@@ -282,7 +284,97 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         recounts.moved(attempt.task.job, was, state, 1);
+        if let (TaskState::Succeeded, Some(key)) = (state, &ending.cache_key) {
+            sqlx::query(
+                "INSERT INTO result_cache (key, job_id, idx, attempt) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, idx = excluded.idx, \
+                 attempt = excluded.attempt",
+            )
+            .bind(key.to_string())
+            .bind(attempt.task.job as i64)
+            .bind(attempt.task.index as i64)
+            .bind(attempt.attempt as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
         Ok(Recorded::Stored(state))
+    }
+
+    /// Gives the pending tasks of `job` whose key (`keys`: index and [`JobSpec::task_key`])
+    /// an earlier task's result was offered under the result of that task, as a succeeded
+    /// first attempt saying where it came from; returns their indexes, ascending.
+    pub async fn take_cached(
+        &self,
+        job: u64,
+        keys: &[(u32, Digest)],
+        now_ms: i64,
+    ) -> Result<Vec<u32>> {
+        let mut tx = self.begin_write().await?;
+        let mut recounts = Recounts::default();
+        let mut taken = Vec::new();
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT rc.key, rc.job_id, rc.idx, rc.attempt, a.agent_id, a.result \
+                 FROM result_cache rc JOIN attempts a \
+                 ON a.job_id = rc.job_id AND a.idx = rc.idx AND a.attempt = rc.attempt \
+                 WHERE a.result IS NOT NULL AND rc.key IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for (_, key) in chunk {
+                q = q.bind(key.to_string());
+            }
+            let found: HashMap<String, AnyRow> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|r| (r.get::<String, _>(0), r))
+                .collect();
+            for (index, key) in chunk {
+                let Some(from) = found.get(&key.to_string()) else {
+                    continue;
+                };
+                let (from_job, from_index, from_attempt): (i64, i64, i64) =
+                    (from.get(1), from.get(2), from.get(3));
+                let agent: String = from.get(4);
+                let outcome = format!(
+                    "cached: the result of task {from_job}/{from_index} (attempt {from_attempt})"
+                );
+                let moved = sqlx::query(
+                    "UPDATE tasks SET state = 'succeeded', attempt = 1, agent_id = $1, cause = $2, \
+                     updated_ms = $3 WHERE job_id = $4 AND idx = $5 AND state = 'pending'",
+                )
+                .bind(&agent)
+                .bind(&outcome)
+                .bind(now_ms)
+                .bind(job as i64)
+                .bind(i64::from(*index))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if moved == 0 {
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO attempts (job_id, idx, attempt, agent_id, assigned_ms, finished_ms, \
+                     outcome, result) VALUES ($1, $2, 1, $3, $4, $4, $5, $6)",
+                )
+                .bind(job as i64)
+                .bind(i64::from(*index))
+                .bind(&agent)
+                .bind(now_ms)
+                .bind(&outcome)
+                .bind(from.get::<String, _>(5))
+                .execute(&mut *tx)
+                .await?;
+                recounts.moved(job, TaskState::Pending, TaskState::Succeeded, 1);
+                taken.push(*index);
+            }
+        }
+        self.apply_recounts(&mut tx, recounts).await?;
+        tx.commit().await?;
+        taken.sort_unstable();
+        Ok(taken)
     }
 
     /// Keeps a verified task's result digest with its attempt and, once agents agree, marks

@@ -225,7 +225,13 @@ impl Store {
         if unfinished > 0 {
             return Ok(false);
         }
-        for table in ["checkpoints", "attempts", "tasks", "job_counts"] {
+        for table in [
+            "checkpoints",
+            "attempts",
+            "tasks",
+            "job_counts",
+            "result_cache",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                 .bind(id as i64)
                 .execute(&mut *tx)

@@ -64,8 +64,38 @@ impl Hub {
             .map_err(|refusal| HubError::Forbidden(format!("submitting: {refusal}")))?;
         let spec = Arc::new(spec);
         tracing::info!(job = id, name = %spec.name, tasks = spec.count, %owner, "job submitted");
-        self.with_core(|core| core.handle_submitted(std::time::Instant::now(), id, spec));
+        let cached = if spec.cache {
+            self.take_cached(id, &spec).await
+        } else {
+            Vec::new()
+        };
+        self.with_core(|core| core.handle_submitted(std::time::Instant::now(), id, spec, &cached));
         Ok(id)
+    }
+
+    /// Gives the tasks of a new job that caches the results offered under their keys; returns
+    /// their indexes. A store error leaves the tasks to run.
+    async fn take_cached(&self, id: u64, spec: &Arc<JobSpec>) -> Vec<u32> {
+        let keyed = Arc::clone(spec);
+        let keys = tokio::task::spawn_blocking(move || {
+            (0..keyed.count)
+                .map(|i| (i, keyed.task_key(i)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        match self.store.take_cached(id, &keys, self.store.now_ms()).await {
+            Ok(cached) => {
+                if !cached.is_empty() {
+                    tracing::info!(job = id, tasks = cached.len(), "tasks took cached results");
+                }
+                cached
+            }
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "could not look for cached results; the tasks run");
+                Vec::new()
+            }
+        }
     }
 
     /// Cancels a job: its waiting tasks at once, its running ones as their agents stop them.
