@@ -342,21 +342,23 @@ impl Runner {
                 None
             } else {
                 let input = dir.path.join(format!("input-{i}"));
-                for f in &m.inputs {
-                    lull_protocol::job::check_input_path(&f.path)
-                        .map_err(|r| anyhow::anyhow!("input {:?} {r}", f.path))?;
-                    let dest = input.join(&f.path);
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    let src = self.cache.path(&f.digest);
-                    if std::fs::hard_link(&src, &dest).is_err() {
-                        std::fs::copy(&src, &dest)
-                            .with_context(|| format!("copying input {}", f.path))?;
-                    }
-                }
+                self.place_files(&m.inputs, &input, true)?;
                 Some(input)
             };
+            let mut mounts = Vec::new();
+            for (j, mount) in m.mounts.iter().enumerate() {
+                lull_protocol::job::check_mount_path(&mount.path)
+                    .map_err(|r| anyhow::anyhow!("mount {r}"))?;
+                if mount.path == lull_protocol::job::SCRATCH_MOUNT {
+                    // The guest may change its scratch space: copies, never the cache's files.
+                    self.place_files(&mount.files, scratch, false)?;
+                } else {
+                    let host = dir.path.join(format!("mount-{i}-{j}"));
+                    std::fs::create_dir_all(&host)?;
+                    self.place_files(&mount.files, &host, true)?;
+                    mounts.push((host, mount.path.clone()));
+                }
+            }
             let stdin = match &m.stdin {
                 Some(f) => std::fs::read(self.cache.path(&f.digest)).context("reading stdin")?,
                 None => Vec::new(),
@@ -386,9 +388,33 @@ impl Runner {
                 pooled: pooled && a.seed.is_none(),
                 hooks: Some(hooks.clone()),
                 seed: a.seed,
+                mounts,
             });
         }
         Ok((specs, attempt_hooks))
+    }
+
+    /// Puts the blobs `files` under `dir` by their paths, from the cache: linked when `shared`
+    /// (the guest sees them read-only), copied otherwise.
+    fn place_files(
+        &self,
+        files: &[lull_protocol::job::FileRef],
+        dir: &Path,
+        shared: bool,
+    ) -> anyhow::Result<()> {
+        for f in files {
+            lull_protocol::job::check_input_path(&f.path)
+                .map_err(|r| anyhow::anyhow!("file {:?} {r}", f.path))?;
+            let dest = dir.join(&f.path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let src = self.cache.path(&f.digest);
+            if !shared || std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest).with_context(|| format!("copying {}", f.path))?;
+            }
+        }
+        Ok(())
     }
 
     fn execute(

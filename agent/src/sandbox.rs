@@ -764,6 +764,8 @@ pub struct RunSpec {
     pub stdin: Vec<u8>,
     /// A host directory the guest sees read-only as `/input`.
     pub input_dir: Option<PathBuf>,
+    /// Directory trees the guest sees read-only: host directory and guest path.
+    pub mounts: Vec<(PathBuf, String)>,
     /// A host directory the guest sees read-write as `/output`.
     pub output_dir: PathBuf,
     /// A host directory the guest sees read-write as `/scratch`.
@@ -912,6 +914,9 @@ fn wasi_context(
     };
     if let Some(input) = &spec.input_dir {
         preopen(input, INPUT_DIR, FsPerms::ReadOnly)?;
+    }
+    for (host, guest) in &spec.mounts {
+        preopen(host, guest, FsPerms::ReadOnly)?;
     }
     preopen(&spec.output_dir, OUTPUT_DIR, FsPerms::ReadWrite)?;
     preopen(&spec.scratch_dir, SCRATCH_DIR, FsPerms::ReadWrite)?;

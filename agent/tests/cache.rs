@@ -86,6 +86,7 @@ fn signed_module(data: &Path, sandbox: &Arc<Sandbox>) -> (ModuleSpec, Arc<TrustL
         inputs: vec![],
         success_exit_codes: vec![0],
         env_extra: true,
+        mounts: vec![],
     };
     (spec, trust)
 }

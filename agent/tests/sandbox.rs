@@ -92,6 +92,7 @@ impl Dirs {
             env: Vec::new(),
             stdin: Vec::new(),
             input_dir: Some(self.input.path().to_path_buf()),
+            mounts: Vec::new(),
             output_dir: self.output.path().to_path_buf(),
             scratch_dir: self.scratch.path().to_path_buf(),
             memory_limit: 16 * MIB,

@@ -52,6 +52,7 @@ fn the_ticker_ticks_only_as_often_as_guests_need() {
         env: Vec::new(),
         stdin: Vec::new(),
         input_dir: None,
+        mounts: Vec::new(),
         output_dir: output.path().to_path_buf(),
         scratch_dir: scratch.path().to_path_buf(),
         memory_limit: 16 << 20,

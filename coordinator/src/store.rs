@@ -391,6 +391,7 @@ pub(crate) mod tests {
                 inputs: vec![],
                 success_exit_codes: vec![0],
                 env_extra: true,
+                mounts: vec![],
             }],
             resources: Resources {
                 memory: 1 << 20,

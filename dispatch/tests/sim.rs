@@ -208,6 +208,7 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
             inputs: vec![],
             success_exit_codes: vec![0],
             env_extra: true,
+            mounts: vec![],
         }],
         resources: Resources {
             memory: 1 << 20,

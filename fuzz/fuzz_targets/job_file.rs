@@ -92,6 +92,7 @@ fn job_file(text: &str) {
                 inputs: Vec::new(),
                 success_exit_codes: m.success_exit_codes.clone(),
                 env_extra: m.env_extra,
+                mounts: Vec::new(),
             })
             .collect(),
         resources: Resources {

@@ -244,6 +244,7 @@ impl Fixture {
             env: Vec::new(),
             stdin: Vec::new(),
             input_dir: None,
+            mounts: Vec::new(),
             output_dir: dir.path().join("output"),
             scratch_dir: dir.path().join("scratch"),
             memory_limit: 64 << 20,

@@ -257,6 +257,88 @@ pub struct ModuleFile {
     /// ...) besides `env` [default: true]; `false` gives it exactly `env`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub env_extra: bool,
+    /// Directory trees made visible read-only at paths of their own (`[[module.mount]]`);
+    /// one at `/scratch` seeds the task's scratch space, which stays writable.
+    #[serde(default, rename = "mount", skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountFile>,
+}
+
+/// One `[[module.mount]]` of a job file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MountFile {
+    /// The directory, relative to the job file: its whole tree is uploaded (as content-addressed
+    /// files) and kept as it is.
+    pub source: PathBuf,
+    /// Where the guest sees it, e.g. `/share`; `/scratch` seeds the scratch space.
+    pub path: String,
+}
+
+/// A directory tree a module sees at a path of its own.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Mount {
+    /// Where the guest sees it: absolute, e.g. `/share`.
+    pub path: String,
+    /// Its files, by path relative to the mount (`/`-separated, subdirectories kept).
+    pub files: Vec<FileRef>,
+}
+
+/// The most files the mounts of one module may hold together.
+pub const MAX_MOUNT_FILES: usize = 10_000;
+
+/// Where a mount at `/scratch` goes: the task's scratch space, seeded with its files.
+pub const SCRATCH_MOUNT: &str = "/scratch";
+
+/// Checks where a mount is seen: an absolute path of plain parts, not `/`, and not `/input`,
+/// `/output` or inside `/scratch` (only `/scratch` itself, which seeds it).
+pub fn check_mount_path(path: &str) -> Result<(), String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("{path:?} must be absolute, e.g. \"/share\""));
+    };
+    if rest.is_empty() {
+        return Err("\"/\" cannot be mounted over; name a directory, e.g. \"/share\"".into());
+    }
+    check_input_path(rest).map_err(|e| format!("{path:?} {e}"))?;
+    let first = rest.split('/').next().unwrap_or_default();
+    match (first, rest.contains('/')) {
+        ("input" | "output", _) => Err(format!(
+            "{path:?}: /input and /output are the task's own; mount elsewhere"
+        )),
+        ("scratch", true) => Err(format!(
+            "{path:?}: inside /scratch; mount at /scratch itself to seed it"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_mounts(field: &str, mounts: &[(&str, Option<&[FileRef]>)]) -> Result<(), JobError> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut files = 0;
+    for (i, (path, tree)) in mounts.iter().enumerate() {
+        let at = format!("{field}.mount[{i}].path");
+        check_mount_path(path).map_err(|e| invalid(&at, e))?;
+        if let Some(other) = seen.iter().find(|p| {
+            **p == *path || path.starts_with(&format!("{p}/")) || p.starts_with(&format!("{path}/"))
+        }) {
+            return Err(invalid(
+                at,
+                format!("{path:?} overlaps the mount at {other:?}"),
+            ));
+        }
+        seen.push(path);
+        for f in tree.unwrap_or_default() {
+            check_input_path(&f.path)
+                .map_err(|e| invalid(format!("{field}.mount[{i}] file {:?}", f.path), e))?;
+        }
+        files += tree.map_or(0, |t| t.len());
+    }
+    if files > MAX_MOUNT_FILES {
+        return Err(invalid(
+            format!("{field}.mount"),
+            format!("holds {files} files; the most is {MAX_MOUNT_FILES}"),
+        ));
+    }
+    Ok(())
 }
 
 fn yes() -> bool {
@@ -470,6 +552,9 @@ impl JobFile {
                 &format!("module[{i}].success_exit_codes"),
                 &m.success_exit_codes,
             )?;
+            let mounts: Vec<(&str, Option<&[FileRef]>)> =
+                m.mounts.iter().map(|m| (m.path.as_str(), None)).collect();
+            check_mounts(&format!("module[{i}]"), &mounts)?;
             match (&m.path, &m.digest) {
                 (Some(_), Some(_)) => {
                     return Err(invalid(
@@ -747,6 +832,9 @@ pub struct ModuleSpec {
     /// Whether the guest also sees the `LULL_*` variables; `false`: exactly `env`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub env_extra: bool,
+    /// Directory trees seen read-only at their paths (one at `/scratch` seeds it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 /// Resource limits of a resolved job.
@@ -841,6 +929,7 @@ impl JobSpec {
             stdin: Option<&'a Digest>,
             inputs: Vec<(&'a str, &'a Digest)>,
             success_exit_codes: &'a [i32],
+            mounts: &'a [Mount],
         }
         #[derive(Serialize)]
         struct Key<'a> {
@@ -867,6 +956,7 @@ impl JobSpec {
                         stdin: m.stdin.as_ref().map(|f| &f.digest),
                         inputs,
                         success_exit_codes: &m.success_exit_codes,
+                        mounts: &m.mounts,
                     }
                 })
                 .collect(),
@@ -947,6 +1037,12 @@ impl JobSpec {
                 &m.success_exit_codes,
             )?;
             check_len(&format!("{field}.inputs"), m.inputs.len(), MAX_INPUTS)?;
+            let mounts: Vec<(&str, Option<&[FileRef]>)> = m
+                .mounts
+                .iter()
+                .map(|m| (m.path.as_str(), Some(m.files.as_slice())))
+                .collect();
+            check_mounts(&field, &mounts)?;
         }
         let bytes = json_len(self);
         if bytes > MAX_SPEC_BYTES {
@@ -1009,6 +1105,16 @@ impl JobSpec {
                     name: format!("{}:/input/{}", m.name, f.path),
                 });
             }
+            for mount in &m.mounts {
+                for f in &mount.files {
+                    layers.push(Layer {
+                        media_type: MEDIA_MOUNT.into(),
+                        digest: f.digest,
+                        size: f.size,
+                        name: format!("{}:{}/{}", m.name, mount.path, f.path),
+                    });
+                }
+            }
         }
         Manifest {
             schema_version: 1,
@@ -1022,6 +1128,11 @@ impl JobSpec {
             std::iter::once((m.digest, m.size))
                 .chain(m.stdin.iter().map(|f| (f.digest, f.size)))
                 .chain(m.inputs.iter().map(|f| (f.digest, f.size)))
+                .chain(
+                    m.mounts
+                        .iter()
+                        .flat_map(|mount| mount.files.iter().map(|f| (f.digest, f.size))),
+                )
         })
     }
 }
@@ -1032,6 +1143,8 @@ pub const MEDIA_MODULE: &str = "application/wasm";
 pub const MEDIA_STDIN: &str = "application/vnd.lull.stdin";
 /// The media type of an input file.
 pub const MEDIA_INPUT: &str = "application/vnd.lull.input";
+/// The media type of a file of a mounted directory tree.
+pub const MEDIA_MOUNT: &str = "application/vnd.lull.mount";
 
 /// A job's bundle manifest: the content-addressed blobs its tasks need, listed the way an OCI
 /// image manifest lists its layers. A submitter asks which of its digests the coordinator
@@ -1356,6 +1469,7 @@ max_attempts = 3
                 inputs: vec![],
                 success_exit_codes: vec![0],
                 env_extra: true,
+                mounts: vec![],
             }],
             resources: Resources {
                 memory: 1 << 20,
@@ -1373,6 +1487,50 @@ max_attempts = 3
             deadline_ms: None,
             cache: false,
         }
+    }
+
+    #[test]
+    fn mounts_go_to_absolute_paths_of_their_own() {
+        for good in ["/share", "/data/share", "/scratch", "/opt/tool-1.2"] {
+            assert_eq!(check_mount_path(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("share", "must be absolute"),
+            ("/", "cannot be mounted over"),
+            ("/input", "the task's own"),
+            ("/output/x", "the task's own"),
+            ("/scratch/x", "inside /scratch"),
+            ("/a/../b", "'..'"),
+            ("/a//b", "empty"),
+        ] {
+            let e = check_mount_path(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let file = |p: &str| FileRef {
+            path: p.into(),
+            digest: Digest::of(p.as_bytes()),
+            size: 1,
+        };
+        let mut job = spec();
+        job.modules[0].mounts = vec![
+            Mount {
+                path: "/data".into(),
+                files: vec![file("a/b.txt")],
+            },
+            Mount {
+                path: "/data/inner".into(),
+                files: vec![],
+            },
+        ];
+        let e = job.check().unwrap_err().to_string();
+        assert!(e.contains("overlaps the mount at \"/data\""), "{e}");
+        job.modules[0].mounts.pop();
+        assert!(job.check().is_ok());
+        assert_eq!(job.blobs().count(), 2, "the module and the mounted file");
+        assert_eq!(job.manifest().layers.len(), 2);
+        job.modules[0].mounts[0].files.push(file("../escape"));
+        let e = job.check().unwrap_err().to_string();
+        assert!(e.contains("mount[0] file \"../escape\""), "{e}");
     }
 
     #[test]

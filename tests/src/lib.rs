@@ -1873,6 +1873,37 @@ pub mod guests {
         )
     }
 
+    /// Copies the file at `path` under the preopened directory `fd` (3 is the first: `/input`
+    /// when the module has inputs, then its mounts in order, then `/output` and `/scratch`) to
+    /// stdout, up to 4 KiB, and exits 0; a failing WASI call exits with 100 + its errno.
+    pub fn cat(fd: u32, path: &str) -> Vec<u8> {
+        compile(
+            &r#"(module
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  ;; 0.. the path, 100 the opened fd, 200 iovec, 300 count, 1024.. the bytes
+  (data (i32.const 0) "PATH")
+  (func $check (param $errno i32)
+    (if (local.get $errno)
+      (then (call $proc_exit (i32.add (i32.const 100) (local.get $errno))))))
+  (func (export "_start")
+    ;; rights: fd_read (bit 1)
+    (call $check (call $open (i32.const DIRFD) (i32.const 0) (i32.const 0) (i32.const LEN)
+      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 100)))
+    (i32.store (i32.const 200) (i32.const 1024))
+    (i32.store (i32.const 204) (i32.const 4096))
+    (call $check (call $read (i32.load (i32.const 100)) (i32.const 200) (i32.const 1) (i32.const 300)))
+    (i32.store (i32.const 204) (i32.load (i32.const 300)))
+    (call $check (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 300)))))"#
+                .replace("PATH", path)
+                .replace("DIRFD", &fd.to_string())
+                .replace("LEN", &path.len().to_string()),
+        )
+    }
+
     /// Writes its whole environment to stdout, one `NAME=value` per line, and exits 0; a
     /// failing WASI call exits with 100 + its errno.
     pub fn environment() -> Vec<u8> {

@@ -318,3 +318,59 @@ fn a_cached_resubmission_runs_nothing_and_says_where_its_results_came_from() {
         );
     }
 }
+
+#[test]
+fn a_mounted_tree_is_read_where_the_job_puts_it_and_a_mount_at_scratch_seeds_it() {
+    let cluster = Cluster::with_agents(&["a"], 1);
+    let share = cluster.write_job(
+        "mounts",
+        "name = \"mounts\"\n\
+         [[module]]\npath = \"share.wasm\"\n\
+         [[module.mount]]\nsource = \"share\"\npath = \"/data/share\"\n\
+         [[module]]\npath = \"seeded.wasm\"\n\
+         [[module.mount]]\nsource = \"seed\"\npath = \"/scratch\"\n\
+         [resources]\nmemory = \"16MiB\"\n",
+        &[
+            // No inputs: fd 3 is the mount; the second module's first preopen is /output, then
+            // /scratch.
+            ("share.wasm", &guests::cat(3, "sub/deep/data.txt")),
+            ("seeded.wasm", &guests::cat(4, "notes/todo.txt")),
+            ("share/sub/deep/data.txt", b"from deep in the tree\n"),
+            ("share/top.txt", b"at the top\n"),
+            ("seed/notes/todo.txt", b"seeded scratch\n"),
+        ],
+    );
+    let job = cluster.submit(&share);
+    let done = cluster.wait_for_job_end(job);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let out = cluster.lull(&["logs", &format!("{job}/0"), "--stream", "stdout"]);
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        "==> share <==\nfrom deep in the tree\n==> seeded <==\nseeded scratch\n"
+    );
+    let spec = &cluster.job(job)["spec"]["modules"][0]["mounts"][0];
+    assert_eq!(spec["path"], "/data/share");
+    let paths: Vec<&str> = spec["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["sub/deep/data.txt", "top.txt"]);
+
+    // A mount over the task's own directories is refused before anything is sent.
+    let bad = cluster.write_job(
+        "bad-mount",
+        "name = \"bad\"\n[[module]]\npath = \"share.wasm\"\n[[module.mount]]\nsource = \"share\"\npath = \"/output\"\n",
+        &[
+            ("share.wasm", &guests::cat(3, "x")),
+            ("share/x", b"x"),
+        ],
+    );
+    let out = cluster.lull(&["submit", bad.to_str().unwrap()]);
+    assert!(
+        !out.success() && out.stderr.contains("module[0].mount[0].path"),
+        "{out}"
+    );
+}

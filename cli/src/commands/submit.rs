@@ -266,6 +266,26 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
                 );
             }
         }
+        let mut mounts = Vec::new();
+        for (j, mount) in m.mounts.iter().enumerate() {
+            let dir = base.join(&mount.source);
+            let at = format!("{field}.mount[{j}].source");
+            if !dir.is_dir() {
+                bail!("{at}: {} is not a directory", dir.display());
+            }
+            let mut tree = Vec::new();
+            walk_tree(&dir, "", &mut tree).with_context(|| at.clone())?;
+            let mut refs = Vec::with_capacity(tree.len());
+            for (rel, path) in tree {
+                let (f, local) = file_ref(&path, &rel).with_context(|| at.clone())?;
+                files.push(local);
+                refs.push(f);
+            }
+            mounts.push(lull_protocol::job::Mount {
+                path: mount.path.clone(),
+                files: refs,
+            });
+        }
         modules.push(ModuleSpec {
             name,
             digest,
@@ -277,6 +297,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
             inputs,
             success_exit_codes: m.success_exit_codes.clone(),
             env_extra: m.env_extra,
+            mounts,
         });
     }
     let spec = JobSpec {
@@ -302,6 +323,41 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
     };
     spec.check()?;
     Ok((spec, files))
+}
+
+/// The regular files under `dir`, with their paths relative to the top (`/`-separated),
+/// sorted; a symbolic link, or a name that is not UTF-8, is an error naming it.
+fn walk_tree(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            bail!("{}: the name is not UTF-8", path.display());
+        };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if kind.is_symlink() {
+            bail!(
+                "{} is a symbolic link; a mounted tree holds regular files and directories",
+                path.display()
+            );
+        } else if kind.is_dir() {
+            walk_tree(&path, &rel, out)?;
+        } else if kind.is_file() {
+            out.push((rel, path));
+        }
+    }
+    Ok(())
 }
 
 fn file_ref(path: &Path, name: &str) -> anyhow::Result<(FileRef, Local)> {

@@ -754,6 +754,7 @@ impl Agent {
                 env: Vec::new(),
                 stdin: Vec::new(),
                 input_dir: None,
+                mounts: Vec::new(),
                 output_dir,
                 scratch_dir,
                 memory_limit: 16 << 20,

@@ -71,6 +71,7 @@ fn instantiate_us(
         env: vec![("LULL_TASK_INDEX".into(), "0".into())],
         stdin: vec![],
         input_dir: None,
+        mounts: Vec::new(),
         output_dir: output,
         scratch_dir: scratch,
         memory_limit: 64 << 20,
