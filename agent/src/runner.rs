@@ -363,8 +363,9 @@ impl Runner {
                 Some(f) => std::fs::read(self.cache.path(&f.digest)).context("reading stdin")?,
                 None => Vec::new(),
             };
-            let mut env: Vec<(String, String)> =
-                m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut env: Vec<(String, String)> = lull_protocol::job::expand_env(&m.env, index)
+                .into_iter()
+                .collect();
             if m.env_extra {
                 env.push(("LULL_TASK_INDEX".into(), index.to_string()));
                 env.push(("LULL_TASK_COUNT".into(), a.job.count.to_string()));

@@ -241,7 +241,7 @@ pub struct ModuleFile {
     /// Arguments; `{index}` is replaced by the task index.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Environment variables.
+    /// Environment variables; `{index}` in a value is replaced by the task index.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// A file fed to the guest's standard input.
@@ -924,7 +924,7 @@ impl JobSpec {
         struct Module<'a> {
             digest: &'a Digest,
             args: Vec<String>,
-            env: &'a BTreeMap<String, String>,
+            env: BTreeMap<String, String>,
             env_extra: bool,
             stdin: Option<&'a Digest>,
             inputs: Vec<(&'a str, &'a Digest)>,
@@ -951,7 +951,7 @@ impl JobSpec {
                     Module {
                         digest: &m.digest,
                         args: expand_args(&m.args, index),
-                        env: &m.env,
+                        env: expand_env(&m.env, index),
                         env_extra: m.env_extra,
                         stdin: m.stdin.as_ref().map(|f| &f.digest),
                         inputs,
@@ -1249,6 +1249,14 @@ pub enum NameError {
 pub fn expand_args(args: &[String], index: u32) -> Vec<String> {
     let idx = index.to_string();
     args.iter().map(|a| a.replace("{index}", &idx)).collect()
+}
+
+/// Replaces `{index}` in each environment value with the task index.
+pub fn expand_env(env: &BTreeMap<String, String>, index: u32) -> BTreeMap<String, String> {
+    let idx = index.to_string();
+    env.iter()
+        .map(|(k, v)| (k.clone(), v.replace("{index}", &idx)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -1552,6 +1560,11 @@ max_attempts = 3
         );
         b.modules[0].env.insert("MODE".into(), "fast".into());
         assert_ne!(b.task_key(3), key);
+        let mut g = spec();
+        g.modules[0]
+            .env
+            .insert("SHARD".into(), "part-{index}".into());
+        assert_ne!(g.task_key(1), g.task_key(2), "the index is in a variable");
         let mut c = a.clone();
         c.modules[0].inputs.push(FileRef {
             path: "x.txt".into(),

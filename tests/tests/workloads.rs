@@ -114,6 +114,19 @@ fn with_env_extra_off_a_guest_sees_exactly_its_declared_environment() {
         )
     };
     let exact = cluster.submit(&job_with("exact", "env_extra = false"));
+    let sharded = cluster.write_job(
+        "sharded",
+        "name = \"sharded\"\ncount = 2\n[[module]]\npath = \"env.wasm\"\nenv = { SHARD = \"part-{index}\" }\nenv_extra = false\n[resources]\nmemory = \"16MiB\"\n",
+        &[("env.wasm", &guests::environment())],
+    );
+    let sharded = cluster.submit(&sharded);
+    assert_eq!(cluster.wait_for_job_end(sharded)["state"], "succeeded");
+    let shard = std::fs::read_to_string(cluster.results(sharded).join("1").join("stdout"));
+    assert_eq!(
+        shard.unwrap(),
+        "SHARD=part-1\n",
+        "{{index}} in an env value"
+    );
     let usual = cluster.submit(&job_with("usual", ""));
     for job in [exact, usual] {
         let done = cluster.wait_for_job_end(job);
