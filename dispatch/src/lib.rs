@@ -1068,7 +1068,10 @@ impl Dispatch {
                     }
                 }
                 Expiry::Overdue(task) => {
-                    if self.queued.contains(&task) {
+                    if self.expired.contains_key(&task.job) {
+                        // Queueing a task of a job past its deadline fails it again.
+                        self.queue(task);
+                    } else if self.queued.contains(&task) {
                         self.waited_too_long(task.job, vec![task]);
                     }
                 }
@@ -1217,7 +1220,10 @@ impl Dispatch {
             if !deadline {
                 self.expiries.push(Reverse((again, Expiry::Overdue(task))));
             }
-            self.queue(task);
+            // A task of a job past its deadline is not queued: its overdue look fails it.
+            if !self.expired.contains_key(&job) {
+                self.queue(task);
+            }
         }
     }
 
@@ -2053,7 +2059,7 @@ impl Dispatch {
             self.persist(
                 Op::Expire {
                     job: task.job,
-                    tasks: Vec::new(),
+                    tasks: vec![task],
                     deadline: false,
                 },
                 Change::Expire {

@@ -1000,6 +1000,36 @@ fn at_its_deadline_a_jobs_unfinished_tasks_fail_and_its_running_ones_are_stopped
 }
 
 #[test]
+fn a_deadline_the_store_cannot_record_is_tried_again_until_it_can() {
+    let mut sim = Sim::new();
+    let mut spec = job_spec(3, 3);
+    spec.owner = "alice".into();
+    spec.deadline_ms = Some(5_000);
+    let job = sim.submit_spec(spec);
+    sim.run_for(Duration::from_secs(4));
+    sim.store.failing = true;
+    sim.run_for(Duration::from_secs(3));
+    assert!(
+        (0..3).all(|index| sim.row(TaskId { job, index }).state == TaskState::Pending),
+        "nothing could be written"
+    );
+    sim.store.failing = false;
+    sim.run_until(Duration::from_secs(5), "the deadline to be recorded", |s| {
+        s.job_done(job)
+    });
+    for index in 0..3 {
+        let row = sim.row(TaskId { job, index });
+        assert_eq!(row.state, TaskState::Failed);
+        assert_eq!(
+            row.cause.as_deref(),
+            Some("the job's deadline passed (5s after it was submitted)")
+        );
+    }
+    // No agent came: nothing ran, before or after.
+    assert!(sim.assigned.iter().all(|(a, _)| a.task.job != job));
+}
+
+#[test]
 fn a_task_waiting_longer_than_its_queue_timeout_fails_saying_why_it_waited() {
     let mut sim = Sim::new();
     let mut spec = job_spec(4, 3);
