@@ -191,6 +191,11 @@ impl Runner {
         if let Err(e) = a.job.check_names() {
             return refused(a, &format!("the job is not valid: {e}"));
         }
+        if let Some(item) = &a.item
+            && let Err(e) = item.check(&a.job)
+        {
+            return refused(a, &format!("the task's own part is not valid: {e}"));
+        }
         let memory = a.job.resources.memory;
         if memory > self.max_task_memory {
             return refused(
@@ -337,12 +342,17 @@ impl Runner {
         let (output, scratch) = (&dir.output, &dir.scratch);
         let index = a.attempt.task.index;
         let mut specs = Vec::new();
+        let values = a.values();
         for (i, m) in a.job.modules.iter().enumerate() {
-            let input_dir = if m.inputs.is_empty() {
+            // The task's own files, beside the ones every task of the job sees.
+            let own = a.item.as_ref().and_then(|item| item.modules.get(i));
+            let own_inputs = own.map_or(&[][..], |o| &o.inputs[..]);
+            let input_dir = if m.inputs.is_empty() && own_inputs.is_empty() {
                 None
             } else {
                 let input = dir.path.join(format!("input-{i}"));
                 self.place_files(&m.inputs, &input, true)?;
+                self.place_files(own_inputs, &input, true)?;
                 Some(input)
             };
             let mut mounts = Vec::new();
@@ -359,13 +369,14 @@ impl Runner {
                     mounts.push((host, mount.path.clone()));
                 }
             }
-            let stdin = match &m.stdin {
+            let stdin = match m.stdin.as_ref().or(own.and_then(|o| o.stdin.as_ref())) {
                 Some(f) => std::fs::read(self.cache.path(&f.digest)).context("reading stdin")?,
                 None => Vec::new(),
             };
-            let mut env: Vec<(String, String)> = lull_protocol::job::expand_env(&m.env, index)
-                .into_iter()
-                .collect();
+            let mut env: Vec<(String, String)> =
+                lull_protocol::job::expand_env(&m.env, index, values)
+                    .into_iter()
+                    .collect();
             if m.env_extra {
                 env.push(("LULL_TASK_INDEX".into(), index.to_string()));
                 env.push(("LULL_TASK_COUNT".into(), a.job.count.to_string()));
@@ -378,7 +389,7 @@ impl Runner {
             }
             specs.push(RunSpec {
                 name: m.name.clone(),
-                args: expand_args(&m.args, index),
+                args: expand_args(&m.args, index, values),
                 env,
                 stdin,
                 input_dir,

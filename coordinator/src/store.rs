@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use lull_protocol::Digest;
-use lull_protocol::job::JobSpec;
+use lull_protocol::job::{JobSpec, TaskItem};
 use lull_protocol::message::{AttemptId, CheckpointRef, TaskId, TaskResult};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -369,6 +369,7 @@ pub(crate) mod tests {
         verified_runs_keep_their_digests_and_an_outvoted_agent_is_counted,
         tasks_that_ran_out_of_time_fail_only_while_pending,
         a_result_offered_under_a_key_is_taken_by_a_later_pending_task,
+        each_task_gets_its_own_part_with_its_assignment,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -408,6 +409,7 @@ pub(crate) mod tests {
             queue_timeout_ms: None,
             deadline_ms: None,
             cache: false,
+            items: None,
         }
     }
 
@@ -582,6 +584,99 @@ pub(crate) mod tests {
         let attempts = s.attempts(task).await.unwrap();
         assert_eq!(attempts.len(), 1);
         assert!(attempts[0].result.is_some());
+    }
+
+    async fn each_task_gets_its_own_part_with_its_assignment(s: Store) {
+        use lull_dispatch::{Change, Persisted};
+        use lull_protocol::job::{FileRef, ItemFiles};
+        let shard = |i: u32| FileRef {
+            path: format!("part-{i}.txt"),
+            digest: Digest::of(format!("shard {i}").as_bytes()),
+            size: 7,
+        };
+        // More tasks than one statement writes, so that the rows are numbered across them.
+        let count = 700;
+        let items: Vec<TaskItem> = (0..count)
+            .map(|i| TaskItem {
+                values: [("n".to_owned(), i.to_string())].into(),
+                modules: vec![ItemFiles {
+                    stdin: None,
+                    inputs: vec![shard(i)],
+                }],
+            })
+            .collect();
+        let job = s
+            .insert_job_of(&spec(count, 1), "alice", None, 0, &items)
+            .await
+            .unwrap()
+            .unwrap();
+        let task = |index| TaskId { job, index };
+        assert_eq!(
+            s.task_item(task(650)).await.unwrap(),
+            Some(items[650].clone())
+        );
+        let assign = |index, with_item| Change::Assign {
+            task: task(index),
+            agent: "a".into(),
+            with_item,
+        };
+        let outcomes = s
+            .persist(&[assign(0, true), assign(321, true), assign(2, false)], 1)
+            .await
+            .unwrap();
+        let given: Vec<Option<TaskItem>> = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Persisted::Assigned { item, .. } => item.map(|i| *i),
+                other => panic!("not assigned: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            given,
+            vec![Some(items[0].clone()), Some(items[321].clone()), None]
+        );
+        // A job without parts has none to give.
+        let plain = s.insert_job(&spec(1, 1), 2).await.unwrap();
+        assert_eq!(
+            s.task_item(TaskId {
+                job: plain,
+                index: 0
+            })
+            .await
+            .unwrap(),
+            None
+        );
+        // Their files are kept while the job is, and go with it.
+        let referenced = s.referenced_blobs().await.unwrap();
+        assert!(referenced.contains(&shard(0).digest) && referenced.contains(&shard(699).digest));
+        s.cancel_job(job, 3).await.unwrap();
+        for (index, agent) in [(0, "a"), (321, "a"), (2, "a")] {
+            s.persist(
+                &[Change::End(Ending {
+                    attempt: AttemptId {
+                        task: task(index),
+                        attempt: 1,
+                    },
+                    holder: Some(agent.into()),
+                    outcome: "cancelled".into(),
+                    result: None,
+                    next: TaskState::Cancelled,
+                    verified: None,
+                    cache_key: None,
+                })],
+                4,
+            )
+            .await
+            .unwrap();
+        }
+        assert!(s.delete_job(job).await.unwrap());
+        assert_eq!(s.task_item(task(650)).await.unwrap(), None);
+        assert!(
+            !s.referenced_blobs()
+                .await
+                .unwrap()
+                .contains(&shard(0).digest)
+        );
     }
 
     async fn references_cover_jobs_and_results_until_the_job_is_deleted(s: Store) {
@@ -775,6 +870,7 @@ pub(crate) mod tests {
                     index: 0,
                 },
                 agent: "a".into(),
+                with_item: false,
             }],
             1,
         )
@@ -831,6 +927,7 @@ pub(crate) mod tests {
             &[Change::Assign {
                 task: task(0),
                 agent: "a".into(),
+                with_item: false,
             }],
             1,
         )
@@ -875,6 +972,7 @@ pub(crate) mod tests {
         let assign = |index, agent: &str| Change::Assign {
             task: task(index),
             agent: agent.into(),
+            with_item: false,
         };
         let outcomes = s
             .persist(&[assign(0, "a"), assign(1, "b"), assign(0, "c")], 1)
@@ -954,6 +1052,7 @@ pub(crate) mod tests {
         let nobody = Change::Assign {
             task: missing,
             agent: "a".into(),
+            with_item: false,
         };
         let outcomes = s.persist(&[lost, nobody], 3).await.unwrap();
         assert!(matches!(outcomes[0], Persisted::Ended(TaskState::Pending)));
@@ -1061,17 +1160,17 @@ pub(crate) mod tests {
         let mut lab2 = spec(1, 1);
         lab2.cluster = "lab2".into();
         let a = s
-            .insert_job_of(&spec(1, 1), "alice", None, 0)
+            .insert_job_of(&spec(1, 1), "alice", None, 0, &[])
             .await
             .unwrap()
             .unwrap();
         let b = s
-            .insert_job_of(&lab, "bob", None, 1)
+            .insert_job_of(&lab, "bob", None, 1, &[])
             .await
             .unwrap()
             .unwrap();
         let c = s
-            .insert_job_of(&lab2, "alice", None, 2)
+            .insert_job_of(&lab2, "alice", None, 2, &[])
             .await
             .unwrap()
             .unwrap();

@@ -52,7 +52,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lull_protocol::job::{Failure, JobSpec};
+use lull_protocol::job::{Failure, JobSpec, TaskItem};
 use lull_protocol::message::{
     AgentState, AgentStatus, Assignment, AttemptId, Capacity, CheckpointRef, CoordinatorMessage,
     Outcome, TaskId, TaskResult,
@@ -147,6 +147,8 @@ pub enum Change {
         task: TaskId,
         /// The agent.
         agent: String,
+        /// Whether the task has its own part ([`JobSpec::items`]) to read with it.
+        with_item: bool,
     },
     /// Record that an attempt's guest started. Answered by [`Persisted::Done`].
     Start {
@@ -211,6 +213,8 @@ pub enum Persisted {
         attempt: AttemptId,
         /// The checkpoint it restores.
         checkpoint: Option<CheckpointRef>,
+        /// The task's own part, when asked for.
+        item: Option<Box<TaskItem>>,
     },
     /// The task was no longer pending (cancelled, or claimed elsewhere).
     NotPending,
@@ -397,6 +401,8 @@ struct Live {
     restoring: Option<Digest>,
     /// The progress its guest reported last (0..=1).
     progress: Option<f64>,
+    /// The task's own part (its agent may fetch its files).
+    item: Option<Arc<TaskItem>>,
 }
 
 /// The schedulers of the clusters, made as clusters get agents or jobs.
@@ -911,8 +917,10 @@ impl Dispatch {
         job: &JobSpec,
     ) -> OpId {
         let attempt = result.attempt;
-        let cache_key =
-            (job.cache && next == TaskState::Succeeded).then(|| job.task_key(attempt.task.index));
+        let cache_key = (job.cache && next == TaskState::Succeeded).then(|| {
+            let item = self.live.get(&attempt).and_then(|l| l.item.as_deref());
+            job.task_key(attempt.task.index, item)
+        });
         let (replica, dissenters, verified) = match verified {
             Some((replica, dissenters)) => (
                 Some(replica.clone()),
@@ -1417,13 +1425,15 @@ impl Dispatch {
             return false;
         };
         a.running.iter().any(|attempt| {
-            self.live
-                .get(attempt)
-                .is_some_and(|l| l.restoring.as_ref() == Some(digest))
-                || self
-                    .jobs
-                    .get(&attempt.task.job)
-                    .is_some_and(|job| job.blobs().any(|(d, _)| d == *digest))
+            self.live.get(attempt).is_some_and(|l| {
+                l.restoring.as_ref() == Some(digest)
+                    || l.item
+                        .as_ref()
+                        .is_some_and(|i| i.blobs().any(|f| f.digest == *digest))
+            }) || self
+                .jobs
+                .get(&attempt.task.job)
+                .is_some_and(|job| job.blobs().any(|(d, _)| d == *digest))
         })
     }
 
@@ -1692,6 +1702,10 @@ impl Dispatch {
     fn place(&mut self) {
         while let Some(p) = self.schedulers.poll_placement() {
             self.queued.remove(&p.task);
+            let with_item = self
+                .jobs
+                .get(&p.task.job)
+                .is_some_and(|job| job.items.is_some());
             self.persist(
                 Op::Assign {
                     task: p.task,
@@ -1700,6 +1714,7 @@ impl Dispatch {
                 Change::Assign {
                     task: p.task,
                     agent: p.agent,
+                    with_item,
                 },
             );
         }
@@ -1800,11 +1815,12 @@ impl Dispatch {
     }
 
     fn assigned(&mut self, now: Instant, task: TaskId, agent: &str, outcome: Persisted) {
-        let (attempt, checkpoint) = match outcome {
+        let (attempt, checkpoint, item) = match outcome {
             Persisted::Assigned {
                 attempt,
                 checkpoint,
-            } => (attempt, checkpoint),
+                item,
+            } => (attempt, checkpoint, item.map(Arc::from)),
             Persisted::Failed(e) => {
                 tracing::error!(%task, error = %e, "could not assign; will retry");
                 self.task_ended_in_scheduler(task);
@@ -1854,6 +1870,7 @@ impl Dispatch {
             Live {
                 assigned_at: Some(now),
                 restoring: checkpoint.as_ref().map(|c| c.digest),
+                item: item.clone(),
                 ..Live::default()
             },
         );
@@ -1866,6 +1883,7 @@ impl Dispatch {
                 job: (*job).clone(),
                 checkpoint,
                 seed,
+                item: item.map(|i| (*i).clone()),
             })),
         );
     }

@@ -12,7 +12,9 @@ use lull_dispatch::{
     Change, Command, Config, Conn, Dispatch, Ending, Hello, OpId, Persisted, Report, TaskState,
 };
 use lull_protocol::Digest;
-use lull_protocol::job::{JobSpec, ModuleSpec, Placement, Resources};
+use lull_protocol::job::{
+    FileRef, ItemFiles, Items, JobSpec, ModuleSpec, Placement, Resources, TaskItem,
+};
 use lull_protocol::message::{
     AgentStatus, AttemptId, Capacity, Captured, CoordinatorMessage, ModuleResult, Outcome, TaskId,
     TaskResult,
@@ -53,6 +55,8 @@ struct Store {
     disagreed: Vec<(TaskId, u32, String)>,
     /// The result digest each verified task was accepted with.
     accepted: BTreeMap<TaskId, Digest>,
+    /// Each task's own part, for jobs that have them.
+    items: BTreeMap<TaskId, TaskItem>,
 }
 
 impl Store {
@@ -62,7 +66,11 @@ impl Store {
         }
         self.writes += 1;
         match change {
-            Change::Assign { task, agent } => {
+            Change::Assign {
+                task,
+                agent,
+                with_item,
+            } => {
                 let row = self.tasks.get_mut(task).expect("a stored task");
                 if row.state != TaskState::Pending {
                     return Persisted::NotPending;
@@ -76,6 +84,11 @@ impl Store {
                         attempt: row.attempt,
                     },
                     checkpoint: None,
+                    item: if *with_item {
+                        self.items.get(task).cloned().map(Box::new)
+                    } else {
+                        None
+                    },
                 }
             }
             Change::Start { .. } => Persisted::Done,
@@ -226,6 +239,7 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         queue_timeout_ms: None,
         deadline_ms: None,
         cache: false,
+        items: None,
     }
 }
 
@@ -1942,4 +1956,63 @@ fn a_verified_task_whose_runs_never_agree_fails_saying_so() {
         Some("no 2 agents agreed on its result after 2 attempts (2 different results so far)")
     );
     assert!(sim.store.disagreed.is_empty(), "no majority, nobody named");
+}
+
+#[test]
+fn a_task_is_sent_its_own_part_and_only_its_agent_may_fetch_its_files() {
+    let mut sim = Sim::new();
+    sim.connect("a", 1, fast(Duration::from_secs(100)));
+    sim.connect("b", 1, fast(Duration::from_secs(100)));
+    let shard = |i: u32| FileRef {
+        path: format!("part-{i}.txt"),
+        digest: Digest::of(format!("shard {i}").as_bytes()),
+        size: 7,
+    };
+    let mut spec = job_spec(2, 1);
+    spec.owner = "alice".into();
+    spec.items = Some(Items {
+        digest: Digest::of(b"rows"),
+        size: 4,
+        columns: vec!["n".into()],
+    });
+    let job = sim.next_job;
+    for i in 0..2 {
+        sim.store.items.insert(
+            TaskId { job, index: i },
+            TaskItem {
+                values: [("n".to_owned(), format!("{}", 10 * i))].into(),
+                modules: vec![ItemFiles {
+                    stdin: None,
+                    inputs: vec![shard(i)],
+                }],
+            },
+        );
+    }
+    assert_eq!(sim.submit_spec(spec), job);
+    sim.run_for(Duration::from_secs(1));
+    let mut holders = BTreeMap::new();
+    for (id, agent) in &sim.agents {
+        for message in &agent.inbox {
+            if let CoordinatorMessage::Assign(a) = message {
+                let item = a
+                    .item
+                    .as_ref()
+                    .expect("the task's own part travels with it");
+                let index = a.attempt.task.index;
+                assert_eq!(item.values["n"], format!("{}", 10 * index));
+                assert_eq!(item.modules[0].inputs, vec![shard(index)]);
+                assert!(a.blobs().contains(&shard(index).digest));
+                holders.insert(index, id.clone());
+            }
+        }
+    }
+    assert_eq!(holders.len(), 2, "both tasks assigned: {holders:?}");
+    for (index, holder) in &holders {
+        let other = if holder == "a" { "b" } else { "a" };
+        assert!(sim.core.may_fetch(holder, &shard(*index).digest));
+        assert!(
+            !sim.core.may_fetch(other, &shard(*index).digest),
+            "task {index}'s file is not for {other}"
+        );
+    }
 }

@@ -76,7 +76,7 @@ fn job_file(text: &str) {
     let spec = JobSpec {
         name: file.name.clone(),
         cluster: file.cluster.clone(),
-        count: file.count,
+        count: file.count.unwrap_or(1),
         modules: file
             .modules
             .iter()
@@ -113,6 +113,7 @@ fn job_file(text: &str) {
             .map(|d| d.as_millis() as u64),
         deadline_ms: file.deadline().expect("checked").map(|d| d.as_millis() as u64),
         cache: file.cache,
+        items: None,
     };
     if let Err(e) = spec.check() {
         panic!("a job file that parses resolves to a job the coordinator refuses: {e}\n{text}");

@@ -4,7 +4,7 @@
 //! resolves it into a [`JobSpec`]: every file replaced by its digest and size, every default
 //! filled in, everything checked. The coordinator stores `JobSpec`s and sends them to agents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,9 +91,14 @@ pub struct JobFile {
     /// The cluster whose agents run it [default: `default`].
     #[serde(default = "default_cluster")]
     pub cluster: String,
-    /// Number of tasks in an array job (task indexes `0..count`).
-    #[serde(default = "one")]
-    pub count: u32,
+    /// Number of tasks in an array job (task indexes `0..count`) [default: the rows of `items`,
+    /// or 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// A CSV table with a header row: task `i` takes row `i`, whose values replace `{column}` in
+    /// arguments, environment values, `stdin` and `inputs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<PathBuf>,
     /// The modules started together for each task.
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleFile>,
@@ -238,15 +243,18 @@ pub struct ModuleFile {
     pub path: Option<PathBuf>,
     /// Or a module the coordinator already holds, by digest.
     pub digest: Option<Digest>,
-    /// Arguments; `{index}` is replaced by the task index.
+    /// Arguments; `{index}` is replaced by the task index, `{column}` by the task's value in
+    /// the `items` table.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Environment variables; `{index}` in a value is replaced by the task index.
+    /// Environment variables; `{index}` and `{column}` in a value are replaced as in `args`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// A file fed to the guest's standard input.
+    /// A file fed to the guest's standard input; with `{index}` or `{column}` in it, each task
+    /// reads its own.
     pub stdin: Option<PathBuf>,
-    /// Globs of files (relative to the job file) visible read-only under `/input`.
+    /// Globs of files (relative to the job file) visible read-only under `/input`; a pattern
+    /// with `{index}` or `{column}` in it gives each task its own files.
     #[serde(default)]
     pub inputs: Vec<String>,
     /// Exit codes that mean success [default: `[0]`]: a solver exiting 10 for "sat" and 20 for
@@ -529,7 +537,9 @@ impl JobFile {
     /// Checks the values that do not depend on files: counts, sizes, durations, module sources.
     pub fn check(&self) -> Result<(), JobError> {
         check_job_name(&self.name)?;
-        check_count(self.count)?;
+        if let Some(count) = self.count {
+            check_count(count)?;
+        }
         check_priority(self.priority)?;
         check_verify(self.verify)?;
         check_group(self.group.as_deref())?;
@@ -791,6 +801,177 @@ fn check_memory(bytes: u64) -> Result<(), JobError> {
     Ok(())
 }
 
+/// Where a job's per-task part is: a blob of JSON lines, one [`TaskItem`] per task in index
+/// order, which the coordinator reads and keeps when the job is submitted. Each task's agent is
+/// sent that task's item alone.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Items {
+    /// The blob.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The columns of the job file's `items` table, in its order (none without a table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+}
+
+/// One task's own part of a job: its row of the `items` table, and its own standard input and
+/// input files.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskItem {
+    /// The row's values by column: they replace `{column}` in arguments and environment values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
+    /// Per module, in the job's order (or none): the task's own files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ItemFiles>,
+}
+
+/// One module's files in a [`TaskItem`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ItemFiles {
+    /// Its standard input (for a module whose job names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<FileRef>,
+    /// Its input files, beside the module's shared ones under `/input`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<FileRef>,
+}
+
+/// The most columns an `items` table may have.
+pub const MAX_COLUMNS: usize = 64;
+/// The most bytes one task's [`TaskItem`] may take as JSON.
+pub const MAX_ITEM_BYTES: usize = 64 << 10;
+
+/// Checks the columns of an `items` table: 1 to [`MAX_COLUMNS`] distinct names of ASCII
+/// letters, digits and `_` (not starting with a digit), none of them `index`.
+pub fn check_columns(columns: &[String]) -> Result<(), String> {
+    if columns.len() > MAX_COLUMNS {
+        return Err(format!(
+            "has {} columns; the most is {MAX_COLUMNS}",
+            columns.len()
+        ));
+    }
+    for (i, c) in columns.iter().enumerate() {
+        if !is_placeholder_name(c) {
+            return Err(format!(
+                "column {:?}: a column is named by 1 to 64 ASCII letters, digits and _, not starting with a digit",
+                c
+            ));
+        }
+        if c == "index" {
+            return Err("column \"index\": {index} is the task's index already".into());
+        }
+        if columns[..i].contains(c) {
+            return Err(format!("column {c:?} appears twice"));
+        }
+    }
+    Ok(())
+}
+
+fn is_placeholder_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// The names of the placeholders (`{name}`, a name as [`check_columns`] allows) in `text`.
+pub fn placeholders(text: &str) -> impl Iterator<Item = &str> {
+    text.split('{')
+        .skip(1)
+        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+        .filter(|name| is_placeholder_name(name))
+}
+
+/// Replaces `{index}` in `text` with the task index and `{column}` with the task's value for
+/// that column; other braces stay as they are. One pass: a value's own braces are kept.
+pub fn expand(text: &str, index: u32, values: &BTreeMap<String, String>) -> String {
+    if !text.contains('{') {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let name = after.split_once('}').map(|(name, _)| name);
+        match name {
+            Some("index") => out.push_str(&index.to_string()),
+            Some(name) if values.contains_key(name) => out.push_str(&values[name]),
+            _ => {
+                out.push('{');
+                rest = after;
+                continue;
+            }
+        }
+        rest = &after[name.map_or(0, str::len) + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl TaskItem {
+    /// Every blob the task's own files need.
+    pub fn blobs(&self) -> impl Iterator<Item = &FileRef> + '_ {
+        self.modules
+            .iter()
+            .flat_map(|m| m.stdin.iter().chain(m.inputs.iter()))
+    }
+
+    /// Checks a task's item against its job: bounded, values only for the table's columns,
+    /// files for the job's modules with names that stay inside `/input` and differ from the
+    /// module's shared inputs, standard input only for a module that has none.
+    pub fn check(&self, job: &JobSpec) -> Result<(), String> {
+        let bytes = json_len(self);
+        if bytes > MAX_ITEM_BYTES {
+            return Err(format!(
+                "takes {} as JSON; the most is {}",
+                units::format_size(bytes as u64),
+                units::format_size(MAX_ITEM_BYTES as u64)
+            ));
+        }
+        let columns = job.items.as_ref().map_or(&[][..], |i| &i.columns[..]);
+        for (name, value) in &self.values {
+            if !columns.contains(name) {
+                return Err(format!("a value for {name:?}, which is not a column"));
+            }
+            if value.contains('\0') {
+                return Err(format!("the value of {name:?} contains a NUL character"));
+            }
+        }
+        if !self.modules.is_empty() && self.modules.len() != job.modules.len() {
+            return Err(format!(
+                "files for {} module(s); the job has {}",
+                self.modules.len(),
+                job.modules.len()
+            ));
+        }
+        for (files, m) in self.modules.iter().zip(&job.modules) {
+            if files.stdin.is_some() && m.stdin.is_some() {
+                return Err(format!(
+                    "a standard input for module {}, which has one for every task",
+                    m.name
+                ));
+            }
+            let mut names: BTreeSet<&str> = m.inputs.iter().map(|f| f.path.as_str()).collect();
+            for f in &files.inputs {
+                check_input_path(&f.path)
+                    .map_err(|e| format!("module {} input {:?} {e}", m.name, f.path))?;
+                if !names.insert(&f.path) {
+                    return Err(format!(
+                        "module {} has two input files named {:?}; /input holds files by name",
+                        m.name, f.path
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A file a task reads, by content.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct FileRef {
@@ -911,15 +1092,19 @@ pub struct JobSpec {
     /// [`JobSpec::task_key`], and offer theirs.
     #[serde(default, skip_serializing_if = "is_false")]
     pub cache: bool,
+    /// Each task's own values and files, when its tasks differ by more than their index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Items>,
 }
 
 impl JobSpec {
     /// What a task's result depends on, as one digest: each module's digest, arguments (with
-    /// `{index}` replaced), environment, standard input, input files by path and content, and
-    /// success exit codes, and the job's memory cap and `verify`. Two tasks with the same key
-    /// run the same programs on the same inputs. Left out: the job and attempt numbers (and the
-    /// `LULL_*` variables that carry them), times, and where it runs.
-    pub fn task_key(&self, index: u32) -> Digest {
+    /// `{index}` and the item's `{column}` values replaced), environment, standard input, input
+    /// files by path and content (shared and the task's own), success exit codes and mounts,
+    /// and the job's memory cap and `verify`. Two tasks with the same key run the same programs
+    /// on the same inputs. Left out: the job and attempt numbers (and the `LULL_*` variables
+    /// that carry them), times, and where it runs.
+    pub fn task_key(&self, index: u32, item: Option<&TaskItem>) -> Digest {
         #[derive(Serialize)]
         struct Module<'a> {
             digest: &'a Digest,
@@ -941,19 +1126,27 @@ impl JobSpec {
             modules: self
                 .modules
                 .iter()
-                .map(|m| {
+                .enumerate()
+                .map(|(i, m)| {
+                    let own = item.and_then(|item| item.modules.get(i));
                     let mut inputs: Vec<(&str, &Digest)> = m
                         .inputs
                         .iter()
+                        .chain(own.iter().flat_map(|o| o.inputs.iter()))
                         .map(|f| (f.path.as_str(), &f.digest))
                         .collect();
                     inputs.sort();
+                    let values = item.map_or(&NO_VALUES, |item| &item.values);
                     Module {
                         digest: &m.digest,
-                        args: expand_args(&m.args, index),
-                        env: expand_env(&m.env, index),
+                        args: expand_args(&m.args, index, values),
+                        env: expand_env(&m.env, index, values),
                         env_extra: m.env_extra,
-                        stdin: m.stdin.as_ref().map(|f| &f.digest),
+                        stdin: m
+                            .stdin
+                            .as_ref()
+                            .or(own.and_then(|o| o.stdin.as_ref()))
+                            .map(|f| &f.digest),
                         inputs,
                         success_exit_codes: &m.success_exit_codes,
                         mounts: &m.mounts,
@@ -1028,6 +1221,9 @@ impl JobSpec {
         check_retry_on(&self.retry_on)?;
         check_limit_ms("queue_timeout", self.queue_timeout_ms)?;
         check_limit_ms("deadline", self.deadline_ms)?;
+        if let Some(items) = &self.items {
+            check_columns(&items.columns).map_err(|e| invalid("items", e))?;
+        }
         self.check_names()?;
         for (i, m) in self.modules.iter().enumerate() {
             let field = format!("modules[{i}]");
@@ -1245,17 +1441,22 @@ pub enum NameError {
     ClimbingPart,
 }
 
-/// Replaces `{index}` in each argument with the task index.
-pub fn expand_args(args: &[String], index: u32) -> Vec<String> {
-    let idx = index.to_string();
-    args.iter().map(|a| a.replace("{index}", &idx)).collect()
+/// No values: a task without an item.
+pub static NO_VALUES: BTreeMap<String, String> = BTreeMap::new();
+
+/// Replaces `{index}` and `{column}` in each argument ([`expand`]).
+pub fn expand_args(args: &[String], index: u32, values: &BTreeMap<String, String>) -> Vec<String> {
+    args.iter().map(|a| expand(a, index, values)).collect()
 }
 
-/// Replaces `{index}` in each environment value with the task index.
-pub fn expand_env(env: &BTreeMap<String, String>, index: u32) -> BTreeMap<String, String> {
-    let idx = index.to_string();
+/// Replaces `{index}` and `{column}` in each environment value ([`expand`]).
+pub fn expand_env(
+    env: &BTreeMap<String, String>,
+    index: u32,
+    values: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     env.iter()
-        .map(|(k, v)| (k.clone(), v.replace("{index}", &idx)))
+        .map(|(k, v)| (k.clone(), expand(v, index, values)))
         .collect()
 }
 
@@ -1285,7 +1486,7 @@ max_attempts = 3
     #[test]
     fn the_design_example_parses() {
         let job = JobFile::parse(GOOD).unwrap();
-        assert_eq!(job.count, 100);
+        assert_eq!(job.count, Some(100));
         assert_eq!(job.modules.len(), 1);
         assert_eq!(job.modules[0].env["QUALITY"], "high");
         assert_eq!(job.memory().unwrap(), 256 << 20);
@@ -1297,7 +1498,7 @@ max_attempts = 3
     #[test]
     fn defaults_fill_in() {
         let job = JobFile::parse("name = \"x\"\n[[module]]\npath = \"a.wasm\"\n").unwrap();
-        assert_eq!(job.count, 1);
+        assert_eq!(job.count, None);
         assert_eq!(job.memory().unwrap(), DEFAULT_MEMORY);
         assert_eq!(job.timeout().unwrap(), DEFAULT_TIMEOUT);
         assert_eq!(job.max_attempts().unwrap(), DEFAULT_MAX_ATTEMPTS);
@@ -1412,7 +1613,10 @@ max_attempts = 3
             "{index}".to_string(),
             "t{index}.png".into(),
         ];
-        assert_eq!(expand_args(&args, 7), vec!["--tile", "7", "t7.png"]);
+        assert_eq!(
+            expand_args(&args, 7, &NO_VALUES),
+            vec!["--tile", "7", "t7.png"]
+        );
     }
 
     #[test]
@@ -1494,6 +1698,7 @@ max_attempts = 3
             queue_timeout_ms: None,
             deadline_ms: None,
             cache: false,
+            items: None,
         }
     }
 
@@ -1545,8 +1750,8 @@ max_attempts = 3
     fn a_tasks_key_follows_what_it_runs_on_and_nothing_else() {
         let mut a = spec();
         a.modules[0].args = vec!["--tile".into(), "{index}".into()];
-        let key = a.task_key(3);
-        assert_ne!(key, a.task_key(4), "the index is in an argument");
+        let key = a.task_key(3, None);
+        assert_ne!(key, a.task_key(4, None), "the index is in an argument");
         let mut b = a.clone();
         b.name = "another".into();
         b.owner = "bob".into();
@@ -1554,34 +1759,46 @@ max_attempts = 3
         b.max_attempts = 3;
         b.cache = true;
         assert_eq!(
-            b.task_key(3),
+            b.task_key(3, None),
             key,
             "names, owners, sizes and retries do not count"
         );
         b.modules[0].env.insert("MODE".into(), "fast".into());
-        assert_ne!(b.task_key(3), key);
+        assert_ne!(b.task_key(3, None), key);
         let mut g = spec();
         g.modules[0]
             .env
             .insert("SHARD".into(), "part-{index}".into());
-        assert_ne!(g.task_key(1), g.task_key(2), "the index is in a variable");
+        assert_ne!(
+            g.task_key(1, None),
+            g.task_key(2, None),
+            "the index is in a variable"
+        );
         let mut c = a.clone();
         c.modules[0].inputs.push(FileRef {
             path: "x.txt".into(),
             digest: Digest::of(b"x"),
             size: 1,
         });
-        assert_ne!(c.task_key(3), key);
+        assert_ne!(c.task_key(3, None), key);
         let mut d = c.clone();
         d.modules[0].inputs[0].digest = Digest::of(b"y");
-        assert_ne!(d.task_key(3), c.task_key(3), "an input's content counts");
+        assert_ne!(
+            d.task_key(3, None),
+            c.task_key(3, None),
+            "an input's content counts"
+        );
         let mut e = a.clone();
         e.modules[0].args = vec!["--tile".into(), "3".into()];
-        assert_eq!(e.task_key(3), key, "arguments count as the task sees them");
-        assert_ne!(e.task_key(3), {
+        assert_eq!(
+            e.task_key(3, None),
+            key,
+            "arguments count as the task sees them"
+        );
+        assert_ne!(e.task_key(3, None), {
             let mut f = e.clone();
             f.verify = 2;
-            f.task_key(3)
+            f.task_key(3, None)
         });
     }
 
@@ -1635,6 +1852,11 @@ max_attempts = 3
                 job: big,
                 checkpoint: None,
                 seed: Some(u64::MAX),
+                // With the largest part of its own a task may have.
+                item: Some(TaskItem {
+                    values: [("n".to_owned(), "w".repeat(MAX_ITEM_BYTES - 20))].into(),
+                    modules: vec![],
+                }),
             }));
         assert!(crate::frame::to_bytes(&assign, crate::frame::DEFAULT_MAX_FRAME).is_ok());
     }
@@ -1661,5 +1883,126 @@ max_attempts = 3
             job("1ms").unwrap().timeout().unwrap(),
             Duration::from_millis(1)
         );
+    }
+
+    fn file(path: &str) -> FileRef {
+        FileRef {
+            path: path.into(),
+            digest: Digest::of(path.as_bytes()),
+            size: path.len() as u64,
+        }
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn placeholders_take_the_index_and_the_rows_values_and_leave_other_braces() {
+        let row = values(&[("size", "10"), ("name", "{index}")]);
+        assert_eq!(expand("n{index}-{size}", 7, &row), "n7-10");
+        assert_eq!(
+            expand("{name}", 7, &row),
+            "{index}",
+            "a value is not expanded again"
+        );
+        assert_eq!(
+            expand("{\"a\": 1} {other} {{index}} {", 3, &row),
+            "{\"a\": 1} {other} {3} {"
+        );
+        assert_eq!(expand("plain", 3, &row), "plain");
+        assert_eq!(
+            placeholders("x/{index}/{size}.{a b}{\"q\"}{_y1}").collect::<Vec<_>>(),
+            vec!["index", "size", "_y1"]
+        );
+    }
+
+    #[test]
+    fn columns_are_names_that_differ() {
+        assert!(check_columns(&["n".into(), "_x2".into()]).is_ok());
+        for bad in [
+            vec!["2x"],
+            vec!["a-b"],
+            vec![""],
+            vec!["index"],
+            vec!["a", "a"],
+        ] {
+            let cols: Vec<String> = bad.iter().map(|c| (*c).to_owned()).collect();
+            assert!(check_columns(&cols).is_err(), "{bad:?}");
+        }
+        let mut job = spec();
+        job.items = Some(Items {
+            digest: Digest::of(b"rows"),
+            size: 4,
+            columns: vec!["a b".into()],
+        });
+        let e = job.check().unwrap_err().to_string();
+        assert!(e.starts_with("items: column \"a b\""), "{e}");
+    }
+
+    #[test]
+    fn a_tasks_item_is_checked_against_its_job() {
+        let mut job = spec();
+        job.items = Some(Items {
+            digest: Digest::of(b"rows"),
+            size: 4,
+            columns: vec!["n".into()],
+        });
+        job.modules[0].inputs.push(file("shared.txt"));
+        let own = |path: &str| TaskItem {
+            values: values(&[("n", "1")]),
+            modules: vec![ItemFiles {
+                stdin: Some(file("in")),
+                inputs: vec![file(path)],
+            }],
+        };
+        assert_eq!(own("part-1.txt").check(&job), Ok(()));
+        assert_eq!(
+            own("part-1.txt").blobs().count(),
+            2,
+            "its stdin and its input"
+        );
+        let e = own("shared.txt").check(&job).unwrap_err();
+        assert!(e.contains("two input files named \"shared.txt\""), "{e}");
+        let e = own("../x").check(&job).unwrap_err();
+        assert!(e.contains("input \"../x\""), "{e}");
+        let mut extra = own("a");
+        extra.values.insert("m".into(), "2".into());
+        assert!(extra.check(&job).unwrap_err().contains("not a column"));
+        let mut two = own("a");
+        two.modules.push(ItemFiles::default());
+        assert!(two.check(&job).unwrap_err().contains("the job has 1"));
+        job.modules[0].stdin = Some(file("all"));
+        assert!(own("a").check(&job).unwrap_err().contains("standard input"));
+        let big = TaskItem {
+            values: values(&[("n", &"x".repeat(MAX_ITEM_BYTES))]),
+            modules: vec![],
+        };
+        assert!(big.check(&job).unwrap_err().contains("the most is 64 KiB"));
+    }
+
+    #[test]
+    fn a_tasks_key_follows_its_item() {
+        let mut job = spec();
+        job.modules[0].args = vec!["--n".into(), "{n}".into()];
+        let item = |n: &str, digest: &[u8]| TaskItem {
+            values: values(&[("n", n)]),
+            modules: vec![ItemFiles {
+                stdin: None,
+                inputs: vec![FileRef {
+                    path: "part.txt".into(),
+                    digest: Digest::of(digest),
+                    size: 1,
+                }],
+            }],
+        };
+        let key = job.task_key(0, Some(&item("1", b"a")));
+        assert_ne!(key, job.task_key(0, Some(&item("2", b"a"))), "a value");
+        assert_ne!(key, job.task_key(0, Some(&item("1", b"b"))), "an own input");
+        assert_ne!(key, job.task_key(0, None));
+        assert_eq!(key, job.task_key(0, Some(&item("1", b"a"))));
     }
 }

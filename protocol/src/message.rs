@@ -22,7 +22,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::job::{DEFAULT_SUCCESS_EXIT_CODES, Failure, JobSpec};
+use crate::job::{DEFAULT_SUCCESS_EXIT_CODES, Failure, JobSpec, TaskItem};
 
 /// The version of this protocol. Peers refuse each other when it differs.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -356,16 +356,27 @@ pub struct Assignment {
     /// for every agent that runs the task, which runs it deterministically.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The task's own values and files, for a job whose tasks have them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<TaskItem>,
 }
 
 impl Assignment {
-    /// Every blob the attempt needs: the job's, then the checkpoint's.
+    /// Every blob the attempt needs: the job's, the task's own, then the checkpoint's.
     pub fn blobs(&self) -> Vec<Digest> {
         self.job
             .blobs()
             .map(|(d, _)| d)
+            .chain(self.item.iter().flat_map(|i| i.blobs().map(|f| f.digest)))
             .chain(self.checkpoint.as_ref().map(|c| c.digest))
             .collect()
+    }
+
+    /// The task's values by column (none without an item).
+    pub fn values(&self) -> &std::collections::BTreeMap<String, String> {
+        self.item
+            .as_ref()
+            .map_or(&crate::job::NO_VALUES, |i| &i.values)
     }
 }
 

@@ -1904,6 +1904,48 @@ pub mod guests {
         )
     }
 
+    /// Lists the directory preopened at `fd` (the first preopen is 3): one name per line on
+    /// stdout, `.` and `..` included, in the order the host gives; then copies its standard
+    /// input to stdout after a line `--`. A failing WASI call exits with 100 + its errno.
+    pub fn list_dir(fd: u32) -> Vec<u8> {
+        compile(
+            &r#"(module
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 2)
+  ;; 100 bytes used, 200 iovecs, 300 written, 400 "\n", 404 "--\n", 1024.. entries, 65536.. stdin
+  (data (i32.const 400) "\n")
+  (data (i32.const 404) "--\n")
+  (func $check (param $errno i32)
+    (if (local.get $errno)
+      (then (call $proc_exit (i32.add (i32.const 100) (local.get $errno))))))
+  (func $write (param $at i32) (param $len i32)
+    (i32.store (i32.const 200) (local.get $at))
+    (i32.store (i32.const 204) (local.get $len))
+    (call $check (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 300))))
+  (func (export "_start") (local $p i32) (local $end i32) (local $len i32)
+    (call $check (call $readdir (i32.const DIRFD) (i32.const 1024) (i32.const 32768) (i64.const 0) (i32.const 100)))
+    (local.set $p (i32.const 1024))
+    (local.set $end (i32.add (i32.const 1024) (i32.load (i32.const 100))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.gt_u (i32.add (local.get $p) (i32.const 24)) (local.get $end)))
+        (local.set $len (i32.load (i32.add (local.get $p) (i32.const 16))))
+        (call $write (i32.add (local.get $p) (i32.const 24)) (local.get $len))
+        (call $write (i32.const 400) (i32.const 1))
+        (local.set $p (i32.add (local.get $p) (i32.add (i32.const 24) (local.get $len))))
+        (br $next)))
+    (call $write (i32.const 404) (i32.const 3))
+    (i32.store (i32.const 200) (i32.const 65536))
+    (i32.store (i32.const 204) (i32.const 4096))
+    (call $check (call $read (i32.const 0) (i32.const 200) (i32.const 1) (i32.const 300)))
+    (call $write (i32.const 65536) (i32.load (i32.const 300)))))"#
+                .replace("DIRFD", &fd.to_string()),
+        )
+    }
+
     /// Writes its whole environment to stdout, one `NAME=value` per line, and exits 0; a
     /// failing WASI call exits with 100 + its errno.
     pub fn environment() -> Vec<u8> {

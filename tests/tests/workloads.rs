@@ -387,3 +387,101 @@ fn a_mounted_tree_is_read_where_the_job_puts_it_and_a_mount_at_scratch_seeds_it(
         "{out}"
     );
 }
+
+#[test]
+fn each_task_reads_its_own_row_and_files_and_sees_no_other_tasks() {
+    let cluster = Cluster::with_agents(&["a"], 2);
+    let job = cluster.write_job(
+        "rows",
+        "name = \"rows\"\nitems = \"params.csv\"\n\
+         [[module]]\npath = \"ls.wasm\"\ninputs = [\"shards/{shard}.txt\", \"common.txt\"]\nstdin = \"questions/{index}.txt\"\n\
+         [[module]]\npath = \"env.wasm\"\nenv = { LABEL = \"{label} of {index}\" }\nenv_extra = false\n\
+         [resources]\nmemory = \"16MiB\"\n",
+        &[
+            ("ls.wasm", &guests::list_dir(3)),
+            ("env.wasm", &guests::environment()),
+            (
+                "params.csv",
+                b"shard,label\nalpha,first\ngamma,\"second, with a comma\"\nbeta,third\n",
+            ),
+            ("shards/alpha.txt", b"a"),
+            ("shards/beta.txt", b"b"),
+            ("shards/gamma.txt", b"g"),
+            ("common.txt", b"c"),
+            ("questions/0.txt", b"q0\n"),
+            ("questions/1.txt", b"q1\n"),
+            ("questions/2.txt", b"q2\n"),
+        ],
+    );
+    let id = cluster.submit(&job);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["count"], 3, "one task per row");
+    for (i, shard, label) in [
+        (0, "alpha", "first"),
+        (1, "gamma", "second, with a comma"),
+        (2, "beta", "third"),
+    ] {
+        let out = cluster.lull(&["logs", &format!("{id}/{i}"), "--stream", "stdout"]);
+        out.assert_success();
+        let (listing, rest) = out
+            .stdout
+            .strip_prefix("==> ls <==\n")
+            .and_then(|s| s.split_once("--\n"))
+            .unwrap_or_else(|| panic!("task {i}: {out}"));
+        let mut names: Vec<&str> = listing
+            .lines()
+            .filter(|n| *n != "." && *n != "..")
+            .collect();
+        names.sort();
+        let own = format!("{shard}.txt");
+        let mut expected = vec!["common.txt", own.as_str()];
+        expected.sort();
+        assert_eq!(names, expected, "task {i}'s /input");
+        assert_eq!(
+            rest,
+            format!("q{i}\n==> env <==\nLABEL={label} of {i}\n"),
+            "task {i}'s stdin and environment"
+        );
+    }
+
+    // Mistakes are named before anything is sent.
+    let refused = |name: &str, toml: &str, csv: &[u8], why: &str| {
+        let job = cluster.write_job(
+            name,
+            toml,
+            &[
+                ("ls.wasm", &guests::list_dir(3)),
+                ("params.csv", csv),
+                ("shards/alpha.txt", b"a"),
+            ],
+        );
+        let key = cluster.key().to_str().unwrap();
+        let out = cluster.lull(&["submit", job.to_str().unwrap(), "--key", key]);
+        assert!(!out.success() && out.stderr.contains(why), "{name}: {out}");
+    };
+    refused(
+        "typo",
+        "name = \"typo\"\nitems = \"params.csv\"\n[[module]]\npath = \"ls.wasm\"\nargs = [\"{shrad}\"]\n",
+        b"shard\nalpha\n",
+        "module[0].args[0]: {shrad} is neither {index} nor a column of items (shard)",
+    );
+    refused(
+        "counted",
+        "name = \"counted\"\ncount = 5\nitems = \"params.csv\"\n[[module]]\npath = \"ls.wasm\"\n",
+        b"shard\nalpha\n",
+        "count is 5, but items has 1 row(s)",
+    );
+    refused(
+        "missing",
+        "name = \"missing\"\nitems = \"params.csv\"\n[[module]]\npath = \"ls.wasm\"\ninputs = [\"shards/{shard}.txt\"]\n",
+        b"shard\nalpha\nomega\n",
+        "inputs \"shards/{shard}.txt\" for task 1",
+    );
+    refused(
+        "header",
+        "name = \"header\"\nitems = \"params.csv\"\n[[module]]\npath = \"ls.wasm\"\n",
+        b"index,x\n1,2\n",
+        "{index} is the task's index already",
+    );
+}

@@ -1,14 +1,16 @@
 //! `lull submit JOB.toml`: resolve the job file (hash every file, sign modules), upload only the
 //! blobs the coordinator lacks, post the job, and optionally watch it to the end.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use lull_protocol::Digest;
 use lull_protocol::api::{Info, Missing, MissingRequest, Submitted};
-use lull_protocol::job::{FileRef, JobFile, JobSpec, ModuleSpec, Resources};
+use lull_protocol::job::{
+    FileRef, ItemFiles, Items, JobFile, JobSpec, MAX_ITEM_BYTES, ModuleSpec, Resources, TaskItem,
+};
 use serde_json::json;
 
 use crate::client::Client;
@@ -39,6 +41,86 @@ struct Local {
 
 /// Bytes per upload chunk.
 const CHUNK: u64 = 8 << 20;
+
+/// Digests per question of which blobs the coordinator lacks.
+const MISSING_CHUNK: usize = 10_000;
+
+/// A job file resolved: the job definition and the files to upload.
+struct Resolved {
+    spec: JobSpec,
+    files: Vec<Local>,
+    /// The tasks' own parts, written to a temporary file that is uploaded with the rest.
+    items: Option<tempfile::NamedTempFile>,
+}
+
+/// The job file's `items` table.
+struct Table {
+    columns: Vec<String>,
+    rows: Vec<BTreeMap<String, String>>,
+}
+
+/// Reads a CSV table with a header row naming its columns.
+fn read_table(path: &Path) -> anyhow::Result<Table> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let columns: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}: the header row", path.display()))?
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .collect();
+    lull_protocol::job::check_columns(&columns)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: row {}", path.display(), i + 1))?;
+        rows.push(
+            columns
+                .iter()
+                .cloned()
+                .zip(record.iter().map(str::to_owned))
+                .collect(),
+        );
+    }
+    if rows.is_empty() {
+        bail!(
+            "{}: no rows under the header; each row is one task",
+            path.display()
+        );
+    }
+    Ok(Table { columns, rows })
+}
+
+/// Whether `text` has a placeholder for a task's own value: `{index}` or a column's.
+fn per_task(text: &str, columns: &[String]) -> bool {
+    lull_protocol::job::placeholders(text).any(|n| n == "index" || columns.iter().any(|c| c == n))
+}
+
+/// Refuses a placeholder that names neither `{index}` nor a column: in a file pattern always,
+/// elsewhere when the job has a table (without one, braces in arguments stay as written).
+fn check_placeholders(
+    field: &str,
+    text: &str,
+    table: Option<&Table>,
+    pattern: bool,
+) -> anyhow::Result<()> {
+    let columns = table.map_or(&[][..], |t| &t.columns[..]);
+    if table.is_none() && !pattern {
+        return Ok(());
+    }
+    if let Some(name) = lull_protocol::job::placeholders(text)
+        .find(|n| *n != "index" && !columns.iter().any(|c| c == n))
+    {
+        if columns.is_empty() {
+            bail!("{field}: {{{name}}} is not {{index}}, and the job has no items table");
+        }
+        bail!(
+            "{field}: {{{name}}} is neither {{index}} nor a column of items ({})",
+            columns.join(", ")
+        );
+    }
+    Ok(())
+}
 
 /// What the uploads of one submit did.
 #[derive(Debug, Default, serde::Serialize)]
@@ -84,18 +166,26 @@ pub async fn run(
         let dev_key = super::dev::key_path();
         (info.dev && dev_key.exists()).then_some(dev_key)
     });
-    let (spec, files) = resolve(&args.job, key_path.as_deref())?;
+    let Resolved {
+        spec,
+        files,
+        items: _items,
+    } = resolve(&args.job, key_path.as_deref())?;
 
     let digests: BTreeSet<Digest> = files.iter().map(|f| f.digest).collect();
-    let answer: Missing = client
-        .post(
-            "/api/v1/blobs/missing",
-            &MissingRequest {
-                digests: digests.iter().copied().collect(),
-            },
-        )
-        .await?;
-    let missing: BTreeSet<Digest> = answer.missing.into_iter().collect();
+    let mut missing = BTreeSet::new();
+    let listed: Vec<Digest> = digests.iter().copied().collect();
+    for chunk in listed.chunks(MISSING_CHUNK) {
+        let answer: Missing = client
+            .post(
+                "/api/v1/blobs/missing",
+                &MissingRequest {
+                    digests: chunk.to_vec(),
+                },
+            )
+            .await?;
+        missing.extend(answer.missing);
+    }
     let mut uploaded = BTreeSet::new();
     let mut report = UploadReport {
         files: digests.len(),
@@ -162,14 +252,56 @@ fn read_job_file(job_path: &Path) -> anyhow::Result<JobFile> {
 }
 
 /// Reads a job file and everything it names; returns the job definition and the files to upload.
-fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<Local>)> {
+fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<Resolved> {
     let file = read_job_file(job_path)?;
     let base = job_path.parent().unwrap_or(Path::new("."));
     let key = key.map(super::keys::load).transpose()?;
+    let table = match &file.items {
+        Some(rel) => Some(
+            read_table(&base.join(rel))
+                .with_context(|| format!("{}: items", job_path.display()))?,
+        ),
+        None => None,
+    };
+    let count = match (&table, file.count) {
+        (Some(t), Some(c)) if c as usize != t.rows.len() => bail!(
+            "{}: count is {c}, but items has {} row(s); leave count out to run one task per row",
+            job_path.display(),
+            t.rows.len()
+        ),
+        (Some(t), _) => u32::try_from(t.rows.len()).unwrap_or(u32::MAX),
+        (None, c) => c.unwrap_or(1),
+    };
+    let columns = table.as_ref().map_or(&[][..], |t| &t.columns[..]);
     let mut files = Vec::new();
     let mut modules = Vec::new();
+    // Per module: the patterns of the files each task has of its own (stdin, inputs).
+    let mut own: Vec<(Option<String>, Vec<String>)> = Vec::new();
     for (i, m) in file.modules.iter().enumerate() {
         let field = format!("{}: module[{i}]", job_path.display());
+        for (j, a) in m.args.iter().enumerate() {
+            check_placeholders(&format!("{field}.args[{j}]"), a, table.as_ref(), false)?;
+        }
+        for (k, v) in &m.env {
+            check_placeholders(&format!("{field}.env {k:?}"), v, table.as_ref(), false)?;
+        }
+        for p in &m.inputs {
+            check_placeholders(&format!("{field}.inputs"), p, table.as_ref(), true)?;
+        }
+        let own_stdin = match &m.stdin {
+            Some(p) => {
+                let text = p.to_string_lossy();
+                check_placeholders(&format!("{field}.stdin"), &text, table.as_ref(), true)?;
+                per_task(&text, columns).then(|| text.into_owned())
+            }
+            None => None,
+        };
+        let own_inputs: Vec<String> = m
+            .inputs
+            .iter()
+            .filter(|p| per_task(p, columns))
+            .cloned()
+            .collect();
         let (name, digest, size, signature) = match (&m.path, &m.digest) {
             (Some(rel), _) => {
                 let path = base.join(rel);
@@ -217,6 +349,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
             (None, None) => unreachable!("checked by JobFile::parse"),
         };
         let stdin = match &m.stdin {
+            Some(_) if own_stdin.is_some() => None,
             Some(rel) => {
                 let path = base.join(rel);
                 let (f, local) =
@@ -228,7 +361,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         };
         let mut inputs = Vec::new();
         let mut names = BTreeSet::new();
-        for pattern in &m.inputs {
+        for pattern in m.inputs.iter().filter(|p| !own_inputs.contains(p)) {
             let full = base.join(pattern);
             let full = full.to_string_lossy();
             let mut matched = 0;
@@ -299,11 +432,25 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
             env_extra: m.env_extra,
             mounts,
         });
+        own.push((own_stdin, own_inputs));
     }
+    let needs_items = table.is_some() || own.iter().any(|(s, i)| s.is_some() || !i.is_empty());
+    let items = if needs_items {
+        Some(write_items(
+            job_path,
+            count,
+            table.as_ref(),
+            &own,
+            &modules,
+            &mut files,
+        )?)
+    } else {
+        None
+    };
     let spec = JobSpec {
         name: file.name.clone(),
         cluster: file.cluster.clone(),
-        count: file.count,
+        count,
         modules,
         resources: Resources {
             memory: file.memory()?,
@@ -320,9 +467,103 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<(JobSpec, Vec<
         queue_timeout_ms: file.queue_timeout()?.map(|d| d.as_millis() as u64),
         deadline_ms: file.deadline()?.map(|d| d.as_millis() as u64),
         cache: file.cache,
+        items: items.as_ref().map(|(_, digest, size)| Items {
+            digest: *digest,
+            size: *size,
+            columns: columns.to_vec(),
+        }),
     };
     spec.check()?;
-    Ok((spec, files))
+    Ok(Resolved {
+        spec,
+        files,
+        items: items.map(|(temp, _, _)| temp),
+    })
+}
+
+/// Writes each task's own part (its row of the table, its own stdin and input files) as one
+/// line of JSON to a temporary file, which is added to `files`; returns it with its digest
+/// and size. Errors name the module, the pattern and the task.
+fn write_items(
+    job_path: &Path,
+    count: u32,
+    table: Option<&Table>,
+    own: &[(Option<String>, Vec<String>)],
+    modules: &[ModuleSpec],
+    files: &mut Vec<Local>,
+) -> anyhow::Result<(tempfile::NamedTempFile, Digest, u64)> {
+    use std::io::Write;
+    let base = job_path.parent().unwrap_or(Path::new("."));
+    let no_values = BTreeMap::new();
+    let mut temp = tempfile::NamedTempFile::new().context("creating a temporary file")?;
+    let mut out = std::io::BufWriter::new(temp.as_file_mut());
+    let with_files = own.iter().any(|(s, i)| s.is_some() || !i.is_empty());
+    for index in 0..count {
+        let values = table.map_or(&no_values, |t| &t.rows[index as usize]);
+        let mut item = TaskItem {
+            values: values.clone(),
+            modules: Vec::new(),
+        };
+        for (i, ((stdin, inputs), m)) in own.iter().zip(modules).enumerate() {
+            let field = format!("{}: module[{i}]", job_path.display());
+            let mut mine = ItemFiles::default();
+            if let Some(pattern) = stdin {
+                let path = base.join(lull_protocol::job::expand(pattern, index, values));
+                let (f, local) = file_ref(&path, "stdin")
+                    .with_context(|| format!("{field}.stdin {pattern:?} for task {index}"))?;
+                files.push(local);
+                mine.stdin = Some(f);
+            }
+            let mut names: BTreeSet<String> = m.inputs.iter().map(|f| f.path.clone()).collect();
+            for pattern in inputs {
+                let expanded = lull_protocol::job::expand(pattern, index, values);
+                let at = format!("{field}.inputs {pattern:?} for task {index}");
+                let full = base.join(&expanded);
+                let mut matched = 0;
+                for entry in glob::glob(&full.to_string_lossy())
+                    .with_context(|| format!("{at}: {expanded:?} is not a valid pattern"))?
+                {
+                    let path = entry?;
+                    if !path.is_file() {
+                        continue;
+                    }
+                    matched += 1;
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if !names.insert(name.clone()) {
+                        bail!(
+                            "{at}: two input files are named {name:?}; /input holds files by name"
+                        );
+                    }
+                    let (f, local) = file_ref(&path, &name).with_context(|| at.clone())?;
+                    files.push(local);
+                    mine.inputs.push(f);
+                }
+                if matched == 0 {
+                    bail!("{at}: {} matches no file", full.display());
+                }
+            }
+            if with_files {
+                item.modules.push(mine);
+            }
+        }
+        let bytes = lull_protocol::job::json_len(&item);
+        if bytes > MAX_ITEM_BYTES {
+            bail!(
+                "{}: task {index} takes {bytes} bytes of values and file names; the most is {MAX_ITEM_BYTES}",
+                job_path.display()
+            );
+        }
+        serde_json::to_writer(&mut out, &item)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    drop(out);
+    let (f, local) = file_ref(temp.path(), "items")?;
+    files.push(local);
+    Ok((temp, f.digest, f.size))
 }
 
 /// The regular files under `dir`, with their paths relative to the top (`/`-separated),

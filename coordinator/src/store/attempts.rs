@@ -461,7 +461,11 @@ impl Store {
         let mut outcomes = Vec::with_capacity(changes.len());
         for change in changes {
             outcomes.push(match change {
-                Change::Assign { task, agent } => {
+                Change::Assign {
+                    task,
+                    agent,
+                    with_item,
+                } => {
                     match self
                         .assign_in(&mut tx, &mut recounts, *task, agent, now_ms)
                         .await?
@@ -471,6 +475,11 @@ impl Store {
                             // A retried task starts from its latest checkpoint, if it kept one.
                             checkpoint: if attempt.attempt > 1 {
                                 self.checkpoint_in(&mut tx, *task).await?
+                            } else {
+                                None
+                            },
+                            item: if *with_item {
+                                super::jobs::item_in(&mut tx, *task).await?.map(Box::new)
                             } else {
                                 None
                             },

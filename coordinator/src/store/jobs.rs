@@ -12,20 +12,22 @@ impl Store {
     #[cfg(test)]
     pub async fn insert_job(&self, spec: &JobSpec, now_ms: i64) -> Result<u64> {
         Ok(self
-            .insert_job_of(spec, "admin", None, now_ms)
+            .insert_job_of(spec, "admin", None, now_ms, &[])
             .await?
             .expect("no token to refuse"))
     }
 
-    /// Stores a job of `owner` and its tasks (all pending); returns its number. With `token`,
-    /// the submission takes one use of that person's token in the same transaction: a token
-    /// used up refuses it, and nothing is stored.
+    /// Stores a job of `owner` and its tasks (all pending), with each task's own part
+    /// (`items`, in index order, or none); returns its number. With `token`, the submission
+    /// takes one use of that person's token in the same transaction: a token used up refuses
+    /// it, and nothing is stored.
     pub async fn insert_job_of(
         &self,
         spec: &JobSpec,
         owner: &str,
         token: Option<&str>,
         now_ms: i64,
+        items: &[TaskItem],
     ) -> Result<std::result::Result<u64, super::tokens::TokenRefusal>> {
         let mut tx = self.begin_write().await?;
         if let Some(token) = token
@@ -72,6 +74,21 @@ impl Store {
             .bind(i64::from(spec.count))
             .execute(&mut *tx)
             .await?;
+        // Many rows per statement, within both databases' limits on bound values.
+        for (n, chunk) in items.chunks(300).enumerate() {
+            let rows = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("INSERT INTO task_items (job_id, idx, item) VALUES {rows}");
+            let mut q = sqlx::query(&sql).bind(id);
+            for (i, item) in chunk.iter().enumerate() {
+                q = q
+                    .bind((n * 300 + i) as i64)
+                    .bind(serde_json::to_string(item)?);
+            }
+            q.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         // PostgreSQL plans a query by what it knows of the tables, and a job of many tasks
         // changes that at once: it learns it now rather than at its next automatic look, so
@@ -175,7 +192,12 @@ impl Store {
         rows.iter().map(job_row).collect()
     }
 
-    /// Every blob a stored job refers to: its modules and files, and the outputs and logs of
+    /// A task's own part, if its job gave it one.
+    pub async fn task_item(&self, task: TaskId) -> Result<Option<TaskItem>> {
+        item_in(&mut *self.pool.acquire().await?, task).await
+    }
+
+    /// Every blob a stored job refers to: its modules and files (the tasks' own too), and the outputs and logs of
     /// its recorded results. Reads every job and result: the blob collector's query, run
     /// now and then.
     pub async fn referenced_blobs(&self) -> Result<std::collections::HashSet<Digest>> {
@@ -187,6 +209,12 @@ impl Store {
             out.extend(spec.blobs().map(|(d, _)| d));
         }
         drop(jobs);
+        let mut items = sqlx::query("SELECT item FROM task_items").fetch(&self.pool);
+        while let Some(row) = items.try_next().await? {
+            let item: TaskItem = serde_json::from_str(&row.get::<String, _>(0))?;
+            out.extend(item.blobs().map(|f| f.digest));
+        }
+        drop(items);
         let mut checkpoints = sqlx::query("SELECT digest FROM checkpoints").fetch(&self.pool);
         while let Some(row) = checkpoints.try_next().await? {
             let digest: String = row.get(0);
@@ -231,6 +259,7 @@ impl Store {
             "tasks",
             "job_counts",
             "result_cache",
+            "task_items",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                 .bind(id as i64)
@@ -409,4 +438,20 @@ impl Recounts {
         *deltas.entry(from.as_str()).or_default() -= n;
         *deltas.entry(to.as_str()).or_default() += n;
     }
+}
+
+/// A task's own part, if its job gave it one.
+pub(super) async fn item_in(
+    conn: &mut sqlx::AnyConnection,
+    task: TaskId,
+) -> Result<Option<TaskItem>> {
+    let row = sqlx::query("SELECT item FROM task_items WHERE job_id = $1 AND idx = $2")
+        .bind(task.job as i64)
+        .bind(i64::from(task.index))
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(row) => Some(serde_json::from_str(&row.get::<String, _>(0))?),
+        None => None,
+    })
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lull_protocol::job::JobSpec;
+use lull_protocol::job::{JobSpec, MAX_ITEM_BYTES, TaskItem};
 
 use super::{Hub, HubError};
 use crate::store::StoreError;
@@ -57,15 +57,16 @@ impl Hub {
                     .map_err(|e| HubError::BadRequest(format!("module {}: {e}", m.name)))?;
             }
         }
+        let items = self.read_items(&spec).await?;
         let id = self
             .store
-            .insert_job_of(&spec, owner, token, self.store.now_ms())
+            .insert_job_of(&spec, owner, token, self.store.now_ms(), &items)
             .await?
             .map_err(|refusal| HubError::Forbidden(format!("submitting: {refusal}")))?;
         let spec = Arc::new(spec);
         tracing::info!(job = id, name = %spec.name, tasks = spec.count, %owner, "job submitted");
         let cached = if spec.cache {
-            self.take_cached(id, &spec).await
+            self.take_cached(id, &spec, items).await
         } else {
             Vec::new()
         };
@@ -75,11 +76,11 @@ impl Hub {
 
     /// Gives the tasks of a new job that caches the results offered under their keys; returns
     /// their indexes. A store error leaves the tasks to run.
-    async fn take_cached(&self, id: u64, spec: &Arc<JobSpec>) -> Vec<u32> {
+    async fn take_cached(&self, id: u64, spec: &Arc<JobSpec>, items: Vec<TaskItem>) -> Vec<u32> {
         let keyed = Arc::clone(spec);
         let keys = tokio::task::spawn_blocking(move || {
             (0..keyed.count)
-                .map(|i| (i, keyed.task_key(i)))
+                .map(|i| (i, keyed.task_key(i, items.get(i as usize))))
                 .collect::<Vec<_>>()
         })
         .await
@@ -96,6 +97,49 @@ impl Hub {
                 Vec::new()
             }
         }
+    }
+
+    /// Reads and checks the tasks' own parts of a job that has them ([`JobSpec::items`]): one
+    /// line of JSON per task, each within [`MAX_ITEM_BYTES`], fitting the job, every file
+    /// uploaded. Errors name the line.
+    async fn read_items(&self, spec: &JobSpec) -> Result<Vec<TaskItem>, HubError> {
+        let Some(items) = &spec.items else {
+            return Ok(Vec::new());
+        };
+        let bad = |why: String| HubError::BadRequest(format!("items: {why}"));
+        let limit = u64::from(spec.count) * (MAX_ITEM_BYTES as u64 + 1);
+        if items.size > limit {
+            return Err(bad(format!(
+                "the table of the tasks' own parts is {} bytes; for {} task(s) the most is {limit}",
+                items.size, spec.count
+            )));
+        }
+        let path = self.blobs.path(&items.digest);
+        let job = spec.clone();
+        let read = tokio::task::spawn_blocking(move || read_item_lines(&path, &job))
+            .await
+            .map_err(|e| HubError::Io(e.to_string()))?;
+        let read = read.map_err(bad)?;
+        for (i, item) in read.iter().enumerate() {
+            for f in item.blobs() {
+                match self.blobs.size(&f.digest) {
+                    Some(stored) if stored == f.size => {}
+                    Some(stored) => {
+                        return Err(bad(format!(
+                            "task {i}: {:?} is {stored} bytes, but the job says {}",
+                            f.path, f.size
+                        )));
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "task {i}: {:?} (blob {}) has not been uploaded",
+                            f.path, f.digest
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(read)
     }
 
     /// Cancels a job: its waiting tasks at once, its running ones as their agents stop them.
@@ -294,5 +338,101 @@ impl Hub {
             .await
             .map_err(|e| HubError::Io(format!("reading the blob store: {e}")))?;
         Ok(self.metrics.render(&gauges))
+    }
+}
+
+/// Reads the lines of a job's items blob: exactly one [`TaskItem`] per task, each checked
+/// against the job; a line longer than [`MAX_ITEM_BYTES`] is refused before it is all read.
+fn read_item_lines(path: &std::path::Path, job: &JobSpec) -> Result<Vec<TaskItem>, String> {
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).map_err(|e| format!("the blob is not here: {e}"))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut items = Vec::with_capacity(job.count as usize);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_ITEM_BYTES as u64 + 2)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("reading the blob: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let task = items.len();
+        if task >= job.count as usize {
+            return Err(format!("more lines than the job's {} task(s)", job.count));
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if n > MAX_ITEM_BYTES {
+            return Err(format!(
+                "line {} (task {task}) is longer than {MAX_ITEM_BYTES} bytes",
+                task + 1
+            ));
+        }
+        let item: TaskItem = serde_json::from_slice(&line)
+            .map_err(|e| format!("line {} (task {task}): {e}", task + 1))?;
+        item.check(job)
+            .map_err(|e| format!("line {} (task {task}): {e}", task + 1))?;
+        items.push(item);
+    }
+    if items.len() != job.count as usize {
+        return Err(format!(
+            "{} line(s) for the job's {} task(s)",
+            items.len(),
+            job.count
+        ));
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lull_protocol::job::Items;
+
+    fn read(lines: &str, count: u32) -> Result<Vec<TaskItem>, String> {
+        let mut job = crate::store::tests::spec(count, 1);
+        job.items = Some(Items {
+            digest: lull_protocol::Digest::of(lines.as_bytes()),
+            size: lines.len() as u64,
+            columns: vec!["n".into()],
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items");
+        std::fs::write(&path, lines).unwrap();
+        read_item_lines(&path, &job)
+    }
+
+    #[test]
+    fn the_tasks_parts_are_one_line_each_and_every_line_is_checked() {
+        let items = read("{\"values\":{\"n\":\"1\"}}\n{}\n", 2).unwrap();
+        assert_eq!(items[0].values["n"], "1");
+        assert_eq!(items[1], TaskItem::default());
+        assert_eq!(
+            read("{}", 1).unwrap().len(),
+            1,
+            "the last newline may be left out"
+        );
+        for (lines, count, why) in [
+            ("{}\n", 2, "1 line(s) for the job's 2 task(s)"),
+            ("{}\n{}\n", 1, "more lines than the job's 1 task(s)"),
+            ("{}\nnot json\n", 2, "line 2 (task 1): expected"),
+            (
+                "{\"values\":{\"m\":\"1\"}}\n",
+                1,
+                "line 1 (task 0): a value for \"m\"",
+            ),
+            ("{\"other\":1}\n", 1, "line 1 (task 0): unknown field"),
+        ] {
+            let e = read(lines, count).unwrap_err();
+            assert!(e.contains(why), "{lines:?}: {e}");
+        }
+        let long = format!(
+            "{{\"values\":{{\"n\":\"{}\"}}}}\n",
+            "x".repeat(MAX_ITEM_BYTES + 10)
+        );
+        let e = read(&long, 1).unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
     }
 }
