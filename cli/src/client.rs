@@ -160,6 +160,26 @@ impl Client {
         )
     }
 
+    /// The coordinator's address, as used.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GET a JSON document that may not exist: `None` for 404 Not Found.
+    pub async fn get_optional<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Option<T>> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| Unreachable(self.unreachable(&e)))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.check(Ok(resp)).await?;
+        Ok(Some(resp.json().await?))
+    }
+
     /// GET a JSON document.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self

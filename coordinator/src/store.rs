@@ -93,12 +93,20 @@ pub struct JobRow {
     pub created_ms: i64,
     /// Whether a person cancelled it.
     pub cancelled: bool,
+    /// Whether it waits for the jobs it comes after ([`JobSpec::after`]).
+    pub held: bool,
+    /// Why it stays held for good, once one of those jobs did not succeed.
+    pub hold: Option<String>,
+    /// When it was released from its hold (ms since the Unix epoch).
+    pub released_ms: Option<i64>,
 }
 
 impl JobRow {
-    /// How long ago it was submitted, at `now_ms` (zero for a clock that went back).
+    /// How long ago it was submitted, or released from its hold, at `now_ms` (zero for a
+    /// clock that went back): what its deadline and queue timeout count from.
     pub fn age(&self, now_ms: i64) -> std::time::Duration {
-        std::time::Duration::from_millis(u64::try_from(now_ms - self.created_ms).unwrap_or(0))
+        let from = self.released_ms.unwrap_or(self.created_ms);
+        std::time::Duration::from_millis(u64::try_from(now_ms - from).unwrap_or(0))
     }
 }
 
@@ -117,6 +125,8 @@ pub struct JobHeader {
     pub counts: Counts,
     /// The user who submitted it.
     pub owner: String,
+    /// Whether it waits for the jobs it comes after.
+    pub held: bool,
 }
 
 /// An attempt and its agent from a row of `job_id, idx, attempt, agent_id`.
@@ -370,6 +380,7 @@ pub(crate) mod tests {
         tasks_that_ran_out_of_time_fail_only_while_pending,
         a_result_offered_under_a_key_is_taken_by_a_later_pending_task,
         each_task_gets_its_own_part_with_its_assignment,
+        a_held_job_is_released_with_the_outputs_of_the_jobs_it_comes_after,
     );
     use lull_protocol::Digest;
     use lull_protocol::job::{ModuleSpec, Placement, Resources};
@@ -410,6 +421,7 @@ pub(crate) mod tests {
             deadline_ms: None,
             cache: false,
             items: None,
+            after: vec![],
         }
     }
 
@@ -584,6 +596,117 @@ pub(crate) mod tests {
         let attempts = s.attempts(task).await.unwrap();
         assert_eq!(attempts.len(), 1);
         assert!(attempts[0].result.is_some());
+    }
+
+    async fn a_held_job_is_released_with_the_outputs_of_the_jobs_it_comes_after(s: Store) {
+        use lull_dispatch::{Change, Persisted};
+        use lull_protocol::job::Mount;
+        use lull_protocol::message::OutputFile;
+        let s = &s;
+        let release = |job| async move {
+            let mut out = s.persist(&[Change::Release { job }], 10).await.unwrap();
+            out.pop().unwrap()
+        };
+        let map = s.insert_job(&spec(2, 1), 0).await.unwrap();
+        let failing = s.insert_job(&spec(1, 1), 0).await.unwrap();
+        let mut reduce = spec(1, 1);
+        reduce.after = vec![map];
+        reduce.modules[0].mounts = vec![Mount {
+            path: "/map".into(),
+            files: vec![],
+            job: Some(map),
+        }];
+        let reduce = s.insert_job(&reduce, 1).await.unwrap();
+        let mut after_failing = spec(1, 1);
+        after_failing.after = vec![map, failing];
+        let after_failing = s.insert_job(&after_failing, 1).await.unwrap();
+        let mut last = spec(1, 1);
+        last.after = vec![after_failing];
+        let last = s.insert_job(&last, 1).await.unwrap();
+        let row = s.job(reduce).await.unwrap();
+        assert!(row.held && row.hold.is_none() && row.released_ms.is_none());
+
+        // While the map runs, the reduce waits.
+        assert!(matches!(release(reduce).await, Persisted::Done));
+        for index in 0..2 {
+            let a = s
+                .assign(TaskId { job: map, index }, "a", 2)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut r = result(a, 0);
+            r.outputs = vec![OutputFile {
+                path: format!("counts/{index}.txt"),
+                digest: Digest::of(&[index as u8]),
+                size: 1,
+            }];
+            record(s, "a", &r, TaskState::Succeeded, 3).await.unwrap();
+        }
+        let a = s
+            .assign(
+                TaskId {
+                    job: failing,
+                    index: 0,
+                },
+                "a",
+                2,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        record(s, "a", &result(a, 1), TaskState::Failed, 3)
+            .await
+            .unwrap();
+
+        let Persisted::Released(released) = release(reduce).await else {
+            panic!("not released");
+        };
+        let files: Vec<(String, Digest)> = released.modules[0].mounts[0]
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.digest))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("0/counts/0.txt".to_owned(), Digest::of(&[0])),
+                ("1/counts/1.txt".to_owned(), Digest::of(&[1]))
+            ]
+        );
+        let row = s.job(reduce).await.unwrap();
+        assert!(!row.held && row.released_ms == Some(10));
+        assert_eq!(row.spec.modules[0].mounts, released.modules[0].mounts);
+        assert!(
+            matches!(release(reduce).await, Persisted::NotPending),
+            "released once"
+        );
+
+        // A job after one that failed is held for good, and so is the one after it.
+        let Persisted::Blocked(why) = release(after_failing).await else {
+            panic!("not blocked");
+        };
+        assert_eq!(
+            why,
+            format!(
+                "job {failing} (t), which it comes after, did not succeed: 1 task(s) failed, 0 cancelled"
+            )
+        );
+        assert_eq!(
+            s.job(after_failing).await.unwrap().hold.as_deref(),
+            Some(why.as_str())
+        );
+        let Persisted::Blocked(then) = release(last).await else {
+            panic!("not blocked");
+        };
+        assert!(
+            then.starts_with(&format!(
+                "job {after_failing} (t), which it comes after, is held: job {failing}"
+            )),
+            "{then}"
+        );
+        // Cancelled, it is no longer to be released.
+        s.cancel_job(last, 11).await.unwrap();
+        assert!(matches!(release(last).await, Persisted::NotPending));
     }
 
     async fn each_task_gets_its_own_part_with_its_assignment(s: Store) {

@@ -38,14 +38,21 @@
 //! - A job's `queue_timeout` fails a task pending that long (since the job was accepted, or its
 //!   last attempt ended) and its `deadline` every unfinished task, stopping running attempts,
 //!   both through [`Change::Expire`], which applies only to tasks still pending.
+//! - A job that comes after others ([`JobSpec::after`], a workflow's later step) is held: none
+//!   of its tasks is queued until the store, asked with [`Change::Release`] whenever tasks of
+//!   those jobs end, says they all succeeded; then it starts as a new job. One that did not
+//!   succeed holds it for good, and the jobs after it in turn.
 //! - A drained agent takes no new work and its attempts are evicted at the drain's deadline; a
 //!   revoked agent is cut off and its attempts go back to pending.
 //!
 //! Tested by simulation (`tests/sim.rs`): leases running out, late and duplicate results,
 //! agents lost mid-task, drains, backoffs, and thousands of agents and tasks in simulated time.
 
+mod held;
 pub mod leases;
 pub mod verify;
+
+pub use held::{HELD_CHECK_INTERVAL, HELD_RETRY};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -134,6 +141,15 @@ pub enum Command {
         /// The change.
         change: Change,
     },
+    /// A held job was released (every job it comes after succeeded, and the store filled in
+    /// their outputs): take the cached results of its tasks if it caches, then hand it over
+    /// with [`Dispatch::handle_submitted`], as a new job.
+    Release {
+        /// The job.
+        job: u64,
+        /// Its definition as released.
+        spec: Arc<JobSpec>,
+    },
 }
 
 /// A change of durable state.
@@ -159,6 +175,15 @@ pub enum Change {
     },
     /// End an attempt. Answered by [`Persisted::Ended`] or [`Persisted::Stale`].
     End(Ending),
+    /// Release the held `job` if every job it comes after ([`JobSpec::after`]) has succeeded,
+    /// filling in the mounts of their outputs. Answered by [`Persisted::Released`],
+    /// [`Persisted::Blocked`] (one of them ended otherwise; the reason is recorded),
+    /// [`Persisted::Done`] (some have not ended yet) or [`Persisted::NotPending`] (the job was
+    /// cancelled, deleted or released already by another coordinator, which runs it).
+    Release {
+        /// The job.
+        job: u64,
+    },
     /// Fail tasks of `job` that are still pending (not running, not ended), with `cause`: these
     /// (`tasks`), or, with `None`, every one (its deadline passed). Answered by
     /// [`Persisted::Done`].
@@ -222,6 +247,10 @@ pub enum Persisted {
     Ended(TaskState),
     /// The attempt had already ended, or is not the holder's: nothing changed.
     Stale,
+    /// The held job was released, with this definition.
+    Released(Box<JobSpec>),
+    /// The held job stays held for good: a job it comes after did not succeed (why).
+    Blocked(String),
     /// Recorded.
     Done,
     /// The store failed; the reason.
@@ -372,6 +401,10 @@ enum Op {
         tasks: Vec<TaskId>,
         deadline: bool,
     },
+    /// A held job asked to be released.
+    Release {
+        job: u64,
+    },
 }
 
 /// A limit in time on a job's tasks, due at some moment ([`JobSpec::deadline_ms`],
@@ -500,6 +533,8 @@ pub struct Dispatch {
     /// The clusters that allow preemption, each with when it is next looked at and the
     /// attempt it is evicting, if any.
     preempting: BTreeMap<String, Preempting>,
+    /// Jobs held until the jobs they come after succeed.
+    held: held::Holds,
 }
 
 /// Where preemption stands in one cluster.
@@ -543,6 +578,7 @@ impl Dispatch {
             next_forget: None,
             clock: None,
             preempting: BTreeMap::new(),
+            held: held::Holds::default(),
             config,
         }
     }
@@ -638,6 +674,8 @@ impl Dispatch {
     /// A job was cancelled in the store (here or by another coordinator): nothing of it is
     /// queued any more, and its attempts running here are told to stop.
     pub fn handle_cancelled(&mut self, job: u64) {
+        self.held.forget(job);
+        self.parent_changed(job);
         if !self.cancelled.insert(job) {
             return;
         }
@@ -1027,6 +1065,7 @@ impl Dispatch {
     /// left here are forgotten.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
+        self.check_held_due(now);
         if self.next_forget.is_some_and(|t| t <= now) {
             self.next_forget = None;
             self.forget_idle_jobs();
@@ -1338,18 +1377,26 @@ impl Dispatch {
                         }
                     }
                 }
-                self.result_recorded(now, attempt, &agent, evicted, replica, outcome)
+                self.result_recorded(now, attempt, &agent, evicted, replica, outcome);
+                self.parent_changed(attempt.task.job);
             }
             Op::Lost {
                 attempt,
                 agent,
                 loss,
-            } => self.loss_recorded(now, attempt, &agent, loss, outcome),
+            } => {
+                self.loss_recorded(now, attempt, &agent, loss, outcome);
+                self.parent_changed(attempt.task.job);
+            }
             Op::Expire {
                 job,
                 tasks,
                 deadline,
-            } => self.expiry_recorded(now, job, tasks, deadline, outcome),
+            } => {
+                self.expiry_recorded(now, job, tasks, deadline, outcome);
+                self.parent_changed(job);
+            }
+            Op::Release { job } => self.release_recorded(now, job, outcome),
         }
     }
 
@@ -1374,6 +1421,7 @@ impl Dispatch {
             backoff,
             expiry,
             self.next_forget,
+            self.held.next_check(),
         ]
         .into_iter()
         .flatten()
@@ -1659,7 +1707,7 @@ impl Dispatch {
             Op::Start { attempt } | Op::Result { attempt, .. } | Op::Lost { attempt, .. } => {
                 attempt.task.job
             }
-            Op::Expire { job, .. } => *job,
+            Op::Expire { job, .. } | Op::Release { job } => *job,
         }));
         let before = self.jobs.len();
         self.jobs.retain(|job, _| busy.contains(job));
@@ -2088,7 +2136,13 @@ impl Dispatch {
             );
             return;
         }
-        if self.cancelled.contains(&task.job) || !self.queued.insert(task) {
+        // Only tasks of jobs known here, and not held, are queued (a job found held in a
+        // shared database is loaded once it is released).
+        if self.cancelled.contains(&task.job)
+            || self.held.jobs.contains_key(&task.job)
+            || !self.jobs.contains_key(&task.job)
+            || !self.queued.insert(task)
+        {
             return;
         }
         if self.ensure_job(task.job) {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lull_dispatch::{
-    Change, Command, Config, Conn, Dispatch, Ending, Hello, OpId, Persisted, Report, TaskState,
+    Change, Command, Config, Conn, Dispatch, Ending, HELD_CHECK_INTERVAL, HELD_RETRY, Hello, OpId,
+    Persisted, Report, TaskState,
 };
 use lull_protocol::Digest;
 use lull_protocol::job::{
@@ -57,6 +58,10 @@ struct Store {
     accepted: BTreeMap<TaskId, Digest>,
     /// Each task's own part, for jobs that have them.
     items: BTreeMap<TaskId, TaskItem>,
+    /// Jobs held until the jobs they come after succeed, with their definitions, and why
+    /// each blocked one stays held.
+    held: BTreeMap<u64, JobSpec>,
+    blocked: BTreeMap<u64, String>,
 }
 
 impl Store {
@@ -128,6 +133,43 @@ impl Store {
                     }
                 }
                 Persisted::Ended(row.state)
+            }
+            Change::Release { job } => {
+                if self.cancelled.contains(job) {
+                    return Persisted::NotPending;
+                }
+                let Some(spec) = self.held.get(job) else {
+                    return Persisted::NotPending;
+                };
+                let mut waiting = false;
+                for parent in &spec.after {
+                    if let Some(why) = self.blocked.get(parent) {
+                        let why = format!("job {parent} is held: {why}");
+                        self.blocked.insert(*job, why.clone());
+                        return Persisted::Blocked(why);
+                    }
+                    if self.held.contains_key(parent) {
+                        waiting = true;
+                        continue;
+                    }
+                    let states: Vec<TaskState> = self
+                        .tasks
+                        .iter()
+                        .filter(|(t, _)| t.job == *parent)
+                        .map(|(_, r)| r.state)
+                        .collect();
+                    if states.iter().any(|s| !s.is_final()) {
+                        waiting = true;
+                    } else if states.iter().any(|s| *s != TaskState::Succeeded) {
+                        let why = format!("job {parent} did not succeed");
+                        self.blocked.insert(*job, why.clone());
+                        return Persisted::Blocked(why);
+                    }
+                }
+                if waiting {
+                    return Persisted::Done;
+                }
+                Persisted::Released(Box::new(self.held.remove(job).expect("held")))
             }
             Change::Expire { job, tasks, cause } => {
                 for (task, row) in self.tasks.iter_mut().filter(|(t, _)| t.job == *job) {
@@ -203,6 +245,8 @@ struct Sim {
     assigned: Vec<(AttemptId, String)>,
     /// When each attempt was assigned (time since the start), in order.
     assigned_at: Vec<(Duration, AttemptId)>,
+    /// Held jobs released, in order.
+    released: Vec<u64>,
 }
 
 fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
@@ -240,6 +284,7 @@ fn job_spec(count: u32, max_attempts: u32) -> JobSpec {
         deadline_ms: None,
         cache: false,
         items: None,
+        after: vec![],
     }
 }
 
@@ -281,6 +326,7 @@ impl Sim {
             next_job: 1,
             assigned: Vec::new(),
             assigned_at: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -390,6 +436,14 @@ impl Sim {
                 },
             );
         }
+        if !spec.after.is_empty() {
+            let after = spec.after.clone();
+            self.jobs.insert(job, Arc::new(spec.clone()));
+            self.store.held.insert(job, spec);
+            self.core.handle_held(self.now, job, &after, None);
+            self.drive();
+            return job;
+        }
         let spec = Arc::new(spec);
         self.jobs.insert(job, spec.clone());
         self.core.handle_submitted(self.now, job, spec, &[]);
@@ -456,6 +510,10 @@ impl Sim {
                 Command::Persist { op, change } => {
                     self.persisting
                         .push_back((self.now + self.write_time, op, change));
+                }
+                Command::Release { job, spec } => {
+                    self.released.push(job);
+                    self.core.handle_submitted(self.now, job, spec, &[]);
                 }
             }
         }
@@ -2015,4 +2073,113 @@ fn a_task_is_sent_its_own_part_and_only_its_agent_may_fetch_its_files() {
             "task {index}'s file is not for {other}"
         );
     }
+}
+
+/// A job of `count` tasks of alice's that comes after `after`.
+fn step(count: u32, after: &[u64]) -> JobSpec {
+    let mut spec = job_spec(count, 1);
+    spec.owner = "alice".into();
+    spec.after = after.to_vec();
+    spec
+}
+
+fn started(sim: &Sim, job: u64) -> bool {
+    sim.assigned.iter().any(|(a, _)| a.task.job == job)
+}
+
+#[test]
+fn a_job_starts_once_every_job_it_comes_after_has_succeeded() {
+    let mut sim = Sim::new();
+    sim.connect("a", 4, fast(Duration::from_secs(3)));
+    let map = sim.submit_spec(step(4, &[]));
+    let other = sim.submit_spec(step(2, &[]));
+    let reduce = sim.submit_spec(step(1, &[map, other]));
+    // Four slots: the map's four tasks run, the other job's wait, and so does the reduce.
+    let mut seen_both_unfinished = false;
+    while !(sim.job_done(map) && sim.job_done(other)) {
+        assert!(
+            !started(&sim, reduce),
+            "the reduce started before its jobs ended"
+        );
+        assert_eq!(sim.core.held(reduce), Some(None), "waiting, not blocked");
+        seen_both_unfinished |= !sim.job_done(map) && !sim.job_done(other);
+        sim.run_for(Duration::from_millis(100));
+        assert!(sim.elapsed() < Duration::from_secs(30));
+    }
+    assert!(seen_both_unfinished);
+    // Released as the last of them ends, not at the next look at every held job.
+    sim.run_until(Duration::from_secs(1), "the reduce to start", |s| {
+        started(s, reduce)
+    });
+    sim.run_until(Duration::from_secs(30), "the reduce to succeed", |s| {
+        s.job_done(reduce)
+    });
+    assert_eq!(
+        sim.row(TaskId {
+            job: reduce,
+            index: 0
+        })
+        .state,
+        TaskState::Succeeded
+    );
+    assert_eq!(sim.released, [reduce]);
+    assert_eq!(sim.core.held(reduce), None, "no longer held");
+}
+
+#[test]
+fn a_failed_job_holds_what_comes_after_it_for_good() {
+    let mut sim = Sim::new();
+    sim.connect(
+        "a",
+        2,
+        Behaviour {
+            fails: true,
+            ..fast(Duration::from_secs(1))
+        },
+    );
+    let map = sim.submit_spec(step(2, &[]));
+    let reduce = sim.submit_spec(step(1, &[map]));
+    let last = sim.submit_spec(step(1, &[reduce]));
+    sim.run_until(Duration::from_secs(30), "the map to fail", |s| {
+        s.job_done(map)
+    });
+    sim.run_for(Duration::from_secs(5));
+    assert!(!started(&sim, reduce) && !started(&sim, last));
+    assert_eq!(sim.core.held(reduce), Some(Some("job 1 did not succeed")));
+    assert_eq!(sim.store.blocked[&reduce], "job 1 did not succeed");
+    // And so is the one after it, in turn.
+    assert_eq!(
+        sim.core.held(last),
+        Some(Some("job 2 is held: job 1 did not succeed"))
+    );
+    let writes = sim.store.writes;
+    sim.run_for(HELD_CHECK_INTERVAL * 3);
+    assert_eq!(
+        sim.store.writes, writes,
+        "a job held for good is not asked about again"
+    );
+    assert!(sim.released.is_empty());
+    // Cancelled, a held job is forgotten.
+    sim.cancel(last);
+    assert_eq!(sim.core.held(last), None);
+}
+
+#[test]
+fn a_job_held_while_the_store_fails_is_released_once_it_recovers() {
+    let mut sim = Sim::new();
+    sim.connect("a", 2, fast(Duration::from_secs(2)));
+    let map = sim.submit_spec(step(2, &[]));
+    sim.run_until(Duration::from_secs(30), "the map to end", |s| {
+        s.job_done(map)
+    });
+    // The store fails when the reduce is submitted and asked about, and a few times after.
+    sim.store.failing = true;
+    let reduce = sim.submit_spec(step(1, &[map]));
+    sim.run_for(HELD_RETRY * 3);
+    assert!(!started(&sim, reduce));
+    sim.store.failing = false;
+    sim.run_until(Duration::from_secs(60), "the reduce to succeed", |s| {
+        s.job_done(reduce)
+    });
+    assert_eq!(sim.released, [reduce]);
 }

@@ -12,7 +12,8 @@
 //! - a job definition that passes its check has the same invariants, input paths that stay
 //!   inside `/input`, a manifest with one layer per blob, and an equal, still valid copy after
 //!   a trip through JSON;
-//! - a size or duration that reads is finite and reads the same with spaces around it.
+//! - a size or duration that reads is finite and reads the same with spaces around it;
+//! - a workflow file that parses orders its jobs so that each comes after the jobs it names.
 
 #![no_main]
 
@@ -28,13 +29,18 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 3 {
+    match selector % 4 {
         0 => {
             if let Ok(text) = std::str::from_utf8(rest) {
                 job_file(text);
             }
         }
         1 => job_spec(rest),
+        2 => {
+            if let Ok(text) = std::str::from_utf8(rest) {
+                workflow(text);
+            }
+        }
         _ => {
             if let Ok(text) = std::str::from_utf8(rest) {
                 units_(text);
@@ -48,7 +54,7 @@ fn job_file(text: &str) {
         return;
     };
     assert!(!file.name.trim().is_empty());
-    assert!((1..=MAX_COUNT).contains(&file.count));
+    assert!((1..=MAX_COUNT).contains(&file.count.unwrap_or(1)));
     job::check_cluster_id(&file.cluster).expect("cluster");
     assert!(!file.modules.is_empty(), "a parsed job has modules");
     for m in &file.modules {
@@ -114,6 +120,7 @@ fn job_file(text: &str) {
         deadline_ms: file.deadline().expect("checked").map(|d| d.as_millis() as u64),
         cache: file.cache,
         items: None,
+        after: vec![],
     };
     if let Err(e) = spec.check() {
         panic!("a job file that parses resolves to a job the coordinator refuses: {e}\n{text}");
@@ -151,7 +158,7 @@ fn job_spec(json: &[u8]) {
                 f.path
             );
         }
-        let args = job::expand_args(&m.args, spec.count - 1);
+        let args = job::expand_args(&m.args, spec.count - 1, &job::NO_VALUES);
         assert_eq!(args.len(), m.args.len());
     }
     let blobs = spec.blobs().count();
@@ -179,5 +186,21 @@ fn units_(text: &str) {
     }
     if let Ok(d) = units::parse_duration(text) {
         assert_eq!(units::parse_duration(&format!(" {text}\t")), Ok(d));
+    }
+}
+
+fn workflow(text: &str) {
+    let Ok(file) = lull_protocol::workflow::WorkflowFile::parse(text) else {
+        return;
+    };
+    let order = file.order().expect("a parsed workflow has an order");
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..file.jobs.len()).collect::<Vec<_>>(), "each job once");
+    for (at, &i) in order.iter().enumerate() {
+        for parent in &file.jobs[i].after {
+            let p = file.jobs.iter().position(|j| &j.name == parent).expect("named");
+            assert!(order[..at].contains(&p), "{parent} comes before {}", file.jobs[i].name);
+        }
     }
 }

@@ -422,6 +422,9 @@ impl Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
+    /// Waits for the jobs it comes after to succeed (or, when one did not, for good); none of
+    /// its tasks has started.
+    Held,
     /// Tasks wait, none runs.
     Pending,
     /// Tasks run.
@@ -461,12 +464,23 @@ impl JobState {
     /// Its name, e.g. `cancelling`.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Held => "held",
             JobState::Pending => "pending",
             JobState::Running => "running",
             JobState::Cancelling => "cancelling",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state of a job with these counts that may be held: held while it is and not
+    /// cancelled, else [`JobState::of`].
+    pub fn of_held(c: &Counts, cancelled: bool, held: bool) -> Self {
+        if held && !cancelled && c.pending > 0 {
+            JobState::Held
+        } else {
+            JobState::of(c, cancelled)
         }
     }
 
@@ -546,6 +560,9 @@ pub struct JobDetail {
     pub job: JobSummary,
     /// While tasks wait: why, in words.
     pub waiting_reason: Option<String>,
+    /// For a job held for good (a job it comes after did not succeed): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
     /// Its definition.
     pub spec: JobSpec,
     /// The page of its tasks asked for, by index.
@@ -941,6 +958,7 @@ mod tests {
                 owner: "alice".into(),
             },
             waiting_reason: None,
+            hold: None,
             spec,
             tasks: vec![],
             next_offset: None,

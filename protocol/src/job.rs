@@ -277,7 +277,12 @@ pub struct ModuleFile {
 pub struct MountFile {
     /// The directory, relative to the job file: its whole tree is uploaded (as content-addressed
     /// files) and kept as it is.
-    pub source: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    /// Or, in a workflow, the job (by its name in the workflow) whose outputs are seen here,
+    /// each task's under its index: `PATH/3/counts.txt`. The job comes after that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Where the guest sees it, e.g. `/share`; `/scratch` seeds the scratch space.
     pub path: String,
 }
@@ -289,6 +294,11 @@ pub struct Mount {
     pub path: String,
     /// Its files, by path relative to the mount (`/`-separated, subdirectories kept).
     pub files: Vec<FileRef>,
+    /// For a tree of another job's outputs: that job, one of [`JobSpec::after`]. Its files are
+    /// filled in by the coordinator when that job has succeeded (each task's outputs under its
+    /// index); empty until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
 }
 
 /// The most files the mounts of one module may hold together.
@@ -565,6 +575,14 @@ impl JobFile {
             let mounts: Vec<(&str, Option<&[FileRef]>)> =
                 m.mounts.iter().map(|m| (m.path.as_str(), None)).collect();
             check_mounts(&format!("module[{i}]"), &mounts)?;
+            for (j, mount) in m.mounts.iter().enumerate() {
+                if mount.source.is_some() == mount.job.is_some() {
+                    return Err(invalid(
+                        format!("module[{i}].mount[{j}]"),
+                        "give either source (a directory) or job (a job of the workflow), not both",
+                    ));
+                }
+            }
             match (&m.path, &m.digest) {
                 (Some(_), Some(_)) => {
                     return Err(invalid(
@@ -841,6 +859,9 @@ pub struct ItemFiles {
     pub inputs: Vec<FileRef>,
 }
 
+/// The most jobs one job may come after.
+pub const MAX_AFTER: usize = 64;
+
 /// The most columns an `items` table may have.
 pub const MAX_COLUMNS: usize = 64;
 /// The most bytes one task's [`TaskItem`] may take as JSON.
@@ -1095,6 +1116,11 @@ pub struct JobSpec {
     /// Each task's own values and files, when its tasks differ by more than their index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Items>,
+    /// The jobs that must succeed before any task of this one starts (a workflow's earlier
+    /// steps); until then it is held. A job among them that ends otherwise holds it for good,
+    /// saying which.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<u64>,
 }
 
 impl JobSpec {
@@ -1239,6 +1265,22 @@ impl JobSpec {
                 .map(|m| (m.path.as_str(), Some(m.files.as_slice())))
                 .collect();
             check_mounts(&field, &mounts)?;
+            for (j, mount) in m.mounts.iter().enumerate() {
+                if let Some(job) = mount.job
+                    && !self.after.contains(&job)
+                {
+                    return Err(invalid(
+                        format!("{field}.mount[{j}].job"),
+                        format!("job {job} is not one this job comes after"),
+                    ));
+                }
+            }
+        }
+        check_len("after", self.after.len(), MAX_AFTER)?;
+        for (i, job) in self.after.iter().enumerate() {
+            if self.after[..i].contains(job) {
+                return Err(invalid("after", format!("job {job} is named twice")));
+            }
         }
         let bytes = json_len(self);
         if bytes > MAX_SPEC_BYTES {
@@ -1699,6 +1741,7 @@ max_attempts = 3
             deadline_ms: None,
             cache: false,
             items: None,
+            after: vec![],
         }
     }
 
@@ -1729,10 +1772,12 @@ max_attempts = 3
             Mount {
                 path: "/data".into(),
                 files: vec![file("a/b.txt")],
+                job: None,
             },
             Mount {
                 path: "/data/inner".into(),
                 files: vec![],
+                job: None,
             },
         ];
         let e = job.check().unwrap_err().to_string();
@@ -1982,6 +2027,43 @@ max_attempts = 3
             modules: vec![],
         };
         assert!(big.check(&job).unwrap_err().contains("the most is 64 KiB"));
+    }
+
+    #[test]
+    fn a_job_reads_the_outputs_only_of_jobs_it_comes_after() {
+        let mut job = spec();
+        job.modules[0].mounts = vec![Mount {
+            path: "/map".into(),
+            files: vec![],
+            job: Some(7),
+        }];
+        let e = job.check().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "modules[0].mount[0].job: job 7 is not one this job comes after"
+        );
+        job.after = vec![7];
+        job.check().unwrap();
+        job.after = vec![7, 7];
+        assert_eq!(
+            job.check().unwrap_err().to_string(),
+            "after: job 7 is named twice"
+        );
+        let file = |mount: &str| {
+            JobFile::parse(&format!(
+                "name = \"x\"\n[[module]]\npath = \"a.wasm\"\n[[module.mount]]\n{mount}\npath = \"/in\"\n"
+            ))
+            .map_err(|e| e.to_string())
+        };
+        assert!(file("source = \"d\"").is_ok());
+        assert!(file("job = \"map\"").is_ok());
+        for both in ["source = \"d\"\njob = \"map\"", ""] {
+            let e = file(both).unwrap_err();
+            assert!(
+                e.starts_with("module[0].mount[0]: give either source"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod signature;
 pub mod sync;
 mod task_state;
 pub mod units;
+pub mod workflow;
 
 pub use digest::Digest;
 pub use message::PROTOCOL_VERSION;

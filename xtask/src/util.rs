@@ -252,7 +252,10 @@ pub fn build_examples() -> anyhow::Result<()> {
     let dir = root().join("examples");
     for (target, packages) in [
         ("wasm32-wasip1", &["mandelbrot", "crunch"][..]),
-        ("wasm32-wasip2", &["montecarlo", "wordcount", "primes"][..]),
+        (
+            "wasm32-wasip2",
+            &["montecarlo", "wordcount", "primes", "wordfreq"][..],
+        ),
     ] {
         let mut cmd = Command::new(cargo_bin());
         cmd.args(["build", "--release", "--target", target])

@@ -12,6 +12,7 @@ pub mod results;
 pub mod status;
 pub mod submit;
 pub mod tokens;
+pub mod workflow;
 
 /// Prints a value as pretty JSON.
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -277,7 +277,7 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
         }
         bar.set_message(msg);
         let state = d.job.state;
-        if state.is_final() {
+        if state.is_final() || d.hold.is_some() {
             bar.finish_and_clear();
             d.next_offset = None;
             if c.failed > 0 {
@@ -290,7 +290,9 @@ pub async fn watch(client: &Client, job: u64, show: bool) -> anyhow::Result<JobD
                 d.tasks = page.tasks;
                 d.next_offset = page.next_offset;
             }
-            if show {
+            if let Some(why) = d.hold.as_deref().filter(|_| show) {
+                eprintln!("job {job} held for good: {why}");
+            } else if show {
                 eprintln!(
                     "job {job} {state}: {} succeeded, {} failed, {} cancelled",
                     c.succeeded, c.failed, c.cancelled

@@ -18,21 +18,22 @@ use crate::client::Client;
 /// `lull submit`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The job file.
-    job: PathBuf,
-    /// Follow the job to its end with a progress bar; exit 0 only if every task succeeded.
+    /// The job file, or a workflow file (`[[job]]` tables naming job files).
+    pub(super) job: PathBuf,
+    /// Follow the job to its end with a progress bar (a workflow: each job until it ends or is held
+    /// for good); exit 0 only if every task succeeded.
     #[arg(long)]
-    watch: bool,
+    pub(super) watch: bool,
     /// Print JSON: the job number and what was uploaded (with --watch, the job's final status).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// The signing key for modules without a FILE.sig beside them.
     #[arg(long, env = "LULL_KEY")]
-    key: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
 }
 
 /// A file to upload.
-struct Local {
+pub(super) struct Local {
     digest: Digest,
     path: PathBuf,
     /// Whether it is a module (rather than stdin or an input).
@@ -46,11 +47,11 @@ const CHUNK: u64 = 8 << 20;
 const MISSING_CHUNK: usize = 10_000;
 
 /// A job file resolved: the job definition and the files to upload.
-struct Resolved {
-    spec: JobSpec,
-    files: Vec<Local>,
+pub(super) struct Resolved {
+    pub(super) spec: JobSpec,
+    pub(super) files: Vec<Local>,
     /// The tasks' own parts, written to a temporary file that is uploaded with the rest.
-    items: Option<tempfile::NamedTempFile>,
+    pub(super) items: Option<tempfile::NamedTempFile>,
 }
 
 /// The job file's `items` table.
@@ -124,7 +125,7 @@ fn check_placeholders(
 
 /// What the uploads of one submit did.
 #[derive(Debug, Default, serde::Serialize)]
-struct UploadReport {
+pub(super) struct UploadReport {
     /// Files the job names (each distinct blob once).
     files: usize,
     /// Files the coordinator lacked, uploaded now.
@@ -137,75 +138,28 @@ struct UploadReport {
     resumed_bytes: u64,
 }
 
-/// Submits a job; `configured_key` is the signing key named in the user's settings file.
+/// Submits a job, or a workflow; `configured_key` is the signing key named in the user's
+/// settings file.
 pub async fn run(
     client: &Client,
     args: Args,
     configured_key: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.job)
+        .with_context(|| format!("reading {}", args.job.display()))?;
+    if lull_protocol::workflow::is_workflow(&text) {
+        return super::workflow::run(client, args, configured_key).await;
+    }
     // The job file's own mistakes come first, before the coordinator is asked anything: its
     // syntax and fields, and modules that are not there.
-    let file = read_job_file(&args.job)?;
-    let base = args.job.parent().unwrap_or(Path::new("."));
-    for (i, m) in file.modules.iter().enumerate() {
-        if let Some(rel) = &m.path {
-            let path = base.join(rel);
-            std::fs::metadata(&path).with_context(|| {
-                format!(
-                    "{}: module[{i}].path: cannot read {}",
-                    args.job.display(),
-                    path.display()
-                )
-            })?;
-        }
-    }
-    let info: Info = client.get("/api/v1/info").await?;
-    // A development cluster's key lives at a fixed local path written by `lull dev`; the
-    // coordinator only says that it is one, it never names a file to sign with.
-    let key_path = args.key.clone().or(configured_key).or_else(|| {
-        let dev_key = super::dev::key_path();
-        (info.dev && dev_key.exists()).then_some(dev_key)
-    });
+    check_job_file(&args.job)?;
+    let key_path = signing_key(client, args.key.clone(), configured_key).await?;
     let Resolved {
         spec,
         files,
         items: _items,
-    } = resolve(&args.job, key_path.as_deref())?;
-
-    let digests: BTreeSet<Digest> = files.iter().map(|f| f.digest).collect();
-    let mut missing = BTreeSet::new();
-    let listed: Vec<Digest> = digests.iter().copied().collect();
-    for chunk in listed.chunks(MISSING_CHUNK) {
-        let answer: Missing = client
-            .post(
-                "/api/v1/blobs/missing",
-                &MissingRequest {
-                    digests: chunk.to_vec(),
-                },
-            )
-            .await?;
-        missing.extend(answer.missing);
-    }
-    let mut uploaded = BTreeSet::new();
-    let mut report = UploadReport {
-        files: digests.len(),
-        ..UploadReport::default()
-    };
-    for f in &files {
-        if missing.contains(&f.digest) && uploaded.insert(f.digest) {
-            let done = client
-                .upload(f.digest, &f.path, CHUNK)
-                .await
-                .with_context(|| format!("uploading {}", f.path.display()))?;
-            report.uploaded += 1;
-            report.bytes += done.sent;
-            report.resumed_bytes += done.resumed_from;
-            if f.module {
-                report.module_bytes += done.sent;
-            }
-        }
-    }
-    let Submitted { job } = client.post("/api/v1/jobs", &spec).await?;
+    } = resolve(&args.job, key_path.as_deref(), None)?;
+    let (job, report) = upload_and_post(client, &spec, &files).await?;
     if !args.watch {
         if args.json {
             super::print_json(&json!({ "job": job, "upload": report }))?;
@@ -244,6 +198,90 @@ pub async fn run(
     Ok(super::status::exit_code(&detail))
 }
 
+/// Why a mount cannot read the outputs of the workflow's job `name`.
+pub(super) fn not_after(name: &str) -> String {
+    format!("{name:?} is not a job this one comes after in the workflow")
+}
+
+/// Reads a job file and checks that its modules are there; returns it.
+pub(super) fn check_job_file(job: &Path) -> anyhow::Result<JobFile> {
+    let file = read_job_file(job)?;
+    let base = job.parent().unwrap_or(Path::new("."));
+    for (i, m) in file.modules.iter().enumerate() {
+        if let Some(rel) = &m.path {
+            let path = base.join(rel);
+            std::fs::metadata(&path).with_context(|| {
+                format!(
+                    "{}: module[{i}].path: cannot read {}",
+                    job.display(),
+                    path.display()
+                )
+            })?;
+        }
+    }
+    Ok(file)
+}
+
+/// The key to sign modules with: the one given, else the settings file's, else a development
+/// cluster's own (the coordinator only says that it is one; it never names a file to sign
+/// with).
+pub(super) async fn signing_key(
+    client: &Client,
+    given: Option<PathBuf>,
+    configured: Option<PathBuf>,
+) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(key) = given.or(configured) {
+        return Ok(Some(key));
+    }
+    let info: Info = client.get("/api/v1/info").await?;
+    let dev_key = super::dev::key_path();
+    Ok((info.dev && dev_key.exists()).then_some(dev_key))
+}
+
+/// Uploads the blobs of a resolved job that the coordinator lacks, then posts the job;
+/// returns its number and what was uploaded.
+pub(super) async fn upload_and_post(
+    client: &Client,
+    spec: &JobSpec,
+    files: &[Local],
+) -> anyhow::Result<(u64, UploadReport)> {
+    let digests: BTreeSet<Digest> = files.iter().map(|f| f.digest).collect();
+    let mut missing = BTreeSet::new();
+    let listed: Vec<Digest> = digests.iter().copied().collect();
+    for chunk in listed.chunks(MISSING_CHUNK) {
+        let answer: Missing = client
+            .post(
+                "/api/v1/blobs/missing",
+                &MissingRequest {
+                    digests: chunk.to_vec(),
+                },
+            )
+            .await?;
+        missing.extend(answer.missing);
+    }
+    let mut uploaded = BTreeSet::new();
+    let mut report = UploadReport {
+        files: digests.len(),
+        ..UploadReport::default()
+    };
+    for f in files {
+        if missing.contains(&f.digest) && uploaded.insert(f.digest) {
+            let done = client
+                .upload(f.digest, &f.path, CHUNK)
+                .await
+                .with_context(|| format!("uploading {}", f.path.display()))?;
+            report.uploaded += 1;
+            report.bytes += done.sent;
+            report.resumed_bytes += done.resumed_from;
+            if f.module {
+                report.module_bytes += done.sent;
+            }
+        }
+    }
+    let Submitted { job } = client.post("/api/v1/jobs", spec).await?;
+    Ok((job, report))
+}
+
 /// Reads and checks a job file (not the files it names).
 fn read_job_file(job_path: &Path) -> anyhow::Result<JobFile> {
     let text = std::fs::read_to_string(job_path)
@@ -252,7 +290,13 @@ fn read_job_file(job_path: &Path) -> anyhow::Result<JobFile> {
 }
 
 /// Reads a job file and everything it names; returns the job definition and the files to upload.
-fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<Resolved> {
+/// In a workflow, `parents` holds the jobs it comes after, by name: its mounts may read their
+/// outputs.
+pub(super) fn resolve(
+    job_path: &Path,
+    key: Option<&Path>,
+    parents: Option<&BTreeMap<String, u64>>,
+) -> anyhow::Result<Resolved> {
     let file = read_job_file(job_path)?;
     let base = job_path.parent().unwrap_or(Path::new("."));
     let key = key.map(super::keys::load).transpose()?;
@@ -275,6 +319,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<Resolved> {
     let columns = table.as_ref().map_or(&[][..], |t| &t.columns[..]);
     let mut files = Vec::new();
     let mut modules = Vec::new();
+    let mut after: Vec<u64> = Vec::new();
     // Per module: the patterns of the files each task has of its own (stdin, inputs).
     let mut own: Vec<(Option<String>, Vec<String>)> = Vec::new();
     for (i, m) in file.modules.iter().enumerate() {
@@ -401,7 +446,27 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<Resolved> {
         }
         let mut mounts = Vec::new();
         for (j, mount) in m.mounts.iter().enumerate() {
-            let dir = base.join(&mount.source);
+            let Some(source) = &mount.source else {
+                let name = mount.job.as_deref().unwrap_or_default();
+                let Some(parents) = parents else {
+                    bail!(
+                        "{field}.mount[{j}].job: {name:?} names a job of a workflow; submit the workflow file that holds this job"
+                    );
+                };
+                let Some(&id) = parents.get(name) else {
+                    bail!("{field}.mount[{j}].job: {}", not_after(name));
+                };
+                if !after.contains(&id) {
+                    after.push(id);
+                }
+                mounts.push(lull_protocol::job::Mount {
+                    path: mount.path.clone(),
+                    files: Vec::new(),
+                    job: Some(id),
+                });
+                continue;
+            };
+            let dir = base.join(source);
             let at = format!("{field}.mount[{j}].source");
             if !dir.is_dir() {
                 bail!("{at}: {} is not a directory", dir.display());
@@ -417,6 +482,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<Resolved> {
             mounts.push(lull_protocol::job::Mount {
                 path: mount.path.clone(),
                 files: refs,
+                job: None,
             });
         }
         modules.push(ModuleSpec {
@@ -472,6 +538,7 @@ fn resolve(job_path: &Path, key: Option<&Path>) -> anyhow::Result<Resolved> {
             size: *size,
             columns: columns.to_vec(),
         }),
+        after,
     };
     spec.check()?;
     Ok(Resolved {

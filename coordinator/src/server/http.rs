@@ -481,6 +481,16 @@ async fn submit(
             .map_err(|e| HubError::BadRequest(format!("group: {e}")))?;
     }
     spec.group = caller.principal.job_group(spec.group.as_deref())?;
+    // A job that comes after others reads their outputs: its submitter must see them.
+    for parent in &spec.after {
+        let (owner, cluster) = hub.store().job_owner(*parent).await.map_err(|e| match e {
+            crate::store::StoreError::NoJob(_) => {
+                HubError::BadRequest(format!("after: there is no job {parent}"))
+            }
+            e => e.into(),
+        })?;
+        caller.principal.may_see_job(*parent, &owner, &cluster)?;
+    }
     let job = hub
         .submit(spec, &caller.principal.user, caller.token.as_deref())
         .await?;
@@ -493,7 +503,7 @@ fn job_summary(j: crate::store::JobHeader) -> JobSummary {
     JobSummary {
         id: j.id,
         name: j.name,
-        state: JobState::of(&c, j.cancelled),
+        state: JobState::of_held(&c, j.cancelled, j.held),
         // Every task is stored when the job is.
         count: u32::try_from(c.total()).unwrap_or(u32::MAX),
         counts: c,
@@ -832,19 +842,31 @@ async fn job(
             }
         })
         .collect();
-    let waiting_reason =
-        (counts.pending > 0 && !job.cancelled).then(|| hub.waiting_reason(&job.spec));
+    let waiting_reason = (counts.pending > 0 && !job.cancelled).then(|| match &job.hold {
+        _ if !job.held => hub.waiting_reason(&job.spec),
+        Some(why) => format!("held: {why}"),
+        None => format!(
+            "held until job(s) {} succeed",
+            job.spec
+                .after
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    });
     Ok(Json(JobDetail {
         job: JobSummary {
             id: job.id,
             name: job.spec.name.clone(),
-            state: JobState::of(&counts, job.cancelled),
+            state: JobState::of_held(&counts, job.cancelled, job.held),
             count: job.spec.count,
             counts,
             created_ms: job.created_ms,
             owner: job.spec.owner.clone(),
         },
         waiting_reason,
+        hold: job.hold.filter(|_| job.held && !job.cancelled),
         spec: job.spec,
         tasks,
         next_offset: page.next,

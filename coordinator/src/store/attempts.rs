@@ -511,6 +511,12 @@ impl Store {
                     .await?;
                     Persisted::Done
                 }
+                Change::Release { job } => {
+                    // The counts it reads include the changes before it in this batch.
+                    self.apply_recounts(&mut tx, std::mem::take(&mut recounts))
+                        .await?;
+                    super::jobs::release_in(&mut tx, *job, now_ms).await?
+                }
             });
         }
         self.apply_recounts(&mut tx, recounts).await?;

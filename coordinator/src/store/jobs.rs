@@ -38,14 +38,15 @@ impl Store {
             return Ok(Err(refusal));
         }
         let id: i64 = sqlx::query(
-            "INSERT INTO jobs (name, spec, created_ms, owner, cluster) VALUES ($1, $2, $3, $4, $5) \
-             RETURNING id",
+            "INSERT INTO jobs (name, spec, created_ms, owner, cluster, held) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(&spec.name)
         .bind(serde_json::to_string(spec)?)
         .bind(now_ms)
         .bind(owner)
         .bind(&spec.cluster)
+        .bind(i64::from(!spec.after.is_empty()))
         .fetch_one(&mut *tx)
         .await?
         .get(0);
@@ -104,12 +105,11 @@ impl Store {
 
     /// A job by number.
     pub async fn job(&self, id: u64) -> Result<JobRow> {
-        let row =
-            sqlx::query("SELECT id, spec, created_ms, cancelled, owner FROM jobs WHERE id = $1")
-                .bind(id as i64)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::NoJob(id))?;
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NoJob(id))?;
         job_row(&row)
     }
 
@@ -125,10 +125,9 @@ impl Store {
 
     /// All jobs, newest first.
     pub async fn jobs(&self) -> Result<Vec<JobRow>> {
-        let rows =
-            sqlx::query("SELECT id, spec, created_ms, cancelled, owner FROM jobs ORDER BY id DESC")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(job_row).collect()
     }
 
@@ -146,7 +145,7 @@ impl Store {
             .as_ref()
             .map(|cs| format!(",{},", cs.join(",")));
         let rows = sqlx::query(&format!(
-            "SELECT j.id, j.name, j.created_ms, j.cancelled, {COUNTS}, j.owner FROM jobs j \
+            "SELECT j.id, j.name, j.created_ms, j.cancelled, {COUNTS}, j.owner, j.held FROM jobs j \
              LEFT JOIN job_counts c ON c.job_id = j.id \
              WHERE ($2 = '' OR j.owner = $2) AND ($3 = '' OR $3 LIKE ('%,' || j.cluster || ',%')) \
              ORDER BY j.id DESC LIMIT $1"
@@ -165,6 +164,7 @@ impl Store {
                 cancelled: r.get::<i64, _>(3) != 0,
                 counts: counts_from(r, 4),
                 owner: r.get(9),
+                held: r.get::<i64, _>(10) != 0,
             })
             .collect())
     }
@@ -183,13 +183,24 @@ impl Store {
 
     /// Jobs that still have pending or running tasks.
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRow>> {
-        let rows = sqlx::query(
-            "SELECT id, spec, created_ms, cancelled, owner FROM jobs WHERE id IN \
-             (SELECT DISTINCT job_id FROM tasks WHERE state IN ('pending', 'running'))",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN \
+             (SELECT DISTINCT job_id FROM tasks WHERE state IN ('pending', 'running'))"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_row).collect()
+    }
+
+    /// Every task's own part of a job that gave them, in index order (none otherwise).
+    pub async fn task_items(&self, job: u64) -> Result<Vec<TaskItem>> {
+        let rows = sqlx::query("SELECT item FROM task_items WHERE job_id = $1 ORDER BY idx")
+            .bind(job as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(&r.get::<String, _>(0))?))
+            .collect()
     }
 
     /// A task's own part, if its job gave it one.
@@ -405,6 +416,9 @@ fn counts_from(r: &AnyRow, first: usize) -> Counts {
     }
 }
 
+/// The columns [`job_row`] reads, in its order.
+const JOB_COLUMNS: &str = "id, spec, created_ms, cancelled, owner, held, hold, released_ms";
+
 fn job_row(r: &AnyRow) -> Result<JobRow> {
     let spec: String = r.get(1);
     let mut spec: JobSpec = serde_json::from_str(&spec)?;
@@ -416,6 +430,9 @@ fn job_row(r: &AnyRow) -> Result<JobRow> {
         spec,
         created_ms: r.get(2),
         cancelled: r.get::<i64, _>(3) != 0,
+        held: r.get::<i64, _>(5) != 0,
+        hold: r.get(6),
+        released_ms: r.get(7),
     })
 }
 
@@ -454,4 +471,145 @@ pub(super) async fn item_in(
         Some(row) => Some(serde_json::from_str(&row.get::<String, _>(0))?),
         None => None,
     })
+}
+
+/// Releases the held `job` if every job it comes after has succeeded, filling in the mounts of
+/// their outputs (each task's files under its index) and counting its time from now; records
+/// why it stays held when one of them ended otherwise, or cannot be read from. See
+/// [`lull_dispatch::Change::Release`] for the answers.
+pub(super) async fn release_in(
+    tx: &mut sqlx::AnyConnection,
+    job: u64,
+    now_ms: i64,
+) -> Result<lull_dispatch::Persisted> {
+    use lull_dispatch::Persisted;
+    let row = sqlx::query("SELECT spec, held, cancelled FROM jobs WHERE id = $1")
+        .bind(job as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Persisted::NotPending);
+    };
+    if row.get::<i64, _>(1) == 0 || row.get::<i64, _>(2) != 0 {
+        return Ok(Persisted::NotPending);
+    }
+    let mut spec: JobSpec = serde_json::from_str(&row.get::<String, _>(0))?;
+    let mut waiting = false;
+    let mut blocked = None;
+    for parent in &spec.after {
+        let row = sqlx::query(&format!(
+            "SELECT j.name, {COUNTS}, j.held, j.hold FROM jobs j \
+             LEFT JOIN job_counts c ON c.job_id = j.id WHERE j.id = $1"
+        ))
+        .bind(*parent as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            blocked = Some(format!("job {parent}, which it comes after, was deleted"));
+            break;
+        };
+        let name: String = row.get(0);
+        let c = counts_from(&row, 1);
+        let (held, hold): (i64, Option<String>) = (row.get(6), row.get(7));
+        if let Some(why) = hold {
+            blocked = Some(format!(
+                "job {parent} ({name}), which it comes after, is held: {why}"
+            ));
+            break;
+        }
+        if held != 0 || c.pending + c.running > 0 {
+            waiting = true;
+        } else if c.failed + c.cancelled > 0 {
+            blocked = Some(format!(
+                "job {parent} ({name}), which it comes after, did not succeed: {} task(s) failed, {} cancelled",
+                c.failed, c.cancelled
+            ));
+            break;
+        }
+    }
+    if blocked.is_none()
+        && !waiting
+        && let Err(why) = fill_mounts(tx, &mut spec).await?
+    {
+        blocked = Some(why);
+    }
+    if let Some(why) = blocked {
+        sqlx::query("UPDATE jobs SET hold = $1 WHERE id = $2")
+            .bind(&why)
+            .bind(job as i64)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(Persisted::Blocked(why));
+    }
+    if waiting {
+        return Ok(Persisted::Done);
+    }
+    sqlx::query("UPDATE jobs SET spec = $1, held = 0, hold = NULL, released_ms = $2 WHERE id = $3")
+        .bind(serde_json::to_string(&spec)?)
+        .bind(now_ms)
+        .bind(job as i64)
+        .execute(&mut *tx)
+        .await?;
+    // Other coordinators on the same database find pending tasks by when they last changed.
+    sqlx::query("UPDATE tasks SET updated_ms = $1 WHERE job_id = $2 AND state = 'pending'")
+        .bind(now_ms)
+        .bind(job as i64)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Persisted::Released(Box::new(spec)))
+}
+
+/// Fills in the mounts of other jobs' outputs: each succeeded task's files under its index.
+/// `Ok(Err(why))` when they do not fit a job definition.
+async fn fill_mounts(
+    tx: &mut sqlx::AnyConnection,
+    spec: &mut JobSpec,
+) -> Result<std::result::Result<(), String>> {
+    let mut outputs: std::collections::HashMap<u64, Vec<lull_protocol::job::FileRef>> =
+        std::collections::HashMap::new();
+    for m in &spec.modules {
+        for mount in &m.mounts {
+            let Some(from) = mount.job else { continue };
+            if outputs.contains_key(&from) {
+                continue;
+            }
+            let mut files = Vec::new();
+            let mut rows = sqlx::query(
+                "SELECT t.idx, a.result FROM tasks t JOIN attempts a \
+                 ON a.job_id = t.job_id AND a.idx = t.idx AND a.attempt = t.attempt \
+                 WHERE t.job_id = $1 AND t.state = 'succeeded' AND a.result IS NOT NULL \
+                 ORDER BY t.idx",
+            )
+            .bind(from as i64)
+            .fetch(&mut *tx);
+            while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+                let index: i64 = row.get(0);
+                let result: TaskResult = serde_json::from_str(&row.get::<String, _>(1))?;
+                for f in result.outputs {
+                    files.push(lull_protocol::job::FileRef {
+                        path: format!("{index}/{}", f.path),
+                        digest: f.digest,
+                        size: f.size,
+                    });
+                }
+                if files.len() > lull_protocol::job::MAX_MOUNT_FILES {
+                    return Ok(Err(format!(
+                        "job {from} left more than {} output files; a job reads at most that many through its mounts",
+                        lull_protocol::job::MAX_MOUNT_FILES
+                    )));
+                }
+            }
+            outputs.insert(from, files);
+        }
+    }
+    for m in &mut spec.modules {
+        for mount in &mut m.mounts {
+            if let Some(from) = mount.job {
+                mount.files = outputs.get(&from).cloned().unwrap_or_default();
+            }
+        }
+    }
+    Ok(spec
+        .check()
+        .map_err(|e| format!("the outputs of the jobs it comes after do not fit: {e}")))
 }

@@ -26,6 +26,15 @@ impl Hub {
                 spec.cluster
             )));
         }
+        for (i, m) in spec.modules.iter().enumerate() {
+            for (j, mount) in m.mounts.iter().enumerate() {
+                if mount.job.is_some() && !mount.files.is_empty() {
+                    return Err(HubError::BadRequest(format!(
+                        "modules[{i}].mount[{j}]: the files of another job's outputs are filled in by the coordinator; send none"
+                    )));
+                }
+            }
+        }
         // From the check to the insert, no collection deletes what the job refers to.
         let _shared = self.collector.hold().await;
         for (digest, size) in spec.blobs() {
@@ -65,6 +74,13 @@ impl Hub {
             .map_err(|refusal| HubError::Forbidden(format!("submitting: {refusal}")))?;
         let spec = Arc::new(spec);
         tracing::info!(job = id, name = %spec.name, tasks = spec.count, %owner, "job submitted");
+        if !spec.after.is_empty() {
+            // It waits for the jobs it comes after; its cached results are taken on release.
+            self.with_core(|core| {
+                core.handle_held(std::time::Instant::now(), id, &spec.after, None)
+            });
+            return Ok(id);
+        }
         let cached = if spec.cache {
             self.take_cached(id, &spec, items).await
         } else {
@@ -72,6 +88,24 @@ impl Hub {
         };
         self.with_core(|core| core.handle_submitted(std::time::Instant::now(), id, spec, &cached));
         Ok(id)
+    }
+
+    /// Starts a held job the store released: as a new submission, its tasks taking cached
+    /// results first when it caches.
+    pub(super) async fn start_released(&self, id: u64, spec: Arc<JobSpec>) {
+        tracing::info!(job = id, name = %spec.name, "released: the jobs it comes after succeeded");
+        let cached = if spec.cache {
+            match self.store.task_items(id).await {
+                Ok(items) => self.take_cached(id, &spec, items).await,
+                Err(e) => {
+                    tracing::warn!(job = id, error = %e, "could not read the tasks' own parts; the tasks run");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        self.with_core(|core| core.handle_submitted(std::time::Instant::now(), id, spec, &cached));
     }
 
     /// Gives the tasks of a new job that caches the results offered under their keys; returns

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use lull_dispatch::{Change, Command, Config, Conn, Dispatch, OpId, Persisted};
 use lull_protocol::Digest;
+use lull_protocol::job::JobSpec;
 use lull_protocol::message::{AttemptId, CoordinatorMessage};
 use lull_protocol::signature::TrustList;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -120,6 +121,8 @@ struct Live {
     senders: HashMap<Conn, mpsc::UnboundedSender<CoordinatorMessage>>,
     /// Changes waiting to be persisted, in the order the core asked for them.
     to_persist: VecDeque<(OpId, Change)>,
+    /// Held jobs released, to hand back to the core as submitted.
+    to_release: VecDeque<(u64, Arc<JobSpec>)>,
     /// Who waits for a change to be persisted (an agent's result, so that a connection has a
     /// bounded number in flight), and when the result was read.
     waiters: HashMap<OpId, (oneshot::Sender<()>, Instant)>,
@@ -180,6 +183,7 @@ impl Hub {
                 core,
                 senders: HashMap::new(),
                 to_persist: VecDeque::new(),
+                to_release: VecDeque::new(),
                 waiters: HashMap::new(),
             }),
             config,
@@ -240,6 +244,10 @@ impl Hub {
                     live.to_persist.push_back((op, change));
                     persist = true;
                 }
+                Command::Release { job, spec } => {
+                    live.to_release.push_back((job, spec));
+                    persist = true;
+                }
             }
         }
         if persist {
@@ -262,8 +270,15 @@ impl Hub {
         self.store
             .extend_running_leases(self.store.now_ms().saturating_add(grace.as_millis() as i64))
             .await?;
-        let jobs = self.store.unfinished_jobs().await?;
-        let pending = self.store.tasks_in_state(TaskState::Pending).await?;
+        let (held, jobs): (Vec<_>, Vec<_>) = self
+            .store
+            .unfinished_jobs()
+            .await?
+            .into_iter()
+            .partition(|j| j.held);
+        let held_ids: std::collections::HashSet<u64> = held.iter().map(|j| j.id).collect();
+        let mut pending = self.store.tasks_in_state(TaskState::Pending).await?;
+        pending.retain(|t| !held_ids.contains(&t.id.job));
         let running = self.store.tasks_in_state(TaskState::Running).await?;
         let counts = (jobs.len(), pending.len(), running.len());
         let mut replicas = Vec::new();
@@ -272,6 +287,9 @@ impl Hub {
         }
         let now_ms = self.store.now_ms();
         self.with_core(|core| {
+            for job in held {
+                core.handle_held(Instant::now(), job.id, &job.spec.after, job.hold);
+            }
             core.handle_replicas(replicas);
             core.handle_recovered(
                 Instant::now(),
@@ -311,6 +329,11 @@ impl Hub {
             }
             if self.store.backend() == Backend::Postgres {
                 self.sync_shared().await;
+            }
+            let released = lock(&self.live).to_release.pop_front();
+            if let Some((job, spec)) = released {
+                self.start_released(job, spec).await;
+                continue;
             }
             let (ops, changes): (Vec<OpId>, Vec<Change>) = {
                 let live = &mut *lock(&self.live);

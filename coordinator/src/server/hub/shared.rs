@@ -99,7 +99,8 @@ impl Hub {
         let mut loaded = Vec::new();
         for job in unknown {
             match self.store.job(job).await {
-                Ok(row) if !row.cancelled => {
+                // A held job is loaded once it is released (its tasks are found again then).
+                Ok(row) if !row.cancelled && !row.held => {
                     let age = row.age(self.store.now_ms());
                     loaded.push((job, Arc::new(row.spec), age));
                 }
