@@ -603,6 +603,18 @@ impl Agent {
                 self.outbox.acknowledged(attempt);
                 tracing::debug!(%attempt, "result acknowledged");
             }
+            CoordinatorMessage::Tail {
+                request,
+                attempt,
+                module,
+                stream,
+                offset,
+            } => {
+                let live = lock(&self.shared.running)
+                    .get(&attempt)
+                    .and_then(|c| c.read_output(&module, stream, offset));
+                self.send_event(AgentMessage::Tail { request, live });
+            }
             CoordinatorMessage::Welcome { .. } | CoordinatorMessage::Refused { .. } => {
                 tracing::warn!("unexpected welcome mid-session");
             }

@@ -549,7 +549,9 @@ impl Sandbox {
         let started = Instant::now();
         let stdout = Capture::new(self.config.output_cap);
         let stderr = Capture::new(self.config.output_cap);
+        control.show_output(&spec.name, &stdout, &stderr);
         let outcome = self.execute(program, spec, control, started, &stdout, &stderr, true);
+        control.forget_output(&spec.name);
         let elapsed = started.elapsed();
         let (stdout, stdout_truncated) = stdout.take();
         let (stderr, stderr_truncated) = stderr.take();

@@ -718,6 +718,20 @@ pub struct Checkpoint {
     pub progress: Option<f64>,
 }
 
+/// `GET /api/v1/jobs/{id}/tasks/{index}/live`: what a running module of a task has written so
+/// far to one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveLog {
+    /// The task's current attempt (0 before its first).
+    pub attempt: u32,
+    /// Whether the module runs now on an agent connected to this coordinator; when not, its
+    /// streams come with the attempt's result (`lull logs` without `-f`).
+    pub running: bool,
+    /// What it wrote from the offset asked for, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::message::LiveOutput>,
+}
+
 /// `GET /api/v1/jobs/{id}/tasks/{index}`: a task with every attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskDetail {

@@ -25,7 +25,7 @@ use crate::digest::Digest;
 use crate::job::{DEFAULT_SUCCESS_EXIT_CODES, Failure, JobSpec, TaskItem};
 
 /// The version of this protocol. Peers refuse each other when it differs.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A task: one index of one job.
 #[derive(
@@ -264,6 +264,15 @@ pub enum AgentMessage {
     },
     /// Keeps an idle connection's leases fresh.
     Heartbeat,
+    /// The answer to [`CoordinatorMessage::Tail`].
+    Tail {
+        /// The request's number.
+        request: u64,
+        /// What the module wrote, from the offset asked for; `None` when that module of the
+        /// attempt is not running here (not started, or ended: its streams come with its
+        /// result).
+        live: Option<LiveOutput>,
+    },
     /// Opens a blob download stream.
     GetBlob {
         /// The blob wanted.
@@ -340,6 +349,86 @@ pub enum CoordinatorMessage {
         /// Why.
         reason: String,
     },
+    /// Asks what a running module has written so far to one of its streams, from `offset`:
+    /// answered by [`AgentMessage::Tail`] with at most [`MAX_TAIL`] bytes.
+    Tail {
+        /// The request's number, repeated in the answer.
+        request: u64,
+        /// The attempt.
+        attempt: AttemptId,
+        /// The module, by name.
+        module: String,
+        /// The stream.
+        stream: Stream,
+        /// The first byte wanted.
+        offset: u64,
+    },
+}
+
+/// A guest's output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+impl std::str::FromStr for Stream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(Stream::Stdout),
+            "stderr" => Ok(Stream::Stderr),
+            other => Err(format!("{other:?} is not a stream: stdout or stderr")),
+        }
+    }
+}
+
+/// The most bytes of output one [`AgentMessage::Tail`] carries.
+pub const MAX_TAIL: usize = 256 << 10;
+
+/// What a running module has written to a stream, as far as the agent keeps it (its first
+/// bytes, up to the agent's cap on captured output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveOutput {
+    /// The bytes from the offset asked for (at most [`MAX_TAIL`]), base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub bytes: Vec<u8>,
+    /// How many bytes of the stream the agent keeps so far.
+    pub kept: u64,
+    /// Whether the stream went past the agent's cap: what follows `kept` is dropped.
+    pub truncated: bool,
+}
+
+/// Bytes as standard base64 text.
+pub mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes bytes as base64.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    /// Reads base64 into bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Work for an agent.
@@ -888,6 +977,34 @@ mod tests {
         assert!(json.starts_with("{\"type\":\"get_blob\""), "{json}");
         let back: AgentMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn live_output_travels_as_base64_and_the_largest_fits_a_frame() {
+        let m = AgentMessage::Tail {
+            request: 7,
+            live: Some(LiveOutput {
+                bytes: b"line 1\n\xff".to_vec(),
+                kept: 9,
+                truncated: false,
+            }),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"bytes\":\"bGluZSAxCv8=\""), "{json}");
+        assert_eq!(serde_json::from_str::<AgentMessage>(&json).unwrap(), m);
+        let bad = json.replace("bGluZSAxCv8=", "not base64!");
+        assert!(serde_json::from_str::<AgentMessage>(&bad).is_err());
+        let largest = AgentMessage::Tail {
+            request: u64::MAX,
+            live: Some(LiveOutput {
+                bytes: vec![0xff; MAX_TAIL],
+                kept: u64::MAX,
+                truncated: true,
+            }),
+        };
+        assert!(crate::frame::to_bytes(&largest, crate::frame::DEFAULT_MAX_FRAME).is_ok());
+        assert_eq!("stderr".parse::<Stream>(), Ok(Stream::Stderr));
+        assert!("stdin".parse::<Stream>().is_err());
     }
 
     #[test]

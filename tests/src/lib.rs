@@ -1099,6 +1099,12 @@ impl Cluster {
         )
     }
 
+    /// `lull ARGS` with the cluster's token, not started: for a command to watch while it runs.
+    pub fn lull_command(&self, args: &[&str]) -> Command {
+        let url = self.url_of(self.announced.http);
+        lull_command(Some(&url), self.http_key(), Some(&self.token), args)
+    }
+
     /// Runs `lull` with the cluster's token, but `--coordinator url` and `pin` in
     /// `LULL_COORDINATOR_KEY` as given (none when `None`): to try wrong addresses and keys.
     pub fn lull_reaching(&self, url: &str, pin: Option<&str>, args: &[&str]) -> CliOutput {
@@ -1576,6 +1582,17 @@ fn run_lull(
     token: Option<&str>,
     args: &[&str],
 ) -> CliOutput {
+    let cmd = lull_command(coordinator, pin, token, args);
+    run_program(logs, label, cmd, format!("lull {}", args.join(" ")))
+}
+
+/// `lull ARGS` reaching `coordinator` with `pin` and `token`, not started.
+fn lull_command(
+    coordinator: Option<&str>,
+    pin: Option<&str>,
+    token: Option<&str>,
+    args: &[&str],
+) -> Command {
     let mut cmd = Command::new(binary("lull"));
     if let Some(url) = coordinator {
         cmd.args(["--coordinator", url]);
@@ -1591,7 +1608,7 @@ fn run_lull(
         cmd.env("LULL_COORDINATOR_KEY", pin);
     }
     cmd.args(args);
-    run_program(logs, label, cmd, format!("lull {}", args.join(" ")))
+    cmd
 }
 
 /// Runs `lull-coordinator token ARGS... --data-dir ROOT/coordinator` to its end.
@@ -1901,6 +1918,40 @@ pub mod guests {
                 .replace("PATH", path)
                 .replace("DIRFD", &fd.to_string())
                 .replace("LEN", &path.len().to_string()),
+        )
+    }
+
+    /// Writes `tick N\n` to stdout `count` times (at most 10), `every_ms` milliseconds apart
+    /// (busy-waiting on the monotonic clock), then exits 0.
+    pub fn ticker(count: u32, every_ms: u64) -> Vec<u8> {
+        assert!(count <= 10);
+        compile(
+            &r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; 0.. the line (its digit at 5), 100 iovec, 200 written, 304 the time
+  (data (i32.const 0) "tick 0\n")
+  (func $now (result i64)
+    (drop (call $clock (i32.const 1) (i64.const 1000) (i32.const 304)))
+    (i64.load (i32.const 304)))
+  (func (export "_start") (local $i i32) (local $until i64)
+    (loop $next
+      (i32.store8 (i32.const 5) (i32.add (i32.const 48) (local.get $i)))
+      (i32.store (i32.const 100) (i32.const 0))
+      (i32.store (i32.const 104) (i32.const 7))
+      (drop (call $fd_write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 200)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (if (i32.lt_u (local.get $i) (i32.const COUNT))
+        (then
+          (local.set $until (i64.add (call $now) (i64.const EVERY_NS)))
+          (block $done
+            (loop $spin
+              (br_if $done (i64.ge_u (call $now) (local.get $until)))
+              (br $spin)))
+          (br $next))))))"#
+                .replace("COUNT", &count.to_string())
+                .replace("EVERY_NS", &(every_ms * 1_000_000).to_string()),
         )
     }
 

@@ -485,3 +485,60 @@ fn each_task_reads_its_own_row_and_files_and_sees_no_other_tasks() {
         "{index} is the task's index already",
     );
 }
+
+#[test]
+fn lull_logs_follow_prints_lines_as_the_task_writes_them_and_the_rest_when_it_ends() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let cluster = Cluster::with_agents(&["a"], 1);
+    let job = cluster.write_job(
+        "ticker",
+        "name = \"ticker\"\n[[module]]\npath = \"ticker.wasm\"\n[resources]\nmemory = \"16MiB\"\n",
+        &[("ticker.wasm", &guests::ticker(5, 1500))],
+    );
+    let id = cluster.submit(&job);
+    let mut child = cluster
+        .lull_command(&["logs", &id.to_string(), "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting lull logs -f");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let (first_at, first) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a line while the task runs");
+    assert_eq!(first, "tick 0");
+    let now = cluster.job(id);
+    assert_eq!(
+        now["state"], "running",
+        "the first line came while the task ran: {now}"
+    );
+    let mut lines = vec![first];
+    let mut last_at = first_at;
+    while let Ok((at, line)) = rx.recv_timeout(Duration::from_secs(60)) {
+        lines.push(line);
+        last_at = at;
+    }
+    assert_eq!(lines, ["tick 0", "tick 1", "tick 2", "tick 3", "tick 4"]);
+    assert!(
+        last_at - first_at >= Duration::from_secs(3),
+        "lines came as they were written, over {:?}",
+        last_at - first_at
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("[lull: task {id}/0 succeeded]")),
+        "{stderr}"
+    );
+}

@@ -60,6 +60,21 @@ impl Capture {
         (std::mem::take(&mut buffer.bytes), buffer.truncated)
     }
 
+    /// Up to `max` of the bytes kept so far from `offset` on, how many are kept, and whether
+    /// any were dropped: what a running guest wrote, for someone following it.
+    pub(crate) fn read(&self, offset: u64, max: usize) -> lull_protocol::message::LiveOutput {
+        let buffer = self.lock();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(buffer.bytes.len());
+        let end = start.saturating_add(max).min(buffer.bytes.len());
+        lull_protocol::message::LiveOutput {
+            bytes: buffer.bytes[start..end].to_vec(),
+            kept: buffer.bytes.len() as u64,
+            truncated: buffer.truncated,
+        }
+    }
+
     /// Keeps as much of `data` as the cap leaves room for.
     pub(crate) fn append(&self, data: &[u8]) {
         self.lock().append(data);
@@ -134,6 +149,15 @@ mod tests {
     fn keeps_the_first_cap_bytes_and_accepts_the_rest() {
         let mut capture = Capture::new(5);
         capture.write(Bytes::from_static(b"hel")).unwrap();
+        let live = capture.read(1, 1);
+        assert_eq!(
+            (live.bytes, live.kept, live.truncated),
+            (b"e".to_vec(), 3, false)
+        );
+        assert!(
+            capture.read(7, 10).bytes.is_empty(),
+            "past the end: nothing"
+        );
         assert_eq!(capture.take(), (b"hel".to_vec(), false));
         capture.write(Bytes::from_static(b"lo, world")).unwrap();
         capture.write(Bytes::from_static(b"more")).unwrap();

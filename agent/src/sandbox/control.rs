@@ -81,6 +81,8 @@ struct Inner {
     attention: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
+    /// The output of each module running with this control, by name, while it runs.
+    outputs: Mutex<std::collections::HashMap<String, [super::capture::Capture; 2]>>,
 }
 
 struct State {
@@ -161,6 +163,40 @@ impl TaskControl {
     /// A control with nothing requested.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes a running module's stdout and stderr readable with [`TaskControl::read_output`]
+    /// until [`TaskControl::forget_output`].
+    pub(crate) fn show_output(
+        &self,
+        module: &str,
+        stdout: &super::capture::Capture,
+        stderr: &super::capture::Capture,
+    ) {
+        lock(&self.inner.outputs).insert(module.to_owned(), [stdout.clone(), stderr.clone()]);
+    }
+
+    /// A module's output is no longer readable: it ended, and its result carries it.
+    pub(crate) fn forget_output(&self, module: &str) {
+        lock(&self.inner.outputs).remove(module);
+    }
+
+    /// What a running module wrote to `stream` so far, from `offset` (at most
+    /// [`MAX_TAIL`](lull_protocol::message::MAX_TAIL) bytes); `None` when no module of that
+    /// name runs.
+    pub fn read_output(
+        &self,
+        module: &str,
+        stream: lull_protocol::message::Stream,
+        offset: u64,
+    ) -> Option<lull_protocol::message::LiveOutput> {
+        let outputs = lock(&self.inner.outputs);
+        let [stdout, stderr] = outputs.get(module)?;
+        let capture = match stream {
+            lull_protocol::message::Stream::Stdout => stdout,
+            lull_protocol::message::Stream::Stderr => stderr,
+        };
+        Some(capture.read(offset, lull_protocol::message::MAX_TAIL))
     }
 
     /// Makes the guest stop at its next epoch check; [`Sandbox::run`](super::Sandbox::run) then

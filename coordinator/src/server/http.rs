@@ -49,6 +49,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/jobs/{id}/manifest", get(manifest))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/tasks/{index}", get(task))
+        .route("/api/v1/jobs/{id}/tasks/{index}/live", get(live_log))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/clusters", get(clusters).post(create_cluster))
         .route("/api/v1/clusters/{id}", axum::routing::patch(set_cluster))
@@ -945,6 +946,59 @@ async fn task(
         task: found.task,
         attempts,
         checkpoint,
+    }))
+}
+
+/// The query of `GET /api/v1/jobs/{id}/tasks/{index}/live`.
+#[derive(Debug, serde::Deserialize)]
+struct LiveQuery {
+    module: String,
+    #[serde(default = "stdout")]
+    stream: String,
+    #[serde(default)]
+    offset: u64,
+}
+
+fn stdout() -> String {
+    "stdout".into()
+}
+
+/// What a running module of a task has written so far, asked of its agent.
+async fn live_log(
+    State(hub): State<Arc<Hub>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((id, index)): Path<(u64, u32)>,
+    axum::extract::Query(q): axum::extract::Query<LiveQuery>,
+) -> ApiResult<Json<api::LiveLog>> {
+    check_job(&hub, &caller, id, None).await?;
+    let stream: lull_protocol::message::Stream = q
+        .stream
+        .parse()
+        .map_err(|e: String| HubError::BadRequest(format!("stream: {e}")))?;
+    lull_protocol::job::check_module_name(&q.module)
+        .map_err(|e| HubError::BadRequest(format!("module: {e}")))?;
+    let task = hub
+        .store()
+        .task_page(id, index, 1, None)
+        .await?
+        .tasks
+        .pop()
+        .map(|p| p.task)
+        .filter(|t| t.id.index == index)
+        .ok_or_else(|| HubError::NotFound(format!("no task {id}.{index}")))?;
+    let output = if task.state == TaskState::Running {
+        let attempt = AttemptId {
+            task: task.id,
+            attempt: task.attempt,
+        };
+        hub.tail(attempt, &q.module, stream, q.offset).await?
+    } else {
+        None
+    };
+    Ok(Json(api::LiveLog {
+        attempt: task.attempt,
+        running: output.is_some(),
+        output,
     }))
 }
 

@@ -205,6 +205,7 @@ impl Hub {
             AgentMessage::Heartbeat => {
                 self.with_core(|core| core.handle_heartbeat(Instant::now(), agent));
             }
+            AgentMessage::Tail { request, live } => self.tail_answered(agent, request, live),
             AgentMessage::Started { attempt, setup_us } => {
                 let now = Instant::now();
                 let (started, accepted) = self.with_core(|core| {

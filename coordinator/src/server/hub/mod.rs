@@ -147,7 +147,26 @@ pub struct Hub {
     collector: collect::Collector,
     /// Usage gathered and not yet added to the store's totals.
     usage: Mutex<accounting::Pending>,
+    /// Questions to agents about their running guests' output, waiting for answers.
+    tails: Mutex<Tails>,
 }
+
+/// Questions of [`Hub::tail`] in flight.
+#[derive(Debug, Default)]
+struct Tails {
+    next: u64,
+    /// Each by its number: the agent asked, and who waits for the answer.
+    waiting: HashMap<
+        u64,
+        (
+            String,
+            oneshot::Sender<Option<lull_protocol::message::LiveOutput>>,
+        ),
+    >,
+}
+
+/// How long [`Hub::tail`] waits for an agent's answer.
+const TAIL_WAIT: Duration = Duration::from_secs(5);
 
 /// How long an agent may take, beyond a lease, to come back to a restarted coordinator: to see
 /// its old connection gone (the QUIC idle timeout, 5 s) and to dial again (its backoff, at most
@@ -193,7 +212,78 @@ impl Hub {
             shared: Default::default(),
             collector: Default::default(),
             usage: Default::default(),
+            tails: Default::default(),
         })
+    }
+
+    /// What module `module` of the running `attempt` has written to `stream` so far, from
+    /// `offset`, as its agent keeps it: asked of the agent, when it is connected here. `None`
+    /// when no agent here runs that module of the attempt (it has not started, or has ended:
+    /// its streams then come with its result).
+    pub async fn tail(
+        &self,
+        attempt: AttemptId,
+        module: &str,
+        stream: lull_protocol::message::Stream,
+        offset: u64,
+    ) -> Result<Option<lull_protocol::message::LiveOutput>, HubError> {
+        let Some(agent) = self.read_core(|core| core.holder(attempt).map(str::to_owned)) else {
+            return Ok(None);
+        };
+        let (tx, rx) = oneshot::channel();
+        let request = {
+            let mut tails = lock(&self.tails);
+            tails.next += 1;
+            let request = tails.next;
+            tails.waiting.insert(request, (agent.clone(), tx));
+            request
+        };
+        self.with_core(|core| {
+            core.tell(
+                &agent,
+                CoordinatorMessage::Tail {
+                    request,
+                    attempt,
+                    module: module.to_owned(),
+                    stream,
+                    offset,
+                },
+            )
+        });
+        let answer = tokio::time::timeout(TAIL_WAIT, rx).await;
+        lock(&self.tails).waiting.remove(&request);
+        match answer {
+            Ok(Ok(live)) => Ok(live),
+            _ => Err(HubError::Conflict(format!(
+                "agent {agent} did not say within {} s what attempt {attempt} wrote; try again",
+                TAIL_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    /// An agent's answer to [`Hub::tail`]: taken only from the agent asked, and only when it
+    /// fits.
+    fn tail_answered(
+        &self,
+        agent: &str,
+        request: u64,
+        live: Option<lull_protocol::message::LiveOutput>,
+    ) {
+        let mut tails = lock(&self.tails);
+        let Some((asked, _)) = tails.waiting.get(&request) else {
+            return;
+        };
+        if asked != agent
+            || live
+                .as_ref()
+                .is_some_and(|l| l.bytes.len() > lull_protocol::message::MAX_TAIL)
+        {
+            tracing::warn!(%agent, request, "an answer about output not asked of this agent, or too long; ignored");
+            return;
+        }
+        if let Some((_, tx)) = tails.waiting.remove(&request) {
+            let _ = tx.send(live);
+        }
     }
 
     /// The durable store.
