@@ -407,42 +407,20 @@ pub(super) fn resolve(
         let mut inputs = Vec::new();
         let mut names = BTreeSet::new();
         for pattern in m.inputs.iter().filter(|p| !own_inputs.contains(p)) {
-            let full = base.join(pattern);
-            let full = full.to_string_lossy();
-            let mut matched = 0;
-            for entry in glob::glob(&full)
-                .with_context(|| format!("{field}.inputs: {pattern:?} is not a valid pattern"))?
-            {
-                let path = entry?;
-                if !path.is_file() {
-                    continue;
-                }
-                matched += 1;
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if !names.insert(name.clone()) {
-                    bail!(
-                        "{field}.inputs: two input files are named {name:?}; /input holds files by name"
-                    );
-                }
-                let (f, local) =
-                    file_ref(&path, &name).with_context(|| format!("{field}.inputs"))?;
-                files.push(local);
-                inputs.push(f);
-            }
-            if matched == 0 {
+            let at = format!("{field}.inputs");
+            let matched = glob_inputs(&base.join(pattern), pattern, &at, &mut names, &mut files)?;
+            if matched.is_empty() {
                 let shown = if base.as_os_str().is_empty() {
                     Path::new(".")
                 } else {
                     base
                 };
                 bail!(
-                    "{field}.inputs: {pattern:?} matches no file (relative to {})",
+                    "{at}: {pattern:?} matches no file (relative to {})",
                     shown.display()
                 );
             }
+            inputs.extend(matched);
         }
         let mut mounts = Vec::new();
         for (j, mount) in m.mounts.iter().enumerate() {
@@ -586,31 +564,11 @@ fn write_items(
                 let expanded = lull_protocol::job::expand(pattern, index, values);
                 let at = format!("{field}.inputs {pattern:?} for task {index}");
                 let full = base.join(&expanded);
-                let mut matched = 0;
-                for entry in glob::glob(&full.to_string_lossy())
-                    .with_context(|| format!("{at}: {expanded:?} is not a valid pattern"))?
-                {
-                    let path = entry?;
-                    if !path.is_file() {
-                        continue;
-                    }
-                    matched += 1;
-                    let name = path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if !names.insert(name.clone()) {
-                        bail!(
-                            "{at}: two input files are named {name:?}; /input holds files by name"
-                        );
-                    }
-                    let (f, local) = file_ref(&path, &name).with_context(|| at.clone())?;
-                    files.push(local);
-                    mine.inputs.push(f);
-                }
-                if matched == 0 {
+                let matched = glob_inputs(&full, &expanded, &at, &mut names, files)?;
+                if matched.is_empty() {
                     bail!("{at}: {} matches no file", full.display());
                 }
+                mine.inputs.extend(matched);
             }
             if with_files {
                 item.modules.push(mine);
@@ -666,6 +624,38 @@ fn walk_tree(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> anyh
         }
     }
     Ok(())
+}
+
+/// The regular files the glob `full` matches, each seen under `/input` by its file name (which
+/// must be new to `names`), hashed and added to `files` to upload. Errors start with `at` and
+/// show the glob as `shown`.
+fn glob_inputs(
+    full: &Path,
+    shown: &str,
+    at: &str,
+    names: &mut BTreeSet<String>,
+    files: &mut Vec<Local>,
+) -> anyhow::Result<Vec<FileRef>> {
+    let mut refs = Vec::new();
+    for entry in glob::glob(&full.to_string_lossy())
+        .with_context(|| format!("{at}: {shown:?} is not a valid pattern"))?
+    {
+        let path = entry?;
+        if !path.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !names.insert(name.clone()) {
+            bail!("{at}: two input files are named {name:?}; /input holds files by name");
+        }
+        let (f, local) = file_ref(&path, &name).with_context(|| at.to_owned())?;
+        files.push(local);
+        refs.push(f);
+    }
+    Ok(refs)
 }
 
 fn file_ref(path: &Path, name: &str) -> anyhow::Result<(FileRef, Local)> {
