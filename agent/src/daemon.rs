@@ -320,6 +320,8 @@ impl Agent {
     fn owner_request(&self, req: OwnerRequest) -> serde_json::Value {
         let cmd = match req {
             OwnerRequest::Pause => Some(OwnerCommand::Pause),
+            OwnerRequest::Snooze(d) => Some(OwnerCommand::Snooze(d)),
+            OwnerRequest::Finish => Some(OwnerCommand::Finish),
             OwnerRequest::Resume => Some(OwnerCommand::Resume),
             OwnerRequest::Stop => Some(OwnerCommand::Stop),
             OwnerRequest::Status => None,

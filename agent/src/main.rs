@@ -22,6 +22,11 @@ enum Command {
     Run(RunArgs),
     /// Evict running guests and take no work until `resume` (the owner needs the machine).
     Pause(LocalArgs),
+    /// `pause` for a while (e.g. `2h`, `30m`), then take work again by itself; `resume` ends
+    /// it sooner.
+    Snooze(SnoozeArgs),
+    /// Take no new work, let the running tasks end, then stop the agent; `resume` cancels it.
+    Finish(LocalArgs),
     /// Take work again after `pause`.
     Resume(LocalArgs),
     /// Evict running guests, then stop the agent.
@@ -33,6 +38,14 @@ enum Command {
     Install(InstallArgs),
     /// Stop and remove the service (and with --purge its configuration and data).
     Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SnoozeArgs {
+    /// How long: `90s`, `30m`, `2h`, `1h30m`.
+    duration: String,
+    #[command(flatten)]
+    local: LocalArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,6 +169,15 @@ async fn main_result() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Pause(a) => local(a, OwnerRequest::Pause).await,
+        Command::Snooze(a) => {
+            let d = lull_protocol::units::parse_duration(&a.duration)
+                .map_err(|e| anyhow::anyhow!("snooze {:?}: {e}", a.duration))?;
+            if d.is_zero() {
+                anyhow::bail!("snooze {:?}: must be longer than zero", a.duration);
+            }
+            local(a.local, OwnerRequest::Snooze(d)).await
+        }
+        Command::Finish(a) => local(a, OwnerRequest::Finish).await,
         Command::Resume(a) => local(a, OwnerRequest::Resume).await,
         Command::Stop(a) => local(a, OwnerRequest::Stop).await,
         Command::Status(a) => local(a, OwnerRequest::Status).await,

@@ -1,8 +1,9 @@
-//! The machine owner's local commands: `lull-agent pause`, `resume`, `stop` and `status` reach
-//! the running agent over a Unix socket in its data directory. The socket is made readable and
+//! The machine owner's local commands: `lull-agent pause`, `snooze`, `resume`, `finish`,
+//! `stop` and `status` reach the running agent over a Unix socket in its data directory. The socket is made readable and
 //! writable by its owner only (mode 0600), so only the agent's own user (or root) can steer it.
 //!
-//! One request per connection: a line with the command, answered by one line of JSON.
+//! One request per connection: a line with the command (`snooze` followed by milliseconds),
+//! answered by one line of JSON.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 pub enum OwnerRequest {
     /// Evict guests and take no work until `resume`.
     Pause,
+    /// `Pause` for this long, then take work again by itself.
+    Snooze(std::time::Duration),
+    /// Take no new work, let running tasks end, then exit.
+    Finish,
     /// Take work again after `pause`.
     Resume,
     /// Evict guests, then exit.
@@ -27,15 +32,34 @@ impl OwnerRequest {
     pub fn as_str(self) -> &'static str {
         match self {
             OwnerRequest::Pause => "pause",
+            OwnerRequest::Snooze(_) => "snooze",
+            OwnerRequest::Finish => "finish",
             OwnerRequest::Resume => "resume",
             OwnerRequest::Stop => "stop",
             OwnerRequest::Status => "status",
         }
     }
 
-    fn parse(word: &str) -> Option<Self> {
-        Some(match word.trim() {
+    /// The request's line on the wire.
+    fn line(self) -> String {
+        match self {
+            OwnerRequest::Snooze(d) => format!("snooze {}", d.as_millis()),
+            other => other.as_str().to_owned(),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let line = line.trim();
+        if let Some(ms) = line.strip_prefix("snooze ") {
+            return ms
+                .trim()
+                .parse()
+                .ok()
+                .map(|ms| OwnerRequest::Snooze(std::time::Duration::from_millis(ms)));
+        }
+        Some(match line {
             "pause" => OwnerRequest::Pause,
+            "finish" => OwnerRequest::Finish,
             "resume" => OwnerRequest::Resume,
             "stop" => OwnerRequest::Stop,
             "status" => OwnerRequest::Status,
@@ -76,7 +100,7 @@ pub async fn serve(
             let reply = match OwnerRequest::parse(&line) {
                 Some(req) => answer(req),
                 None => serde_json::json!({
-                    "error": format!("unknown command {:?}: use pause, resume, stop or status", line.trim())
+                    "error": format!("unknown command {:?}: use pause, snooze MS, resume, finish, stop or status", line.trim())
                 }),
             };
             let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
@@ -96,7 +120,7 @@ pub async fn send(data_dir: &Path, req: OwnerRequest) -> anyhow::Result<serde_js
     })?;
     let (read, mut write) = stream.into_split();
     write
-        .write_all(format!("{}\n", req.as_str()).as_bytes())
+        .write_all(format!("{}\n", req.line()).as_bytes())
         .await?;
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -128,6 +152,11 @@ mod tests {
         }
         let v = send(dir.path(), OwnerRequest::Pause).await.unwrap();
         assert_eq!(v["got"], "pause");
+        let snooze = OwnerRequest::Snooze(std::time::Duration::from_secs(90));
+        assert_eq!(OwnerRequest::parse(&snooze.line()), Some(snooze));
+        assert_eq!(OwnerRequest::parse("snooze soon"), None);
+        let v = send(dir.path(), OwnerRequest::Finish).await.unwrap();
+        assert_eq!(v["got"], "finish");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

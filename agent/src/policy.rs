@@ -71,6 +71,12 @@
 //! is alive there is nothing to notify: the policy goes straight to `WaitingForIdle`, with one
 //! [`Action::StateChanged`] and no [`Action::Evict`].
 //!
+//! The owner's commands: `pause` and `stop` evict like trouble and hold the policy in
+//! `WaitingForIdle` until `resume` (`stop` also makes [`Policy::stopping`] true, and the driver
+//! exits once no guest is left); `snooze` is a `pause` that lifts itself after its time, the idle
+//! time counting from then; `finish` takes no new work and evicts nothing, and the last guest
+//! gone stops the agent as `stop` does.
+//!
 //! Every change of state emits exactly one [`Action::StateChanged`] with its reason in words,
 //! after the action that carries it out (a [`Action::Pause`] comes first, so the driver can act on
 //! it before logging).
@@ -354,11 +360,17 @@ pub enum Action {
     },
 }
 
-/// The owner's commands: `lull-agent pause`, `lull-agent resume`, `lull-agent stop`.
+/// The owner's commands: `lull-agent pause`, `snooze`, `resume`, `finish`, `stop`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnerCommand {
     /// Evict guests and take no work until [`OwnerCommand::Resume`].
     Pause,
+    /// [`OwnerCommand::Pause`] for this long, then take work again (under the usual idle
+    /// rules) by itself; `Resume` ends it sooner.
+    Snooze(Duration),
+    /// Take no new work, let the running tasks end (or leave after a checkpoint when evicted,
+    /// as ever), then stop as [`OwnerCommand::Stop`] does; `Resume` cancels it.
+    Finish,
     /// Take work again (under the usual idle rules); also cancels a `Stop` not yet carried out.
     Resume,
     /// Evict guests; the driver exits once they are gone ([`Policy::stopping`]).
@@ -434,6 +446,10 @@ pub struct Policy {
     /// The owner paused or stopped the agent and has not resumed it.
     owner_held: bool,
     stopping: bool,
+    /// When the owner's snooze ends (the hold is lifted by itself).
+    snoozed_until: Option<Instant>,
+    /// The owner asked to finish: no new work, and a stop once no guest is left.
+    finishing: bool,
     idle: Option<f64>,
     /// Incumbent CPU averaged over `quiet_smoothing`.
     settled: Option<f64>,
@@ -488,6 +504,8 @@ impl Policy {
             share: None,
             owner_held: false,
             stopping: false,
+            snoozed_until: None,
+            finishing: false,
             idle: None,
             settled: None,
             dwell,
@@ -603,22 +621,43 @@ impl Policy {
     /// Takes in one of the owner's commands.
     pub fn handle_owner(&mut self, now: Instant, cmd: OwnerCommand) {
         let why = match cmd {
-            OwnerCommand::Pause => "the owner ran lull-agent pause",
-            OwnerCommand::Stop => "the owner ran lull-agent stop",
+            OwnerCommand::Pause => {
+                self.snoozed_until = None;
+                "the owner ran lull-agent pause".to_owned()
+            }
+            OwnerCommand::Snooze(d) => {
+                self.snoozed_until = Some(now + d);
+                format!("the owner snoozed the agent for {}", human_duration(d))
+            }
+            OwnerCommand::Stop => "the owner ran lull-agent stop".to_owned(),
             OwnerCommand::Resume => {
-                let held = self.owner_held || self.stopping;
-                self.owner_held = false;
-                self.stopping = false;
-                if held && self.state == State::WaitingForIdle {
-                    self.last_not_ready = now;
+                self.release(now, "the owner ran lull-agent resume");
+                return;
+            }
+            OwnerCommand::Finish => {
+                self.finishing = true;
+                if self.guests == 0 {
+                    self.stopping = true;
+                    match self.state {
+                        State::WaitingForIdle => {
+                            self.reason = self.held_reason("the owner ran lull-agent finish")
+                        }
+                        State::Evicting => {}
+                        _ => self.wait_for_idle(
+                            now,
+                            "the owner ran lull-agent finish, with no task running".to_owned(),
+                        ),
+                    }
+                } else {
                     self.reason = format!(
-                        "the owner ran lull-agent resume; waiting for {} of idle",
-                        human_duration(self.config.start_after_idle)
+                        "the owner ran lull-agent finish: no new work; stopping when the {} running task(s) end",
+                        self.guests
                     );
                 }
                 return;
             }
         };
+        let why = why.as_str();
         self.owner_held = true;
         if cmd == OwnerCommand::Stop {
             self.stopping = true;
@@ -633,11 +672,42 @@ impl Policy {
 
     /// Takes in how many guests are running or paused now; call it whenever the number changes.
     /// Eviction only matters when it is above zero; when an eviction's guests are all gone,
-    /// `Evicting` ends.
+    /// `Evicting` ends. When the owner asked to finish, the last guest gone stops the agent.
     pub fn handle_guests(&mut self, now: Instant, guests: usize) {
         self.guests = guests;
+        if guests == 0 && self.finishing && !self.stopping {
+            self.stopping = true;
+            if matches!(
+                self.state,
+                State::Running | State::Throttled | State::Paused
+            ) {
+                self.wait_for_idle(
+                    now,
+                    "the owner ran lull-agent finish and the last task ended".to_owned(),
+                );
+                return;
+            }
+        }
         if guests == 0 && self.state == State::Evicting {
             self.end_eviction(now, "all guests gone".to_owned());
+        }
+    }
+
+    /// Lifts the owner's hold (pause, snooze, stop or finish not yet carried out) for `why`.
+    fn release(&mut self, now: Instant, why: &str) {
+        let held = self.owner_held || self.stopping || self.finishing;
+        self.owner_held = false;
+        self.stopping = false;
+        self.finishing = false;
+        self.snoozed_until = None;
+        if held && self.state == State::WaitingForIdle {
+            self.last_not_ready = now;
+            self.reason = format!(
+                "{why}; waiting for {} of idle",
+                human_duration(self.config.start_after_idle)
+            );
+        } else if held {
+            self.reason = format!("{why}; taking work again");
         }
     }
 
@@ -645,6 +715,13 @@ impl Policy {
     /// sample; the latest sample is taken to still hold. Call it at [`Policy::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
         self.evaluate(now, false);
+    }
+
+    /// Ends a snooze whose time is up.
+    fn end_snooze(&mut self, now: Instant) {
+        if self.snoozed_until.is_some_and(|t| now >= t) {
+            self.release(now, "the owner's snooze ended");
+        }
     }
 
     /// The next action for the driver, oldest first.
@@ -655,6 +732,14 @@ impl Policy {
     /// The next instant at which a dwell, the pause limit or an eviction's grace completes if no
     /// sample says otherwise; `None` when only a sample can change anything.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let due = self.state_timeout();
+        match (due, self.snoozed_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn state_timeout(&self) -> Option<Instant> {
         let quiet_done = self
             .seen
             .as_ref()
@@ -688,6 +773,7 @@ impl Policy {
         matches!(self.state, State::Running | State::Throttled)
             && !self.owner_held
             && !self.stopping
+            && !self.finishing
     }
 
     /// Smoothed estimate (EWMA over `idle_smoothing`) of the machine's idle CPU fraction
@@ -756,6 +842,7 @@ impl Policy {
 
     /// Applies every rule that the latest sample (`fresh`) or the passing of time allows.
     fn evaluate(&mut self, now: Instant, fresh: bool) {
+        self.end_snooze(now);
         let Some(seen) = self.seen.clone() else {
             return;
         };
@@ -948,6 +1035,8 @@ impl Policy {
     fn held_reason(&self, why: &str) -> String {
         if self.stopping {
             format!("{why}; stopping")
+        } else if self.snoozed_until.is_some() {
+            format!("{why}; held until then, or until lull-agent resume")
         } else {
             format!("{why}; held until lull-agent resume")
         }
@@ -2007,6 +2096,105 @@ mod tests {
             Some(resumed + secs(60))
         );
         assert!(sim.policy.accepting());
+    }
+
+    #[test]
+    fn a_snooze_evicts_holds_and_ends_by_itself() {
+        let mut sim = Sim::running(raw(), 1);
+        sim.owner(OwnerCommand::Snooze(secs(3600)));
+        let reason = "the owner snoozed the agent for 60 min";
+        assert_eq!(
+            sim.take()[0],
+            Action::Evict {
+                reason: reason.to_owned(),
+                grace: secs(10)
+            }
+        );
+        sim.guests(0);
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        assert_eq!(
+            sim.policy.reason(),
+            format!(
+                "evicted ({reason}): all guests gone; held until then, or until lull-agent resume"
+            )
+        );
+        let snoozed = sim.at();
+        // Idle all along, it stays held for the whole snooze...
+        sim.feed(quiet(), secs(3590));
+        assert!(!sim.policy.accepting());
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        // ...then takes work again after the usual idle time, counted from the snooze's end.
+        sim.feed(quiet(), secs(10) + STEP);
+        assert_eq!(
+            sim.policy.reason(),
+            "the owner's snooze ended; waiting for 60 s of idle"
+        );
+        sim.feed(quiet(), secs(61));
+        assert_eq!(
+            sim.when(|a| matches!(
+                a,
+                Action::StateChanged {
+                    to: State::Running,
+                    ..
+                }
+            )),
+            Some(snoozed + secs(3600 + 60))
+        );
+        assert!(sim.policy.accepting());
+        // A snooze ends sooner at the owner's resume, and without samples at its own time.
+        let mut sim = Sim::new(raw());
+        sim.owner(OwnerCommand::Snooze(secs(5)));
+        let end = sim.now + secs(5);
+        assert_eq!(sim.policy.poll_timeout(), Some(end));
+        sim.owner(OwnerCommand::Resume);
+        assert!(sim.policy.poll_timeout().is_none_or(|t| t != end));
+    }
+
+    #[test]
+    fn finish_takes_no_new_work_lets_running_tasks_end_then_stops() {
+        let mut sim = Sim::running(raw(), 2);
+        sim.owner(OwnerCommand::Finish);
+        assert_eq!(sim.take(), vec![], "nothing is evicted");
+        assert!(!sim.policy.accepting());
+        assert!(!sim.policy.stopping());
+        assert_eq!(
+            sim.policy.reason(),
+            "the owner ran lull-agent finish: no new work; stopping when the 2 running task(s) end"
+        );
+        sim.feed(quiet(), secs(30));
+        assert_eq!(sim.policy.state(), State::Running);
+        sim.guests(1);
+        assert!(!sim.policy.stopping());
+        sim.guests(0);
+        assert!(sim.policy.stopping());
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        assert_eq!(
+            sim.policy.reason(),
+            "the owner ran lull-agent finish and the last task ended; stopping"
+        );
+        // Load meanwhile pauses the guests as ever; the end is the same.
+        let mut sim = Sim::running(raw(), 1);
+        sim.owner(OwnerCommand::Finish);
+        sim.feed(load(0.9), ms(100));
+        assert_eq!(sim.policy.state(), State::Paused);
+        sim.feed(quiet(), secs(10));
+        sim.guests(0);
+        assert!(sim.policy.stopping());
+        // Resumed before its tasks end, the agent goes on as before.
+        let mut sim = Sim::running(raw(), 1);
+        sim.owner(OwnerCommand::Finish);
+        sim.owner(OwnerCommand::Resume);
+        assert!(sim.policy.accepting());
+        sim.guests(0);
+        assert!(!sim.policy.stopping());
+        // With nothing running, it stops at once.
+        let mut sim = Sim::new(raw());
+        sim.owner(OwnerCommand::Finish);
+        assert!(sim.policy.stopping());
+        assert_eq!(
+            sim.policy.reason(),
+            "the owner ran lull-agent finish; stopping"
+        );
     }
 
     #[test]

@@ -946,11 +946,13 @@ impl Cluster {
     }
 
     /// Runs the owner's command `lull-agent COMMAND --data-dir DIR --json` (`pause`, `resume`,
-    /// `stop` or `status`) against the agent named `name`, to its end (at most [`WAIT`]).
+    /// `snooze 2s`, `finish`, `stop` or `status`: words split at spaces) against the agent
+    /// named `name`, to its end (at most [`WAIT`]).
     pub fn agent_command(&self, name: &str, command: &str) -> CliOutput {
         let data_dir = self.agent_data_dir(name);
         let mut cmd = Command::new(binary("lull-agent"));
-        cmd.args([command, "--data-dir", path_str(&data_dir), "--json"]);
+        cmd.args(command.split_whitespace())
+            .args(["--data-dir", path_str(&data_dir), "--json"]);
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
         run_program(
             &self.root.join("logs"),

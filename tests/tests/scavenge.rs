@@ -549,3 +549,83 @@ fn the_owner_s_stop_makes_an_idle_agent_exit() {
     assert_eq!(code, Some(0), "the agent exits cleanly");
     stop.assert_success();
 }
+
+#[test]
+fn the_owner_s_finish_lets_the_running_task_end_takes_no_more_and_the_agent_exits() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::start();
+    start_scavenging(&mut cluster, "finishing", "");
+    let id = one_task_job(&cluster, "last", &guests::hello(3000), 1);
+    wait_for_started(&cluster, id, 1, "finishing");
+    let later = one_task_job(&cluster, "later", &guests::hello(0), 1);
+
+    let finish = cluster.agent_command("finishing", "finish");
+    finish.assert_success();
+    assert_eq!(
+        finish.json()["status"]["accepting"],
+        false,
+        "a finishing agent takes no new work: {finish}"
+    );
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    assert_eq!(
+        task["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "the running task ended on its own, not evicted: {task}"
+    );
+    assert_eq!(outcome(&task, 1)["kind"], "exited", "{task}");
+    let code = cluster.wait_for_agent_exit("finishing", Duration::from_secs(30));
+    assert_eq!(code, Some(0), "the agent exits cleanly once its task ended");
+    let waiting = cluster.task(later, 0);
+    assert_eq!(
+        waiting["attempts"].as_array().map(Vec::len),
+        Some(0),
+        "the job behind it never started there: {waiting}"
+    );
+}
+
+#[test]
+fn a_snooze_evicts_and_the_agent_takes_work_again_by_itself() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::start();
+    start_scavenging(&mut cluster, "snoozy", "");
+    let id = one_task_job(&cluster, "long", &guests::hello(4000), 1);
+    wait_for_started(&cluster, id, 1, "snoozy");
+
+    let asked = Instant::now();
+    let snooze = cluster.agent_command("snoozy", "snooze 3s");
+    snooze.assert_success();
+    assert_eq!(snooze.json()["status"]["accepting"], false, "{snooze}");
+    wait_for_accepting(&cluster, "snoozy", false);
+    // Nothing else to do but this agent: the task runs again on it once the snooze is over.
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    assert_eq!(outcome(&task, 1)["kind"], "evicted", "{task}");
+    let why = outcome(&task, 1)["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("snoozed the agent for 3 s"), "{why:?}");
+    let second = &task["attempts"][1];
+    assert_eq!(
+        second["agent"],
+        cluster.agent_id("snoozy").as_str(),
+        "{task}"
+    );
+    let restarted_after = second["started_ms"].as_i64().unwrap_or_default()
+        - task["attempts"][0]["finished_ms"]
+            .as_i64()
+            .unwrap_or_default();
+    assert!(
+        restarted_after >= 1500,
+        "the task came back only after the snooze, {restarted_after} ms after it left: {task}"
+    );
+    assert!(asked.elapsed() >= Duration::from_secs(3));
+    let events = cluster.agent_events("snoozy");
+    assert!(
+        events.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("held until then, or until lull-agent resume"))),
+        "the wait names the snooze: {}",
+        show(&events)
+    );
+}
