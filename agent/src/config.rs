@@ -82,6 +82,9 @@ pub struct AgentConfig {
     /// When guests may run, pause, slow down or must leave (`[policy]`).
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// The owner's standing rules (`[owner]`): time windows, exclusive programs.
+    #[serde(default)]
+    pub owner: crate::rules::OwnerRules,
     /// A join token to enroll with at each connection (enrolling an enrolled key uses no
     /// token). A secret, so never read from the file: `lull-agent run --join-token` or
     /// LULL_JOIN_TOKEN sets it; `lull-agent install --token` enrolls once and keeps none.

@@ -118,6 +118,7 @@ impl Agent {
             bail!("sample_interval: must be at least 1ms");
         }
         config.policy.validate().context("policy")?;
+        let rules = crate::rules::Rules::new(&config.owner).map_err(|e| anyhow::anyhow!(e))?;
         let pin = config
             .coordinator_key
             .as_deref()
@@ -214,6 +215,7 @@ impl Agent {
                 policy: config.policy.clone(),
                 sample_interval,
                 dedicated: config.dedicated,
+                rules,
             },
             owner: Mutex::new(None),
             stop: Notify::new(),

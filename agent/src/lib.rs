@@ -30,6 +30,7 @@ pub mod outbox;
 pub mod owner;
 pub mod policy;
 pub mod pool;
+pub mod rules;
 pub mod runner;
 pub mod sampler;
 pub mod sandbox;

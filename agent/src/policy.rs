@@ -75,7 +75,9 @@
 //! `WaitingForIdle` until `resume` (`stop` also makes [`Policy::stopping`] true, and the driver
 //! exits once no guest is left); `snooze` is a `pause` that lifts itself after its time, the idle
 //! time counting from then; `finish` takes no new work and evicts nothing, and the last guest
-//! gone stops the agent as `stop` does.
+//! gone stops the agent as `stop` does. The owner's standing rules ([`crate::rules`]: time
+//! windows, exclusive programs) come in through [`Policy::handle_rules`]: while one holds,
+//! guests are evicted and none start; once none does, the idle time counts from then.
 //!
 //! Every change of state emits exactly one [`Action::StateChanged`] with its reason in words,
 //! after the action that carries it out (a [`Action::Pause`] comes first, so the driver can act on
@@ -450,6 +452,8 @@ pub struct Policy {
     snoozed_until: Option<Instant>,
     /// The owner asked to finish: no new work, and a stop once no guest is left.
     finishing: bool,
+    /// Why the owner's standing rules keep guests away now, if they do.
+    ruled_out: Option<String>,
     idle: Option<f64>,
     /// Incumbent CPU averaged over `quiet_smoothing`.
     settled: Option<f64>,
@@ -506,6 +510,7 @@ impl Policy {
             stopping: false,
             snoozed_until: None,
             finishing: false,
+            ruled_out: None,
             idle: None,
             settled: None,
             dwell,
@@ -693,6 +698,38 @@ impl Policy {
         }
     }
 
+    /// Takes in what the owner's standing rules ([`crate::rules`]) say now: `Some(why)` while
+    /// guests may not run (outside the time windows, an exclusive program running), `None`
+    /// when nothing stands in the way. Guests that run are evicted, and none start, while a
+    /// rule holds; once none does, the usual idle time counts from then.
+    pub fn handle_rules(&mut self, now: Instant, hold: Option<String>) {
+        if hold == self.ruled_out {
+            return;
+        }
+        match hold {
+            Some(why) => {
+                self.ruled_out = Some(why.clone());
+                match self.state {
+                    State::Running | State::Throttled | State::Paused => self.evict(now, why),
+                    State::WaitingForIdle if !self.owner_held && !self.stopping => {
+                        self.reason = format!("{why}; waiting while it holds");
+                    }
+                    _ => {}
+                }
+            }
+            None => {
+                let why = self.ruled_out.take().unwrap_or_default();
+                if self.state == State::WaitingForIdle && !self.owner_held && !self.stopping {
+                    self.last_not_ready = now;
+                    self.reason = format!(
+                        "no longer {why}; waiting for {} of idle",
+                        human_duration(self.config.start_after_idle)
+                    );
+                }
+            }
+        }
+    }
+
     /// Lifts the owner's hold (pause, snooze, stop or finish not yet carried out) for `why`.
     fn release(&mut self, now: Instant, why: &str) {
         let held = self.owner_held || self.stopping || self.finishing;
@@ -774,6 +811,7 @@ impl Policy {
             && !self.owner_held
             && !self.stopping
             && !self.finishing
+            && self.ruled_out.is_none()
     }
 
     /// Smoothed estimate (EWMA over `idle_smoothing`) of the machine's idle CPU fraction
@@ -794,7 +832,11 @@ impl Policy {
     /// entered; this follows the samples. `None` in other states, or while the owner holds the
     /// agent.
     pub fn waiting_detail(&self, now: Instant) -> Option<String> {
-        if self.state != State::WaitingForIdle || self.owner_held || self.stopping {
+        if self.state != State::WaitingForIdle
+            || self.owner_held
+            || self.stopping
+            || self.ruled_out.is_some()
+        {
             return None;
         }
         let seen = self.seen.as_ref()?;
@@ -952,7 +994,7 @@ impl Policy {
     /// When guests may start if samples stay as the latest; `None` while they may not.
     fn start_deadline(&self) -> Option<Instant> {
         let seen = self.seen.as_ref()?;
-        if !seen.ready || self.owner_held || self.stopping {
+        if !seen.ready || self.owner_held || self.stopping || self.ruled_out.is_some() {
             return None;
         }
         let c = &self.config;
@@ -1023,6 +1065,8 @@ impl Policy {
         self.last_not_ready = now;
         let reason = if self.owner_held || self.stopping {
             self.held_reason(&reason)
+        } else if self.ruled_out.is_some() {
+            format!("{reason}; waiting while it holds")
         } else {
             format!(
                 "{reason}; waiting for {} of idle",
@@ -1372,6 +1416,11 @@ mod tests {
 
         fn owner(&mut self, cmd: OwnerCommand) {
             self.policy.handle_owner(self.now, cmd);
+            self.drain();
+        }
+
+        fn rules(&mut self, hold: Option<&str>) {
+            self.policy.handle_rules(self.now, hold.map(str::to_owned));
             self.drain();
         }
 
@@ -2148,6 +2197,74 @@ mod tests {
         assert_eq!(sim.policy.poll_timeout(), Some(end));
         sim.owner(OwnerCommand::Resume);
         assert!(sim.policy.poll_timeout().is_none_or(|t| t != end));
+    }
+
+    #[test]
+    fn the_owners_rules_evict_and_hold_while_they_stand_then_the_idle_time_counts() {
+        let mut sim = Sim::running(raw(), 1);
+        let why = "outside the owner's time windows (Mon-Fri 19:00-07:00)";
+        sim.rules(Some(why));
+        assert_eq!(
+            sim.take()[0],
+            Action::Evict {
+                reason: why.to_owned(),
+                grace: secs(10)
+            }
+        );
+        assert!(!sim.policy.accepting());
+        sim.rules(Some(why));
+        assert_eq!(sim.take(), vec![], "the same rule again changes nothing");
+        sim.guests(0);
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        assert_eq!(
+            sim.policy.reason(),
+            format!("evicted ({why}): all guests gone; waiting while it holds")
+        );
+        sim.feed(quiet(), secs(300));
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        assert_eq!(sim.policy.poll_timeout(), None);
+        sim.rules(None);
+        assert_eq!(
+            sim.policy.reason(),
+            format!("no longer {why}; waiting for 60 s of idle")
+        );
+        let lifted = sim.at();
+        sim.feed(quiet(), secs(61));
+        assert_eq!(
+            sim.when(|a| matches!(
+                a,
+                Action::StateChanged {
+                    to: State::Running,
+                    ..
+                }
+            )),
+            Some(lifted + secs(60))
+        );
+        // While waiting, a rule holds without a change of state, and a program closing lets
+        // the idle time count from then.
+        let mut sim = Sim::new(raw());
+        sim.feed(quiet(), secs(30));
+        let program = "the owner's program blender is running (exclusive_programs)";
+        sim.rules(Some(program));
+        sim.feed(quiet(), secs(120));
+        assert_eq!(sim.take(), vec![]);
+        assert_eq!(
+            sim.policy.reason(),
+            format!("{program}; waiting while it holds")
+        );
+        sim.rules(None);
+        let lifted = sim.at();
+        sim.feed(quiet(), secs(61));
+        assert_eq!(
+            sim.when(|a| matches!(
+                a,
+                Action::StateChanged {
+                    to: State::Running,
+                    ..
+                }
+            )),
+            Some(lifted + secs(60))
+        );
     }
 
     #[test]

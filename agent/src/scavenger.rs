@@ -87,7 +87,12 @@ pub struct ScavengerConfig {
     /// A dedicated machine ([`Policy::dedicated`]): the machine's load never pauses or evicts
     /// guests; only the owner's commands do.
     pub dedicated: bool,
+    /// The owner's standing rules, checked every [`RULES_EVERY`].
+    pub rules: crate::rules::Rules,
 }
+
+/// How often the owner's standing rules are checked.
+pub const RULES_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the scavenger thread. It runs until `owner` is closed.
 pub fn start(
@@ -115,6 +120,7 @@ fn run(
         Policy::new(config.policy.clone(), Instant::now())
     };
     let mut next_sample = Instant::now();
+    let mut next_rules = Instant::now();
     let mut smoothed = Load::default();
     loop {
         let now = Instant::now();
@@ -143,6 +149,19 @@ fn run(
             smoothed.incumbent_cpu += a * (load.incumbent_cpu - smoothed.incumbent_cpu);
             smoothed.guest_cpu += a * (load.guest_cpu - smoothed.guest_cpu);
             policy.handle_sample(now, &sample_of(&load));
+        }
+        if !config.rules.is_empty() && now >= next_rules {
+            next_rules = now + RULES_EVERY;
+            let programs = if config.rules.watches_programs() {
+                crate::rules::running_programs()
+            } else {
+                Vec::new()
+            };
+            let hold = config.rules.hold(
+                crate::rules::local_now(),
+                programs.iter().map(String::as_str),
+            );
+            policy.handle_rules(now, hold);
         }
         let guests = lock(&shared.running).len();
         policy.handle_guests(now, guests);

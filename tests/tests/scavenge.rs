@@ -629,3 +629,109 @@ fn a_snooze_evicts_and_the_agent_takes_work_again_by_itself() {
         show(&events)
     );
 }
+
+#[test]
+fn an_exclusive_program_of_the_owner_evicts_the_guests_until_it_exits() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::start();
+    // A program of the owner's, by its process name: sleep under another name.
+    let program = cluster.root().join("render-suite");
+    std::fs::copy("/bin/sleep", &program).expect("copying /bin/sleep");
+    start_scavenging(
+        &mut cluster,
+        "gamer",
+        "[owner]\nexclusive_programs = [\"render-suite\"]\n",
+    );
+    let id = one_task_job(&cluster, "long", &guests::hello(3000), 1);
+    wait_for_started(&cluster, id, 1, "gamer");
+
+    let mut running = Command::new(&program)
+        .arg("600")
+        .spawn()
+        .expect("starting the owner's program");
+    // Within about a second the agent sees it, evicts the guest and says why.
+    wait_for("the agent to name the owner's program", WAIT, || {
+        let status = cluster.agent_command("gamer", "status").json();
+        status["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| {
+                r.contains("the owner's program render-suite is running (exclusive_programs)")
+            })
+            .then_some(())
+    });
+    wait_for_accepting(&cluster, "gamer", false);
+    let _ = running.kill();
+    let _ = running.wait();
+    // Once it is gone, the agent takes work again, and the task runs to its end there.
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let task = cluster.task(id, 0);
+    assert_eq!(outcome(&task, 1)["kind"], "evicted", "{task}");
+    let why = outcome(&task, 1)["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("render-suite"), "{why:?}");
+    assert_eq!(
+        task["attempts"][1]["agent"],
+        cluster.agent_id("gamer").as_str(),
+        "{task}"
+    );
+}
+
+#[test]
+fn outside_its_owners_time_windows_an_agent_takes_no_work() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::start();
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let today = usize::from(lull_agent::rules::local_now().weekday);
+    // Every day but today, and today alone.
+    let others = format!("{}-{}", DAYS[(today + 1) % 7], DAYS[(today + 6) % 7]);
+    for (name, window) in [("elsewhen", others.as_str()), ("today", DAYS[today])] {
+        let config = cluster.write_agent_config(
+            name,
+            &format!("{POLICY}[owner]\nwindows = [\"{window}\"]\n"),
+        );
+        cluster.start_agent(
+            name,
+            AgentOptions {
+                slots: Some(1),
+                scavenging_config: Some(config),
+                ..AgentOptions::default()
+            },
+        );
+    }
+    cluster.wait_for_agents(&["elsewhen", "today"]);
+    wait_for_accepting(&cluster, "today", true);
+    wait_for_accepting(&cluster, "elsewhen", false);
+    let status = cluster.agent_command("elsewhen", "status").json();
+    assert!(
+        status["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("outside the owner's time windows ({others})"))),
+        "{status}"
+    );
+    // Work goes to the agent whose window is open.
+    let id = one_task_job(&cluster, "now", &guests::hello(0), 1);
+    let done = cluster.wait_for_job_end(id);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    assert_eq!(
+        cluster.task(id, 0)["attempts"][0]["agent"],
+        cluster.agent_id("today").as_str()
+    );
+    // A window that cannot be read stops the agent at its start, saying which.
+    let bad = cluster.write_agent_config("bad", "[owner]\nwindows = [\"Mon-Fry\"]\n");
+    cluster.start_agent(
+        "bad",
+        AgentOptions {
+            scavenging_config: Some(bad),
+            ..AgentOptions::default()
+        },
+    );
+    let code = cluster.wait_for_agent_exit("bad", Duration::from_secs(30));
+    assert_ne!(code, Some(0));
+    assert!(
+        cluster
+            .agent_log("bad")
+            .contains("owner.windows[0]: \"Mon-Fry\": \"Fry\" is not a day"),
+        "{}",
+        cluster.agent_log("bad")
+    );
+}

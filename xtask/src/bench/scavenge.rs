@@ -277,6 +277,7 @@ fn bench(settings: &Settings, dir: &Path) -> anyhow::Result<serde_json::Value> {
             },
             sample_interval: SAMPLE_INTERVAL,
             dedicated: false,
+            rules: Default::default(),
         },
         agent.shared.clone(),
         owner_rx,
