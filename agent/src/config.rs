@@ -82,6 +82,14 @@ pub struct AgentConfig {
     /// When guests may run, pause, slow down or must leave (`[policy]`).
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// The most cores lent to guests: the cores the coordinator counts on and, at most, the
+    /// slots (default: all of them).
+    #[serde(default)]
+    pub max_cores: Option<u32>,
+    /// The most memory lent to guests, e.g. "4GiB": the machine's memory as the coordinator
+    /// counts it and the largest task (default: all of it).
+    #[serde(default)]
+    pub max_memory: Option<String>,
     /// The owner's standing rules (`[owner]`): time windows, exclusive programs.
     #[serde(default)]
     pub owner: crate::rules::OwnerRules,

@@ -55,6 +55,8 @@ pub struct Agent {
     join_token: Option<String>,
     slots: u32,
     max_task_memory: u64,
+    /// What the owner lends at most (`max_cores`, `max_memory`).
+    lend: Lend,
     /// Below this much free disk where `data_dir` is, no new work is taken.
     min_free_disk: u64,
     labels: std::collections::BTreeMap<String, String>,
@@ -99,10 +101,23 @@ impl Agent {
         // The ID, and the key the agent proves it with (the coordinator binds the ID to it).
         let (id, identity) = crate::enroll::local_identity(data)?;
         let sampler = Sampler::new();
+        let lend = Lend {
+            cores: match config.max_cores {
+                Some(0) => bail!("max_cores: must be at least 1"),
+                n => n,
+            },
+            memory: config
+                .max_memory
+                .as_deref()
+                .map(units::parse_size)
+                .transpose()
+                .context("max_memory")?,
+        };
         let max_task_memory = match &config.max_task_memory {
             Some(text) => units::parse_size(text).context("max_task_memory")?,
             None => (sampler.memory_total() / 4).clamp(64 << 20, 4 << 30),
         };
+        let max_task_memory = max_task_memory.min(lend.memory.unwrap_or(u64::MAX));
         let output_cap = units::parse_size(&config.output_cap).context("output_cap")?;
         let outputs_cap = units::parse_size(&config.outputs_cap).context("outputs_cap")?;
         let task_disk = crate::disk::DiskCap {
@@ -166,7 +181,11 @@ impl Agent {
             .name
             .clone()
             .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "agent".into()));
-        let slots = config.slots.unwrap_or_else(|| sampler.cores()).max(1);
+        let slots = config
+            .slots
+            .unwrap_or_else(|| sampler.cores())
+            .min(lend.cores.unwrap_or(u32::MAX))
+            .max(1);
         let agent = Arc::new(Self {
             data_dir: data.clone(),
             free_slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
@@ -185,6 +204,7 @@ impl Agent {
             join_token: config.join_token.clone(),
             slots,
             max_task_memory,
+            lend,
             min_free_disk,
             labels: config.labels.clone(),
             runner: Arc::new(Runner {
@@ -407,7 +427,8 @@ impl Agent {
     }
 
     fn capacity(&self) -> lull_protocol::message::Capacity {
-        lock(&self.sampler).capacity(self.slots, self.max_task_memory, &self.labels)
+        let machine = lock(&self.sampler).capacity(self.slots, self.max_task_memory, &self.labels);
+        self.lend.cap(machine)
     }
 
     fn status(&self) -> AgentStatus {
@@ -1005,5 +1026,70 @@ mod tests {
         // A wait that ends first is just that.
         let control = TaskControl::new();
         assert_eq!(unless_stopped(&control, async { 7 }).await, Ok(7));
+    }
+}
+
+/// What the owner lends at most: `max_cores` and `max_memory` of `agent.toml`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lend {
+    /// The most cores.
+    pub cores: Option<u32>,
+    /// The most bytes of memory.
+    pub memory: Option<u64>,
+}
+
+impl Lend {
+    /// The machine's capacity as lent: no more cores, memory (total and available) and
+    /// largest task than the owner allows.
+    pub fn cap(&self, mut c: lull_protocol::message::Capacity) -> lull_protocol::message::Capacity {
+        if let Some(cores) = self.cores {
+            c.cores = c.cores.min(cores);
+            c.slots = c.slots.min(cores);
+        }
+        if let Some(memory) = self.memory {
+            c.memory_total = c.memory_total.min(memory);
+            c.memory_available = c.memory_available.min(memory);
+            c.max_task_memory = c.max_task_memory.min(memory);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod lend_tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_lends_no_more_cores_or_memory_than_allowed() {
+        let machine = lull_protocol::message::Capacity {
+            cores: 8,
+            slots: 8,
+            memory_total: 32 << 30,
+            memory_available: 20 << 30,
+            max_task_memory: 4 << 30,
+            ..Default::default()
+        };
+        assert_eq!(Lend::default().cap(machine.clone()), machine);
+        let lent = Lend {
+            cores: Some(2),
+            memory: Some(3 << 30),
+        }
+        .cap(machine.clone());
+        assert_eq!(
+            (
+                lent.cores,
+                lent.slots,
+                lent.memory_total,
+                lent.memory_available,
+                lent.max_task_memory
+            ),
+            (2, 2, 3 << 30, 3 << 30, 3 << 30)
+        );
+        let roomy = Lend {
+            cores: Some(64),
+            memory: Some(1 << 40),
+        }
+        .cap(machine.clone());
+        assert_eq!(roomy, machine, "a cap above the machine changes nothing");
     }
 }

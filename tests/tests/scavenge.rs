@@ -735,3 +735,47 @@ fn outside_its_owners_time_windows_an_agent_takes_no_work() {
         cluster.agent_log("bad")
     );
 }
+
+#[test]
+fn an_agent_lends_no_more_cores_or_memory_than_its_owner_allows() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::start();
+    cluster.start_agent(
+        "thrifty",
+        AgentOptions {
+            settings: Some("max_cores = 1\nmax_memory = \"512MiB\"\n".into()),
+            ..AgentOptions::default()
+        },
+    );
+    cluster.wait_for_agents(&["thrifty"]);
+    let listing = cluster
+        .agent_listing("thrifty")
+        .expect("the agent is listed");
+    let capacity = &listing["capacity"];
+    assert_eq!(capacity["cores"], 1, "{listing}");
+    assert_eq!(capacity["slots"], 1, "{listing}");
+    assert_eq!(capacity["memory_total"], 512u64 << 20, "{listing}");
+    assert!(
+        capacity["memory_available"].as_u64() <= Some(512 << 20)
+            && capacity["max_task_memory"].as_u64() <= Some(512 << 20),
+        "{listing}"
+    );
+    // A task larger than what is lent waits for another agent, saying why; a small one runs.
+    let big = cluster.write_job(
+        "big",
+        "name = \"big\"\n[[module]]\npath = \"hello.wasm\"\nargs = [\"0\"]\n[resources]\nmemory = \"1GiB\"\n",
+        &[("hello.wasm", &guests::hello(0))],
+    );
+    let big = cluster.submit(&big);
+    let small = one_task_job(&cluster, "small", &guests::hello(0), 1);
+    let done = cluster.wait_for_job_end(small);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+    let waiting = cluster.job(big);
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+    assert!(
+        waiting["waiting_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("tasks of 1 GiB (the largest cap is 512 MiB)")),
+        "{waiting}"
+    );
+}
