@@ -249,3 +249,60 @@ fn install_with_a_join_token_enrolls_the_agent_before_writing_anything() {
     });
     assert_eq!(listed["id"], id.trim(), "{listed}");
 }
+
+/// The unit `install` writes is one systemd reads without a complaint: `systemd-analyze verify`
+/// loads it as systemd would (every key known, the binary it runs executable) and says nothing.
+#[test]
+fn the_installed_unit_passes_systemd_analyze_verify() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let hash = format!("sha256:{}", "0f".repeat(32));
+    let binary = binary("lull-agent");
+    let (ok, stdout, stderr) = agent(&[
+        "install",
+        "--coordinator",
+        "lull.lab.example.org:7443",
+        "--ca-hash",
+        &hash,
+        "--binary",
+        binary.to_str().expect("utf-8 path"),
+        "--root",
+        root.path().to_str().expect("utf-8 path"),
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let unit = root.path().join("etc/systemd/system/lull-agent.service");
+    let verify = |unit: &Path| {
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(unit)
+            .output()
+            .expect(
+                "running systemd-analyze (Debian's systemd package; cargo xtask test installs it)",
+            );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, said) = verify(&unit);
+    assert!(
+        ok && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+    // The check is real: a misspelt key and a missing binary are reported.
+    let broken = root.path().join("broken.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("Restart=on-failure", "Restart=on-failure\nRestartt=5"),
+    )
+    .unwrap();
+    let (_, said) = verify(&broken);
+    assert!(said.contains("Unknown key 'Restartt'"), "{said}");
+    std::fs::write(
+        &broken,
+        text.replace(binary.to_str().unwrap(), "/nonexistent/lull-agent"),
+    )
+    .unwrap();
+    let (ok, said) = verify(&broken);
+    assert!(!ok && said.contains("is not executable"), "{said}");
+}

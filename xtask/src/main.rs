@@ -95,12 +95,14 @@ fn test() -> anyhow::Result<()> {
     };
     // Signatures are checked against the real OpenSSH tools; the dashboard in a real browser.
     // faketime brings the library that skews one coordinator's clock; ip makes the network
-    // namespaces of the fault tests; libFuzzer is built with c++.
+    // namespaces of the fault tests; libFuzzer is built with c++; systemd-analyze checks the
+    // unit `lull-agent install` writes.
     let needed = util::ensure_commands(&[
         ("ssh-keygen", "openssh-client"),
         ("chromium", "chromium"),
         ("faketime", "faketime"),
         ("ip", "iproute2"),
+        ("systemd-analyze", "systemd"),
         ("c++", "g++"),
     ]);
     drop(packages_ready);
