@@ -625,6 +625,26 @@ pub(crate) mod tests {
         let last = s.insert_job(&last, 1).await.unwrap();
         let row = s.job(reduce).await.unwrap();
         assert!(row.held && row.hold.is_none() && row.released_ms.is_none());
+        async fn held(s: &Store) -> Vec<(u64, bool)> {
+            let mut ids: Vec<(u64, bool)> = s
+                .held_jobs()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, _, hold)| (id, hold.is_some()))
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+        assert_eq!(
+            held(s).await,
+            [(reduce, false), (after_failing, false), (last, false)]
+        );
+        assert_eq!(
+            s.held_jobs().await.unwrap()[0].1,
+            vec![map],
+            "with the jobs it comes after"
+        );
 
         // While the map runs, the reduce waits.
         assert!(matches!(release(reduce).await, Persisted::Done));
@@ -707,6 +727,11 @@ pub(crate) mod tests {
         // Cancelled, it is no longer to be released.
         s.cancel_job(last, 11).await.unwrap();
         assert!(matches!(release(last).await, Persisted::NotPending));
+        assert_eq!(
+            held(s).await,
+            [(after_failing, true)],
+            "released and cancelled jobs are no longer held; a blocked one says so"
+        );
     }
 
     async fn each_task_gets_its_own_part_with_its_assignment(s: Store) {

@@ -217,3 +217,53 @@ fn two_coordinators_whose_clocks_differ_by_a_minute_requeue_no_live_work() {
     let log = cluster.peer_log(0);
     assert!(!log.contains("lease in the database ran out"), "{log}");
 }
+
+#[test]
+fn a_held_job_whose_coordinator_died_is_released_by_another() {
+    let url = postgres_database("adopt_held");
+    let mut cluster = Cluster::start_with(&["--database", &url]);
+    let second = cluster.start_peer_coordinator();
+    cluster.start_agent(
+        "worker",
+        AgentOptions {
+            coordinator: Some(second),
+            ..AgentOptions::slots(1)
+        },
+    );
+    let step = |name: &str| {
+        format!(
+            "name = \"{name}\"\n[[module]]\npath = \"hello.wasm\"\nargs = [\"0\"]\n[resources]\nmemory = \"16MiB\"\n"
+        )
+    };
+    let workflow = cluster.write_job(
+        "steps",
+        "name = \"steps\"\n[[job]]\nname = \"first\"\nfile = \"first.toml\"\n\
+         [[job]]\nname = \"then\"\nfile = \"then.toml\"\nafter = [\"first\"]\n",
+        &[
+            ("first.toml", step("first").as_bytes()),
+            ("then.toml", step("then").as_bytes()),
+            ("hello.wasm", &guests::hello(3000)),
+        ],
+    );
+    // Submitted through the first coordinator, which holds the second job...
+    let out = cluster.lull(&[
+        "submit",
+        workflow.to_str().unwrap(),
+        "--key",
+        cluster.key().to_str().unwrap(),
+        "--json",
+    ]);
+    out.assert_success();
+    let jobs = out.json()["jobs"].as_array().cloned().unwrap_or_default();
+    let then = jobs
+        .iter()
+        .find(|j| j["name"] == "then")
+        .and_then(|j| j["job"].as_u64())
+        .expect("the second job's number");
+    // ...and dies at once; the agent, on the other coordinator, runs the first job.
+    cluster.kill_coordinator();
+    cluster.use_peer_api(0);
+    cluster.wait_for_agents(&["worker"]);
+    let done = cluster.wait_for_job_end(then);
+    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
+}

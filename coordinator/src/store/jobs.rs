@@ -192,6 +192,20 @@ impl Store {
         rows.iter().map(job_row).collect()
     }
 
+    /// The held jobs not cancelled: each with the jobs it comes after, and why it stays held
+    /// for good when it does.
+    pub async fn held_jobs(&self) -> Result<Vec<(u64, Vec<u64>, Option<String>)>> {
+        let rows = sqlx::query("SELECT id, spec, hold FROM jobs WHERE held = 1 AND cancelled = 0")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let spec: JobSpec = serde_json::from_str(&r.get::<String, _>(1))?;
+                Ok((r.get::<i64, _>(0) as u64, spec.after, r.get(2)))
+            })
+            .collect()
+    }
+
     /// Every task's own part of a job that gave them, in index order (none otherwise).
     pub async fn task_items(&self, job: u64) -> Result<Vec<TaskItem>> {
         let rows = sqlx::query("SELECT item FROM task_items WHERE job_id = $1 ORDER BY idx")

@@ -12,6 +12,9 @@ use crate::store::StoreError;
 /// How often a coordinator looks at what the others did.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often it looks for held jobs no coordinator may be watching.
+const ADOPT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Where the sync with other coordinators stands.
 #[derive(Debug, Default)]
 pub(super) struct SharedSync {
@@ -21,6 +24,8 @@ pub(super) struct SharedSync {
     renewed: Option<Instant>,
     /// When it last synced.
     synced: Option<Instant>,
+    /// When it last looked for held jobs to watch.
+    adopted: Option<Instant>,
 }
 
 impl Hub {
@@ -75,11 +80,36 @@ impl Hub {
         if let Err(e) = self.load_cluster_settings().await {
             tracing::warn!(error = %e, "could not read the clusters' quotas and settings");
         }
+        if lock(&self.shared)
+            .adopted
+            .is_none_or(|t| now.duration_since(t) >= ADOPT_INTERVAL)
+        {
+            match self.adopt_held().await {
+                Ok(()) => lock(&self.shared).adopted = Some(now),
+                Err(e) => tracing::warn!(error = %e, "could not look for held jobs"),
+            }
+        }
         if let Err(e) = self.find_pending(cursor).await {
             tracing::warn!(error = %e, "could not look for pending tasks");
             return;
         }
         lock(&self.shared).synced = Some(now);
+    }
+
+    /// Watches the held jobs this coordinator does not know yet: the one they were submitted
+    /// to may have died, and nobody would release them. Several coordinators watching one job
+    /// is safe: the store releases it once, and the others find its tasks pending.
+    async fn adopt_held(&self) -> Result<(), StoreError> {
+        let held = self.store.held_jobs().await?;
+        let now = Instant::now();
+        self.with_core(|core| {
+            for (id, after, hold) in held {
+                if core.held(id).is_none() && !core.knows_job(id) {
+                    core.handle_held(now, id, &after, hold);
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Queues the tasks that became pending after `cursor` (submitted or requeued through
