@@ -1465,6 +1465,19 @@ mod tests {
             self.log.iter().find(|(_, a)| f(a)).map(|(t, _)| *t)
         }
 
+        /// When guests were first let run again (a change to `Running`), since the start.
+        fn started_running(&self) -> Option<Duration> {
+            self.when(|a| {
+                matches!(
+                    a,
+                    Action::StateChanged {
+                        to: State::Running,
+                        ..
+                    }
+                )
+            })
+        }
+
         fn reasons(&self) -> Vec<String> {
             self.log
                 .iter()
@@ -2179,16 +2192,7 @@ mod tests {
             "the owner's snooze ended; waiting for 60 s of idle"
         );
         sim.feed(quiet(), secs(61));
-        assert_eq!(
-            sim.when(|a| matches!(
-                a,
-                Action::StateChanged {
-                    to: State::Running,
-                    ..
-                }
-            )),
-            Some(snoozed + secs(3600 + 60))
-        );
+        assert_eq!(sim.started_running(), Some(snoozed + secs(3600 + 60)));
         assert!(sim.policy.accepting());
         // A snooze ends sooner at the owner's resume, and without samples at its own time.
         let mut sim = Sim::new(raw());
@@ -2230,16 +2234,7 @@ mod tests {
         );
         let lifted = sim.at();
         sim.feed(quiet(), secs(61));
-        assert_eq!(
-            sim.when(|a| matches!(
-                a,
-                Action::StateChanged {
-                    to: State::Running,
-                    ..
-                }
-            )),
-            Some(lifted + secs(60))
-        );
+        assert_eq!(sim.started_running(), Some(lifted + secs(60)));
         // While waiting, a rule holds without a change of state, and a program closing lets
         // the idle time count from then.
         let mut sim = Sim::new(raw());
@@ -2255,16 +2250,7 @@ mod tests {
         sim.rules(None);
         let lifted = sim.at();
         sim.feed(quiet(), secs(61));
-        assert_eq!(
-            sim.when(|a| matches!(
-                a,
-                Action::StateChanged {
-                    to: State::Running,
-                    ..
-                }
-            )),
-            Some(lifted + secs(60))
-        );
+        assert_eq!(sim.started_running(), Some(lifted + secs(60)));
     }
 
     #[test]

@@ -599,18 +599,8 @@ fn a_snooze_evicts_and_the_agent_takes_work_again_by_itself() {
     assert_eq!(snooze.json()["status"]["accepting"], false, "{snooze}");
     wait_for_accepting(&cluster, "snoozy", false);
     // Nothing else to do but this agent: the task runs again on it once the snooze is over.
-    let done = cluster.wait_for_job_end(id);
-    assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
-    let task = cluster.task(id, 0);
-    assert_eq!(outcome(&task, 1)["kind"], "evicted", "{task}");
-    let why = outcome(&task, 1)["reason"].as_str().unwrap_or_default();
-    assert!(why.contains("snoozed the agent for 3 s"), "{why:?}");
+    let task = evicted_then_done_on(&cluster, id, "snoozy", "snoozed the agent for 3 s");
     let second = &task["attempts"][1];
-    assert_eq!(
-        second["agent"],
-        cluster.agent_id("snoozy").as_str(),
-        "{task}"
-    );
     let restarted_after = second["started_ms"].as_i64().unwrap_or_default()
         - task["attempts"][0]["finished_ms"]
             .as_i64()
@@ -663,17 +653,24 @@ fn an_exclusive_program_of_the_owner_evicts_the_guests_until_it_exits() {
     let _ = running.kill();
     let _ = running.wait();
     // Once it is gone, the agent takes work again, and the task runs to its end there.
+    evicted_then_done_on(&cluster, id, "gamer", "render-suite");
+}
+
+/// Waits for job `id`'s one task to succeed after its first attempt was evicted for a reason
+/// holding `why`, and its second ran on the agent `name`; returns the task.
+fn evicted_then_done_on(cluster: &Cluster, id: u64, name: &str, why: &str) -> Value {
     let done = cluster.wait_for_job_end(id);
     assert_eq!(done["state"], "succeeded", "{}", summarize(&done));
     let task = cluster.task(id, 0);
     assert_eq!(outcome(&task, 1)["kind"], "evicted", "{task}");
-    let why = outcome(&task, 1)["reason"].as_str().unwrap_or_default();
-    assert!(why.contains("render-suite"), "{why:?}");
+    let reason = outcome(&task, 1)["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(why), "{reason:?}");
     assert_eq!(
         task["attempts"][1]["agent"],
-        cluster.agent_id("gamer").as_str(),
+        cluster.agent_id(name).as_str(),
         "{task}"
     );
+    task
 }
 
 #[test]
