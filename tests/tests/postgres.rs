@@ -246,15 +246,10 @@ fn a_held_job_whose_coordinator_died_is_released_by_another() {
         ],
     );
     // Submitted through the first coordinator, which holds the second job...
-    let out = cluster.lull(&[
-        "submit",
-        workflow.to_str().unwrap(),
-        "--key",
-        cluster.key().to_str().unwrap(),
-        "--json",
-    ]);
-    out.assert_success();
-    let jobs = out.json()["jobs"].as_array().cloned().unwrap_or_default();
+    let jobs = cluster.submit_json(&workflow)["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let then = jobs
         .iter()
         .find(|j| j["name"] == "then")

@@ -174,12 +174,7 @@ fn a_workflows_mistakes_are_named_before_anything_is_submitted() {
                 ("data/one.txt", b"a"),
             ],
         );
-        let out = cluster.lull(&[
-            "submit",
-            path.to_str().unwrap(),
-            "--key",
-            cluster.key().to_str().unwrap(),
-        ]);
+        let out = cluster.submit_with_token(cluster.token(), &path);
         assert!(!out.success() && out.stderr.contains(why), "{name}: {out}");
     };
     refused(

@@ -456,8 +456,7 @@ fn each_task_reads_its_own_row_and_files_and_sees_no_other_tasks() {
                 ("shards/alpha.txt", b"a"),
             ],
         );
-        let key = cluster.key().to_str().unwrap();
-        let out = cluster.lull(&["submit", job.to_str().unwrap(), "--key", key]);
+        let out = cluster.submit_with_token(cluster.token(), &job);
         assert!(!out.success() && out.stderr.contains(why), "{name}: {out}");
     };
     refused(

@@ -918,21 +918,7 @@ async fn task(
     Path((id, index)): Path<(u64, u32)>,
 ) -> ApiResult<Json<api::TaskDetail>> {
     check_job(&hub, &caller, id, None).await?;
-    // The page of one task that starts at it.
-    let found = hub
-        .store()
-        .task_page(id, index, 1, None)
-        .await?
-        .tasks
-        .pop()
-        .filter(|p| p.task.id.index == index)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no task {id}.{index}"),
-            )
-        })?;
+    let found = find_task(&hub, id, index).await?;
     let task = TaskId { job: id, index };
     let attempts = hub.store().attempts(task).await?;
     let checkpoint = hub.store().checkpoint(task).await?;
@@ -947,6 +933,23 @@ async fn task(
         attempts,
         checkpoint,
     }))
+}
+
+/// Task `index` of job `id`, as a page of one task that starts at it; 404 when there is none.
+async fn find_task(hub: &Hub, id: u64, index: u32) -> ApiResult<crate::store::PagedTask> {
+    hub.store()
+        .task_page(id, index, 1, None)
+        .await?
+        .tasks
+        .pop()
+        .filter(|p| p.task.id.index == index)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no task {id}.{index}"),
+            )
+        })
 }
 
 /// The query of `GET /api/v1/jobs/{id}/tasks/{index}/live`.
@@ -977,15 +980,7 @@ async fn live_log(
         .map_err(|e: String| HubError::BadRequest(format!("stream: {e}")))?;
     lull_protocol::job::check_module_name(&q.module)
         .map_err(|e| HubError::BadRequest(format!("module: {e}")))?;
-    let task = hub
-        .store()
-        .task_page(id, index, 1, None)
-        .await?
-        .tasks
-        .pop()
-        .map(|p| p.task)
-        .filter(|t| t.id.index == index)
-        .ok_or_else(|| HubError::NotFound(format!("no task {id}.{index}")))?;
+    let task = find_task(&hub, id, index).await?.task;
     let output = if task.state == TaskState::Running {
         let attempt = AttemptId {
             task: task.id,
