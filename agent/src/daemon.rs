@@ -282,12 +282,11 @@ impl Agent {
             tokio::spawn(self.clone().report_checkpoints(rx));
         }
         tokio::spawn(self.clone().fence());
-        #[cfg(unix)]
         {
             let agent = Arc::downgrade(&self);
-            let path = owner::socket_path(&self.data_dir);
+            let data_dir = self.data_dir.clone();
             tokio::spawn(async move {
-                let result = owner::serve(path, move |req| match agent.upgrade() {
+                let result = owner::serve(&data_dir, move |req| match agent.upgrade() {
                     Some(agent) => agent.owner_request(req),
                     None => serde_json::json!({ "error": "the agent is stopping" }),
                 })

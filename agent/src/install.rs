@@ -13,6 +13,13 @@
 //!
 //! and, for launchd, the data directory (systemd makes it, owned by the service's user); then,
 //! when the root is `/` and the service manager runs, enables and starts the service.
+//!
+//! On Windows the files are `C:\ProgramData\Lull\agent.toml` and `allowed_signers`, the data
+//! directory `C:\ProgramData\Lull\agent`, and the service (`LullAgent`, started at boot,
+//! restarted on failure) is registered with the service control manager by `sc.exe`, to run
+//! `lull-agent service` as the LocalService account: no administrator rights. `icacls` gives
+//! that account the data directory and takes it away from other users (the agent's key is
+//! there), and leaves the configuration and trust list to administrators.
 //! With a join token ([`enroll`]), the agent's key is made and enrolled with the coordinator
 //! first. Every step is printed; `--dry-run` prints without writing or running anything. Running it
 //! again changes nothing that is already right. `uninstall` stops and disables the service and
@@ -41,6 +48,21 @@ pub const DATA_PATH: &str = "/var/lib/lull/agent";
 pub const UNIT_PATH: &str = "/etc/systemd/system/lull-agent.service";
 /// The launchd daemon.
 pub const PLIST_PATH: &str = "/Library/LaunchDaemons/org.lull.agent.plist";
+/// Where the configuration, trust list and data directory live on Windows.
+pub const WINDOWS_DIR: &str = "C:/ProgramData/Lull";
+/// The Windows service's name.
+pub const WINDOWS_SERVICE: &str = "LullAgent";
+
+/// Where a service manager's system keeps the agent's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The configuration file.
+    pub config: &'static str,
+    /// The trust list.
+    pub signers: &'static str,
+    /// The data directory.
+    pub data: &'static str,
+}
 
 /// What `install` needs.
 #[derive(Debug, Clone)]
@@ -66,6 +88,8 @@ pub enum ServiceManager {
     Systemd,
     /// macOS.
     Launchd,
+    /// Windows' service control manager.
+    Windows,
 }
 
 impl ServiceManager {
@@ -73,9 +97,75 @@ impl ServiceManager {
     pub fn native() -> ServiceManager {
         if cfg!(target_vendor = "apple") {
             ServiceManager::Launchd
+        } else if cfg!(windows) {
+            ServiceManager::Windows
         } else {
             ServiceManager::Systemd
         }
+    }
+
+    /// Where the files go on this manager's system.
+    pub fn layout(self) -> Layout {
+        match self {
+            ServiceManager::Systemd | ServiceManager::Launchd => Layout {
+                config: CONFIG_PATH,
+                signers: SIGNERS_PATH,
+                data: DATA_PATH,
+            },
+            ServiceManager::Windows => Layout {
+                config: "C:/ProgramData/Lull/agent.toml",
+                signers: "C:/ProgramData/Lull/allowed_signers",
+                data: "C:/ProgramData/Lull/agent",
+            },
+        }
+    }
+
+    /// The service definition file, where the manager reads one.
+    fn definition(self) -> Option<&'static str> {
+        match self {
+            ServiceManager::Systemd => Some(UNIT_PATH),
+            ServiceManager::Launchd => Some(PLIST_PATH),
+            ServiceManager::Windows => None,
+        }
+    }
+}
+
+/// One command `install` or `uninstall` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Step {
+    args: Vec<String>,
+    /// A failure is expected at times and harmless (stopping a service that is not running).
+    may_fail: bool,
+}
+
+impl Step {
+    fn new<S: Into<String>>(args: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            args: args.into_iter().map(Into::into).collect(),
+            may_fail: false,
+        }
+    }
+
+    fn may_fail(self) -> Self {
+        Self {
+            may_fail: true,
+            ..self
+        }
+    }
+
+    /// The command as one would type it: arguments with spaces or quotes quoted.
+    fn line(&self) -> String {
+        self.args
+            .iter()
+            .map(|a| {
+                if a.is_empty() || a.contains([' ', '"']) {
+                    format!("\"{}\"", a.replace('"', "\\\""))
+                } else {
+                    a.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -111,7 +201,12 @@ fn validate(opts: &InstallOptions) -> anyhow::Result<()> {
             opts.ca_hash
         )
     })?;
-    if !opts.binary.is_absolute() {
+    // A Windows path (`C:\...`) counts as absolute wherever the service is planned.
+    let drive_path = |p: &Path| {
+        let b = p.as_os_str().as_encoded_bytes();
+        b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'/' | b'\\')
+    };
+    if !opts.binary.is_absolute() && !drive_path(&opts.binary) {
         bail!(
             "--binary {}: must be an absolute path",
             opts.binary.display()
@@ -125,15 +220,15 @@ fn quoted(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
-fn config_text(opts: &InstallOptions) -> String {
+fn config_text(opts: &InstallOptions, layout: Layout) -> String {
     let mut text = String::from(
         "# Written by `lull-agent install`; edit freely: install does not overwrite it.\n\
          # Every setting is described in the operators' guide (docs/operators.md).\n",
     );
     let _ = writeln!(text, "coordinator = {}", quoted(&opts.coordinator));
     let _ = writeln!(text, "coordinator_key = {}", quoted(&opts.ca_hash));
-    let _ = writeln!(text, "data_dir = {}", quoted(DATA_PATH));
-    let _ = writeln!(text, "allowed_signers = {}", quoted(SIGNERS_PATH));
+    let _ = writeln!(text, "data_dir = {}", quoted(layout.data));
+    let _ = writeln!(text, "allowed_signers = {}", quoted(layout.signers));
     if let Some(name) = &opts.name {
         let _ = writeln!(text, "name = {}", quoted(name));
     }
@@ -145,7 +240,8 @@ const SIGNERS_TEXT: &str = "\
 # front, e.g.
 #   alice@example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...
 # Until a key is listed here, the agent refuses every workload. Restart the agent after
-# changing this file (systemctl restart lull-agent).
+# changing this file (systemctl restart lull-agent; on macOS launchctl kickstart -k
+# system/org.lull.agent; on Windows Restart-Service LullAgent).
 ";
 
 /// The systemd unit for `binary` reading `config`.
@@ -214,40 +310,45 @@ pub fn launchd_plist(binary: &Path) -> String {
 }
 
 fn plan(opts: &InstallOptions, manager: ServiceManager) -> Vec<Planned> {
-    let service = match manager {
-        ServiceManager::Systemd => Planned {
-            path: UNIT_PATH,
-            contents: systemd_unit(&opts.binary),
-            mode: 0o644,
-            keep_existing: false,
-        },
-        ServiceManager::Launchd => Planned {
-            path: PLIST_PATH,
-            contents: launchd_plist(&opts.binary),
-            mode: 0o644,
-            keep_existing: false,
-        },
-    };
-    vec![
+    let layout = manager.layout();
+    let mut planned = vec![
         Planned {
-            path: CONFIG_PATH,
-            contents: config_text(opts),
+            path: layout.config,
+            contents: config_text(opts, layout),
             mode: 0o644,
             keep_existing: true,
         },
         Planned {
-            path: SIGNERS_PATH,
+            path: layout.signers,
             contents: SIGNERS_TEXT.to_owned(),
             mode: 0o644,
             keep_existing: true,
         },
-        service,
-    ]
+    ];
+    let definition = match manager {
+        ServiceManager::Systemd => Some(systemd_unit(&opts.binary)),
+        ServiceManager::Launchd => Some(launchd_plist(&opts.binary)),
+        ServiceManager::Windows => None,
+    };
+    if let (Some(path), Some(contents)) = (manager.definition(), definition) {
+        planned.push(Planned {
+            path,
+            contents,
+            mode: 0o644,
+            keep_existing: false,
+        });
+    }
+    planned
 }
 
-/// `path` (absolute on the target system) under `root`.
+/// `path` (absolute on the target system, `/etc/...` or `C:/...`) under `root`; the path
+/// itself when the root is this system's.
 fn under(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
+    if root == Path::new("/") {
+        return PathBuf::from(path);
+    }
+    let relative = path.strip_prefix("C:").unwrap_or(path);
+    root.join(relative.trim_start_matches('/'))
 }
 
 /// Whether the service manager can be driven: the root is this system's, and it runs.
@@ -255,52 +356,143 @@ fn manager_running(root: &Path, manager: ServiceManager) -> bool {
     root == Path::new("/")
         && match manager {
             ServiceManager::Systemd => Path::new("/run/systemd/system").is_dir(),
-            ServiceManager::Launchd => true,
+            ServiceManager::Launchd => cfg!(target_vendor = "apple"),
+            ServiceManager::Windows => cfg!(windows),
         }
 }
 
-/// The commands that start the installed service, and those that stop it.
-fn start_commands(manager: ServiceManager) -> Vec<Vec<&'static str>> {
+/// Well-known Windows accounts, by SID (their names depend on the system's language).
+const LOCAL_SERVICE_SID: &str = "*S-1-5-19";
+const SYSTEM_SID: &str = "*S-1-5-18";
+const ADMINISTRATORS_SID: &str = "*S-1-5-32-544";
+const USERS_SID: &str = "*S-1-5-32-545";
+
+/// The commands that register (or update) and start the installed service.
+fn start_commands(manager: ServiceManager, binary: &Path) -> Vec<Step> {
     match manager {
         ServiceManager::Systemd => vec![
-            vec!["systemctl", "daemon-reload"],
-            vec!["systemctl", "enable", "--now", "lull-agent.service"],
+            Step::new(["systemctl", "daemon-reload"]),
+            Step::new(["systemctl", "enable", "--now", "lull-agent.service"]),
         ],
-        ServiceManager::Launchd => vec![vec!["launchctl", "load", "-w", PLIST_PATH]],
+        ServiceManager::Launchd => vec![Step::new(["launchctl", "load", "-w", PLIST_PATH])],
+        ServiceManager::Windows => {
+            let layout = manager.layout();
+            let command = format!(
+                "\"{}\" service --config \"{}\"",
+                binary.display(),
+                layout.config
+            );
+            let settings = [
+                "binPath=",
+                command.as_str(),
+                "start=",
+                "auto",
+                "obj=",
+                "NT AUTHORITY\\LocalService",
+                "DisplayName=",
+                "Lull agent",
+            ];
+            let sc = |verb: &str| {
+                Step::new(
+                    ["sc.exe", verb, WINDOWS_SERVICE]
+                        .into_iter()
+                        .chain(settings),
+                )
+            };
+            let grant = |sid: &str, rights: &str| format!("{sid}:(OI)(CI){rights}");
+            vec![
+                // A service installed before is stopped, and updated instead of made.
+                Step::new(["sc.exe", "stop", WINDOWS_SERVICE]).may_fail(),
+                sc("create").may_fail(),
+                sc("config"),
+                Step::new([
+                    "sc.exe",
+                    "description",
+                    WINDOWS_SERVICE,
+                    "Lends this machine's idle CPU to a Lull coordinator",
+                ]),
+                Step::new([
+                    "sc.exe",
+                    "failure",
+                    WINDOWS_SERVICE,
+                    "reset=",
+                    "86400",
+                    "actions=",
+                    "restart/5000",
+                ]),
+                // The configuration and trust list: administrators change them; the service
+                // and users read them.
+                Step::new([
+                    "icacls".to_owned(),
+                    WINDOWS_DIR.to_owned(),
+                    "/inheritance:r".to_owned(),
+                    "/grant:r".to_owned(),
+                    grant(ADMINISTRATORS_SID, "F"),
+                    grant(SYSTEM_SID, "F"),
+                    grant(LOCAL_SERVICE_SID, "RX"),
+                    grant(USERS_SID, "RX"),
+                ]),
+                // The data directory (the agent's key among it): the service's alone.
+                Step::new([
+                    "icacls".to_owned(),
+                    layout.data.to_owned(),
+                    "/inheritance:r".to_owned(),
+                    "/grant:r".to_owned(),
+                    grant(ADMINISTRATORS_SID, "F"),
+                    grant(SYSTEM_SID, "F"),
+                    grant(LOCAL_SERVICE_SID, "M"),
+                ]),
+                Step::new(["sc.exe", "start", WINDOWS_SERVICE]),
+            ]
+        }
     }
 }
 
-fn stop_commands(manager: ServiceManager) -> Vec<Vec<&'static str>> {
+fn stop_commands(manager: ServiceManager) -> Vec<Step> {
     match manager {
         ServiceManager::Systemd => {
-            vec![vec!["systemctl", "disable", "--now", "lull-agent.service"]]
+            vec![Step::new([
+                "systemctl",
+                "disable",
+                "--now",
+                "lull-agent.service",
+            ])]
         }
-        ServiceManager::Launchd => vec![vec!["launchctl", "unload", "-w", PLIST_PATH]],
+        ServiceManager::Launchd => vec![Step::new(["launchctl", "unload", "-w", PLIST_PATH])],
+        ServiceManager::Windows => vec![
+            Step::new(["sc.exe", "stop", WINDOWS_SERVICE]).may_fail(),
+            Step::new(["sc.exe", "delete", WINDOWS_SERVICE]),
+        ],
     }
 }
 
-/// Runs (or, when `dry_run` or the manager does not run, prints) `commands`.
+/// Runs (or, when `dry_run` or the manager does not run, prints) `steps`, which are for
+/// `purpose` ("start", "stop").
 fn drive(
-    commands: &[Vec<&str>],
+    steps: &[Step],
+    purpose: &str,
     run: bool,
     dry_run: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    for command in commands {
-        let line = command.join(" ");
+    for step in steps {
+        let line = step.line();
         if dry_run {
             writeln!(out, "would run: {line}")?;
         } else if run {
-            let status = Command::new(command[0])
-                .args(&command[1..])
+            let status = Command::new(&step.args[0])
+                .args(&step.args[1..])
                 .status()
                 .with_context(|| format!("running {line}"))?;
-            if !status.success() {
+            if status.success() {
+                writeln!(out, "ran: {line}")?;
+            } else if step.may_fail {
+                writeln!(out, "ran: {line} ({status}: nothing to do)")?;
+            } else {
                 bail!("{line} failed ({status})");
             }
-            writeln!(out, "ran: {line}")?;
         } else {
-            writeln!(out, "to start it on the target system, run: {line}")?;
+            writeln!(out, "to {purpose} it on the target system, run: {line}")?;
         }
     }
     Ok(())
@@ -316,7 +508,7 @@ pub async fn enroll(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     validate(opts)?;
-    let data = under(&opts.root, DATA_PATH);
+    let data = under(&opts.root, ServiceManager::native().layout().data);
     if opts.dry_run {
         writeln!(
             out,
@@ -374,8 +566,9 @@ pub fn install(
         writeln!(out, "{verb}: {}", target.display())?;
     }
     // systemd makes the data directory itself (StateDirectory=), owned by the service's user.
-    let data = under(&opts.root, DATA_PATH);
-    if manager == ServiceManager::Launchd && !data.exists() {
+    let layout = manager.layout();
+    let data = under(&opts.root, layout.data);
+    if manager != ServiceManager::Systemd && !data.exists() {
         if !opts.dry_run {
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("creating {}", data.display()))?;
@@ -392,7 +585,8 @@ pub fn install(
         )?;
     }
     drive(
-        &start_commands(manager),
+        &start_commands(manager, &opts.binary),
+        "start",
         manager_running(&opts.root, manager),
         opts.dry_run,
         out,
@@ -400,7 +594,7 @@ pub fn install(
     writeln!(
         out,
         "next: list the keys you trust in {} (the agent refuses every workload until then)",
-        under(&opts.root, SIGNERS_PATH).display()
+        under(&opts.root, layout.signers).display()
     )?;
     Ok(())
 }
@@ -414,22 +608,23 @@ pub fn uninstall(
     manager: ServiceManager,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let service = match manager {
-        ServiceManager::Systemd => UNIT_PATH,
-        ServiceManager::Launchd => PLIST_PATH,
-    };
-    let installed = under(root, service).exists();
+    // Windows keeps no definition file: its service is asked to go in any case.
+    let installed = manager
+        .definition()
+        .is_none_or(|service| under(root, service).exists());
     if installed {
         drive(
             &stop_commands(manager),
+            "stop",
             manager_running(root, manager),
             dry_run,
             out,
         )?;
     }
-    let mut paths = vec![service];
+    let layout = manager.layout();
+    let mut paths: Vec<&str> = manager.definition().into_iter().collect();
     if purge {
-        paths.extend([CONFIG_PATH, SIGNERS_PATH, DATA_PATH]);
+        paths.extend([layout.config, layout.signers, layout.data]);
     }
     for path in paths {
         let target = under(root, path);
@@ -456,8 +651,8 @@ pub fn uninstall(
         writeln!(
             out,
             "kept the configuration and data ({}, {}); --purge removes them",
-            under(root, CONFIG_PATH).display(),
-            under(root, DATA_PATH).display()
+            under(root, layout.config).display(),
+            under(root, layout.data).display()
         )?;
     }
     Ok(())
@@ -599,6 +794,53 @@ mod tests {
             plist.contains("<string>/usr/local/bin/lull-agent</string>"),
             "{plist}"
         );
+    }
+
+    #[test]
+    fn windows_gets_a_service_run_as_local_service() {
+        let root = tempfile::tempdir().unwrap();
+        let opts = InstallOptions {
+            binary: PathBuf::from("C:/Program Files/Lull/lull-agent.exe"),
+            ..options(root.path())
+        };
+        let said = run_install(&opts, ServiceManager::Windows);
+        let layout = ServiceManager::Windows.layout();
+        let config = std::fs::read_to_string(under(root.path(), layout.config)).unwrap();
+        let parsed: crate::AgentConfig = toml::from_str(&config).unwrap();
+        assert_eq!(parsed.data_dir, PathBuf::from("C:/ProgramData/Lull/agent"));
+        assert_eq!(
+            parsed.allowed_signers,
+            Some(PathBuf::from("C:/ProgramData/Lull/allowed_signers"))
+        );
+        assert!(under(root.path(), layout.data).is_dir(), "{said}");
+        assert_eq!(
+            under(root.path(), layout.config),
+            root.path().join("ProgramData/Lull/agent.toml")
+        );
+        // Registered, locked down and started, in that order; the binary's path quoted.
+        let create = r#"sc.exe create LullAgent binPath= "\"C:/Program Files/Lull/lull-agent.exe\" service --config \"C:/ProgramData/Lull/agent.toml\"" start= auto obj= "NT AUTHORITY\LocalService" DisplayName= "Lull agent""#;
+        let order = [
+            create,
+            "sc.exe config LullAgent",
+            "sc.exe failure LullAgent reset= 86400 actions= restart/5000",
+            "icacls C:/ProgramData/Lull/agent /inheritance:r /grant:r *S-1-5-32-544:(OI)(CI)F *S-1-5-18:(OI)(CI)F *S-1-5-19:(OI)(CI)M",
+            "sc.exe start LullAgent",
+        ];
+        let mut at = 0;
+        for line in order {
+            let found = said[at..]
+                .find(line)
+                .unwrap_or_else(|| panic!("{line:?} not after byte {at} of:\n{said}"));
+            at += found + line.len();
+        }
+        let mut out = Vec::new();
+        uninstall(root.path(), true, true, ServiceManager::Windows, &mut out).unwrap();
+        let said = String::from_utf8(out).unwrap();
+        assert!(
+            said.contains("would run: sc.exe delete LullAgent"),
+            "{said}"
+        );
+        assert!(said.contains("would remove"), "{said}");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub mod runner;
 pub mod sampler;
 pub mod sandbox;
 pub mod scavenger;
+pub mod selftest;
+#[cfg(windows)]
+pub mod winservice;
 pub mod workdir;
 
 pub use config::AgentConfig;
@@ -46,6 +49,7 @@ pub use daemon::Agent;
 pub fn quiet_on_closed_pipe() {
     // SAFETY: sets SIGPIPE back to its default disposition for the whole process; no handler
     // runs, and nothing in the program relies on SIGPIPE being ignored for pipes.
+    #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

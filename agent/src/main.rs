@@ -38,6 +38,10 @@ enum Command {
     Install(InstallArgs),
     /// Stop and remove the service (and with --purge its configuration and data).
     Uninstall(UninstallArgs),
+    /// Check this machine: the load sampler, a guest run in the sandbox, a pause and resume.
+    SelfTest,
+    /// Run as a Windows service (what `install` registers; Windows starts it).
+    Service(RunArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -155,19 +159,49 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn main_result() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LULL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("LULL_LOG").unwrap_or_else(|_| "info".into())
+    };
+    match &cli.command {
+        // A service has no terminal: its log goes to agent.log beside its configuration.
+        Command::Service(args) => {
+            let path = args
+                .config
+                .as_deref()
+                .and_then(|c| c.parent())
+                .unwrap_or(std::path::Path::new("."))
+                .join("agent.log");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| anyhow::anyhow!("opening the log {}: {e}", path.display()))?;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        _ => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     if !matches!(cli.command, Command::Run(_)) {
         lull_agent::quiet_on_closed_pipe();
     }
     match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(args, lull_agent::daemon::shutdown_signal()).await,
+        // The sandbox's guests run on threads of their own, outside the async runtime.
+        Command::SelfTest => {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                lull_agent::selftest::run(&mut std::io::stdout(), &runtime)
+            })
+            .await?
+        }
+        Command::Service(args) => service(args),
         Command::Pause(a) => local(a, OwnerRequest::Pause).await,
         Command::Snooze(a) => {
             let d = lull_protocol::units::parse_duration(&a.duration)
@@ -334,7 +368,36 @@ async fn local(args: LocalArgs, req: OwnerRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// `lull-agent service`: the agent run by Windows' service control manager until it asks the
+/// service to stop.
+#[cfg(windows)]
+fn service(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let args = std::sync::Mutex::new(Some(args));
+    tokio::task::block_in_place(|| {
+        lull_agent::winservice::run(move |stop| {
+            let args = args
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("the service was started twice"))?;
+            runtime.block_on(run(args, async {
+                let _ = stop.await;
+            }))
+        })
+    })
+}
+
+#[cfg(not(windows))]
+fn service(_args: RunArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "`lull-agent service` runs the agent as a Windows service; here, use `lull-agent run` \
+         (`lull-agent install` sets up the system's own service manager)"
+    )
+}
+
+/// Runs the agent until `stop` completes.
+async fn run(args: RunArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
@@ -387,7 +450,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         r = agent.run() => r,
-        _ = lull_agent::daemon::shutdown_signal() => Ok(()),
+        _ = stop => Ok(()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The machine owner's local commands: `lull-agent pause`, `snooze`, `resume`, `finish`,
-//! `stop` and `status` reach the running agent over a Unix socket in its data directory. The socket is made readable and
-//! writable by its owner only (mode 0600), so only the agent's own user (or root) can steer it.
+//! `stop` and `status` reach the running agent over a Unix socket in its data directory, made
+//! readable and writable by its owner only (mode 0600), so only the agent's own user (or root)
+//! can steer it; on Windows over a local named pipe named after the data directory, which only
+//! the agent's account, administrators and LocalSystem may write to.
 //!
 //! One request per connection: a line with the command (`snooze` followed by milliseconds),
 //! answered by one line of JSON.
@@ -73,63 +75,151 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("control.sock")
 }
 
-/// Serves owner requests on `path` until the task is dropped; `answer` turns each request into
-/// the JSON answer.
-#[cfg(unix)]
-pub async fn serve(
-    path: PathBuf,
-    answer: impl Fn(OwnerRequest) -> serde_json::Value + Send + Sync + 'static,
-) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
-        .with_context(|| format!("listening on {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))?;
-    let answer = std::sync::Arc::new(answer);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let answer = answer.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = BufReader::new(read).take(256);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let reply = match OwnerRequest::parse(&line) {
-                Some(req) => answer(req),
-                None => serde_json::json!({
-                    "error": format!("unknown command {:?}: use pause, snooze MS, resume, finish, stop or status", line.trim())
-                }),
-            };
-            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
-        });
-    }
+/// The named pipe of the agent whose data directory is `data_dir` (Windows): one per data
+/// directory, named after a digest of its absolute path.
+pub fn pipe_name(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let digest = sha2::Sha256::digest(absolute.to_string_lossy().as_bytes());
+    format!(r"\\.\pipe\lull-agent-{}", &hex::encode(digest)[..16])
 }
 
-/// Sends one request to the agent whose data directory is `data_dir`.
-#[cfg(unix)]
-pub async fn send(data_dir: &Path, req: OwnerRequest) -> anyhow::Result<serde_json::Value> {
-    let path = socket_path(data_dir);
-    let stream = tokio::net::UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "cannot reach the agent at {} (is `lull-agent run` running with this data directory?)",
-            path.display()
-        )
-    })?;
-    let (read, mut write) = stream.into_split();
+/// The error for a command line the agent does not know.
+fn unknown(line: &str) -> serde_json::Value {
+    serde_json::json!({
+        "error": format!("unknown command {:?}: use pause, snooze MS, resume, finish, stop or status", line.trim())
+    })
+}
+
+/// Answers the one request of a connection.
+async fn answer_one<S>(stream: S, answer: &(impl Fn(OwnerRequest) -> serde_json::Value + ?Sized))
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(256);
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let reply = match OwnerRequest::parse(&line) {
+        Some(req) => answer(req),
+        None => unknown(&line),
+    };
+    let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+    let _ = write.flush().await;
+}
+
+/// Sends `req` over a connected stream and reads the answer.
+async fn ask<S>(stream: S, req: OwnerRequest) -> anyhow::Result<serde_json::Value>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
     write
         .write_all(format!("{}\n", req.line()).as_bytes())
         .await?;
+    write.flush().await?;
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    BufReader::new(read)
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .await?;
     let v: serde_json::Value =
         serde_json::from_str(&line).context("the agent's answer is not JSON")?;
     if let Some(e) = v["error"].as_str() {
         bail!("{e}");
     }
     Ok(v)
+}
+
+/// Serves owner requests for the agent of `data_dir` until the task is dropped; `answer`
+/// turns each request into the JSON answer.
+///
+/// Unix: a socket in the data directory, mode 0600. Windows: a named pipe ([`pipe_name`]) with
+/// the default security of pipes (full access for the agent's account, administrators and
+/// LocalSystem; others may only read) that refuses remote clients, and fails to start when
+/// another process already holds the name.
+pub async fn serve(
+    data_dir: &Path,
+    answer: impl Fn(OwnerRequest) -> serde_json::Value + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let answer = std::sync::Arc::new(answer);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = socket_path(data_dir);
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("listening on {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let answer = answer.clone();
+            tokio::spawn(async move { answer_one(stream, &*answer).await });
+        }
+    }
+    #[cfg(windows)]
+    {
+        use tokio::net::windows::named_pipe::ServerOptions;
+        let name = pipe_name(data_dir);
+        let mut server = ServerOptions::new()
+            .first_pipe_instance(true)
+            .reject_remote_clients(true)
+            .create(&name)
+            .with_context(|| {
+                format!("creating the pipe {name} (is another agent using this data directory?)")
+            })?;
+        loop {
+            server.connect().await?;
+            let connected = server;
+            server = ServerOptions::new()
+                .reject_remote_clients(true)
+                .create(&name)
+                .with_context(|| format!("creating the pipe {name}"))?;
+            let answer = answer.clone();
+            tokio::spawn(async move { answer_one(connected, &*answer).await });
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (data_dir, answer);
+        bail!("owner commands are not supported on this system")
+    }
+}
+
+/// Sends one request to the agent whose data directory is `data_dir`.
+pub async fn send(data_dir: &Path, req: OwnerRequest) -> anyhow::Result<serde_json::Value> {
+    #[cfg(unix)]
+    {
+        let path = socket_path(data_dir);
+        let stream = tokio::net::UnixStream::connect(&path).await.with_context(|| {
+            format!(
+                "cannot reach the agent at {} (is `lull-agent run` running with this data directory?)",
+                path.display()
+            )
+        })?;
+        ask(stream, req).await
+    }
+    #[cfg(windows)]
+    {
+        let name = pipe_name(data_dir);
+        let client = tokio::net::windows::named_pipe::ClientOptions::new()
+            .open(&name)
+            .with_context(|| {
+                format!(
+                    "cannot reach the agent of {} at {name} (is `lull-agent run` running with this data directory?)",
+                    data_dir.display()
+                )
+            })?;
+        ask(client, req).await
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (data_dir, req);
+        bail!("owner commands are not supported on this system")
+    }
 }
 
 #[cfg(all(test, unix))]
@@ -140,10 +230,10 @@ mod tests {
     async fn a_request_gets_its_answer_and_nonsense_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = socket_path(dir.path());
-        let server = tokio::spawn(serve(
-            path.clone(),
-            |req| serde_json::json!({ "got": req.as_str() }),
-        ));
+        let data_dir = dir.path().to_owned();
+        let server = tokio::spawn(async move {
+            serve(&data_dir, |req| serde_json::json!({ "got": req.as_str() })).await
+        });
         for _ in 0..100 {
             if path.exists() {
                 break;

@@ -66,8 +66,8 @@
 //!   state change, so the incumbents keep their millisecond reaction during a grace period.
 //!
 //! Evictions happen from `Running`, `Throttled` and `Paused`, at the first sample that shows
-//! available memory below `memory_reserve`, memory pressure above `memory_pressure_above`, or the
-//! machine on battery (with `evict_on_battery`), or at the owner's `pause`/`stop`. When no guest
+//! available memory below `memory_reserve`, memory pressure above `memory_pressure_above`, the
+//! system's own low-memory signal (Windows, macOS), or the machine on battery (with `evict_on_battery`), or at the owner's `pause`/`stop`. When no guest
 //! is alive there is nothing to notify: the policy goes straight to `WaitingForIdle`, with one
 //! [`Action::StateChanged`] and no [`Action::Evict`].
 //!
@@ -392,6 +392,7 @@ enum Hot {
 enum Trouble {
     Memory(u64),
     MemoryPressure(f64),
+    MemoryLow,
     Battery,
 }
 
@@ -530,6 +531,7 @@ impl Policy {
                 memory_available: u64::MAX,
                 cpu_pressure: None,
                 memory_pressure: None,
+                memory_low: false,
                 user_idle: None,
                 on_battery: false,
                 ..*sample
@@ -577,6 +579,8 @@ impl Policy {
             .filter(|p| *p > c.memory_pressure_above)
         {
             Some(Trouble::MemoryPressure(p))
+        } else if sample.memory_low {
+            Some(Trouble::MemoryLow)
         } else if sample.on_battery && c.evict_on_battery {
             Some(Trouble::Battery)
         } else {
@@ -1165,6 +1169,7 @@ impl Policy {
                 "memory pressure {p:.0} % > {:.0} %",
                 c.memory_pressure_above
             ),
+            Trouble::MemoryLow => "the system reports low memory".to_owned(),
             Trouble::Battery => "on battery".to_owned(),
         }
     }
@@ -1311,6 +1316,7 @@ mod tests {
             memory_available: 8 * GIB,
             cpu_pressure: None,
             memory_pressure: None,
+            memory_low: false,
             user_idle: None,
             on_battery: false,
         }
@@ -2084,6 +2090,27 @@ mod tests {
         let mut sim = Sim::running(config, 1);
         sim.feed(battery, secs(5));
         assert_eq!(sim.take(), vec![]);
+        assert_eq!(sim.policy.state(), State::Running);
+    }
+
+    #[test]
+    fn the_systems_low_memory_signal_evicts_and_holds_off_new_work() {
+        let low = LoadSample {
+            memory_low: true,
+            ..quiet()
+        };
+        let mut sim = Sim::running(raw(), 1);
+        sim.feed(low, STEP);
+        assert_eq!(sim.policy.state(), State::Evicting);
+        assert_eq!(sim.policy.reason(), "the system reports low memory");
+        sim.guests(0);
+        sim.feed(low, secs(120));
+        assert_eq!(sim.policy.state(), State::WaitingForIdle);
+        assert_eq!(
+            sim.policy.waiting_detail(sim.now).as_deref(),
+            Some("the system reports low memory")
+        );
+        sim.feed(quiet(), secs(60));
         assert_eq!(sim.policy.state(), State::Running);
     }
 

@@ -165,7 +165,7 @@ impl Rules {
             .map(|(i, w)| Window::parse(w).map_err(|e| format!("owner.windows[{i}]: {e}")))
             .collect::<Result<_, _>>()?;
         for (i, p) in rules.exclusive_programs.iter().enumerate() {
-            if p.is_empty() || p.contains('/') || p.contains('\0') {
+            if p.is_empty() || p.contains(['/', '\\', '\0']) {
                 return Err(format!(
                     "owner.exclusive_programs[{i}]: {p:?} is not a program name (a process name such as \"blender\", no path)"
                 ));
@@ -204,9 +204,20 @@ impl Rules {
         if self.exclusive.is_empty() {
             return None;
         }
+        // Windows' program names are not case-sensitive; Linux keeps only the first 15 bytes.
+        let same = |p: &str, name: &str| {
+            if cfg!(windows) {
+                program_name(p).eq_ignore_ascii_case(name)
+            } else {
+                p == name
+            }
+        };
         let wanted = |name: &str| {
             self.exclusive.iter().find(|p| {
-                *p == name || (name.len() == COMM_LEN && p.as_bytes().starts_with(name.as_bytes()))
+                same(p, name)
+                    || (cfg!(target_os = "linux")
+                        && name.len() == COMM_LEN
+                        && p.as_bytes().starts_with(name.as_bytes()))
             })
         };
         running.into_iter().find_map(|name| {
@@ -238,12 +249,27 @@ fn local_time(secs: u64) -> LocalTime {
     }
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+fn local_time(_secs: u64) -> LocalTime {
+    use windows_sys::Win32::System::SystemInformation::GetLocalTime;
+    // SAFETY: plain data, filled in by the call.
+    let mut t: windows_sys::Win32::Foundation::SYSTEMTIME = unsafe { std::mem::zeroed() };
+    // SAFETY: writes the struct it is given.
+    unsafe { GetLocalTime(&mut t) };
+    LocalTime {
+        // wDayOfWeek counts from Sunday.
+        weekday: ((t.wDayOfWeek + 6) % 7) as u8,
+        minute: t.wHour * 60 + t.wMinute,
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
 fn local_time(secs: u64) -> LocalTime {
     utc(secs)
 }
 
 /// The time in UTC (1970-01-01 was a Thursday).
+#[cfg_attr(windows, allow(dead_code))]
 fn utc(secs: u64) -> LocalTime {
     let days = secs / 86_400;
     LocalTime {
@@ -252,21 +278,51 @@ fn utc(secs: u64) -> LocalTime {
     }
 }
 
-/// The names of the processes running on this machine (Linux: `/proc/PID/comm`).
+/// The names of the processes running on this machine: `/proc/PID/comm` on Linux; elsewhere
+/// the process list `sysinfo` reads, without Windows' `.exe`.
 pub fn running_programs() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
-        .map(|name| name.trim_end().to_owned())
-        .collect()
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+        let mut system = System::new();
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            ProcessRefreshKind::nothing(),
+        );
+        system
+            .processes()
+            .values()
+            .map(|p| program_name(&p.name().to_string_lossy()).to_owned())
+            .collect()
+    }
+}
+
+/// A process name as the owner writes it: without the `.exe` of Windows programs.
+#[cfg_attr(all(target_os = "linux", not(test)), allow(dead_code))]
+fn program_name(name: &str) -> &str {
+    match name.len().checked_sub(4) {
+        Some(cut) if name.is_char_boundary(cut) && name[cut..].eq_ignore_ascii_case(".exe") => {
+            &name[..cut]
+        }
+        _ => name,
+    }
 }
 
 #[cfg(test)]
@@ -364,6 +420,16 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("exclusive_programs[0]"), "{e}");
+    }
+
+    #[test]
+    fn windows_program_names_lose_their_exe() {
+        assert_eq!(program_name("blender.exe"), "blender");
+        assert_eq!(program_name("Steam.EXE"), "Steam");
+        assert_eq!(program_name("exe"), "exe");
+        assert_eq!(program_name(".exe"), "");
+        assert_eq!(program_name("blender"), "blender");
+        assert_eq!(program_name("€abc"), "€abc");
     }
 
     #[test]

@@ -72,23 +72,40 @@
 //!
 //! # Elsewhere
 //!
-//! Other systems use `sysinfo`: global CPU usage minus this process's, and its available memory.
-//! Pressure is `None`, battery `false`, user idle `None`.
+//! Other systems use `sysinfo` for CPU and memory: global CPU usage minus this process's, and
+//! its available memory; pressure figures are `None`. The signals each system gives its own
+//! way — a person at the machine, battery, low memory — come through one trait, [`OsSignals`],
+//! read once a second:
+//!
+//! | signal | Linux | Windows | macOS |
+//! |---|---|---|---|
+//! | `user_idle` | input devices and terminals (above) | `GetLastInputInfo` (none in session 0, a service's) | `HIDIdleTime` of `IOHIDSystem` |
+//! | `on_battery` | `/sys/class/power_supply` | `GetSystemPowerStatus` | `IOPSGetProvidingPowerSourceType` |
+//! | `memory_low` | — (pressure stall information instead) | low-memory resource notification | `kern.memorystatus_vm_pressure_level` ≥ warning |
+//!
+//! Other Unix systems have none of them (`None`, `false`, `false`). Windows reads CPU and memory
+//! itself too, as Linux does and without sysinfo's performance counters: the machine's busy time
+//! from `GetSystemTimes`, this process's from `GetProcessTimes` (both in 100 ns units), and
+//! available memory from `GlobalMemoryStatusEx` every fifth sample.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lull_protocol::message::Capacity;
 
-#[cfg(any(test, not(target_os = "linux")))]
+#[cfg(any(test, not(any(target_os = "linux", windows))))]
 mod fallback;
 #[cfg(target_os = "linux")]
 mod idle;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_vendor = "apple")]
+mod macos;
 #[cfg(target_os = "linux")]
 mod parse;
 #[cfg(target_os = "linux")]
 mod power;
+#[cfg(windows)]
+mod windows;
 
 /// Reads the machine's capacity figures.
 #[derive(Debug)]
@@ -162,6 +179,10 @@ pub struct Load {
     /// Share of time in which some task stalled on memory, in percent over the last 10 s
     /// (`/proc/pressure/memory`, `some avg10`); `None` where absent.
     pub memory_pressure: Option<f64>,
+    /// The operating system says physical memory runs low (Windows' low-memory notification,
+    /// macOS's pressure level at warning or worse); always `false` on Linux, whose pressure
+    /// figure says more.
+    pub memory_low: bool,
     /// Time since the last keyboard, mouse or terminal input; `None` on machines without a
     /// keyboard or pointer, or whose input devices the agent may not read.
     pub user_idle: Option<Duration>,
@@ -169,10 +190,106 @@ pub struct Load {
     pub on_battery: bool,
 }
 
+/// The signals each operating system reads its own way. Each is asked at most once a second
+/// (the Linux sources keep their own cadence); an answer that cannot be had is `None` or
+/// `false`, never an error.
+pub(crate) trait OsSignals {
+    /// Time since the last keyboard or pointer input of a person at the machine; `None` when
+    /// it cannot be known.
+    fn user_idle(&mut self, now: Instant) -> Option<Duration>;
+    /// The machine runs on its battery.
+    fn on_battery(&mut self, now: Instant) -> bool;
+    /// The system says physical memory runs low.
+    fn memory_low(&mut self, now: Instant) -> bool;
+}
+
+/// A system without any of the signals.
+#[derive(Debug, Default)]
+#[cfg_attr(
+    not(any(
+        test,
+        all(unix, not(target_os = "linux"), not(target_vendor = "apple"))
+    )),
+    allow(dead_code)
+)]
+pub(crate) struct NoSignals;
+
+impl OsSignals for NoSignals {
+    fn user_idle(&mut self, _: Instant) -> Option<Duration> {
+        None
+    }
+    fn on_battery(&mut self, _: Instant) -> bool {
+        false
+    }
+    fn memory_low(&mut self, _: Instant) -> bool {
+        false
+    }
+}
+
+/// An [`OsSignals`] read at most once a second; in between, the idle time grows with the clock.
+#[derive(Debug)]
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+pub(crate) struct SignalCache<S> {
+    signals: S,
+    /// When the signals were last read, and what they said.
+    read: Option<(Instant, Signals)>,
+}
+
+/// One reading of an [`OsSignals`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Signals {
+    pub user_idle: Option<Duration>,
+    pub on_battery: bool,
+    pub memory_low: bool,
+}
+
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+impl<S: OsSignals> SignalCache<S> {
+    /// How often the signals are read.
+    pub(crate) const EVERY: Duration = Duration::from_secs(1);
+
+    pub(crate) fn new(signals: S) -> Self {
+        Self {
+            signals,
+            read: None,
+        }
+    }
+
+    /// The signals as of `now`.
+    pub(crate) fn get(&mut self, now: Instant) -> Signals {
+        if let Some((at, read)) = self.read {
+            let age = now.saturating_duration_since(at);
+            if age < Self::EVERY {
+                return Signals {
+                    user_idle: read.user_idle.map(|d| d + age),
+                    ..read
+                };
+            }
+        }
+        let read = Signals {
+            user_idle: self.signals.user_idle(now),
+            on_battery: self.signals.on_battery(now),
+            memory_low: self.signals.memory_low(now),
+        };
+        self.read = Some((now, read));
+        read
+    }
+
+    /// The signals themselves.
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &S {
+        &self.signals
+    }
+}
+
 #[cfg(target_os = "linux")]
 type Backend = linux::ProcfsSampler;
-#[cfg(not(target_os = "linux"))]
-type Backend = fallback::SysinfoSampler;
+#[cfg(windows)]
+type Backend = windows::WindowsSampler;
+#[cfg(target_vendor = "apple")]
+type Backend = fallback::SysinfoSampler<macos::MacSignals>;
+#[cfg(not(any(target_os = "linux", windows, target_vendor = "apple")))]
+type Backend = fallback::SysinfoSampler<NoSignals>;
 
 /// Reads the machine's load; each [`sample`](Self::sample) covers the time since the previous.
 ///
@@ -189,9 +306,15 @@ impl LoadSampler {
     /// Fails on Linux when `/proc/stat`, `/proc/self/stat` or `/proc/meminfo` cannot be opened
     /// or parsed (procfs not mounted); every other source is optional.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            backend: Backend::open()?,
-        })
+        #[cfg(target_os = "linux")]
+        let backend = Backend::open()?;
+        #[cfg(windows)]
+        let backend = Backend::open()?;
+        #[cfg(target_vendor = "apple")]
+        let backend = Backend::open(macos::MacSignals::new())?;
+        #[cfg(not(any(target_os = "linux", windows, target_vendor = "apple")))]
+        let backend = Backend::open(NoSignals)?;
+        Ok(Self { backend })
     }
 
     /// A reading over the time since the previous call (or since [`new`](Self::new)).

@@ -182,6 +182,7 @@ mod tests {
         assert!(third.output.is_dir() && third.scratch.is_dir());
     }
 
+    #[cfg(unix)]
     #[test]
     fn links_a_guest_made_are_removed_not_followed() {
         let root = tempfile::tempdir().unwrap();

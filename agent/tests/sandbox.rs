@@ -946,7 +946,12 @@ fn start<'scope>(
     spec: &'scope RunSpec,
     control: &'scope TaskControl,
 ) -> Guest<'scope> {
-    let (clock_tx, clock_rx) = std::sync::mpsc::channel();
+    // What the guest's thread says about itself: on Linux its CPU clock and thread ID.
+    #[cfg(target_os = "linux")]
+    type Started = (ThreadClock, libc::pid_t);
+    #[cfg(not(target_os = "linux"))]
+    type Started = ();
+    let (clock_tx, clock_rx) = std::sync::mpsc::channel::<Started>();
     let handle = thread::Builder::new()
         .name("guest".to_string())
         .spawn_scoped(scope, move || {

@@ -3,7 +3,8 @@
 //! install changes nothing, and uninstall (then `--purge`) takes it all away. The service manager
 //! is not driven under another root: install says what to run instead. With a join token,
 //! install enrolls the agent with a real coordinator first, and the installed agent is then
-//! admitted on its key alone; a refused token leaves nothing installed.
+//! admitted on its key alone; a refused token leaves nothing installed. `self-test` checks the
+//! binary on this machine.
 
 use std::path::Path;
 use std::process::Command;
@@ -305,4 +306,28 @@ fn the_installed_unit_passes_systemd_analyze_verify() {
     .unwrap();
     let (ok, said) = verify(&broken);
     assert!(!ok && said.contains("is not executable"), "{said}");
+}
+
+/// What an installer runs to see that the binary works where it is: `lull-agent self-test`
+/// samples the load, runs a guest, pauses and resumes it, and answers on the owner's channel.
+#[test]
+fn the_self_test_passes_here_and_says_what_it_checked() {
+    let (ok, stdout, stderr) = agent(&["self-test"]);
+    assert!(ok, "{stdout}{stderr}");
+    for line in [
+        "sampler: ok",
+        "sandbox: ok",
+        "pause: ok",
+        "owner channel: ok",
+        "self-test passed",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "{line:?} missing:\n{stdout}"
+        );
+    }
+    // `service` belongs to Windows; elsewhere it says what to use.
+    let (ok, _, stderr) = agent(&["service"]);
+    assert!(!ok);
+    assert!(stderr.contains("lull-agent run"), "{stderr}");
 }

@@ -3,7 +3,7 @@
 //! - `demo`: installs the wasm targets if missing, builds, starts `lull dev`, submits the
 //!   examples, watches them and prints their results, then shuts down.
 //! - `test`: everything CI runs: formatting, clippy, docs, `cargo deny`, a few seconds of each
-//!   protocol fuzz target, and every test (with a throwaway PostgreSQL server for the tests of
+//!   protocol fuzz target, the agent's Windows and macOS builds (`cross`), and every test (with a throwaway PostgreSQL server for the tests of
 //!   the PostgreSQL store).
 //! - `bench NAME`: a benchmark; its last line is one JSON object of named figures. The
 //!   benchmarks need the agent, the scheduler and a chart library, which the other tasks do
@@ -11,6 +11,8 @@
 //!   with it.
 //! - `fuzz [SECONDS]`: builds the fuzz targets (nightly, cargo-fuzz) and runs each for SECONDS
 //!   seconds (10); `fuzz bench [MINUTES]` runs each for MINUTES minutes (3): see fuzz/README.md.
+//! - `cross`: the agent for Windows (built, its self-test run under Wine) and macOS (checked);
+//!   see `cross.rs` for what is and is not verified.
 //! - `deny`: cargo-deny's license, ban and source checks, and advisories (offline) when the
 //!   RustSec database is on the machine.
 //! - `postgres CMD [ARGS]`: runs a command (say, `cargo test -p lull-coordinator store`) with a
@@ -18,6 +20,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod cross;
 mod demo;
 mod deny;
 mod fuzz;
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or_default()),
         Some("deny") => deny::check(),
+        Some("cross") => cross::run(),
         Some("postgres") if args.len() > 1 => with_postgres(&args[1..]),
         #[cfg(feature = "bench")]
         Some("bench") => bench::run(
@@ -46,7 +50,7 @@ fn main() -> ExitCode {
         Some("bench") => return util::with_benches(&args),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | deny | postgres CMD [ARGS]\n  benches: {}",
+                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | cross | deny | postgres CMD [ARGS]\n  benches: {}",
                 BENCHES.join(", ")
             );
             return ExitCode::from(2);
@@ -76,6 +80,9 @@ const BENCHES: &[&str] = &[
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     util::ensure_wasm_targets()?;
+    let mut cross_targets = vec![cross::WINDOWS];
+    cross_targets.extend(cross::APPLE);
+    util::ensure_targets(&cross_targets)?;
     // The tools of the checks that come later (cargo-deny, the nightly toolchain, cargo-fuzz,
     // the protocol fuzz targets) build on a second thread meanwhile: on two cores, in the time
     // the packages download and in the gaps where one crate holds up the build. Its commands'
@@ -96,15 +103,17 @@ fn test() -> anyhow::Result<()> {
     // Signatures are checked against the real OpenSSH tools; the dashboard in a real browser.
     // faketime brings the library that skews one coordinator's clock; ip makes the network
     // namespaces of the fault tests; libFuzzer is built with c++; systemd-analyze checks the
-    // unit `lull-agent install` writes.
-    let needed = util::ensure_commands(&[
+    // unit `lull-agent install` writes; the cross builds need mingw-w64, clang and Wine.
+    let mut commands = vec![
         ("ssh-keygen", "openssh-client"),
         ("chromium", "chromium"),
         ("faketime", "faketime"),
         ("ip", "iproute2"),
         ("systemd-analyze", "systemd"),
         ("c++", "g++"),
-    ]);
+    ];
+    commands.extend(cross::COMMANDS);
+    let needed = util::ensure_commands(&commands);
     drop(packages_ready);
     needed?;
     util::build_examples()?;
@@ -131,6 +140,10 @@ fn test() -> anyhow::Result<()> {
     // A few seconds of each protocol fuzz target: a decoder that crashes on some input fails
     // here (`cargo xtask fuzz` runs them all for longer).
     fuzz::smoke_run(5, fuzz_build)?;
+    // The agent on the owners' other systems: linted for Windows and macOS, and the Windows
+    // build self-tested under Wine. Before the tests, which must have the machine to themselves.
+    cross::clippy()?;
+    cross::windows_self_test()?;
     // The binaries the end-to-end tests start, built with the tests: with the tests' dev
     // dependencies in the build, shared crates get the same features as under `cargo test`, so
     // the test run below reuses every artifact instead of building the stack a second time.

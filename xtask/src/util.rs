@@ -185,14 +185,20 @@ pub fn cargo_test(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Counts>
 
 /// Adds the wasm targets when they are missing.
 pub fn ensure_wasm_targets() -> anyhow::Result<()> {
+    ensure_targets(&["wasm32-wasip1", "wasm32-wasip2"])
+}
+
+/// Adds the Rust targets that are missing (`rustup target add`).
+pub fn ensure_targets(targets: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .current_dir(root())
         .output()
         .context("running rustup (the Rust toolchain installer) to list targets")?;
     let installed = String::from_utf8_lossy(&out.stdout);
-    let missing: Vec<&str> = ["wasm32-wasip1", "wasm32-wasip2"]
-        .into_iter()
+    let missing: Vec<&str> = targets
+        .iter()
+        .copied()
         .filter(|t| !installed.lines().any(|l| l.trim() == *t))
         .collect();
     if missing.is_empty() {

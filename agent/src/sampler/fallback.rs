@@ -1,31 +1,41 @@
-//! The load sampler for systems other than Linux, over `sysinfo`.
+//! The load sampler for systems other than Linux: CPU and memory over `sysinfo`, the other
+//! signals from the system's [`OsSignals`], read once a second.
 //!
 //! Coarser than the procfs one: sysinfo computes CPU usage over the time between refreshes (it
-//! documents 200 ms as the shortest meaningful interval), pressure figures do not exist, and
-//! battery and user idle are not read (`false` and `None`). Built on Linux only for its tests.
+//! documents 200 ms as the shortest meaningful interval), and pressure figures do not exist
+//! (`None`; the system's own low-memory signal stands in for memory pressure). Built on Linux
+//! only for its tests.
 
 use std::io;
+use std::time::Instant;
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::Load;
+use super::{Load, OsSignals, SignalCache};
 
-/// Global CPU usage minus this process's, and available memory, from `sysinfo`.
+/// Global CPU usage minus this process's, and available memory, from `sysinfo`; the rest from
+/// `S`.
 #[derive(Debug)]
-pub(crate) struct SysinfoSampler {
+pub(crate) struct SysinfoSampler<S> {
     system: System,
     pid: Pid,
     cores: f64,
+    signals: SignalCache<S>,
 }
 
-impl SysinfoSampler {
+impl<S: OsSignals> SysinfoSampler<S> {
     /// Takes the starting point of the first window.
-    pub(crate) fn open() -> io::Result<Self> {
+    pub(crate) fn open(signals: S) -> io::Result<Self> {
         let pid = sysinfo::get_current_pid().map_err(io::Error::other)?;
         let mut system = System::new();
         system.refresh_cpu_usage();
         let cores = system.cpus().len().max(1) as f64;
-        let mut sampler = Self { system, pid, cores };
+        let mut sampler = Self {
+            system,
+            pid,
+            cores,
+            signals: SignalCache::new(signals),
+        };
         sampler.refresh();
         Ok(sampler)
     }
@@ -56,14 +66,16 @@ impl SysinfoSampler {
                 0.0
             }
         };
+        let signals = self.signals.get(Instant::now());
         Load {
             incumbent_cpu: clamp(machine - own),
             guest_cpu: clamp(own),
             memory_available: self.system.available_memory(),
             cpu_pressure: None,
             memory_pressure: None,
-            user_idle: None,
-            on_battery: false,
+            memory_low: signals.memory_low,
+            user_idle: signals.user_idle,
+            on_battery: signals.on_battery,
         }
     }
 }
@@ -71,11 +83,51 @@ impl SysinfoSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use crate::sampler::NoSignals;
+    use std::time::Duration;
+
+    /// Signals that count how often they are read.
+    #[derive(Debug, Default)]
+    struct Counted {
+        reads: u32,
+    }
+
+    impl OsSignals for Counted {
+        fn user_idle(&mut self, _: Instant) -> Option<Duration> {
+            self.reads += 1;
+            Some(Duration::from_secs(7))
+        }
+        fn on_battery(&mut self, _: Instant) -> bool {
+            true
+        }
+        fn memory_low(&mut self, _: Instant) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn the_systems_signals_are_read_once_a_second_and_idle_grows_between() {
+        let mut s = SysinfoSampler::open(Counted::default()).unwrap();
+        let t0 = Instant::now();
+        let first = s.signals.get(t0);
+        assert_eq!(
+            (first.user_idle, first.on_battery, first.memory_low),
+            (Some(Duration::from_secs(7)), true, true)
+        );
+        assert_eq!(
+            s.signals.get(t0 + Duration::from_millis(400)).user_idle,
+            Some(Duration::from_millis(7400))
+        );
+        assert_eq!(s.signals.inner().reads, 1);
+        s.signals.get(t0 + SignalCache::<Counted>::EVERY);
+        assert_eq!(s.signals.inner().reads, 2);
+        let l = s.sample();
+        assert!(l.on_battery && l.memory_low, "{l:?}");
+    }
 
     #[test]
     fn sees_this_process_burning_as_guest() {
-        let mut s = SysinfoSampler::open().unwrap();
+        let mut s = SysinfoSampler::open(NoSignals).unwrap();
         std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
         s.sample();
         let start = Instant::now();
@@ -90,8 +142,8 @@ mod tests {
         // may get only a part of its core, hence 0.2 of its share.
         assert!(l.guest_cpu > 0.2 / s.cores, "{l:?}");
         assert_eq!(
-            (l.cpu_pressure, l.user_idle, l.on_battery),
-            (None, None, false)
+            (l.cpu_pressure, l.user_idle, l.on_battery, l.memory_low),
+            (None, None, false, false)
         );
     }
 }

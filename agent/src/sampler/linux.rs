@@ -5,10 +5,10 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use super::Load;
 use super::idle::UserIdle;
 use super::parse::{self, CpuTimes, ParseError};
 use super::power::PowerSupplies;
+use super::{Load, OsSignals};
 
 /// How often `/proc/pressure/*` is re-read: the kernel recomputes `avg10` only every 2 s.
 const PSI_EVERY: Duration = Duration::from_millis(500);
@@ -80,8 +80,7 @@ pub(crate) struct ProcfsSampler {
     own_ticks: f64,
     /// The last values: returned again for any source that cannot be read this time.
     last: Load,
-    power: PowerSupplies,
-    idle: UserIdle,
+    signals: LinuxSignals,
     /// Whether a failed read was already logged at warn level.
     warned: bool,
 }
@@ -115,8 +114,10 @@ impl ProcfsSampler {
                 memory_available,
                 ..Load::default()
             },
-            power: PowerSupplies::new(),
-            idle: UserIdle::new(),
+            signals: LinuxSignals {
+                power: PowerSupplies::new(),
+                idle: UserIdle::new(),
+            },
             warned: false,
         };
         if sampler.psi_cpu.is_none() {
@@ -125,8 +126,8 @@ impl ProcfsSampler {
         // Settle the slow sources now rather than in the first sample.
         let now = Instant::now();
         sampler.read_psi(now);
-        sampler.last.on_battery = sampler.power.on_battery(now);
-        sampler.last.user_idle = sampler.idle.get(now);
+        sampler.last.on_battery = sampler.signals.on_battery(now);
+        sampler.last.user_idle = sampler.signals.user_idle(now);
         Ok(sampler)
     }
 
@@ -149,8 +150,8 @@ impl ProcfsSampler {
         {
             self.read_psi(now);
         }
-        self.last.on_battery = self.power.on_battery(now);
-        self.last.user_idle = self.idle.get(now);
+        self.last.on_battery = self.signals.on_battery(now);
+        self.last.user_idle = self.signals.user_idle(now);
         self.last
     }
 
@@ -178,6 +179,7 @@ impl ProcfsSampler {
         self.psi_read = Some(now);
         self.last.cpu_pressure = psi(&mut self.psi_cpu);
         self.last.memory_pressure = psi(&mut self.psi_memory);
+        self.last.memory_low = self.signals.memory_low(now);
     }
 
     fn failed(&mut self, e: &io::Error) {
@@ -187,6 +189,26 @@ impl ProcfsSampler {
             self.warned = true;
             tracing::warn!("load sampler: {e}; keeping the previous value");
         }
+    }
+}
+
+/// Linux's own signals: input devices and terminals, power supplies. Low memory is not among
+/// them: the pressure stall figures say more.
+#[derive(Debug)]
+struct LinuxSignals {
+    power: PowerSupplies,
+    idle: UserIdle,
+}
+
+impl OsSignals for LinuxSignals {
+    fn user_idle(&mut self, now: Instant) -> Option<Duration> {
+        self.idle.get(now)
+    }
+    fn on_battery(&mut self, now: Instant) -> bool {
+        self.power.on_battery(now)
+    }
+    fn memory_low(&mut self, _now: Instant) -> bool {
+        false
     }
 }
 

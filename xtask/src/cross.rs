@@ -1,0 +1,174 @@
+//! The agent on the other systems owners run: `cargo xtask cross`, and part of `cargo xtask test`.
+//!
+//! - **Windows** (`x86_64-pc-windows-gnu`, linked by Debian's mingw-w64): `cargo clippy` of the
+//!   agent and its tests with every warning an error, and a real build, whose
+//!   `lull-agent self-test` then runs under Debian's Wine
+//!   — the load sampler over the Windows calls, the sandbox compiling and running a guest, a
+//!   pause and resume of it, and the owner's named pipe. Wine 8 lacks `bcryptprimitives.dll`,
+//!   which Rust's standard library imports; a stand-in (`cross/bcryptprimitives.c`) is built
+//!   beside the test binary. Not run under Wine: the QUIC connection (Wine refuses a socket
+//!   option quinn sets), the service control manager, input idle and power of a real desktop.
+//! - **macOS** (`aarch64-apple-darwin`, `x86_64-apple-darwin`): `cargo clippy` of the agent and
+//!   its tests with every warning an error. No macOS SDK or linker can be had here, so nothing is linked: the C parts
+//!   of two dependencies (ring's, wasmtime's helpers) are compiled by clang against a few stub
+//!   headers written here, only so that their build scripts finish.
+//!
+//! The Windows build uses the `cross` profile (nothing optimised, no debug info): it builds in
+//! about half the time of the `dev` profile, and the self-test's guests are tiny.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::util;
+
+/// The targets: Windows first.
+pub const WINDOWS: &str = "x86_64-pc-windows-gnu";
+pub const APPLE: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
+
+/// The commands and the Debian packages that have them.
+pub const COMMANDS: [(&str, &str); 4] = [
+    ("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64"),
+    ("clang", "clang"),
+    ("llvm-ar", "llvm"),
+    ("wine", "wine"),
+];
+
+/// Stub headers for compiling the macOS targets' C code without the SDK.
+const APPLE_HEADERS: [(&str, &str); 2] = [
+    (
+        "TargetConditionals.h",
+        "/* Stub for checking the macOS build off macOS; nothing built with it is linked. */\n\
+         #define TARGET_OS_MAC 1\n#define TARGET_OS_OSX 1\n#define TARGET_OS_IPHONE 0\n",
+    ),
+    (
+        "stdlib.h",
+        "/* Stub for checking the macOS build off macOS; nothing built with it is linked. */\n\
+         #include <stddef.h>\nvoid abort(void);\nvoid *malloc(size_t);\nvoid free(void *);\n",
+    ),
+];
+
+/// Installs what the cross builds need: the Rust targets and the Debian packages.
+pub fn prepare() -> anyhow::Result<()> {
+    let mut targets = vec![WINDOWS];
+    targets.extend(APPLE);
+    util::ensure_targets(&targets)?;
+    util::ensure_commands(&COMMANDS)
+}
+
+/// `cargo xtask cross`: everything above.
+pub fn run() -> anyhow::Result<()> {
+    prepare()?;
+    clippy()?;
+    windows_self_test()
+}
+
+/// `cargo clippy` of the agent, its binary and its tests, for Windows and the macOS targets,
+/// every warning an error.
+pub fn clippy() -> anyhow::Result<()> {
+    let headers = util::target_dir().join("xtask").join("apple-include");
+    std::fs::create_dir_all(&headers).with_context(|| format!("creating {}", headers.display()))?;
+    for (name, text) in APPLE_HEADERS {
+        std::fs::write(headers.join(name), text)
+            .with_context(|| format!("writing {name} in {}", headers.display()))?;
+    }
+    let cflags = format!(
+        "-nostdlibinc -ffreestanding -DRING_CORE_NOSTDLIBINC=1 -isystem {}",
+        headers.display()
+    );
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut args = vec![
+        "clippy",
+        "-p",
+        "lull-agent",
+        "--bins",
+        "--tests",
+        "--target",
+        WINDOWS,
+    ];
+    for target in APPLE {
+        let t = target.replace('-', "_");
+        env.push((format!("CC_{t}"), "clang".into()));
+        env.push((format!("AR_{t}"), "llvm-ar".into()));
+        env.push((format!("CFLAGS_{t}"), cflags.clone()));
+        args.extend(["--target", target]);
+    }
+    args.extend(["--", "-D", "warnings"]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    util::cargo_env(&args, &env)
+}
+
+/// Builds the Windows agent and runs its self-test under Wine.
+pub fn windows_self_test() -> anyhow::Result<()> {
+    util::cargo_env(
+        &[
+            "build",
+            "--profile",
+            "cross",
+            "-p",
+            "lull-agent",
+            "--bin",
+            "lull-agent",
+            "--target",
+            WINDOWS,
+        ],
+        &[],
+    )?;
+    let dir = util::target_dir().join(WINDOWS).join("cross");
+    let exe = dir.join("lull-agent.exe");
+    shim(&dir)?;
+    let prefix = util::target_dir().join("xtask").join("wine");
+    let out = wine(&prefix, &exe, &["self-test"])?;
+    print!("{out}");
+    if !out.lines().any(|l| l.trim() == "self-test passed") {
+        bail!("the Windows agent's self-test under Wine did not pass:\n{out}");
+    }
+    Ok(())
+}
+
+/// Builds the `bcryptprimitives.dll` stand-in into `dir`, unless it is there already.
+fn shim(dir: &Path) -> anyhow::Result<()> {
+    let dll = dir.join("bcryptprimitives.dll");
+    if dll.is_file() {
+        return Ok(());
+    }
+    let source = util::root().join("xtask/src/cross/bcryptprimitives.c");
+    let mut cmd = Command::new("x86_64-w64-mingw32-gcc");
+    cmd.args(["-shared", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&dll)
+        .arg(&source)
+        .args(["-ladvapi32", "-Wl,--kill-at"]);
+    util::run(&mut cmd, "building bcryptprimitives.dll for Wine")
+}
+
+/// Runs `exe ARGS` under Wine with its own prefix (made on first use); its output. Wine's own
+/// chatter goes to its log, not the output.
+fn wine(prefix: &PathBuf, exe: &Path, args: &[&str]) -> anyhow::Result<String> {
+    std::fs::create_dir_all(prefix.parent().unwrap_or(prefix))?;
+    let mut cmd = Command::new("wine");
+    cmd.arg(exe)
+        .args(args)
+        .env("WINEPREFIX", prefix)
+        .env("WINEDEBUG", "-all")
+        // No display here: Wine must not look for one.
+        .env_remove("DISPLAY")
+        .env("LULL_LOG", "warn");
+    let what = format!("wine {} {}", exe.display(), args.join(" "));
+    eprintln!("xtask: {what}");
+    let started = std::time::Instant::now();
+    let output = cmd.output().with_context(|| format!("starting {what}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    eprintln!(
+        "xtask: {what}: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(stdout)
+}
