@@ -136,6 +136,9 @@ struct Step {
     args: Vec<String>,
     /// A failure is expected at times and harmless (stopping a service that is not running).
     may_fail: bool,
+    /// When the command fails, this one runs instead, and must succeed (a service made before
+    /// is updated rather than made).
+    otherwise: Option<Vec<String>>,
 }
 
 impl Step {
@@ -143,6 +146,14 @@ impl Step {
         Self {
             args: args.into_iter().map(Into::into).collect(),
             may_fail: false,
+            otherwise: None,
+        }
+    }
+
+    fn otherwise(self, instead: Step) -> Self {
+        Self {
+            otherwise: Some(instead.args),
+            ..self
         }
     }
 
@@ -155,8 +166,15 @@ impl Step {
 
     /// The command as one would type it: arguments with spaces or quotes quoted.
     fn line(&self) -> String {
-        self.args
-            .iter()
+        let mut line = Self::shown(&self.args);
+        if let Some(instead) = &self.otherwise {
+            line = format!("{line} (if that fails: {})", Self::shown(instead));
+        }
+        line
+    }
+
+    fn shown(args: &[String]) -> String {
+        args.iter()
             .map(|a| {
                 if a.is_empty() || a.contains([' ', '"']) {
                     format!("\"{}\"", a.replace('"', "\\\""))
@@ -403,8 +421,7 @@ fn start_commands(manager: ServiceManager, binary: &Path) -> Vec<Step> {
             vec![
                 // A service installed before is stopped, and updated instead of made.
                 Step::new(["sc.exe", "stop", WINDOWS_SERVICE]).may_fail(),
-                sc("create").may_fail(),
-                sc("config"),
+                sc("create").otherwise(sc("config")),
                 Step::new([
                     "sc.exe",
                     "description",
@@ -480,12 +497,25 @@ fn drive(
         if dry_run {
             writeln!(out, "would run: {line}")?;
         } else if run {
-            let status = Command::new(&step.args[0])
-                .args(&step.args[1..])
-                .status()
-                .with_context(|| format!("running {line}"))?;
+            let run = |args: &[String]| {
+                Command::new(&args[0])
+                    .args(&args[1..])
+                    .status()
+                    .with_context(|| format!("running {}", Step::shown(args)))
+            };
+            let status = run(&step.args)?;
             if status.success() {
-                writeln!(out, "ran: {line}")?;
+                writeln!(out, "ran: {}", Step::shown(&step.args))?;
+            } else if let Some(instead) = &step.otherwise {
+                let shown = Step::shown(instead);
+                let again = run(instead)?;
+                if !again.success() {
+                    bail!(
+                        "{shown} failed ({again}), after {} failed ({status})",
+                        Step::shown(&step.args)
+                    );
+                }
+                writeln!(out, "ran: {shown}")?;
             } else if step.may_fail {
                 writeln!(out, "ran: {line} ({status}: nothing to do)")?;
             } else {
@@ -781,6 +811,16 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_unit_is_the_one_install_writes() {
+        assert_eq!(
+            include_str!("../debian/lull-agent.service"),
+            systemd_unit(Path::new("/usr/bin/lull-agent")),
+            "agent/debian/lull-agent.service (in the .deb) differs from the unit install writes: \
+             update it from `lull-agent install --root DIR --binary /usr/bin/lull-agent ...`"
+        );
+    }
+
+    #[test]
     fn macos_gets_a_launchd_daemon() {
         let root = tempfile::tempdir().unwrap();
         let said = run_install(&options(root.path()), ServiceManager::Launchd);
@@ -821,7 +861,7 @@ mod tests {
         let create = r#"sc.exe create LullAgent binPath= "\"C:/Program Files/Lull/lull-agent.exe\" service --config \"C:/ProgramData/Lull/agent.toml\"" start= auto obj= "NT AUTHORITY\LocalService" DisplayName= "Lull agent""#;
         let order = [
             create,
-            "sc.exe config LullAgent",
+            "(if that fails: sc.exe config LullAgent",
             "sc.exe failure LullAgent reset= 86400 actions= restart/5000",
             "icacls C:/ProgramData/Lull/agent /inheritance:r /grant:r *S-1-5-32-544:(OI)(CI)F *S-1-5-18:(OI)(CI)F *S-1-5-19:(OI)(CI)M",
             "sc.exe start LullAgent",

@@ -218,8 +218,16 @@ async fn main_result() -> anyhow::Result<()> {
         Command::Install(a) => {
             let binary = match a.binary {
                 Some(b) => b,
+                // Windows' canonical paths are `\\?\C:\...`, which a service's command line
+                // does not take: there the absolute path as it is.
                 None => std::env::current_exe()
-                    .and_then(|p| p.canonicalize())
+                    .and_then(|p| {
+                        if cfg!(windows) {
+                            std::path::absolute(p)
+                        } else {
+                            p.canonicalize()
+                        }
+                    })
                     .map_err(|e| {
                         anyhow::anyhow!("finding this binary's path (pass --binary): {e}")
                     })?,

@@ -76,11 +76,16 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// The named pipe of the agent whose data directory is `data_dir` (Windows): one per data
-/// directory, named after a digest of its absolute path.
+/// directory, named after a digest of its absolute path (in lower case on Windows, whose paths
+/// are not case-sensitive, and where `absolute` turns `/` into `\`).
 pub fn pipe_name(data_dir: &Path) -> String {
     use sha2::Digest as _;
     let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-    let digest = sha2::Sha256::digest(absolute.to_string_lossy().as_bytes());
+    let mut text = absolute.to_string_lossy().into_owned();
+    if cfg!(windows) {
+        text = text.to_lowercase();
+    }
+    let digest = sha2::Sha256::digest(text.as_bytes());
     format!(r"\\.\pipe\lull-agent-{}", &hex::encode(digest)[..16])
 }
 

@@ -60,8 +60,8 @@
 //!
 //! # User idle
 //!
-//! Without D-Bus (logind's `IdleHint`) or a display server (XScreenSaver), two sources are
-//! robust, both checked once a second: the keyboards and pointers among `/dev/input/event*`,
+//! Without a display server (XScreenSaver), two sources are robust, both checked once a
+//! second: the keyboards and pointers among `/dev/input/event*`,
 //! held open and drained (any event is input; the contents are discarded unread; their inode
 //! times do *not* move on input, so they cannot simply be stat'ed), and the newest access time
 //! of `/dev/pts/*`, which the kernel sets when a program reads typed input, to within 8 s (SSH
@@ -69,17 +69,20 @@
 //! figure is `None` when the machine has no keyboard or pointer (servers, containers) and when
 //! the agent may not read them: terminal activity alone would call a desktop idle while its owner
 //! works in a browser. Idle time counts from the agent's start until the first input is seen.
+//! When the devices cannot say, systemd-logind's idle hints of the graphical sessions stand in
+//! (`logind.rs`: coarser — a desktop says its user went away only after some minutes — but it
+//! covers remote desktops and agents outside the `input` group).
 //!
 //! # Elsewhere
 //!
 //! Other systems use `sysinfo` for CPU and memory: global CPU usage minus this process's, and
 //! its available memory; pressure figures are `None`. The signals each system gives its own
-//! way — a person at the machine, battery, low memory — come through one trait, [`OsSignals`],
+//! way — a person at the machine, battery, low memory — come through one trait, `OsSignals`,
 //! read once a second:
 //!
 //! | signal | Linux | Windows | macOS |
 //! |---|---|---|---|
-//! | `user_idle` | input devices and terminals (above) | `GetLastInputInfo` (none in session 0, a service's) | `HIDIdleTime` of `IOHIDSystem` |
+//! | `user_idle` | input devices and terminals (above), else logind's graphical sessions | `GetLastInputInfo` (none in session 0, a service's) | `HIDIdleTime` of `IOHIDSystem` |
 //! | `on_battery` | `/sys/class/power_supply` | `GetSystemPowerStatus` | `IOPSGetProvidingPowerSourceType` |
 //! | `memory_low` | — (pressure stall information instead) | low-memory resource notification | `kern.memorystatus_vm_pressure_level` ≥ warning |
 //!
@@ -98,6 +101,8 @@ mod fallback;
 mod idle;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+mod logind;
 #[cfg(target_vendor = "apple")]
 mod macos;
 #[cfg(target_os = "linux")]

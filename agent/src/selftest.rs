@@ -113,7 +113,15 @@ fn sandbox(out: &mut impl Write) -> anyhow::Result<()> {
     let started = Instant::now();
     let wasm = wat::parse_str(counter(1)).context("assembling the test guest")?;
     let program = sandbox.compile(&wasm).context("compiling the test guest")?;
-    let quick = sandbox.run(&program, &spec, &TaskControl::new());
+    // A guest's thread is lowered to idle priority for good: run it on a thread of its own.
+    let (quick, idle_priority) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let output = sandbox.run(&program, &spec, &TaskControl::new());
+            (output, crate::sandbox::current_thread_is_idle_priority())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the guest thread panicked"))
+    })?;
     ensure!(
         quick.outcome == Outcome::Exited { code: 0 } && quick.stdout == 1u32.to_le_bytes(),
         "the test guest did not run to its end: {:?}, stdout {:?}",
@@ -122,8 +130,9 @@ fn sandbox(out: &mut impl Write) -> anyhow::Result<()> {
     );
     writeln!(
         out,
-        "sandbox: ok (compiled and ran a guest in {} ms)",
-        started.elapsed().as_millis()
+        "sandbox: ok (compiled and ran a guest in {} ms; its thread {} at idle priority)",
+        started.elapsed().as_millis(),
+        if idle_priority { "was" } else { "was not" }
     )?;
 
     // A guest long enough to be caught running: paused, held, resumed, and its count intact.

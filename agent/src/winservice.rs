@@ -82,6 +82,10 @@ fn serve() -> anyhow::Result<()> {
     let handle = service_control_handler::register(WINDOWS_SERVICE, handler)
         .context("registering with the service control manager")?;
     handle.set_service_status(status(ServiceState::Running, 0))?;
+    tracing::info!(
+        service = WINDOWS_SERVICE,
+        "started by the service control manager"
+    );
     let body = BODY.get().context("no service body")?;
     let result = body(stopped);
     handle.set_service_status(status(

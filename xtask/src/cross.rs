@@ -4,10 +4,15 @@
 //!   agent and its tests with every warning an error, and a real build, whose
 //!   `lull-agent self-test` then runs under Debian's Wine
 //!   — the load sampler over the Windows calls, the sandbox compiling and running a guest, a
-//!   pause and resume of it, and the owner's named pipe. Wine 8 lacks `bcryptprimitives.dll`,
+//!   pause and resume of it, and the owner's named pipe — and then `lull-agent install` for real:
+//!   the files under `C:\ProgramData\Lull`, the service registered with Wine's service control
+//!   manager and started, the agent in it logging, and `uninstall --purge` taking it all away.
+//!   Wine 8 lacks `bcryptprimitives.dll`,
 //!   which Rust's standard library imports; a stand-in (`cross/bcryptprimitives.c`) is built
 //!   beside the test binary. Not run under Wine: the QUIC connection (Wine refuses a socket
-//!   option quinn sets), the service control manager, input idle and power of a real desktop.
+//!   option quinn sets, so the service's agent stops there), `sc.exe config` (not in Wine: only
+//!   a first install is tried), `icacls` (a stub in Wine), input idle and power of a real
+//!   desktop.
 //! - **macOS** (`aarch64-apple-darwin`, `x86_64-apple-darwin`): `cargo clippy` of the agent and
 //!   its tests with every warning an error. No macOS SDK or linker can be had here, so nothing is linked: the C parts
 //!   of two dependencies (ring's, wasmtime's helpers) are compiled by clang against a few stub
@@ -123,6 +128,72 @@ pub fn windows_self_test() -> anyhow::Result<()> {
     print!("{out}");
     if !out.lines().any(|l| l.trim() == "self-test passed") {
         bail!("the Windows agent's self-test under Wine did not pass:\n{out}");
+    }
+    let service = windows_service(&prefix, &exe);
+    // Wine's own processes (its service manager among them) go with the prefix's server.
+    let _ = Command::new("wineserver")
+        .arg("-k")
+        .env("WINEPREFIX", &prefix)
+        .status();
+    service
+}
+
+/// `lull-agent install` under Wine, for real: the files written, the service registered with
+/// Wine's service control manager and started, the agent in it reading its configuration and
+/// logging; then `uninstall --purge` deletes it. (The agent then stops at its QUIC socket,
+/// which Wine refuses; the service manager records the failure.)
+fn windows_service(prefix: &PathBuf, exe: &Path) -> anyhow::Result<()> {
+    let program_data = prefix.join("drive_c/ProgramData/Lull");
+    // What an earlier run left.
+    let _ = wine(prefix, exe, &["uninstall", "--purge"]);
+    let hash = format!("sha256:{}", "0".repeat(64));
+    let install = [
+        "install",
+        "--coordinator",
+        "127.0.0.1:9",
+        "--ca-hash",
+        &hash,
+    ];
+    // The service manager of a Wine prefix that has just been made can refuse the first
+    // `sc.exe create` (seen once): a second try, from a clean slate, is the real test.
+    let out = match wine(prefix, exe, &install) {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("xtask: install under Wine failed once, trying again: {e:#}");
+            let _ = wine(prefix, exe, &["uninstall", "--purge"]);
+            wine(prefix, exe, &install)?
+        }
+    };
+    print!("{out}");
+    for line in [
+        "wrote: C:/ProgramData/Lull/agent.toml",
+        "ran: sc.exe create LullAgent",
+        "ran: sc.exe start LullAgent",
+    ] {
+        if !out.contains(line) {
+            bail!("`lull-agent install` under Wine did not say {line:?}:\n{out}");
+        }
+    }
+    let log = program_data.join("agent.log");
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("started by the service control manager") {
+            eprintln!("xtask: the service LullAgent ran under Wine's service control manager");
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            bail!(
+                "the service did not start within 60 s under Wine; {}:\n{text}",
+                log.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = wine(prefix, exe, &["uninstall", "--purge"])?;
+    print!("{out}");
+    if !out.contains("ran: sc.exe delete LullAgent") || program_data.join("agent.toml").exists() {
+        bail!("`lull-agent uninstall --purge` under Wine left the service or its files:\n{out}");
     }
     Ok(())
 }

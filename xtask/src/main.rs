@@ -13,6 +13,8 @@
 //!   seconds (10); `fuzz bench [MINUTES]` runs each for MINUTES minutes (3): see fuzz/README.md.
 //! - `cross`: the agent for Windows (built, its self-test run under Wine) and macOS (checked);
 //!   see `cross.rs` for what is and is not verified.
+//! - `package`: the agent as a static (musl) binary and a `.deb` with its systemd unit, each
+//!   checked; their sizes as JSON on the last line.
 //! - `deny`: cargo-deny's license, ban and source checks, and advisories (offline) when the
 //!   RustSec database is on the machine.
 //! - `postgres CMD [ARGS]`: runs a command (say, `cargo test -p lull-coordinator store`) with a
@@ -24,6 +26,7 @@ mod cross;
 mod demo;
 mod deny;
 mod fuzz;
+mod package;
 mod postgres;
 mod util;
 
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or_default()),
         Some("deny") => deny::check(),
         Some("cross") => cross::run(),
+        Some("package") => package::run(),
         Some("postgres") if args.len() > 1 => with_postgres(&args[1..]),
         #[cfg(feature = "bench")]
         Some("bench") => bench::run(
@@ -50,7 +54,7 @@ fn main() -> ExitCode {
         Some("bench") => return util::with_benches(&args),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | cross | deny | postgres CMD [ARGS]\n  benches: {}",
+                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | cross | package | deny | postgres CMD [ARGS]\n  benches: {}",
                 BENCHES.join(", ")
             );
             return ExitCode::from(2);
@@ -103,7 +107,8 @@ fn test() -> anyhow::Result<()> {
     // Signatures are checked against the real OpenSSH tools; the dashboard in a real browser.
     // faketime brings the library that skews one coordinator's clock; ip makes the network
     // namespaces of the fault tests; libFuzzer is built with c++; systemd-analyze checks the
-    // unit `lull-agent install` writes; the cross builds need mingw-w64, clang and Wine.
+    // unit `lull-agent install` writes; the agent's logind reader is tested on a bus of its own;
+    // the cross builds need mingw-w64, clang and Wine.
     let mut commands = vec![
         ("ssh-keygen", "openssh-client"),
         ("chromium", "chromium"),
@@ -111,6 +116,7 @@ fn test() -> anyhow::Result<()> {
         ("ip", "iproute2"),
         ("systemd-analyze", "systemd"),
         ("c++", "g++"),
+        ("dbus-daemon", "dbus-daemon"),
     ];
     commands.extend(cross::COMMANDS);
     let needed = util::ensure_commands(&commands);

@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use super::idle::UserIdle;
+use super::logind::{Bus, LogindIdle};
 use super::parse::{self, CpuTimes, ParseError};
 use super::power::PowerSupplies;
 use super::{Load, OsSignals};
@@ -117,6 +118,7 @@ impl ProcfsSampler {
             signals: LinuxSignals {
                 power: PowerSupplies::new(),
                 idle: UserIdle::new(),
+                logind: None,
             },
             warned: false,
         };
@@ -192,17 +194,23 @@ impl ProcfsSampler {
     }
 }
 
-/// Linux's own signals: input devices and terminals, power supplies. Low memory is not among
-/// them: the pressure stall figures say more.
+/// Linux's own signals: input devices and terminals (else logind's graphical sessions), power
+/// supplies. Low memory is not among them: the pressure stall figures say more.
 #[derive(Debug)]
 struct LinuxSignals {
     power: PowerSupplies,
     idle: UserIdle,
+    /// Started the first time the input devices cannot say.
+    logind: Option<LogindIdle>,
 }
 
 impl OsSignals for LinuxSignals {
     fn user_idle(&mut self, now: Instant) -> Option<Duration> {
-        self.idle.get(now)
+        self.idle.get(now).or_else(|| {
+            self.logind
+                .get_or_insert_with(|| LogindIdle::watch(Bus::System))
+                .get(now)
+        })
     }
     fn on_battery(&mut self, now: Instant) -> bool {
         self.power.on_battery(now)

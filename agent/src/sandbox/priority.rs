@@ -8,7 +8,11 @@
 //!   PRIO_DARWIN_BG)`), the thread-scoped equivalent there.
 //! - Other Unix systems: `nice 19` with `setpriority(PRIO_PROCESS, 0, 19)`. On most of them that
 //!   applies to the whole process, not only the calling thread.
-//! - Elsewhere (Windows): nothing yet; guests run at normal priority.
+//! - Windows: `THREAD_PRIORITY_IDLE` for the calling thread (`SetThreadPriority`): the lowest
+//!   priority of a normal process, below every program at normal priority. A pausing guest is
+//!   raised to `THREAD_PRIORITY_NORMAL` and lowered again as on Linux (no privilege needed for
+//!   a thread of one's own process).
+//! - Elsewhere: nothing; guests run at normal priority.
 //!
 //! Threads inherit their creator's policy: only guest threads may be lowered, never the async
 //! runtime's workers nor the epoch ticker.
@@ -18,7 +22,8 @@
 //! an `RLIMIT_NICE` of 20), else at nice 19 (an `RLIMIT_NICE` of at least 1), else not at all. At
 //! idle priority, beside incumbents that keep every core busy, a guest thread waits for a slice
 //! for hundreds of milliseconds; raised, it runs within a scheduler slice, reaches its check
-//! within one epoch tick and parks, lowering itself first ([`lower_thread`]). Elsewhere both do nothing.
+//! within one epoch tick and parks, lowering itself first ([`lower_thread`]). Windows does the
+//! same with thread priorities; elsewhere both do nothing.
 
 use std::sync::Once;
 
@@ -43,19 +48,49 @@ pub fn current_thread_is_idle_priority() -> bool {
     is_idle()
 }
 
-/// An OS thread that [`boost`] and [`lower`] can name from another thread (a Linux thread ID).
+/// An OS thread that [`boost`] and [`lower`] can name from another thread (a Linux or Windows
+/// thread ID).
 pub(crate) type ThreadId = i32;
 
-/// The calling thread's ID, where the OS has one that [`boost`] can use (Linux); `None` elsewhere.
+/// The calling thread's ID, where the OS has one that [`boost`] can use (Linux, Windows);
+/// `None` elsewhere.
 pub(crate) fn current_thread_id() -> Option<ThreadId> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: no arguments; gettid cannot fail.
         Some(unsafe { libc::gettid() })
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    {
+        // SAFETY: no arguments; cannot fail.
+        ThreadId::try_from(unsafe { windows_sys::Win32::System::Threading::GetCurrentThreadId() })
+            .ok()
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
     {
         None
+    }
+}
+
+/// Sets the priority of thread `thread` of this process (Windows).
+#[cfg(windows)]
+fn set_thread_priority(thread: ThreadId, priority: i32) -> bool {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Threading::{
+        OpenThread, SetThreadPriority, THREAD_SET_LIMITED_INFORMATION,
+    };
+    let Ok(id) = u32::try_from(thread) else {
+        return false;
+    };
+    // SAFETY: no pointers; the handle is closed before returning.
+    unsafe {
+        let handle = OpenThread(THREAD_SET_LIMITED_INFORMATION, 0, id);
+        if handle.is_null() {
+            return false;
+        }
+        let set = SetThreadPriority(handle, priority) != 0;
+        CloseHandle(handle);
+        set
     }
 }
 
@@ -81,7 +116,12 @@ pub(crate) fn boost(thread: ThreadId) {
             );
         });
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    set_thread_priority(
+        thread,
+        windows_sys::Win32::System::Threading::THREAD_PRIORITY_NORMAL,
+    );
+    #[cfg(not(any(target_os = "linux", windows)))]
     let _ = thread;
 }
 
@@ -90,7 +130,12 @@ pub(crate) fn boost(thread: ThreadId) {
 pub(crate) fn lower_thread(thread: ThreadId) {
     #[cfg(target_os = "linux")]
     set_policy(thread, libc::SCHED_IDLE);
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    set_thread_priority(
+        thread,
+        windows_sys::Win32::System::Threading::THREAD_PRIORITY_IDLE,
+    );
+    #[cfg(not(any(target_os = "linux", windows)))]
     let _ = thread;
 }
 
@@ -170,13 +215,33 @@ fn is_idle() -> bool {
     unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) >= LOWEST_NICE }
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
 fn lower() -> std::io::Result<()> {
-    // Not done yet on Windows (`THREAD_PRIORITY_IDLE` would be the one).
+    use windows_sys::Win32::System::Threading::{
+        GetCurrentThread, SetThreadPriority, THREAD_PRIORITY_IDLE,
+    };
+    // SAFETY: the calling thread's pseudo-handle; no pointers.
+    if unsafe { SetThreadPriority(GetCurrentThread(), THREAD_PRIORITY_IDLE) } == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+fn is_idle() -> bool {
+    use windows_sys::Win32::System::Threading::{
+        GetCurrentThread, GetThreadPriority, THREAD_PRIORITY_IDLE,
+    };
+    // SAFETY: the calling thread's pseudo-handle; no pointers.
+    unsafe { GetThreadPriority(GetCurrentThread()) == THREAD_PRIORITY_IDLE }
+}
+
+#[cfg(not(any(unix, windows)))]
+fn lower() -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(any(unix, windows)))]
 fn is_idle() -> bool {
     false
 }
