@@ -263,7 +263,17 @@ const SIGNERS_TEXT: &str = "\
 ";
 
 /// The systemd unit for `binary` reading `config`.
-pub fn systemd_unit(binary: &Path) -> String {
+///
+/// `input_group`: the system has an `input` group (udev makes it), which the service joins to
+/// see keyboards and mice; systemd refuses to start a unit whose group does not exist.
+pub fn systemd_unit(binary: &Path, input_group: bool) -> String {
+    let input = if input_group {
+        "# To see the owner at the keyboard (the agent reads only that input happened).\n\
+         SupplementaryGroups=input\n"
+    } else {
+        "# No input group on this system (no udev): the agent cannot see keyboard and mouse\n\
+         # input; systemd-logind's idle hints stand in on desktops.\n"
+    };
     format!(
         "\
 # Written by `lull-agent install`.
@@ -280,9 +290,7 @@ RestartSec=5
 DynamicUser=yes
 StateDirectory=lull/agent
 StateDirectoryMode=0700
-# To see the owner at the keyboard (the agent reads only that input happened).
-SupplementaryGroups=input
-# To raise a pausing guest until it stops; nothing else.
+{input}# To raise a pausing guest until it stops; nothing else.
 AmbientCapabilities=CAP_SYS_NICE
 CapabilityBoundingSet=CAP_SYS_NICE
 ProtectSystem=strict
@@ -344,7 +352,7 @@ fn plan(opts: &InstallOptions, manager: ServiceManager) -> Vec<Planned> {
         },
     ];
     let definition = match manager {
-        ServiceManager::Systemd => Some(systemd_unit(&opts.binary)),
+        ServiceManager::Systemd => Some(systemd_unit(&opts.binary, has_group(&opts.root, "input"))),
         ServiceManager::Launchd => Some(launchd_plist(&opts.binary)),
         ServiceManager::Windows => None,
     };
@@ -357,6 +365,12 @@ fn plan(opts: &InstallOptions, manager: ServiceManager) -> Vec<Planned> {
         });
     }
     planned
+}
+
+/// Whether the target system under `root` has group `name` (in its `/etc/group`).
+fn has_group(root: &Path, name: &str) -> bool {
+    std::fs::read_to_string(under(root, "/etc/group"))
+        .is_ok_and(|groups| groups.lines().any(|l| l.split(':').next() == Some(name)))
 }
 
 /// `path` (absolute on the target system, `/etc/...` or `C:/...`) under `root`; the path
@@ -595,6 +609,14 @@ pub fn install(
         }
         writeln!(out, "{verb}: {}", target.display())?;
     }
+    if manager == ServiceManager::Systemd && !has_group(&opts.root, "input") {
+        writeln!(
+            out,
+            "note: {} has no input group (udev makes it): the agent will not see keyboard and \
+             mouse input, and judges idleness by CPU (and logind's idle hints on desktops)",
+            under(&opts.root, "/etc/group").display()
+        )?;
+    }
     // systemd makes the data directory itself (StateDirectory=), owned by the service's user.
     let layout = manager.layout();
     let data = under(&opts.root, layout.data);
@@ -811,10 +833,28 @@ mod tests {
     }
 
     #[test]
+    fn the_input_group_is_joined_only_where_it_exists() {
+        let root = tempfile::tempdir().unwrap();
+        let said = run_install(&options(root.path()), ServiceManager::Systemd);
+        let unit = std::fs::read_to_string(under(root.path(), UNIT_PATH)).unwrap();
+        assert!(!unit.contains("SupplementaryGroups"), "{unit}");
+        assert!(said.contains("has no input group"), "{said}");
+        std::fs::write(
+            under(root.path(), "/etc/group"),
+            "root:x:0:\ninputs:x:998:\ninput:x:105:\n",
+        )
+        .unwrap();
+        let said = run_install(&options(root.path()), ServiceManager::Systemd);
+        let unit = std::fs::read_to_string(under(root.path(), UNIT_PATH)).unwrap();
+        assert!(unit.contains("\nSupplementaryGroups=input\n"), "{unit}");
+        assert!(!said.contains("has no input group"), "{said}");
+    }
+
+    #[test]
     fn the_packaged_unit_is_the_one_install_writes() {
         assert_eq!(
             include_str!("../debian/lull-agent.service"),
-            systemd_unit(Path::new("/usr/bin/lull-agent")),
+            systemd_unit(Path::new("/usr/bin/lull-agent"), true),
             "agent/debian/lull-agent.service (in the .deb) differs from the unit install writes: \
              update it from `lull-agent install --root DIR --binary /usr/bin/lull-agent ...`"
         );

@@ -236,6 +236,9 @@ pub fn local_now() -> LocalTime {
 
 #[cfg(unix)]
 fn local_time(secs: u64) -> LocalTime {
+    // The libc crate marks musl's `time_t` deprecated because it will widen: what localtime_r
+    // takes.
+    #[allow(deprecated)]
     let t = libc::time_t::try_from(secs).unwrap_or(0);
     // SAFETY: localtime_r only writes the struct it is given.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

@@ -1203,7 +1203,8 @@ fn cpu_share_duty_cycles_the_guest() {
         thread::sleep(Duration::from_millis(50));
         // At idle priority the guest gets next to nothing on a busy machine, whatever its share;
         // at normal priority it competes like any program, so that its share shows.
-        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain data; all zero is priority 0 (musl's struct has more fields).
+        let param: libc::sched_param = unsafe { std::mem::zeroed() };
         // SAFETY: a plain system call on a thread of this process that is alive (it spins
         // until cancelled below).
         let raised = unsafe { libc::sched_setscheduler(guest.tid, libc::SCHED_OTHER, &param) };
@@ -1405,7 +1406,8 @@ fn policy_of(tid: libc::pid_t) -> libc::c_int {
 #[cfg(target_os = "linux")]
 fn may_raise_priority() -> bool {
     thread::spawn(|| {
-        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain data; all zero is priority 0 (musl's struct has more fields).
+        let param: libc::sched_param = unsafe { std::mem::zeroed() };
         // SAFETY: `param` outlives the calls; pid 0 is this short-lived thread.
         unsafe {
             libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0

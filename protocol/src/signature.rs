@@ -457,7 +457,9 @@ fn utc_text(t: SystemTime) -> String {
 /// (seconds since 1970 as if it were UTC). Zero where it cannot be known.
 #[cfg(unix)]
 fn local_offset(local_secs: i64) -> i64 {
-    // (On 32-bit systems far dates saturate; the offset there is the zone's current one.)
+    // (On 32-bit systems far dates saturate; the offset there is the zone's current one.) The
+    // libc crate marks musl's `time_t` deprecated because it will widen: what localtime_r takes.
+    #[allow(deprecated)]
     let t = libc::time_t::try_from(local_secs).unwrap_or(libc::time_t::MAX);
     // SAFETY: an all-zero `tm` is a valid value; `localtime_r` writes only into it.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

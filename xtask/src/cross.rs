@@ -18,6 +18,10 @@
 //!   of two dependencies (ring's, wasmtime's helpers) are compiled by clang against a few stub
 //!   headers written here, only so that their build scripts finish.
 //!
+//! - **Static Linux** (`x86_64-unknown-linux-musl`, C parts by Debian's `musl-gcc`): `cargo
+//!   clippy` too, so that the binary `cargo xtask package` ships keeps building (musl's C
+//!   structs and types differ from glibc's).
+//!
 //! The Windows build uses the `cross` profile (nothing optimised, no debug info): it builds in
 //! about half the time of the `dev` profile, and the self-test's guests are tiny.
 
@@ -31,10 +35,21 @@ use crate::util;
 /// The targets: Windows first.
 pub const WINDOWS: &str = "x86_64-pc-windows-gnu";
 pub const APPLE: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
+/// The static Linux agent of `cargo xtask package`.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// Every target linted.
+pub fn targets() -> Vec<&'static str> {
+    let mut all = vec![WINDOWS];
+    all.extend(APPLE);
+    all.push(MUSL);
+    all
+}
 
 /// The commands and the Debian packages that have them.
-pub const COMMANDS: [(&str, &str); 4] = [
+pub const COMMANDS: [(&str, &str); 5] = [
     ("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64"),
+    ("musl-gcc", "musl-tools"),
     ("clang", "clang"),
     ("llvm-ar", "llvm"),
     ("wine", "wine"),
@@ -56,9 +71,7 @@ const APPLE_HEADERS: [(&str, &str); 2] = [
 
 /// Installs what the cross builds need: the Rust targets and the Debian packages.
 pub fn prepare() -> anyhow::Result<()> {
-    let mut targets = vec![WINDOWS];
-    targets.extend(APPLE);
-    util::ensure_targets(&targets)?;
+    util::ensure_targets(&targets())?;
     util::ensure_commands(&COMMANDS)
 }
 
@@ -69,8 +82,8 @@ pub fn run() -> anyhow::Result<()> {
     windows_self_test()
 }
 
-/// `cargo clippy` of the agent, its binary and its tests, for Windows and the macOS targets,
-/// every warning an error.
+/// `cargo clippy` of the agent, its binary and its tests, for Windows, the macOS targets and
+/// static Linux (musl), every warning an error.
 pub fn clippy() -> anyhow::Result<()> {
     let headers = util::target_dir().join("xtask").join("apple-include");
     std::fs::create_dir_all(&headers).with_context(|| format!("creating {}", headers.display()))?;
@@ -92,6 +105,7 @@ pub fn clippy() -> anyhow::Result<()> {
         "--target",
         WINDOWS,
     ];
+    args.extend(["--target", MUSL]);
     for target in APPLE {
         let t = target.replace('-', "_");
         env.push((format!("CC_{t}"), "clang".into()));

@@ -15,6 +15,8 @@
 //!   see `cross.rs` for what is and is not verified.
 //! - `package`: the agent as a static (musl) binary and a `.deb` with its systemd unit, each
 //!   checked; their sizes as JSON on the last line.
+//! - `systemd`: the agent installed in a Debian container booted with systemd, and its unit
+//!   checked running (dynamic user, capabilities, key ownership, connected).
 //! - `deny`: cargo-deny's license, ban and source checks, and advisories (offline) when the
 //!   RustSec database is on the machine.
 //! - `postgres CMD [ARGS]`: runs a command (say, `cargo test -p lull-coordinator store`) with a
@@ -28,6 +30,7 @@ mod deny;
 mod fuzz;
 mod package;
 mod postgres;
+mod systemd;
 mod util;
 
 use std::process::ExitCode;
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Some("deny") => deny::check(),
         Some("cross") => cross::run(),
         Some("package") => package::run(),
+        Some("systemd") => systemd::run(),
         Some("postgres") if args.len() > 1 => with_postgres(&args[1..]),
         #[cfg(feature = "bench")]
         Some("bench") => bench::run(
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
         Some("bench") => return util::with_benches(&args),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | cross | package | deny | postgres CMD [ARGS]\n  benches: {}",
+                "usage: cargo xtask demo | test | bench NAME | fuzz [SECONDS] | fuzz bench [MINUTES] | cross | package | systemd | deny | postgres CMD [ARGS]\n  benches: {}",
                 BENCHES.join(", ")
             );
             return ExitCode::from(2);
@@ -84,11 +88,10 @@ const BENCHES: &[&str] = &[
 fn test() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     util::ensure_wasm_targets()?;
-    let mut cross_targets = vec![cross::WINDOWS];
-    cross_targets.extend(cross::APPLE);
-    util::ensure_targets(&cross_targets)?;
+    util::ensure_targets(&cross::targets())?;
     // The tools of the checks that come later (cargo-deny, the nightly toolchain, cargo-fuzz,
-    // the protocol fuzz targets) build on a second thread meanwhile: on two cores, in the time
+    // the protocol fuzz targets, the systemd container's Debian root) build on a second thread
+    // meanwhile: on two cores, in the time
     // the packages download and in the gaps where one crate holds up the build. Its commands'
     // output goes to a file. It waits for the packages (a C++ compiler among them) before the
     // fuzz build: apt-get takes one at a time.
@@ -100,14 +103,18 @@ fn test() -> anyhow::Result<()> {
             util::logged_to(&log, || -> anyhow::Result<std::time::Duration> {
                 deny::install()?;
                 let _ = packages.recv();
-                fuzz::smoke_build()
+                let fuzz_build = fuzz::smoke_build()?;
+                // The Debian root of the systemd container (downloads, mostly).
+                systemd::prepare_root()?;
+                Ok(fuzz_build)
             })?
         })
     };
     // Signatures are checked against the real OpenSSH tools; the dashboard in a real browser.
     // faketime brings the library that skews one coordinator's clock; ip makes the network
     // namespaces of the fault tests; libFuzzer is built with c++; systemd-analyze checks the
-    // unit `lull-agent install` writes; the agent's logind reader is tested on a bus of its own;
+    // unit `lull-agent install` writes, and systemd-nspawn and debootstrap start it in a
+    // container; the agent's logind reader is tested on a bus of its own;
     // the cross builds need mingw-w64, clang and Wine.
     let mut commands = vec![
         ("ssh-keygen", "openssh-client"),
@@ -119,6 +126,7 @@ fn test() -> anyhow::Result<()> {
         ("dbus-daemon", "dbus-daemon"),
     ];
     commands.extend(cross::COMMANDS);
+    commands.extend(systemd::COMMANDS);
     let needed = util::ensure_commands(&commands);
     drop(packages_ready);
     needed?;
@@ -154,6 +162,9 @@ fn test() -> anyhow::Result<()> {
     // dependencies in the build, shared crates get the same features as under `cargo test`, so
     // the test run below reuses every artifact instead of building the stack a second time.
     util::cargo(&["build", "--workspace", "--bins", "--tests"])?;
+    // The agent installed as an IT person would, in a container booted with systemd: its unit
+    // started for real.
+    systemd::check_installed()?;
     // The store's tests and the PostgreSQL end-to-end tests run against a real server.
     let postgres = postgres::Server::start()?;
     let counts = util::cargo_test(

@@ -153,19 +153,23 @@ fn set_nice(thread: ThreadId, nice: libc::c_int) -> bool {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) == 0 }
 }
 
+/// `sched_setscheduler(2)` with priority 0 for thread `thread` (0: the calling thread), made
+/// directly: musl's wrapper fails with ENOSYS on purpose (the system call sets one thread's
+/// policy, where POSIX speaks of a process), and the static agent is built with musl.
 #[cfg(target_os = "linux")]
-fn set_policy(thread: ThreadId, policy: libc::c_int) -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid `sched_param` that outlives the call.
-    unsafe { libc::sched_setscheduler(thread, policy, &param) == 0 }
-}
-
-#[cfg(target_os = "linux")]
-fn lower() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid `sched_param` that outlives the call; pid 0 is the calling
-    // thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+fn sched_setscheduler(thread: ThreadId, policy: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: plain data; all zero is priority 0 (and, in musl's larger struct, no
+    // sporadic-server budget).
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: the system call reads `param`, which outlives it; no other pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            libc::c_long::from(thread),
+            libc::c_long::from(policy),
+            &param as *const libc::sched_param,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -174,9 +178,20 @@ fn lower() -> std::io::Result<()> {
 }
 
 #[cfg(target_os = "linux")]
+fn set_policy(thread: ThreadId, policy: libc::c_int) -> bool {
+    sched_setscheduler(thread, policy).is_ok()
+}
+
+#[cfg(target_os = "linux")]
+fn lower() -> std::io::Result<()> {
+    sched_setscheduler(0, libc::SCHED_IDLE)
+}
+
+#[cfg(target_os = "linux")]
 fn is_idle() -> bool {
-    // SAFETY: no pointers; pid 0 is the calling thread.
-    unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+    // SAFETY: no pointers; 0 is the calling thread. Made directly, as above.
+    let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0 as libc::c_long) };
+    policy == libc::c_long::from(libc::SCHED_IDLE)
 }
 
 #[cfg(target_vendor = "apple")]
