@@ -231,6 +231,26 @@ impl OsSignals for NoSignals {
     }
 }
 
+/// Logs a source that cannot be read: the first time at warn level, then at debug level (a
+/// sampler reads 50 times a second).
+#[derive(Debug, Default)]
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub(crate) struct ReadFailures {
+    warned: bool,
+}
+
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+impl ReadFailures {
+    pub(crate) fn note(&mut self, e: &std::io::Error) {
+        if self.warned {
+            tracing::debug!("load sampler: {e}; keeping the previous value");
+        } else {
+            self.warned = true;
+            tracing::warn!("load sampler: {e}; keeping the previous value");
+        }
+    }
+}
+
 /// An [`OsSignals`] read at most once a second; in between, the idle time grows with the clock.
 #[derive(Debug)]
 #[cfg_attr(target_os = "linux", allow(dead_code))]

@@ -13,8 +13,9 @@ use lull_protocol::message::Outcome;
 use crate::sampler::LoadSampler;
 use crate::sandbox::{RunSpec, Sandbox, SandboxConfig, TaskControl};
 
-/// Counts to `n`, then writes the count (4 bytes, little-endian) to stdout.
-fn counter(n: u32) -> String {
+/// A WASI module (text) that counts to `n`, then writes the count (4 bytes, little-endian) to
+/// stdout: long enough, for large `n`, to be caught running and paused.
+pub fn counter(n: u32) -> String {
     format!(
         r#"(module
           (import "wasi_snapshot_preview1" "fd_write"

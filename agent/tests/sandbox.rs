@@ -859,18 +859,8 @@ fn manual_sandbox() -> Sandbox {
 /// Counts to `n` in a local, then writes the count to stdout as 4 little-endian bytes: a guest
 /// whose output shows whether its state survived being stopped.
 fn counter(n: u32) -> Vec<u8> {
-    wasm(&format!(
-        r#"
-        (func (export "_start") (local $i i32)
-          (loop $again
-            (local.set $i (i32.add (local.get $i) (i32.const 1)))
-            (br_if $again (i32.lt_u (local.get $i) (i32.const {n}))))
-          (i32.store (i32.const 100) (local.get $i))
-          (i32.store (i32.const 0) (i32.const 100))
-          (i32.store (i32.const 4) (i32.const 4))
-          (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
-        "#
-    ))
+    let text = lull_agent::selftest::counter(n);
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("bad test WAT: {e}\n{text}"))
 }
 
 /// Serialises the tests that measure time or CPU, so that they do not compete with each other

@@ -9,7 +9,7 @@ use super::idle::UserIdle;
 use super::logind::{Bus, LogindIdle};
 use super::parse::{self, CpuTimes, ParseError};
 use super::power::PowerSupplies;
-use super::{Load, OsSignals};
+use super::{Load, OsSignals, ReadFailures};
 
 /// How often `/proc/pressure/*` is re-read: the kernel recomputes `avg10` only every 2 s.
 const PSI_EVERY: Duration = Duration::from_millis(500);
@@ -82,8 +82,7 @@ pub(crate) struct ProcfsSampler {
     /// The last values: returned again for any source that cannot be read this time.
     last: Load,
     signals: LinuxSignals,
-    /// Whether a failed read was already logged at warn level.
-    warned: bool,
+    failures: ReadFailures,
 }
 
 impl ProcfsSampler {
@@ -120,7 +119,7 @@ impl ProcfsSampler {
                 idle: UserIdle::new(),
                 logind: None,
             },
-            warned: false,
+            failures: ReadFailures::default(),
         };
         if sampler.psi_cpu.is_none() {
             tracing::debug!("/proc/pressure is not available: pressure figures will be absent");
@@ -137,13 +136,13 @@ impl ProcfsSampler {
     pub(crate) fn sample(&mut self) -> Load {
         let now = Instant::now();
         if let Err(e) = self.sample_cpu() {
-            self.failed(&e);
+            self.failures.note(&e);
         }
         self.samples = self.samples.wrapping_add(1);
         if self.samples.is_multiple_of(MEMINFO_EVERY) {
             match self.meminfo.parse(parse::meminfo_available) {
                 Ok(bytes) => self.last.memory_available = bytes,
-                Err(e) => self.failed(&e),
+                Err(e) => self.failures.note(&e),
             }
         }
         if self
@@ -182,15 +181,6 @@ impl ProcfsSampler {
         self.last.cpu_pressure = psi(&mut self.psi_cpu);
         self.last.memory_pressure = psi(&mut self.psi_memory);
         self.last.memory_low = self.signals.memory_low(now);
-    }
-
-    fn failed(&mut self, e: &io::Error) {
-        if self.warned {
-            tracing::debug!("load sampler: {e}; keeping the previous value");
-        } else {
-            self.warned = true;
-            tracing::warn!("load sampler: {e}; keeping the previous value");
-        }
     }
 }
 

@@ -35,7 +35,7 @@ use windows_sys::Win32::System::Threading::{
 };
 use windows_sys::Win32::UI::Input::KeyboardAndMouse::{GetLastInputInfo, LASTINPUTINFO};
 
-use super::{Load, OsSignals, SignalCache};
+use super::{Load, OsSignals, ReadFailures, SignalCache};
 
 /// Available memory is read on one sample in this many.
 const MEMORY_EVERY: u32 = 5;
@@ -103,7 +103,7 @@ pub(crate) struct WindowsSampler {
     samples: u32,
     last: Load,
     signals: SignalCache<WindowsSignals>,
-    warned: bool,
+    failures: ReadFailures,
 }
 
 impl WindowsSampler {
@@ -122,7 +122,7 @@ impl WindowsSampler {
                 ..Load::default()
             },
             signals,
-            warned: false,
+            failures: ReadFailures::default(),
         })
     }
 
@@ -142,13 +142,13 @@ impl WindowsSampler {
                     self.times = now;
                 }
             }
-            Err(e) => self.failed(&e),
+            Err(e) => self.failures.note(&e),
         }
         self.samples = self.samples.wrapping_add(1);
         if self.samples.is_multiple_of(MEMORY_EVERY) {
             match available_memory() {
                 Ok(bytes) => self.last.memory_available = bytes,
-                Err(e) => self.failed(&e),
+                Err(e) => self.failures.note(&e),
             }
         }
         let read = self.signals.get(Instant::now());
@@ -156,15 +156,6 @@ impl WindowsSampler {
         self.last.on_battery = read.on_battery;
         self.last.memory_low = read.memory_low;
         self.last
-    }
-
-    fn failed(&mut self, e: &io::Error) {
-        if self.warned {
-            tracing::debug!("load sampler: {e}; keeping the previous value");
-        } else {
-            self.warned = true;
-            tracing::warn!("load sampler: {e}; keeping the previous value");
-        }
     }
 }
 
