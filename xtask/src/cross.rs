@@ -1,7 +1,7 @@
 //! The agent on the other systems owners run: `cargo xtask cross`, and part of `cargo xtask test`.
 //!
 //! - **Windows** (`x86_64-pc-windows-gnu`, linked by Debian's mingw-w64): `cargo clippy` of the
-//!   agent and its tests with every warning an error, and a real build, whose
+//!   agent with every warning an error, and a real build, whose
 //!   `lull-agent self-test` then runs under Debian's Wine
 //!   — the load sampler over the Windows calls, the sandbox compiling and running a guest, a
 //!   pause and resume of it, and the owner's named pipe — and then `lull-agent install` for real:
@@ -13,14 +13,18 @@
 //!   option quinn sets, so the service's agent stops there), `sc.exe config` (not in Wine: only
 //!   a first install is tried), `icacls` (a stub in Wine), input idle and power of a real
 //!   desktop.
-//! - **macOS** (`aarch64-apple-darwin`, `x86_64-apple-darwin`): `cargo clippy` of the agent and
-//!   its tests with every warning an error. No macOS SDK or linker can be had here, so nothing is linked: the C parts
+//! - **macOS** (`aarch64-apple-darwin`, `x86_64-apple-darwin`): `cargo clippy` of the agent
+//!   with every warning an error. No macOS SDK or linker can be had here, so nothing is linked: the C parts
 //!   of two dependencies (ring's, wasmtime's helpers) are compiled by clang against a few stub
 //!   headers written here, only so that their build scripts finish.
 //!
 //! - **Static Linux** (`x86_64-unknown-linux-musl`, C parts by Debian's `musl-gcc`): `cargo
 //!   clippy` too, so that the binary `cargo xtask package` ships keeps building (musl's C
 //!   structs and types differ from glibc's).
+//!
+//! `cargo xtask test` lints the aarch64 macOS binary only ([`Lint::Quick`]) and builds the
+//! Windows one with every compiler warning an error: each target checks the whole wasmtime
+//! stack again. `cargo xtask cross` lints every target above, tests included ([`Lint::Full`]).
 //!
 //! The Windows build uses the `cross` profile (nothing optimised, no debug info): it builds in
 //! about half the time of the `dev` profile, and the self-test's guests are tiny.
@@ -78,13 +82,24 @@ pub fn prepare() -> anyhow::Result<()> {
 /// `cargo xtask cross`: everything above.
 pub fn run() -> anyhow::Result<()> {
     prepare()?;
-    clippy()?;
+    clippy(Lint::Full)?;
     windows_self_test()
 }
 
-/// `cargo clippy` of the agent, its binary and its tests, for Windows, the macOS targets and
-/// static Linux (musl), every warning an error.
-pub fn clippy() -> anyhow::Result<()> {
+/// How much `clippy` lints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lint {
+    /// The agent's binary for aarch64 macOS: what `cargo xtask test` runs, within its time
+    /// (each target checks the whole wasmtime stack again, 1-2 minutes on 2 cores). Windows is
+    /// built there anyway, with every compiler warning an error.
+    Quick,
+    /// The binary and the tests, for every target: Windows, both macOS targets and static
+    /// Linux (musl) — `cargo xtask cross`.
+    Full,
+}
+
+/// `cargo clippy` of the agent for the other systems, every warning an error.
+pub fn clippy(lint: Lint) -> anyhow::Result<()> {
     let headers = util::target_dir().join("xtask").join("apple-include");
     std::fs::create_dir_all(&headers).with_context(|| format!("creating {}", headers.display()))?;
     for (name, text) in APPLE_HEADERS {
@@ -95,18 +110,14 @@ pub fn clippy() -> anyhow::Result<()> {
         "-nostdlibinc -ffreestanding -DRING_CORE_NOSTDLIBINC=1 -isystem {}",
         headers.display()
     );
+    let (apple, more): (&[&str], &[&str]) = match lint {
+        Lint::Quick => (&APPLE[..1], &[]),
+        Lint::Full => (&APPLE, &["--tests", "--target", WINDOWS, "--target", MUSL]),
+    };
     let mut env: Vec<(String, String)> = Vec::new();
-    let mut args = vec![
-        "clippy",
-        "-p",
-        "lull-agent",
-        "--bins",
-        "--tests",
-        "--target",
-        WINDOWS,
-    ];
-    args.extend(["--target", MUSL]);
-    for target in APPLE {
+    let mut args = vec!["clippy", "-p", "lull-agent", "--bins"];
+    args.extend(more);
+    for target in apple {
         let t = target.replace('-', "_");
         env.push((format!("CC_{t}"), "clang".into()));
         env.push((format!("AR_{t}"), "llvm-ar".into()));
@@ -132,7 +143,7 @@ pub fn windows_self_test() -> anyhow::Result<()> {
             "--target",
             WINDOWS,
         ],
-        &[],
+        &[("RUSTFLAGS", "-D warnings")],
     )?;
     let dir = util::target_dir().join(WINDOWS).join("cross");
     let exe = dir.join("lull-agent.exe");

@@ -156,7 +156,7 @@ fn test() -> anyhow::Result<()> {
     fuzz::smoke_run(5, fuzz_build)?;
     // The agent on the owners' other systems: linted for Windows and macOS, and the Windows
     // build self-tested under Wine. Before the tests, which must have the machine to themselves.
-    cross::clippy()?;
+    cross::clippy(cross::Lint::Quick)?;
     cross::windows_self_test()?;
     // The binaries the end-to-end tests start, built with the tests: with the tests' dev
     // dependencies in the build, shared crates get the same features as under `cargo test`, so
